@@ -1,0 +1,63 @@
+/**
+ * The one interface every object-storage backend implements (local, s3, google, azure, swift, sftp).
+ *
+ * Keys are relative to the backend prefix (`object_storage.prefix`), which each backend applies
+ * itself: callers pass and receive keys such as `default/xlog/000000010000000000000003`.
+ * Metadata is a flat map of strings, as upstream pghoard/rohmu stores it.
+ */
+import type { Readable } from "node:stream";
+
+export type Metadata = Record<string, string>;
+
+export interface StoredObject {
+  /** Key relative to the backend prefix. */
+  name: string;
+  /** Stored (compressed/encrypted) size in bytes. */
+  size: number;
+  lastModified: Date;
+  metadata: Metadata;
+  /** Backend checksum when known (local: sha256 `_hash`, S3: ETag). */
+  md5?: string;
+}
+
+export interface ListOptions {
+  /** false (default): only objects directly below `prefix`, like upstream's delimiter listing. */
+  recursive?: boolean;
+}
+
+export interface StorageBackend {
+  /** `local`, `s3`, `google`, `azure`, `swift` or `sftp`. */
+  readonly storageType: string;
+  /** Stores bytes; the object appears under `key` only once complete (never half-written). */
+  storeFileFromMemory(key: string, data: Buffer, metadata: Metadata): Promise<void>;
+  storeFileFromDisk(key: string, filePath: string, metadata: Metadata): Promise<void>;
+  /** Streams `source` to `key`; if the stream errors, nothing is left under `key`. */
+  storeFileObject(key: string, source: Readable, metadata: Metadata): Promise<void>;
+  getContentsToMemory(key: string): Promise<{ data: Buffer; metadata: Metadata }>;
+  /** Downloads to `filePath` atomically (temp file, fsync, rename). */
+  getContentsToFile(key: string, filePath: string): Promise<Metadata>;
+  getReadStream(key: string): Promise<{ stream: Readable; metadata: Metadata; size: number }>;
+  getMetadataForKey(key: string): Promise<Metadata>;
+  /** Objects below `prefix` (a "directory"; a trailing `/` is implied). Sorted by name. */
+  list(prefix: string, options?: ListOptions): Promise<StoredObject[]>;
+  /** Throws StorageNotFoundError when the key does not exist. */
+  deleteKey(key: string): Promise<void>;
+  /** Deletes every object below `prefix`; no error when nothing is there. */
+  deleteTree(prefix: string): Promise<void>;
+  copyFile(sourceKey: string, destinationKey: string, metadata?: Metadata): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class StorageError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "StorageError";
+  }
+}
+
+export class StorageNotFoundError extends StorageError {
+  constructor(readonly key: string) {
+    super(`Object not found: ${key}`);
+    this.name = "StorageNotFoundError";
+  }
+}
