@@ -1,0 +1,269 @@
+/**
+ * pghoard_postgres_command: PostgreSQL's archive_command / restore_command client (cli.md §6,
+ * http-api.md §9). PostgreSQL starts it once per WAL segment, so start-up time matters: this file
+ * imports node built-ins only (no commander, config, logger, compression or SDKs).
+ */
+import http from "node:http";
+import { existsSync, renameSync } from "node:fs";
+import path from "node:path";
+
+export const EXIT_OK = 0;
+export const EXIT_FAIL = 1;
+export const EXIT_UNEXPECTED = 2;
+export const EXIT_ARCHIVE_FAIL = 3;
+export const EXIT_NOT_FOUND = 4;
+export const EXIT_ABORT = 5;
+
+const DEFAULT_HOST = "127.0.0.1";
+const DEFAULT_PORT = 16000;
+const RETRY_COUNT = 3;
+/** Seconds between restore-mode connection attempts; tests shorten it with this variable. */
+const RETRY_INTERVAL_ENV = "PGHOARD_POSTGRES_COMMAND_RETRY_INTERVAL";
+// Kept in sync with package.json by hand: reading package.json would cost start-up time.
+const VERSION = "0.1.0";
+
+const WAL_RE = /^[A-F0-9]{24}$/;
+const HISTORY_RE = /^[A-F0-9]{8}\.history$/;
+
+/** An error with the exit code the process should end with (upstream's PGCError). */
+class CommandError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number = EXIT_FAIL,
+  ) {
+    super(message);
+  }
+}
+
+/** argparse-style usage error: always mapped to EXIT_ABORT (upstream catches SystemExit). */
+class UsageError extends Error {}
+
+/** Thrown for --help / --version, which print and stop. */
+class EarlyExit extends Error {
+  constructor(
+    readonly exitCode: number,
+    readonly output: string,
+  ) {
+    super("early exit");
+  }
+}
+
+export interface PostgresCommandOptions {
+  host: string;
+  port: number;
+  username?: string;
+  password?: string;
+  site: string;
+  xlog: string;
+  output?: string;
+  mode: "archive" | "restore";
+}
+
+const USAGE =
+  "usage: pghoard_postgres_command [-h] [--version] [--host HOST] [--port PORT] [--username USERNAME]\n" +
+  "                                [--password PASSWORD] --site SITE --xlog XLOG [--output OUTPUT]\n" +
+  "                                --mode {archive,restore}";
+
+const OPTION_NAMES = ["help", "version", "host", "port", "username", "password", "site", "xlog", "output", "mode"] as const;
+type OptionName = (typeof OPTION_NAMES)[number];
+
+/** Resolves `--opt` the way argparse does: exact name, else a unique prefix. */
+function resolveOptionName(given: string): OptionName {
+  const exact = OPTION_NAMES.find((n) => n === given);
+  if (exact) return exact;
+  const matches = OPTION_NAMES.filter((n) => n.startsWith(given));
+  if (matches.length === 1) return matches[0];
+  if (matches.length > 1) {
+    throw new UsageError(`ambiguous option: --${given} could match ${matches.map((m) => `--${m}`).join(", ")}`);
+  }
+  throw new UsageError(`unrecognized arguments: --${given}`);
+}
+
+export function parseArgs(argv: string[]): PostgresCommandOptions {
+  const values: Partial<Record<OptionName, string>> = {};
+  const positional: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "-h") throw new EarlyExit(EXIT_OK, `${USAGE}\n`);
+    if (arg === "--") {
+      positional.push(...argv.slice(i + 1));
+      break;
+    }
+    if (!arg.startsWith("--") || arg === "--") {
+      positional.push(arg);
+      continue;
+    }
+    const eq = arg.indexOf("=");
+    const name = resolveOptionName(eq >= 0 ? arg.slice(2, eq) : arg.slice(2));
+    if (name === "help") throw new EarlyExit(EXIT_OK, `${USAGE}\n`);
+    if (name === "version") throw new EarlyExit(EXIT_OK, `${VERSION}\n`);
+    let value: string;
+    if (eq >= 0) {
+      value = arg.slice(eq + 1);
+    } else {
+      const next = argv[i + 1];
+      // argparse treats anything starting with "-" (except negative numbers) as the next option.
+      if (next === undefined || (next.startsWith("-") && !/^-\d/.test(next) && next !== "-")) {
+        throw new UsageError(`argument --${name}: expected one argument`);
+      }
+      value = next;
+      i++;
+    }
+    values[name] = value;
+  }
+  if (positional.length > 0) throw new UsageError(`unrecognized arguments: ${positional.join(" ")}`);
+  const missing = (["site", "xlog", "mode"] as const).filter((n) => values[n] === undefined);
+  if (missing.length > 0) {
+    throw new UsageError(`the following arguments are required: ${missing.map((m) => `--${m}`).join(", ")}`);
+  }
+  const mode = values.mode;
+  if (mode !== "archive" && mode !== "restore") {
+    throw new UsageError(`argument --mode: invalid choice: '${mode}' (choose from 'archive', 'restore')`);
+  }
+  let port = DEFAULT_PORT;
+  if (values.port !== undefined) {
+    const trimmed = values.port.trim();
+    if (!/^[+-]?\d+$/.test(trimmed)) throw new UsageError(`argument --port: invalid int value: '${values.port}'`);
+    port = Number.parseInt(trimmed, 10);
+  }
+  return {
+    host: values.host ?? DEFAULT_HOST,
+    port,
+    username: values.username,
+    password: values.password,
+    site: values.site as string,
+    xlog: values.xlog as string,
+    output: values.output,
+    mode,
+  };
+}
+
+/** A failure to talk to the daemon at all (as opposed to an HTTP error status). */
+class ConnectionFailure extends Error {}
+
+function httpRequest(
+  opts: PostgresCommandOptions,
+  method: string,
+  requestPath: string,
+  headers: Record<string, string>,
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const allHeaders: Record<string, string> = { ...headers };
+    if (method === "PUT") allHeaders["content-length"] = "0";
+    if (opts.username && opts.password) {
+      allHeaders.authorization = "Basic " + Buffer.from(`${opts.username}:${opts.password}`, "utf8").toString("base64");
+    }
+    const req = http.request(
+      { host: opts.host, port: opts.port, method, path: requestPath, headers: allHeaders, agent: false },
+      (res) => {
+        res.on("data", () => undefined);
+        res.on("end", () => resolve(res.statusCode ?? 0));
+        res.on("error", (err) => reject(new ConnectionFailure(`${err.name}: ${err.message}`)));
+      },
+    );
+    req.on("error", (err: NodeJS.ErrnoException) => {
+      const kind = err.code ?? err.name;
+      reject(new ConnectionFailure(`${kind}: ${err.message}`));
+    });
+    req.end();
+  });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function retryIntervalSeconds(): number {
+  const raw = process.env[RETRY_INTERVAL_ENV];
+  if (raw !== undefined && raw.trim() !== "") {
+    const value = Number(raw);
+    if (Number.isFinite(value) && value >= 0) return value;
+  }
+  return 5;
+}
+
+async function archiveCommand(opts: PostgresCommandOptions): Promise<void> {
+  if (opts.xlog.endsWith(".backup")) {
+    process.stdout.write(`Ignoring request to archive backup label '${opts.xlog}': PGHoard does not use them\n`);
+    return;
+  }
+  const status = await httpRequest(opts, "PUT", `/${opts.site}/archive/${opts.xlog}`, {});
+  if (status === 201) return;
+  throw new CommandError(`Archival failed with HTTP status ${status}`, EXIT_ARCHIVE_FAIL);
+}
+
+async function restoreCommand(opts: PostgresCommandOptions): Promise<void> {
+  let method = "HEAD";
+  const headers: Record<string, string> = {};
+  if (opts.output) {
+    // PostgreSQL runs restore_command in $PGDATA with a relative %p.
+    const outputPath = path.isAbsolute(opts.output) ? opts.output : path.join(process.cwd(), opts.output);
+    // Fast path: the daemon already prefetched this file next to the destination.
+    if (WAL_RE.test(opts.xlog) || HISTORY_RE.test(opts.xlog)) {
+      const prefetchPath = path.join(path.dirname(outputPath), `${opts.xlog}.pghoard.prefetch`);
+      if (existsSync(prefetchPath)) {
+        try {
+          renameSync(prefetchPath, outputPath);
+          return;
+        } catch {
+          // The daemon may have renamed it concurrently; fall back to asking the daemon.
+        }
+      }
+    }
+    headers["x-pghoard-target-path"] = outputPath;
+    method = "GET";
+  }
+  const requestPath = `/${opts.site}/archive/${opts.xlog}`;
+  const interval = retryIntervalSeconds();
+  let status = 0;
+  for (let retries = RETRY_COUNT - 1; retries >= 0; retries--) {
+    try {
+      status = await httpRequest(opts, method, requestPath, headers);
+      break;
+    } catch (err) {
+      if (!(err instanceof ConnectionFailure)) throw err;
+      const message = `HTTP connection to ${opts.host}:${opts.port} failed: ${err.message}`;
+      if (retries === 0) throw new CommandError(message, EXIT_ABORT);
+      process.stdout.write(`${message}; ${retries} retries left, sleeping ${interval} seconds and retrying\n`);
+      await sleep(interval * 1000);
+    }
+  }
+  if (status === 201 && method === "GET") return;
+  if (status === 200 && method === "HEAD") return;
+  if (status === 404) throw new CommandError(`'${opts.xlog}' not found from archive`, EXIT_NOT_FOUND);
+  throw new CommandError(`Restore failed with HTTP status ${status}`, EXIT_ABORT);
+}
+
+/** Runs the command; resolves to the process exit code (never throws). */
+export async function main(argv: string[]): Promise<number> {
+  let failExitCode = EXIT_ABORT;
+  try {
+    const opts = parseArgs(argv);
+    if (opts.mode === "archive") {
+      failExitCode = EXIT_UNEXPECTED; // PostgreSQL simply retries archive_command later
+      await archiveCommand(opts);
+    } else {
+      await restoreCommand(opts);
+    }
+    return EXIT_OK;
+  } catch (err) {
+    if (err instanceof EarlyExit) {
+      process.stdout.write(err.output);
+      return err.exitCode;
+    }
+    if (err instanceof UsageError) {
+      process.stderr.write(`${USAGE}\npghoard_postgres_command: error: ${err.message}\n`);
+      return EXIT_ABORT;
+    }
+    if (err instanceof CommandError) {
+      process.stdout.write(`${process.argv[1] ?? "pghoard_postgres_command"}: ERROR: ${err.message}\n`);
+      return err.exitCode;
+    }
+    if (err instanceof ConnectionFailure) {
+      process.stderr.write(`${process.argv[1] ?? "pghoard_postgres_command"}: ERROR: ${err.message}\n`);
+      return failExitCode;
+    }
+    process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    return failExitCode;
+  }
+}
