@@ -1,0 +1,79 @@
+/** Locating and reading pghoard.json (upstream's `read_json_config_file` messages). */
+import { promises as fs } from "node:fs";
+import path from "node:path";
+import { ConfigError, pyRepr } from "./errors.js";
+import type { PghoardConfig, Tool } from "./types.js";
+import { keyPath, validateConfig } from "./validate.js";
+
+/** `--config`, else `$PGHOARD_CONFIG`. */
+export function resolveConfigPath(cliValue?: string): string | undefined {
+  return cliValue || process.env.PGHOARD_CONFIG || undefined;
+}
+
+const PYTHON_OS_ERRORS: Record<string, string> = {
+  EACCES: "PermissionError",
+  EPERM: "PermissionError",
+  EISDIR: "IsADirectoryError",
+  ENOTDIR: "NotADirectoryError",
+};
+
+/** JSON.parse's message plus the line and column of the reported position, when there is one. */
+function jsonErrorMessage(text: string, err: Error): string {
+  const match = /position (\d+)/.exec(err.message);
+  if (!match) return err.message;
+  const pos = Number(match[1]);
+  const before = text.slice(0, pos);
+  const line = before.split("\n").length;
+  const column = pos - before.lastIndexOf("\n");
+  return `${err.message} (line ${line} column ${column})`;
+}
+
+/** Reads and parses the file; no defaults, no checks. */
+export async function readJsonConfigFile(configPath: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await fs.readFile(configPath, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? "";
+    if (code === "ENOENT") throw new ConfigError(`Configuration file ${pyRepr(configPath)} does not exist`);
+    throw new ConfigError(`Configuration file ${pyRepr(configPath)} can't be opened: ${PYTHON_OS_ERRORS[code] ?? "OSError"} (${code})`);
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new ConfigError(
+      `Configuration file ${pyRepr(configPath)} does not contain valid JSON: ${jsonErrorMessage(text, err as Error)}`,
+    );
+  }
+}
+
+export interface LoadOptions {
+  tool?: Tool;
+  warn?: (message: string) => void;
+}
+
+/**
+ * Reads, validates and completes the configuration. Also reads `PG_VERSION` of every site with a
+ * `pg_data_directory`; unreadable is an error for active sites of the daemon and
+ * pghoard_archive_sync (upstream fails at startup there too).
+ */
+export async function loadConfig(configPath: string, options: LoadOptions = {}): Promise<PghoardConfig> {
+  const raw = await readJsonConfigFile(configPath);
+  const config = validateConfig(raw, { ...options, configPath });
+  const checkPgdata = options.tool === "daemon" || options.tool === "archive_sync";
+  for (const [siteName, site] of Object.entries(config.backup_sites)) {
+    if (!site.pg_data_directory) continue;
+    const versionFile = path.join(site.pg_data_directory, "PG_VERSION");
+    try {
+      site.pg_data_directory_version = (await fs.readFile(versionFile, "utf8")).trim();
+    } catch (err) {
+      if (checkPgdata && site.active) {
+        const code = (err as NodeJS.ErrnoException).code ?? String(err);
+        throw new ConfigError(
+          `${keyPath("backup_sites", siteName)}.pg_data_directory: Site ${pyRepr(siteName)}: cannot read ${pyRepr(versionFile)} (${code})`,
+        );
+      }
+    }
+  }
+  return config;
+}
