@@ -1,0 +1,327 @@
+/**
+ * Worker thread of FileFormatPool: runs the codec chains on files (paths in, so no buffers cross
+ * threads) and on streams fed in ~1 MiB transferred batches, with credit-based flow control so
+ * that neither side buffers without bound.
+ */
+import { createHash, type Hash } from "node:crypto";
+import { open, rename, type FileHandle } from "node:fs/promises";
+import path from "node:path";
+import { parentPort } from "node:worker_threads";
+import { defaultTempPath, fsyncDirectory, removeIfExists } from "../common/fs.js";
+import { KeyNotFoundError, toWire } from "./errors.js";
+import { nodeHashName } from "./hash.js";
+import { createDecoder, createEncoder, decodePlan } from "./pipeline.js";
+import { TRANSFER_CHUNK, type EncodeTaskOptions, type FromWorker, type StreamSpec, type TaskRequest, type TaskResult, type ToWorker } from "./protocol.js";
+import type { Codec, EncodeFileResult, Metadata, PrivateKeyLookup } from "./types.js";
+
+/** Worker output not yet consumed by the main thread before the worker pauses. */
+const OUTPUT_CREDIT = 4 * TRANSFER_CHUNK;
+
+const port = parentPort;
+if (port === null) throw new Error("fileformat worker must run in a worker thread");
+
+function post(message: FromWorker, transfer?: ArrayBuffer[]): void {
+  port!.postMessage(message, transfer ?? []);
+}
+
+/** Copies output pieces into fixed-size buffers that own their ArrayBuffer (transferable). */
+class Accumulator {
+  private buf = Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+  private length = 0;
+  total = 0;
+
+  constructor(private readonly emit: (full: Buffer) => Promise<void> | void) {}
+
+  /** Returns a promise only when the consumer asks us to wait. */
+  add(piece: Buffer): Promise<void> | undefined {
+    this.total += piece.length;
+    let offset = 0;
+    let wait: Promise<void> | undefined;
+    while (offset < piece.length) {
+      const take = Math.min(this.buf.length - this.length, piece.length - offset);
+      piece.copy(this.buf, this.length, offset, offset + take);
+      this.length += take;
+      offset += take;
+      if (this.length === this.buf.length) {
+        const result = this.handOver();
+        if (result) wait = wait ? wait.then(() => result) : result;
+      }
+    }
+    return wait;
+  }
+
+  flush(): Promise<void> | void {
+    if (this.length > 0) return this.handOver();
+  }
+
+  private handOver(): Promise<void> | void {
+    let full: Buffer;
+    if (this.length < this.buf.length >>> 1) {
+      // A small batch (idle flush): exact-size copy, so a transferred buffer never pins 1 MiB.
+      full = Buffer.allocUnsafeSlow(this.length);
+      this.buf.copy(full, 0, 0, this.length);
+    } else {
+      full = this.buf.subarray(0, this.length);
+      this.buf = Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+    }
+    this.length = 0;
+    return this.emit(full);
+  }
+}
+
+async function writeAll(handle: FileHandle, buf: Buffer): Promise<void> {
+  let offset = 0;
+  while (offset < buf.length) {
+    const { bytesWritten } = await handle.write(buf, offset, buf.length - offset);
+    offset += bytesWritten;
+  }
+}
+
+/** Sequential reads with one read in flight ahead of processing (overlaps I/O and CPU). */
+async function* readChunks(handle: FileHandle): AsyncGenerator<Buffer> {
+  const readOne = async (): Promise<Buffer | null> => {
+    const buf = Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+    const { bytesRead } = await handle.read(buf, 0, buf.length, null);
+    return bytesRead === 0 ? null : buf.subarray(0, bytesRead);
+  };
+  let next = readOne();
+  for (;;) {
+    const chunk = await next;
+    if (chunk === null) return;
+    next = readOne();
+    yield chunk;
+  }
+}
+
+async function pump(codec: Codec, input: AsyncIterable<Buffer>, out: Accumulator, hash: Hash | null): Promise<number> {
+  let originalSize = 0;
+  for await (const chunk of input) {
+    hash?.update(chunk);
+    originalSize += chunk.length;
+    for (const piece of codec.update(chunk)) {
+      const wait = out.add(piece);
+      if (wait) await wait;
+    }
+  }
+  for (const piece of codec.final()) {
+    const wait = out.add(piece);
+    if (wait) await wait;
+  }
+  await out.flush();
+  return originalSize;
+}
+
+function keyLookup(privateKeyPem: string | null): PrivateKeyLookup {
+  return () => privateKeyPem ?? undefined;
+}
+
+function makeDecoder(metadata: Metadata, privateKeyPem: string | null): Codec {
+  const plan = decodePlan(metadata);
+  if (plan.encryptionKeyId !== null && !privateKeyPem) throw new KeyNotFoundError(plan.encryptionKeyId);
+  return createDecoder(metadata, keyLookup(privateKeyPem));
+}
+
+/** Writes to a temp file beside `dst`; publish() fsyncs and renames, discard() removes it. */
+async function withAtomicOutput<T>(dst: string, body: (out: Accumulator) => Promise<T>): Promise<T> {
+  const tempPath = defaultTempPath(dst);
+  const handle = await open(tempPath, "wx", 0o644);
+  let closed = false;
+  try {
+    const out = new Accumulator((full) => writeAll(handle, full));
+    const result = await body(out);
+    await handle.sync();
+    closed = true;
+    await handle.close();
+    await rename(tempPath, dst);
+    await fsyncDirectory(path.dirname(path.resolve(dst)));
+    return result;
+  } catch (err) {
+    if (!closed) await handle.close().catch(() => undefined);
+    await removeIfExists(tempPath).catch(() => undefined);
+    throw err;
+  }
+}
+
+async function withInput<T>(src: string, body: (chunks: AsyncIterable<Buffer>) => Promise<T>): Promise<T> {
+  const handle = await open(src, "r");
+  try {
+    return await body(readChunks(handle));
+  } finally {
+    await handle.close();
+  }
+}
+
+function hashFor(opts: EncodeTaskOptions): Hash | null {
+  return opts.hashAlgorithm ? createHash(nodeHashName(opts.hashAlgorithm)) : null;
+}
+
+async function runTask(task: TaskRequest): Promise<{ result: TaskResult; transfer?: ArrayBuffer[] }> {
+  switch (task.kind) {
+    case "encodeFile": {
+      const codec = createEncoder(task.opts);
+      const hash = hashFor(task.opts);
+      return withInput(task.src, (input) =>
+        withAtomicOutput(task.dst, async (out) => {
+          const originalSize = await pump(codec, input, out, hash);
+          return { result: encodeResult(originalSize, out.total, hash) };
+        }),
+      );
+    }
+    case "encodeFileToBuffer": {
+      const codec = createEncoder(task.opts);
+      const hash = hashFor(task.opts);
+      const pieces: Buffer[] = [];
+      const out = new Accumulator((full) => void pieces.push(full));
+      const originalSize = await withInput(task.src, (input) => pump(codec, input, out, hash));
+      // allocUnsafeSlow: a buffer owning its whole ArrayBuffer, so it can be transferred.
+      const data = Buffer.allocUnsafeSlow(out.total);
+      let offset = 0;
+      for (const piece of pieces) offset += piece.copy(data, offset);
+      return { result: { ...encodeResult(originalSize, out.total, hash), data: data.buffer as ArrayBuffer }, transfer: [data.buffer as ArrayBuffer] };
+    }
+    case "decodeFile": {
+      const codec = makeDecoder(task.metadata, task.privateKeyPem);
+      return withInput(task.src, (input) =>
+        withAtomicOutput(task.dst, async (out) => {
+          await pump(codec, input, out, null);
+          return { result: { size: out.total } };
+        }),
+      );
+    }
+  }
+}
+
+function encodeResult(originalSize: number, storedSize: number, hash: Hash | null): EncodeFileResult {
+  const result: EncodeFileResult = { originalSize, storedSize };
+  if (hash) result.hash = hash.digest("hex");
+  return result;
+}
+
+const END = Symbol("end");
+
+class StreamSession {
+  private readonly queue: Array<Buffer | typeof END> = [];
+  private wakeInput: (() => void) | null = null;
+  private wakeCredit: (() => void) | null = null;
+  private outstanding = 0;
+  private aborted = false;
+  private readonly codec: Codec;
+  private readonly hash: Hash | null;
+  private readonly out: Accumulator;
+
+  constructor(
+    private readonly id: number,
+    spec: StreamSpec,
+  ) {
+    if (spec.mode === "encode") {
+      this.codec = createEncoder(spec.opts);
+      this.hash = hashFor(spec.opts);
+    } else {
+      this.codec = makeDecoder(spec.metadata, spec.privateKeyPem);
+      this.hash = null;
+    }
+    this.out = new Accumulator((full) => this.send(full));
+  }
+
+  push(item: Buffer | typeof END): void {
+    this.queue.push(item);
+    this.wakeInput?.();
+  }
+
+  credit(bytes: number): void {
+    this.outstanding -= bytes;
+    if (this.outstanding <= OUTPUT_CREDIT) this.wakeCredit?.();
+  }
+
+  abort(): void {
+    this.aborted = true;
+    this.wakeInput?.();
+    this.wakeCredit?.();
+  }
+
+  private send(full: Buffer): Promise<void> | void {
+    if (this.aborted) throw new Error("stream aborted");
+    const data = full.buffer as ArrayBuffer;
+    post({ type: "out", id: this.id, data, length: full.length }, [data]);
+    this.outstanding += full.length;
+    if (this.outstanding > OUTPUT_CREDIT) {
+      return new Promise<void>((resolve) => {
+        this.wakeCredit = () => {
+          this.wakeCredit = null;
+          resolve();
+        };
+      });
+    }
+  }
+
+  private async *input(): AsyncGenerator<Buffer> {
+    for (;;) {
+      if (this.queue.length === 0) {
+        // Idle: hand over what we have so a consumer waiting for output is never stuck.
+        await this.out.flush();
+        if (this.queue.length === 0) await new Promise<void>((resolve) => (this.wakeInput = resolve));
+        this.wakeInput = null;
+      }
+      if (this.aborted) throw new Error("stream aborted");
+      const item = this.queue.shift();
+      if (item === undefined) continue;
+      if (item === END) return;
+      // Acknowledged as soon as taken: the main thread may then send another batch.
+      post({ type: "ack", id: this.id });
+      yield item;
+    }
+  }
+
+  async run(): Promise<void> {
+    const originalSize = await pump(this.codec, this.input(), this.out, this.hash);
+    if (this.aborted) return;
+    post({ type: "done", id: this.id, result: encodeResult(originalSize, this.out.total, this.hash) });
+  }
+}
+
+const sessions = new Map<number, StreamSession>();
+
+port.on("message", (message: ToWorker) => {
+  switch (message.type) {
+    case "task":
+      runTask(message.task).then(
+        ({ result, transfer }) => post({ type: "taskDone", id: message.id, result }, transfer),
+        (err: unknown) => post({ type: "taskError", id: message.id, error: toWire(err) }),
+      );
+      break;
+    case "open": {
+      let session: StreamSession;
+      try {
+        session = new StreamSession(message.id, message.spec);
+      } catch (err) {
+        post({ type: "error", id: message.id, error: toWire(err) });
+        break;
+      }
+      sessions.set(message.id, session);
+      session.run().then(
+        () => sessions.delete(message.id),
+        (err: unknown) => {
+          const wasAborted = !sessions.has(message.id);
+          sessions.delete(message.id);
+          if (!wasAborted) post({ type: "error", id: message.id, error: toWire(err) });
+        },
+      );
+      break;
+    }
+    case "data":
+      sessions.get(message.id)?.push(Buffer.from(message.data, 0, message.length));
+      break;
+    case "end":
+      sessions.get(message.id)?.push(END);
+      break;
+    case "credit":
+      sessions.get(message.id)?.credit(message.bytes);
+      break;
+    case "abort": {
+      const session = sessions.get(message.id);
+      sessions.delete(message.id);
+      session?.abort();
+      break;
+    }
+  }
+});

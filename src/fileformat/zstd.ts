@@ -1,0 +1,101 @@
+/** zstd frames as python-zstandard's compressobj() writes them (no content size, no checksum). */
+import { createRequire } from "node:module";
+import { FileFormatError, asFileFormatError } from "./errors.js";
+import type { Codec } from "./types.js";
+
+// The raw binding gives synchronous, incremental compressStream2/decompressStream, which the
+// lazy Codec interface needs; zstd-napi's own Transforms push everything eagerly.
+const require = createRequire(import.meta.url);
+const binding = require("zstd-napi/binding") as typeof import("zstd-napi/binding.js");
+
+const DEFAULT_LEVEL = 3;
+const C_OUT_SIZE = binding.cStreamOutSize();
+const D_OUT_SIZE = binding.dStreamOutSize();
+/** Decompressor output piece; bounded so that a highly compressed input cannot balloon memory. */
+const D_PIECE = Math.max(D_OUT_SIZE, 256 * 1024);
+
+export function zstdLevel(level: number): number {
+  if (!Number.isInteger(level)) throw new FileFormatError(`invalid zstd level ${level}`);
+  if (level === 0) return DEFAULT_LEVEL; // upstream: level 0 means "zstd default"
+  const bounds = binding.cParamGetBounds(binding.CParameter.compressionLevel);
+  if (level < bounds.lowerBound || level > bounds.upperBound) throw new FileFormatError(`invalid zstd level ${level}`);
+  return level;
+}
+
+export class ZstdEncoder implements Codec {
+  private readonly cctx = new binding.CCtx();
+  /** Reused while results are copied out of it (the common case: output is much smaller). */
+  private scratch: Buffer | null = null;
+
+  constructor(level: number, threads = 0) {
+    this.cctx.setParameter(binding.CParameter.compressionLevel, zstdLevel(level));
+    this.cctx.setParameter(binding.CParameter.contentSizeFlag, 0);
+    this.cctx.setParameter(binding.CParameter.checksumFlag, 0);
+    if (threads > 0) this.cctx.setParameter(binding.CParameter.nbWorkers, threads);
+  }
+
+  *update(chunk: Buffer): Iterable<Buffer> {
+    yield* this.run(chunk, binding.EndDirective.continue);
+  }
+
+  *final(): Iterable<Buffer> {
+    yield* this.run(Buffer.alloc(0), binding.EndDirective.end);
+  }
+
+  private *run(input: Buffer, directive: number): Iterable<Buffer> {
+    let src = input;
+    for (;;) {
+      // Sized so one call usually takes a whole 1 MiB input; the result is trimmed below.
+      const size = Math.max(C_OUT_SIZE, src.length);
+      const dst = this.scratch !== null && this.scratch.length >= size ? this.scratch : Buffer.allocUnsafe(size);
+      this.scratch = dst;
+      const [remaining, produced, consumed] = this.cctx.compressStream2(dst, src, directive);
+      src = src.subarray(consumed);
+      if (produced > 0) {
+        if (produced < dst.length >>> 1) {
+          yield Buffer.from(dst.subarray(0, produced));
+        } else {
+          this.scratch = null; // handed to the caller
+          yield dst.subarray(0, produced);
+        }
+      }
+      if (src.length === 0 && (directive === binding.EndDirective.continue || remaining === 0)) return;
+    }
+  }
+}
+
+export class ZstdDecoder implements Codec {
+  private readonly dctx = new binding.DCtx();
+  private inFrame = false;
+
+  *update(chunk: Buffer): Iterable<Buffer> {
+    let src = chunk;
+    while (src.length > 0) {
+      const dst = Buffer.allocUnsafe(D_PIECE);
+      let ret: number, produced: number, consumed: number;
+      try {
+        [ret, produced, consumed] = this.dctx.decompressStream(dst, src);
+      } catch (err) {
+        throw asFileFormatError(err, "Invalid zstd data");
+      }
+      src = src.subarray(consumed);
+      // ret === 0: a frame just ended; the next call starts the next concatenated frame.
+      this.inFrame = ret !== 0;
+      if (produced > 0) yield produced < dst.length >>> 1 ? Buffer.from(dst.subarray(0, produced)) : dst.subarray(0, produced);
+      if (src.length === 0 && produced === dst.length && ret !== 0) {
+        // Output buffer was full inside a frame: the decoder may hold more output for this input.
+        for (;;) {
+          const more = Buffer.allocUnsafe(D_PIECE);
+          const [ret2, produced2] = this.dctx.decompressStream(more, src);
+          this.inFrame = ret2 !== 0;
+          if (produced2 > 0) yield produced2 < more.length >>> 1 ? Buffer.from(more.subarray(0, produced2)) : more.subarray(0, produced2);
+          if (produced2 < more.length || ret2 === 0) break;
+        }
+      }
+    }
+  }
+
+  *final(): Iterable<Buffer> {
+    if (this.inFrame) throw new FileFormatError("zstd stream is truncated in the middle of a frame");
+  }
+}
