@@ -1,0 +1,52 @@
+/**
+ * Storage factory: `object_storage.storage_type` → backend. Each backend module is imported only
+ * when asked for, so light commands (archive client, local restore) never load cloud SDKs.
+ */
+import { StorageError, type StorageBackend } from "./types.js";
+
+export { StorageError, StorageNotFoundError } from "./types.js";
+export type { ListOptions, Metadata, StorageBackend, StoredObject } from "./types.js";
+
+export interface ObjectStorageConfig {
+  storage_type: string;
+  [key: string]: unknown;
+}
+
+/** Every backend module exports this. */
+interface BackendModule {
+  createBackend(config: ObjectStorageConfig): StorageBackend | Promise<StorageBackend>;
+}
+
+export const STORAGE_TYPES = ["local", "s3", "google", "azure", "swift", "sftp"] as const;
+export type StorageType = (typeof STORAGE_TYPES)[number];
+
+export function isStorageType(value: string): value is StorageType {
+  return (STORAGE_TYPES as readonly string[]).includes(value);
+}
+
+async function loadBackendModule(type: StorageType): Promise<BackendModule> {
+  const file = `${type}.js`;
+  // A computed specifier keeps tsc from resolving (and bundlers from eagerly loading) every backend.
+  const specifier = `./${file}`;
+  try {
+    return (await import(specifier)) as BackendModule;
+  } catch (err) {
+    const rec = err as { code?: unknown; url?: unknown; message?: unknown };
+    const missing = rec.code === "ERR_MODULE_NOT_FOUND" && String(rec.url ?? rec.message).includes(`/storage/${file}`);
+    if (missing) throw new StorageError(`storage type '${type}' is not available in this build`);
+    // e.g. the backend's SDK failed to load: say which backend, keep the cause.
+    throw new StorageError(`storage type '${type}' could not be loaded: ${String(rec.message ?? err)}`, { cause: err });
+  }
+}
+
+export async function createStorage(config: ObjectStorageConfig): Promise<StorageBackend> {
+  const type = config.storage_type;
+  if (typeof type !== "string" || !isStorageType(type)) {
+    throw new StorageError(`unsupported storage type '${String(type)}'`);
+  }
+  const module = await loadBackendModule(type);
+  if (typeof module.createBackend !== "function") {
+    throw new StorageError(`storage type '${type}' is not available in this build`);
+  }
+  return await module.createBackend(config);
+}
