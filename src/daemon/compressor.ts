@@ -1,0 +1,253 @@
+/**
+ * Compressor workers (upstream CompressorThread, operations.md §6.5): `compression.thread_count`
+ * loops take CompressionEvents, verify WAL headers, compress+encrypt in the FileFormatPool's
+ * worker threads (to memory or to the spool with a `.metadata` sidecar) and queue the upload.
+ * A failing event is retried 3 times 3 s apart, then the daemon is told to stop (critical failure).
+ */
+import { existsSync } from "node:fs";
+import { unlink } from "node:fs/promises";
+import path from "node:path";
+import { writeFileAtomic } from "../common/fs.js";
+import { verifyWalFile, verifyWalHeader } from "../wal/index.js";
+import type { EncodeOptions } from "../fileformat/index.js";
+import type { DaemonContext } from "./context.js";
+import { sleep } from "./queue.js";
+import { compressedDir, writeSpoolMetadata, type SpoolMetadata, type WalFileType } from "./spool.js";
+import type { CompressionEvent, UploadOp } from "./types.js";
+
+export interface CompressorTypeState {
+  original_data: number;
+  compressed_data: number;
+  count: number;
+}
+export type CompressorState = Record<string, Record<"basebackup" | "xlog" | "timeline", CompressorTypeState>>;
+
+const MAX_FAILED_ATTEMPTS = 3;
+
+/** Keeps the newest uncompressed segment per directory: pg_receivewal resumes from it (operations.md §6.5). */
+export class WalFileDeleter {
+  private pending = new Map<string, Set<string>>();
+
+  constructor(private readonly ctx: DaemonContext) {}
+
+  async add(filePath: string): Promise<void> {
+    const dir = path.dirname(filePath);
+    let files = this.pending.get(dir);
+    if (!files) {
+      files = new Set();
+      this.pending.set(dir, files);
+    }
+    files.add(filePath);
+    const sorted = [...files].sort();
+    const keep = sorted[sorted.length - 1];
+    for (const file of sorted.slice(0, -1)) {
+      try {
+        await unlink(file);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
+          this.ctx.log.error({ err }, `Problem deleting ${file}`);
+          this.ctx.metrics.unexpectedException(err, "wal_file_deleter_delete_unneeded_files");
+          continue;
+        }
+      }
+      files.delete(file);
+    }
+    if (!files.has(keep)) files.add(keep);
+  }
+}
+
+export class Compressors {
+  /** One state object per worker, as upstream has one per compressor thread. */
+  readonly states: CompressorState[] = [];
+  private running = 0;
+  private workers: Array<Promise<void>> = [];
+  private stopped = false;
+  readonly walDeleter: WalFileDeleter;
+
+  constructor(
+    private readonly ctx: DaemonContext,
+    private readonly retryIntervalMs = 3000,
+  ) {
+    this.walDeleter = new WalFileDeleter(ctx);
+  }
+
+  start(count: number): void {
+    for (let i = 0; i < count; i++) {
+      const state: CompressorState = {};
+      this.states.push(state);
+      this.workers.push(this.workerLoop(state));
+    }
+  }
+
+  /** Events being worked on right now (for graceful shutdown). */
+  get inProgress(): number {
+    return this.running;
+  }
+
+  /** Stop taking new events; resolves when every worker finished its current one. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.ctx.compressionQueue.close();
+    await Promise.all(this.workers);
+  }
+
+  private async workerLoop(state: CompressorState): Promise<void> {
+    while (!this.stopped) {
+      const event = await this.ctx.compressionQueue.get();
+      if (!event) break;
+      this.running++;
+      try {
+        await this.handleWithRetries(event, state);
+      } finally {
+        this.running--;
+      }
+    }
+  }
+
+  private async handleWithRetries(event: CompressionEvent, state: CompressorState): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.handleEvent(event, state);
+        return;
+      } catch (err) {
+        const suffix = attempt < MAX_FAILED_ATTEMPTS ? ` (attempt ${attempt} of ${MAX_FAILED_ATTEMPTS})` : "";
+        this.ctx.log.error({ err }, `Problem handling${suffix}: ${event.site} ${event.filetype} ${event.fullPath}`);
+        this.ctx.metrics.unexpectedException(err, "compressor_run");
+        if (attempt >= MAX_FAILED_ATTEMPTS) {
+          // Continuing could lose or corrupt WAL: stop the daemon (upstream's critical failure).
+          event.callback?.resolve({ success: false, error: err });
+          this.ctx.metrics.unexpectedException(err, "compressor_run_critical");
+          this.ctx.criticalFailure.abort(err);
+          return;
+        }
+        await sleep(this.retryIntervalMs, this.ctx.criticalFailure.signal);
+        if (this.ctx.criticalFailure.signal.aborted) {
+          event.callback?.resolve({ success: false, error: err });
+          return;
+        }
+      }
+    }
+  }
+
+  private encodeOptions(site: string): EncodeOptions {
+    const siteConfig = this.ctx.site(site);
+    const keyId = siteConfig.encryption_key_id;
+    let publicKeyPem: string | null = null;
+    if (keyId) {
+      publicKeyPem = siteConfig.encryption_keys?.[keyId]?.public ?? null;
+      if (!publicKeyPem) throw new Error(`Site '${site}': no public key for encryption key id '${keyId}'`);
+    }
+    const compression = this.ctx.config.compression;
+    return { algorithm: compression.algorithm, level: compression.level, encryptionKeyId: keyId || null, publicKeyPem };
+  }
+
+  private async handleEvent(event: CompressionEvent, state: CompressorState): Promise<void> {
+    const { site, filetype } = event;
+    const name = path.basename(event.fullPath);
+    const opts = this.encodeOptions(site);
+    const hashAlgorithm = filetype === "xlog" ? this.ctx.config.hash_algorithm : undefined;
+    if (filetype === "xlog") {
+      if (event.inputData) verifyWalHeader(event.inputData, name);
+      else await verifyWalFile(event.fullPath, name);
+    }
+
+    let blob: Buffer | undefined;
+    let compressedPath: string | undefined;
+    let result: { originalSize: number; storedSize: number; hash?: string };
+    if (event.compressToMemory) {
+      const encoded = event.inputData
+        ? await this.encodeBufferInWorker(event.inputData, { ...opts, hashAlgorithm })
+        : await this.ctx.pool.encodeFileToBuffer(event.fullPath, { ...opts, hashAlgorithm });
+      blob = encoded.data;
+      result = encoded;
+    } else {
+      compressedPath = path.join(compressedDir(this.ctx.spoolPaths(site), filetype), name);
+      if (existsSync(compressedPath)) {
+        // The same file arrived twice; wait until the earlier copy is uploaded (upstream re-queues).
+        this.ctx.log.info(`Compressed file ${compressedPath} already exists, retrying after its upload`);
+        await sleep(1000);
+        this.ctx.compressionQueue.put(event);
+        return;
+      }
+      if (event.inputData) {
+        const encoded = await this.encodeBufferInWorker(event.inputData, { ...opts, hashAlgorithm });
+        await writeFileAtomic(compressedPath, encoded.data);
+        result = encoded;
+      } else {
+        result = await this.ctx.pool.encodeFile(event.fullPath, compressedPath, { ...opts, hashAlgorithm });
+      }
+    }
+
+    const siteConfig = this.ctx.site(site);
+    const compression = this.ctx.config.compression;
+    const metadata: SpoolMetadata = { ...(event.metadata ?? {}) };
+    metadata["pg-version"] = siteConfig.pg_version ?? null;
+    metadata["compression-algorithm"] = compression.algorithm;
+    metadata["compression-level"] = compression.level;
+    metadata["original-file-size"] = result.originalSize;
+    metadata.host = this.ctx.hostname;
+    if (hashAlgorithm && result.hash) {
+      metadata.hash = result.hash;
+      metadata["hash-algorithm"] = hashAlgorithm;
+    }
+    if (opts.encryptionKeyId) metadata["encryption-key-id"] = opts.encryptionKeyId;
+    if (compressedPath) await writeSpoolMetadata(compressedPath, metadata);
+
+    this.recordState(state, site, filetype, result.originalSize, result.storedSize);
+    if (result.originalSize) {
+      this.ctx.metrics.gauge("pghoard.compressed_size_ratio", result.storedSize / result.originalSize, {
+        algorithm: compression.algorithm,
+        site,
+        type: filetype,
+      });
+    }
+    this.ctx.log.info(
+      `Compressed ${result.originalSize} byte ${filetype} ${name} of site ${site} to ${result.storedSize} bytes` +
+        (compressedPath ? ` in ${compressedPath}` : " in memory"),
+    );
+
+    const upload: UploadOp = {
+      type: "UPLOAD",
+      site,
+      filetype,
+      localPath: compressedPath ?? event.fullPath,
+      blob,
+      metadata,
+      fileSize: result.storedSize,
+      callback: event.callback,
+    };
+    if (event.deleteFileAfterCompression && !event.inputData) {
+      if (filetype === "xlog") await this.walDeleter.add(event.fullPath);
+      else await unlink(event.fullPath).catch(() => undefined);
+    }
+    this.ctx.transferQueue.put(upload);
+  }
+
+  private async encodeBufferInWorker(
+    data: Buffer,
+    opts: EncodeOptions & { hashAlgorithm?: string },
+  ): Promise<{ originalSize: number; storedSize: number; hash?: string; data: Buffer }> {
+    const stream = this.ctx.pool.createEncodeStream(opts);
+    const chunks: Buffer[] = [];
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+      stream.on("end", () => resolve());
+      stream.on("error", reject);
+    });
+    stream.end(data);
+    await done;
+    const result = await stream.result();
+    return { ...result, data: Buffer.concat(chunks) };
+  }
+
+  private recordState(state: CompressorState, site: string, filetype: WalFileType, original: number, compressed: number): void {
+    if (!state[site]) {
+      const empty = (): CompressorTypeState => ({ original_data: 0, compressed_data: 0, count: 0 });
+      state[site] = { basebackup: empty(), xlog: empty(), timeline: empty() };
+    }
+    const entry = state[site][filetype];
+    entry.original_data += original;
+    entry.compressed_data += compressed;
+    entry.count += 1;
+  }
+}

@@ -1,0 +1,106 @@
+/**
+ * State shared by the daemon's parts. `config` is replaced on SIGHUP; every part reads
+ * `ctx.config` when it needs a value, so a reload takes effect everywhere (as upstream assigns the
+ * new dict to every thread). Storage clients are created lazily per site and dropped on reload.
+ */
+import { hostname } from "node:os";
+import path from "node:path";
+import type { Logger } from "pino";
+import type { PghoardConfig, SiteConfig } from "../config/types.js";
+import { FileFormatPool } from "../fileformat/index.js";
+import { createStorage } from "../storage/index.js";
+import type { StorageBackend } from "../storage/types.js";
+import type { Metrics } from "../monitoring/index.js";
+import { AsyncQueue } from "./queue.js";
+import { siteSpoolPaths, type SiteSpoolPaths } from "./spool.js";
+import type { CompressionEvent, TransferOp } from "./types.js";
+
+export class DaemonContext {
+  config: PghoardConfig;
+  metrics: Metrics;
+  readonly log: Logger;
+  readonly compressionQueue = new AsyncQueue<CompressionEvent>();
+  readonly transferQueue = new AsyncQueue<TransferOp>();
+  /** Sites whose basebackup was requested over HTTP; consumed by the basebackup scheduler hook. */
+  readonly requestedBasebackupSites = new Set<string>();
+  readonly hostname = hostname();
+  /** Aborted when a worker hits an unrecoverable failure; the main loop then quits (operations.md §1). */
+  readonly criticalFailure = new AbortController();
+  /** Set by the compressors: hands an already-compressed xlog_incoming segment to the WAL file deleter. */
+  compressionDeleter: ((fullPath: string) => void) | undefined;
+  /** The state file as it was when the daemon started (walreceiver resumes from it). */
+  previousState: Record<string, unknown> = {};
+  private storages = new Map<string, Promise<StorageBackend>>();
+  private retiredStorages: Array<Promise<StorageBackend>> = [];
+
+  constructor(
+    config: PghoardConfig,
+    metrics: Metrics,
+    log: Logger,
+    readonly pool: FileFormatPool,
+  ) {
+    this.config = config;
+    this.metrics = metrics;
+    this.log = log;
+  }
+
+  site(site: string): SiteConfig {
+    const siteConfig = this.config.backup_sites[site];
+    if (!siteConfig) throw new Error(`Unknown site '${site}'`);
+    return siteConfig;
+  }
+
+  get backupLocation(): string {
+    // loadConfig for the daemon rejects a null backup_location; keep a clear error if it ever is.
+    if (!this.config.backup_location) throw new Error("backup_location is not set");
+    return this.config.backup_location;
+  }
+
+  spoolPaths(site: string): SiteSpoolPaths {
+    return siteSpoolPaths(this.backupLocation, this.site(site).prefix);
+  }
+
+  /** Storage client of a site, created on first use. */
+  getStorage(site: string): Promise<StorageBackend> {
+    let storage = this.storages.get(site);
+    if (!storage) {
+      storage = createStorage(this.site(site).object_storage);
+      // A failed creation must not be cached forever.
+      storage.catch(() => {
+        if (this.storages.get(site) === storage) this.storages.delete(site);
+      });
+      this.storages.set(site, storage);
+    }
+    return storage;
+  }
+
+  /**
+   * Absolute path a `local` store would use for `key`, when the site's store is the legacy
+   * `object_storage: null` one rooted at `backup_location` (so spool files are the objects).
+   */
+  localObjectPath(site: string, key: string): string | null {
+    const os = this.site(site).object_storage;
+    if (os.storage_type !== "local") return null;
+    return path.resolve(os.directory, os.prefix ?? "", key);
+  }
+
+  /** New config: later storage requests create fresh clients; the old ones are closed at shutdown. */
+  replaceConfig(config: PghoardConfig): void {
+    this.config = config;
+    this.retiredStorages.push(...this.storages.values());
+    this.storages.clear();
+  }
+
+  async closeStorages(): Promise<void> {
+    const all = [...this.storages.values(), ...this.retiredStorages];
+    this.storages.clear();
+    this.retiredStorages = [];
+    for (const storage of all) {
+      try {
+        await (await storage).close();
+      } catch {
+        // creation failed or close failed: nothing left to release
+      }
+    }
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * Start-up walk of the spool (operations.md §6.6): files a crash left behind are queued again, so
+ * nothing that was received or compressed is lost.
+ */
+import { copyFile, readdir, stat, truncate, unlink } from "node:fs/promises";
+import path from "node:path";
+import { isHistoryName, isPartialName, isWalName, WAL_SEG_SIZE } from "../wal/index.js";
+import type { DaemonContext } from "./context.js";
+import { objectKey } from "./transfer.js";
+import { createSiteSpoolDirs, readSpoolMetadata, type WalFileType } from "./spool.js";
+
+function fileTypeOf(name: string): WalFileType | null {
+  if (isWalName(name)) return "xlog";
+  if (isHistoryName(name)) return "timeline";
+  return null;
+}
+
+async function listFiles(dir: string): Promise<string[]> {
+  try {
+    return (await readdir(dir)).sort();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw err;
+  }
+}
+
+export async function recoverSpool(ctx: DaemonContext, site: string): Promise<void> {
+  const paths = ctx.spoolPaths(site);
+  await createSiteSpoolDirs(paths);
+  const log = ctx.log;
+
+  for (const name of await listFiles(paths.xlogIncoming)) {
+    const fullPath = path.join(paths.xlogIncoming, name);
+    if (isPartialName(name)) {
+      // pg_receivewal continues a 0 or full-size .partial; anything else would stall it.
+      const size = (await stat(fullPath)).size;
+      if (size === 0 || size === WAL_SEG_SIZE) {
+        log.info(`Found partial file ${fullPath}, size ${size} bytes`);
+      } else {
+        log.warn(`Found partial file ${fullPath} with unexpected size ${size}, truncating to zero bytes`);
+        await copyFile(fullPath, `${fullPath}_incomplete`);
+        ctx.metrics.increase("pghoard.incomplete_partial_wal_segment");
+        await truncate(fullPath, 0);
+      }
+      continue;
+    }
+    const filetype = fileTypeOf(name);
+    if (!filetype) {
+      log.warn(`Found invalid file ${fullPath} from incoming xlog directory`);
+      continue;
+    }
+    const compressedPath = path.join(filetype === "xlog" ? paths.xlog : paths.timeline, name);
+    const hasCompressed = await exists(compressedPath);
+    if (hasCompressed && (await exists(`${compressedPath}.metadata`))) {
+      // Already compressed; the upload is re-queued below. Only the source needs cleaning up.
+      log.info(`${fullPath} was already compressed, scheduling it for deletion`);
+      if (filetype === "xlog") ctx.compressionDeleter?.(fullPath);
+      else await unlink(fullPath).catch(() => undefined);
+      continue;
+    }
+    if (hasCompressed) await unlink(compressedPath).catch(() => undefined);
+    log.debug(`Found ${fullPath} when starting up, adding to compression queue`);
+    ctx.compressionQueue.put({ site, filetype, fullPath, compressToMemory: false, deleteFileAfterCompression: true });
+  }
+
+  for (const filetype of ["xlog", "timeline"] as const) {
+    const dir = filetype === "xlog" ? paths.xlog : paths.timeline;
+    for (const name of await listFiles(dir)) {
+      if (name.endsWith(".metadata")) continue;
+      const fullPath = path.join(dir, name);
+      if (name.startsWith(".") && name.includes(".tmp-")) {
+        // Our own atomic-write temp file from an interrupted compression.
+        await unlink(fullPath).catch(() => undefined);
+        continue;
+      }
+      if (fileTypeOf(name) !== filetype || !(await exists(`${fullPath}.metadata`))) {
+        log.warn(`Found invalid file ${fullPath} from compressed ${filetype} directory`);
+        continue;
+      }
+      if (ctx.localObjectPath(site, objectKey(ctx.site(site).prefix, filetype, name)) === path.resolve(fullPath)) {
+        continue; // legacy local store rooted at backup_location: this is a stored object, not a pending upload
+      }
+      const metadata = await readSpoolMetadata(fullPath);
+      log.debug(`Found ${fullPath} when starting up, adding to transfer queue`);
+      ctx.transferQueue.put({
+        type: "UPLOAD",
+        site,
+        filetype,
+        localPath: fullPath,
+        metadata,
+        fileSize: (await stat(fullPath)).size,
+      });
+    }
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}

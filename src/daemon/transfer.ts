@@ -1,0 +1,321 @@
+/**
+ * Transfer agents (upstream TransferAgent, operations.md §9): `transfer.thread_count` concurrent
+ * loops execute uploads, downloads, metadata lookups and listings against each site's storage.
+ * Uploads that fail are re-queued forever with backoff min(0.5·2^(n−1), 20) s; after
+ * `upload_retries_warning_limit` failures the `upload_retries_warning` alert file is created, and it
+ * is removed again once no upload is over that limit and one succeeds.
+ */
+import { createWriteStream } from "node:fs";
+import { readFile, unlink } from "node:fs/promises";
+import path from "node:path";
+import { pipeline } from "node:stream/promises";
+import { StorageNotFoundError, type Metadata, type StorageBackend } from "../storage/types.js";
+import { createAlertFile, removeAlertFile } from "./alerts.js";
+import type { DaemonContext } from "./context.js";
+import type { SpoolMetadata } from "./spool.js";
+import type { ObjectFileType, TransferOp, TransferResult, UploadOp } from "./types.js";
+
+export interface TransferTypeState {
+  data: number;
+  count: number;
+  time_taken: number;
+  failures: number;
+  xlogs_since_basebackup: number;
+  last_success: number | null;
+  latest_filename?: string;
+}
+type Operation = "upload" | "download" | "metadata" | "list";
+export type TransferAgentState = Record<string, Record<Operation, Record<ObjectFileType, TransferTypeState>>>;
+
+const FILE_TYPES: ObjectFileType[] = [
+  "basebackup",
+  "basebackup_chunk",
+  "basebackup_delta",
+  "basebackup_delta_chunk",
+  "timeline",
+  "xlog",
+];
+
+/** Seconds on a monotonic clock (upstream stores time.monotonic() values). */
+export function monotonicSeconds(): number {
+  return Number(process.hrtime.bigint()) / 1e9;
+}
+
+/** Store-side metadata: values as strings, null/undefined dropped, Content-Length added (storage-layout.md §4.1). */
+export function storeMetadata(metadata: SpoolMetadata, storedSize: number): Metadata {
+  const out: Metadata = {};
+  for (const [key, value] of Object.entries(metadata)) {
+    if (value === null || value === undefined) continue;
+    out[key] = typeof value === "boolean" ? (value ? "True" : "False") : String(value);
+  }
+  out["Content-Length"] = String(storedSize);
+  return out;
+}
+
+export function objectKey(prefix: string, filetype: ObjectFileType, name: string): string {
+  return path.posix.join(prefix, filetype, name);
+}
+
+function uploadObjectName(op: UploadOp): string {
+  if (op.objectName) return op.objectName;
+  if (op.filetype === "basebackup_chunk") {
+    return path.posix.join(path.basename(path.dirname(op.localPath)), path.basename(op.localPath));
+  }
+  return path.basename(op.localPath);
+}
+
+export class TransferAgents {
+  state: TransferAgentState;
+  private workers: Array<Promise<void>> = [];
+  private running = 0;
+  private stopped = false;
+  private backoffTimers = new Set<NodeJS.Timeout>();
+  /** Uploads that are past the warning limit and not yet through. */
+  private overLimit = new Set<UploadOp>();
+  /** Uploads waiting in a backoff sleep: counted as pending work during a graceful drain. */
+  private backingOff = 0;
+
+  constructor(
+    private readonly ctx: DaemonContext,
+    initialState: TransferAgentState = {},
+  ) {
+    this.state = initialState;
+  }
+
+  start(count: number): void {
+    for (let i = 0; i < count; i++) this.workers.push(this.workerLoop());
+  }
+
+  /** Work not finished yet: queued, running, or sleeping before a retry. */
+  get pendingCount(): number {
+    return this.ctx.transferQueue.size + this.running + this.backingOff;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.ctx.transferQueue.close();
+    for (const timer of this.backoffTimers) clearTimeout(timer);
+    this.backoffTimers.clear();
+    this.backingOff = 0;
+    await Promise.all(this.workers);
+  }
+
+  private async workerLoop(): Promise<void> {
+    while (!this.stopped) {
+      const op = await this.ctx.transferQueue.get();
+      if (!op) break;
+      this.running++;
+      try {
+        await this.handle(op);
+      } catch (err) {
+        // handle() reports failures itself; this is a bug guard so one op never kills a worker.
+        this.ctx.log.error({ err }, `Unexpected error in transfer agent`);
+      } finally {
+        this.running--;
+      }
+    }
+  }
+
+  private typeState(site: string, oper: Operation, filetype: ObjectFileType): TransferTypeState {
+    if (!this.state[site]) {
+      const defaults = (): Record<ObjectFileType, TransferTypeState> => {
+        const out = {} as Record<ObjectFileType, TransferTypeState>;
+        for (const t of FILE_TYPES) {
+          out[t] = { data: 0, count: 0, time_taken: 0, failures: 0, xlogs_since_basebackup: 0, last_success: null };
+        }
+        return out;
+      };
+      this.state[site] = { upload: defaults(), download: defaults(), metadata: defaults(), list: defaults() };
+    }
+    const byOper = this.state[site][oper];
+    if (!byOper[filetype]) {
+      byOper[filetype] = { data: 0, count: 0, time_taken: 0, failures: 0, xlogs_since_basebackup: 0, last_success: null };
+    }
+    return byOper[filetype];
+  }
+
+  private async handle(op: TransferOp): Promise<void> {
+    const start = monotonicSeconds();
+    const prefix = this.ctx.site(op.site).prefix;
+    let result: TransferResult;
+    let size = 0;
+    let name: string;
+    let key: string;
+    switch (op.type) {
+      case "UPLOAD": {
+        name = uploadObjectName(op);
+        key = objectKey(prefix, op.filetype, name);
+        size = op.fileSize;
+        const outcome = await this.handleUpload(op, key);
+        if (outcome === "retrying") {
+          this.typeState(op.site, "upload", op.filetype).failures += 1;
+          this.ctx.metrics.increase("pghoard.upload_size", size, { result: "failed", type: op.filetype, site: op.site });
+          return;
+        }
+        result = { success: true };
+        break;
+      }
+      case "DOWNLOAD":
+        name = op.name;
+        key = objectKey(prefix, op.filetype, name);
+        ({ result, size } = await this.handleDownload(op.site, key, op.targetPath));
+        break;
+      case "METADATA":
+        name = op.name;
+        key = objectKey(prefix, op.filetype, name);
+        result = await this.guarded("handle_metadata", op.site, key, async (storage) => ({
+          success: true,
+          metadata: await storage.getMetadataForKey(key),
+        }));
+        size = result.metadata ? JSON.stringify(result.metadata).length : 0;
+        break;
+      case "LIST":
+        name = "";
+        key = path.posix.join(prefix, op.filetype);
+        result = await this.guarded("handle_list", op.site, key, async (storage) => ({ success: true, items: await storage.list(key) }));
+        size = result.items ? JSON.stringify(result.items).length : 0;
+        break;
+    }
+
+    const oper = op.type.toLowerCase() as Operation;
+    const entry = this.typeState(op.site, oper, op.filetype);
+    if (result.success) {
+      if (oper === "upload") {
+        const xlogEntry = this.typeState(op.site, "upload", "xlog");
+        if (op.filetype === "xlog") xlogEntry.xlogs_since_basebackup += 1;
+        else if (op.filetype === "basebackup" || op.filetype === "basebackup_delta") xlogEntry.xlogs_since_basebackup = 0;
+        this.ctx.metrics.gauge("pghoard.xlogs_since_basebackup", xlogEntry.xlogs_since_basebackup, { site: op.site });
+      }
+      entry.last_success = monotonicSeconds();
+      entry.count += 1;
+      entry.data += size;
+      entry.time_taken += monotonicSeconds() - start;
+      entry.latest_filename = path.basename(name);
+      this.ctx.metrics.gauge("pghoard.total_upload_size", entry.data, { type: op.filetype, site: op.site });
+    } else {
+      entry.failures += 1;
+    }
+    if (oper === "upload" || oper === "download") {
+      this.ctx.metrics.increase(`pghoard.${oper}_size`, size, {
+        result: result.success ? "ok" : "failed",
+        type: op.filetype,
+        site: op.site,
+      });
+    }
+    op.callback?.resolve(result);
+    const took = (monotonicSeconds() - start).toFixed(3);
+    const line = `${op.type} ${result.success ? "" : "FAILED "}transfer of key: ${key}, size: ${size}, took ${took}s`;
+    if (result.success || result.notFound) this.ctx.log.info(line);
+    else this.ctx.log.warn(line);
+  }
+
+  private async guarded(
+    where: string,
+    site: string,
+    key: string,
+    fn: (storage: StorageBackend) => Promise<TransferResult>,
+  ): Promise<TransferResult> {
+    try {
+      return await fn(await this.ctx.getStorage(site));
+    } catch (err) {
+      if (err instanceof StorageNotFoundError) {
+        this.ctx.log.warn(`'${key}' not found from storage`);
+        return { success: false, notFound: true, error: err };
+      }
+      this.ctx.log.error({ err }, `Problem with ${where} of ${key}`);
+      this.ctx.metrics.unexpectedException(err, where);
+      return { success: false, error: err };
+    }
+  }
+
+  private async handleDownload(site: string, key: string, targetPath: string): Promise<{ result: TransferResult; size: number }> {
+    let size = 0;
+    const result = await this.guarded("handle_download", site, key, async (storage) => {
+      const { stream, metadata, size: storedSize } = await storage.getReadStream(key);
+      size = storedSize;
+      const keyId = metadata["encryption-key-id"];
+      let privateKeyPem: string | null = null;
+      if (keyId) {
+        privateKeyPem = this.ctx.site(site).encryption_keys?.[keyId]?.private ?? null;
+        if (!privateKeyPem) {
+          stream.destroy();
+          throw new Error(`File is encrypted with key '${keyId}' but key not found`);
+        }
+      }
+      await pipeline(stream, this.ctx.pool.createDecodeStream(metadata, privateKeyPem), createWriteStream(targetPath));
+      return { success: true, metadata, targetPath };
+    });
+    return { result, size };
+  }
+
+  /** "done", or "retrying" when the op was re-queued after a failure. */
+  private async handleUpload(op: UploadOp, key: string): Promise<"done" | "retrying"> {
+    try {
+      const storage = await this.ctx.getStorage(op.site);
+      const metadata = storeMetadata(op.metadata, op.fileSize);
+      let deleteLocal = false;
+      if (op.blob) {
+        await storage.storeFileFromMemory(key, op.blob, metadata);
+      } else if (this.ctx.localObjectPath(op.site, key) === path.resolve(op.localPath)) {
+        // Legacy `object_storage: null`: the spool file already is the object; only (re)write it with
+        // the store's sidecar so it becomes visible, and never delete it.
+        await storage.storeFileFromMemory(key, await readFile(op.localPath), metadata);
+      } else {
+        await storage.storeFileFromDisk(key, op.localPath, metadata);
+        deleteLocal = op.deleteAfterUpload ?? true;
+      }
+      if (deleteLocal) {
+        try {
+          await unlink(op.localPath);
+          await unlink(`${op.localPath}.metadata`).catch(() => undefined);
+        } catch (err) {
+          this.ctx.log.error({ err }, `Problem deleting ${op.localPath} after upload`);
+          this.ctx.metrics.unexpectedException(err, "handle_upload_unlink");
+        }
+      }
+      if (this.overLimit.delete(op) || this.overLimit.size === 0) {
+        if (this.overLimit.size === 0 && (await removeAlertFile(this.ctx.config.alert_file_dir, "upload_retries_warning"))) {
+          this.ctx.log.info("Uploads succeed again, removed alert file upload_retries_warning");
+        }
+      }
+      return "done";
+    } catch (err) {
+      const retryNumber = (op.retryNumber ?? 0) + 1;
+      op.retryNumber = retryNumber;
+      const what = `Problem uploading ${op.localPath} to ${key}, need to retry`;
+      if (retryNumber > 1) {
+        this.ctx.log.error({ err }, what);
+        this.ctx.metrics.unexpectedException(err, "handle_upload");
+      } else {
+        this.ctx.log.warn(`${what} (${err instanceof Error ? `${err.name}: ${err.message}` : String(err)})`);
+      }
+      if (retryNumber > this.ctx.config.upload_retries_warning_limit) {
+        this.overLimit.add(op);
+        try {
+          await createAlertFile(this.ctx.config.alert_file_dir, "upload_retries_warning");
+        } catch (alertErr) {
+          this.ctx.log.error({ err: alertErr }, "Could not create alert file upload_retries_warning");
+        }
+      }
+      // Re-queue after the backoff without holding a worker, so other uploads keep flowing.
+      this.backingOff++;
+      const timer = setTimeout(
+        () => {
+          this.backoffTimers.delete(timer);
+          this.backingOff--;
+          if (this.ctx.transferQueue.isClosed) {
+            // Shutdown: a spool file stays for the next start; an in-memory blob is re-sent by
+            // PostgreSQL's next archive_command (it never got a 201).
+            op.callback?.resolve({ success: false, error: err });
+            this.overLimit.delete(op);
+          } else {
+            this.ctx.transferQueue.put(op);
+          }
+        },
+        Math.min(0.5 * 2 ** (retryNumber - 1), 20) * 1000,
+      );
+      this.backoffTimers.add(timer);
+      return "retrying";
+    }
+  }
+}

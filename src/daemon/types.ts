@@ -1,0 +1,95 @@
+/**
+ * Work items passed between the daemon's parts: the webserver, WAL sources (archive_command,
+ * pg_receivexlog spool, walreceiver) and basebackups put CompressionEvents and TransferOps on the
+ * two queues; compressors and transfer agents consume them (operations.md §1, §6.5, §9).
+ */
+import type { Metadata, StoredObject } from "../storage/types.js";
+import type { Deferred } from "./queue.js";
+import type { SpoolMetadata, WalFileType } from "./spool.js";
+
+export interface TransferResult {
+  success: boolean;
+  error?: unknown;
+  /** The object does not exist in storage. */
+  notFound?: boolean;
+  metadata?: Metadata;
+  items?: StoredObject[];
+  /** DOWNLOAD: where the decoded file was written. */
+  targetPath?: string;
+}
+
+/** Compress (and encrypt) one WAL or history file, then queue its upload. */
+export interface CompressionEvent {
+  site: string;
+  filetype: WalFileType;
+  /** Source file; its basename is the WAL/history name. */
+  fullPath: string;
+  /** In-memory source (walreceiver); `fullPath` then only names the file. */
+  inputData?: Buffer;
+  /** true: keep the compressed bytes in memory (archive_command); false: write to the spool. */
+  compressToMemory: boolean;
+  /** Delete the source after compression (pg_receivexlog spool files; never pg_wal). */
+  deleteFileAfterCompression: boolean;
+  /** Extra metadata merged under the compressor's own keys. */
+  metadata?: SpoolMetadata;
+  /** Resolved with the upload result (or a compression failure). */
+  callback?: Deferred<TransferResult>;
+}
+
+/** Object kinds below a site prefix (storage-layout.md §2). */
+export type ObjectFileType =
+  | "xlog"
+  | "timeline"
+  | "basebackup"
+  | "basebackup_chunk"
+  | "basebackup_delta"
+  | "basebackup_delta_chunk";
+
+export interface UploadOp {
+  type: "UPLOAD";
+  site: string;
+  filetype: ObjectFileType;
+  /** Spool file to upload (deleted with its `.metadata` after success), or the source name for a blob. */
+  localPath: string;
+  /** In-memory payload; when set `localPath` only provides the object name. */
+  blob?: Buffer;
+  /**
+   * Object name below `<prefix>/<filetype>/`; default = basename of `localPath`
+   * (for `basebackup_chunk`: `<parent dir>/<basename>`, as upstream).
+   */
+  objectName?: string;
+  metadata: SpoolMetadata;
+  /** Stored size in bytes (statistics, Content-Length metadata). */
+  fileSize: number;
+  /** Delete `localPath` (and its sidecar) after a successful upload; default true for files. */
+  deleteAfterUpload?: boolean;
+  callback?: Deferred<TransferResult>;
+  retryNumber?: number;
+}
+
+export interface DownloadOp {
+  type: "DOWNLOAD";
+  site: string;
+  filetype: ObjectFileType;
+  name: string;
+  /** Decoded bytes are written here (an existing temp file is overwritten). */
+  targetPath: string;
+  callback: Deferred<TransferResult>;
+}
+
+export interface MetadataOp {
+  type: "METADATA";
+  site: string;
+  filetype: ObjectFileType;
+  name: string;
+  callback: Deferred<TransferResult>;
+}
+
+export interface ListOp {
+  type: "LIST";
+  site: string;
+  filetype: ObjectFileType;
+  callback: Deferred<TransferResult>;
+}
+
+export type TransferOp = UploadOp | DownloadOp | MetadataOp | ListOp;
