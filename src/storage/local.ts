@@ -324,12 +324,17 @@ export class LocalStorage implements StorageBackend {
   }
 
   async deleteTree(prefix: string): Promise<void> {
-    const parts = this.keyParts(prefix);
+    const parts = this.keyParts(prefix, { allowEmpty: true });
     const dir = path.join(this.root, ...parts);
     try {
       // Only directories: a key naming a single object is not a tree (and would lose just its data).
       if (!(await lstat(dir)).isDirectory()) return;
-      await rm(dir, { recursive: true, force: true });
+      if (parts.length > 0) {
+        await rm(dir, { recursive: true, force: true });
+      } else {
+        // The whole store below the backend prefix: empty the root but keep it (it may be a mount point).
+        for (const name of await readdir(dir)) await rm(path.join(dir, name), { recursive: true, force: true });
+      }
     } catch (err) {
       if (isErrno(err, "ENOENT", "ENOTDIR")) return;
       throw new StorageError(`local: deleting tree ${prefix} failed: ${(err as Error).message}`, { cause: err });

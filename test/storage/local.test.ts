@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -11,6 +11,7 @@ import { createStorage } from "../../src/storage/index.js";
 import { decodeSidecar, encodeSidecar, LocalStorage } from "../../src/storage/local.js";
 import { StorageError, StorageNotFoundError } from "../../src/storage/types.js";
 import { hasShared, sharedDir } from "../helpers/paths.js";
+import { runConformance } from "./conformance.js";
 
 const sha256 = (data: Buffer | string): string => createHash("sha256").update(data).digest("hex");
 
@@ -203,7 +204,6 @@ describe("storage/local", () => {
     for (const key of ["a/b.metadata", "a/.hidden", "a/x.metadata_tmp1", "a/.concurrent_upload_x"]) {
       await assert.rejects(storage.storeFileFromMemory(key, Buffer.from("x"), {}), /reserved/, key);
     }
-    await assert.rejects(storage.deleteTree(""), StorageError);
     assert.equal(await readFile(outside, "utf8"), "secret");
   });
 
@@ -218,6 +218,12 @@ describe("storage/local", () => {
     await storage.deleteTree("del/a");
     assert.deepEqual(await tree(path.join(dir, "pfx", "del")), ["b/1", "b/1.metadata"]);
     await storage.deleteTree("del/b/1"); // a key, not a tree: left alone
+    assert.deepEqual((await storage.list("del/b")).map((o) => o.name), ["del/b/1"]);
+    // "" is everything below the backend prefix; the prefix directory itself stays.
+    const scoped = new LocalStorage({ directory: path.join(dir, "pfx", "del"), prefix: "scoped" });
+    await scoped.storeFileFromMemory("x/y", Buffer.from("y"), {});
+    await scoped.deleteTree("");
+    assert.deepEqual(await readdir(path.join(dir, "pfx", "del", "scoped")), []);
     assert.deepEqual((await storage.list("del/b")).map((o) => o.name), ["del/b/1"]);
   });
 
@@ -275,4 +281,11 @@ describe("storage/local reading a store written by upstream pghoard", () => {
     assert.equal(basebackup?.metadata["start-wal-segment"], "000000010000000000000016");
     assert.deepEqual(await storage.list("snappy-plain-basic"), [], "the site directory holds only sub-directories");
   });
+});
+
+const conformanceDir = mkdtempSync(path.join(os.tmpdir(), "pghoard-local-conformance-"));
+after(() => rmSync(conformanceDir, { recursive: true, force: true }));
+runConformance("local", {
+  makeBackend: async (prefix) => new LocalStorage({ storage_type: "local", directory: conformanceDir, prefix }),
+  manyKeys: 250,
 });
