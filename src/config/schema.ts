@@ -352,7 +352,7 @@ export const topLevelSection: SectionSpec = {
       min: Number.MIN_VALUE,
       default: { value: 1.0 },
       onInvalid: "default",
-      description: "Undocumented upstream: queue poll timeout (s) of the local WAL deleter. Invalid values: warning, 1.0 used.",
+      description: "Undocumented upstream: queue poll timeout (s) of the local WAL deleter; must be > 0.",
     },
     {
       key: "statsd",
