@@ -1,0 +1,151 @@
+/**
+ * Tar + compress + encrypt + upload of chunks (local-tar data chunks and delta bundles), with at
+ * most `basebackup_threads` chunks being built and at most `basebackup_chunks_in_progress` built
+ * but not yet uploaded. The tar is produced on the main thread (I/O only); compression and
+ * encryption run in the FileFormatPool's workers; each chunk is uploaded as soon as it is ready.
+ */
+import { createWriteStream } from "node:fs";
+import path from "node:path";
+import { Readable, Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { removeIfExists } from "../common/fs.js";
+import { encodeOptions, encodingMetadata, hostnameOf, sanitizeMetadata, throwIfAborted, uploaderOf } from "./common.js";
+import type { ChunkRecord } from "./control.js";
+import { tarChunk, type ChunkEntry, type TarChunkOptions, type TarChunkStats } from "./files.js";
+import type { BackupProgress } from "./progress.js";
+import { siteConfigOf, type BasebackupContext, type BasebackupFileType } from "./types.js";
+
+export function chunkFileName(backupName: string, index: number): string {
+  return `${backupName}.${String(index).padStart(8, "0")}.pghoard`;
+}
+
+/** A counting semaphore with FIFO waiters. */
+class Limiter {
+  private waiters: Array<() => void> = [];
+  constructor(private available: number) {}
+  async acquire(): Promise<void> {
+    if (this.available > 0) {
+      this.available -= 1;
+      return;
+    }
+    await new Promise<void>((resolve) => this.waiters.push(resolve));
+  }
+  release(): void {
+    const next = this.waiters.shift();
+    if (next) next();
+    else this.available += 1;
+  }
+}
+
+export interface ChunkJobOptions {
+  filetype: Extract<BasebackupFileType, "basebackup_chunk" | "basebackup_delta_chunk">;
+  backupName: string;
+  workDir: string;
+  progress: BackupProgress;
+  tarOptions: Omit<TarChunkOptions, "log">;
+  /** delta: `true` in the bytes-uploaded metric tag. */
+  delta: boolean;
+}
+
+/** Builds one chunk file: returns plaintext (tar) and stored sizes. */
+async function buildChunk(
+  ctx: BasebackupContext,
+  entries: readonly ChunkEntry[],
+  localPath: string,
+  opts: ChunkJobOptions,
+): Promise<{ inputSize: number; resultSize: number }> {
+  const stats: TarChunkStats = { files: [], vanished: 0, dataBytes: 0 };
+  const encoder = ctx.pool.createEncodeStream(encodeOptions(ctx));
+  let inputSize = 0;
+  const counter = new Transform({
+    highWaterMark: 2,
+    objectMode: false,
+    transform(chunk: Buffer, _enc, cb) {
+      inputSize += chunk.length;
+      cb(null, chunk);
+    },
+  });
+  const source = Readable.from(tarChunk(entries, { ...opts.tarOptions, log: ctx.log }, stats), { objectMode: false, highWaterMark: 2 * 1024 * 1024 });
+  try {
+    await pipeline(source, counter, encoder, createWriteStream(localPath, { highWaterMark: 1024 * 1024 }));
+  } catch (err) {
+    await removeIfExists(localPath).catch(() => undefined);
+    throw err;
+  }
+  const result = await encoder.result();
+  return { inputSize, resultSize: result.storedSize };
+}
+
+/**
+ * Creates and uploads chunks 1..n of `chunks`; returns their control-JSON records in order.
+ * Waits for every started upload before returning or throwing.
+ */
+export async function createAndUploadChunks(ctx: BasebackupContext, chunks: ChunkEntry[][], opts: ChunkJobOptions): Promise<ChunkRecord[]> {
+  const site = siteConfigOf(ctx);
+  const threads = Math.max(1, site.basebackup_threads ?? 1);
+  const maxOnDisk = Math.max(1, site.basebackup_chunks_in_progress ?? 5);
+  const building = new Limiter(threads);
+  const onDisk = new Limiter(Math.max(threads, maxOnDisk));
+  const uploader = uploaderOf(ctx);
+  const records: ChunkRecord[] = new Array(chunks.length);
+  const tasks: Promise<void>[] = [];
+  let failure: unknown;
+  const baseMetadata = { ...encodingMetadata(ctx), format: "pghoard-bb-v2" };
+  const algorithm = encodeOptions(ctx).algorithm;
+
+  for (let i = 0; i < chunks.length && failure === undefined; i++) {
+    await onDisk.acquire();
+    await building.acquire();
+    if (failure !== undefined) {
+      building.release();
+      onDisk.release();
+      break;
+    }
+    const index = i + 1;
+    const fileName = chunkFileName(opts.backupName, index);
+    const localPath = path.join(opts.workDir, fileName);
+    const objectName = `${opts.backupName}/${fileName}`;
+    const task = (async () => {
+      let built = false;
+      try {
+        throwIfAborted(ctx);
+        const started = Date.now();
+        const { inputSize, resultSize } = await buildChunk(ctx, chunks[i], localPath, opts);
+        built = true;
+        building.release();
+        ctx.log.info(
+          `Compressed ${chunks[i].length} $PGDATA entries into ${objectName}: ${inputSize} -> ${resultSize} bytes ` +
+            `in ${((Date.now() - started) / 1000).toFixed(2)} s`,
+        );
+        if (inputSize > 0) {
+          ctx.metrics?.gauge("pghoard.compressed_size_ratio", resultSize / inputSize, { algorithm, site: ctx.site, type: "basebackup" });
+        }
+        records[i] = { chunk_filename: objectName, input_size: inputSize, result_size: resultSize, files: chunks[i].map((e) => e.archivePath) };
+        throwIfAborted(ctx);
+        await uploader.upload({
+          filetype: opts.filetype,
+          objectName,
+          localPath,
+          fileSize: resultSize,
+          metadata: sanitizeMetadata({ ...baseMetadata, "original-file-size": inputSize, host: hostnameOf(ctx) }),
+          onProgress: (n) => {
+            opts.progress.addUploaded(n);
+            ctx.metrics?.increase("pghoard.basebackup_bytes_uploaded", n, { delta: opts.delta ? "True" : "False" });
+          },
+        });
+        const done = records.filter(Boolean).length;
+        ctx.metrics?.gauge("pghoard.basebackup_estimated_progress", (done * 100) / chunks.length, { site: ctx.site });
+      } catch (err) {
+        if (failure === undefined) failure = err;
+        await removeIfExists(localPath).catch(() => undefined);
+      } finally {
+        if (!built) building.release();
+        onDisk.release();
+      }
+    })();
+    tasks.push(task);
+  }
+  await Promise.all(tasks);
+  if (failure !== undefined) throw failure;
+  return records;
+}

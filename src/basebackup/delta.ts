@@ -1,0 +1,457 @@
+/**
+ * `delta` mode (format `pghoard-delta-v2`, storage-layout.md §5.5/§5.7): every file of $PGDATA is
+ * described in a manifest; files ≤ 150 bytes are embedded, files below
+ * `basebackup_delta_mode_min_delta_file_size` go into bundle tars, bigger ones become objects named
+ * by the BLAKE2s-256 of their content, uploaded only when no existing delta backup has them.
+ *
+ * Differences from upstream that do not show in the stored format: no hard-link snapshot directory
+ * (a file that vanishes before it is read is dropped from the manifest instead — WAL replay
+ * recreates or deletes it, as for pg_basebackup), and user tablespaces are supported: their files
+ * get relative paths `pg_tblspc/<oid>/...` (upstream's snapshotter cannot express them).
+ */
+import { createHash } from "node:crypto";
+import { lstat, open } from "node:fs/promises";
+import path from "node:path";
+import { removeIfExists } from "../common/fs.js";
+import type { StorageBackend } from "../storage/types.js";
+import { StorageNotFoundError } from "../storage/types.js";
+import {
+  BackupFailure,
+  BackupSession,
+  createBackupWorkDir,
+  encodeOptions,
+  encodingMetadata,
+  hostnameOf,
+  objectKey,
+  removeWorkDir,
+  sanitizeMetadata,
+  throwIfAborted,
+  uploaderOf,
+} from "./common.js";
+import { createAndUploadChunks } from "./chunks.js";
+import { readControlMetadata, type ChunkRecord, type TablespaceInfo } from "./control.js";
+import { findFilesToBackup, type ChunkEntry } from "./files.js";
+import { isoUtc } from "./label.js";
+import { checkPgdata, uploadControlObject } from "./localtar.js";
+import { BackupProgress } from "./progress.js";
+import { listBasebackups, keyLookupForSite, type BasebackupInfo } from "./retention.js";
+import { siteConfigOf, type BasebackupContext, type BasebackupResult } from "./types.js";
+
+export const EMBEDDED_FILE_SIZE = 150;
+export const EMPTY_FILE_HASH = createHash("blake2s256").digest("hex");
+export const DELTA_FORMATS = new Set(["pghoard-delta-v1", "pghoard-delta-v2"]);
+
+/** rohmu's SnapshotFile, fields in its declaration order (upstream rejects unknown fields). */
+export interface SnapshotFile {
+  relative_path: string;
+  file_size: number;
+  stored_file_size: number;
+  mtime_ns: bigint | number;
+  hexdigest: string;
+  content_b64: string | null;
+  should_be_bundled: boolean;
+  missing_ok: boolean;
+}
+
+interface SnapshotEntry {
+  file: SnapshotFile;
+  localPath: string;
+}
+
+function makeSnapshotFile(relativePath: string, size: number, mtimeNs: bigint, missingOk: boolean): SnapshotFile {
+  return {
+    relative_path: relativePath,
+    file_size: size,
+    stored_file_size: 0,
+    mtime_ns: mtimeNs,
+    hexdigest: "",
+    content_b64: null,
+    should_be_bundled: false,
+    missing_ok: missingOk,
+  };
+}
+
+/** Python PurePosixPath ordering: by path components, not by the raw string. */
+export function comparePaths(a: string, b: string): number {
+  const pa = a.split("/");
+  const pb = b.split("/");
+  for (let i = 0; i < Math.min(pa.length, pb.length); i++) {
+    if (pa[i] !== pb[i]) return pa[i] < pb[i] ? -1 : 1;
+  }
+  return pa.length - pb.length;
+}
+
+/** Reads at most `size` bytes and returns their BLAKE2s-256 (upstream's SizeLimitedFile + hash). */
+async function hashFile(localPath: string, size: number): Promise<string> {
+  const hash = createHash("blake2s256");
+  const handle = await open(localPath, "r");
+  try {
+    const buf = Buffer.allocUnsafe(Math.min(1024 * 1024, Math.max(size, 1)));
+    let position = 0;
+    while (position < size) {
+      const { bytesRead } = await handle.read(buf, 0, Math.min(buf.length, size - position), position);
+      if (bytesRead === 0) break;
+      hash.update(buf.subarray(0, bytesRead));
+      position += bytesRead;
+    }
+  } finally {
+    await handle.close();
+  }
+  return hash.digest("hex");
+}
+
+async function readSmallFile(localPath: string, size: number): Promise<Buffer> {
+  const handle = await open(localPath, "r");
+  try {
+    const buf = Buffer.alloc(size);
+    let position = 0;
+    while (position < size) {
+      const { bytesRead } = await handle.read(buf, position, size - position, position);
+      if (bytesRead === 0) break;
+      position += bytesRead;
+    }
+    return buf.subarray(0, position);
+  } finally {
+    await handle.close();
+  }
+}
+
+function isEnoent(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  return code === "ENOENT" || code === "ENOTDIR";
+}
+
+/** Runs `fn` over `items` with at most `parallel` in flight; stops at the first error. */
+async function parallelEach<T>(items: readonly T[], parallel: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: unknown;
+  const worker = async (): Promise<void> => {
+    while (failure === undefined && next < items.length) {
+      const index = next++;
+      try {
+        await fn(items[index], index);
+      } catch (err) {
+        if (failure === undefined) failure = err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(parallel, items.length)) }, worker));
+  if (failure !== undefined) throw failure;
+}
+
+/** hexdigest → manifest entry of every existing delta backup of the site. */
+export async function listExistingDeltaFiles(ctx: BasebackupContext, backups: BasebackupInfo[]): Promise<Map<string, Record<string, unknown>>> {
+  const site = siteConfigOf(ctx);
+  const result = new Map<string, Record<string, unknown>>();
+  for (const backup of backups) {
+    if (!DELTA_FORMATS.has(backup.metadata.format ?? "")) continue;
+    if (backup.site !== ctx.site) continue;
+    const key = path.posix.join(site.prefix, "basebackup", backup.name);
+    const meta = await readControlMetadata(ctx.storage, key, backup.metadata, keyLookupForSite(site));
+    for (const file of manifestFiles(meta)) {
+      const hexdigest = file.hexdigest;
+      if (typeof hexdigest === "string" && hexdigest) result.set(hexdigest, file);
+    }
+  }
+  return result;
+}
+
+export function manifestFiles(meta: Record<string, unknown>): Array<Record<string, unknown>> {
+  const manifest = meta.manifest as { snapshot_result?: { state?: { files?: Array<Record<string, unknown>> } } } | undefined;
+  return manifest?.snapshot_result?.state?.files ?? [];
+}
+
+/** Maps an archive path of the walk to the manifest's path relative to $PGDATA. */
+function relativePathFor(archivePath: string, tablespaces: Record<string, TablespaceInfo>): string {
+  if (archivePath.startsWith("pgdata/")) return archivePath.slice("pgdata/".length);
+  const m = /^tablespaces\/([^/]+)(\/.*)?$/.exec(archivePath);
+  if (m) {
+    const info = tablespaces[m[1]];
+    if (!info) throw new Error(`Unknown tablespace in ${archivePath}`);
+    return `pg_tblspc/${info.oid}${m[2] ?? ""}`;
+  }
+  throw new Error(`Unexpected archive path ${archivePath}`);
+}
+
+async function deleteQuietly(storage: StorageBackend, key: string, ctx: BasebackupContext): Promise<void> {
+  try {
+    ctx.log.info(`Removing object from the storage: ${key}`);
+    await storage.deleteKey(key);
+  } catch (err) {
+    if (!(err instanceof StorageNotFoundError)) ctx.log.warn(`Could not delete ${key}: ${(err as Error).message}`);
+  }
+}
+
+export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<BasebackupResult> {
+  const site = siteConfigOf(ctx);
+  const pgdata = await checkPgdata(ctx);
+  const parallel = Math.max(1, site.basebackup_threads ?? 1);
+  const minDeltaSize = site.basebackup_delta_mode_min_delta_file_size ?? 10 * 1024 * 1024;
+  const bundleSize = site.basebackup_delta_mode_chunk_size ?? 500 * 1024 * 1024;
+  const backups = ctx.listBasebackups ? await ctx.listBasebackups() : await listBasebackups(ctx.storage, site, ctx.site);
+  const tracked = await listExistingDeltaFiles(ctx, backups);
+  const { name, workDir } = await createBackupWorkDir(ctx);
+  const progress = new BackupProgress(name, "delta", ctx.log, ctx.onProgress);
+  const uploader = uploaderOf(ctx);
+  const newHashObjects: string[] = [];
+  const bundleObjects: string[] = [];
+  let success = false;
+  try {
+    const session = await BackupSession.connect(ctx);
+    let tablespaces: Record<string, TablespaceInfo> = {};
+    let backupLabel = "";
+    let pgControl = Buffer.alloc(0);
+    let end: Awaited<ReturnType<BackupSession["endSegmentAndTime"]>>;
+    let files: SnapshotEntry[] = [];
+    let emptyDirs: string[] = [];
+    let chunkFiles: ChunkRecord[] = [];
+    let snapshotStart = new Date();
+    let snapshotEnd = new Date();
+    let startTime = new Date();
+    const uploadedDigests = new Map<string, number>();
+    try {
+      progress.setPhase("starting backup (checkpoint)");
+      await session.startBackup();
+      let stopped = false;
+      try {
+        tablespaces = await session.tablespaces(pgdata);
+        startTime = new Date();
+        snapshotStart = startTime;
+        progress.setPhase("snapshot");
+        const dirs = new Set<string>();
+        const candidates: Array<{ rel: string; localPath: string; missingOk: boolean }> = [];
+        for await (const item of findFilesToBackup(pgdata, tablespaces, ctx.log)) {
+          if (item.op === "leave") continue;
+          if (item.localPath.endsWith(".pem")) continue; // e.g. dh1024.pem, as upstream
+          const rel = relativePathFor(item.archivePath, tablespaces);
+          if (item.op === "enter") dirs.add(rel);
+          else candidates.push({ rel, localPath: item.localPath, missingOk: item.missingOk });
+        }
+        let totalToHash = 0;
+        const snap: SnapshotEntry[] = [];
+        for (const c of candidates) {
+          let st;
+          try {
+            st = await lstat(c.localPath, { bigint: true });
+          } catch (err) {
+            if (c.missingOk && isEnoent(err)) continue;
+            throw new BackupFailure(`Required file disappeared during the backup: ${c.localPath}`, { cause: err });
+          }
+          if (!st.isFile()) continue; // delta snapshots hold regular files only
+          const file = makeSnapshotFile(c.rel, Number(st.size), st.mtimeNs, c.missingOk);
+          dirs.add(path.posix.dirname(c.rel));
+          snap.push({ file, localPath: c.localPath });
+          if (file.file_size > EMBEDDED_FILE_SIZE && !(minDeltaSize && file.file_size < minDeltaSize)) totalToHash += file.file_size;
+        }
+        progress.setTotal(totalToHash);
+        const vanished = new Set<SnapshotEntry>();
+        await parallelEach(snap, parallel, async (entry) => {
+          throwIfAborted(ctx);
+          session.checkAlive();
+          const f = entry.file;
+          try {
+            if (f.file_size <= EMBEDDED_FILE_SIZE) {
+              f.content_b64 = (await readSmallFile(entry.localPath, f.file_size)).toString("base64");
+            } else if (minDeltaSize && f.file_size < minDeltaSize) {
+              f.should_be_bundled = true;
+            } else {
+              f.hexdigest = await hashFile(entry.localPath, f.file_size);
+              progress.addDone(f.file_size);
+            }
+          } catch (err) {
+            if (f.missing_ok && isEnoent(err)) vanished.add(entry);
+            else throw err;
+          }
+        });
+        files = snap.filter((e) => !vanished.has(e));
+        emptyDirs = [...dirs].sort(comparePaths);
+        snapshotEnd = new Date();
+
+        // bundles of small files, then the big files not stored yet
+        const bundles: ChunkEntry[][] = [];
+        let current: ChunkEntry[] = [];
+        let currentSize = 0;
+        const todo = new Map<string, SnapshotEntry[]>();
+        for (const entry of files) {
+          const f = entry.file;
+          if (f.should_be_bundled) {
+            if (current.length > 0 && currentSize + f.file_size > bundleSize) {
+              bundles.push(current);
+              current = [];
+              currentSize = 0;
+            }
+            current.push({ archivePath: f.relative_path, localPath: entry.localPath, missingOk: f.missing_ok });
+            currentSize += f.file_size;
+          } else if (f.hexdigest && !tracked.has(f.hexdigest)) {
+            const list = todo.get(f.hexdigest) ?? [];
+            list.push(entry);
+            todo.set(f.hexdigest, list);
+          }
+        }
+        if (current.length > 0) bundles.push(current);
+        const todoBytes = [...todo.values()].reduce((a, l) => a + l[0].file.file_size, 0);
+        const bundleBytes = bundles.reduce((a, b) => a + b.length, 0);
+        ctx.log.info(`Submitting ${bundles.length} delta chunks with ${bundleBytes} files and ${todo.size} hashes (${todoBytes} bytes) for upload`);
+        progress.setTotal(progress.snapshot.bytes_done + todoBytes + currentSize);
+        progress.setPhase("uploading bundles");
+        for (let i = 0; i < bundles.length; i++) bundleObjects.push(`${name}/${name}.${String(i + 1).padStart(8, "0")}.pghoard`);
+        chunkFiles = await createAndUploadChunks(ctx, bundles, {
+          filetype: "basebackup_delta_chunk",
+          backupName: name,
+          workDir,
+          progress,
+          delta: true,
+          tarOptions: {
+            checkAlive: () => {
+              session.checkAlive();
+              throwIfAborted(ctx);
+            },
+            onProgress: (n) => progress.addDone(n),
+          },
+        });
+        // chunk records list PGDATA-relative names (no pgdata/ prefix) for delta bundles
+        progress.setPhase(`uploading ${todo.size} delta files`);
+        const order = [...todo.entries()].sort((a, b) => b[1][0].file.file_size - a[1][0].file.file_size);
+        const opts = encodeOptions(ctx);
+        const baseMetadata = encodingMetadata(ctx);
+        let tmpCounter = 0;
+        await parallelEach(order, parallel, async ([, entries]) => {
+          for (const entry of entries) {
+            throwIfAborted(ctx);
+            session.checkAlive();
+            const tmp = path.join(workDir, `delta_${tmpCounter++}.tmp`);
+            let result;
+            try {
+              result = await ctx.pool.encodeFile(entry.localPath, tmp, { ...opts, hashAlgorithm: "blake2s" });
+            } catch (err) {
+              await removeIfExists(tmp).catch(() => undefined);
+              const cause = (err as { cause?: unknown }).cause ?? err;
+              if (isEnoent(err) || isEnoent(cause) || /ENOENT/.test(String((err as Error).message))) {
+                if (entry.file.missing_ok) {
+                  ctx.log.warn(`File disappeared while uploading: ${entry.localPath}`);
+                  vanished.add(entry);
+                  continue;
+                }
+                throw new BackupFailure(`Required file disappeared while uploading: ${entry.localPath}`, { cause: err });
+              }
+              throw err;
+            }
+            const digest = result.hash as string;
+            entry.file.hexdigest = digest;
+            entry.file.file_size = result.originalSize;
+            entry.file.stored_file_size = result.storedSize;
+            progress.addDone(result.originalSize);
+            if (uploadedDigests.has(digest) || tracked.has(digest)) {
+              await removeIfExists(tmp);
+              continue;
+            }
+            uploadedDigests.set(digest, result.storedSize);
+            newHashObjects.push(digest);
+            if (result.originalSize > 0) {
+              ctx.metrics?.gauge("pghoard.compressed_size_ratio", result.storedSize / result.originalSize, {
+                algorithm: opts.algorithm,
+                site: ctx.site,
+                type: "basebackup_delta",
+              });
+            }
+            await uploader.upload({
+              filetype: "basebackup_delta",
+              objectName: digest,
+              localPath: tmp,
+              fileSize: result.storedSize,
+              metadata: sanitizeMetadata({ ...baseMetadata, format: "pghoard-delta-v2", "original-file-size": result.originalSize, host: hostnameOf(ctx) }),
+              onProgress: (n) => {
+                progress.addUploaded(n);
+                ctx.metrics?.increase("pghoard.basebackup_bytes_uploaded", n, { delta: "True" });
+              },
+            });
+          }
+        });
+        files = files.filter((e) => !vanished.has(e));
+        session.checkAlive();
+        progress.setPhase("stopping backup");
+        const { readFile } = await import("node:fs/promises");
+        pgControl = await readFile(path.join(pgdata, "global", "pg_control"));
+        backupLabel = await session.stopBackup();
+        stopped = true;
+      } finally {
+        if (!stopped && session.alive) await session.stopBackup().catch(() => undefined);
+      }
+      end = await session.endSegmentAndTime();
+    } finally {
+      await session.close();
+    }
+
+    // sizes for the manifest: stored sizes of reused objects come from the manifests that have them
+    let digestsInput = 0;
+    let digestsStored = 0;
+    let embedInput = 0;
+    for (const { file } of files) {
+      if (file.should_be_bundled) continue;
+      if (file.hexdigest) {
+        if (file.stored_file_size === 0 && file.hexdigest !== EMPTY_FILE_HASH) {
+          file.stored_file_size = Number(tracked.get(file.hexdigest)?.stored_file_size ?? 0);
+        }
+        digestsInput += file.file_size;
+        digestsStored += file.stored_file_size;
+      } else if (file.content_b64) {
+        embedInput += file.file_size;
+      }
+    }
+    const chunksInput = chunkFiles.reduce((a, c) => a + c.input_size, 0);
+    const chunksStored = chunkFiles.reduce((a, c) => a + c.result_size, 0);
+    const sortedFiles = files.map((e) => e.file).sort((a, b) => comparePaths(a.relative_path, b.relative_path));
+    const totalSize = chunksInput + digestsInput + embedInput;
+    const totalStoredSize = chunksStored + digestsStored + embedInput;
+    const uploadedSize = chunksStored + [...uploadedDigests.values()].reduce((a, b) => a + b, 0);
+    const uploadedCount = chunkFiles.length + uploadedDigests.size;
+    ctx.metrics?.increase("pghoard.delta_backup_total_size", uploadedSize);
+    ctx.metrics?.gauge("pghoard.delta_backup_upload_size", uploadedSize);
+    ctx.metrics?.increase("pghoard.delta_backup_total_files", uploadedCount);
+    ctx.metrics?.gauge("pghoard.delta_backup_upload_files", uploadedCount);
+    if (tracked.size > 0) {
+      const digestCount = sortedFiles.filter((f) => f.hexdigest && !f.should_be_bundled).length;
+      if (digestCount) ctx.metrics?.gauge("pghoard.delta_backup_changed_data_files_ratio", (uploadedDigests.size + chunkFiles.length) / (digestCount + chunkFiles.length));
+      if (digestsStored) ctx.metrics?.gauge("pghoard.delta_backup_changed_data_size_ratio", uploadedSize / (digestsStored + chunksStored));
+      ctx.metrics?.gauge("pghoard.delta_backup_remained_data_size", digestsStored - (uploadedSize - chunksStored));
+    }
+    const manifest = {
+      start: isoUtc(startTime),
+      end: isoUtc(new Date()),
+      snapshot_result: {
+        start: isoUtc(snapshotStart),
+        end: isoUtc(snapshotEnd),
+        state: { root_globs: ["**/*"], files: sortedFiles, empty_dirs: emptyDirs },
+        files: sortedFiles.length,
+        total_size: sortedFiles.reduce((a, f) => a + f.file_size, 0),
+        hashes: sortedFiles.filter((f) => f.hexdigest).map((f) => ({ hexdigest: f.hexdigest, size: f.file_size })),
+      },
+      upload_result: { total_size: totalSize, total_stored_size: totalStoredSize },
+    };
+    progress.setPhase("uploading control object");
+    const control = await uploadControlObject(ctx, {
+      name,
+      workDir,
+      pgdata,
+      tablespaces,
+      backupLabel,
+      pgControl,
+      endWalSegment: end.endWalSegment,
+      endTime: end.endTime,
+      extra: { chunks: chunkFiles, manifest },
+      format: "pghoard-delta-v2",
+      totalSizePlain: totalSize,
+      totalSizeEnc: totalStoredSize,
+    });
+    success = true;
+    progress.finish();
+    return { name, key: control.key, metadata: control.metadata, uploadedBytes: uploadedSize + control.storedSize, plainBytes: totalSize };
+  } finally {
+    if (!success) {
+      ctx.log.info("Cleaning up already uploaded new backup files");
+      for (const digest of newHashObjects) await deleteQuietly(ctx.storage, objectKey(ctx, "basebackup_delta", digest), ctx);
+      for (const obj of bundleObjects) await deleteQuietly(ctx.storage, objectKey(ctx, "basebackup_delta_chunk", obj), ctx);
+    }
+    await removeWorkDir(workDir);
+  }
+}

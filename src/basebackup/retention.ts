@@ -1,0 +1,328 @@
+/**
+ * Retention (operations.md §4, storage-layout.md §7): listing a site's backups with preservation
+ * requests applied, choosing which to delete (pure), and deleting them together with the WAL no
+ * remaining backup needs and, for chunked/delta formats, their data objects.
+ */
+import path from "node:path";
+import type { SiteConfig } from "../config/types.js";
+import type { PrivateKeyLookup } from "../fileformat/index.js";
+import type { Metadata, StorageBackend } from "../storage/types.js";
+import { StorageNotFoundError } from "../storage/types.js";
+import { previousWalName, timelineOfWalName, walNameOnTimeline } from "../wal/index.js";
+import { readControlMetadata } from "./control.js";
+import { isoUtc, parseLabelTime } from "./label.js";
+import { normalizedBackupTime } from "./schedule.js";
+import type { BasebackupLogger, BasebackupMetrics } from "./types.js";
+
+const DELTA_FORMATS = new Set(["pghoard-delta-v1", "pghoard-delta-v2"]);
+
+export interface BasebackupInfo {
+  /** Basename, e.g. `2024-05-01_13-56_0` or `2024-05-01_13-56_0.00000000.pghoard`. */
+  name: string;
+  /** Site whose storage listed it (differs from the current site for `moved_from` chains). */
+  site: string;
+  size: number;
+  lastModified: Date;
+  /** Stored metadata (strings, as listed). */
+  metadata: Metadata;
+  startTime: Date;
+  backupDecisionTime: Date;
+  backupReason: string;
+  normalizedBackupTime: string | null;
+  preserveUntil: Date | null;
+}
+
+/** Timestamps as upstream's dateutil reads them: ISO or `str(datetime)`, zone-less taken as UTC. */
+export function parseTimestamp(text: string): Date {
+  const t = text.trim();
+  if (/^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/.test(t)) return new Date(`${t.replace(" ", "T")}Z`);
+  if (/[+-]\d{2}:?\d{2}$|Z$/i.test(t)) {
+    const d = new Date(t.replace(" ", "T"));
+    if (!Number.isNaN(d.getTime())) return d;
+  }
+  return parseLabelTime(t);
+}
+
+export function keyLookupForSite(site: SiteConfig): PrivateKeyLookup {
+  return (keyId) => site.encryption_keys?.[keyId]?.private;
+}
+
+/** Preservation requests: backup basename → latest `preserve-until`. */
+export function parsePreservationRequests(requests: ReadonlyArray<{ metadata: Metadata }>): Map<string, Date> {
+  const result = new Map<string, Date>();
+  for (const request of requests) {
+    const name = request.metadata["preserve-backup"];
+    const until = request.metadata["preserve-until"];
+    if (!name || !until) continue;
+    const date = parseTimestamp(until);
+    const existing = result.get(name);
+    if (!existing || existing < date) result.set(name, date);
+  }
+  return result;
+}
+
+/** `get_remote_basebackups_info` for one site: sorted by start-time. */
+export async function listBasebackups(storage: StorageBackend, site: SiteConfig, siteName: string): Promise<BasebackupInfo[]> {
+  const objects = await storage.list(path.posix.join(site.prefix, "basebackup"));
+  let requests: Map<string, Date> = new Map();
+  try {
+    requests = parsePreservationRequests(await storage.list(path.posix.join(site.prefix, "preservation_request")));
+  } catch (err) {
+    if (!(err instanceof StorageNotFoundError)) throw err;
+  }
+  const result: BasebackupInfo[] = [];
+  for (const obj of objects) {
+    const name = path.posix.basename(obj.name);
+    const md = obj.metadata;
+    if (!md["start-time"]) continue; // not a backup (upstream would fail on it)
+    const startTime = parseTimestamp(md["start-time"]);
+    result.push({
+      name,
+      site: siteName,
+      size: obj.size,
+      lastModified: obj.lastModified,
+      metadata: md,
+      startTime,
+      backupDecisionTime: md["backup-decision-time"] ? parseTimestamp(md["backup-decision-time"]) : startTime,
+      backupReason: md["backup-reason"] ?? "scheduled",
+      normalizedBackupTime: md["normalized-backup-time"] ?? normalizedBackupTime(site, startTime),
+      preserveUntil: requests.get(name) ?? null,
+    });
+  }
+  result.sort((a, b) => a.startTime.getTime() - b.startTime.getTime());
+  return result;
+}
+
+/** A listing entry as the state file shows it (operations.md §7: metadata with parsed times). */
+export function basebackupStateEntry(info: BasebackupInfo): Record<string, unknown> {
+  return {
+    name: info.name,
+    size: info.size,
+    last_modified: info.lastModified.toISOString().replace(/\.000Z$/, "Z"),
+    metadata: {
+      ...info.metadata,
+      "start-time": isoUtc(info.startTime).replace(/\+00:00$/, "Z"),
+      "backup-decision-time": isoUtc(info.backupDecisionTime).replace(/\+00:00$/, "Z"),
+      "backup-reason": info.backupReason,
+      "normalized-backup-time": info.normalizedBackupTime,
+      "preserve-until": info.preserveUntil ? isoUtc(info.preserveUntil).replace(/\+00:00$/, "Z") : null,
+    },
+  };
+}
+
+export interface RetentionSettings {
+  basebackup_count: number | null;
+  basebackup_count_min: number;
+  basebackup_age_days_max?: number | null;
+  basebackup_interval_hours: number | null;
+}
+
+export function isPreserved(backup: Pick<BasebackupInfo, "preserveUntil">, now: Date): boolean {
+  return backup.preserveUntil !== null && backup.preserveUntil.getTime() > now.getTime();
+}
+
+/**
+ * operations.md §4.3 (`determine_backups_to_delete`). `backups` sorted oldest first; returns
+ * `{ toDelete, remaining }` without modifying the input.
+ */
+export function selectBackupsToDelete<T extends Pick<BasebackupInfo, "preserveUntil" | "startTime">>(
+  backups: readonly T[],
+  settings: RetentionSettings,
+  now: Date,
+): { toDelete: T[]; remaining: T[] } {
+  const remaining = backups.slice();
+  const toDelete: T[] = [];
+  const limit = settings.basebackup_count ?? remaining.length;
+  while (remaining.length > limit) {
+    if (isPreserved(remaining[0], now)) break;
+    toDelete.push(remaining.shift() as T);
+  }
+  const maxAge = settings.basebackup_age_days_max;
+  const minCount = settings.basebackup_count_min;
+  if (maxAge && minCount > 0) {
+    const intervalMs = (settings.basebackup_interval_hours || 0) * 3600 * 1000;
+    while (remaining.length > 0 && remaining.length > minCount) {
+      if (isPreserved(remaining[0], now)) break;
+      const ageDays = (now.getTime() - (remaining[0].startTime.getTime() + intervalMs)) / 86400000;
+      if (ageDays > maxAge) toDelete.push(remaining.shift() as T);
+      else break;
+    }
+  }
+  return { toDelete, remaining };
+}
+
+/** Storage, config and name of one site of a `moved_from` chain. */
+export interface RetentionSite {
+  name: string;
+  config: SiteConfig;
+  storage: StorageBackend;
+}
+
+export interface RetentionDeps {
+  log: BasebackupLogger;
+  metrics?: BasebackupMetrics & { unexpectedException?: (err: unknown, where: string) => void };
+}
+
+async function deleteKeyQuiet(storage: StorageBackend, key: string): Promise<boolean> {
+  try {
+    await storage.deleteKey(key);
+    return true;
+  } catch (err) {
+    if (err instanceof StorageNotFoundError) return false;
+    throw err;
+  }
+}
+
+/**
+ * operations.md §4.4 step 1 (`delete_remote_wal_before`): deletes `xlog/` segments before
+ * `needed`, walking backwards until a gap; at a gap the same position on the previous timeline
+ * is tried once. Returns the names deleted.
+ */
+export async function deleteWalBefore(args: {
+  needed: string;
+  sites: readonly RetentionSite[];
+  pgVersion: number | null;
+  deps: RetentionDeps;
+}): Promise<string[]> {
+  const { needed, sites, pgVersion, deps } = args;
+  deps.log.info(`Starting WAL deletion from ${sites.map((s) => s.name).join(", ")} before ${needed}, pg_version ${pgVersion}`);
+  const deleted: string[] = [];
+  let name: string | null = needed;
+  let valid = true;
+  for (;;) {
+    if (valid) {
+      name = previousWalName(name as string, undefined, pgVersion);
+      if (name === null) break;
+    }
+    const current = name as string;
+    let found = false;
+    for (const site of sites) {
+      const key = path.posix.join(site.config.prefix, "xlog", current);
+      try {
+        if (await deleteKeyQuiet(site.storage, key)) found = true;
+      } catch (err) {
+        deps.log.error(`Problem deleting ${key}: ${(err as Error).message}`);
+        deps.metrics?.unexpectedException?.(err, "delete_remote_wal_before");
+      }
+    }
+    if (found) {
+      deleted.push(current);
+      valid = true;
+      continue;
+    }
+    const tli = timelineOfWalName(current);
+    if (!valid || tli <= 1) {
+      deps.log.info(`Could not delete WAL file ${current}, stopping`);
+      break;
+    }
+    valid = false;
+    name = walNameOnTimeline(current, tli - 1);
+    deps.log.info(`Could not delete WAL file ${current}, trying the same segment on the previous timeline (${name})`);
+  }
+  return deleted;
+}
+
+/** Hexdigests referenced by a delta backup's manifest. */
+async function deltaHexdigests(site: RetentionSite, backup: BasebackupInfo): Promise<{ hexdigests: Set<string>; chunks: string[] }> {
+  const key = path.posix.join(site.config.prefix, "basebackup", backup.name);
+  const meta = await readControlMetadata(site.storage, key, backup.metadata, keyLookupForSite(site.config));
+  const manifest = meta.manifest as { snapshot_result?: { state?: { files?: Array<{ hexdigest?: string }> } } } | undefined;
+  const hexdigests = new Set<string>();
+  for (const f of manifest?.snapshot_result?.state?.files ?? []) if (f.hexdigest) hexdigests.add(f.hexdigest);
+  const chunks = ((meta.chunks as Array<{ chunk_filename: string }> | undefined) ?? []).map((c) => c.chunk_filename);
+  return { hexdigests, chunks };
+}
+
+/**
+ * storage-layout.md §7 (`delete_remote_basebackup`): the main object plus chunks (v2), bundles and
+ * hash objects no kept delta backup of the same site references (delta). Returns keys deleted.
+ */
+export async function deleteBasebackup(args: {
+  site: RetentionSite;
+  backup: BasebackupInfo;
+  /** Backups that stay (all sites of the chain; only the same site's delta backups matter). */
+  remaining: readonly BasebackupInfo[];
+  deps: RetentionDeps;
+}): Promise<string[]> {
+  const { site, backup, remaining, deps } = args;
+  const prefix = site.config.prefix;
+  const mainKey = path.posix.join(prefix, "basebackup", backup.name);
+  const keys = [mainKey];
+  const format = backup.metadata.format;
+  if (format === "pghoard-bb-v2") {
+    const meta = await readControlMetadata(site.storage, mainKey, backup.metadata, keyLookupForSite(site.config));
+    for (const chunk of (meta.chunks as Array<{ chunk_filename: string }> | undefined) ?? []) {
+      keys.push(path.posix.join(prefix, "basebackup_chunk", chunk.chunk_filename));
+    }
+  } else if (format && DELTA_FORMATS.has(format)) {
+    const own = await deltaHexdigests(site, backup);
+    const keep = new Set<string>();
+    for (const other of remaining) {
+      if (other.site !== backup.site || !DELTA_FORMATS.has(other.metadata.format ?? "")) continue;
+      for (const h of (await deltaHexdigests(site, other)).hexdigests) keep.add(h);
+    }
+    for (const chunk of own.chunks) keys.push(path.posix.join(prefix, "basebackup_delta_chunk", chunk));
+    for (const h of own.hexdigests) if (!keep.has(h)) keys.push(path.posix.join(prefix, "basebackup_delta", h));
+  }
+  // data objects first, the main object last: a half-deleted backup must not look complete
+  const ordered = [...keys.slice(1), mainKey];
+  const deleted: string[] = [];
+  for (const key of ordered) {
+    try {
+      if (await deleteKeyQuiet(site.storage, key)) deleted.push(key);
+      else deps.log.info(`Tried to delete non-existent basebackup object ${key}`);
+    } catch (err) {
+      deps.log.error(`Problem deleting ${key}: ${(err as Error).message}`);
+      deps.metrics?.unexpectedException?.(err, "delete_remote_basebackup");
+    }
+  }
+  deps.log.info(`Deleted basebackup ${backup.name}: ${deleted.length} objects`);
+  return deleted;
+}
+
+export interface RetentionResult {
+  /** Listing after deletion (the site's and its moved_from sites'), oldest first. */
+  remaining: BasebackupInfo[];
+  deleted: BasebackupInfo[];
+  deletedWal: string[];
+}
+
+/**
+ * `refresh_backup_list_and_delete_old`: lists the site and its `moved_from` chain, applies the
+ * site's retention settings to the whole chain and deletes. Inactive sites delete nothing.
+ * Must not run while a backup of the site is in progress.
+ */
+export async function refreshAndApplyRetention(args: {
+  sites: readonly RetentionSite[];
+  now?: Date;
+  deps: RetentionDeps;
+}): Promise<RetentionResult> {
+  const { sites, deps } = args;
+  const now = args.now ?? new Date();
+  const main = sites[0];
+  let all: BasebackupInfo[] = [];
+  for (const site of sites) all = all.concat(await listBasebackups(site.storage, site.config, site.name));
+  all.sort((a, b) => a.startTime.getTime() - b.startTime.getTime());
+  if (!main.config.active) return { remaining: all, deleted: [], deletedWal: [] };
+  const { toDelete, remaining } = selectBackupsToDelete(all, main.config, now);
+  const siteByName = new Map(sites.map((s) => [s.name, s]));
+  const deletedWal: string[] = [];
+  for (const backup of toDelete) {
+    const pgVersionText = backup.metadata["pg-version"];
+    const pgVersion = pgVersionText ? Number(pgVersionText) : null;
+    const oldestRemaining = remaining[0];
+    if (oldestRemaining?.metadata["start-wal-segment"]) {
+      const order = [oldestRemaining.site, backup.site, ...(siteByName.get(backup.site)?.config.moved_from ?? [])];
+      const walSites = [...new Set(order)].map((n) => siteByName.get(n)).filter((s): s is RetentionSite => s !== undefined);
+      deletedWal.push(...(await deleteWalBefore({ needed: oldestRemaining.metadata["start-wal-segment"], sites: walSites, pgVersion, deps })));
+    }
+    const site = siteByName.get(backup.site) ?? main;
+    try {
+      await deleteBasebackup({ site, backup, remaining, deps });
+    } catch (err) {
+      deps.log.error(`Problem deleting basebackup ${backup.name}: ${(err as Error).message}`);
+      deps.metrics?.unexpectedException?.(err, "delete_remote_basebackup");
+    }
+  }
+  return { remaining, deleted: toDelete, deletedWal };
+}
