@@ -9,7 +9,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { constants as fsConstants, existsSync } from "node:fs";
-import { copyFile, lstat, open, readFile, realpath, rename, stat, unlink } from "node:fs/promises";
+import { chown, copyFile, lstat, open, readFile, realpath, rename, stat, unlink } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
@@ -85,6 +85,16 @@ function nowSeconds(): number {
 
 function isErrno(err: unknown, code: string): boolean {
   return (err as NodeJS.ErrnoException | undefined)?.code === code;
+}
+
+/**
+ * Files the daemon creates in a WAL directory or at a restore target belong to the directory's
+ * owner when the daemon runs as root (PostgreSQL, running as its own user, must read them).
+ */
+async function chownLikeDirectory(file: string, dir: string): Promise<void> {
+  if (typeof process.getuid !== "function" || process.getuid() !== 0) return;
+  const st = await stat(dir);
+  await chown(file, st.uid, st.gid);
 }
 
 /** realpath that, like Python's non-strict os.path.realpath, also works for paths that do not exist yet. */
@@ -535,6 +545,7 @@ export class WebServer {
     const tmp = path.join(path.dirname(target), `.${path.basename(target)}.${randomBytes(6).toString("hex")}.pghoard.tmp`);
     try {
       await copyFile(source, tmp, fsConstants.COPYFILE_EXCL);
+      await chownLikeDirectory(tmp, path.dirname(target));
       await rename(tmp, target);
     } catch (err) {
       await unlink(tmp).catch(() => undefined);
@@ -584,6 +595,7 @@ export class WebServer {
     try {
       const handle = await open(tmpPath, "wx", 0o600);
       await handle.close();
+      await chownLikeDirectory(tmpPath, walDir);
     } catch (err) {
       this.ctx.log.error(`Unable to create temporary file to fetch ${name}: ${String(err)}`);
       if (suppressError) return;

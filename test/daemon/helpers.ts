@@ -1,0 +1,232 @@
+/** Shared helpers of the daemon tests: configs, a daemon child process, raw HTTP requests. */
+import { spawn, type ChildProcess } from "node:child_process";
+import { generateKeyPairSync } from "node:crypto";
+import { createWriteStream, readFileSync } from "node:fs";
+import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
+import http from "node:http";
+import path from "node:path";
+import { decodeBuffer } from "../../src/fileformat/index.js";
+import { findFreePort, makeTempDir } from "../helpers/pgcluster.js";
+import { repoRoot } from "../helpers/paths.js";
+
+export const pghoardBin = path.join(repoRoot, "bin", "pghoard.js");
+export const postgresCommandBin = path.join(repoRoot, "bin", "pghoard_postgres_command.js");
+
+export interface KeyPair {
+  publicPem: string;
+  privatePem: string;
+}
+
+export function makeKeyPair(): KeyPair {
+  const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 3072 });
+  return {
+    publicPem: publicKey.export({ type: "spki", format: "pem" }).toString(),
+    privatePem: privateKey.export({ type: "pkcs8", format: "pem" }).toString(),
+  };
+}
+
+export interface SiteOptions {
+  pgDataDirectory: string;
+  keyId?: string;
+  keys?: KeyPair;
+  extra?: Record<string, unknown>;
+}
+
+export interface DaemonEnv {
+  dir: string;
+  storageDir: string;
+  backupLocation: string;
+  statePath: string;
+  alertDir: string;
+  configPath: string;
+  port: number;
+  config: Record<string, unknown>;
+  writeConfig(config?: Record<string, unknown>): Promise<void>;
+}
+
+/** A config with `local` storage and one entry per site; written to `<dir>/pghoard.json`. */
+export async function makeDaemonEnv(
+  sites: Record<string, SiteOptions>,
+  extra: Record<string, unknown> = {},
+): Promise<DaemonEnv> {
+  const dir = await makeTempDir("pghoard-daemon");
+  const storageDir = path.join(dir, "store");
+  const backupLocation = path.join(dir, "spool");
+  const alertDir = path.join(dir, "alerts");
+  await mkdir(storageDir, { recursive: true });
+  await mkdir(alertDir, { recursive: true });
+  const port = typeof extra.http_port === "number" ? extra.http_port : await findFreePort();
+  const backupSites: Record<string, unknown> = {};
+  for (const [name, site] of Object.entries(sites)) {
+    backupSites[name] = {
+      active_backup_mode: "archive_command",
+      basebackup_interval_hours: null,
+      pg_data_directory: site.pgDataDirectory,
+      nodes: [{ host: "127.0.0.1" }],
+      object_storage: { storage_type: "local", directory: storageDir },
+      ...(site.keyId && site.keys
+        ? {
+            encryption_key_id: site.keyId,
+            encryption_keys: { [site.keyId]: { public: site.keys.publicPem, private: site.keys.privatePem } },
+          }
+        : {}),
+      ...(site.extra ?? {}),
+    };
+  }
+  const config: Record<string, unknown> = {
+    backup_location: backupLocation,
+    alert_file_dir: alertDir,
+    json_state_file_path: path.join(dir, "pghoard_state.json"),
+    maintenance_mode_file: path.join(dir, "maintenance_mode_file"),
+    http_address: "127.0.0.1",
+    http_port: port,
+    log_level: "DEBUG",
+    compression: { algorithm: "snappy", thread_count: 2 },
+    transfer: { thread_count: 2 },
+    backup_sites: backupSites,
+    ...extra,
+  };
+  const configPath = path.join(dir, "pghoard.json");
+  const env: DaemonEnv = {
+    dir,
+    storageDir,
+    backupLocation,
+    statePath: config.json_state_file_path as string,
+    alertDir,
+    configPath,
+    port,
+    config,
+    async writeConfig(newConfig?: Record<string, unknown>) {
+      if (newConfig) env.config = newConfig;
+      await writeFile(configPath, JSON.stringify(env.config, null, 2));
+    },
+  };
+  await env.writeConfig();
+  return env;
+}
+
+export interface HttpResult {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+/** A request with the raw path as given (no URL normalisation, so traversal attempts reach the server). */
+export function httpRequest(
+  port: number,
+  method: string,
+  rawPath: string,
+  headers: Record<string, string> = {},
+): Promise<HttpResult> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: "127.0.0.1", port, method, path: rawPath, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString("utf8") }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+export class DaemonProcess {
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  private constructor(
+    readonly child: ChildProcess,
+    readonly logPath: string,
+    readonly port: number,
+  ) {
+    this.exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+  }
+
+  /** Starts `node bin/pghoard.js --config <path>` and waits until /status answers. */
+  static async start(env: DaemonEnv, opts: { logName?: string; env?: Record<string, string> } = {}): Promise<DaemonProcess> {
+    const logPath = path.join(env.dir, opts.logName ?? "daemon.log");
+    const log = createWriteStream(logPath, { flags: "a" });
+    const child = spawn(process.execPath, [pghoardBin, "--config", env.configPath], {
+      cwd: env.dir,
+      env: { ...process.env, ...opts.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    child.stdout!.pipe(log, { end: false });
+    child.stderr!.pipe(log, { end: false });
+    const daemon = new DaemonProcess(child, logPath, env.port);
+    const deadline = Date.now() + 30_000;
+    let exited = false;
+    void daemon.exited.then(() => {
+      exited = true;
+    });
+    for (;;) {
+      if (exited) throw new Error(`daemon exited during start-up: ${daemon.logs()}`);
+      try {
+        const res = await httpRequest(env.port, "GET", "/status");
+        if (res.status === 200) return daemon;
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > deadline) {
+        child.kill("SIGKILL");
+        throw new Error(`daemon did not start: ${daemon.logs()}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  logs(): string {
+    try {
+      return readFileSync(this.logPath, "utf8");
+    } catch {
+      return "";
+    }
+  }
+
+  async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
+    return this.exited;
+  }
+}
+
+/** Runs pghoard_postgres_command; resolves with its exit code and output. */
+export function runPostgresCommand(
+  args: string[],
+  opts: { cwd?: string; env?: Record<string, string> } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [postgresCommandBin, ...args], {
+      cwd: opts.cwd,
+      env: { ...process.env, ...opts.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.once("error", reject);
+    child.once("exit", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** Decodes a stored object of the local store: `<storageDir>/<key>` with its sidecar. */
+export async function decodeStoredObject(storageDir: string, key: string, keys: Record<string, string>): Promise<{ data: Buffer; metadata: Record<string, string> }> {
+  const file = path.join(storageDir, key);
+  const metadata = JSON.parse(await readFile(`${file}.metadata`, "utf8")) as Record<string, string>;
+  const stored = await readFile(file);
+  const meta = { ...metadata };
+  delete meta._hash;
+  const data = await decodeBuffer(stored, meta, (id) => keys[id]);
+  return { data, metadata };
+}
+
+export async function listStoredNames(storageDir: string, site: string, type: string): Promise<string[]> {
+  try {
+    return (await readdir(path.join(storageDir, site, type))).filter((n) => !n.endsWith(".metadata") && !n.startsWith(".")).sort();
+  } catch {
+    return [];
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
