@@ -6,7 +6,7 @@ import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import http from "node:http";
 import path from "node:path";
 import { decodeBuffer } from "../../src/fileformat/index.js";
-import { findFreePort, makeTempDir } from "../helpers/pgcluster.js";
+import { findFreePort, makeTempDir, type PgCluster } from "../helpers/pgcluster.js";
 import { repoRoot } from "../helpers/paths.js";
 
 export const pghoardBin = path.join(repoRoot, "bin", "pghoard.js");
@@ -230,3 +230,32 @@ export async function listStoredNames(storageDir: string, site: string, type: st
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+/** Waits until PostgreSQL reports `name` (or a later segment) archived. */
+export async function waitArchived(cluster: PgCluster, name: string, timeoutMs = 120_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const rows = await cluster.query<{ last_archived_wal: string | null; failed_count: string }>(
+      "SELECT last_archived_wal, failed_count FROM pg_stat_archiver",
+    );
+    const last = rows[0]?.last_archived_wal;
+    if (last && last >= name) return;
+    if (Date.now() > deadline) throw new Error(`${name} not archived in time: ${JSON.stringify(rows)}`);
+    await sleep(200);
+  }
+}
+
+/** Forces a segment switch and returns the name of the segment that was just completed. */
+export async function switchWal(cluster: PgCluster): Promise<string> {
+  const rows = await cluster.query<{ name: string }>("SELECT pg_walfile_name(pg_switch_wal()) AS name");
+  return rows[0].name;
+}
+
+export async function doneSegments(cluster: PgCluster): Promise<string[]> {
+  const statusDir = path.join(cluster.dataDir, "pg_wal", "archive_status");
+  return (await readdir(statusDir))
+    .filter((n) => n.endsWith(".done"))
+    .map((n) => n.slice(0, -".done".length))
+    .sort();
+}
+
