@@ -17,15 +17,43 @@ const PYTHON_OS_ERRORS: Record<string, string> = {
   ENOTDIR: "NotADirectoryError",
 };
 
-/** JSON.parse's message plus the line and column of the reported position, when there is one. */
+/** Whether parsing `prefix` fails for a reason other than running out of input. */
+function failsBeforeEnd(prefix: string): boolean {
+  try {
+    JSON.parse(prefix);
+    return false;
+  } catch (err) {
+    const message = (err as Error).message;
+    if (/end of JSON input|Unterminated string/.test(message)) return false;
+    const pos = /position (\d+)/.exec(message);
+    return !(pos && Number(pos[1]) >= prefix.length);
+  }
+}
+
+/**
+ * Offset of the first syntax error. V8 does not always report a position ("Unexpected token ','
+ * ..."), so find the shortest prefix that already fails for a reason other than its end.
+ */
+function jsonErrorOffset(text: string, message: string): number {
+  const match = /position (\d+)/.exec(message);
+  if (match) return Number(match[1]);
+  let lo = 0;
+  let hi = text.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (failsBeforeEnd(text.slice(0, mid + 1))) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+/** JSON.parse's message on one line, plus the line and column of the error. */
 function jsonErrorMessage(text: string, err: Error): string {
-  const match = /position (\d+)/.exec(err.message);
-  if (!match) return err.message;
-  const pos = Number(match[1]);
+  const pos = jsonErrorOffset(text, err.message);
   const before = text.slice(0, pos);
   const line = before.split("\n").length;
   const column = pos - before.lastIndexOf("\n");
-  return `${err.message} (line ${line} column ${column})`;
+  return `${err.message.replace(/\s*\n\s*/g, " ")} (line ${line} column ${column})`;
 }
 
 /** Reads and parses the file; no defaults, no checks. */
