@@ -20,10 +20,10 @@ runConformance("swift (tempauth v1.0, Swift 2.30)", {
       container_name: "pghoard-conformance",
       prefix,
       segment_size: SEGMENT,
-      list_page_size: 100,
+      list_page_size: 50,
     }),
   largeObjectSize: 3 * SEGMENT + 12345,
-  manyKeys: 250,
+  manyKeys: 120,
   lowerCasesMetadataKeys: true,
   // Swift (WSGI) turns `_` in header names into `-`, for upstream rohmu as for us
   underscoreInMetadataKeys: "becomes-hyphen",
