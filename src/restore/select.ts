@@ -1,0 +1,49 @@
+/**
+ * Choosing the basebackup to restore (cli.md §2.3 step 2): by exact name, `latest`, or the newest
+ * one that ended before `--recovery-target-time`.
+ */
+import { RestoreError } from "./errors.js";
+import { formatBasebackupList, type BasebackupEntry } from "./list.js";
+import { compareTimestamps, parseTimestamp, type ParsedTimestamp } from "./pyformat.js";
+
+export interface Selection {
+  backup: BasebackupEntry;
+  /** Text printed while selecting (candidate list, `Selecting '<name>' for restore`). */
+  output: string;
+}
+
+function pyQuote(text: string): string {
+  return text.includes("'") && !text.includes('"') ? `"${text}"` : `'${text.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`;
+}
+
+export function selectBasebackup(
+  backups: BasebackupEntry[],
+  request: { name: string; recoveryTargetTime?: ParsedTimestamp | null },
+): Selection {
+  if (!request.recoveryTargetTime && request.name !== "latest") {
+    const found = backups.find((b) => b.name === request.name);
+    if (!found) throw new RestoreError("No applicable basebackup found, exiting");
+    return { backup: found, output: `\nSelecting ${pyQuote(found.name)} for restore\n` };
+  }
+  const target = request.recoveryTargetTime ?? null;
+  const applicable = backups.filter((b) => {
+    if (b.metadata["start-time"] === undefined) return false;
+    if (!target) return true;
+    // The end time is what matters; backups of pg_basebackup modes only have a start time.
+    const stamp = parseTimestamp(b.metadata["end-time"] ?? b.metadata["start-time"]);
+    return compareTimestamps(stamp, target) < 0;
+  });
+  if (applicable.length === 0) throw new RestoreError("No applicable basebackups found, exiting");
+  // Upstream sorts the raw start-time strings (stable sort); they are ISO timestamps.
+  applicable.sort((a, b) => {
+    const x = a.metadata["start-time"];
+    const y = b.metadata["start-time"];
+    return x < y ? -1 : x > y ? 1 : 0;
+  });
+  const caption = `Found ${applicable.length} applicable basebackup${applicable.length === 1 ? "" : "s"}`;
+  const selected = applicable[applicable.length - 1];
+  return {
+    backup: selected,
+    output: formatBasebackupList(applicable, { caption, verbose: true }) + `\nSelecting ${pyQuote(selected.name)} for restore\n`,
+  };
+}

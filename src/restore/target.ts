@@ -1,0 +1,310 @@
+/**
+ * The restore destination: `$PGDATA` plus the tablespace directories, shared by every object
+ * extracted in one restore. It owns the safety rules (nothing is written outside these roots,
+ * archive symlinks are created only after all data is written so no write can follow one) and
+ * the deferred work: symlinks, directory modes and mtimes, and `global/pg_control`, which is
+ * written under a temporary name and renamed into place last, so an interrupted restore never
+ * leaves a directory PostgreSQL would start from.
+ */
+import { constants as fsConstants } from "node:fs";
+import { lstat, mkdir, open, readdir, readlink, rename, rmdir, symlink, chmod, utimes, type FileHandle } from "node:fs/promises";
+import path from "node:path";
+import type { Readable } from "node:stream";
+
+import { RestoreError } from "./errors.js";
+
+/** Name `global/pg_control` is written under until the restore has fully succeeded. */
+export const PG_CONTROL_INCOMPLETE = "global/pg_control.pghoard_restore_incomplete";
+const PG_CONTROL = "global/pg_control";
+
+/** Flush file data to disk in pieces of this size: fewer syscalls, bounded memory. */
+const WRITE_BATCH_BYTES = 1024 * 1024;
+/**
+ * Tar members up to this size are collected in memory and written in the background, several at
+ * a time: a data directory is mostly small files, and creating a file costs several thread-pool
+ * round trips (open, write, chmod, utimes, close) that are slow on busy disks when done serially.
+ */
+export const SMALL_FILE_BYTES = 256 * 1024;
+const WRITE_FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW;
+
+export interface TablespaceTarget {
+  name: string;
+  oid: number;
+  /** Absolute directory the tablespace is restored into. */
+  path: string;
+}
+
+interface DeferredAttributes {
+  mode: number;
+  mtime: number;
+}
+
+function within(root: string, candidate: string): boolean {
+  return candidate === root || candidate.startsWith(root.endsWith(path.sep) ? root : root + path.sep);
+}
+
+export class RestoreTarget {
+  readonly pgdata: string;
+  readonly tablespaces: TablespaceTarget[];
+  private readonly roots: string[];
+  private readonly knownDirs = new Set<string>();
+  /** Absolute link path → link target, created by `finish()`. */
+  private readonly pendingSymlinks = new Map<string, string>();
+  private readonly directoryAttributes = new Map<string, DeferredAttributes>();
+  private pgControlWritten = false;
+
+  constructor(pgdata: string, tablespaces: TablespaceTarget[] = []) {
+    this.pgdata = path.resolve(pgdata);
+    this.tablespaces = tablespaces.map((ts) => ({ ...ts, path: path.resolve(ts.path) }));
+    this.roots = [this.pgdata, ...this.tablespaces.map((ts) => ts.path)];
+    for (const root of this.roots) this.knownDirs.add(root);
+  }
+
+  /** The tablespace root a mapped absolute path lies in, if any. */
+  private tablespaceRootOf(absolute: string): string | undefined {
+    return this.tablespaces.map((ts) => ts.path).find((root) => within(root, absolute));
+  }
+
+  /**
+   * Resolves a member path that is relative to `$PGDATA` (or absolute inside a tablespace
+   * target) to an absolute destination, or throws when it would land anywhere else.
+   */
+  resolve(memberName: string, context: string): string {
+    const isAbsolute = memberName.startsWith("/");
+    const parts: string[] = [];
+    for (const part of memberName.split("/")) {
+      if (part === "" || part === ".") continue;
+      if (part === "..") {
+        throw new RestoreError(`Refusing to extract '${memberName}' from ${context}: '..' in a member name could escape the target directory`);
+      }
+      parts.push(part);
+    }
+    let absolute: string;
+    if (isAbsolute) {
+      absolute = path.resolve("/", ...parts);
+      if (!this.tablespaceRootOf(absolute)) {
+        throw new RestoreError(`Refusing to extract absolute member name '${memberName}' from ${context}: it is outside the target directory and every tablespace directory`);
+      }
+    } else {
+      absolute = path.resolve(this.pgdata, ...parts);
+    }
+    if (!this.roots.some((root) => within(root, absolute))) {
+      throw new RestoreError(`Refusing to extract '${memberName}' from ${context}: it resolves outside the target directory`);
+    }
+    this.checkNoSymlinkAbove(absolute, memberName, context);
+    if (absolute === path.join(this.pgdata, PG_CONTROL)) {
+      this.pgControlWritten = true;
+      return path.join(this.pgdata, PG_CONTROL_INCOMPLETE);
+    }
+    return absolute;
+  }
+
+  private checkNoSymlinkAbove(absolute: string, memberName: string, context: string): void {
+    if (this.pendingSymlinks.size === 0) return;
+    for (let dir = absolute; ; dir = path.dirname(dir)) {
+      if (this.pendingSymlinks.has(dir)) {
+        throw new RestoreError(`Refusing to extract '${memberName}' from ${context}: its path goes through the symlink '${dir}' from the archive`);
+      }
+      if (this.roots.includes(dir) || path.dirname(dir) === dir) return;
+    }
+  }
+
+  /** mkdir -p, remembering what exists so the hot path makes no syscalls. */
+  async ensureDirectory(absolute: string): Promise<void> {
+    if (this.knownDirs.has(absolute)) return;
+    await mkdir(absolute, { recursive: true, mode: 0o700 });
+    for (let dir = absolute; !this.knownDirs.has(dir); dir = path.dirname(dir)) {
+      this.knownDirs.add(dir);
+      if (path.dirname(dir) === dir) break;
+    }
+  }
+
+  async addDirectory(absolute: string, mode: number | undefined, mtime: number | undefined): Promise<void> {
+    await this.ensureDirectory(absolute);
+    if (mode !== undefined || mtime !== undefined) {
+      this.directoryAttributes.set(absolute, { mode: mode ?? 0o700, mtime: mtime ?? Date.now() / 1000 });
+    }
+  }
+
+  /** Records an archive symlink after checking its target stays inside the restore roots. */
+  addSymlink(absolute: string, linkTarget: string, memberName: string, context: string): void {
+    const resolved = path.resolve(path.dirname(absolute), linkTarget);
+    if (!this.roots.some((root) => within(root, resolved))) {
+      throw new RestoreError(`Refusing to create symlink '${memberName}' -> '${linkTarget}' from ${context}: it points outside the target directory`);
+    }
+    if (this.knownDirs.has(absolute)) {
+      throw new RestoreError(`Refusing to create symlink '${memberName}' from ${context}: a directory of that name was already restored`);
+    }
+    this.pendingSymlinks.set(absolute, linkTarget);
+  }
+
+  /**
+   * Writes a whole file from a stream (tar member or decoded object). Returns the byte count.
+   */
+  async writeFile(
+    absolute: string,
+    source: AsyncIterable<Uint8Array> | Readable,
+    mode: number,
+    mtime?: number,
+  ): Promise<number> {
+    if (this.pendingSymlinks.has(absolute)) {
+      throw new RestoreError(`Refusing to write '${absolute}': the archive also has a symlink of that name`);
+    }
+    await this.ensureDirectory(path.dirname(absolute));
+    const handle = await open(absolute, WRITE_FLAGS, 0o600);
+    let written = 0;
+    try {
+      let batch: Uint8Array[] = [];
+      let batchBytes = 0;
+      for await (const chunk of source as AsyncIterable<Uint8Array>) {
+        batch.push(chunk);
+        batchBytes += chunk.byteLength;
+        if (batchBytes >= WRITE_BATCH_BYTES) {
+          await writeAll(handle, batch);
+          written += batchBytes;
+          batch = [];
+          batchBytes = 0;
+        }
+      }
+      if (batchBytes > 0) {
+        await writeAll(handle, batch);
+        written += batchBytes;
+      }
+      await handle.chmod(mode & 0o7777);
+      if (mtime !== undefined) await handle.utimes(mtime, mtime);
+    } finally {
+      await handle.close();
+    }
+    return written;
+  }
+
+  /** Writes a file whose content is already in memory (small tar members, embedded files). */
+  async writeChunks(absolute: string, chunks: Uint8Array[], mode: number, mtime?: number): Promise<void> {
+    if (this.pendingSymlinks.has(absolute)) {
+      throw new RestoreError(`Refusing to write '${absolute}': the archive also has a symlink of that name`);
+    }
+    await this.ensureDirectory(path.dirname(absolute));
+    const handle = await open(absolute, WRITE_FLAGS, 0o600);
+    try {
+      if (chunks.length > 0) await writeAll(handle, chunks);
+      if ((mode & 0o7777) !== 0o600) await handle.chmod(mode & 0o7777);
+      if (mtime !== undefined) await handle.utimes(mtime, mtime);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async writeBuffer(absolute: string, data: Uint8Array, mode = 0o600, mtime?: number): Promise<void> {
+    await this.writeChunks(absolute, [data], mode, mtime);
+  }
+
+  /**
+   * Completes a successful extraction: archive symlinks, tablespace links in `pg_tblspc`,
+   * removal of the leftover `pgdata`/`tablespaces` directories, directory modes and mtimes.
+   * `global/pg_control` is published separately by `publishPgControl()` as the very last step.
+   */
+  async finish(): Promise<void> {
+    for (const [absolute, linkTarget] of this.pendingSymlinks) {
+      await this.ensureDirectory(path.dirname(absolute));
+      try {
+        await symlink(linkTarget, absolute);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "EEXIST" && (await sameSymlink(absolute, linkTarget))) continue;
+        throw new RestoreError(`Could not create symlink '${absolute}' -> '${linkTarget}': ${(err as Error).message}`);
+      }
+    }
+    if (this.tablespaces.length > 0) {
+      const tblspc = path.join(this.pgdata, "pg_tblspc");
+      await this.ensureDirectory(tblspc);
+      for (const ts of this.tablespaces) {
+        const link = path.join(tblspc, String(ts.oid));
+        try {
+          await symlink(ts.path, link);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === "EEXIST" && (await sameSymlink(link, ts.path))) continue;
+          throw new RestoreError(`Could not create tablespace link '${link}' -> '${ts.path}': ${(err as Error).message}`);
+        }
+      }
+    }
+    // Upstream's tar transforms leave these directories behind; remove them when empty.
+    const leftovers = [...this.tablespaces.map((ts) => path.join("tablespaces", ts.name)), "tablespaces", "pgdata"];
+    for (const rel of leftovers) {
+      await rmdir(path.join(this.pgdata, rel)).catch(() => undefined);
+    }
+    // Deepest first, so setting a parent's mtime is not undone by changes below it.
+    const dirs = [...this.directoryAttributes.entries()].sort((a, b) => b[0].length - a[0].length);
+    for (const [dir, attrs] of dirs) {
+      try {
+        await chmod(dir, attrs.mode & 0o7777);
+        await utimes(dir, attrs.mtime, attrs.mtime);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      }
+    }
+  }
+
+  /** True when the backup supplied `global/pg_control` (every complete backup does). */
+  get hasPgControl(): boolean {
+    return this.pgControlWritten;
+  }
+
+  /** Renames the held-back `global/pg_control` into place: from now on the directory is startable. */
+  async publishPgControl(): Promise<void> {
+    if (!this.pgControlWritten) return;
+    const held = path.join(this.pgdata, PG_CONTROL_INCOMPLETE);
+    const final = path.join(this.pgdata, PG_CONTROL);
+    const handle = await open(held, "r");
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(held, final);
+    const dir = await open(path.dirname(final), "r");
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
+  }
+}
+
+function dropBytes(chunks: Uint8Array[], count: number): Uint8Array[] {
+  let skip = count;
+  const rest: Uint8Array[] = [];
+  for (const chunk of chunks) {
+    if (skip >= chunk.byteLength) {
+      skip -= chunk.byteLength;
+      continue;
+    }
+    rest.push(skip > 0 ? chunk.subarray(skip) : chunk);
+    skip = 0;
+  }
+  return rest;
+}
+
+async function writeAll(handle: FileHandle, chunks: Uint8Array[]): Promise<void> {
+  let pending = chunks;
+  while (pending.length > 0) {
+    const total = pending.reduce((n, c) => n + c.byteLength, 0);
+    const { bytesWritten } = await handle.writev(pending);
+    if (bytesWritten >= total) return;
+    // Short write: retry the rest.
+    pending = dropBytes(pending, bytesWritten);
+  }
+}
+
+async function sameSymlink(link: string, target: string): Promise<boolean> {
+  try {
+    const st = await lstat(link);
+    return st.isSymbolicLink() && (await readlink(link)) === target;
+  } catch {
+    return false;
+  }
+}
+
+/** Entries of a directory other than `lost+found` (an ext* mount point counts as empty). */
+export async function meaningfulEntries(dir: string): Promise<string[]> {
+  const entries = await readdir(dir);
+  return entries.filter((e) => e !== "lost+found");
+}
