@@ -21,6 +21,7 @@
  * - Metrics: `ctx.metrics` is the monitoring area's Metrics facade (GET /metrics uses its
  *   `httpResponse()`); it is reconfigured on SIGHUP.
  */
+import { createBasebackupPlugin } from "../basebackup/daemon.js";
 import type { SiteConfig } from "../config/types.js";
 import type { DaemonContext } from "./context.js";
 import type { SiteSpoolPaths } from "./spool.js";
@@ -57,7 +58,7 @@ export interface DaemonPlugin {
 export type DaemonPluginFactory = (ctx: DaemonContext) => DaemonPlugin | Promise<DaemonPlugin>;
 
 /** Other areas add their factory here (streaming first, then basebackup). */
-export const DAEMON_PLUGIN_FACTORIES: DaemonPluginFactory[] = [];
+export const DAEMON_PLUGIN_FACTORIES: DaemonPluginFactory[] = [createBasebackupPlugin];
 
 /** For tests and embedders: add a plugin factory at runtime. */
 export function registerDaemonPlugin(factory: DaemonPluginFactory): void {

@@ -1,0 +1,245 @@
+/**
+ * The daemon's basebackup part (operations.md §2 steps 5–6, §3, §4): a DaemonPlugin that, per
+ * site and main-loop iteration, collects a finished backup, refreshes the listing and applies
+ * retention (never while a backup runs), decides whether to start a new backup and starts it in
+ * the background. Uploads go through the daemon's transfer agents (retries, statistics).
+ */
+import pg from "pg";
+import { nodeConnectionInfo } from "../config/connection.js";
+import type { SiteConfig } from "../config/types.js";
+import { createAlertFile } from "../daemon/alerts.js";
+import type { DaemonContext } from "../daemon/context.js";
+import type { DaemonPlugin, SiteHandle } from "../daemon/plugins.js";
+import { deferred } from "../daemon/queue.js";
+import type { TransferResult } from "../daemon/types.js";
+import { runBasebackup } from "./index.js";
+import type { ProgressState } from "./progress.js";
+import { basebackupStateEntry, refreshAndApplyRetention, type BasebackupInfo, type RetentionSite } from "./retention.js";
+import { decideNewBackup, deltaBackoffAllows, recordBackupResult, type DeltaFailureInfo } from "./schedule.js";
+import type { BasebackupContext, BasebackupLogger, BasebackupUploader, UploadRequest } from "./types.js";
+
+const RETENTION_INTERVAL_MS = 300_000;
+
+interface RunningBackup {
+  promise: Promise<void>;
+  done: boolean;
+  success: boolean;
+  abort: AbortController;
+  latestActivity: Date;
+  progress: ProgressState | null;
+}
+
+interface SiteRuntime {
+  running?: RunningBackup;
+  lastRefresh?: number;
+  backups: BasebackupInfo[];
+  deltaFailure?: DeltaFailureInfo;
+  latestActivity?: Date;
+}
+
+/** Routes basebackup files through the daemon's transfer queue and waits for the upload. */
+class TransferQueueUploader implements BasebackupUploader {
+  constructor(
+    private readonly ctx: DaemonContext,
+    private readonly site: string,
+  ) {}
+
+  async upload(request: UploadRequest): Promise<void> {
+    const callback = deferred<TransferResult>();
+    this.ctx.transferQueue.put({
+      type: "UPLOAD",
+      site: this.site,
+      filetype: request.filetype,
+      localPath: request.localPath,
+      objectName: request.objectName,
+      metadata: request.metadata,
+      fileSize: request.fileSize,
+      deleteAfterUpload: true,
+      callback,
+    });
+    const result = await callback.promise;
+    if (!result.success) throw new Error(`Upload of ${request.objectName} failed: ${String(result.error)}`);
+    request.onProgress?.(request.fileSize);
+  }
+}
+
+function loggerFor(ctx: DaemonContext, site: string): BasebackupLogger {
+  const log = ctx.log.child({ name: "PGBaseBackup", site });
+  return {
+    debug: (m) => log.debug(m),
+    info: (m) => log.info(m),
+    warn: (m) => log.warn(m),
+    error: (m) => log.error(m),
+  };
+}
+
+/** operations.md §3.4: server version from site `pg_version`, else queried and cached. */
+async function serverVersion(ctx: DaemonContext, site: string, siteConfig: SiteConfig, node: SiteConfig["nodes"][number]): Promise<number | null> {
+  if (typeof siteConfig.pg_version === "number" && siteConfig.pg_version) return siteConfig.pg_version;
+  const info = nodeConnectionInfo(node);
+  const client = new pg.Client({
+    host: info.host ?? info.hostaddr,
+    port: info.port ? Number(info.port) : undefined,
+    user: info.user,
+    password: info.password,
+    database: info.dbname ?? "postgres",
+    application_name: "pghoard",
+  });
+  try {
+    await client.connect();
+    const res = await client.query<{ server_version_num: string }>("SHOW server_version_num");
+    const version = Number(res.rows[0].server_version_num);
+    siteConfig.pg_version = version;
+    return version;
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    ctx.log.warn(`${(err as Error).name} (${message}) connecting to DB of site ${site}`);
+    const alert = /password authentication|authentication failed/.test(message) ? "authentication_error" : "configuration_error";
+    await createAlertFile(ctx.config.alert_file_dir, alert).catch(() => undefined);
+    return null;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+export function createBasebackupPlugin(ctx: DaemonContext): DaemonPlugin {
+  const sites = new Map<string, SiteRuntime>();
+  const runtime = (site: string): SiteRuntime => {
+    let r = sites.get(site);
+    if (!r) {
+      r = { backups: [] };
+      sites.set(site, r);
+    }
+    return r;
+  };
+
+  async function retentionSites(site: string, siteConfig: SiteConfig): Promise<RetentionSite[]> {
+    const names = [site, ...(siteConfig.moved_from ?? [])];
+    const result: RetentionSite[] = [];
+    for (const name of [...new Set(names)]) {
+      const config = ctx.config.backup_sites[name];
+      if (!config) continue;
+      result.push({ name, config: name === site ? siteConfig : config, storage: await ctx.getStorage(name) });
+    }
+    return result;
+  }
+
+  async function refresh(handle: SiteHandle, r: SiteRuntime): Promise<void> {
+    const log = loggerFor(ctx, handle.site);
+    const result = await refreshAndApplyRetention({
+      sites: await retentionSites(handle.site, handle.siteConfig),
+      deps: { log, metrics: { gauge: (n, v, t) => ctx.metrics.gauge(n, v, t), increase: (n, v, t) => ctx.metrics.increase(n, v, t), unexpectedException: (e, w) => ctx.metrics.unexpectedException(e, w) } },
+    });
+    r.backups = result.remaining;
+    r.lastRefresh = Date.now();
+    handle.state.basebackups = result.remaining.filter((b) => b.site === handle.site).map(basebackupStateEntry);
+  }
+
+  function start(handle: SiteHandle, r: SiteRuntime, decision: Record<string, string>, pgVersion: number, node: SiteConfig["nodes"][number]): void {
+    const site = handle.site;
+    const abort = new AbortController();
+    const running: RunningBackup = { promise: Promise.resolve(), done: false, success: false, abort, latestActivity: new Date(), progress: null };
+    const bctx: BasebackupContext = {
+      config: ctx.config,
+      site,
+      node,
+      pgVersion,
+      storage: undefined as never, // replaced below once the storage client exists
+      pool: ctx.pool,
+      decision,
+      log: loggerFor(ctx, site),
+      metrics: { gauge: (n, v, t) => ctx.metrics.gauge(n, v, t), increase: (n, v, t) => ctx.metrics.increase(n, v, t) },
+      onProgress: (p) => {
+        running.progress = p;
+        running.latestActivity = new Date();
+      },
+      signal: abort.signal,
+      uploader: new TransferQueueUploader(ctx, site),
+      listBasebackups: async () => r.backups,
+      hostname: ctx.hostname,
+    };
+    ctx.metrics.gauge("pghoard.backup_stream.basebackup_requested", 1, { site });
+    running.promise = (async () => {
+      try {
+        bctx.storage = await ctx.getStorage(site);
+        await runBasebackup(bctx);
+        running.success = true;
+      } catch (err) {
+        ctx.log.error({ err }, `Basebackup of site ${site} failed`);
+        running.success = false;
+      } finally {
+        running.done = true;
+        running.latestActivity = new Date();
+      }
+    })();
+    r.running = running;
+  }
+
+  return {
+    name: "basebackup",
+
+    async handleSite(handle: SiteHandle): Promise<void> {
+      const { site, siteConfig } = handle;
+      const r = runtime(site);
+      if (r.running) {
+        if (!r.running.done) return;
+        r.deltaFailure = recordBackupResult(r.deltaFailure, r.running.success, siteConfig.basebackup_mode, new Date());
+        r.latestActivity = r.running.latestActivity;
+        r.running = undefined;
+        await refresh(handle, r);
+      } else if (r.lastRefresh === undefined || Date.now() - r.lastRefresh > RETENTION_INTERVAL_MS) {
+        await refresh(handle, r);
+      }
+
+      const requested = ctx.requestedBasebackupSites.has(site);
+      const now = new Date();
+      const decision = decideNewBackup({ site, settings: siteConfig, backups: r.backups, now, requested });
+      if (requested) ctx.requestedBasebackupSites.delete(site);
+      if (!decision.metadata) return;
+      const log = loggerFor(ctx, site);
+      if (handle.maintenanceMode()) {
+        log.info("Maintenance mode file exists, not starting a basebackup");
+        return;
+      }
+      const backoff = deltaBackoffAllows({ failure: r.deltaFailure, settings: siteConfig, now, requested });
+      if (!backoff.allowed) {
+        log.info(backoff.message);
+        return;
+      }
+      log.info(decision.message);
+      if (siteConfig.nodes.length === 0) throw new Error(`Site ${site} has no nodes`);
+      const node = siteConfig.nodes[Math.floor(Math.random() * siteConfig.nodes.length)];
+      const pgVersion = await serverVersion(ctx, site, siteConfig, node);
+      if (pgVersion === null) {
+        ctx.metrics.increase("pghoard.basebackup_failed");
+        return;
+      }
+      if (!pgVersion) {
+        await createAlertFile(ctx.config.alert_file_dir, "version_unsupported_error").catch(() => undefined);
+        return;
+      }
+      start(handle, r, decision.metadata as unknown as Record<string, string>, pgVersion, node);
+    },
+
+    writeState(state: Record<string, unknown>): void {
+      const entries: Record<string, unknown> = {};
+      for (const [site, r] of sites) {
+        const activity = r.running?.latestActivity ?? r.latestActivity;
+        if (!activity && !r.running) continue;
+        entries[site] = {
+          latest_activity: (activity ?? new Date()).toISOString(),
+          running: Boolean(r.running && !r.running.done),
+          ...(r.running?.progress ? { progress: r.running.progress } : {}),
+        };
+      }
+      state.pg_basebackups = entries;
+    },
+
+    async stop(graceful: boolean): Promise<void> {
+      const running = [...sites.values()].map((r) => r.running).filter((x): x is RunningBackup => x !== undefined && !x.done);
+      for (const b of running) b.abort.abort();
+      const wait = Promise.all(running.map((b) => b.promise));
+      await Promise.race([wait, new Promise((resolve) => setTimeout(resolve, graceful ? 10_000 : 1000).unref())]);
+    },
+  };
+}
