@@ -9,7 +9,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { constants as fsConstants, existsSync } from "node:fs";
-import { chown, copyFile, lstat, open, readFile, realpath, rename, stat, unlink } from "node:fs/promises";
+import { chown, copyFile, lstat, open, readFile, readlink, realpath, rename, stat, unlink } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
@@ -97,15 +97,29 @@ async function chownLikeDirectory(file: string, dir: string): Promise<void> {
   await chown(file, st.uid, st.gid);
 }
 
-/** realpath that, like Python's non-strict os.path.realpath, also works for paths that do not exist yet. */
-async function realpathLoose(p: string): Promise<string> {
+/**
+ * realpath that, like Python's non-strict os.path.realpath, also resolves paths that do not exist
+ * (yet) and dangling symlinks (followed to where they point, so a link leading outside is seen as outside).
+ */
+async function realpathLoose(p: string, depth = 0): Promise<string> {
   try {
     return await realpath(p);
   } catch (err) {
     if (!isErrno(err, "ENOENT") && !isErrno(err, "ENOTDIR")) throw err;
     const parent = path.dirname(p);
     if (parent === p) return p;
-    return path.join(await realpathLoose(parent), path.basename(p));
+    const resolvedParent = await realpathLoose(parent, depth + 1);
+    const joined = path.join(resolvedParent, path.basename(p));
+    if (depth < 40) {
+      try {
+        if ((await lstat(joined)).isSymbolicLink()) {
+          return await realpathLoose(path.resolve(resolvedParent, await readlink(joined)), depth + 1);
+        }
+      } catch {
+        // does not exist at all: the joined path is the answer
+      }
+    }
+    return joined;
   }
 }
 

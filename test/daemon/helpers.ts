@@ -1,7 +1,7 @@
 /** Shared helpers of the daemon tests: configs, a daemon child process, raw HTTP requests. */
 import { spawn, type ChildProcess } from "node:child_process";
-import { generateKeyPairSync } from "node:crypto";
-import { createWriteStream, readFileSync } from "node:fs";
+import { generateKeyPairSync, randomFillSync } from "node:crypto";
+import { createWriteStream, existsSync, readFileSync } from "node:fs";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import http from "node:http";
 import path from "node:path";
@@ -162,7 +162,8 @@ export class DaemonProcess {
       if (exited) throw new Error(`daemon exited during start-up: ${daemon.logs()}`);
       try {
         const res = await httpRequest(env.port, "GET", "/status");
-        if (res.status === 200) return daemon;
+        // 401: authentication is on; the state file shows the main loop has run once.
+        if (res.status === 200 || (res.status === 401 && existsSync(env.statePath))) return daemon;
       } catch {
         // not listening yet
       }
@@ -259,3 +260,35 @@ export async function doneSegments(cluster: PgCluster): Promise<string[]> {
     .sort();
 }
 
+
+/**
+ * A synthetic 16 MiB WAL segment whose page header is valid for `name` (PostgreSQL 15 magic,
+ * long header with the segment size); the rest is random so compression and hashing have work.
+ */
+export function syntheticSegment(name: string): Buffer {
+  const buf = Buffer.alloc(16 * 1024 * 1024);
+  for (let off = 0; off < buf.length; off += 65536) {
+    buf.fill(off % 7, off, off + 32768); // half compressible
+    randomFillSync(buf, off + 32768, 32768);
+  }
+  const log = BigInt(`0x${name.slice(8, 16)}`);
+  const seg = BigInt(`0x${name.slice(16, 24)}`);
+  const lsn = (log * 256n + seg) * 16777216n;
+  buf.writeUInt16LE(0xd110, 0);
+  buf.writeUInt16LE(0x0002, 2);
+  buf.writeUInt32LE(Number.parseInt(name.slice(0, 8), 16), 4);
+  buf.writeBigUInt64LE(lsn, 8);
+  buf.writeUInt32LE(0, 16);
+  buf.writeBigUInt64LE(7000000000000000000n, 24);
+  buf.writeUInt32LE(16 * 1024 * 1024, 32);
+  buf.writeUInt32LE(8192, 36);
+  return buf;
+}
+
+/** A directory that looks enough like PGDATA for the daemon (PG_VERSION, pg_wal/). */
+export async function makeFakePgdata(): Promise<string> {
+  const dir = path.join(await makeTempDir("pghoard-fake-pgdata"), "data");
+  await mkdir(path.join(dir, "pg_wal"), { recursive: true });
+  await writeFile(path.join(dir, "PG_VERSION"), "15\n");
+  return dir;
+}
