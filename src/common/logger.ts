@@ -362,7 +362,8 @@ function createState(): State {
     },
     { write: writeLine },
   );
-  return { format: "default", destination: stderrDestination(), syslog: undefined, root, children };
+  const format: LogFormat = process.env.NOTIFY_SOCKET ? "systemd" : "default";
+  return { format, destination: stderrDestination(), syslog: undefined, root, children };
 }
 
 function currentState(): State {
@@ -377,7 +378,10 @@ function currentState(): State {
  */
 export function createLogger(options: LoggerOptions = {}): Logger {
   const s = currentState();
-  s.format = options.shortLog ? "short" : (options.systemd ?? Boolean(process.env.NOTIFY_SOCKET)) ? "systemd" : "default";
+  // Only options given explicitly change the format, so a later call (e.g. to add syslog) keeps --short-log.
+  if (options.shortLog !== undefined || options.systemd !== undefined) {
+    s.format = options.shortLog ? "short" : (options.systemd ?? Boolean(process.env.NOTIFY_SOCKET)) ? "systemd" : "default";
+  }
   if (options.destination) s.destination = options.destination;
   if (options.debug) setLogLevel("DEBUG");
   else if (options.level !== undefined) setLogLevel(options.level);
@@ -385,6 +389,27 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     s.syslog = new SyslogSender(options.syslogAddress ?? "/dev/log", options.syslogFacility ?? "local2", reportProblem);
   }
   return s.root;
+}
+
+/**
+ * Applies the logging keys of a loaded pghoard.json: `log_level` (an unknown name is reported and
+ * ignored) and `syslog`/`syslog_address`/`syslog_facility` (added once, never removed, as upstream).
+ * Call after every successful (re)load.
+ */
+export function configureLoggingFromConfig(config: {
+  log_level?: string;
+  syslog?: boolean;
+  syslog_address?: string;
+  syslog_facility?: string;
+}): void {
+  if (config.log_level !== undefined) setLogLevel(config.log_level);
+  if (config.syslog) {
+    createLogger({
+      syslog: true,
+      ...(config.syslog_address !== undefined ? { syslogAddress: config.syslog_address } : {}),
+      ...(config.syslog_facility !== undefined ? { syslogFacility: config.syslog_facility } : {}),
+    });
+  }
 }
 
 /** A named logger (`pghoard.<component>` by convention), child of the root. */

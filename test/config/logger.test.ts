@@ -9,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { afterEach, describe, test } from "node:test";
 import {
+  configureLoggingFromConfig,
   createLogger,
   formatRecord,
   getLogger,
@@ -88,6 +89,16 @@ describe("levels", () => {
     createLogger({ destination: out, shortLog: true, level: "INFO", debug: true });
     log.debug("debug wins");
     assert.deepEqual(out.lines, ["DEBUG\tshown", "DEBUG\tshown too", "DEBUG\tdebug wins"]);
+  });
+
+  test("applying a loaded config keeps --short-log and sets log_level", () => {
+    const out = capture();
+    createLogger({ destination: out, shortLog: true, debug: true });
+    configureLoggingFromConfig(validateConfig({ log_level: "WARNING" }));
+    const log = getLogger("pghoard.cfg");
+    log.info("hidden");
+    log.warn("kept short");
+    assert.deepEqual(out.lines, ["WARNING\tkept short"]);
   });
 
   test("an unknown level is reported and changes nothing", () => {
