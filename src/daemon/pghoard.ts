@@ -22,6 +22,7 @@ import { naiveUtcIso, stringifySorted } from "./json.js";
 import { DAEMON_PLUGIN_FACTORIES, type DaemonPlugin, type SiteHandle, type SiteState } from "./plugins.js";
 import { sleep } from "./queue.js";
 import { recoverSpool } from "./recovery.js";
+import { SystemdNotifier } from "./sdnotify.js";
 import { createSiteSpoolDirs } from "./spool.js";
 import { TransferAgents, type TransferAgentState } from "./transfer.js";
 import { WebServer } from "./webserver.js";
@@ -50,6 +51,8 @@ export class PGHoard {
   private signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
   private exitCode = 0;
   private stateWrite: Promise<void> = Promise.resolve();
+  /** sd_notify under systemd (no-op otherwise): READY=1 after the first main-loop round, STOPPING=1, watchdog. */
+  private readonly systemd = new SystemdNotifier({ warn: (m) => this.log.warn(m) });
 
   constructor(
     readonly configPath: string,
@@ -114,12 +117,14 @@ export class PGHoard {
 
   requestStop(mode: "graceful" | "immediate", reason: string): void {
     if (mode === "immediate" && this.shutdownMode !== "immediate") {
+      void this.systemd.stopping();
       this.log.warn(`Quitting immediately (${reason})`);
       this.shutdownMode = "immediate";
       void this.immediateExit();
       return;
     }
     if (this.shutdownMode === "none") {
+      void this.systemd.stopping();
       this.log.warn(`Quitting gracefully (${reason}): draining compression and upload queues`);
       this.shutdownMode = "graceful";
       this.running = false;
@@ -129,11 +134,13 @@ export class PGHoard {
 
   async reloadConfig(): Promise<boolean> {
     this.log.info(`Reloading configuration from ${this.configPath}`);
+    void this.systemd.reloading();
     let config: PghoardConfig;
     try {
       config = await loadConfig(this.configPath, { tool: "daemon", warn: (m) => this.log.warn(m) });
     } catch (err) {
       this.log.error(`Invalid config file ${this.configPath}, keeping the current configuration: ${String(err)}`);
+      void this.systemd.ready();
       return false;
     }
     this.ctx.replaceConfig(config);
@@ -147,12 +154,14 @@ export class PGHoard {
       }
     }
     this.log.info("Configuration reloaded");
+    void this.systemd.ready();
     return true;
   }
 
   /** Runs until stopped; resolves to the process exit code. */
   async run(): Promise<number> {
     this.running = true;
+    let readySent = false;
     this.ctx.criticalFailure.signal.addEventListener("abort", () => this.wake.abort(), { once: true });
     while (this.running) {
       try {
@@ -161,6 +170,11 @@ export class PGHoard {
           if (!this.running) break;
         }
         await this.writeStateFile();
+        this.systemd.heartbeat();
+        if (!readySent && this.running) {
+          readySent = true;
+          void this.systemd.ready();
+        }
       } catch (err) {
         this.log.error({ err }, "Unexpected exception in PGHoard main loop");
         this.ctx.metrics.unexpectedException(err, "pghoard_run");
@@ -296,6 +310,7 @@ export class PGHoard {
   }
 
   private async release(): Promise<void> {
+    this.systemd.stopWatchdog();
     this.removeSignalHandlers();
     await this.ctx.pool.close();
     await this.ctx.closeStorages();
