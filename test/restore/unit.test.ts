@@ -1,0 +1,200 @@
+/** Pure parts of restore: output formats, timestamps, selection, recovery configuration, member mapping. */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+
+import {
+  appendToAutoConf,
+  buildRecoveryConfig,
+  formatBasebackupList,
+  formatStatusJson,
+  formatProgress,
+  mapMemberName,
+  parseTimestamp,
+  pythonDatetimeStr,
+  pythonDictRepr,
+  RestoreTarget,
+  selectBasebackup,
+  tarRulesForFormat,
+} from "../../src/restore/index.js";
+import type { BasebackupEntry } from "../../src/restore/index.js";
+
+describe("python formatting", () => {
+  it("reprs dicts like Python", () => {
+    assert.equal(pythonDictRepr({ a: "b", "it's": "x\\y\n" }), `{'a': 'b', "it's": 'x\\\\y\\n'}`);
+    assert.equal(pythonDictRepr({}), "{}");
+  });
+
+  it("parses timestamps like dateutil, naive = UTC, and prints str(datetime)", () => {
+    assert.equal(pythonDatetimeStr(parseTimestamp("2024-05-01 10:00")), "2024-05-01 10:00:00+00:00");
+    assert.equal(pythonDatetimeStr(parseTimestamp("2024-05-01T10:00:00.5+02:00")), "2024-05-01 10:00:00.500000+02:00");
+    assert.equal(pythonDatetimeStr(parseTimestamp("2026-11-24 06:19:37.990144+00:00")), "2026-11-24 06:19:37.990144+00:00");
+    assert.equal(parseTimestamp("2024-05-01T12:00:00+02:00").epochMs, Date.UTC(2024, 4, 1, 10));
+    assert.equal(parseTimestamp("2024-05-01Z").epochMs, Date.UTC(2024, 4, 1));
+    assert.throws(() => parseTimestamp("yesterday"), /Unknown string format/);
+    assert.throws(() => parseTimestamp("2024-02-30"), /day is out of range/);
+  });
+});
+
+const backups: BasebackupEntry[] = [
+  {
+    name: "site/basebackup/2024-05-02_10-00_0.00000000.pghoard",
+    size: 1000,
+    metadata: {
+      "start-time": "2024-05-02T10:00:00+00:00",
+      "end-time": "2024-05-02 10:05:00+00:00",
+      "total-size-enc": "3145728",
+      "total-size-plain": "10485760",
+      format: "pghoard-bb-v2",
+    },
+  },
+  {
+    name: "site/basebackup/2024-05-01_10-00_0",
+    size: 5 * 1024 * 1024 + 1,
+    metadata: { "start-time": "2024-05-01T12:00:00+02:00", "original-file-size": "0" },
+  },
+];
+
+describe("list format (cli.md §2.4)", () => {
+  it("prints the exact columns, caption and verbose metadata line", () => {
+    const text = formatBasebackupList(backups, { caption: "Available 'site' basebackups:", verbose: true });
+    const expected = [
+      "Available 'site' basebackups: ",
+      "",
+      "Basebackup                                Backup size    Orig size  Start time          ",
+      "----------------------------------------  -----------  -----------  --------------------",
+      "site/basebackup/2024-05-01_10-00_0               5 MB          n/a  2024-05-01T10:00:00Z",
+      "    metadata: {'original-file-size': '0'}",
+      "site/basebackup/2024-05-02_10-00_0.00000000.pghoard         3 MB        10 MB  2024-05-02T10:00:00Z",
+      "    metadata: {'end-time': '2024-05-02 10:05:00+00:00', 'total-size-enc': '3145728', 'total-size-plain': '10485760', 'format': 'pghoard-bb-v2'}",
+      "",
+    ].join("\n");
+    assert.equal(text, expected);
+  });
+});
+
+describe("backup selection", () => {
+  it("latest = newest start-time, with the candidate list", () => {
+    const { backup, output } = selectBasebackup(backups, { name: "latest" });
+    assert.equal(backup.name, backups[0].name);
+    assert.match(output, /^Found 2 applicable basebackups \n/);
+    assert.match(output, /\nSelecting 'site\/basebackup\/2024-05-02_10-00_0.00000000.pghoard' for restore\n$/);
+  });
+
+  it("by time: backups that ended before the target (end-time, else start-time)", () => {
+    const pick = (t: string): string => selectBasebackup(backups, { name: "latest", recoveryTargetTime: parseTimestamp(t) }).backup.name;
+    assert.equal(pick("2024-05-02 10:06"), backups[0].name);
+    assert.equal(pick("2024-05-02 10:04"), backups[1].name);
+    assert.throws(() => pick("2024-05-01 10:00"), /No applicable basebackups found, exiting/);
+  });
+
+  it("by exact name only", () => {
+    assert.equal(selectBasebackup(backups, { name: backups[1].name }).backup, backups[1]);
+    assert.throws(() => selectBasebackup(backups, { name: "2024-05-01_10-00_0" }), /No applicable basebackup found, exiting/);
+  });
+});
+
+describe("recovery configuration (operations.md §12)", () => {
+  it("PG 15: same text upstream wrote for the fixture restore", () => {
+    const config = buildRecoveryConfig({
+      pgVersion: "15\n",
+      site: "snappy-enc-localtar",
+      port: 16101,
+      commandBin: "/srv/pghoard-fixtures/bin/pghoard_postgres_command",
+      targetAction: "promote",
+      targetName: "fixture_snappy-enc-localtar",
+    });
+    assert.equal(
+      config.content,
+      "# pghoard created recovery.conf\nrecovery_target_timeline = 'latest'\nrestore_command = '/srv/pghoard-fixtures/bin/pghoard_postgres_command --mode restore --port 16101 --site snappy-enc-localtar --output %p --xlog %f'\npromote_trigger_file = 'trigger_file'\nrecovery_target_action = 'promote'\nrecovery_target_name = 'fixture_snappy-enc-localtar'\n",
+    );
+    assert.equal(config.fileName, "postgresql.auto.conf");
+    assert.deepEqual(config.signalFiles, ["standby.signal"]);
+  });
+
+  it("restore to primary writes recovery.signal; credentials, conninfo quoting, LSN and immediate targets", () => {
+    const config = buildRecoveryConfig({
+      pgVersion: "16",
+      site: "s",
+      port: 1,
+      username: "u",
+      password: "p",
+      primaryConninfo: "host=x password='a\\b'",
+      recoveryEndCommand: "echo done",
+      targetLsn: "0/1000000",
+      restoreToPrimary: true,
+    });
+    assert.deepEqual(config.signalFiles, ["recovery.signal"]);
+    assert.ok(!config.content.includes("trigger_file"), "no trigger file setting for PG 16");
+    assert.match(config.content, /--xlog %f --username u --password p'\n/);
+    assert.match(config.content, /\nprimary_conninfo = 'host=x password=''a\\\\b'''\n/);
+    assert.match(config.content, /\nrecovery_end_command = 'echo done'\n/);
+    assert.match(config.content, /\nrecovery_target_lsn = '0\/1000000'\n$/);
+    const immediate = buildRecoveryConfig({ pgVersion: "15", site: "s", port: 1, targetImmediate: true });
+    assert.match(immediate.content, /\nrecovery_target = 'immediate'\n$/);
+  });
+
+  it("PG < 12: recovery.conf with trigger_file and standby_mode; 9.4 action mapping", () => {
+    const config = buildRecoveryConfig({ pgVersion: "11", site: "s", port: 16000, targetXid: "1234" });
+    assert.equal(config.fileName, "recovery.conf");
+    assert.deepEqual(config.signalFiles, []);
+    assert.equal(
+      config.content,
+      "# pghoard created recovery.conf\nrecovery_target_timeline = 'latest'\nrestore_command = 'pghoard_postgres_command --mode restore --port 16000 --site s --output %p --xlog %f'\ntrigger_file = 'trigger_file'\nstandby_mode = 'on'\nrecovery_target_xid = '1234'\n",
+    );
+    const old = buildRecoveryConfig({ pgVersion: "9.4", site: "s", port: 1, targetAction: "pause", restoreToPrimary: true });
+    assert.ok(old.content.includes("pause_at_recovery_target = True\n"));
+    assert.ok(!old.content.includes("standby_mode"));
+    const shutdown = buildRecoveryConfig({ pgVersion: "9.4", site: "s", port: 1, targetAction: "shutdown" });
+    assert.equal(shutdown.warnings.length, 1);
+    assert.throws(() => buildRecoveryConfig({ pgVersion: "9.6", site: "s", port: 1, targetLsn: "0/1" }), /PostgreSQL 10/);
+  });
+
+  it("at most one target, with upstream's message", () => {
+    assert.throws(
+      () => buildRecoveryConfig({ pgVersion: "15", site: "s", port: 1, targetName: "a", targetXid: "1" }),
+      { message: "Specify at most one of recovery_target_name, recovery_target_time or recovery_target_xid" },
+    );
+  });
+
+  it("appending keeps ALTER SYSTEM settings and disables earlier recovery settings", () => {
+    const existing = "# Do not edit this file manually!\nwork_mem = '8MB'\nrestore_command = 'old'\nrecovery_target_name = 'old'";
+    const merged = appendToAutoConf(existing, "restore_command = 'new'\n");
+    assert.equal(
+      merged,
+      "# Do not edit this file manually!\nwork_mem = '8MB'\n# disabled by pghoard_restore: restore_command = 'old'\n# disabled by pghoard_restore: recovery_target_name = 'old'\nrestore_command = 'new'\n",
+    );
+  });
+});
+
+describe("progress output", () => {
+  it("formats the bar and the status file like upstream", () => {
+    const snap = { downloaded: 5 * 1024 * 1024, total: 40 * 1024 * 1024, fraction: 0.125 };
+    assert.equal(formatProgress(snap), "Download progress: 12.50% (5 / 40 MiB)");
+    assert.equal(formatStatusJson(snap), '{\n    "downloaded_bytes": 5242880,\n    "progress_percent": 0.125,\n    "total_bytes": 41943040\n}\n');
+    assert.match(formatStatusJson({ downloaded: 1, total: 1, fraction: 1 }), /"progress_percent": 1.0,/);
+  });
+});
+
+describe("tar member mapping", () => {
+  const target = new RestoreTarget("/restore/pgdata", [{ name: "ts1", oid: 16395, path: "/restore/ts1" }]);
+  const v2 = tarRulesForFormat("pghoard-bb-v2");
+  it("strips pgdata/, maps tablespaces, skips metadata members", () => {
+    assert.equal(mapMemberName("pgdata/base/1/2", v2, target), "base/1/2");
+    assert.equal(mapMemberName("pgdata", v2, target), null);
+    assert.equal(mapMemberName("tablespaces/ts1/PG_15/1/2", v2, target), "/restore/ts1/PG_15/1/2");
+    assert.equal(mapMemberName("tablespaces/ts1", v2, target), null);
+    assert.equal(mapMemberName(".pghoard_tar_metadata.json", v2, target), null);
+    assert.equal(mapMemberName("pgdata/.manifest.json", v2, target), "pgdata/.manifest.json".slice(7));
+    assert.equal(mapMemberName("pgdata/.manifest.json", tarRulesForFormat("pghoard-delta-v2"), target), null);
+    assert.equal(mapMemberName("pgdata/x", tarRulesForFormat(undefined), target), "pgdata/x");
+    assert.throws(() => tarRulesForFormat("pghoard-bb-v9"), /Unrecognized basebackup format 'pghoard-bb-v9'/);
+  });
+
+  it("refuses names escaping the target", () => {
+    assert.throws(() => target.resolve("../x", "test"), /'\.\.'/);
+    assert.throws(() => target.resolve("/etc/passwd", "test"), /absolute member name/);
+    assert.equal(target.resolve("/restore/ts1/PG_15/x", "test"), "/restore/ts1/PG_15/x");
+    assert.equal(target.resolve("./base//1", "test"), "/restore/pgdata/base/1");
+    assert.equal(target.resolve("global/pg_control", "test"), "/restore/pgdata/global/pg_control.pghoard_restore_incomplete");
+  });
+});
