@@ -111,7 +111,7 @@ export function redactConfig<T>(config: T): T {
 
 const TEXT_SECRET_PATTERNS: ReadonlyArray<[RegExp, string]> = [
   [/(-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----)[\s\S]*?(-----END \2PRIVATE KEY-----)/g, `$1${REDACTED}$3`],
-  [/\b(password\s*=\s*)('(?:\\.|[^'\\])*'|[^\s'"]+)/gi, `$1${REDACTED}`],
+  [/\b(password\s*=\s*)('(?:\\.|[^'\\])*'?|[^\s'"]+)/gi, `$1${REDACTED}`],
   [/([a-z][a-z0-9+.-]*:\/\/[^:/@\s'"]*:)[^@/\s'"]+@/gi, `$1${REDACTED}@`],
   [
     /("(?:password|webserver_password|private|private_key|aws_secret_access_key|aws_session_token|account_key|sas_token|pass|secret|client_secret|refresh_token|access_token)"\s*:\s*)"(?:\\.|[^"\\])*"/g,

@@ -6,6 +6,7 @@
 import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { scrubText } from "../common/logger.js";
 import { ConfigError, describeValue, pyRepr } from "./errors.js";
 import { writeFileAtomic } from "../common/fs.js";
 import type { NodeConfig } from "./types.js";
@@ -39,7 +40,8 @@ export function parseLibpqConnectionString(connectionString: string): Connection
           value += ch;
         }
       }
-      if (!closed) throw new Error(`invalid connection_string fragment ${pyRepr(remainder)}`);
+      // Upstream echoes the fragment; it may be a password, so only the key is named.
+      if (!closed) throw new Error(`invalid connection_string fragment: unterminated quoted value of ${pyRepr(key)}`);
       remainder = remainder.slice(i + 1);
     } else {
       const match = /^(\S*)(\s[\s\S]*)?$/.exec(remainder);
@@ -131,7 +133,7 @@ export function parseNodeEntry(entry: unknown, keyPath: string): NodeConfig {
     try {
       return parseConnectionString(entry);
     } catch (err) {
-      throw new ConfigError(`${keyPath}: ${(err as Error).message}`);
+      throw new ConfigError(`${keyPath}: ${scrubText((err as Error).message)}`);
     }
   }
   if (entry === null || typeof entry !== "object" || Array.isArray(entry)) {
@@ -154,7 +156,7 @@ export function parseNodeEntry(entry: unknown, keyPath: string): NodeConfig {
     try {
       result = parseConnectionString(copy.connection_string);
     } catch (err) {
-      throw new ConfigError(`${keyPath}.connection_string: ${(err as Error).message}`);
+      throw new ConfigError(`${keyPath}.connection_string: ${scrubText((err as Error).message)}`);
     }
   } else {
     if ("connection_string" in copy) {

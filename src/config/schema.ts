@@ -87,7 +87,7 @@ export function pythonPathJoin(a: string, b: string): string {
 const tags: KeySpec = {
   key: "tags",
   types: ["object"],
-  values: ["string", "integer", "number", "boolean"],
+  values: ["string", "integer", "number", "boolean", "null"],
   default: { value: {} },
   description: "Tags added to every metric.",
 };
@@ -457,6 +457,7 @@ export const siteSection: SectionSpec = {
     {
       key: "nodes",
       types: ["array"],
+      secret: true, // entries may hold passwords: error messages name the kind of a bad value, not the value
       required: "for active sites (warning: upstream's main loop fails every iteration without it)",
       description: "PostgreSQL servers to back up from; see Node entries.",
     },

@@ -195,7 +195,8 @@ function checkValue(raw: unknown, spec: KeySpec, path: string, ctx: Ctx, section
   if (isPlainObject(value) && spec.values) {
     for (const [k, v] of Object.entries(value)) {
       if (!spec.values.some((t) => valueMatches(v, t))) {
-        throw new ConfigError(`${keyPath(path, k)}: expected ${describeTypes(spec.values)}, got ${describeValue(v)}`);
+        const got = spec.secret ? describeKind(v) : describeValue(v);
+        throw new ConfigError(`${keyPath(path, k)}: expected ${describeTypes(spec.values)}, got ${got}`);
       }
     }
     return cloneJson(value);

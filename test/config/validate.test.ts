@@ -95,6 +95,9 @@ const malformed: Bad[] = [
     raw: { backup_location: "/b", backup_sites: { "a.b": { basebackup_count: "x" } } },
     path: 'backup_sites["a.b"].basebackup_count',
   },
+  { name: "nodes as a string does not echo its password", raw: config({ nodes: "host=a password=sekrit" }), path: "backup_sites.s.nodes", notContains: "sekrit" },
+  { name: "a broken node string does not echo its password", raw: config({ nodes: ["host=a password='sekrit"] }), path: "backup_sites.s.nodes[0]", notContains: "sekrit" },
+  { name: "a private key in the wrong place is not echoed", raw: config({ encryption_keys: { k1: PRIVATE_PEM } }), path: "backup_sites.s.encryption_keys.k1", notContains: "MII" },
   {
     name: "a secret of the wrong type is not echoed",
     raw: config({}, { webserver_password: 987654321 }),
