@@ -1,0 +1,164 @@
+/**
+ * pg_receivexlog mode (operations.md §6.1): one pg_receivewal child per site writing into the
+ * site's `xlog_incoming` spool. Its output is logged (and counts as activity); a disk-space guard
+ * pauses it with SIGSTOP below `pg_receivexlog.min_disk_free_bytes` and continues it with SIGCONT
+ * once free space is back above `min × resume_multiplier`. A paused child is always continued
+ * before it is terminated, otherwise SIGTERM would stay pending forever.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { statfs } from "node:fs/promises";
+import type { Logger } from "pino";
+
+export interface DiskGuardConfig {
+  minDiskFreeBytes: number | null;
+  resumeMultiplier: number;
+  checkIntervalMs: number;
+}
+
+export interface PgReceiveXlogOptions {
+  site: string;
+  binary: string;
+  /** Replication conninfo without a password (that went to ~/.pgpass). */
+  connectionString: string;
+  directory: string;
+  slot?: string | undefined;
+  serverVersion: number;
+  log: Logger;
+  /** Read at every check so a SIGHUP reload takes effect on the running child. */
+  diskGuard: () => DiskGuardConfig;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface ExitStatus {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/** Free bytes of the file system holding `dir`, as upstream computes it (f_bfree × f_bsize). */
+export async function diskBytesFree(dir: string): Promise<number> {
+  const st = await statfs(dir);
+  return st.bfree * st.bsize;
+}
+
+export class PgReceiveXlog {
+  latestActivity = new Date();
+  paused = false;
+  readonly startedAt = Date.now();
+  readonly exited: Promise<ExitStatus>;
+  private readonly child: ChildProcess;
+  private running = true;
+  private diskTimer: NodeJS.Timeout | null = null;
+  private lastDiskCheck = 0;
+  private checkingDisk = false;
+
+  constructor(private readonly options: PgReceiveXlogOptions) {
+    const args = ["--status-interval", "1", "--verbose", "--directory", options.directory, "--dbname", options.connectionString];
+    if (options.serverVersion >= 90400 && options.slot) args.push("--slot", options.slot);
+    const log = options.log;
+    this.child = spawn(options.binary, args, { stdio: ["ignore", "pipe", "pipe"], env: options.env ?? process.env });
+    // The conninfo holds no password (moved to ~/.pgpass), so the command line can be logged.
+    log.info(`Started: ${JSON.stringify([options.binary, ...args])}, running as PID: ${this.child.pid ?? "?"}`);
+    this.exited = new Promise((resolve) => {
+      const finished = (code: number | null, signal: NodeJS.Signals | null): void => {
+        if (!this.running) return;
+        this.running = false;
+        if (this.diskTimer) clearInterval(this.diskTimer);
+        this.diskTimer = null;
+        const took = ((Date.now() - this.startedAt) / 1000).toFixed(3);
+        log.info(`pg_receivewal of site ${options.site} exited after ${took}s: code ${code}, signal ${signal}`);
+        resolve({ code, signal });
+      };
+      this.child.once("error", (err) => {
+        log.error(`Could not run ${options.binary} for site ${options.site}: ${err.message}`);
+        finished(null, null);
+      });
+      this.child.once("close", finished);
+    });
+    for (const stream of [this.child.stdout, this.child.stderr]) {
+      let pending = "";
+      stream?.on("data", (chunk: Buffer) => {
+        this.latestActivity = new Date();
+        pending += chunk.toString("utf8");
+        const lines = pending.split("\n");
+        pending = lines.pop() ?? "";
+        for (const line of lines) if (line.trim()) log.info(line);
+      });
+      stream?.on("end", () => {
+        if (pending.trim()) log.info(pending);
+      });
+    }
+    const interval = Math.max(100, Math.min(1000, options.diskGuard().checkIntervalMs));
+    this.diskTimer = setInterval(() => void this.checkDiskSpace(), interval);
+    this.diskTimer.unref();
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  get isRunning(): boolean {
+    return this.running;
+  }
+
+  /** Pauses or continues the child depending on free disk space; `force` ignores the interval. */
+  async checkDiskSpace(force = false): Promise<void> {
+    const guard = this.options.diskGuard();
+    if (!this.running || this.checkingDisk) return;
+    if (!guard.minDiskFreeBytes) {
+      if (this.paused) this.continue("the free disk space limit was removed");
+      return;
+    }
+    const now = Date.now();
+    if (!force && now - this.lastDiskCheck < guard.checkIntervalMs) return;
+    this.lastDiskCheck = now;
+    this.checkingDisk = true;
+    try {
+      const free = await diskBytesFree(this.options.directory);
+      const mib = (n: number): string => (n / 1024 / 1024).toFixed(1);
+      if (!this.paused && free < guard.minDiskFreeBytes) {
+        this.options.log.warn(
+          `Free disk space ${mib(free)} MiB is below configured minimum ${mib(guard.minDiskFreeBytes)} MiB, pausing pg_receivewal of site ${this.options.site}`,
+        );
+        this.pause();
+      } else if (this.paused) {
+        const resumeAt = Math.floor(guard.minDiskFreeBytes * guard.resumeMultiplier);
+        if (free >= resumeAt) {
+          this.continue(`free disk space ${mib(free)} MiB is above configured resume threshold ${mib(resumeAt)} MiB`);
+        }
+      }
+    } catch (err) {
+      this.options.log.error({ err }, `Could not check free disk space of ${this.options.directory}`);
+    } finally {
+      this.checkingDisk = false;
+    }
+  }
+
+  private pause(): void {
+    if (this.paused || !this.running || !this.child.pid) return;
+    this.child.kill("SIGSTOP");
+    this.paused = true;
+  }
+
+  private continue(reason: string): void {
+    if (!this.paused || !this.child.pid) return;
+    this.options.log.info(`Resuming pg_receivewal of site ${this.options.site}: ${reason}`);
+    if (this.running) this.child.kill("SIGCONT");
+    this.paused = false;
+  }
+
+  /** SIGCONT (if paused), SIGTERM, then SIGKILL if it has not exited after `killAfterMs`. */
+  async stop(killAfterMs = 5000): Promise<ExitStatus> {
+    if (this.running) {
+      this.continue("stopping it");
+      this.child.kill("SIGTERM");
+      const timer = setTimeout(() => {
+        if (this.running) this.child.kill("SIGKILL");
+      }, killAfterMs);
+      timer.unref();
+      const status = await this.exited;
+      clearTimeout(timer);
+      return status;
+    }
+    return this.exited;
+  }
+}

@@ -1,0 +1,457 @@
+/**
+ * The daemon plugin for WAL streaming (operations.md §2 steps 3–4, §6.1, §6.2, §8, §11): per active
+ * site it runs pg_receivewal (`pg_receivexlog` mode) with a watcher on `xlog_incoming`, or the
+ * built-in walreceiver (`walreceiver` mode), restarting either with a backoff when it ends.
+ *
+ * Before starting, the server is checked as upstream does for pg_basebackup and pg_receivewal
+ * (§3.4): connection failures raise `authentication_error` / `configuration_error`, an unknown
+ * server version `version_unsupported_error`, a pg_receivewal of another major version
+ * `version_mismatch_error`. Unlike upstream, an alert this plugin raised is removed again once the
+ * same check passes, so the alert directory reflects the current state.
+ */
+import path from "node:path";
+import { finished } from "node:stream/promises";
+import type { Logger } from "pino";
+import {
+  ConfigError,
+  connectionStringUsingPgpass,
+  findPgBinary,
+  nodeSlot,
+  pgMajorFromNumber,
+  replicationConnectionInfo,
+  type NodeConfig,
+  type SiteConfig,
+} from "../config/index.js";
+import { createAlertFile, removeAlertFile, type AlertName } from "../daemon/alerts.js";
+import type { DaemonContext } from "../daemon/context.js";
+import type { DaemonPlugin, SiteHandle } from "../daemon/plugins.js";
+import { deferred, type Deferred } from "../daemon/queue.js";
+import { objectKey } from "../daemon/transfer.js";
+import type { TransferResult } from "../daemon/types.js";
+import { StorageNotFoundError } from "../storage/types.js";
+import { PgReceiveXlog } from "./receivexlog.js";
+import { connectionFailureAlert, ReplicationConnection } from "./replication.js";
+import { SpoolWatcher } from "./spoolWatcher.js";
+import { verifyWalHeader } from "./verify.js";
+import { WalReceiver, type WalSink } from "./walreceiver.js";
+
+const CHECK_ALERTS: AlertName[] = ["authentication_error", "configuration_error", "version_unsupported_error", "version_mismatch_error"];
+/** Restart delays after consecutive failures: 5, 10, 20, 40, 60, 60 … s. */
+const MAX_BACKOFF_MS = 60_000;
+/** A run at least this long resets the backoff. */
+const HEALTHY_RUN_MS = 60_000;
+
+export interface StreamingTestHooks {
+  /** walreceiver: idle time before an incomplete segment is stored as `.partial`. */
+  partialIntervalMs?: number;
+}
+
+class SiteStreaming {
+  mode: "pg_receivexlog" | "walreceiver" | null = null;
+  handle: SiteHandle | null = null;
+  watcher: SpoolWatcher | null = null;
+  receivexlog: PgReceiveXlog | null = null;
+  walreceiver: WalReceiver | null = null;
+  walreceiverRun: Promise<void> | null = null;
+  walreceiverStartedAt = 0;
+  latestActivity = new Date();
+  lastFlushedLsn: bigint | null = null;
+  failures = 0;
+  nextStartAt = 0;
+  starting = false;
+  /** Alerts this plugin created and has not removed yet. */
+  raisedAlerts = new Set<AlertName>();
+
+  constructor(readonly site: string) {}
+}
+
+class CheckFailed extends Error {}
+
+export class WalStreamingPlugin implements DaemonPlugin {
+  readonly name = "wal-streaming";
+  private readonly sites = new Map<string, SiteStreaming>();
+  private stopped = false;
+
+  constructor(
+    private readonly ctx: DaemonContext,
+    private readonly hooks: StreamingTestHooks = {},
+  ) {}
+
+  private get log(): Logger {
+    return this.ctx.log;
+  }
+
+  private siteState(site: string): SiteStreaming {
+    let state = this.sites.get(site);
+    if (!state) {
+      state = new SiteStreaming(site);
+      const previous = (this.ctx.previousState.walreceivers as Record<string, { last_flushed_lsn?: unknown }> | undefined)?.[site];
+      const lsn = previous?.last_flushed_lsn;
+      if (typeof lsn === "number" && Number.isSafeInteger(lsn) && lsn >= 0) state.lastFlushedLsn = BigInt(lsn);
+      this.sites.set(site, state);
+    }
+    return state;
+  }
+
+  async handleSite(handle: SiteHandle): Promise<void> {
+    if (this.stopped) return;
+    const state = this.siteState(handle.site);
+    state.handle = handle;
+    const mode = handle.siteConfig.active_backup_mode;
+    const wanted = mode === "pg_receivexlog" ? "pg_receivexlog" : mode === "walreceiver" ? "walreceiver" : null;
+    if (state.mode !== wanted) {
+      await this.stopSite(state);
+      state.mode = wanted;
+      state.failures = 0;
+      state.nextStartAt = 0;
+    }
+    if (wanted === "pg_receivexlog") await this.ensureReceiveXlog(state, handle);
+    else if (wanted === "walreceiver") await this.ensureWalReceiver(state, handle);
+  }
+
+  writeState(state: Record<string, unknown>): void {
+    const receivexlogs = (state.pg_receivexlogs ?? {}) as Record<string, unknown>;
+    const walreceivers = (state.walreceivers ?? {}) as Record<string, unknown>;
+    for (const [site, s] of this.sites) {
+      if (s.mode === "pg_receivexlog") {
+        receivexlogs[site] = { latest_activity: s.receivexlog?.latestActivity ?? s.latestActivity, running: s.receivexlog?.isRunning ?? false };
+      } else if (s.mode === "walreceiver") {
+        const lsn = s.walreceiver?.lastFlushedLsn ?? s.lastFlushedLsn;
+        walreceivers[site] = {
+          latest_activity: s.walreceiver?.latestActivity ?? s.latestActivity,
+          running: s.walreceiver !== null,
+          last_flushed_lsn: lsn === null ? null : Number(lsn),
+        };
+      }
+    }
+    state.pg_receivexlogs = receivexlogs;
+    state.walreceivers = walreceivers;
+  }
+
+  configReloaded(): void {
+    // Sites that were removed or deactivated no longer get handleSite calls: stop their receivers.
+    for (const [site, state] of this.sites) {
+      const siteConfig = this.ctx.config.backup_sites[site];
+      if (!siteConfig || !siteConfig.active) void this.stopSite(state);
+    }
+    // A new disk limit is applied to a running pg_receivewal right away.
+    for (const state of this.sites.values()) void state.receivexlog?.checkDiskSpace(true);
+  }
+
+  async stop(graceful: boolean): Promise<void> {
+    this.stopped = true;
+    await Promise.all([...this.sites.values()].map((s) => this.stopSite(s, graceful ? 60_000 : 1000)));
+  }
+
+  private async stopSite(state: SiteStreaming, waitMs = 60_000): Promise<void> {
+    state.watcher?.stop();
+    state.watcher = null;
+    if (state.receivexlog) {
+      const rx = state.receivexlog;
+      state.receivexlog = null;
+      await rx.stop();
+    }
+    if (state.walreceiver) {
+      const wr = state.walreceiver;
+      wr.stop();
+      const run = state.walreceiverRun;
+      if (run) await Promise.race([run.catch(() => undefined), new Promise((r) => setTimeout(r, waitMs).unref())]);
+      state.lastFlushedLsn = wr.lastFlushedLsn;
+      state.walreceiver = null;
+      state.walreceiverRun = null;
+    }
+  }
+
+  private scheduleRestart(state: SiteStreaming, ranMs: number): void {
+    if (ranMs >= HEALTHY_RUN_MS) state.failures = 0;
+    state.failures += 1;
+    const delay = Math.min(5000 * 2 ** (state.failures - 1), MAX_BACKOFF_MS);
+    state.nextStartAt = Date.now() + delay;
+    this.log.info(`Site ${state.site}: restarting ${state.mode} in ${delay / 1000} s`);
+  }
+
+  private pickNode(siteConfig: SiteConfig, site: string): NodeConfig {
+    const nodes = siteConfig.nodes ?? [];
+    if (nodes.length === 0) throw new ConfigError(`Site '${site}': no nodes configured`);
+    return nodes[Math.floor(Math.random() * nodes.length)] as NodeConfig;
+  }
+
+  private async raise(state: SiteStreaming, alert: AlertName): Promise<void> {
+    await createAlertFile(this.ctx.config.alert_file_dir, alert);
+    state.raisedAlerts.add(alert);
+  }
+
+  private async clearAlerts(state: SiteStreaming, alerts: AlertName[]): Promise<void> {
+    for (const alert of alerts) {
+      if (!state.raisedAlerts.has(alert)) continue;
+      state.raisedAlerts.delete(alert);
+      if (await removeAlertFile(this.ctx.config.alert_file_dir, alert)) {
+        this.log.info(`Site ${state.site}: the condition behind alert ${alert} is gone, removed the alert file`);
+      }
+    }
+  }
+
+  /** Connects over replication and checks the server version; returns it (and caches it in the site config). */
+  private async checkServer(state: SiteStreaming, siteConfig: SiteConfig, node: NodeConfig): Promise<number> {
+    let conn: ReplicationConnection;
+    try {
+      conn = await ReplicationConnection.connect(replicationConnectionInfo(node));
+    } catch (err) {
+      const message = (err as Error).message;
+      const alert = connectionFailureAlert(message);
+      this.log.error(`Site ${state.site}: connection to PostgreSQL for the ${state.mode} version check failed: ${message}; created alert file ${alert}`);
+      await this.raise(state, alert);
+      throw new CheckFailed(message);
+    }
+    let version: number;
+    try {
+      version = siteConfig.pg_version ?? conn.serverVersion;
+    } finally {
+      await conn.close();
+    }
+    await this.clearAlerts(state, ["authentication_error", "configuration_error"]);
+    if (!version || version < 90300) {
+      this.log.error(`Site ${state.site}: unsupported PostgreSQL server version ${version}; created alert file version_unsupported_error`);
+      await this.raise(state, "version_unsupported_error");
+      throw new CheckFailed(`unsupported server version ${version}`);
+    }
+    await this.clearAlerts(state, ["version_unsupported_error"]);
+    siteConfig.pg_version = version;
+    return version;
+  }
+
+  private async ensureReceiveXlog(state: SiteStreaming, handle: SiteHandle): Promise<void> {
+    if (!state.watcher) {
+      const watcher = new SpoolWatcher(
+        handle.spool.xlogIncoming,
+        (fullPath) => {
+          this.log.debug(`pg_receivewal completed ${fullPath}, queueing it for compression`);
+          state.latestActivity = new Date();
+          state.handle?.queueIncomingFile(fullPath);
+        },
+        { onError: (err) => this.log.warn(`Watching ${handle.spool.xlogIncoming}: ${String(err)}`) },
+      );
+      state.watcher = watcher;
+      await watcher.start();
+    }
+    if (state.receivexlog?.isRunning || state.starting || Date.now() < state.nextStartAt) return;
+    if (state.receivexlog) {
+      const ran = Date.now() - state.receivexlog.startedAt;
+      state.receivexlog = null;
+      this.scheduleRestart(state, ran);
+      if (Date.now() < state.nextStartAt) return;
+    }
+    state.starting = true;
+    try {
+      await this.startReceiveXlog(state, handle);
+    } catch (err) {
+      if (!(err instanceof CheckFailed)) {
+        this.log.error(`Site ${state.site}: could not start pg_receivewal: ${(err as Error).message}`);
+      }
+      this.scheduleRestart(state, 0);
+    } finally {
+      state.starting = false;
+    }
+  }
+
+  private async startReceiveXlog(state: SiteStreaming, handle: SiteHandle): Promise<void> {
+    const siteConfig = handle.siteConfig;
+    const node = this.pickNode(siteConfig, state.site);
+    const serverVersion = await this.checkServer(state, siteConfig, node);
+    let binary: { path: string; version: number };
+    try {
+      binary = await findPgBinary(siteConfig, "pg_receivexlog", { wantedMajor: pgMajorFromNumber(serverVersion), siteName: state.site });
+    } catch (err) {
+      this.log.error(`Site ${state.site}: ${(err as Error).message}; created alert file configuration_error`);
+      await this.raise(state, "configuration_error");
+      throw new CheckFailed((err as Error).message);
+    }
+    if (Math.floor(binary.version / 100) !== Math.floor(serverVersion / 100)) {
+      this.log.error(
+        `Site ${state.site}: pg_receivewal version ${binary.version} (${binary.path}) does not match the server version ${serverVersion}; created alert file version_mismatch_error`,
+      );
+      await this.raise(state, "version_mismatch_error");
+      throw new CheckFailed("version mismatch");
+    }
+    await this.clearAlerts(state, ["version_mismatch_error", "configuration_error"]);
+
+    const slot = nodeSlot(node);
+    if (slot && serverVersion >= 90400) await this.ensureSlot(state, node, slot);
+    const { connectionString } = await connectionStringUsingPgpass(node, { replication: true });
+    const pgConfig = siteConfig.pg_receivexlog;
+    state.receivexlog = new PgReceiveXlog({
+      site: state.site,
+      binary: binary.path,
+      connectionString,
+      directory: handle.spool.xlogIncoming,
+      slot,
+      serverVersion,
+      log: this.log,
+      diskGuard: () => {
+        const current = this.ctx.config.backup_sites[state.site]?.pg_receivexlog ?? pgConfig;
+        return {
+          minDiskFreeBytes: current.min_disk_free_bytes ?? null,
+          resumeMultiplier: current.resume_multiplier ?? 1.5,
+          checkIntervalMs: (current.disk_space_check_interval ?? 10) * 1000,
+        };
+      },
+    });
+    void state.receivexlog.exited.then(() => state.watcher?.scan());
+    void state.receivexlog.checkDiskSpace(true);
+  }
+
+  /** pg_receivewal only uses a slot; create it (reserving WAL) when it is missing. */
+  private async ensureSlot(state: SiteStreaming, node: NodeConfig, slot: string): Promise<void> {
+    let conn: ReplicationConnection | null = null;
+    try {
+      conn = await ReplicationConnection.connect(replicationConnectionInfo(node));
+      if (await conn.createPhysicalSlot(slot)) this.log.info(`Site ${state.site}: created physical replication slot ${slot}`);
+    } catch (err) {
+      this.log.warn(`Site ${state.site}: could not create replication slot ${slot}: ${(err as Error).message}`);
+    } finally {
+      await conn?.close();
+    }
+  }
+
+  private async ensureWalReceiver(state: SiteStreaming, handle: SiteHandle): Promise<void> {
+    if (state.walreceiver || state.starting || Date.now() < state.nextStartAt) return;
+    state.starting = true;
+    try {
+      const siteConfig = handle.siteConfig;
+      const node = this.pickNode(siteConfig, state.site);
+      await this.checkServer(state, siteConfig, node);
+      const receiver = new WalReceiver({
+        site: state.site,
+        connectionInfo: replicationConnectionInfo(node),
+        slot: nodeSlot(node),
+        startLsn: state.lastFlushedLsn,
+        sink: new DaemonWalSink(this.ctx, state.site),
+        log: this.log,
+        partialIntervalMs: this.hooks.partialIntervalMs,
+      });
+      state.walreceiver = receiver;
+      state.walreceiverStartedAt = Date.now();
+      state.walreceiverRun = receiver.run().then(
+        () => this.walreceiverEnded(state, receiver, null),
+        (err: unknown) => this.walreceiverEnded(state, receiver, err as Error),
+      );
+    } catch (err) {
+      if (!(err instanceof CheckFailed)) this.log.error(`Site ${state.site}: could not start the walreceiver: ${(err as Error).message}`);
+      this.scheduleRestart(state, 0);
+    } finally {
+      state.starting = false;
+    }
+  }
+
+  private walreceiverEnded(state: SiteStreaming, receiver: WalReceiver, err: Error | null): void {
+    state.lastFlushedLsn = receiver.lastFlushedLsn;
+    state.latestActivity = receiver.latestActivity;
+    if (state.walreceiver !== receiver) return; // stopped on purpose
+    state.walreceiver = null;
+    state.walreceiverRun = null;
+    if (this.stopped) return;
+    if (err) {
+      this.log.error(`Site ${state.site}: walreceiver failed: ${err.message}`);
+      this.ctx.metrics.unexpectedException(err, "walreceiver_run");
+      // The resume position is gone from the server: start over from what it still has (a gap in the archive).
+      if (/has already been removed/.test(err.message)) {
+        this.log.error(`Site ${state.site}: WAL from ${state.lastFlushedLsn} is no longer on the server; resuming from the server's position`);
+        state.lastFlushedLsn = null;
+      }
+    } else {
+      this.log.warn(`Site ${state.site}: walreceiver stopped`);
+    }
+    this.scheduleRestart(state, Date.now() - state.walreceiverStartedAt);
+  }
+}
+
+/** Puts walreceiver output through the daemon's compressors and transfer agents. */
+export class DaemonWalSink implements WalSink {
+  constructor(
+    private readonly ctx: DaemonContext,
+    private readonly site: string,
+  ) {}
+
+  private async waitFor(callback: Deferred<TransferResult>, what: string): Promise<void> {
+    const result = await callback.promise;
+    if (!result.success) throw new Error(`${what}: ${result.error instanceof Error ? result.error.message : String(result.error ?? "failed")}`);
+  }
+
+  private async compressAndStore(filetype: "xlog" | "timeline", name: string, data: Buffer): Promise<void> {
+    const callback = deferred<TransferResult>();
+    const spool = this.ctx.spoolPaths(this.site);
+    this.ctx.compressionQueue.put({
+      site: this.site,
+      filetype,
+      // Only names the file: the data is in memory and nothing is written to the spool.
+      fullPath: path.join(filetype === "xlog" ? spool.xlog : spool.timeline, name),
+      inputData: data,
+      compressToMemory: true,
+      deleteFileAfterCompression: false,
+      callback,
+    });
+    await this.waitFor(callback, `storing ${name}`);
+  }
+
+  storeSegment(name: string, data: Buffer): Promise<void> {
+    return this.compressAndStore("xlog", name, data);
+  }
+
+  storeHistory(name: string, data: Buffer): Promise<void> {
+    return this.compressAndStore("timeline", name, data);
+  }
+
+  async storePartial(name: string, data: Buffer): Promise<void> {
+    if (data.length >= 20) verifyWalHeader(data, name);
+    const siteConfig = this.ctx.site(this.site);
+    const keyId = siteConfig.encryption_key_id || null;
+    const publicKeyPem = keyId ? (siteConfig.encryption_keys?.[keyId]?.public ?? null) : null;
+    if (keyId && !publicKeyPem) throw new Error(`Site '${this.site}': no public key for encryption key id '${keyId}'`);
+    const compression = this.ctx.config.compression;
+    // Off the main thread, through the same worker pool the compressors use.
+    const stream = this.ctx.pool.createEncodeStream({ algorithm: compression.algorithm, level: compression.level, encryptionKeyId: keyId, publicKeyPem });
+    const chunks: Buffer[] = [];
+    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+    stream.end(data);
+    await finished(stream);
+    const encoded = Buffer.concat(chunks);
+    const metadata: Record<string, string | number | null> = {
+      "pg-version": siteConfig.pg_version ?? null,
+      "compression-algorithm": compression.algorithm,
+      "compression-level": compression.level,
+      "original-file-size": data.length,
+      host: this.ctx.hostname,
+    };
+    if (keyId) metadata["encryption-key-id"] = keyId;
+    const callback = deferred<TransferResult>();
+    this.ctx.transferQueue.put({
+      type: "UPLOAD",
+      site: this.site,
+      filetype: "xlog",
+      localPath: name,
+      objectName: `${name}.partial`,
+      blob: encoded,
+      metadata,
+      fileSize: encoded.length,
+      callback,
+    });
+    await this.waitFor(callback, `storing ${name}.partial`);
+  }
+
+  async deletePartial(name: string): Promise<void> {
+    const storage = await this.ctx.getStorage(this.site);
+    try {
+      await storage.deleteKey(objectKey(this.ctx.site(this.site).prefix, "xlog", `${name}.partial`));
+      this.ctx.log.info(`Deleted ${name}.partial of site ${this.site}: the complete segment is stored`);
+    } catch (err) {
+      if (!(err instanceof StorageNotFoundError)) throw err;
+    }
+  }
+}
+
+/** Factory for DAEMON_PLUGIN_FACTORIES. */
+export function createWalStreamingPlugin(ctx: DaemonContext): DaemonPlugin {
+  return new WalStreamingPlugin(ctx, {
+    partialIntervalMs: process.env.PGHOARD_TEST_PARTIAL_INTERVAL_MS ? Number(process.env.PGHOARD_TEST_PARTIAL_INTERVAL_MS) : undefined,
+  });
+}
