@@ -51,7 +51,8 @@ function renderDescription(spec: KeySpec): string {
   if (spec.required && spec.required !== "yes") parts.push(`Required ${spec.required}.`);
   else if (spec.required === "yes" && spec.default) parts.push("Required.");
   if (spec.deprecated) parts.push(`**Deprecated**: ${spec.deprecated}.`);
-  if (spec.secret) parts.push("Secret: never logged.");
+  if (spec.secret === "contains") parts.push("May hold passwords: they are never logged or echoed in messages.");
+  else if (spec.secret) parts.push("Secret: never logged or echoed in messages.");
   const invalid = spec.onInvalid ?? "error";
   if (invalid === "warn") parts.push("Invalid values: warning (as upstream, not fatal).");
   if (invalid === "default") parts.push("Invalid values: warning, default used.");

@@ -52,7 +52,8 @@ export interface KeySpec {
   required?: string;
   /** Kept and honoured, but no longer documented upstream. */
   deprecated?: string;
-  secret?: boolean;
+  /** true: the value is a secret; "contains": it may hold secrets (node entries with passwords). */
+  secret?: boolean | "contains";
   /** Nested object with its own keys (applied with defaults even when the object is absent, if it has a default). */
   section?: SectionSpec;
 }
@@ -457,7 +458,7 @@ export const siteSection: SectionSpec = {
     {
       key: "nodes",
       types: ["array"],
-      secret: true, // entries may hold passwords: error messages name the kind of a bad value, not the value
+      secret: "contains",
       required: "for active sites (warning: upstream's main loop fails every iteration without it)",
       description: "PostgreSQL servers to back up from; see Node entries.",
     },
