@@ -25,6 +25,7 @@ import { createBasebackupPlugin } from "../basebackup/daemon.js";
 import type { SiteConfig } from "../config/types.js";
 import type { DaemonContext } from "./context.js";
 import type { SiteSpoolPaths } from "./spool.js";
+import { createWalStreamingPlugin } from "../wal/streaming.js";
 
 export interface SiteState {
   basebackups: unknown[];
@@ -58,7 +59,7 @@ export interface DaemonPlugin {
 export type DaemonPluginFactory = (ctx: DaemonContext) => DaemonPlugin | Promise<DaemonPlugin>;
 
 /** Other areas add their factory here (streaming first, then basebackup). */
-export const DAEMON_PLUGIN_FACTORIES: DaemonPluginFactory[] = [createBasebackupPlugin];
+export const DAEMON_PLUGIN_FACTORIES: DaemonPluginFactory[] = [createWalStreamingPlugin, createBasebackupPlugin];
 
 /** For tests and embedders: add a plugin factory at runtime. */
 export function registerDaemonPlugin(factory: DaemonPluginFactory): void {
