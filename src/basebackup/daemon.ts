@@ -228,7 +228,7 @@ export function createBasebackupPlugin(ctx: DaemonContext): DaemonPlugin {
         if (!activity && !r.running) continue;
         entries[site] = {
           latest_activity: (activity ?? new Date()).toISOString(),
-          running: Boolean(r.running && !r.running.done),
+          running: r.running !== undefined,
           ...(r.running?.progress ? { progress: r.running.progress } : {}),
         };
       }
