@@ -9,6 +9,7 @@
  */
 import { createPublicKey } from "node:crypto";
 import os from "node:os";
+import { getLogger } from "../common/logger.js";
 import { parseNodeEntry } from "./connection.js";
 import { ConfigError, describeValue, pyRepr } from "./errors.js";
 import {
@@ -27,6 +28,7 @@ import type { NodeConfig, PghoardConfig, SiteConfig, Tool } from "./types.js";
 
 export interface ValidateOptions {
   tool?: Tool;
+  /** Default: warnings go to the `pghoard.config` logger. */
   warn?: (message: string) => void;
   /** Only used to prefix warnings. */
   configPath?: string;
@@ -382,7 +384,8 @@ function checkCompressionLevel(config: Json, ctx: Ctx): void {
 /** Validates a parsed pghoard.json and returns it with every default filled in. */
 export function validateConfig(raw: unknown, options: ValidateOptions = {}): PghoardConfig {
   const prefix = options.configPath ? `${options.configPath}: ` : "";
-  const warnSink = options.warn ?? (() => undefined);
+  // Without a callback, warnings still reach the log rather than vanishing.
+  const warnSink = options.warn ?? ((message: string) => getLogger("pghoard.config").warn(message));
   if (!isPlainObject(raw)) {
     throw new ConfigError(`configuration must be a JSON object, got ${describeValue(raw)}`);
   }
