@@ -1,0 +1,24 @@
+import { after } from "node:test";
+import { createBackend } from "../../src/storage/sftp.js";
+import { runConformance } from "./conformance.js";
+import { startServer, type TestServer } from "./servers.js";
+
+const server = await startServer("sshd");
+const running: TestServer | null = "env" in server ? server : null;
+after(async () => running?.stop());
+
+runConformance("sftp (OpenSSH 9.2 internal-sftp)", {
+  skip: "skip" in server ? server.skip : false,
+  makeBackend: (prefix) =>
+    createBackend({
+      server: running!.env.SFTP_HOST!,
+      port: Number(running!.env.SFTP_PORT!),
+      username: running!.env.SFTP_USER!,
+      private_key: running!.env.SFTP_PRIVATE_KEY!,
+      // relative to the login directory (SFTP_ROOT)
+      prefix: `backups/${prefix}`,
+    }),
+  manyKeys: 1100,
+  // no segments on SFTP; still exercises long streamed uploads and interrupted ones
+  largeObjectSize: 6 * 1024 * 1024 + 12345,
+});
