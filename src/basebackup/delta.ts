@@ -4,10 +4,13 @@
  * `basebackup_delta_mode_min_delta_file_size` go into bundle tars, bigger ones become objects named
  * by the BLAKE2s-256 of their content, uploaded only when no existing delta backup has them.
  *
- * Differences from upstream that do not show in the stored format: no hard-link snapshot directory
- * (a file that vanishes before it is read is dropped from the manifest instead — WAL replay
- * recreates or deletes it, as for pg_basebackup), and user tablespaces are supported: their files
- * get relative paths `pg_tblspc/<oid>/...` (upstream's snapshotter cannot express them).
+ * Differences from upstream: no hard-link snapshot directory (a file that vanishes before it is
+ * read is dropped from the manifest instead — WAL replay recreates or deletes it, as for
+ * pg_basebackup), and user tablespaces are supported (upstream's snapshotter cannot express paths
+ * outside $PGDATA): tablespace files always go into bundles with the archive names
+ * `tablespaces/<name>/...` (plus directory entries), which every restore — upstream's included —
+ * rewrites to the tablespace's target directory as for local-tar chunks. Their manifest entries
+ * (`pg_tblspc/<oid>/...`, `should_be_bundled`) are informational only.
  */
 import { createHash } from "node:crypto";
 import { lstat, open } from "node:fs/promises";
@@ -56,6 +59,9 @@ export interface SnapshotFile {
 interface SnapshotEntry {
   file: SnapshotFile;
   localPath: string;
+  /** Tar member name inside a bundle (`tablespaces/<name>/...` for tablespace files). */
+  archiveName: string;
+  inTablespace: boolean;
 }
 
 function makeSnapshotFile(relativePath: string, size: number, mtimeNs: bigint, missingOk: boolean): SnapshotFile {
@@ -219,13 +225,19 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
         snapshotStart = startTime;
         progress.setPhase("snapshot");
         const dirs = new Set<string>();
-        const candidates: Array<{ rel: string; localPath: string; missingOk: boolean }> = [];
+        const tablespaceDirs: ChunkEntry[] = [];
+        const candidates: Array<{ rel: string; localPath: string; missingOk: boolean; archivePath: string }> = [];
         for await (const item of findFilesToBackup(pgdata, tablespaces, ctx.log)) {
           if (item.op === "leave") continue;
           if (item.localPath.endsWith(".pem")) continue; // e.g. dh1024.pem, as upstream
+          const inTablespace = item.archivePath.startsWith("tablespaces/");
           const rel = relativePathFor(item.archivePath, tablespaces);
-          if (item.op === "enter") dirs.add(rel);
-          else candidates.push({ rel, localPath: item.localPath, missingOk: item.missingOk });
+          if (item.op === "enter") {
+            if (inTablespace) tablespaceDirs.push({ archivePath: item.archivePath, localPath: item.localPath, missingOk: item.missingOk });
+            else dirs.add(rel);
+          } else {
+            candidates.push({ rel, localPath: item.localPath, missingOk: item.missingOk, archivePath: item.archivePath });
+          }
         }
         let totalToHash = 0;
         const snap: SnapshotEntry[] = [];
@@ -239,9 +251,10 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
           }
           if (!st.isFile()) continue; // delta snapshots hold regular files only
           const file = makeSnapshotFile(c.rel, Number(st.size), st.mtimeNs, c.missingOk);
-          dirs.add(path.posix.dirname(c.rel));
-          snap.push({ file, localPath: c.localPath });
-          if (file.file_size > EMBEDDED_FILE_SIZE && !(minDeltaSize && file.file_size < minDeltaSize)) totalToHash += file.file_size;
+          const inTablespace = c.archivePath.startsWith("tablespaces/");
+          if (!inTablespace) dirs.add(path.posix.dirname(c.rel));
+          snap.push({ file, localPath: c.localPath, archiveName: inTablespace ? c.archivePath : c.rel, inTablespace });
+          if (!inTablespace && file.file_size > EMBEDDED_FILE_SIZE && !(minDeltaSize && file.file_size < minDeltaSize)) totalToHash += file.file_size;
         }
         progress.setTotal(totalToHash);
         const vanished = new Set<SnapshotEntry>();
@@ -250,7 +263,9 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
           session.checkAlive();
           const f = entry.file;
           try {
-            if (f.file_size <= EMBEDDED_FILE_SIZE) {
+            if (entry.inTablespace) {
+              f.should_be_bundled = true;
+            } else if (f.file_size <= EMBEDDED_FILE_SIZE) {
               f.content_b64 = (await readSmallFile(entry.localPath, f.file_size)).toString("base64");
             } else if (minDeltaSize && f.file_size < minDeltaSize) {
               f.should_be_bundled = true;
@@ -269,18 +284,19 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
 
         // bundles of small files, then the big files not stored yet
         const bundles: ChunkEntry[][] = [];
-        let current: ChunkEntry[] = [];
+        // directory entries of tablespaces first, so empty directories there are restored too
+        let current: ChunkEntry[] = tablespaceDirs.slice();
         let currentSize = 0;
         const todo = new Map<string, SnapshotEntry[]>();
         for (const entry of files) {
           const f = entry.file;
           if (f.should_be_bundled) {
-            if (current.length > 0 && currentSize + f.file_size > bundleSize) {
+            if (currentSize > 0 && currentSize + f.file_size > bundleSize) {
               bundles.push(current);
               current = [];
               currentSize = 0;
             }
-            current.push({ archivePath: f.relative_path, localPath: entry.localPath, missingOk: f.missing_ok });
+            current.push({ archivePath: entry.archiveName, localPath: entry.localPath, missingOk: f.missing_ok });
             currentSize += f.file_size;
           } else if (f.hexdigest && !tracked.has(f.hexdigest)) {
             const list = todo.get(f.hexdigest) ?? [];
