@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
-import { Readable } from "node:stream";
+import { PassThrough, Readable } from "node:stream";
 import SftpClient from "ssh2-sftp-client";
 import { decodeSidecar, encodeSidecar, isSkippedName } from "./local.js";
 import { withRetry } from "./retry.js";
@@ -35,6 +35,49 @@ const SIDECAR_SUFFIX = ".metadata";
 const CONCURRENCY = 8;
 /** Read requests of 1 MiB: about 1.4x the throughput of ssh2's 64 KiB default. */
 const READ_CHUNK = 1024 * 1024;
+
+/** Writes of at least 1 MiB: ssh2 waits for each write's reply, so small writes crawl. */
+const WRITE_CHUNK = 1024 * 1024;
+
+/** Re-chunks a stream into pieces of at least `size` bytes (the last may be shorter). */
+function coalesce(source: Readable, size: number): Readable {
+  return Readable.from(
+    (async function* () {
+      let parts: Buffer[] = [];
+      let length = 0;
+      for await (const chunk of source) {
+        const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
+        parts.push(buf);
+        length += buf.length;
+        if (length >= size) {
+          yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
+          parts = [];
+          length = 0;
+        }
+      }
+      if (length > 0) yield Buffer.concat(parts, length);
+    })(),
+    { objectMode: false },
+  );
+}
+
+/**
+ * A read stream of a remote file. ssh2 closes the remote handle after the last byte and reports
+ * a connection closed meanwhile as an 'error' on the finished stream, which nobody listens to
+ * any more; the PassThrough in between takes errors only while data is still flowing.
+ */
+function remoteReadStream(sftp: SftpClient, remotePath: string): Readable {
+  const raw = sftp.createReadStream(remotePath, { highWaterMark: READ_CHUNK }) as unknown as Readable;
+  const out = new PassThrough({ highWaterMark: READ_CHUNK });
+  raw.on("error", (err) => {
+    if (!out.writableEnded) out.destroy(err);
+  });
+  out.on("close", () => {
+    if (!raw.destroyed && !raw.readableEnded) raw.destroy();
+  });
+  raw.pipe(out);
+  return out;
+}
 
 /** A counting semaphore. */
 class Limiter {
@@ -213,7 +256,7 @@ export class SftpBackend extends RemoteBackend {
           if (isNoSuchFile(err)) return null;
           throw err;
         }
-        return { metadata, size, stream: sftp.createReadStream(objectPath, { highWaterMark: READ_CHUNK }) as unknown as Readable };
+        return { metadata, size, stream: remoteReadStream(sftp, objectPath) };
       });
     } catch (err) {
       throw this.errors.wrap(err, "download", key);
@@ -330,7 +373,7 @@ export class SftpBackend extends RemoteBackend {
 
   override async storeFileFromDisk(key: string, filePath: string, metadata: Metadata): Promise<void> {
     try {
-      await withRetry(() => this.upload(key, async (sftp, temp) => void (await sftp.put(createReadStream(filePath), temp)), metadata), {
+      await withRetry(() => this.upload(key, async (sftp, temp) => void (await sftp.put(createReadStream(filePath, { highWaterMark: WRITE_CHUNK }), temp)), metadata), {
         attempts: 4,
         isRetryable: isConnectionError,
       });
@@ -341,7 +384,7 @@ export class SftpBackend extends RemoteBackend {
 
   async storeFileObject(key: string, source: Readable, metadata: Metadata): Promise<void> {
     try {
-      await this.upload(key, async (sftp, temp) => void (await sftp.put(source, temp)), metadata);
+      await this.upload(key, async (sftp, temp) => void (await sftp.put(coalesce(source, WRITE_CHUNK), temp)), metadata);
     } catch (err) {
       source.destroy();
       throw this.errors.wrap(err, "upload", key);
@@ -355,7 +398,7 @@ export class SftpBackend extends RemoteBackend {
       await this.upload(
         destinationKey,
         async (sftp, temp) => {
-          const data = sftp.createReadStream(this.objectPath(sourceKey), { highWaterMark: READ_CHUNK }) as unknown as Readable;
+          const data = remoteReadStream(sftp, this.objectPath(sourceKey));
           await sftp.put(data, temp);
         },
         metadata ?? sourceMetadata,
