@@ -250,7 +250,8 @@ class SyslogSender {
   private fail(err: Error): void {
     if (this.reported) return;
     this.reported = true;
-    this.report(`syslog send to ${this.address} failed: ${err.message} (further errors not reported)`);
+    const code = (err as NodeJS.ErrnoException).code;
+    this.report(`syslog send to ${this.address} failed: ${code ?? err.message} (further errors not reported)`);
   }
 
   send(level: string, text: string): void {

@@ -97,7 +97,8 @@ export function renderReference(): string {
       "`--config` or `$PGHOARD_CONFIG`. Problems upstream would also fail on (wrong types, unknown " +
       "`storage_type`, missing required keys, an `encryption_key_id` without a public key, …) stop the " +
       "tool with one message naming the key path; unknown keys and values upstream tolerates only " +
-      "produce a warning. Defaults below are upstream's.",
+      "produce a warning. Defaults below are upstream's; an optional key without a default may also be " +
+      "`null`, which means unset.",
     "",
     renderSection(topLevelSection),
     renderSection(compressionSection, "####"),

@@ -211,7 +211,10 @@ function resolveSection(raw: Json, section: SectionSpec, path: string, ctx: Ctx)
   const out: Json = { ...raw };
   for (const spec of section.keys) {
     const p = keyPath(path, spec.key);
-    if (raw[spec.key] !== undefined) {
+    if (raw[spec.key] === null && !spec.types.includes("null") && !spec.default && spec.required !== "yes") {
+      // Optional keys without a default: upstream reads them with `.get()` / `or`, so null means unset.
+      delete out[spec.key];
+    } else if (raw[spec.key] !== undefined) {
       const checked = checkValue(raw[spec.key], spec, p, ctx, section, out);
       if (checked === undefined) delete out[spec.key];
       else out[spec.key] = checked;

@@ -322,6 +322,23 @@ describe("defaults", () => {
     assert.equal((azure.backup_sites.s?.object_storage as Json).azure_cloud, null);
   });
 
+  test("null in an optional key without a default means unset, as upstream's .get() reads it", () => {
+    const cfg = validateConfig(
+      config(
+        { pg_bin_directory: null, pg_basebackup_path: null, basebackup_hour: null, object_storage: { storage_type: "s3", region: "r", bucket_name: "b", host: null, prefix: null } },
+        { pg_receivexlog_path: null },
+      ),
+      { tool: "restore" },
+    );
+    const site = cfg.backup_sites.s!;
+    assert.equal("pg_bin_directory" in site, false);
+    assert.equal("basebackup_hour" in site, false);
+    assert.equal("host" in site.object_storage, false);
+    assert.throws(() => validateConfig(config({ pg_data_directory: null }), { tool: "daemon" }), /pg_data_directory must be set/);
+    assert.throws(() => validateConfig(config({}, { http_port: null })), /http_port: expected an integer, got null/);
+    assert.throws(() => validateConfig(storage({ storage_type: "local", directory: null })), /object_storage\.directory/);
+  });
+
   test("the input is not modified", () => {
     const raw = config();
     const before = JSON.stringify(raw);
