@@ -67,7 +67,8 @@ export function pgClientConfig(info: ConnectionInfo): pg.ClientConfig {
   if (info.password !== undefined) config.password = info.password;
   if (info.dbname) config.database = info.dbname;
   if (info.application_name) config.application_name = info.application_name;
-  if (info.connect_timeout) config.connectionTimeoutMillis = Number(info.connect_timeout) * 1000;
+  // libpq waits forever without connect_timeout; a daemon should not.
+  config.connectionTimeoutMillis = (info.connect_timeout ? Number(info.connect_timeout) : 30) * 1000;
   const sslmode = info.sslmode;
   if (sslmode === "require" || sslmode === "prefer" || sslmode === "allow") config.ssl = { rejectUnauthorized: false };
   else if (sslmode === "verify-ca" || sslmode === "verify-full") config.ssl = true;

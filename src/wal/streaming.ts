@@ -241,17 +241,18 @@ export class WalStreamingPlugin implements DaemonPlugin {
       this.scheduleRestart(state, ran);
       if (Date.now() < state.nextStartAt) return;
     }
+    // In the background: an unreachable server must not hold up the main loop.
     state.starting = true;
-    try {
-      await this.startReceiveXlog(state, handle);
-    } catch (err) {
-      if (!(err instanceof CheckFailed)) {
-        this.log.error(`Site ${state.site}: could not start pg_receivewal: ${(err as Error).message}`);
-      }
-      this.scheduleRestart(state, 0);
-    } finally {
-      state.starting = false;
-    }
+    void this.startReceiveXlog(state, handle)
+      .catch((err: unknown) => {
+        if (!(err instanceof CheckFailed)) {
+          this.log.error(`Site ${state.site}: could not start pg_receivewal: ${(err as Error).message}`);
+        }
+        this.scheduleRestart(state, 0);
+      })
+      .finally(() => {
+        state.starting = false;
+      });
   }
 
   private async startReceiveXlog(state: SiteStreaming, handle: SiteHandle): Promise<void> {
@@ -278,6 +279,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
     const slot = nodeSlot(node);
     if (slot && serverVersion >= 90400) await this.ensureSlot(state, node, slot);
     const { connectionString } = await connectionStringUsingPgpass(node, { replication: true });
+    if (this.stopped || state.mode !== "pg_receivexlog") return;
     const pgConfig = siteConfig.pg_receivexlog;
     state.receivexlog = new PgReceiveXlog({
       site: state.site,
@@ -316,10 +318,17 @@ export class WalStreamingPlugin implements DaemonPlugin {
   private async ensureWalReceiver(state: SiteStreaming, handle: SiteHandle): Promise<void> {
     if (state.walreceiver || state.starting || Date.now() < state.nextStartAt) return;
     state.starting = true;
+    void this.startWalReceiver(state, handle).finally(() => {
+      state.starting = false;
+    });
+  }
+
+  private async startWalReceiver(state: SiteStreaming, handle: SiteHandle): Promise<void> {
     try {
       const siteConfig = handle.siteConfig;
       const node = this.pickNode(siteConfig, state.site);
       await this.checkServer(state, siteConfig, node);
+      if (this.stopped || state.mode !== "walreceiver") return;
       const receiver = new WalReceiver({
         site: state.site,
         connectionInfo: replicationConnectionInfo(node),
@@ -338,8 +347,6 @@ export class WalStreamingPlugin implements DaemonPlugin {
     } catch (err) {
       if (!(err instanceof CheckFailed)) this.log.error(`Site ${state.site}: could not start the walreceiver: ${(err as Error).message}`);
       this.scheduleRestart(state, 0);
-    } finally {
-      state.starting = false;
     }
   }
 
