@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { makeTempDir } from "../helpers/pgcluster.js";
@@ -201,5 +201,35 @@ describe("webserver authentication", () => {
     const metrics = await httpRequest(env.port, "GET", "/metrics", { authorization: good });
     assert.equal(metrics.status, 200);
     assert.equal((await httpRequest(env.port, "GET", "/nosuchsite/archive/x", { authorization: good })).status, 404);
+  });
+});
+
+describe("webserver related sites (moved_from)", () => {
+  it("serves and finds WAL archived under an older site name, in both directions", async () => {
+    // Both names describe the same cluster (e.g. a new bucket), so they share the data directory:
+    // the target path is validated against each related site's pg_data_directory, as upstream does.
+    const oldData = await makeFakePgdata();
+    const newData = oldData;
+    const seg = syntheticSegment(SEG1);
+    await writeFile(path.join(oldData, "pg_wal", SEG1), seg);
+    const env = await makeDaemonEnv({
+      old: { pgDataDirectory: oldData, extra: { active: false } },
+      new: { pgDataDirectory: newData, extra: { moved_from: ["old"] } },
+    });
+    const daemon = await DaemonProcess.start(env);
+    try {
+      assert.equal((await httpRequest(env.port, "PUT", `/old/archive/${SEG1}`)).status, 201);
+      assert.equal((await httpRequest(env.port, "HEAD", `/new/archive/${SEG1}`)).status, 200);
+      assert.equal((await httpRequest(env.port, "HEAD", `/old/archive/${SEG1}`)).status, 200);
+      const target = path.join(newData, "pg_wal", "RECOVERYXLOG");
+      await rm(path.join(oldData, "pg_wal", SEG1)); // make the store the only source
+      const got = await httpRequest(env.port, "GET", `/new/archive/${SEG1}`, { "x-pghoard-target-path": target });
+      assert.equal(got.status, 201, got.body);
+      assert.ok((await readFile(target)).equals(seg));
+      const list = await httpRequest(env.port, "GET", "/new/basebackup");
+      assert.equal(list.status, 200);
+    } finally {
+      await daemon.stop();
+    }
   });
 });
