@@ -43,7 +43,7 @@ function sortKeysDeep(value: unknown): unknown {
 /** Python's `json.dumps(obj, indent=4, sort_keys=True)`, including its default ASCII-only escaping. */
 export function pythonJsonDumps(value: unknown): string {
   return JSON.stringify(sortKeysDeep(value), null, 4).replace(
-    /[\u0080-\uffff]/g,
+    /[\u007f-\uffff]/g,
     (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, "0")}`,
   );
 }

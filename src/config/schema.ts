@@ -833,22 +833,6 @@ export const storageSections: Record<(typeof STORAGE_TYPES)[number], SectionSpec
   ]),
 };
 
-/** Key names whose values never reach a log line (schema `secret` keys plus libpq's password). */
-export const SECRET_KEY_NAMES: ReadonlySet<string> = new Set([
-  "password",
-  "webserver_password",
-  "private",
-  "private_key",
-  "aws_secret_access_key",
-  "aws_session_token",
-  "account_key",
-  "sas_token",
-  "key",
-  "credentials",
-  "pass",
-  "encryption_keys",
-]);
-
 export function toolWrites(tool: Tool | undefined): boolean {
   return tool === undefined || tool === "daemon";
 }
