@@ -87,11 +87,13 @@ export const SECRET_KEYS: ReadonlySet<string> = new Set([
  * Deep copy of `value` with secret values replaced by "[REDACTED]". `key` is a secret only inside
  * an object_storage-like object (swift's key), since elsewhere it names storage objects.
  */
-export function redactSecrets(value: unknown, depth = 0): unknown {
+export function redactSecrets(value: unknown, depth = 0, seen: WeakSet<object> = new WeakSet()): unknown {
   if (depth > 12 || value === null || typeof value !== "object") {
     return typeof value === "string" ? scrubText(value) : value;
   }
-  if (Array.isArray(value)) return value.map((v) => redactSecrets(v, depth + 1));
+  if (seen.has(value)) return "[Circular]";
+  seen.add(value);
+  if (Array.isArray(value)) return value.map((v) => redactSecrets(v, depth + 1, seen));
   const proto = Object.getPrototypeOf(value) as unknown;
   if (proto !== Object.prototype && proto !== null) return value; // Errors etc.: scrubbed as text later
   const obj = value as Record<string, unknown>;
@@ -99,7 +101,7 @@ export function redactSecrets(value: unknown, depth = 0): unknown {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(obj)) {
     const secret = SECRET_KEYS.has(k) || (isStorage && k === "key");
-    out[k] = secret && v !== null && v !== undefined && v !== "" ? REDACTED : redactSecrets(v, depth + 1);
+    out[k] = secret && v !== null && v !== undefined && v !== "" ? REDACTED : redactSecrets(v, depth + 1, seen);
   }
   return out;
 }
@@ -358,6 +360,8 @@ function createState(): State {
       base: { thread: threadName },
       formatters: { log: (obj) => redactSecrets(obj) as Record<string, unknown> },
       onChild: (child) => {
+        // Per-request children come and go: drop collected ones now and then.
+        if (children.size >= 1024) for (const ref of children) if (!ref.deref()) children.delete(ref);
         children.add(new WeakRef(child));
       },
     },

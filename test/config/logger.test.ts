@@ -153,6 +153,16 @@ describe("secrets never reach a log line", () => {
     assert.ok(text.includes("site/xlog/000000010000000000000001"), "object keys are not secrets");
   });
 
+  test("circular structures are logged without hanging", () => {
+    const out = capture();
+    createLogger({ destination: out, shortLog: true });
+    const a: Record<string, unknown> = { password: "hunter2", name: "a" };
+    a.self = a;
+    getLogger("pghoard.c").info({ a }, "circular");
+    assert.equal(out.lines.length, 1);
+    assert.ok(!out.lines[0]!.includes("hunter2"));
+  });
+
   test("scrubText", () => {
     assert.equal(scrubText("host=a password='x y' user=b"), "host=a password=[REDACTED] user=b");
     assert.equal(scrubText("https://user:pw@gw:9091/x"), "https://user:[REDACTED]@gw:9091/x");
