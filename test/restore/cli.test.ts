@@ -137,6 +137,60 @@ describe("pghoard_restore command line", () => {
       assert.ok(!existsSync(target));
     });
 
+    it("moved_from: backups of the earlier site are listed and restored through its own store", async () => {
+      const config = path.join(work, "moved.json");
+      const newStore = path.join(work, "new-store");
+      await mkdir(newStore, { recursive: true });
+      await writeFile(
+        config,
+        JSON.stringify({
+          backup_location: path.join(work, "moved-spool"),
+          backup_sites: {
+            current: { object_storage: { storage_type: "local", directory: newStore }, moved_from: ["zstd-plain-localtar"], nodes: [] },
+            "zstd-plain-localtar": {
+              active: false,
+              object_storage: { storage_type: "local", directory: path.join(pghoardMadeDir, "zstd-plain-localtar", "store") },
+              nodes: [],
+            },
+          },
+        }),
+      );
+      const list = await runRestoreCli(["list-basebackups", "--config", config, "--site", "current"]);
+      assert.equal(list.code, 0, list.stdout);
+      assert.match(list.stdout, /^Available 'current' basebackups: \n/);
+      assert.match(list.stdout, /\nzstd-plain-localtar\/basebackup\/2026-11-24_06-21_0\.00000000\.pghoard +3 MB +39 MB  2026-11-24T06:21:20Z\n$/);
+      const target = path.join(work, "moved-restore");
+      const result = await runRestoreCli(["get-basebackup", "--config", config, "--site", "current", "--target-dir", target]);
+      assert.equal(result.code, 0, result.stdout + result.stderr);
+      assert.ok(existsSync(path.join(target, "global", "pg_control")));
+      assert.match(await readFile(path.join(target, "postgresql.auto.conf"), "utf8"), /--site current --output %p/);
+    });
+
+    it("--preserve-until writes a preservation request, cancelled after success unless told otherwise", async () => {
+      const copy = path.join(work, "store-preserve");
+      await cp(path.join(pghoardMadeDir, "zstd-plain-localtar", "store"), copy, { recursive: true });
+      const config = await writeFixtureConfig("zstd-plain-localtar", work);
+      const raw = JSON.parse(await readFile(config, "utf8")) as { backup_sites: Record<string, { object_storage: { directory: string } }> };
+      raw.backup_sites["zstd-plain-localtar"].object_storage.directory = copy;
+      await writeFile(config, JSON.stringify(raw));
+      const requests = path.join(copy, "zstd-plain-localtar", "preservation_request");
+      const keep = await runRestoreCli([
+        "get-basebackup", "--config", config, "--target-dir", path.join(work, "preserve-1"),
+        "--preserve-until", "2030-01-02T03:04:05Z", "--no-cancel-preserve-on-success",
+      ]);
+      assert.equal(keep.code, 0, keep.stdout + keep.stderr);
+      const name = "2026-11-24_06-21_0.00000000.pghoard_2030-01-02 03:04:05+00:00";
+      assert.deepEqual((await readdir(requests)).sort(), [name, `${name}.metadata`]);
+      const metadata = JSON.parse(await readFile(path.join(requests, `${name}.metadata`), "utf8")) as Record<string, string>;
+      assert.equal(metadata["preserve-backup"], "2026-11-24_06-21_0.00000000.pghoard");
+      assert.equal(metadata["preserve-until"], "2030-01-02 03:04:05+00:00");
+      const cancel = await runRestoreCli([
+        "get-basebackup", "--config", config, "--target-dir", path.join(work, "preserve-2"), "--preserve-until", "2031-01-01",
+      ]);
+      assert.equal(cancel.code, 0, cancel.stdout + cancel.stderr);
+      assert.deepEqual((await readdir(requests)).sort(), [name, `${name}.metadata`], "the second request was cancelled");
+    });
+
     for (const damage of ["truncated", "tampered"] as const) {
       it(`a ${damage} chunk stops the restore naming the object; the target is removed`, async () => {
         const set = damage === "truncated" ? "zstd-plain-localtar" : "snappy-enc-localtar";
