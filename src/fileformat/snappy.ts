@@ -22,25 +22,39 @@ export function maskedCrc32c(data: Uint8Array): number {
   return ((((crc >>> 15) | (crc << 17)) >>> 0) + 0xa282ead8) >>> 0;
 }
 
-function frame(type: number, crc: number, payload: Uint8Array): Buffer {
-  const out = Buffer.allocUnsafe(8 + payload.length);
-  const length = payload.length + 4;
-  out[0] = type;
-  out[1] = length & 0xff;
-  out[2] = (length >>> 8) & 0xff;
-  out[3] = (length >>> 16) & 0xff;
-  out.writeUInt32LE(crc, 4);
-  out.set(payload, 8);
-  return out;
+interface EncodedBlock {
+  type: number;
+  crc: number;
+  payload: Uint8Array;
 }
 
-/** Encodes one ≤64 KiB block as a data chunk (uncompressed when compression saves < 1/8, as upstream). */
-function encodeBlock(block: Uint8Array): Buffer {
+/** One ≤64 KiB block as a data chunk (uncompressed when compression saves < 1/8, as upstream). */
+function encodeBlock(block: Uint8Array, reusedBuffer = false): EncodedBlock {
   const crc = maskedCrc32c(block);
   // copyOutputData: the default external-buffer path is ~10x slower on 64 KiB blocks.
   const compressed = snappy.compressSync(block, { copyOutputData: true });
-  if (compressed.length < block.length - (block.length >>> 3)) return frame(CHUNK_COMPRESSED, crc, compressed);
-  return frame(CHUNK_UNCOMPRESSED, crc, block);
+  if (compressed.length < block.length - (block.length >>> 3)) return { type: CHUNK_COMPRESSED, crc, payload: compressed };
+  return { type: CHUNK_UNCOMPRESSED, crc, payload: reusedBuffer ? Uint8Array.prototype.slice.call(block) : block };
+}
+
+/** Lays out chunks (and the identifier, when first) in one buffer: a single copy per payload. */
+function layOut(blocks: EncodedBlock[], withIdentifier: boolean): Buffer {
+  let size = withIdentifier ? STREAM_IDENTIFIER.length : 0;
+  for (const block of blocks) size += 8 + block.payload.length;
+  const out = Buffer.allocUnsafe(size);
+  let pos = 0;
+  if (withIdentifier) pos += STREAM_IDENTIFIER.copy(out, 0);
+  for (const { type, crc, payload } of blocks) {
+    const length = payload.length + 4;
+    out[pos] = type;
+    out[pos + 1] = length & 0xff;
+    out[pos + 2] = (length >>> 8) & 0xff;
+    out[pos + 3] = (length >>> 16) & 0xff;
+    out.writeUInt32LE(crc, pos + 4);
+    out.set(payload, pos + 8);
+    pos += 8 + payload.length;
+  }
+  return out;
 }
 
 export class SnappyFrameEncoder implements Codec {
@@ -50,7 +64,7 @@ export class SnappyFrameEncoder implements Codec {
   private pendingLength = 0;
 
   *update(chunk: Buffer): Iterable<Buffer> {
-    const frames: Buffer[] = [];
+    const frames: EncodedBlock[] = [];
     let offset = 0;
     if (this.pendingLength > 0) {
       const take = Math.min(MAX_BLOCK - this.pendingLength, chunk.length);
@@ -58,7 +72,7 @@ export class SnappyFrameEncoder implements Codec {
       this.pendingLength += take;
       offset = take;
       if (this.pendingLength < MAX_BLOCK) return;
-      frames.push(encodeBlock(this.pending));
+      frames.push(encodeBlock(this.pending, true)); // pending is refilled below, before layOut
       this.pendingLength = 0;
     }
     while (chunk.length - offset >= MAX_BLOCK) {
@@ -81,12 +95,10 @@ export class SnappyFrameEncoder implements Codec {
   }
 
   /** The identifier is written lazily, so empty input gives zero bytes (like upstream + encryption). */
-  private withIdentifier(frames: Buffer[]): Buffer {
-    if (!this.started) {
-      this.started = true;
-      frames.unshift(STREAM_IDENTIFIER);
-    }
-    return frames.length === 1 ? frames[0] : Buffer.concat(frames);
+  private withIdentifier(blocks: EncodedBlock[]): Buffer {
+    const first = !this.started;
+    this.started = true;
+    return layOut(blocks, first);
   }
 }
 

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { createHash, generateKeyPairSync } from "node:crypto";
+import { createHash, generateKeyPairSync, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -227,6 +227,24 @@ describe("encoder parameters", () => {
     assert.ok(decodedByPython.stdout.equals(plain));
     const pythonXz = spawnSync("python3", ["-c", script, "c"], { input: plain, maxBuffer: 64 * MiB }).stdout;
     assert.ok((await decodeBuffer(pythonXz, { "compression-algorithm": "lzma" }, () => undefined)).equals(plain));
+  });
+
+  it("incompressible data written in odd pieces (snappy uncompressed chunks)", async () => {
+    const random = randomBytes(300_000);
+    const mixed = Buffer.concat([random, pageLikeData(200_000, 5), random.subarray(0, 70_000)]);
+    for (const algorithm of algorithms) {
+      for (const encrypted of [false, true]) {
+        const opts = options(algorithm, encrypted);
+        const stored = await through(createEncodeStream(opts), splitInto(mixed, 777));
+        checkIndependently(stored, algorithm, encrypted, mixed);
+        const decoded = await through(createDecodeStream(encodingMetadata(opts), () => privatePem), splitInto(stored, 4097));
+        assert.ok(decoded.equals(mixed));
+      }
+    }
+    const info = { identifiers: 0, compressedChunks: 0, uncompressedChunks: 0 };
+    parseSnappyFraming(await encodeBuffer(mixed, options("snappy", false)), info);
+    assert.equal(info.identifiers, 1);
+    assert.ok(info.uncompressedChunks > 0 && info.compressedChunks > 0);
   });
 
   it("refuses bad options", async () => {
