@@ -133,6 +133,8 @@ export class WebServer {
   /** Names recently served from the WAL directory on disk; a second request goes to the store. */
   private servedFromDisk: string[] = [];
   readonly mostRecentlyServedFiles: Partial<Record<FileType, ServedFile>> = {};
+  /** Archive uploads not finished yet, by `<site>/<type>/<name>`. */
+  private inflightArchives = new Map<string, Promise<TransferResult>>();
 
   constructor(private readonly ctx: DaemonContext) {}
 
@@ -393,16 +395,27 @@ export class WebServer {
         throw new HttpResponse(412, err instanceof Error ? err.message : String(err));
       }
     }
-    const callback = deferred<TransferResult>();
-    this.ctx.compressionQueue.put({
-      site,
-      filetype,
-      fullPath: filePath,
-      compressToMemory: true,
-      deleteFileAfterCompression: false,
-      callback,
-    });
-    const result = await withTimeout(callback.promise, REQUEST_TIMEOUT_MS, null);
+    // PostgreSQL re-runs archive_command after a TIMEOUT; while the first upload of that segment is
+    // still retrying, wait for it instead of queueing another 16 MiB copy (a completed segment never changes).
+    const inflightKey = `${site}/${filetype}/${name}`;
+    let pending = this.inflightArchives.get(inflightKey);
+    if (!pending) {
+      const callback = deferred<TransferResult>();
+      this.ctx.compressionQueue.put({
+        site,
+        filetype,
+        fullPath: filePath,
+        compressToMemory: true,
+        deleteFileAfterCompression: false,
+        callback,
+      });
+      pending = callback.promise;
+      this.inflightArchives.set(inflightKey, pending);
+      void pending.then(() => this.inflightArchives.delete(inflightKey));
+    } else {
+      this.ctx.log.info(`Archival of ${site} ${name} is already in progress, waiting for it`);
+    }
+    const result = await withTimeout(pending, REQUEST_TIMEOUT_MS, null);
     const took = (nowSeconds() - started).toFixed(3);
     if (!result) {
       this.ctx.log.error(`Archival of ${site} ${name} did not finish in time (${took}s), upload continues in the background`);

@@ -93,6 +93,34 @@ describe("daemon life cycle", () => {
     }
   });
 
+  it("answers 500 TIMEOUT after 30 s while the upload keeps going, and a retried PUT waits for it", { timeout: 180_000 }, async () => {
+    const pgdata = await makeFakePgdata();
+    const seg = "000000010000000000000051";
+    const data = syntheticSegment(seg);
+    await writeFile(path.join(pgdata, "pg_wal", seg), data);
+    const env = await makeDaemonEnv({ [SITE]: { pgDataDirectory: pgdata } });
+    await rm(env.storageDir, { recursive: true });
+    await writeFile(env.storageDir, "not a directory");
+    const daemon = await DaemonProcess.start(env);
+    try {
+      const started = Date.now();
+      const first = await httpRequest(env.port, "PUT", `/${SITE}/archive/${seg}`);
+      assert.equal(first.status, 500);
+      assert.equal(first.body, "TIMEOUT");
+      assert.ok(Date.now() - started >= 29_000);
+      await rm(env.storageDir);
+      await mkdir(env.storageDir);
+      const second = await httpRequest(env.port, "PUT", `/${SITE}/archive/${seg}`);
+      assert.equal(second.status, 201, second.body);
+      assert.match(daemon.logs(), /already in progress, waiting for it/);
+      assert.equal(daemon.logs().match(/Compressed 16777216 byte xlog 000000010000000000000051/g)?.length, 1);
+      const stored = await decodeStoredObject(env.storageDir, `${SITE}/xlog/${seg}`, {});
+      assert.ok(stored.data.equals(data));
+    } finally {
+      await daemon.stop();
+    }
+  });
+
   it("reloads on SIGHUP, keeps the old config when the new one is broken, exits 0 on SIGTERM", { timeout: 60_000 }, async () => {
     const pgdata = await makeFakePgdata();
     const env = await makeDaemonEnv({ [SITE]: { pgDataDirectory: pgdata } });
