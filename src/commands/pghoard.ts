@@ -70,6 +70,10 @@ export async function main(argv: string[]): Promise<number> {
   }
   createLogger({ shortLog: args.shortLog, debug: args.debug, level: "INFO" });
   const log = getLogger("pghoard");
+  // A stray rejected promise must not take the WAL archiver down; log it like upstream logs a thread's exception.
+  process.on("unhandledRejection", (err) => {
+    log.error({ err }, `Unhandled promise rejection: ${err instanceof Error ? err.message : String(err)}`);
+  });
   const daemon = new PGHoard(configPath, { log, onLogLevel: (level) => void setLogLevel(level) });
   try {
     await daemon.init();

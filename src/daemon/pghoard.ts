@@ -160,7 +160,8 @@ export class PGHoard {
 
   /** Runs until stopped; resolves to the process exit code. */
   async run(): Promise<number> {
-    this.running = true;
+    // A SIGTERM that arrived during init() already asked for a stop.
+    this.running = this.shutdownMode === "none";
     let readySent = false;
     this.ctx.criticalFailure.signal.addEventListener("abort", () => this.wake.abort(), { once: true });
     while (this.running) {
