@@ -3,7 +3,6 @@
  * http-api.md §9). PostgreSQL starts it once per WAL segment, so start-up time matters: this file
  * imports node built-ins only (no commander, config, logger, compression or SDKs).
  */
-import http from "node:http";
 import { existsSync, renameSync } from "node:fs";
 import path from "node:path";
 
@@ -141,12 +140,15 @@ export function parseArgs(argv: string[]): PostgresCommandOptions {
 /** A failure to talk to the daemon at all (as opposed to an HTTP error status). */
 class ConnectionFailure extends Error {}
 
-function httpRequest(
+async function httpRequest(
   opts: PostgresCommandOptions,
   method: string,
   requestPath: string,
   headers: Record<string, string>,
 ): Promise<number> {
+  // Loaded on demand: the prefetch fast path and `.backup` labels need no HTTP, and node:http
+  // is a noticeable part of this short-lived process's start-up.
+  const http = await import("node:http");
   return new Promise((resolve, reject) => {
     const allHeaders: Record<string, string> = { ...headers };
     if (method === "PUT") allHeaders["content-length"] = "0";
