@@ -36,13 +36,22 @@ function pad(n: number): string {
   return String(n).padStart(2, "0");
 }
 
-/** storage-layout.md §3: `YYYY-MM-DD_HH-MM_<n>` (UTC), `<n>` chosen so the local work dir is new. */
+/**
+ * storage-layout.md §3: `YYYY-MM-DD_HH-MM_<n>` (UTC). Upstream picks `<n>` so that the local work
+ * directory is new and never removes work directories; we remove them, so names already in the
+ * store are skipped too (otherwise two backups in the same minute would share a name).
+ */
 export async function createBackupWorkDir(ctx: BasebackupContext, now = new Date()): Promise<{ name: string; workDir: string }> {
   const base = incomingDir(ctx);
   await mkdir(base, { recursive: true });
   const stamp = `${now.getUTCFullYear()}-${pad(now.getUTCMonth() + 1)}-${pad(now.getUTCDate())}_${pad(now.getUTCHours())}-${pad(now.getUTCMinutes())}`;
+  const taken = new Set<string>();
+  for (const obj of await ctx.storage.list(path.posix.join(siteConfigOf(ctx).prefix, "basebackup"))) {
+    taken.add(path.posix.basename(obj.name).replace(/\.00000000\.pghoard$/, ""));
+  }
   for (let i = 0; ; i++) {
     const name = `${stamp}_${i}`;
+    if (taken.has(name)) continue;
     const workDir = path.join(base, name);
     try {
       await mkdir(workDir);

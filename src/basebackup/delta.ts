@@ -308,7 +308,8 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
         const todoBytes = [...todo.values()].reduce((a, l) => a + l[0].file.file_size, 0);
         const bundleBytes = bundles.reduce((a, b) => a + b.length, 0);
         ctx.log.info(`Submitting ${bundles.length} delta chunks with ${bundleBytes} files and ${todo.size} hashes (${todoBytes} bytes) for upload`);
-        progress.setTotal(progress.snapshot.bytes_done + todoBytes + currentSize);
+        const bundleFileBytes = files.reduce((a, e) => a + (e.file.should_be_bundled ? e.file.file_size : 0), 0);
+        progress.setTotal(progress.snapshot.bytes_done + todoBytes + bundleFileBytes);
         progress.setPhase("uploading bundles");
         for (let i = 0; i < bundles.length; i++) bundleObjects.push(`${name}/${name}.${String(i + 1).padStart(8, "0")}.pghoard`);
         chunkFiles = await createAndUploadChunks(ctx, bundles, {
