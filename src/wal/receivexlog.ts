@@ -6,7 +6,8 @@
  * before it is terminated, otherwise SIGTERM would stay pending forever.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { statfs } from "node:fs/promises";
+import { readdir, readFile, statfs } from "node:fs/promises";
+import path from "node:path";
 import type { Logger } from "pino";
 
 export interface DiskGuardConfig {
@@ -38,6 +39,63 @@ export interface ExitStatus {
 export async function diskBytesFree(dir: string): Promise<number> {
   const st = await statfs(dir);
   return st.bfree * st.bsize;
+}
+
+/**
+ * PIDs of pg_receivewal/pg_receivexlog processes writing into `directory` (Linux /proc). A daemon
+ * that was killed leaves its child running; a second one on the same spool and slot would fail
+ * ("replication slot is active") and two writers would fight over the same files.
+ */
+export async function findReceiversWritingTo(directory: string): Promise<number[]> {
+  let entries: string[];
+  try {
+    entries = await readdir("/proc");
+  } catch {
+    return []; // no procfs: nothing we can find
+  }
+  const wanted = path.resolve(directory);
+  const pids: number[] = [];
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    try {
+      const argv = (await readFile(`/proc/${entry}/cmdline`, "utf8")).split("\0");
+      const prog = path.basename(argv[0] ?? "");
+      if (prog !== "pg_receivewal" && prog !== "pg_receivexlog") continue;
+      const dirIndex = argv.indexOf("--directory");
+      if (dirIndex >= 0 && path.resolve(argv[dirIndex + 1] ?? "") === wanted) pids.push(Number(entry));
+    } catch {
+      // exited meanwhile, or not ours to read
+    }
+  }
+  return pids;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Continues, terminates and (after `killAfterMs`) kills a leftover receiver. */
+export async function terminateLeftoverReceiver(pid: number, killAfterMs = 5000): Promise<void> {
+  try {
+    process.kill(pid, "SIGCONT");
+    process.kill(pid, "SIGTERM");
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + killAfterMs;
+  while (isAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  if (isAlive(pid)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // gone
+    }
+  }
 }
 
 export class PgReceiveXlog {

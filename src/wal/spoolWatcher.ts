@@ -8,8 +8,8 @@
  * renamed. `.partial`, `.tmp` and other names are ignored.
  *
  * Each name is reported once while it exists; a name that disappears (deleted after compression)
- * and shows up again later is reported again. Files present at `start()` are not reported: the
- * daemon's start-up walk (§6.6) already queued them.
+ * and shows up again later is reported again. By default files present at `start()` are not
+ * reported: the daemon's start-up walk (§6.6) already queued them.
  */
 import { watch, type FSWatcher } from "node:fs";
 import { readdir, stat } from "node:fs/promises";
@@ -21,11 +21,13 @@ export interface SpoolWatcherOptions {
   scanIntervalMs?: number;
   /** Report files present at start (default false: the start-up walk handled them). */
   reportExisting?: boolean;
+  /** Names already reported, shared with an earlier watcher of the same directory. */
+  known?: Set<string>;
   onError?: (err: unknown) => void;
 }
 
 export class SpoolWatcher {
-  private readonly known = new Set<string>();
+  private readonly known: Set<string>;
   private watcher: FSWatcher | null = null;
   private timer: NodeJS.Timeout | null = null;
   private scanning: Promise<void> | null = null;
@@ -36,7 +38,9 @@ export class SpoolWatcher {
     readonly directory: string,
     private readonly onFile: (fullPath: string, kind: "xlog" | "timeline") => void,
     private readonly options: SpoolWatcherOptions = {},
-  ) {}
+  ) {
+    this.known = options.known ?? new Set();
+  }
 
   async start(): Promise<void> {
     this.stopped = false;

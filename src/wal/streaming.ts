@@ -29,7 +29,7 @@ import { deferred, type Deferred } from "../daemon/queue.js";
 import { objectKey } from "../daemon/transfer.js";
 import type { TransferResult } from "../daemon/types.js";
 import { StorageNotFoundError } from "../storage/types.js";
-import { PgReceiveXlog } from "./receivexlog.js";
+import { findReceiversWritingTo, PgReceiveXlog, terminateLeftoverReceiver } from "./receivexlog.js";
 import { connectionFailureAlert, ReplicationConnection } from "./replication.js";
 import { SpoolWatcher } from "./spoolWatcher.js";
 import { verifyWalHeader } from "./verify.js";
@@ -59,6 +59,9 @@ class SiteStreaming {
   failures = 0;
   nextStartAt = 0;
   starting = false;
+  /** xlog_incoming names already handed to the compressors (kept across watcher restarts). */
+  readonly reportedIncoming = new Set<string>();
+  watcherStarted = false;
   /** Alerts this plugin created and has not removed yet. */
   raisedAlerts = new Set<AlertName>();
 
@@ -144,12 +147,17 @@ export class WalStreamingPlugin implements DaemonPlugin {
   }
 
   private async stopSite(state: SiteStreaming, waitMs = 60_000): Promise<void> {
-    state.watcher?.stop();
-    state.watcher = null;
     if (state.receivexlog) {
       const rx = state.receivexlog;
       state.receivexlog = null;
       await rx.stop();
+    }
+    // After the child is gone: a last scan hands over what it completed while stopping.
+    if (state.watcher) {
+      const watcher = state.watcher;
+      state.watcher = null;
+      await watcher.scan();
+      watcher.stop();
     }
     if (state.walreceiver) {
       const wr = state.walreceiver;
@@ -229,9 +237,15 @@ export class WalStreamingPlugin implements DaemonPlugin {
           state.latestActivity = new Date();
           state.handle?.queueIncomingFile(fullPath);
         },
-        { onError: (err) => this.log.warn(`Watching ${handle.spool.xlogIncoming}: ${String(err)}`) },
+        {
+          onError: (err) => this.log.warn(`Watching ${handle.spool.xlogIncoming}: ${String(err)}`),
+          known: state.reportedIncoming,
+          // Only the first watcher may assume the start-up walk queued what is there.
+          reportExisting: state.watcherStarted,
+        },
       );
       state.watcher = watcher;
+      state.watcherStarted = true;
       await watcher.start();
     }
     if (state.receivexlog?.isRunning || state.starting || Date.now() < state.nextStartAt) return;
@@ -279,6 +293,10 @@ export class WalStreamingPlugin implements DaemonPlugin {
     const slot = nodeSlot(node);
     if (slot && serverVersion >= 90400) await this.ensureSlot(state, node, slot);
     const { connectionString } = await connectionStringUsingPgpass(node, { replication: true });
+    for (const pid of await findReceiversWritingTo(handle.spool.xlogIncoming)) {
+      this.log.warn(`Site ${state.site}: terminating pg_receivewal PID ${pid} left over from an earlier run in ${handle.spool.xlogIncoming}`);
+      await terminateLeftoverReceiver(pid);
+    }
     if (this.stopped || state.mode !== "pg_receivexlog") return;
     const pgConfig = siteConfig.pg_receivexlog;
     state.receivexlog = new PgReceiveXlog({
@@ -456,8 +474,20 @@ export class DaemonWalSink implements WalSink {
   }
 }
 
-/** Factory for DAEMON_PLUGIN_FACTORIES. */
-export function createWalStreamingPlugin(ctx: DaemonContext): DaemonPlugin {
+/**
+ * Factory for DAEMON_PLUGIN_FACTORIES. The daemon calls it before its start-up walk of the spool
+ * (§6.6), so pg_receivewal processes a killed daemon left behind are stopped first: the walk then
+ * sees a directory nobody writes to, and the watcher can take what it finds as already queued.
+ */
+export async function createWalStreamingPlugin(ctx: DaemonContext): Promise<DaemonPlugin> {
+  for (const [site, siteConfig] of Object.entries(ctx.config.backup_sites)) {
+    if (siteConfig.active_backup_mode !== "pg_receivexlog") continue;
+    const dir = ctx.spoolPaths(site).xlogIncoming;
+    for (const pid of await findReceiversWritingTo(dir)) {
+      ctx.log.warn(`Site ${site}: terminating pg_receivewal PID ${pid} left over from an earlier run in ${dir}`);
+      await terminateLeftoverReceiver(pid);
+    }
+  }
   return new WalStreamingPlugin(ctx, {
     partialIntervalMs: process.env.PGHOARD_TEST_PARTIAL_INTERVAL_MS ? Number(process.env.PGHOARD_TEST_PARTIAL_INTERVAL_MS) : undefined,
   });
