@@ -9,7 +9,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { createHash, generateKeyPairSync } from "node:crypto";
-import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
@@ -48,12 +48,14 @@ function arg(name: string): string | undefined {
 function makePgData(workDir: string): { heap: string; wal: string } {
   const root = typeof process.getuid === "function" && process.getuid() === 0;
   const asPg = (cmd: string, args: string[]): void => {
-    if (root) execFileSync("runuser", ["-u", "postgres", "--", cmd, ...args], { stdio: "ignore" });
-    else execFileSync(cmd, args, { stdio: "ignore" });
+    // stderr is kept so that a failure says why
+    if (root) execFileSync("runuser", ["-u", "postgres", "--", cmd, ...args], { stdio: ["ignore", "ignore", "pipe"] });
+    else execFileSync(cmd, args, { stdio: ["ignore", "ignore", "pipe"] });
   };
   const pgDir = path.join(workDir, "pg");
   execFileSync("mkdir", ["-p", pgDir]);
   if (root) {
+    chmodSync(workDir, 0o755); // mkdtemp makes it 0700; the postgres user must traverse it
     const uid = Number(execFileSync("id", ["-u", "postgres"]).toString().trim());
     const gid = Number(execFileSync("id", ["-g", "postgres"]).toString().trim());
     chownSync(pgDir, uid, gid);
@@ -201,17 +203,20 @@ function median(values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)];
 }
 
-function time(fn: () => void, runs: number): Timing {
-  const cpu: number[] = [];
-  const wall: number[] = [];
+/** Runs the functions round-robin so that all of them see the same machine conditions. */
+function timeInterleaved(fns: Array<() => void>, runs: number): Timing[] {
+  const cpu: number[][] = fns.map(() => []);
+  const wall: number[][] = fns.map(() => []);
   for (let i = 0; i < runs; i++) {
-    const c = cpuSeconds();
-    const t = process.hrtime.bigint();
-    fn();
-    wall.push(Number(process.hrtime.bigint() - t) / 1e9);
-    cpu.push(cpuSeconds() - c);
+    fns.forEach((fn, k) => {
+      const c = cpuSeconds();
+      const t = process.hrtime.bigint();
+      fn();
+      wall[k].push(Number(process.hrtime.bigint() - t) / 1e9);
+      cpu[k].push(cpuSeconds() - c);
+    });
   }
-  return { cpu: median(cpu), wall: Math.min(...wall) };
+  return fns.map((_, k) => ({ cpu: median(cpu[k]), wall: Math.min(...wall[k]) }));
 }
 
 /** Pool runs: wall time (best of runs) is what parallelism buys; CPU time shows the work done. */
@@ -258,6 +263,7 @@ async function main(): Promise<void> {
     console.log(`load average at start: ${os.loadavg().map((l) => l.toFixed(1)).join(" ")}\n`);
 
     const pools = { one: new FileFormatPool(1), two: new FileFormatPool(2) };
+    const poolEfficiency: string[] = [];
     for (const [label, full] of datasets) {
       console.log(`== ${label}`);
       console.log(
@@ -272,27 +278,33 @@ async function main(): Promise<void> {
         const encOpts: EncodeOptions = { ...plainOpts, encryptionKeyId: "bench", publicKeyPem: publicPem };
         bareCompress(algorithm, data.subarray(0, 4 * MiB)); // warm-up (JIT, first-touch page faults)
         runPipeline(createEncoder(encOpts), data.subarray(0, 4 * MiB));
-        const tBare = time(() => void bareCompress(algorithm, data), runs);
-        const tComp = time(() => void runPipeline(createEncoder(plainOpts), data), runs);
-        const tFull = time(() => void runPipeline(createEncoder(encOpts), data), runs);
-        const tFullHash = time(() => {
-          const hash = createHash("sha1");
-          for (let o = 0; o < data.length; o += CHUNK) hash.update(data.subarray(o, o + CHUNK));
-          runPipeline(createEncoder(encOpts), data);
-          hash.digest();
-        }, runs);
         const stored = collect(createEncoder(encOpts), data);
         const compressedOnly = collect(createEncoder(plainOpts), data);
-        const tBareDec = time(() => void bareDecompress(algorithm, compressedOnly), runs);
         const metadata = encodingMetadata(encOpts);
-        const tFullDec = time(() => void runPipeline(createDecoder(metadata, () => privatePem), stored), runs);
+        const [tBare, tComp, tFull, tFullHash, tBareDec, tFullDec] = timeInterleaved(
+          [
+            () => void bareCompress(algorithm, data),
+            () => void runPipeline(createEncoder(plainOpts), data),
+            () => void runPipeline(createEncoder(encOpts), data),
+            () => {
+              const hash = createHash("sha1");
+              for (let o = 0; o < data.length; o += CHUNK) hash.update(data.subarray(o, o + CHUNK));
+              runPipeline(createEncoder(encOpts), data);
+              hash.digest();
+            },
+            () => void bareDecompress(algorithm, compressedOnly),
+            () => void runPipeline(createDecoder(metadata, () => privatePem), stored),
+          ],
+          runs,
+        );
 
         const fileBytes = Math.min(16 * MiB, data.length);
         const storedFile = path.join(work, `stored-${algorithm}`);
         await pools.one.encodeFile(file, storedFile, encOpts);
-        const poolRate = async (pool: FileFormatPool, workers: number, decode: boolean): Promise<number> => {
+        /** [wall MB/s, MB per CPU-second of the whole process (all threads)] */
+        const poolRate = async (pool: FileFormatPool, workers: number, decode: boolean): Promise<[number, number]> => {
           const tasks = 4 * workers;
-          const { wall: seconds } = await timeAsync(async () => {
+          const timing = await timeAsync(async () => {
             await Promise.all(
               Array.from({ length: tasks }, (_, i) =>
                 decode
@@ -301,18 +313,13 @@ async function main(): Promise<void> {
               ),
             );
           }, runs);
-          return mbps(tasks * fileBytes, seconds);
+          return [mbps(tasks * fileBytes, timing.wall), mbps(tasks * fileBytes, timing.cpu)];
         };
-        if (process.argv.includes("--no-pool")) {
-          console.log(
-            `${algorithm.padEnd(10)} | ${fmt(mbps(data.length, tBare.cpu))}    | ${fmt(mbps(data.length, tComp.cpu))} | ${fmt(mbps(data.length, tFull.cpu))}   | ${fmt(mbps(data.length, tFullHash.cpu))}    | ${((100 * tBare.cpu) / tFull.cpu).toFixed(0).padStart(6)}%  |    -    |    -    |   -   | ${(data.length / stored.length).toFixed(1).padStart(5)} || ${fmt(mbps(data.length, tBareDec.cpu))}   | ${fmt(mbps(data.length, tFullDec.cpu))}      | ${((100 * tBareDec.cpu) / tFullDec.cpu).toFixed(0).padStart(6)}%  |    -        |    -`,
-          );
-          continue;
-        }
-        const p1 = await poolRate(pools.one, 1, false);
-        const p2 = await poolRate(pools.two, 2, false);
-        const d1 = await poolRate(pools.one, 1, true);
-        const d2 = await poolRate(pools.two, 2, true);
+        const [p1, p1cpu] = await poolRate(pools.one, 1, false);
+        const [p2, p2cpu] = await poolRate(pools.two, 2, false);
+        const [d1] = await poolRate(pools.one, 1, true);
+        const [d2] = await poolRate(pools.two, 2, true);
+        poolEfficiency.push(`${label.split(" ")[0]} ${algorithm}: ${fmt(p1cpu)} (1 worker) ${fmt(p2cpu)} (2 workers) MB per CPU-second`);
         const bare = mbps(data.length, tBare.cpu);
         const fullRate = mbps(data.length, tFull.cpu);
         const bareDec = mbps(data.length, tBareDec.cpu);
@@ -330,6 +337,9 @@ async function main(): Promise<void> {
       }
       console.log("");
     }
+    console.log("pool encode CPU efficiency (file read + compress + encrypt + transfer, all threads):");
+    for (const line of poolEfficiency) console.log(`  ${line}`);
+    console.log(`load average at end: ${os.loadavg().map((l) => l.toFixed(1)).join(" ")}`);
     await pools.one.close();
     await pools.two.close();
   } finally {
