@@ -4,13 +4,12 @@
  * 2 on usage errors.
  */
 import { existsSync, readFileSync } from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError, Option } from "commander";
 
 import { ConfigError, getSiteFromConfig, loadConfig, privateKeyLookup, resolveConfigPath, type PghoardConfig } from "../config/index.js";
-import { decodeBuffer, FileFormatPool } from "../fileformat/index.js";
+import { createDecodeStream, decodeBuffer } from "../fileformat/index.js";
 import { createStorage } from "../storage/index.js";
 import { RestoreError, describeError } from "../restore/errors.js";
 import { getBasebackup, listSiteBasebackups, closeStores, type RestoreDeps } from "../restore/get-basebackup.js";
@@ -49,14 +48,15 @@ async function readConfig(configPath: string | undefined): Promise<PghoardConfig
   return loadConfig(resolved, { tool: "restore" });
 }
 
-function restoreDeps(config: PghoardConfig, pool: () => FileFormatPool): RestoreDeps {
+function restoreDeps(config: PghoardConfig): RestoreDeps {
   return {
     createStorage: (site) => createStorage(config.backup_sites[site].object_storage),
+    storageConfig: (site) => config.backup_sites[site]?.object_storage,
     privateKeyLookup: (site) => {
       const siteConfig = config.backup_sites[site];
       return siteConfig ? privateKeyLookup(siteConfig) : () => undefined;
     },
-    createDecodeStream: (metadata, pem) => pool().createDecodeStream(metadata, pem),
+    createDecodeStream: (metadata, pem) => createDecodeStream(metadata, () => pem ?? undefined),
     decodeBuffer: (data, metadata, keys) => decodeBuffer(data, metadata, keys),
   };
 }
@@ -121,9 +121,7 @@ function buildProgram(io: Io, run: { action?: () => Promise<void> }): Command {
     run.action = async () => {
       const config = await readConfig(o.config);
       const site = getSiteFromConfig(config, o.site);
-      const { backups, stores } = await listSiteBasebackups(config, site, restoreDeps(config, () => {
-        throw new Error("no decoding when listing");
-      }));
+      const { backups, stores } = await listSiteBasebackups(config, site, restoreDeps(config));
       await closeStores(stores);
       io.stdout.write(formatBasebackupList(backups, { caption: availableCaption(site), verbose: Boolean(o.verbose) }));
     };
@@ -160,11 +158,6 @@ function buildProgram(io: Io, run: { action?: () => Promise<void> }): Command {
       const tablespaceDirs = parseTablespaceDirs(o.tablespaceDir as string[] | undefined);
       const config = await readConfig(o.config as string | undefined);
       const site = getSiteFromConfig(config, o.site as string | undefined);
-      let pool: FileFormatPool | undefined;
-      const getPool = (): FileFormatPool => {
-        pool ??= new FileFormatPool(Math.max(1, Math.min(config.restore_process_count, os.availableParallelism())));
-        return pool;
-      };
       const controller = new AbortController();
       const onSigint = (): void => {
         if (controller.signal.aborted) process.exit(1);
@@ -197,14 +190,13 @@ function buildProgram(io: Io, run: { action?: () => Promise<void> }): Command {
             out: io.stdout,
             signal: controller.signal,
           },
-          restoreDeps(config, getPool),
+          restoreDeps(config),
         );
       } catch (err) {
         if (controller.signal.aborted && controller.signal.reason instanceof InterruptedError) throw controller.signal.reason;
         throw err;
       } finally {
         process.off("SIGINT", onSigint);
-        await pool?.close();
       }
     };
   });

@@ -5,14 +5,16 @@
  * buffers of `concurrency` objects. A corrupt object stops the whole restore with an error
  * naming it; transient storage errors and stalls are retried.
  */
-import { Readable, Transform, type Duplex } from "node:stream";
+import { Readable, type Duplex } from "node:stream";
 import { pipeline } from "node:stream/promises";
 
 import type { Metadata } from "../storage/types.js";
 import { RestoreError, describeError } from "./errors.js";
+import { restoreObject, type ObjectJob } from "./object-job.js";
 import type { RestoreItem } from "./plan.js";
 import { createTarExtractor, tarRulesForFormat } from "./tar-extract.js";
 import type { RestoreTarget } from "./target.js";
+import type { ObjectWorkers } from "./workers.js";
 
 export interface ProgressSnapshot {
   downloaded: number;
@@ -62,8 +64,10 @@ export interface FetchOptions {
   items: RestoreItem[];
   /** `restore_process_count`: objects processed at the same time. */
   concurrency: number;
-  /** Decode stream for an object's metadata; throws a RestoreError naming `label` when a key is missing. */
+  /** In-process decode stream for an object's metadata (used when an item is not run by `workers`). */
   createDecodeStream: (metadata: Metadata, label: string) => Duplex;
+  /** Object workers: items with a `storageConfig` are restored entirely in a worker thread. */
+  workers?: ObjectWorkers;
   progress: ProgressTracker;
   /** No byte progress for this long aborts the round and retries it (upstream: 120 s, doubling to 480 s). */
   stallTimeoutMs?: number;
@@ -117,59 +121,25 @@ function objectError(item: RestoreItem, err: unknown): RestoreError {
   return new RestoreError(`Object '${label}': ${detail}`, { cause: err });
 }
 
-function checkDecodedSize(metadata: Metadata, decoded: number, label: string): void {
-  const expected = metadata["original-file-size"];
-  if (expected === undefined || expected === "") return;
-  if (Number(expected) !== decoded) {
-    throw new RestoreError(
-      `Object '${label}' is corrupt or truncated: it decoded to ${decoded} bytes, its metadata says original-file-size ${expected}`,
-    );
-  }
-}
-
 async function processItem(item: RestoreItem, index: number, opts: FetchOptions, signal: AbortSignal): Promise<void> {
   const { target, progress } = opts;
   const label = itemLabel(item);
-  const counter = (): Transform =>
-    new Transform({
-      highWaterMark: 1024 * 1024,
-      transform(chunk: Buffer, _encoding, callback) {
-        progress.add(index, chunk.byteLength);
-        callback(null, chunk);
-      },
-    });
+  const onBytes = (bytes: number): void => progress.add(index, bytes);
   switch (item.kind) {
-    case "tar-object": {
-      const { stream, metadata } = await item.storage.getReadStream(item.key);
-      try {
-        const rules = tarRulesForFormat(metadata.format || undefined);
-        const decoder = opts.createDecodeStream(metadata, label);
-        const { sink, result } = createTarExtractor(target, rules, `object '${label}'`);
-        await pipeline(stream, counter(), decoder, sink, { signal });
-        checkDecodedSize(metadata, result().bytes, label);
-      } finally {
-        stream.destroy();
-      }
-      return;
-    }
+    case "tar-object":
     case "file-object": {
-      const { stream, metadata } = await item.storage.getReadStream(item.key);
-      try {
-        const destination = target.resolve(item.relativePath, `object '${label}'`);
-        const decoder = opts.createDecodeStream(metadata, label);
-        let written = 0;
-        await pipeline(
-          stream,
-          counter(),
-          decoder,
-          async (source: AsyncIterable<Buffer>) => {
-            written = await target.writeFile(destination, source, 0o600);
-          },
-          { signal },
-        );
-        checkDecodedSize(metadata, written, label);
-      } finally {
-        stream.destroy();
+      const job: ObjectJob =
+        item.kind === "tar-object" ? { kind: item.kind, key: item.key } : { kind: item.kind, key: item.key, relativePath: item.relativePath };
+      if (opts.workers && item.storageConfig) {
+        await opts.workers.run({ job, storageConfig: item.storageConfig, onBytes, signal });
+      } else {
+        await restoreObject(job, {
+          storage: item.storage,
+          target,
+          createDecodeStream: (metadata) => opts.createDecodeStream(metadata, label),
+          onBytes,
+          signal,
+        });
       }
       return;
     }

@@ -14,6 +14,7 @@ import path from "node:path";
 import type { Duplex } from "node:stream";
 
 import type { PghoardConfig } from "../config/types.js";
+import type { ObjectStorageConfig } from "../storage/index.js";
 import type { Metadata, StorageBackend } from "../storage/types.js";
 import { RestoreError, describeError } from "./errors.js";
 import { fetchAll, ProgressTracker } from "./fetch.js";
@@ -24,6 +25,7 @@ import { parseTimestamp, pythonDatetimeStr, type ParsedTimestamp } from "./pyfor
 import { RECOVERY_TARGET_CONFLICT, writeRecoveryConfig, type RecoveryConfig } from "./recovery.js";
 import { selectBasebackup } from "./select.js";
 import { meaningfulEntries, RestoreTarget, type TablespaceTarget } from "./target.js";
+import { ObjectWorkers } from "./workers.js";
 
 export type PrivateKeyLookup = (keyId: string) => string | undefined;
 
@@ -31,8 +33,13 @@ export type PrivateKeyLookup = (keyId: string) => string | undefined;
 export interface RestoreDeps {
   /** Storage of a configured site (its own `object_storage`). */
   createStorage(site: string): Promise<StorageBackend>;
+  /**
+   * The site's `object_storage` config: when given, each object is restored entirely inside an
+   * object worker thread (read, decrypt, decompress, extract); otherwise in-process.
+   */
+  storageConfig?(site: string): ObjectStorageConfig | undefined;
   privateKeyLookup(site: string): PrivateKeyLookup;
-  /** Worker-thread decode stream (decrypt + decompress per metadata). */
+  /** Decode stream (decrypt + decompress per metadata) for objects restored in-process. */
   createDecodeStream(metadata: Metadata, privateKeyPem: string | null): Duplex;
   decodeBuffer(data: Buffer, metadata: Metadata, keys: PrivateKeyLookup): Promise<Buffer>;
 }
@@ -220,6 +227,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       metadata,
       storage: store.storage,
       sitePrefix: store.prefix,
+      storageConfig: deps.storageConfig?.(backupSite),
       decodeBuffer: (data, meta, label) => {
         keyFor(meta, label);
         return deps.decodeBuffer(data, meta, keys).catch((err: unknown) => {
@@ -282,18 +290,26 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
         const absolute = target.resolve(dir, "the delta manifest");
         await target.addDirectory(absolute, 0o700, undefined);
       }
+      const concurrency = Math.max(1, opts.config.restore_process_count ?? 1);
+      const objectCount = plan.items.filter((i) => i.kind === "tar-object" || i.kind === "file-object").length;
+      const workers = deps.storageConfig
+        ? new ObjectWorkers(Math.max(1, Math.min(concurrency, objectCount)), target, privateKeysOf(opts.config, [backupSite, opts.site], deps))
+        : undefined;
       reporter.start();
       try {
         await fetchAll({
           target,
           items: plan.items,
-          concurrency: Math.max(1, opts.config.restore_process_count ?? 1),
+          concurrency,
           createDecodeStream: (meta, label) => deps.createDecodeStream(meta, keyFor(meta, label)),
+          workers,
           progress: tracker,
           stallTimeoutMs: opts.stallTimeoutMs,
           signal: opts.signal,
         });
       } finally {
+        // Before anything else touches the target: no worker may still be writing.
+        await workers?.close();
         await reporter.stop();
       }
       if (opts.signal?.aborted) throw opts.signal.reason ?? new RestoreError("Restore interrupted");
@@ -354,6 +370,19 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
   } finally {
     await closeStores(stores);
   }
+}
+
+/** keyId → private PEM for the given sites (what object workers may need to decrypt). */
+function privateKeysOf(config: PghoardConfig, sites: string[], deps: Pick<RestoreDeps, "privateKeyLookup">): Record<string, string> {
+  const keys: Record<string, string> = {};
+  for (const site of [...sites].reverse()) {
+    const lookup = deps.privateKeyLookup(site);
+    for (const keyId of Object.keys(config.backup_sites[site]?.encryption_keys ?? {})) {
+      const pem = lookup(keyId);
+      if (pem) keys[keyId] = pem;
+    }
+  }
+  return keys;
 }
 
 async function undoRestore(

@@ -6,6 +6,7 @@
 import path from "node:path";
 import tarStream from "tar-stream";
 
+import type { ObjectStorageConfig } from "../storage/index.js";
 import type { StorageBackend, Metadata } from "../storage/types.js";
 import { RestoreError } from "./errors.js";
 import { BASEBACKUP_FORMATS } from "./tar-extract.js";
@@ -13,11 +14,11 @@ import { BASEBACKUP_FORMATS } from "./tar-extract.js";
 /** One unit of restore work; `size` is the stored size used for progress. */
 export type RestoreItem =
   /** A stored tar (main object, chunk or bundle), decoded per its own metadata and extracted. */
-  | { kind: "tar-object"; key: string; size: number; storage: StorageBackend }
+  | { kind: "tar-object"; key: string; size: number; storage: StorageBackend; storageConfig?: ObjectStorageConfig }
   /** The already decoded control tar of a v2/delta backup (pg_control, backup_label, fixed dirs). */
   | { kind: "tar-memory"; label: string; data: Buffer; format: string; size: 0 }
   /** A delta hash object written as one file. */
-  | { kind: "file-object"; key: string; size: number; relativePath: string; storage: StorageBackend }
+  | { kind: "file-object"; key: string; size: number; relativePath: string; storage: StorageBackend; storageConfig?: ObjectStorageConfig }
   /** A delta file embedded in the manifest (base64). */
   | { kind: "file-memory"; relativePath: string; data: Buffer; size: 0 };
 
@@ -114,10 +115,23 @@ export interface PlanInput {
   size: number;
   metadata: Metadata;
   storage: StorageBackend;
+  /** Config of `storage`, so object workers can open their own connection. */
+  storageConfig?: ObjectStorageConfig;
   /** Site prefix of the site the backup belongs to (chunk keys are built from it). */
   sitePrefix: string;
   /** Decodes a small stored object fully into memory (decrypt + decompress per metadata). */
   decodeBuffer: (data: Buffer, metadata: Metadata, label: string) => Promise<Buffer>;
+}
+
+/** The data chunks (v2) or bundles (delta-v2) listed in the control JSON. */
+function chunkItems(input: PlanInput, control: ControlMetadata, typeDirectory: string): RestoreItem[] {
+  return (control.chunks ?? []).map((chunk) => ({
+    kind: "tar-object" as const,
+    key: path.posix.join(input.sitePrefix, typeDirectory, chunk.chunk_filename),
+    size: Number(chunk.result_size) || 0,
+    storage: input.storage,
+    storageConfig: input.storageConfig,
+  }));
 }
 
 export async function planRestore(input: PlanInput): Promise<RestorePlan> {
@@ -126,13 +140,13 @@ export async function planRestore(input: PlanInput): Promise<RestorePlan> {
     throw new RestoreError(`Unrecognized basebackup format '${format}'`);
   }
   if (format === undefined) {
-    return { format, tablespaces: {}, items: [{ kind: "tar-object", key: input.name, size: input.size, storage: input.storage }], emptyDirs: [] };
+    return { format, tablespaces: {}, items: [{ kind: "tar-object", key: input.name, size: input.size, storage: input.storage, storageConfig: input.storageConfig }], emptyDirs: [] };
   }
   if (format === "pghoard-bb-v1") {
     return {
       format,
       tablespaces: tablespacesFromV1Metadata(input.metadata),
-      items: [{ kind: "tar-object", key: input.name, size: input.size, storage: input.storage }],
+      items: [{ kind: "tar-object", key: input.name, size: input.size, storage: input.storage, storageConfig: input.storageConfig }],
       emptyDirs: [],
     };
   }
@@ -146,14 +160,7 @@ export async function planRestore(input: PlanInput): Promise<RestorePlan> {
   const emptyDirs: string[] = [];
 
   if (format === "pghoard-bb-v2") {
-    for (const chunk of control.chunks ?? []) {
-      items.push({
-        kind: "tar-object",
-        key: path.posix.join(input.sitePrefix, "basebackup_chunk", chunk.chunk_filename),
-        size: Number(chunk.result_size) || 0,
-        storage: input.storage,
-      });
-    }
+    items.push(...chunkItems(input, control, "basebackup_chunk"));
   } else {
     const manifest = control.manifest;
     if (!manifest?.snapshot_result?.state) {
@@ -174,14 +181,7 @@ export async function planRestore(input: PlanInput): Promise<RestorePlan> {
       }
     }
     // delta-v2 bundles of small files
-    for (const chunk of control.chunks ?? []) {
-      items.push({
-        kind: "tar-object",
-        key: path.posix.join(input.sitePrefix, "basebackup_delta_chunk", chunk.chunk_filename),
-        size: Number(chunk.result_size) || 0,
-        storage: input.storage,
-      });
-    }
+    items.push(...chunkItems(input, control, "basebackup_delta_chunk"));
     emptyDirs.push(...(state.empty_dirs ?? []));
   }
   // The control tar itself supplies global/pg_control, backup_label and the fixed empty directories.

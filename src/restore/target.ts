@@ -243,6 +243,30 @@ export class RestoreTarget {
     }
   }
 
+  /** Deferred work recorded while extracting in another thread, in a structured-clone friendly form. */
+  exportDeferred(): { symlinks: Array<[string, string]>; directories: Array<[string, number, number]>; pgControl: boolean } {
+    return {
+      symlinks: [...this.pendingSymlinks.entries()],
+      directories: [...this.directoryAttributes.entries()].map(([dir, a]) => [dir, a.mode, a.mtime]),
+      pgControl: this.pgControlWritten,
+    };
+  }
+
+  /** Takes over what an object worker recorded (see exportDeferred). */
+  adoptDeferred(deferred: ReturnType<RestoreTarget["exportDeferred"]>): void {
+    for (const [link, linkTarget] of deferred.symlinks) {
+      if (this.pendingSymlinks.has(link) && this.pendingSymlinks.get(link) !== linkTarget) {
+        throw new RestoreError(`Two objects of the backup have different symlinks '${link}'`);
+      }
+      this.pendingSymlinks.set(link, linkTarget);
+    }
+    for (const [dir, mode, mtime] of deferred.directories) {
+      this.directoryAttributes.set(dir, { mode, mtime });
+      this.knownDirs.add(dir);
+    }
+    if (deferred.pgControl) this.pgControlWritten = true;
+  }
+
   /** True when the backup supplied `global/pg_control` (every complete backup does). */
   get hasPgControl(): boolean {
     return this.pgControlWritten;
