@@ -1,5 +1,5 @@
 import { after } from "node:test";
-import { createBackend } from "../../src/storage/azure.js";
+import { createStorage } from "../../src/storage/index.js";
 import { runConformance } from "./conformance.js";
 import { startServer, type TestServer } from "./servers.js";
 
@@ -12,7 +12,8 @@ const BLOCK = 1024 * 1024;
 runConformance("azure (Azurite 3.35)", {
   skip: "skip" in server ? server.skip : false,
   makeBackend: (prefix) =>
-    createBackend({
+    createStorage({
+      storage_type: "azure",
       account_name: running!.env.AZURE_ACCOUNT_NAME!,
       account_key: running!.env.AZURE_ACCOUNT_KEY!,
       bucket_name: "pghoard-conformance",

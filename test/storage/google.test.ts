@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { createBackend } from "../../src/storage/google.js";
+import { createStorage } from "../../src/storage/index.js";
 import { StorageError } from "../../src/storage/types.js";
 import { runConformance } from "./conformance.js";
 import { FakeGcsServer } from "./fake-gcs-server.js";
@@ -15,7 +15,8 @@ after(() => fake.stop());
 const CHUNK = 256 * 1024; // the smallest resumable chunk GCS allows
 
 const makeBackend = (prefix: string, token = TOKEN) =>
-  createBackend({
+  createStorage({
+    storage_type: "google",
     project_id: "pghoard-test",
     bucket_name: "pghoard-conformance",
     credentials: { type: "access_token", access_token: token },

@@ -1,5 +1,5 @@
 import { after } from "node:test";
-import { createBackend } from "../../src/storage/s3.js";
+import { createStorage } from "../../src/storage/index.js";
 import { runConformance } from "./conformance.js";
 import { startServer, type TestServer } from "./servers.js";
 
@@ -14,7 +14,8 @@ runConformance("s3 (Swift 2.30 s3api)", {
   skip: "skip" in server ? server.skip : false,
   makeBackend: (prefix) => {
     const endpoint = new URL(running!.env.S3_ENDPOINT!);
-    return createBackend({
+    return createStorage({
+      storage_type: "s3",
       region: running!.env.S3_REGION!,
       bucket_name: "pghoard-conformance",
       aws_access_key_id: running!.env.S3_ACCESS_KEY!,

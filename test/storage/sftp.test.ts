@@ -1,5 +1,5 @@
 import { after } from "node:test";
-import { createBackend } from "../../src/storage/sftp.js";
+import { createStorage } from "../../src/storage/index.js";
 import { runConformance } from "./conformance.js";
 import { startServer, type TestServer } from "./servers.js";
 
@@ -10,7 +10,8 @@ after(async () => running?.stop());
 runConformance("sftp (OpenSSH 9.2 internal-sftp)", {
   skip: "skip" in server ? server.skip : false,
   makeBackend: (prefix) =>
-    createBackend({
+    createStorage({
+      storage_type: "sftp",
       server: running!.env.SFTP_HOST!,
       port: Number(running!.env.SFTP_PORT!),
       username: running!.env.SFTP_USER!,
