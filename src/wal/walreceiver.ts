@@ -3,8 +3,9 @@
  *
  * Differences from upstream, on purpose:
  * - Incomplete segments are never padded and stored under the segment's name. After
- *   `partialIntervalMs` without messages (and on shutdown) the bytes received so far are stored as
- *   `xlog/<SEG>.partial`, a name restore never serves; the full segment replaces it later.
+ *   `partialIntervalMs` without messages, every 6 × `partialIntervalMs` while WAL trickles in, and
+ *   on shutdown, the bytes received so far are stored as `xlog/<SEG>.partial`, a name restore
+ *   never serves; the full segment replaces it later.
  * - Write and flush feedback report only WAL that is stored (the end of the highest contiguous
  *   uploaded segment), so the slot never advances over WAL that is not in the backup.
  * - Timeline switches are followed: when the server ends a historic timeline (CopyDone, then the
@@ -78,6 +79,7 @@ export class WalReceiver {
   private partialNames = new Set<string>();
   private lastMessageAt = Date.now();
   private lastStatusAt = 0;
+  private lastPartialAt = Date.now();
   private timer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: WalReceiverOptions) {
@@ -270,13 +272,16 @@ export class WalReceiver {
   private tick(): void {
     const now = Date.now();
     if (now - this.lastStatusAt >= (this.options.statusIntervalMs ?? 10_000)) this.sendStatus(false);
-    if (now - this.lastMessageAt >= (this.options.partialIntervalMs ?? 10_000)) this.storePartial();
+    const interval = this.options.partialIntervalMs ?? 10_000;
+    // Idle, or a slow trickle that never goes idle: either way the received bytes reach storage.
+    if (now - this.lastMessageAt >= interval || now - this.lastPartialAt >= 6 * interval) void this.storePartial();
   }
 
   /** Stores the bytes of the incomplete segment received so far as `<SEG>.partial`, if any are new. */
   private storePartial(): Promise<void> {
     const seg = this.current;
     if (!seg || seg.filled === 0 || seg.filled === seg.partialStored) return this.partialChain;
+    this.lastPartialAt = Date.now();
     const filled = seg.filled;
     seg.partialStored = filled;
     this.partialNames.add(seg.name);
