@@ -257,18 +257,36 @@ export class FileFormatPool {
     return this.openStream({ mode: "decode", metadata: { ...metadata }, privateKeyPem });
   }
 
+  /**
+   * Rejects queued tasks and open streams, lets tasks already running in a worker finish (so
+   * none is cut off between writing its temp file and removing it), then stops the workers.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     const err = new FileFormatError("FileFormatPool closed");
     for (const task of this.queue.splice(0)) task.reject(err);
+    const running: Array<Promise<unknown>> = [];
+    for (const slot of this.slots) {
+      for (const stream of slot.streams.values()) stream.destroy(err);
+      for (const task of slot.tasks.values()) {
+        running.push(new Promise<void>((resolve) => {
+          const { resolve: done, reject: failed } = task;
+          task.resolve = (result) => {
+            done(result);
+            resolve();
+          };
+          task.reject = (error) => {
+            failed(error);
+            resolve();
+          };
+        }));
+      }
+    }
+    await Promise.all(running);
     const slots = this.slots.splice(0);
     for (const slot of slots) slot.dead = true;
     await Promise.all(slots.map((slot) => slot.worker.terminate()));
-    for (const slot of slots) {
-      for (const task of slot.tasks.values()) task.reject(err);
-      for (const stream of slot.streams.values()) stream.destroy(err);
-    }
   }
 
   private spawn(): Slot {

@@ -242,8 +242,9 @@ class StreamSession {
   private send(full: Buffer): Promise<void> | void {
     if (this.aborted) throw new Error("stream aborted");
     const data = full.buffer as ArrayBuffer;
-    post({ type: "out", id: this.id, data, length: full.length }, [data]);
-    this.outstanding += full.length;
+    const length = full.length; // read before the transfer detaches `full`
+    post({ type: "out", id: this.id, data, length }, [data]);
+    this.outstanding += length;
     if (this.outstanding > OUTPUT_CREDIT) {
       return new Promise<void>((resolve) => {
         this.wakeCredit = () => {

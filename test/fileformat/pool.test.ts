@@ -1,0 +1,128 @@
+/** Worker pool behaviour: bounded buffering, aborts, many tasks at once, close. */
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Readable, Writable, type Duplex } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { after, before, describe, it } from "node:test";
+import { FileFormatError, FileFormatPool, createDecodeStream, encodeBuffer, encodingMetadata, type EncodeOptions } from "../../src/fileformat/index.js";
+import { decodeIndependently, pageLikeData } from "./support.js";
+
+const MiB = 1024 * 1024;
+const zstdOpts: EncodeOptions = { algorithm: "zstd", level: 0, encryptionKeyId: null, publicKeyPem: null };
+
+let pool: FileFormatPool;
+let scratch: string;
+before(async () => {
+  pool = new FileFormatPool(2);
+  scratch = await mkdtemp(path.join(os.tmpdir(), "ff-pool-"));
+});
+after(async () => {
+  await pool.close();
+  await rm(scratch, { recursive: true, force: true });
+});
+
+/** 512 MiB of zeros compress to a few KiB: a decode that is not flow-controlled would balloon. */
+async function zeroBomb(): Promise<Buffer> {
+  const zeros = Buffer.alloc(64 * MiB);
+  const parts: Buffer[] = [];
+  for (let i = 0; i < 8; i++) parts.push(await encodeBuffer(zeros, zstdOpts));
+  return Buffer.concat(parts); // concatenated frames
+}
+
+async function assertBoundedWhilePaused(stream: Duplex, input: Buffer, limit: number): Promise<void> {
+  stream.end(input);
+  await sleep(700); // nobody reads: producers must stop
+  assert.ok(stream.readableLength <= limit, `buffered ${stream.readableLength} bytes while paused`);
+  let total = 0;
+  await pipeline(
+    stream,
+    new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        total += chunk.length;
+        cb();
+      },
+    }),
+  );
+  assert.equal(total, 512 * MiB);
+}
+
+describe("flow control", () => {
+  it("a paused worker decode stream buffers a bounded amount", async () => {
+    const bomb = await zeroBomb();
+    assert.ok(bomb.length < MiB);
+    await assertBoundedWhilePaused(pool.createDecodeStream(encodingMetadata(zstdOpts), null), bomb, 8 * MiB);
+  });
+
+  it("a paused main-thread decode stream buffers a bounded amount", async () => {
+    const bomb = await zeroBomb();
+    await assertBoundedWhilePaused(createDecodeStream(encodingMetadata(zstdOpts), () => undefined), bomb, 2 * MiB);
+  });
+
+  it("a worker encode stream applies backpressure to its writer", async () => {
+    const stream = pool.createEncodeStream({ algorithm: "snappy", level: 0, encryptionKeyId: null, publicKeyPem: null });
+    const block = pageLikeData(MiB, 3);
+    let accepted = 0;
+    // Without a reader the writable side must report "full" after a few MiB.
+    for (let i = 0; i < 200 && stream.write(block); i++) accepted++;
+    assert.ok(accepted < 50, `accepted ${accepted} MiB without anyone reading`);
+    stream.destroy();
+    await once(stream, "close");
+  });
+});
+
+describe("lifecycle", () => {
+  it("an aborted stream does not disturb later work", async () => {
+    const stream = pool.createEncodeStream({ ...zstdOpts, hashAlgorithm: "sha256" });
+    const errored = once(stream, "error");
+    stream.write(pageLikeData(3 * MiB, 1));
+    stream.destroy(new Error("client went away"));
+    await assert.rejects(stream.result(), /client went away/);
+    await errored;
+    const plain = pageLikeData(2 * MiB, 2);
+    const file = path.join(scratch, "after-abort");
+    await writeFile(file, plain);
+    const { data } = await pool.encodeFileToBuffer(file, zstdOpts);
+    assert.ok(decodeIndependently(data, "zstd", null).equals(plain));
+  });
+
+  it("runs many tasks at once (queued beyond the worker count)", async () => {
+    const inputs = await Promise.all(
+      Array.from({ length: 24 }, async (_, i) => {
+        const plain = pageLikeData(100_000 + i * 1000, i + 10);
+        const file = path.join(scratch, `many-${i}`);
+        await writeFile(file, plain);
+        return { plain, file };
+      }),
+    );
+    const results = await Promise.all(inputs.map(({ file }) => pool.encodeFile(file, `${file}.zst`, { ...zstdOpts, hashAlgorithm: "sha1" })));
+    results.forEach((result, i) => assert.equal(result.originalSize, inputs[i].plain.length));
+    const decoded = await Promise.all(inputs.map(({ file }) => pool.decodeFile(`${file}.zst`, `${file}.out`, encodingMetadata(zstdOpts), null)));
+    decoded.forEach(({ size }, i) => assert.equal(size, inputs[i].plain.length));
+    assert.equal((await readdir(scratch)).filter((n) => n.includes(".tmp-")).length, 0);
+  });
+
+  it("a decode stream fed from a Readable reports errors through the pipeline", async () => {
+    await assert.rejects(
+      pipeline(Readable.from([Buffer.from("definitely not zstd")]), pool.createDecodeStream(encodingMetadata(zstdOpts), null), new Writable({ write: (_c, _e, cb) => cb() })),
+      FileFormatError,
+    );
+  });
+
+  it("close() rejects new work and tasks still queued", async () => {
+    const local = new FileFormatPool(1);
+    const plainFile = path.join(scratch, "close-input");
+    await writeFile(plainFile, pageLikeData(4 * MiB, 4));
+    const pending = Array.from({ length: 6 }, (_, i) => local.encodeFile(plainFile, path.join(scratch, `closed-${i}`), zstdOpts));
+    const settling = Promise.allSettled(pending);
+    await local.close();
+    const settled = await settling;
+    assert.ok(settled.some((s) => s.status === "rejected"));
+    await assert.rejects(local.encodeFile(plainFile, path.join(scratch, "x"), zstdOpts), /closed/);
+    // a task either completed or left nothing: never a temp file
+    assert.equal((await readdir(scratch)).filter((n) => n.startsWith(".closed-")).length, 0);
+  });
+});
