@@ -5,6 +5,7 @@
  * over stored WAL, and a daemon restart resumes from `walreceivers.<site>.last_flushed_lsn`.
  */
 import assert from "node:assert/strict";
+import { readdir } from "node:fs/promises";
 import { after, before, describe, it } from "node:test";
 import { lsnToWalName, parseLsn, WAL_SEG_SIZE } from "../../src/wal/index.js";
 import { startCluster, type PgCluster } from "../helpers/pgcluster.js";
@@ -99,5 +100,47 @@ describe("walreceiver mode", { timeout: 300_000 }, () => {
     assert.ok(names.length >= 4, `several segments: ${names.join(" ")}`);
     assertContiguous(names);
     await assertStoredMatchPgWal(env, SITE, cluster, names);
+  });
+});
+
+describe("walreceiver mode start-up checks", { timeout: 120_000 }, () => {
+  let cluster: PgCluster;
+  const daemons: DaemonProcess[] = [];
+
+  before(async () => {
+    cluster = await startCluster({
+      hba: ["host replication pwuser 127.0.0.1/32 scram-sha-256", "host all pwuser 127.0.0.1/32 scram-sha-256"],
+    });
+    await cluster.query("CREATE ROLE pwuser LOGIN REPLICATION PASSWORD 'right-password'");
+  });
+
+  after(async () => {
+    for (const d of daemons) await d.stop();
+    await cluster?.destroy();
+  });
+
+  it("wrong password: authentication_error, the daemon keeps running; an old server version: version_unsupported_error; both clear once fixed", async () => {
+    const env = await makeStreamingEnv(cluster, SITE, "walreceiver", { user: "pwuser", password: "wrong-password" });
+    const daemon = await startDaemon(env);
+    daemons.push(daemon);
+    const alerts = async (): Promise<string[]> => (await readdir(env.alertDir)).sort();
+    await waitFor("authentication_error", async () => (await alerts()).includes("authentication_error"), 30_000, () => daemon.logs());
+    assert.match(daemon.logs(), /connection to PostgreSQL for the walreceiver version check failed: password authentication failed for user "pwuser"/);
+    assert.ok(!daemon.logs().includes("wrong-password"));
+    assert.equal((await httpRequest(env.port, "GET", "/status")).status, 200);
+
+    // Right password, but a (pretended) 9.2 server: that check fails next.
+    const sites = env.config.backup_sites as Record<string, Record<string, unknown>>;
+    (sites[SITE].nodes as Array<Record<string, unknown>>)[0].password = "right-password";
+    sites[SITE].pg_version = 90224;
+    await env.writeConfig();
+    daemon.child.kill("SIGHUP");
+    await waitFor("version_unsupported_error", async () => (await alerts()).join() === "version_unsupported_error", 30_000, () => daemon.logs().slice(-3000));
+    assert.match(daemon.logs(), /unsupported PostgreSQL server version 90224/);
+
+    delete sites[SITE].pg_version;
+    await env.writeConfig();
+    daemon.child.kill("SIGHUP");
+    await waitFor("alerts cleared and streaming", async () => (await alerts()).length === 0 && daemon.logs().includes("Starting replication from"), 40_000, () => daemon.logs().slice(-3000));
   });
 });
