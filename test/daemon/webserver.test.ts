@@ -107,6 +107,24 @@ describe("webserver", () => {
     assert.deepEqual(await listStoredNames(env.storageDir, SITE, "xlog"), [SEG1]);
   });
 
+  it("archives and restores timeline history files (no hash metadata, no header check)", async () => {
+    const history = "1\t0/3000000\tno recovery target specified\n";
+    await writeFile(path.join(walDir, "00000002.history"), history);
+    const put = await httpRequest(env.port, "PUT", `/${SITE}/archive/00000002.history`);
+    assert.equal(put.status, 201, put.body);
+    const { data, metadata } = await decodeStoredObject(env.storageDir, `${SITE}/timeline/00000002.history`, {});
+    assert.equal(data.toString(), history);
+    assert.ok(!("hash" in metadata) && !("hash-algorithm" in metadata));
+    assert.equal(metadata["original-file-size"], String(history.length));
+    const target = path.join(walDir, "RECOVERYHISTORY");
+    await rm(path.join(walDir, "00000002.history"));
+    const got = await httpRequest(env.port, "GET", `/${SITE}/archive/00000002.history`, { "x-pghoard-target-path": target });
+    assert.equal(got.status, 201, got.body);
+    assert.equal(await readFile(target, "utf8"), history);
+    const missing = await httpRequest(env.port, "GET", `/${SITE}/archive/00000003.history`, { "x-pghoard-target-path": target });
+    assert.equal(missing.status, 404);
+  });
+
   it("validates restore target paths", async () => {
     const passwdBefore = sha256(await readFile("/etc/passwd"));
     await mkdir(path.join(pgdata, "escape-parent"), { recursive: true });
