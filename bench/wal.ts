@@ -16,6 +16,10 @@
  * other load on the machine. "daemon share" is the same archive PUT sent without a new process.
  *
  * The WAL comes from a throwaway PostgreSQL 15 cluster (`pgbench -i -s 4`).
+ *
+ * `--streaming [--seconds N]` adds the sustained-rate section (`streamingSection`, see
+ * bench/wal_streaming.ts): segments/s and lag of archive_command, pg_receivexlog and walreceiver
+ * under a write-heavy pgbench load; `--streaming-only` runs just that section.
  */
 import { spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
@@ -25,6 +29,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { findFreePort, makeTempDir, startCluster } from "../test/helpers/pgcluster.js";
+import { benchStreamingArchiving } from "./wal_streaming.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const pghoardBin = path.join(repoRoot, "bin", "pghoard.js");
@@ -225,4 +230,11 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+/** Sustained archiving in the three WAL modes side by side (bench/wal_streaming.ts). */
+async function streamingSection(): Promise<void> {
+  process.stdout.write("\n--- sustained archiving under write load ---\n");
+  await benchStreamingArchiving({ seconds: arg("--seconds", 20), clients: arg("--clients", 4) });
+}
+
+if (!process.argv.includes("--streaming-only")) await main();
+if (process.argv.includes("--streaming") || process.argv.includes("--streaming-only")) await streamingSection();
