@@ -19,7 +19,8 @@ import {
   uploaderOf,
 } from "./common.js";
 import { createAndUploadChunks } from "./chunks.js";
-import { buildControlTar, type ChunkRecord, type ControlMetadata, type TablespaceInfo } from "./control.js";
+import { buildControlTar, readControlMetadata, type ChunkRecord, type ControlMetadata, type TablespaceInfo } from "./control.js";
+import { keyLookupForSite, listBasebackups } from "./retention.js";
 import { EMBEDDED_FILE_SIZE } from "./delta.js";
 import { findFilesToBackup, splitFilesToChunks, type WalkItem } from "./files.js";
 import { parseBackupLabel } from "./label.js";
@@ -101,6 +102,46 @@ export async function uploadControlObject(ctx: BasebackupContext, c: ControlUplo
   });
   await uploaderOf(ctx).upload({ filetype: "basebackup", objectName: fileName, localPath, metadata: objectMetadata, fileSize: result.storedSize });
   return { key: path.posix.join(site.prefix, "basebackup", fileName), metadata: objectMetadata, storedSize: result.storedSize };
+}
+
+/** local-tar-delta-stats: what a `delta` backup would upload now (the planned_delta_backup_* metrics). */
+async function reportPlannedDelta(ctx: BasebackupContext, stats: DeltaStats): Promise<void> {
+  const site = siteConfigOf(ctx);
+  const existing = new Set<string>();
+  try {
+    const backups = ctx.listBasebackups ? await ctx.listBasebackups() : await listBasebackups(ctx.storage, site, ctx.site);
+    for (const backup of backups) {
+      if (backup.metadata.format !== "pghoard-bb-v2" || backup.site !== ctx.site) continue;
+      const meta = await readControlMetadata(ctx.storage, path.posix.join(site.prefix, "basebackup", backup.name), backup.metadata, keyLookupForSite(site));
+      const hashes = (meta.delta_stats as { hashes?: Record<string, number> } | undefined)?.hashes;
+      for (const h of Object.keys(hashes ?? {})) existing.add(h);
+    }
+  } catch (err) {
+    ctx.log.warn(`Could not read delta stats of existing backups: ${(err as Error).message}`);
+    return;
+  }
+  const newHashes = Object.entries(stats.hexdigestsSizes).filter(([h]) => !existing.has(h));
+  const plannedChunks = Math.ceil(stats.chunkedFilesSize / (site.basebackup_delta_mode_chunk_size || 1));
+  const newHashesSize = newHashes.reduce((a, [, size]) => a + size, 0);
+  const uploadSize = newHashesSize + stats.chunkedFilesSize;
+  const uploadCount = newHashes.length + plannedChunks;
+  const totalSize = stats.deltaFilesTotalSize + stats.chunkedFilesSize;
+  const totalCount = stats.deltaFilesTotalCount + plannedChunks;
+  ctx.log.info(
+    `Current backup in \`delta\` mode would upload ${uploadCount} files of ${uploadSize} bytes (including ${newHashes.length} delta ` +
+      `files of ${newHashesSize} bytes) out of ${totalCount} files of ${totalSize} bytes`,
+  );
+  const m = ctx.metrics;
+  if (!m) return;
+  if (existing.size > 0) {
+    if (totalCount) m.gauge("pghoard.planned_delta_backup_changed_data_files_ratio", uploadCount / totalCount);
+    if (totalSize) m.gauge("pghoard.planned_delta_backup_changed_data_size_ratio", uploadSize / totalSize);
+    m.gauge("pghoard.planned_delta_backup_remained_data_size_raw", totalSize - uploadSize);
+  }
+  m.increase("pghoard.planned_delta_backup_total_size", uploadSize);
+  m.gauge("pghoard.planned_delta_backup_upload_size", uploadSize);
+  m.increase("pghoard.planned_delta_backup_total_files", uploadCount);
+  m.gauge("pghoard.planned_delta_backup_upload_files", uploadCount);
 }
 
 export async function checkPgdata(ctx: BasebackupContext): Promise<string> {
@@ -203,7 +244,10 @@ export async function runLocalTarBasebackup(ctx: BasebackupContext, options: { w
     const totalSizePlain = chunkFiles.reduce((a, c) => a + c.input_size, 0);
     const totalSizeEnc = chunkFiles.reduce((a, c) => a + c.result_size, 0);
     const extra: Partial<ControlMetadata> = { chunks: chunkFiles };
-    if (deltaStats) extra.delta_stats = { hashes: deltaStats.hexdigestsSizes };
+    if (deltaStats) {
+      extra.delta_stats = { hashes: deltaStats.hexdigestsSizes };
+      await reportPlannedDelta(ctx, deltaStats);
+    }
     progress.setPhase("uploading control object");
     const control = await uploadControlObject(ctx, {
       name,
