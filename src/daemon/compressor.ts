@@ -143,6 +143,7 @@ export class Compressors {
 
   private async handleEvent(event: CompressionEvent, state: CompressorState): Promise<void> {
     const { site, filetype } = event;
+    const started = process.hrtime.bigint();
     const name = path.basename(event.fullPath);
     const opts = this.encodeOptions(site);
     const hashAlgorithm = filetype === "xlog" ? this.ctx.config.hash_algorithm : undefined;
@@ -203,7 +204,8 @@ export class Compressors {
     }
     this.ctx.log.info(
       `Compressed ${result.originalSize} byte ${filetype} ${name} of site ${site} to ${result.storedSize} bytes` +
-        (compressedPath ? ` in ${compressedPath}` : " in memory"),
+        (compressedPath ? ` in ${compressedPath}` : " in memory") +
+        `, took ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(3)}s`,
     );
 
     const upload: UploadOp = {
