@@ -35,33 +35,28 @@ function requireRsa(key: KeyObject): KeyObject {
   return key;
 }
 
-/** SubjectPublicKeyInfo or PKCS#1 `RSA PUBLIC KEY` PEM (a private key PEM works too). */
-export function loadPublicKey(pem: string): KeyObject {
-  let key = publicKeys.get(pem);
+function cachedKey(cache: Map<string, KeyObject>, pem: string, parse: (pem: string) => KeyObject, what: string): KeyObject {
+  let key = cache.get(pem);
   if (key === undefined) {
     try {
-      key = createPublicKey(pem);
+      key = parse(pem);
     } catch (err) {
-      throw new FileFormatError("invalid RSA public key", { cause: err });
+      // Never include the PEM itself in the message.
+      throw new FileFormatError(`invalid RSA ${what} key`, { cause: err });
     }
-    publicKeys.set(pem, requireRsa(key));
+    cache.set(pem, requireRsa(key));
   }
   return key;
 }
 
+/** SubjectPublicKeyInfo or PKCS#1 `RSA PUBLIC KEY` PEM (a private key PEM works too). */
+export function loadPublicKey(pem: string): KeyObject {
+  return cachedKey(publicKeys, pem, createPublicKey, "public");
+}
+
 /** PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY` PEM. */
 export function loadPrivateKey(pem: string): KeyObject {
-  let key = privateKeys.get(pem);
-  if (key === undefined) {
-    try {
-      key = createPrivateKey(pem);
-    } catch (err) {
-      // Never include the PEM itself in the message.
-      throw new FileFormatError("invalid RSA private key", { cause: err });
-    }
-    privateKeys.set(pem, requireRsa(key));
-  }
-  return key;
+  return cachedKey(privateKeys, pem, createPrivateKey, "private");
 }
 
 const OAEP = { padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha1" } as const;
