@@ -91,7 +91,9 @@ export class AzureBackend extends RemoteBackend {
     try {
       await this.container.createIfNotExists();
     } catch (err) {
-      throw this.errors.wrap(err, "open container", this.container.containerName);
+      // a SAS token without create permission: assume the container exists (as s3 does on 403);
+      // real permission problems surface on the first operation
+      if (statusOf(err) !== 403) throw this.errors.wrap(err, "open container", this.container.containerName);
     }
     return this;
   }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
 import { after, before, describe, it } from "node:test";
 import { createStorage } from "../../src/storage/index.js";
+import { Readable } from "node:stream";
 import { StorageError, type StorageBackend } from "../../src/storage/types.js";
 import { runConformance } from "./conformance.js";
 import { startServer, type TestServer } from "./servers.js";
@@ -136,5 +137,57 @@ describe("swift auth v2.0 and v3 (Keystone protocol), token refresh, errors", { 
         return true;
       },
     );
+  });
+});
+
+describe("swift object layout as rohmu writes it", { skip }, () => {
+  let token = "";
+  let storageUrl = "";
+  const container = "pghoard-layout";
+  const raw = async (method: string, path: string): Promise<Response> =>
+    fetch(`${storageUrl}/${container}${path}`, { method, headers: { "X-Auth-Token": token } });
+
+  before(async () => {
+    const res = await fetch(running!.env.SWIFT_AUTH_URL!, { headers: { "X-Auth-User": "test:tester", "X-Auth-Key": "testing" } });
+    token = res.headers.get("x-auth-token")!;
+    storageUrl = res.headers.get("x-storage-url")!;
+  });
+
+  const open = (segmentSize: number) =>
+    createStorage({
+      storage_type: "swift", user: "test:tester", key: "testing", auth_url: running!.env.SWIFT_AUTH_URL!,
+      auth_version: "1.0", container_name: container, prefix: "pfx", segment_size: segmentSize,
+    });
+
+  it("stores objects above segment_size as a DLO: <dir>_segments/<name>/%08x and a manifest", async () => {
+    const store = await open(1024 * 1024);
+    await store.storeFileFromMemory("site/basebackup/2024-05-01_13-56_0", Buffer.alloc(2.5 * 1024 * 1024, 7), { format: "x" });
+    const listing = (await (await raw("GET", "?format=json&prefix=pfx/site/")).json()) as Array<{ name: string; bytes: number }>;
+    assert.deepEqual(listing.map((i) => [i.name, i.bytes]), [
+      ["pfx/site/basebackup/2024-05-01_13-56_0", 0],
+      ["pfx/site/basebackup_segments/2024-05-01_13-56_0/00000001", 1048576],
+      ["pfx/site/basebackup_segments/2024-05-01_13-56_0/00000002", 1048576],
+      ["pfx/site/basebackup_segments/2024-05-01_13-56_0/00000003", 524288],
+    ]);
+    const head = await raw("HEAD", "/pfx/site/basebackup/2024-05-01_13-56_0");
+    assert.equal(head.headers.get("x-object-manifest"), `${container}/pfx/site/basebackup_segments/2024-05-01_13-56_0/`);
+    assert.equal(head.headers.get("x-object-meta-format"), "x");
+    await store.deleteKey("site/basebackup/2024-05-01_13-56_0");
+    assert.deepEqual(await (await raw("GET", "?format=json&prefix=pfx/")).json(), []);
+    await store.close();
+  });
+
+  it("stores a stream of unknown length within segment_size as one plain object", async () => {
+    const store = await open(24 * 1024 * 1024);
+    const data = Buffer.alloc(18 * 1024 * 1024, 3); // above the 16 MiB kept in memory, below segment_size
+    await store.storeFileObject("site/basebackup/plain", Readable.from([data.subarray(0, 9e6), data.subarray(9e6)]), { a: "1" });
+    const head = await raw("HEAD", "/pfx/site/basebackup/plain");
+    assert.equal(head.headers.get("x-object-manifest"), null);
+    assert.equal(head.headers.get("content-length"), String(data.length));
+    assert.equal(head.headers.get("x-object-meta-a"), "1");
+    const listing = (await (await raw("GET", "?format=json&prefix=pfx/")).json()) as Array<{ name: string }>;
+    assert.deepEqual(listing.map((i) => i.name), ["pfx/site/basebackup/plain"]);
+    await store.deleteTree("");
+    await store.close();
   });
 });
