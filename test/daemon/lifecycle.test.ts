@@ -4,6 +4,7 @@
  * SIGHUP reloads (a broken file keeps the old config), SIGTERM/SIGINT exit codes.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
@@ -17,6 +18,7 @@ import {
   listStoredNames,
   makeDaemonEnv,
   makeFakePgdata,
+  pghoardBin,
   sleep,
   syntheticSegment,
 } from "./helpers.js";
@@ -155,5 +157,32 @@ describe("daemon life cycle", () => {
     await writeFile(env.configPath, "[]");
     const daemon = DaemonProcess.start(env);
     await assert.rejects(daemon, /daemon exited during start-up: pghoard: failed to load config/);
+  });
+});
+
+describe("pghoard command line", () => {
+  const run = (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string }> =>
+    new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [pghoardBin, ...args], { env: { ...process.env, PGHOARD_CONFIG: "", ...env } });
+      let stdout = "";
+      child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+      child.once("error", reject);
+      child.once("exit", (code) => resolve({ code, stdout }));
+    });
+
+  it("needs a config path, and an existing one", async () => {
+    const none = await run([]);
+    assert.equal(none.code, 1);
+    assert.equal(none.stdout, "pghoard: config file path must be given with --config or via env PGHOARD_CONFIG\n");
+    const missing = await run(["--config", "/nonexistent/pghoard.json"]);
+    assert.equal(missing.code, 1);
+    assert.equal(missing.stdout, "pghoard: '/nonexistent/pghoard.json' doesn't exist\n");
+    const positional = await run(["/nonexistent/other.json"]);
+    assert.equal(positional.stdout, "pghoard: '/nonexistent/other.json' doesn't exist\n");
+    const fromEnv = await run([], { PGHOARD_CONFIG: "/nonexistent/env.json" });
+    assert.equal(fromEnv.stdout, "pghoard: '/nonexistent/env.json' doesn't exist\n");
+    const version = await run(["--version"]);
+    assert.equal(version.code, 0);
+    assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
   });
 });
