@@ -131,6 +131,11 @@ export function createBasebackupPlugin(ctx: DaemonContext): DaemonPlugin {
       deps: { log, metrics: { gauge: (n, v, t) => ctx.metrics.gauge(n, v, t), increase: (n, v, t) => ctx.metrics.increase(n, v, t), unexpectedException: (e, w) => ctx.metrics.unexpectedException(e, w) } },
     });
     r.backups = result.remaining;
+    // Oldest restorable point and time since the newest backup (monitoring's per-site health gauges).
+    ctx.metrics.siteHealth.backupsListed(
+      handle.site,
+      result.remaining.map((b) => ({ startTime: b.startTime, endTime: b.metadata["end-time"] ?? null })),
+    );
     r.lastRefresh = Date.now();
     handle.state.basebackups = result.remaining.filter((b) => b.site === handle.site).map(basebackupStateEntry);
   }

@@ -185,6 +185,7 @@ export class TransferAgents {
         if (op.filetype === "xlog") xlogEntry.xlogs_since_basebackup += 1;
         else if (op.filetype === "basebackup" || op.filetype === "basebackup_delta") xlogEntry.xlogs_since_basebackup = 0;
         this.ctx.metrics.gauge("pghoard.xlogs_since_basebackup", xlogEntry.xlogs_since_basebackup, { site: op.site });
+        if (op.filetype === "xlog") this.ctx.metrics.siteHealth.walUploaded(op.site, path.basename(name));
       }
       entry.last_success = monotonicSeconds();
       entry.count += 1;

@@ -17,3 +17,4 @@ export { PrometheusMetricsClient, prometheusName, prometheusLabelName } from "./
 export { PushgatewayMetricsClient, pushgatewayBody } from "./pushgateway.js";
 export { StatsdMetricsClient } from "./statsd.js";
 export type { Tags, MetricValue, MetricType, MonitoringConfig, StatsdConfig, PushgatewayConfig, PrometheusConfig, MetricsLogger } from "./types.js";
+export { createMonitoringPlugin, type MonitoringPlugin } from "./daemon_plugin.js";
