@@ -19,6 +19,8 @@ const PG_CONTROL = "global/pg_control";
 
 /** Flush file data to disk in pieces of this size: fewer syscalls, bounded memory. */
 const WRITE_BATCH_BYTES = 1024 * 1024;
+/** Batches of one large file being written at the same time. */
+const WRITES_IN_FLIGHT = 4;
 /**
  * Tar members up to this size are collected in memory and written in the background, several at
  * a time: a data directory is mostly small files, and creating a file costs several thread-pool
@@ -153,6 +155,21 @@ export class RestoreTarget {
     await this.ensureDirectory(path.dirname(absolute));
     const handle = await open(absolute, WRITE_FLAGS, 0o600);
     let written = 0;
+    // Several positional writes in flight, so the disk works while the next batch is decoded.
+    const inFlight = new Set<Promise<void>>();
+    let writeError: unknown;
+    const dispatch = (chunks: Uint8Array[], position: number): void => {
+      const write = writeAll(handle, chunks, position).then(
+        () => {
+          inFlight.delete(write);
+        },
+        (err: unknown) => {
+          inFlight.delete(write);
+          writeError ??= err;
+        },
+      );
+      inFlight.add(write);
+    };
     try {
       let batch: Uint8Array[] = [];
       let batchBytes = 0;
@@ -160,19 +177,24 @@ export class RestoreTarget {
         batch.push(chunk);
         batchBytes += chunk.byteLength;
         if (batchBytes >= WRITE_BATCH_BYTES) {
-          await writeAll(handle, batch);
+          while (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
+          if (writeError) throw writeError;
+          dispatch(batch, written);
           written += batchBytes;
           batch = [];
           batchBytes = 0;
         }
       }
       if (batchBytes > 0) {
-        await writeAll(handle, batch);
+        dispatch(batch, written);
         written += batchBytes;
       }
+      await Promise.all(inFlight);
+      if (writeError) throw writeError;
       await handle.chmod(mode & 0o7777);
       if (mtime !== undefined) await handle.utimes(mtime, mtime);
     } finally {
+      await Promise.all(inFlight);
       await handle.close();
     }
     return written;
@@ -307,14 +329,16 @@ function dropBytes(chunks: Uint8Array[], count: number): Uint8Array[] {
   return rest;
 }
 
-async function writeAll(handle: FileHandle, chunks: Uint8Array[]): Promise<void> {
+/** Writes all of `chunks` at `position` (or the current offset), retrying short writes. */
+async function writeAll(handle: FileHandle, chunks: Uint8Array[], position?: number): Promise<void> {
   let pending = chunks;
+  let at = position;
   while (pending.length > 0) {
     const total = pending.reduce((n, c) => n + c.byteLength, 0);
-    const { bytesWritten } = await handle.writev(pending);
+    const { bytesWritten } = await handle.writev(pending, at);
     if (bytesWritten >= total) return;
-    // Short write: retry the rest.
     pending = dropBytes(pending, bytesWritten);
+    if (at !== undefined) at += bytesWritten;
   }
 }
 
