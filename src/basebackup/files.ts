@@ -2,11 +2,18 @@
  * Which files a local-tar/delta backup reads (upstream `find_files_to_backup`), how local-tar
  * splits them into chunks (`find_and_split_files_to_backup`), and writing one chunk's tar.
  */
-import { constants as fsConstants, readFileSync } from "node:fs";
-import { lstat, open, readdir, readlink } from "node:fs/promises";
+import { closeSync, constants as fsConstants, fstatSync, lstatSync, openSync, read, readFileSync, readlinkSync, readSync } from "node:fs";
+import { lstat, readdir } from "node:fs/promises";
 import path from "node:path";
 import { EMPTY_DIRS, type TablespaceInfo } from "./control.js";
-import { TarBuffer } from "./tar.js";
+import { TarBuffer, type FileReader } from "./tar.js";
+
+/** Files up to this size are read synchronously (a few hundred microseconds at most from cache). */
+const SYNC_READ_LIMIT = 256 * 1024;
+
+function readAsync(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => read(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+}
 
 export interface WalkItem {
   archivePath: string;
@@ -191,7 +198,7 @@ export async function* tarChunk(entries: readonly ChunkEntry[], opts: TarChunkOp
   for (const entry of entries) {
     opts.checkAlive?.();
     try {
-      const st = await lstat(entry.localPath);
+      const st = lstatSync(entry.localPath);
       const common = {
         name: entry.archivePath,
         mode: st.mode & 0o7777,
@@ -204,20 +211,24 @@ export async function* tarChunk(entries: readonly ChunkEntry[], opts: TarChunkOp
       if (st.isDirectory()) {
         tar.addEntry({ ...common, type: "directory" });
       } else if (st.isSymbolicLink()) {
-        tar.addEntry({ ...common, type: "symlink", linkname: await readlink(entry.localPath) });
+        tar.addEntry({ ...common, type: "symlink", linkname: readlinkSync(entry.localPath) });
       } else if (st.isFile()) {
-        const handle = await open(entry.localPath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+        // metadata calls and small files synchronously (page-cache speed, no thread-pool round
+        // trips per file); big files are read asynchronously so the event loop stays responsive
+        const fd = openSync(entry.localPath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
         try {
-          const fst = await handle.stat();
+          const fst = fstatSync(fd);
           const size = fst.size;
           tar.addEntry({ ...common, type: "file", size, mode: fst.mode & 0o7777, mtime: Math.floor(fst.mtimeMs / 1000) });
           const onData = opts.onFile?.(entry.archivePath, size);
-          await tar.appendFileData(handle, size, onData);
+          const reader: FileReader =
+            size <= SYNC_READ_LIMIT ? (buf, off, len, pos) => readSync(fd, buf, off, len, pos) : (buf, off, len, pos) => readAsync(fd, buf, off, len, pos);
+          await tar.appendFileData(reader, size, onData);
           opts.onFileDone?.(entry.archivePath, size);
           stats.dataBytes += size;
           opts.onProgress?.(size);
         } finally {
-          await handle.close();
+          closeSync(fd);
         }
       } else {
         opts.log.warn(`File ${entry.localPath} is not a directory, file or symlink, ignoring`);

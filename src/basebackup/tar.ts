@@ -6,7 +6,13 @@
  * header and one that grows is cut at that size, as PostgreSQL's own basebackup does — WAL replay
  * repairs the torn pages.
  */
-import type { FileHandle } from "node:fs/promises";
+/** `pread`: fills `buf[offset, offset+length)` from file `position`; returns bytes read (0 at EOF). */
+export type FileReader = (buf: Buffer, offset: number, length: number, position: number) => number | Promise<number>;
+
+/** A FileReader over an async FileHandle. */
+export function handleReader(handle: { read(buf: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }> }): FileReader {
+  return async (buf, offset, length, position) => (await handle.read(buf, offset, length, position)).bytesRead;
+}
 
 export const BLOCK_SIZE = 512;
 export const RECORD_SIZE = 20 * BLOCK_SIZE;
@@ -157,21 +163,18 @@ export class TarBuffer {
   }
 
   /**
-   * Appends `size` bytes of an open file (header must already be written). Reads at most `size`
-   * bytes; a short file is zero-padded. `onData` sees exactly the bytes read from the file.
-   * Returns the number of bytes actually read from the file.
+   * Appends `size` bytes of an open file (header must already be written) using `read`
+   * (synchronous or asynchronous, `pread`-like). Reads at most `size` bytes; a short file is
+   * zero-padded. `onData` sees exactly the bytes read from the file. Returns the bytes read.
    */
-  async appendFileData(handle: FileHandle, size: number, onData?: (data: Buffer) => void): Promise<number> {
+  async appendFileData(read: FileReader, size: number, onData?: (data: Buffer) => void): Promise<number> {
     let position = 0;
-    let eof = false;
-    while (position < size && !eof) {
+    while (position < size) {
       if (this.used === this.buf.length) this.rotate();
       const want = Math.min(size - position, this.buf.length - this.used);
-      const { bytesRead } = await handle.read(this.buf, this.used, want, position);
-      if (bytesRead === 0) {
-        eof = true;
-        break;
-      }
+      const result = read(this.buf, this.used, want, position);
+      const bytesRead = typeof result === "number" ? result : await result;
+      if (bytesRead === 0) break;
       if (onData) onData(this.buf.subarray(this.used, this.used + bytesRead));
       this.used += bytesRead;
       position += bytesRead;
@@ -180,6 +183,11 @@ export class TarBuffer {
     if (position < size) this.appendZeros(size - position);
     this.appendZeros(padLength(size));
     return position;
+  }
+
+  /** Bytes that can still be appended before the current buffer is full. */
+  get spaceLeft(): number {
+    return this.buf.length - this.used;
   }
 
   /** Buffers completed so far (each handed out once). */

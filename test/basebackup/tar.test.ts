@@ -7,7 +7,7 @@ import { after, before, describe, it } from "node:test";
 import { buildControlTar, findTarMember, TAR_METADATA_FILENAME } from "../../src/basebackup/control.js";
 import { findFilesToBackup, splitFilesToChunks, tarChunk, type ChunkEntry, type WalkItem } from "../../src/basebackup/files.js";
 import { jsonCompact, parseBackupLabel } from "../../src/basebackup/label.js";
-import { RECORD_SIZE, TarBuffer } from "../../src/basebackup/tar.js";
+import { handleReader, RECORD_SIZE, TarBuffer } from "../../src/basebackup/tar.js";
 
 const quiet = { warn: () => undefined };
 
@@ -76,7 +76,7 @@ describe("tar writer", () => {
     const tb = new TarBuffer(1024);
     tb.addEntry({ name: "x", type: "file", size: 2000, mode: 0o600, mtime: 0 });
     const handle = await open(file, "r");
-    const read = await tb.appendFileData(handle, 2000);
+    const read = await tb.appendFileData(handleReader(handle), 2000);
     await handle.close();
     assert.equal(read, 3);
     const tar = Buffer.concat([...tb.takeFull(), ...tb.finish()]);
