@@ -279,7 +279,8 @@ export class WebServer {
         if (method !== "GET") break;
         const response = await this.ctx.metrics.httpResponse();
         if (response.status !== 200) return new HttpResponse(501);
-        return new HttpResponse(200, response.body);
+        // Prometheus 3 refuses scrapes without the text exposition content type.
+        return new HttpResponse(200, response.body, { "content-type": response.contentType });
       }
       case "site_status":
         return new HttpResponse(501);
