@@ -332,6 +332,9 @@ export async function createBackend(config: S3Config): Promise<S3Backend> {
   if (!config.bucket_name) throw errors.error("object_storage.bucket_name is required");
   if (config.region === undefined || config.region === null) throw errors.error("object_storage.region is required");
   if (config.cert_path && !config.is_verify_tls) throw errors.error("object_storage.cert_path is set but is_verify_tls is false");
+  // The SDK warns on every start under Node 20 that releases after January 2027 need Node 22; the
+  // version is pinned in package.json, so the warning is only noise in the daemon's stderr.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";
   const custom = Boolean(config.host) && Boolean(config.port);
   const clientConfig: S3ClientConfig = {
     // the SDK signs with SigV4 only; an empty region (SigV2 in rohmu) signs as us-east-1

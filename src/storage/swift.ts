@@ -463,12 +463,19 @@ export class SwiftBackend extends RemoteBackend {
   }
 
   override async storeFileFromMemory(key: string, data: Buffer, metadata: Metadata): Promise<void> {
-    if (data.length > this.segmentSize) {
-      await this.storeFileObject(key, Readable.from([data]), metadata);
-      return;
-    }
+    const name = this.keys.key(key);
     try {
-      await this.putPlain(this.keys.key(key), data, data.length, metadata);
+      if (data.length <= this.segmentSize) {
+        await this.putPlain(name, data, data.length, metadata);
+        return;
+      }
+      // Buffer segments are replayed by the request retries
+      await this.putSegmented(name, metadata, async (put) => {
+        for (let start = 0, n = 1; start < data.length; start += this.segmentSize, n++) {
+          const segment = data.subarray(start, Math.min(data.length, start + this.segmentSize));
+          await put(n, segment, segment.length);
+        }
+      });
     } catch (err) {
       throw this.errors.wrap(err, "upload", key);
     }
@@ -545,7 +552,7 @@ export class SwiftBackend extends RemoteBackend {
   private async putSegmented(
     name: string,
     metadata: Metadata,
-    writeSegments: (put: (n: number, body: Readable | (() => Readable), size: number | undefined) => Promise<void>) => Promise<void>,
+    writeSegments: (put: (n: number, body: Buffer | Readable | (() => Readable), size: number | undefined) => Promise<void>) => Promise<void>,
     finish?: (segmentPrefix: string) => Promise<boolean>,
   ): Promise<void> {
     const segmentPrefix = this.segmentPrefix(name);
