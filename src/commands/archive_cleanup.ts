@@ -25,7 +25,7 @@ import {
   walNameToLsn,
   type TimelineHistoryEntry,
 } from "../wal/index.js";
-import { EXIT_FAIL, EXIT_OK, configPathOrNull, newProgram, parseArgs } from "./archive_common.js";
+import { EXIT_FAIL, EXIT_OK, configPathOrNull, exitOnKeyboardInterrupt, newProgram, parseArgs } from "./archive_common.js";
 import { toolLogger } from "./archive_common.js";
 import type { Logger } from "../common/logger.js";
 
@@ -230,11 +230,7 @@ export async function main(argv: string[]): Promise<number> {
   const configPath = configPathOrNull(opts.config);
   if (configPath === null) return EXIT_FAIL;
   let storage: StorageBackend | undefined;
-  const onSigint = () => {
-    process.stdout.write("*** interrupted by keyboard ***\n");
-    process.exit(EXIT_FAIL);
-  };
-  process.once("SIGINT", onSigint);
+  const removeSigint = exitOnKeyboardInterrupt();
   try {
     const config: PghoardConfig = await loadConfig(configPath, { tool: "archive_cleanup", warn: (m) => log.warn(m) });
     const siteName = getSiteFromConfig(config, opts.site);
@@ -243,14 +239,11 @@ export async function main(argv: string[]): Promise<number> {
     await new ArchiveCleanup(storage, site, log).run(opts.dryRun === true);
     return EXIT_OK;
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof NoBasebackupsError) {
-      log.error(`FATAL: ${err.name === "ConfigError" ? "InvalidConfigurationError" : err.name}: ${err.message}`);
-      return EXIT_FAIL;
-    }
-    log.error(`FATAL: ${(err as Error).name}: ${(err as Error).message}`);
+    const name = err instanceof ConfigError ? "InvalidConfigurationError" : (err as Error).name;
+    log.error(`FATAL: ${name}: ${(err as Error).message}`);
     return EXIT_FAIL;
   } finally {
-    process.removeListener("SIGINT", onSigint);
+    removeSigint();
     await storage?.close().catch(() => undefined);
   }
 }

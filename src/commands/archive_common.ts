@@ -88,3 +88,13 @@ export function toolLogger(name: string, options: { debug?: boolean } = {}): Log
   createLogger({ level: "INFO", debug: options.debug === true });
   return getLogger(name);
 }
+
+/** Ctrl-C prints upstream's message and exits 1; returns the function that removes the handler. */
+export function exitOnKeyboardInterrupt(): () => void {
+  const onSigint = () => {
+    process.stdout.write("*** interrupted by keyboard ***\n");
+    process.exit(EXIT_FAIL);
+  };
+  process.once("SIGINT", onSigint);
+  return () => process.removeListener("SIGINT", onSigint);
+}

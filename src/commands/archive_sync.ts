@@ -44,7 +44,7 @@ import {
   type TimelineHistoryEntry,
 } from "../wal/index.js";
 import { ReplicationConnection } from "../wal/replication.js";
-import { EXIT_FAIL, EXIT_OK, configPathOrNull, newProgram, parseArgs, parseInteger, toolLogger } from "./archive_common.js";
+import { EXIT_FAIL, EXIT_OK, configPathOrNull, exitOnKeyboardInterrupt, newProgram, parseArgs, parseInteger, toolLogger } from "./archive_common.js";
 
 export class SyncError extends Error {
   constructor(message: string) {
@@ -342,11 +342,7 @@ export async function main(argv: string[]): Promise<number> {
   const configPath = configPathOrNull(opts.config);
   if (configPath === null) return EXIT_FAIL;
   const log = toolLogger("ArchiveSync", { debug: opts.debug });
-  const onSigint = () => {
-    process.stdout.write("*** interrupted by keyboard ***\n");
-    process.exit(EXIT_FAIL);
-  };
-  process.once("SIGINT", onSigint);
+  const removeSigint = exitOnKeyboardInterrupt();
   try {
     const config = await loadConfig(configPath, { tool: "archive_sync", warn: (m) => log.warn(m) });
     const site = getSiteFromConfig(config, opts.site);
@@ -360,6 +356,6 @@ export async function main(argv: string[]): Promise<number> {
     log.error(`FATAL: ${name}: ${(err as Error).message}`);
     return EXIT_FAIL;
   } finally {
-    process.removeListener("SIGINT", onSigint);
+    removeSigint();
   }
 }
