@@ -343,10 +343,13 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
         pgdataState === "existing-empty"
           ? `Emptied '${pgdata}' again`
           : `Removed '${pgdata}'`;
+      const what = `${removed}${tablespaces.length ? " and the tablespace directories" : ""}, so nothing half-restored is left behind.`;
       process.stderr.write(
-        `Restore of '${backup.name}' failed. ${removed}${tablespaces.length ? " and the tablespace directories" : ""}, so nothing half-restored is left behind.\n` +
-          "Fix the cause shown below (object store access, encryption keys, a damaged object: try another backup with --basebackup) " +
-          "and run pghoard_restore get-basebackup again.\n",
+        opts.signal?.aborted
+          ? `Restore of '${backup.name}' interrupted. ${what}\n`
+          : `Restore of '${backup.name}' failed. ${what}\n` +
+              "Fix the cause reported in the FATAL line (object store access, encryption keys; for a damaged object try another backup with --basebackup) " +
+              "and run pghoard_restore get-basebackup again.\n",
       );
       throw err;
     }
