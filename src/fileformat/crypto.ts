@@ -122,7 +122,8 @@ export class Decryptor implements Codec {
     }
     if (body.length >= TAG_SIZE) {
       const tail = this.tail;
-      this.tail = body.subarray(body.length - TAG_SIZE);
+      // Copied: callers may reuse their input buffers once update() is drained.
+      this.tail = Buffer.from(body.subarray(body.length - TAG_SIZE));
       if (tail.length > 0) yield this.decrypt(tail);
       if (body.length > TAG_SIZE) yield this.decrypt(body.subarray(0, body.length - TAG_SIZE));
     } else {

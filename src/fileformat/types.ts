@@ -34,7 +34,8 @@ export interface EncodeFileResult {
  * A synchronous chunk transformer. `update`/`final` are lazy: output pieces are produced as the
  * returned iterable is consumed, so a caller can stop pulling to bound memory (decompression can
  * expand a small input enormously). Yielded buffers belong to the caller and may alias the input
- * chunk, so callers must not reuse input buffers.
+ * chunk (so a caller reusing its input buffer must copy them first); a codec never keeps a
+ * reference to an input chunk once the iterable returned for it is drained.
  */
 export interface Codec {
   update(chunk: Buffer): Iterable<Buffer>;

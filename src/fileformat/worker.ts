@@ -77,10 +77,19 @@ async function writeAll(handle: FileHandle, buf: Buffer): Promise<void> {
   }
 }
 
-/** Sequential reads with one read in flight ahead of processing (overlaps I/O and CPU). */
+/**
+ * Sequential reads with one read in flight ahead of processing (overlaps I/O and CPU). Two
+ * buffers alternate: a chunk is reused once the consumer asked for the one after it, which is
+ * safe because no codec keeps a reference to its input after `update()` is drained and pump()
+ * copies every output piece before pulling more input. Reuse avoids a fresh 1 MiB allocation
+ * (and its page faults) per MiB, which is measurable next to snappy's speed.
+ */
 async function* readChunks(handle: FileHandle): AsyncGenerator<Buffer> {
+  const buffers = [Buffer.allocUnsafeSlow(TRANSFER_CHUNK), Buffer.allocUnsafeSlow(TRANSFER_CHUNK)];
+  let turn = 0;
   const readOne = async (): Promise<Buffer | null> => {
-    const buf = Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+    const buf = buffers[turn];
+    turn ^= 1;
     const { bytesRead } = await handle.read(buf, 0, buf.length, null);
     return bytesRead === 0 ? null : buf.subarray(0, bytesRead);
   };
