@@ -12,6 +12,7 @@ import { createHash, generateKeyPairSync } from "node:crypto";
 import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
+import { Worker } from "node:worker_threads";
 import path from "node:path";
 import { crc32c } from "@node-rs/crc32";
 import snappy from "snappy";
@@ -234,6 +235,26 @@ async function timeAsync(fn: () => Promise<void>, runs: number): Promise<Timing>
 }
 
 const mbps = (bytes: number, seconds: number): number => bytes / 1e6 / seconds;
+
+/**
+ * How well this machine scales right now: the same pure-CPU job (sha256 of 1 GiB) in 1 and in 2
+ * threads at once. On a shared box the pool's scaling can be no better than this.
+ */
+async function referenceScaling(): Promise<number> {
+  const job = `const { createHash } = require("node:crypto"); const b = Buffer.alloc(1 << 20, 1);
+    for (let i = 0; i < 1024; i++) createHash("sha256").update(b).digest();
+    require("node:worker_threads").parentPort.postMessage(0);`;
+  const run = async (threads: number): Promise<number> => {
+    const t = process.hrtime.bigint();
+    await Promise.all(
+      Array.from({ length: threads }, () => new Promise((resolve) => new Worker(job, { eval: true }).once("message", resolve))),
+    );
+    return Number(process.hrtime.bigint() - t) / 1e9;
+  };
+  const one = await run(1);
+  const two = await run(2);
+  return (2 * one) / two;
+}
 const fmt = (n: number): string => n.toFixed(0).padStart(6);
 
 async function main(): Promise<void> {
@@ -317,9 +338,13 @@ async function main(): Promise<void> {
         };
         const [p1, p1cpu] = await poolRate(pools.one, 1, false);
         const [p2, p2cpu] = await poolRate(pools.two, 2, false);
+        const machine = await referenceScaling();
         const [d1] = await poolRate(pools.one, 1, true);
         const [d2] = await poolRate(pools.two, 2, true);
-        poolEfficiency.push(`${label.split(" ")[0]} ${algorithm}: ${fmt(p1cpu)} (1 worker) ${fmt(p2cpu)} (2 workers) MB per CPU-second`);
+        poolEfficiency.push(
+          `${label.split(" ")[0]} ${algorithm}: ${fmt(p1cpu)} (1 worker) ${fmt(p2cpu)} (2 workers) MB per CPU-second; ` +
+            `pool scaling ${(p2 / p1).toFixed(2)}x vs machine reference ${machine.toFixed(2)}x`,
+        );
         const bare = mbps(data.length, tBare.cpu);
         const fullRate = mbps(data.length, tFull.cpu);
         const bareDec = mbps(data.length, tBareDec.cpu);
