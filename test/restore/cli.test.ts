@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { cp, mkdir, readFile, readdir, rm, truncate, writeFile, open } from "node:fs/promises";
+import { cp, mkdir, open, readFile, readdir, readlink, rm, truncate, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import tarStream from "tar-stream";
@@ -226,6 +226,68 @@ describe("pghoard_restore command line", () => {
         assert.ok(!existsSync(target), "the half-restored target is removed");
       });
     }
+  });
+
+  it("v2 backup with a tablespace whose path is gone: --tablespace-base-dir places it in <base>/<oid>", async () => {
+    const store = path.join(work, "ts-store");
+    const storage = await createStorage({ storage_type: "local", directory: store });
+    const tarOf = async (members: Array<{ name: string; type?: "file" | "directory"; data?: string }>): Promise<Buffer> => {
+      const pack = tarStream.pack();
+      const chunks: Buffer[] = [];
+      pack.on("data", (c: unknown) => {
+        chunks.push(c as Buffer);
+      });
+      const done = new Promise<void>((resolve) => pack.on("end", () => resolve()));
+      for (const m of members) pack.entry({ name: m.name, type: m.type ?? "file", mode: m.type === "directory" ? 0o700 : 0o600 }, m.data ?? "");
+      pack.finalize();
+      await done;
+      return Buffer.concat(chunks);
+    };
+    const chunk = await tarOf([
+      { name: "pgdata/PG_VERSION", data: "15\n" },
+      { name: "pgdata/base", type: "directory" },
+      { name: "tablespaces/space", type: "directory" },
+      { name: "tablespaces/space/PG_15_202209061/5/16401", data: "table data" },
+    ]);
+    await storage.storeFileFromMemory("tssite/basebackup_chunk/bb/bb.00000001.pghoard", chunk, {
+      format: "pghoard-bb-v2",
+      "original-file-size": String(chunk.length),
+    });
+    const controlJson = JSON.stringify({
+      pgdata: "/old/pgdata",
+      pghoard_object: "basebackup",
+      tablespaces: { space: { path: path.join(work, "gone", "space"), oid: 16400 } },
+      chunks: [{ chunk_filename: "bb/bb.00000001.pghoard", input_size: chunk.length, result_size: chunk.length, files: [] }],
+    });
+    const control = await tarOf([
+      { name: ".pghoard_tar_metadata.json", data: controlJson },
+      { name: "pgdata/global/pg_control", data: "control" },
+      { name: "pgdata/backup_label", data: "label" },
+      { name: "pgdata/pg_wal", type: "directory" },
+    ]);
+    await storage.storeFileFromMemory("tssite/basebackup/bb.00000000.pghoard", control, {
+      format: "pghoard-bb-v2",
+      "start-time": "2026-01-01T00:00:00+00:00",
+      "original-file-size": String(control.length),
+      "total-size-enc": String(chunk.length),
+    });
+    await storage.close();
+    const config = path.join(work, "ts.json");
+    await writeFile(config, JSON.stringify({ backup_location: path.join(work, "ts-spool"), backup_sites: { tssite: { object_storage: { storage_type: "local", directory: store }, nodes: [] } } }));
+    const base = path.join(work, "ts-base");
+    await mkdir(base);
+    const target = path.join(work, "ts-restore");
+    const missing = await runRestoreCli(["get-basebackup", "--config", config, "--target-dir", target]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stdout, /Tablespace 'space' target directory '.*gone\/space' does not exist, aborting\./);
+    const result = await runRestoreCli(["get-basebackup", "--config", config, "--target-dir", target, "--tablespace-base-dir", base]);
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    assert.match(result.stdout, /Using existing empty directory '.*ts-base\/16400' for tablespace 'space'/);
+    assert.equal(await readFile(path.join(base, "16400", "PG_15_202209061", "5", "16401"), "utf8"), "table data");
+    assert.equal(await readlink(path.join(target, "pg_tblspc", "16400")), path.join(base, "16400"));
+    assert.equal(await readFile(path.join(target, "global", "pg_control"), "utf8"), "control");
+    assert.ok(!existsSync(path.join(target, "tablespaces")) && !existsSync(path.join(target, "pgdata")));
+    assert.ok(!existsSync(path.join(target, "global", "pg_control.pghoard_restore_incomplete")));
   });
 
   describe("crafted archives", () => {

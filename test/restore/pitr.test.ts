@@ -72,6 +72,18 @@ describe("point-in-time recovery of our own backups", { timeout: 900_000 }, () =
     await s?.cleanup();
   });
 
+  it("refuses to restore a tablespace into its original, non-empty directory", async () => {
+    const work = await makeTempDir("pitr-ts");
+    const renv = await makeDaemonEnv({ [SITE]: { pgDataDirectory: path.join(work, "data"), keyId: s.keyId, keys: s.keys } });
+    const site = (renv.config.backup_sites as Record<string, Record<string, unknown>>)[SITE];
+    site.object_storage = { storage_type: "local", directory: s.env.storageDir };
+    await renv.writeConfig();
+    const result = await runRestoreCli(["get-basebackup", "--config", renv.configPath, "--target-dir", path.join(work, "data")]);
+    assert.equal(result.code, 1);
+    assert.match(result.stdout, /FATAL: RestoreError: Tablespace 'ts1' target directory '.*' exists but is not empty, aborting\./);
+    await rm(work, { recursive: true, force: true });
+  });
+
   const cases: Array<{ kind: string; args: () => string[] }> = [
     { kind: "name", args: () => ["--basebackup", backupName, "--recovery-target-name", "pitr-point"] },
     { kind: "xid", args: () => ["--recovery-target-xid", targets.xid] },
@@ -110,8 +122,9 @@ describe("point-in-time recovery of our own backups", { timeout: 900_000 }, () =
       const cluster = await startCluster({ dataDir, settings: { archive_mode: "off" } });
       try {
         await cluster.waitForRecoveryEnd(180_000);
-        assert.deepEqual((await cluster.query(STATE_SQL))[0], states[kind]);
         const log = await cluster.logContents();
+        const tail = `\n--- server log ---\n${log.split("\n").slice(-40).join("\n")}\n--- target ${JSON.stringify(targets)}`;
+        assert.deepEqual((await cluster.query(STATE_SQL))[0], states[kind], tail);
         assert.match(log, kind === "immediate" ? /recovery stopping after reaching consistency/ : /recovery stopping (before|after|at)/);
       } finally {
         await cluster.destroy();
