@@ -251,3 +251,65 @@ describe("webserver related sites (moved_from)", () => {
     }
   });
 });
+
+describe("webserver prefetch and compression algorithms", () => {
+  it("prefetches the true next segments across a log id boundary", async () => {
+    const pgdata = await makeFakePgdata();
+    const walDir = path.join(pgdata, "pg_wal");
+    const names = ["0000000100000000000000FE", "0000000100000000000000FF", "000000010000000100000000"];
+    const contents = new Map(names.map((n) => [n, syntheticSegment(n)]));
+    const env = await makeDaemonEnv({ [SITE]: { pgDataDirectory: pgdata } }, { restore_prefetch: 2 });
+    const daemon = await DaemonProcess.start(env);
+    try {
+      for (const name of names) {
+        await writeFile(path.join(walDir, name), contents.get(name)!);
+        assert.equal((await httpRequest(env.port, "PUT", `/${SITE}/archive/${name}`)).status, 201);
+        await rm(path.join(walDir, name));
+      }
+      const target = path.join(walDir, "RECOVERYXLOG");
+      const first = await httpRequest(env.port, "GET", `/${SITE}/archive/${names[0]}`, { "x-pghoard-target-path": target });
+      assert.equal(first.status, 201);
+      for (const next of names.slice(1)) {
+        const prefetch = path.join(walDir, `${next}.pghoard.prefetch`);
+        const deadline = Date.now() + 20_000;
+        while (!existsSync(prefetch)) {
+          assert.ok(Date.now() < deadline, `${next} was not prefetched`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        assert.ok((await readFile(prefetch)).equals(contents.get(next)!));
+      }
+      // Served from the prefetch file, which is consumed.
+      const second = await httpRequest(env.port, "GET", `/${SITE}/archive/${names[1]}`, { "x-pghoard-target-path": target });
+      assert.equal(second.status, 201);
+      assert.ok(!existsSync(path.join(walDir, `${names[1]}.pghoard.prefetch`)));
+      assert.ok((await readFile(target)).equals(contents.get(names[1])!));
+      // No request ever asked for the non-existent segment upstream's arithmetic would produce.
+      assert.ok(!daemon.logs().includes("000000010000000000000100"));
+    } finally {
+      await daemon.stop();
+    }
+  });
+
+  for (const algorithm of ["zstd", "lzma"]) {
+    it(`archives and restores with ${algorithm}`, async () => {
+      const pgdata = await makeFakePgdata();
+      const walDir = path.join(pgdata, "pg_wal");
+      const env = await makeDaemonEnv({ [SITE]: { pgDataDirectory: pgdata } }, { compression: { algorithm, thread_count: 1 } });
+      const daemon = await DaemonProcess.start(env);
+      try {
+        const seg = syntheticSegment(SEG2);
+        await writeFile(path.join(walDir, SEG2), seg);
+        assert.equal((await httpRequest(env.port, "PUT", `/${SITE}/archive/${SEG2}`)).status, 201);
+        const { data, metadata } = await decodeStoredObject(env.storageDir, `${SITE}/xlog/${SEG2}`, {});
+        assert.equal(metadata["compression-algorithm"], algorithm);
+        assert.ok(data.equals(seg));
+        await rm(path.join(walDir, SEG2));
+        const target = path.join(walDir, "RECOVERYXLOG");
+        assert.equal((await httpRequest(env.port, "GET", `/${SITE}/archive/${SEG2}`, { "x-pghoard-target-path": target })).status, 201);
+        assert.ok((await readFile(target)).equals(seg));
+      } finally {
+        await daemon.stop();
+      }
+    });
+  }
+});
