@@ -10,7 +10,6 @@ import { pipeline } from "node:stream/promises";
 import { createAtomicWriteStream } from "../common/fs.js";
 import {
   StorageError,
-  StorageNotFoundError,
   type ListOptions,
   type Metadata,
   type StorageBackend,
@@ -257,10 +256,6 @@ export abstract class RemoteBackend implements StorageBackend {
       throw this.errors.wrap(err, "download", key);
     }
     return metadata;
-  }
-
-  protected notFound(key: string): StorageNotFoundError {
-    return new StorageNotFoundError(key);
   }
 }
 
