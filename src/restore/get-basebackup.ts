@@ -150,27 +150,23 @@ export async function closeStores(stores: Map<string, SiteStore>): Promise<void>
   for (const store of stores.values()) await store.storage.close().catch(() => undefined);
 }
 
+/** A timestamp option, or null; errors name the option as upstream does. */
+function parseOptionTime(name: string, value: string | undefined): ParsedTimestamp | null {
+  if (value === undefined) return null;
+  try {
+    return parseTimestamp(value);
+  } catch (err) {
+    throw new RestoreError(`${name} '${value}': ${(err as Error).message}`);
+  }
+}
+
 export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDeps): Promise<GetBasebackupResult> {
   const print = (text: string): void => {
     opts.out.write(text.endsWith("\n") ? text : text + "\n");
   };
   checkRecoveryTargets(opts);
-  let targetTime: ParsedTimestamp | null = null;
-  if (opts.recoveryTargetTime !== undefined) {
-    try {
-      targetTime = parseTimestamp(opts.recoveryTargetTime);
-    } catch (err) {
-      throw new RestoreError(`recovery_target_time '${opts.recoveryTargetTime}': ${(err as Error).message}`);
-    }
-  }
-  let preserveUntil: ParsedTimestamp | null = null;
-  if (opts.preserveUntil !== undefined) {
-    try {
-      preserveUntil = parseTimestamp(opts.preserveUntil);
-    } catch (err) {
-      throw new RestoreError(`preserve_until '${opts.preserveUntil}': ${(err as Error).message}`);
-    }
-  }
+  const targetTime = parseOptionTime("recovery_target_time", opts.recoveryTargetTime);
+  const preserveUntil = parseOptionTime("preserve_until", opts.preserveUntil);
 
   const pgdata = path.resolve(opts.targetDir);
   const { backups, stores } = await listSiteBasebackups(opts.config, opts.site, deps);
