@@ -126,7 +126,11 @@ async function benchMode(mode: Mode, seconds: number, clients: number): Promise<
       env: { ...process.env, HOME: work },
       stdio: ["ignore", "ignore", "inherit"],
     });
-    while (!(await statusOk(port))) await sleep(50);
+    const child = daemon;
+    while (!(await statusOk(port))) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${mode}: the daemon exited during start-up (${child.exitCode ?? child.signalCode})`);
+      await sleep(50);
+    }
 
     await cluster.query("CREATE TABLE bench_t (id int, payload text)");
     const script = path.join(work, "insert.sql");
@@ -202,7 +206,9 @@ export async function benchStreamingArchiving(options: { seconds?: number; clien
     results.push(await benchMode(mode, seconds, clients));
   }
   const mib = (n: number): string => (n / 1024 / 1024).toFixed(1);
-  process.stdout.write(`\nSustained archiving, ${os.cpus().length} CPUs, node ${process.version}, snappy, local storage\n`);
+  process.stdout.write(
+    `\nSustained archiving, ${os.cpus().length} CPUs, load average ${os.loadavg()[0].toFixed(1)}, node ${process.version}, snappy, local storage\n`,
+  );
   process.stdout.write(
     `${"mode".padEnd(17)}${"WAL MiB/s".padStart(10)}${"segs".padStart(6)}${"segs/s".padStart(8)}` +
       `${"lag mean MiB".padStart(14)}${"p90".padStart(7)}${"max".padStart(7)}${"catch-up s".padStart(12)}\n`,
