@@ -359,6 +359,9 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     }
 
     print("Basebackup restoration complete.");
+    if (process.getuid?.() === 0) {
+      print(`The restored files belong to root: give them to the PostgreSQL user first, e.g. chown -R postgres: ${pgdata}`);
+    }
     print(`You can start PostgreSQL by running pg_ctl -D ${pgdata} start`);
     print("On systemd based systems you can run systemctl start postgresql");
     print("On SYSV Init based systems you can run /etc/init.d/postgresql start");
