@@ -11,6 +11,8 @@ import {
   BlobServiceClient,
   StorageSharedKeyCredential,
   type BlobItem,
+  type BlockBlobClient,
+  type BlockBlobParallelUploadOptions,
   type ContainerClient,
   type StoragePipelineOptions,
 } from "@azure/storage-blob";
@@ -196,9 +198,10 @@ export class AzureBackend extends RemoteBackend {
     }
   }
 
-  override async storeFileFromMemory(key: string, data: Buffer, metadata: Metadata): Promise<void> {
+  /** Known-size uploads: one request up to a block, staged blocks (4 at a time) above. */
+  private async uploadKnownSize(key: string, metadata: Metadata, send: (blob: BlockBlobClient, options: BlockBlobParallelUploadOptions) => Promise<unknown>): Promise<void> {
     try {
-      await this.blob(key).uploadData(data, {
+      await send(this.blob(key), {
         metadata: toAzureMetadata(metadata),
         blockSize: this.blockSize,
         maxSingleShotSize: this.blockSize,
@@ -209,17 +212,12 @@ export class AzureBackend extends RemoteBackend {
     }
   }
 
+  override async storeFileFromMemory(key: string, data: Buffer, metadata: Metadata): Promise<void> {
+    await this.uploadKnownSize(key, metadata, (blob, options) => blob.uploadData(data, options));
+  }
+
   override async storeFileFromDisk(key: string, filePath: string, metadata: Metadata): Promise<void> {
-    try {
-      await this.blob(key).uploadFile(filePath, {
-        metadata: toAzureMetadata(metadata),
-        blockSize: this.blockSize,
-        maxSingleShotSize: this.blockSize,
-        concurrency: 4,
-      });
-    } catch (err) {
-      throw this.errors.wrap(err, "upload", key);
-    }
+    await this.uploadKnownSize(key, metadata, (blob, options) => blob.uploadFile(filePath, options));
   }
 
   async storeFileObject(key: string, source: Readable, metadata: Metadata): Promise<void> {

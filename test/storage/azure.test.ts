@@ -40,18 +40,23 @@ runConformance("azure (Azurite 3.35)", {
   lowerCasesMetadataKeys: true,
 });
 
+/** An account SAS for the blob service with the given permissions, valid for an hour. */
+function accountSas(env: Record<string, string>, permissions: string): string {
+  return generateAccountSASQueryParameters(
+    {
+      expiresOn: new Date(Date.now() + 3600_000),
+      permissions: AccountSASPermissions.parse(permissions),
+      services: AccountSASServices.parse("b").toString(),
+      resourceTypes: AccountSASResourceTypes.parse("sco").toString(),
+    },
+    new StorageSharedKeyCredential(env.AZURE_ACCOUNT_NAME!, env.AZURE_ACCOUNT_KEY!),
+  ).toString();
+}
+
 describe("azure with a SAS token", { skip: "skip" in server ? server.skip : false }, () => {
   it("authenticates with sas_token alone and keeps it out of errors", async () => {
     const env = running!.env;
-    const sas = generateAccountSASQueryParameters(
-      {
-        expiresOn: new Date(Date.now() + 3600_000),
-        permissions: AccountSASPermissions.parse("rwdlac"),
-        services: AccountSASServices.parse("b").toString(),
-        resourceTypes: AccountSASResourceTypes.parse("sco").toString(),
-      },
-      new StorageSharedKeyCredential(env.AZURE_ACCOUNT_NAME!, env.AZURE_ACCOUNT_KEY!),
-    ).toString();
+    const sas = accountSas(env, "rwdlac");
     const store = await createStorage({
       storage_type: "azure", account_name: env.AZURE_ACCOUNT_NAME!, sas_token: sas, bucket_name: "pghoard-sas",
       host: env.AZURE_BLOB_HOST!, port: Number(env.AZURE_BLOB_PORT!), is_secure: false, prefix: "sas",
@@ -62,15 +67,7 @@ describe("azure with a SAS token", { skip: "skip" in server ? server.skip : fals
     await store.deleteTree("");
     await store.close();
 
-    const readOnly = generateAccountSASQueryParameters(
-      {
-        expiresOn: new Date(Date.now() + 3600_000),
-        permissions: AccountSASPermissions.parse("rl"),
-        services: AccountSASServices.parse("b").toString(),
-        resourceTypes: AccountSASResourceTypes.parse("sco").toString(),
-      },
-      new StorageSharedKeyCredential(env.AZURE_ACCOUNT_NAME!, env.AZURE_ACCOUNT_KEY!),
-    ).toString();
+    const readOnly = accountSas(env, "rl");
     const limited = await createStorage({
       storage_type: "azure", account_name: env.AZURE_ACCOUNT_NAME!, sas_token: readOnly, bucket_name: "pghoard-sas",
       host: env.AZURE_BLOB_HOST!, port: Number(env.AZURE_BLOB_PORT!), is_secure: false, prefix: "sas",
