@@ -7,6 +7,7 @@
 import { existsSync } from "node:fs";
 import { unlink } from "node:fs/promises";
 import path from "node:path";
+import type { Logger } from "pino";
 import { writeFileAtomic } from "../common/fs.js";
 import { verifyWalFile, verifyWalHeader } from "../wal/index.js";
 import type { EncodeOptions } from "../fileformat/index.js";
@@ -63,11 +64,13 @@ export class Compressors {
   private workers: Array<Promise<void>> = [];
   private stopped = false;
   readonly walDeleter: WalFileDeleter;
+  private readonly log: Logger;
 
   constructor(
     private readonly ctx: DaemonContext,
     private readonly retryIntervalMs = 3000,
   ) {
+    this.log = ctx.log.child({ name: "pghoard.compressor" });
     this.walDeleter = new WalFileDeleter(ctx);
   }
 
@@ -111,7 +114,7 @@ export class Compressors {
         return;
       } catch (err) {
         const suffix = attempt < MAX_FAILED_ATTEMPTS ? ` (attempt ${attempt} of ${MAX_FAILED_ATTEMPTS})` : "";
-        this.ctx.log.error({ err }, `Problem handling${suffix}: ${event.site} ${event.filetype} ${event.fullPath}`);
+        this.log.error({ err }, `Problem handling${suffix}: ${event.site} ${event.filetype} ${event.fullPath}`);
         this.ctx.metrics.unexpectedException(err, "compressor_run");
         if (attempt >= MAX_FAILED_ATTEMPTS) {
           // Continuing could lose or corrupt WAL: stop the daemon (upstream's critical failure).
@@ -165,7 +168,7 @@ export class Compressors {
       compressedPath = path.join(compressedDir(this.ctx.spoolPaths(site), filetype), name);
       if (existsSync(compressedPath)) {
         // The same file arrived twice; wait until the earlier copy is uploaded (upstream re-queues).
-        this.ctx.log.info(`Compressed file ${compressedPath} already exists, retrying after its upload`);
+        this.log.info(`Compressed file ${compressedPath} already exists, retrying after its upload`);
         await sleep(1000);
         this.ctx.compressionQueue.put(event);
         return;
@@ -202,7 +205,7 @@ export class Compressors {
         type: filetype,
       });
     }
-    this.ctx.log.info(
+    this.log.info(
       `Compressed ${result.originalSize} byte ${filetype} ${name} of site ${site} to ${result.storedSize} bytes` +
         (compressedPath ? ` in ${compressedPath}` : " in memory") +
         `, took ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(3)}s`,

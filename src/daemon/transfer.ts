@@ -8,6 +8,7 @@
 import { createWriteStream } from "node:fs";
 import { readFile, unlink } from "node:fs/promises";
 import path from "node:path";
+import type { Logger } from "pino";
 import { pipeline } from "node:stream/promises";
 import { StorageNotFoundError, type Metadata, type StorageBackend } from "../storage/types.js";
 import { createAlertFile, removeAlertFile } from "./alerts.js";
@@ -74,11 +75,13 @@ export class TransferAgents {
   private overLimit = new Set<UploadOp>();
   /** Uploads waiting in a backoff sleep: counted as pending work during a graceful drain. */
   private backingOff = 0;
+  private readonly log: Logger;
 
   constructor(
     private readonly ctx: DaemonContext,
     initialState: TransferAgentState = {},
   ) {
+    this.log = ctx.log.child({ name: "pghoard.transfer" });
     this.state = initialState;
   }
 
@@ -109,7 +112,7 @@ export class TransferAgents {
         await this.handle(op);
       } catch (err) {
         // handle() reports failures itself; this is a bug guard so one op never kills a worker.
-        this.ctx.log.error({ err }, `Unexpected error in transfer agent`);
+        this.log.error({ err }, `Unexpected error in transfer agent`);
       } finally {
         this.running--;
       }
@@ -206,8 +209,8 @@ export class TransferAgents {
     op.callback?.resolve(result);
     const took = (monotonicSeconds() - start).toFixed(3);
     const line = `${op.type} ${result.success ? "" : "FAILED "}transfer of key: ${key}, size: ${size}, took ${took}s`;
-    if (result.success || result.notFound) this.ctx.log.info(line);
-    else this.ctx.log.warn(line);
+    if (result.success || result.notFound) this.log.info(line);
+    else this.log.warn(line);
   }
 
   private async guarded(
@@ -220,10 +223,10 @@ export class TransferAgents {
       return await fn(await this.ctx.getStorage(site));
     } catch (err) {
       if (err instanceof StorageNotFoundError) {
-        this.ctx.log.warn(`'${key}' not found from storage`);
+        this.log.warn(`'${key}' not found from storage`);
         return { success: false, notFound: true, error: err };
       }
-      this.ctx.log.error({ err }, `Problem with ${where} of ${key}`);
+      this.log.error({ err }, `Problem with ${where} of ${key}`);
       this.ctx.metrics.unexpectedException(err, where);
       return { success: false, error: err };
     }
@@ -270,13 +273,13 @@ export class TransferAgents {
           await unlink(op.localPath);
           await unlink(`${op.localPath}.metadata`).catch(() => undefined);
         } catch (err) {
-          this.ctx.log.error({ err }, `Problem deleting ${op.localPath} after upload`);
+          this.log.error({ err }, `Problem deleting ${op.localPath} after upload`);
           this.ctx.metrics.unexpectedException(err, "handle_upload_unlink");
         }
       }
       if (this.overLimit.delete(op) || this.overLimit.size === 0) {
         if (this.overLimit.size === 0 && (await removeAlertFile(this.ctx.config.alert_file_dir, "upload_retries_warning"))) {
-          this.ctx.log.info("Uploads succeed again, removed alert file upload_retries_warning");
+          this.log.info("Uploads succeed again, removed alert file upload_retries_warning");
         }
       }
       return "done";
@@ -285,17 +288,17 @@ export class TransferAgents {
       op.retryNumber = retryNumber;
       const what = `Problem uploading ${op.localPath} to ${key}, need to retry`;
       if (retryNumber > 1) {
-        this.ctx.log.error({ err }, what);
+        this.log.error({ err }, what);
         this.ctx.metrics.unexpectedException(err, "handle_upload");
       } else {
-        this.ctx.log.warn(`${what} (${err instanceof Error ? `${err.name}: ${err.message}` : String(err)})`);
+        this.log.warn(`${what} (${err instanceof Error ? `${err.name}: ${err.message}` : String(err)})`);
       }
       if (retryNumber > this.ctx.config.upload_retries_warning_limit) {
         this.overLimit.add(op);
         try {
           await createAlertFile(this.ctx.config.alert_file_dir, "upload_retries_warning");
         } catch (alertErr) {
-          this.ctx.log.error({ err: alertErr }, "Could not create alert file upload_retries_warning");
+          this.log.error({ err: alertErr }, "Could not create alert file upload_retries_warning");
         }
       }
       // Re-queue after the backoff without holding a worker, so other uploads keep flowing.

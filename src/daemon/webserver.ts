@@ -13,6 +13,7 @@ import { chown, copyFile, lstat, open, readFile, readlink, realpath, rename, sta
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
+import type { Logger } from "pino";
 import { pgWalDirectory } from "../config/index.js";
 import { isHistoryName, isWalName, nextWalName, verifyWalFile } from "../wal/index.js";
 import type { DaemonContext } from "./context.js";
@@ -135,14 +136,17 @@ export class WebServer {
   readonly mostRecentlyServedFiles: Partial<Record<FileType, ServedFile>> = {};
   /** Archive uploads not finished yet, by `<site>/<type>/<name>`. */
   private inflightArchives = new Map<string, Promise<TransferResult>>();
+  private readonly log: Logger;
 
-  constructor(private readonly ctx: DaemonContext) {}
+  constructor(private readonly ctx: DaemonContext) {
+    this.log = ctx.log.child({ name: "pghoard.webserver" });
+  }
 
   /** Binds `http_address:http_port` (upstream defaults 127.0.0.1:16000). */
   async start(): Promise<AddressInfo> {
     const server = http.createServer((req, res) => {
       this.handle(req, res).catch((err: unknown) => {
-        this.ctx.log.error({ err }, "Unhandled error in HTTP handler");
+        this.log.error({ err }, "Unhandled error in HTTP handler");
         if (!res.headersSent) this.send(res, new HttpResponse(500, "no response generated"), req.method === "HEAD");
         else res.destroy();
       });
@@ -157,7 +161,7 @@ export class WebServer {
         resolve();
       });
     });
-    server.on("error", (err) => this.ctx.log.error({ err }, "HTTP server error"));
+    server.on("error", (err) => this.log.error({ err }, "HTTP server error"));
     return server.address() as AddressInfo;
   }
 
@@ -215,13 +219,13 @@ export class WebServer {
       } else {
         const e = err instanceof Error ? err : new Error(String(err));
         const msg = `server failure: ${e.name}: ${e.message}`;
-        this.ctx.log.error({ err }, msg);
+        this.log.error({ err }, msg);
         resp = new HttpResponse(503, msg);
       }
     }
     const logLine = `${method} ${req.url} -> ${resp.status}${typeof resp.body === "string" && resp.body && resp.status >= 300 ? `: ${resp.body}` : ""}`;
-    if (resp.status >= 300 && resp.status !== 404) this.ctx.log.warn(logLine);
-    else this.ctx.log.debug(logLine);
+    if (resp.status >= 300 && resp.status !== 404) this.log.warn(logLine);
+    else this.log.debug(logLine);
     this.send(res, resp, isHead);
   }
 
@@ -274,7 +278,13 @@ export class WebServer {
     switch (parsed.kind) {
       case "status":
         if (method !== "GET") break;
-        return new HttpResponse(200, await readFile(this.ctx.config.json_state_file_path, "utf8"));
+        try {
+          return new HttpResponse(200, await readFile(this.ctx.config.json_state_file_path, "utf8"));
+        } catch (err) {
+          // Before the first main-loop round there is no state file yet (upstream: 503 from the exception).
+          if (!isErrno(err, "ENOENT")) throw err;
+          throw new HttpResponse(503, `server failure: FileNotFoundError: ${(err as Error).message}`);
+        }
       case "metrics": {
         if (method !== "GET") break;
         const response = await this.ctx.metrics.httpResponse();
@@ -287,7 +297,7 @@ export class WebServer {
       case "basebackup":
         if (method === "GET") return this.listBasebackups(parsed.site!);
         if (method === "PUT") {
-          this.ctx.log.info(`Requesting a new basebackup for site ${parsed.site} to be made`);
+          this.log.info(`Requesting a new basebackup for site ${parsed.site} to be made`);
           this.ctx.requestedBasebackupSites.add(parsed.site!);
           return new HttpResponse(201);
         }
@@ -327,7 +337,7 @@ export class WebServer {
       if (result?.success) return result;
       if (result?.notFound) throw new HttpResponse(404, `FileNotFoundFromStorageError: ${String((result.error as Error)?.message ?? "")}`);
       if (retries === 0) throw new HttpResponse(500, result ? "" : "TIMEOUT");
-      this.ctx.log.warn(`Transfer operation failed, retrying (${retries} retries left)`);
+      this.log.warn(`Transfer operation failed, retrying (${retries} retries left)`);
     }
   }
 
@@ -386,7 +396,7 @@ export class WebServer {
       st = undefined;
     }
     if (!st || !st.isFile()) {
-      this.ctx.log.debug(`${filePath} is not a regular file, cannot archive`);
+      this.log.debug(`${filePath} is not a regular file, cannot archive`);
       throw new HttpResponse(404, "N/A");
     }
     if (filetype === "xlog") {
@@ -414,16 +424,16 @@ export class WebServer {
       this.inflightArchives.set(inflightKey, pending);
       void pending.then(() => this.inflightArchives.delete(inflightKey));
     } else {
-      this.ctx.log.info(`Archival of ${site} ${name} is already in progress, waiting for it`);
+      this.log.info(`Archival of ${site} ${name} is already in progress, waiting for it`);
     }
     const result = await withTimeout(pending, REQUEST_TIMEOUT_MS, null);
     const took = (nowSeconds() - started).toFixed(3);
     if (!result) {
-      this.ctx.log.error(`Archival of ${site} ${name} did not finish in time (${took}s), upload continues in the background`);
+      this.log.error(`Archival of ${site} ${name} did not finish in time (${took}s), upload continues in the background`);
       throw new HttpResponse(500, "TIMEOUT");
     }
     if (!result.success) throw new HttpResponse(500);
-    this.ctx.log.info(`Archived ${site} ${filetype} ${name}, took ${took}s`);
+    this.log.info(`Archived ${site} ${filetype} ${name}, took ${took}s`);
     return new HttpResponse(201);
   }
 
@@ -458,7 +468,7 @@ export class WebServer {
       await verifyWalFile(filePath, name);
       return true;
     } catch (err) {
-      this.ctx.log.warn(`Verification of ${filePath} failed: ${err instanceof Error ? err.message : String(err)}`);
+      this.log.warn(`Verification of ${filePath} failed: ${err instanceof Error ? err.message : String(err)}`);
       return false;
     }
   }
@@ -485,7 +495,7 @@ export class WebServer {
       if (isErrno(err, "ENOENT")) return "missing";
       throw new HttpResponse(409, `Unable to write final file to requested location ${pyRepr(target)}: ${String(err)}`);
     }
-    this.ctx.log.info(`Renamed ${prefetchPath} to ${target}`);
+    this.log.info(`Renamed ${prefetchPath} to ${target}`);
     return "served";
   }
 
@@ -525,12 +535,12 @@ export class WebServer {
         this.servedFromDisk.push(name);
         if (this.servedFromDisk.length > SERVED_FROM_DISK_SIZE) this.servedFromDisk.shift();
         this.recordServed(filetype, name);
-        this.ctx.log.info(`Requested ${name}, found it in ${walDir}, returning directly`);
+        this.log.info(`Requested ${name}, found it in ${walDir}, returning directly`);
         return new HttpResponse(201);
       }
-      this.ctx.log.warn(`Found ${diskPath} but it was invalid, fetching from the archive`);
+      this.log.warn(`Found ${diskPath} but it was invalid, fetching from the archive`);
     } else if (onDisk) {
-      this.ctx.log.info(`Found ${diskPath} but it was recently served from disk already, fetching from the archive`);
+      this.log.info(`Found ${diskPath} but it was recently served from disk already, fetching from the archive`);
     }
 
     const key = this.fileKey(site, filetype, name);
@@ -604,7 +614,7 @@ export class WebServer {
         if (this.prefetch404.includes(key)) continue;
         await this.createFetchOperation(key, site, filetype, current, { maxAge: -1, suppressError: true });
       }
-    })().catch((err: unknown) => this.ctx.log.error({ err }, `Problem creating prefetch operations after ${name}`));
+    })().catch((err: unknown) => this.log.error({ err }, `Problem creating prefetch operations after ${name}`));
   }
 
   private async createFetchOperation(
@@ -625,7 +635,7 @@ export class WebServer {
       await handle.close();
       await chownLikeDirectory(tmpPath, walDir);
     } catch (err) {
-      this.ctx.log.error(`Unable to create temporary file to fetch ${name}: ${String(err)}`);
+      this.log.error(`Unable to create temporary file to fetch ${name}: ${String(err)}`);
       if (suppressError) return;
       throw new HttpResponse(400, `Unable to create temporary file for ${pyRepr(key)}: ${String(err)}`);
     }
@@ -633,7 +643,7 @@ export class WebServer {
     const callback = deferred<TransferResult>();
     const done = callback.promise.then((result) => this.processDownloadResult(key, id, filetype, name, tmpPath, result));
     this.pendingDownloads.set(key, { id, startedAt: nowSeconds(), prefetchPath, tmpPath, done });
-    this.ctx.log.debug(`Fetching ${site} ${filetype} ${name} to ${tmpPath}`);
+    this.log.debug(`Fetching ${site} ${filetype} ${name} to ${tmpPath}`);
     this.ctx.transferQueue.put({ type: "DOWNLOAD", site, filetype, name, targetPath: tmpPath, callback });
   }
 
@@ -650,7 +660,7 @@ export class WebServer {
     const current = op?.id === id;
     try {
       if (!current) {
-        this.ctx.log.warn(`Orphaned download operation ${key} completed`);
+        this.log.warn(`Orphaned download operation ${key} completed`);
         return;
       }
       if (!result.success) {
@@ -658,22 +668,22 @@ export class WebServer {
           this.prefetch404.push(key);
           if (this.prefetch404.length > NEGATIVE_CACHE_SIZE) this.prefetch404.shift();
         } else {
-          this.ctx.log.warn(`Fetching ${key} failed: ${String(result.error)}`);
+          this.log.warn(`Fetching ${key} failed: ${String(result.error)}`);
         }
         return;
       }
       if (existsSync(op.prefetchPath)) {
-        this.ctx.log.warn(`Target path for ${key} already exists, skipping`);
+        this.log.warn(`Target path for ${key} already exists, skipping`);
         return;
       }
       if (!(await this.isValidFile(filetype, name, tmpPath))) return;
       await rename(tmpPath, op.prefetchPath);
       const metadata = result.metadata ?? {};
-      this.ctx.log.info(
+      this.log.info(
         `Renamed ${tmpPath} to ${op.prefetchPath}. Original upload from ${metadata.host}, hash ${metadata["hash-algorithm"]}:${metadata.hash}`,
       );
     } catch (err) {
-      this.ctx.log.error({ err }, `Problem processing download of ${key}`);
+      this.log.error({ err }, `Problem processing download of ${key}`);
     } finally {
       await unlink(tmpPath).catch(() => undefined);
       if (current) this.pendingDownloads.delete(key);
