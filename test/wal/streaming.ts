@@ -106,3 +106,11 @@ export async function writeLoad(cluster: PgCluster, transactions = 300): Promise
 export async function readState(env: DaemonEnv): Promise<Record<string, Record<string, Record<string, unknown>>>> {
   return JSON.parse(await readFile(env.statePath, "utf8")) as Record<string, Record<string, Record<string, unknown>>>;
 }
+
+/** All full segments in storage: contiguous, each byte-for-byte the server's copy. Returns their names. */
+export async function assertArchiveComplete(env: DaemonEnv, site: string, cluster: PgCluster): Promise<string[]> {
+  const names = fullSegments(await storedWal(env, site));
+  assertContiguous(names);
+  await assertStoredMatchPgWal(env, site, cluster, names);
+  return names;
+}
