@@ -13,6 +13,7 @@ import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { SystemdNotifier, sdNotify, watchdogIntervalMs } from "../../src/daemon/sdnotify.js";
 import { repoRoot } from "../helpers/paths.js";
+import { DaemonProcess, makeDaemonEnv, makeFakePgdata } from "../daemon/helpers.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -126,6 +127,24 @@ describe("sd_notify", { skip: hasUnixDgram() ? false : "the optional module unix
     assert.match(message, /READY=1/);
     assert.match(message, /STATUS=fallback/);
     assert.match(message, new RegExp(`MAINPID=${process.pid}`));
+  });
+
+  it("the daemon sends READY=1 once its main loop runs and STOPPING=1 on SIGTERM, logging in journal format", async () => {
+    const env = await makeDaemonEnv({ notifysite: { pgDataDirectory: await makeFakePgdata() } }, { log_level: "INFO" });
+    const daemon = await DaemonProcess.start(env, { env: { NOTIFY_SOCKET: listener.path } });
+    try {
+      const ready = await listener.next();
+      assert.match(ready, /^READY=1\nSTATUS=pghoard running\nMAINPID=(\d+)$/);
+      assert.equal(Number(/MAINPID=(\d+)/.exec(ready)?.[1]), daemon.child.pid);
+      daemon.child.kill("SIGTERM");
+      assert.match(await listener.next(), /^STOPPING=1/);
+      const exit = await daemon.exited;
+      assert.equal(exit.code, 0);
+      assert.match(daemon.logs(), /^pghoard\S* MainThread INFO: /m);
+    } finally {
+      await daemon.stop("SIGKILL");
+      await rm(env.dir, { recursive: true, force: true });
+    }
   });
 
   it("logs in the journal format `logger thread LEVEL: message` when NOTIFY_SOCKET is set", async () => {
