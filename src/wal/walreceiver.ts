@@ -93,7 +93,8 @@ export class WalReceiver {
   /** Streams until `stop()` (resolves) or an error (rejects). */
   async run(): Promise<void> {
     const { slot } = this.options;
-    const conn = await ReplicationConnection.connect(this.options.connectionInfo);
+    // Named, so the walsender is recognisable in pg_stat_replication (unless the node sets a name).
+    const conn = await ReplicationConnection.connect({ application_name: "pghoard_walreceiver", ...this.options.connectionInfo });
     this.conn = conn;
     try {
       if (slot) {

@@ -48,6 +48,8 @@ describe("walreceiver mode", { timeout: 300_000 }, () => {
     await waitFor("slot creation", () => slotRestartLsn(cluster).then((l) => l ?? undefined), 30_000, () => daemon!.logs());
     await waitFor("streaming", async () => daemon!.logs().includes("Starting replication from"), 30_000, () => daemon!.logs());
     const slot0 = (await slotRestartLsn(cluster))!;
+    const senders = await cluster.query<{ application_name: string }>("SELECT application_name FROM pg_stat_replication");
+    assert.deepEqual(senders.map((r) => r.application_name), ["pghoard_walreceiver"]);
     await writeLoad(cluster);
     const last1 = await switchWal(cluster);
     await waitForStored(env, SITE, last1, daemon);
