@@ -451,7 +451,7 @@ export class WebServer {
     const resolvedData = await realpathLoose(path.resolve(dataDir));
     const resolvedTarget = await realpathLoose(path.resolve(target));
     const relative = path.relative(resolvedData, resolvedTarget);
-    if (!relative || relative.startsWith("..") || path.isAbsolute(relative)) {
+    if (!relative || relative === ".." || relative.startsWith(`..${path.sep}`) || path.isAbsolute(relative)) {
       throw new HttpResponse(400, `Invalid xlog file path ${target}, it should be in data directory`);
     }
     try {
