@@ -12,8 +12,8 @@
  *   next timeline and its start), the history file of the new timeline is stored, the bytes of the
  *   segment that holds the switch point are carried over to the new timeline's segment (as
  *   PostgreSQL does at promotion) and streaming continues on the new timeline.
- * - Without a resume position from the state file, a PG ≥ 15 server's slot position
- *   (READ_REPLICATION_SLOT) is used before falling back to the server's current position.
+ * - Streaming resumes from the state file's position or, on PG ≥ 15, the slot's position
+ *   (READ_REPLICATION_SLOT) when that is further, before falling back to the server's current position.
  */
 import type { Logger } from "pino";
 import type { ConnectionInfo } from "../config/index.js";
@@ -107,9 +107,11 @@ export class WalReceiver {
 
       let start = this.lastFlushedLsn;
       let source = "the state file";
-      if (start === null && slot) {
+      if (slot) {
+        // The slot only moves over WAL we reported stored; if it is ahead of the state file (written
+        // every few seconds) start there, so the slot is never moved back over removed WAL.
         const info = await conn.readSlot(slot);
-        if (info?.restartLsn) {
+        if (info?.restartLsn && (start === null || info.restartLsn - (info.restartLsn % SEG) > start)) {
           start = info.restartLsn;
           source = `slot ${slot}`;
         }
