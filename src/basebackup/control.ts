@@ -10,6 +10,8 @@ import { jsonCompact } from "./label.js";
 import { BLOCK_SIZE, TarBuffer } from "./tar.js";
 
 export const TAR_METADATA_FILENAME = ".pghoard_tar_metadata.json";
+/** Delta manifests embed files up to this size (rohmu `EMBEDDED_FILE_SIZE`). */
+export const EMBEDDED_FILE_SIZE = 150;
 export const BASEBACKUP_LABEL = "pghoard_base_backup";
 
 /** Directories recreated empty on restore; never read from $PGDATA (upstream `EMPTY_DIRS`). */

@@ -18,29 +18,17 @@ import path from "node:path";
 import { removeIfExists } from "../common/fs.js";
 import type { StorageBackend } from "../storage/types.js";
 import { StorageNotFoundError } from "../storage/types.js";
-import {
-  BackupFailure,
-  BackupSession,
-  createBackupWorkDir,
-  encodeOptions,
-  encodingMetadata,
-  hostnameOf,
-  objectKey,
-  removeWorkDir,
-  sanitizeMetadata,
-  throwIfAborted,
-  uploaderOf,
-} from "./common.js";
-import { createAndUploadChunks } from "./chunks.js";
-import { readControlMetadata, type ChunkRecord, type TablespaceInfo } from "./control.js";
+import { BackupFailure, encodeOptions, encodingMetadata, hostnameOf, objectKey, sanitizeMetadata, uploaderOf } from "./common.js";
+import { runChunkedBackup, type ChunkedBackupRun } from "./chunked.js";
+import { chunkFileName, createAndUploadChunks } from "./chunks.js";
+import { EMBEDDED_FILE_SIZE, readControlMetadata, type ChunkRecord, type TablespaceInfo } from "./control.js";
 import { findFilesToBackup, type ChunkEntry } from "./files.js";
 import { isoUtc } from "./label.js";
-import { checkPgdata, uploadControlObject } from "./localtar.js";
-import { BackupProgress } from "./progress.js";
 import { listBasebackups, keyLookupForSite, type BasebackupInfo } from "./retention.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupResult } from "./types.js";
 
-export const EMBEDDED_FILE_SIZE = 150;
+export { EMBEDDED_FILE_SIZE };
+
 export const EMPTY_FILE_HASH = createHash("blake2s256").digest("hex");
 export const DELTA_FORMATS = new Set(["pghoard-delta-v1", "pghoard-delta-v2"]);
 
@@ -190,285 +178,254 @@ async function deleteQuietly(storage: StorageBackend, key: string, ctx: Baseback
 
 export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<BasebackupResult> {
   const site = siteConfigOf(ctx);
-  const pgdata = await checkPgdata(ctx);
   const parallel = Math.max(1, site.basebackup_threads ?? 1);
   const minDeltaSize = site.basebackup_delta_mode_min_delta_file_size ?? 10 * 1024 * 1024;
   const bundleSize = site.basebackup_delta_mode_chunk_size ?? 500 * 1024 * 1024;
   const backups = ctx.listBasebackups ? await ctx.listBasebackups() : await listBasebackups(ctx.storage, site, ctx.site);
   const tracked = await listExistingDeltaFiles(ctx, backups);
-  const { name, workDir } = await createBackupWorkDir(ctx);
-  const progress = new BackupProgress(name, "delta", ctx.log, ctx.onProgress);
-  const uploader = uploaderOf(ctx);
-  const newHashObjects: string[] = [];
-  const bundleObjects: string[] = [];
-  let success = false;
-  try {
-    const session = await BackupSession.connect(ctx);
-    let tablespaces: Record<string, TablespaceInfo> = {};
-    let backupLabel = "";
-    let pgControl = Buffer.alloc(0);
-    let end: Awaited<ReturnType<BackupSession["endSegmentAndTime"]>>;
-    let files: SnapshotEntry[] = [];
-    let emptyDirs: string[] = [];
-    let chunkFiles: ChunkRecord[] = [];
-    let snapshotStart = new Date();
-    let snapshotEnd = new Date();
-    let startTime = new Date();
-    const uploadedDigests = new Map<string, number>();
-    try {
-      progress.setPhase("starting backup (checkpoint)");
-      await session.startBackup();
-      let stopped = false;
-      try {
-        tablespaces = await session.tablespaces(pgdata);
-        startTime = new Date();
-        snapshotStart = startTime;
-        progress.setPhase("snapshot");
-        const dirs = new Set<string>();
-        const tablespaceDirs: ChunkEntry[] = [];
-        const candidates: Array<{ rel: string; localPath: string; missingOk: boolean; archivePath: string }> = [];
-        for await (const item of findFilesToBackup(pgdata, tablespaces, ctx.log)) {
-          if (item.op === "leave") continue;
-          if (item.localPath.endsWith(".pem")) continue; // e.g. dh1024.pem, as upstream
-          const inTablespace = item.archivePath.startsWith("tablespaces/");
-          const rel = relativePathFor(item.archivePath, tablespaces);
-          if (item.op === "enter") {
-            if (inTablespace) tablespaceDirs.push({ archivePath: item.archivePath, localPath: item.localPath, missingOk: item.missingOk });
-            else dirs.add(rel);
-          } else {
-            candidates.push({ rel, localPath: item.localPath, missingOk: item.missingOk, archivePath: item.archivePath });
-          }
-        }
-        let totalToHash = 0;
-        const snap: SnapshotEntry[] = [];
-        for (const c of candidates) {
-          let st;
-          try {
-            st = await lstat(c.localPath, { bigint: true });
-          } catch (err) {
-            if (c.missingOk && isEnoent(err)) continue;
-            throw new BackupFailure(`Required file disappeared during the backup: ${c.localPath}`, { cause: err });
-          }
-          if (!st.isFile()) continue; // delta snapshots hold regular files only
-          const file = makeSnapshotFile(c.rel, Number(st.size), st.mtimeNs, c.missingOk);
-          const inTablespace = c.archivePath.startsWith("tablespaces/");
-          if (!inTablespace) dirs.add(path.posix.dirname(c.rel));
-          snap.push({ file, localPath: c.localPath, archiveName: inTablespace ? c.archivePath : c.rel, inTablespace });
-          if (!inTablespace && file.file_size > EMBEDDED_FILE_SIZE && !(minDeltaSize && file.file_size < minDeltaSize)) totalToHash += file.file_size;
-        }
-        progress.setTotal(totalToHash);
-        const vanished = new Set<SnapshotEntry>();
-        await parallelEach(snap, parallel, async (entry) => {
-          throwIfAborted(ctx);
-          session.checkAlive();
-          const f = entry.file;
-          try {
-            if (entry.inTablespace) {
-              f.should_be_bundled = true;
-            } else if (f.file_size <= EMBEDDED_FILE_SIZE) {
-              f.content_b64 = (await readSmallFile(entry.localPath, f.file_size)).toString("base64");
-            } else if (minDeltaSize && f.file_size < minDeltaSize) {
-              f.should_be_bundled = true;
-            } else {
-              f.hexdigest = await hashFile(entry.localPath, f.file_size);
-              progress.addDone(f.file_size);
-            }
-          } catch (err) {
-            if (f.missing_ok && isEnoent(err)) vanished.add(entry);
-            else throw err;
-          }
-        });
-        files = snap.filter((e) => !vanished.has(e));
-        emptyDirs = [...dirs].sort(comparePaths);
-        snapshotEnd = new Date();
+  return await runChunkedBackup(ctx, async (run) => {
+    const { name, workDir, progress } = run;
+    const newObjects: string[] = [];
+    // a failed attempt removes what it uploaded (hash objects only it references, its bundles)
+    run.onFailure(async () => {
+      ctx.log.info("Cleaning up already uploaded new backup files");
+      for (const key of newObjects) await deleteQuietly(ctx.storage, key, ctx);
+    });
+    const startTime = new Date();
+    progress.setPhase("snapshot");
+    // without earlier delta backups nothing can be skipped: the digest computed while uploading suffices
+    const { files, emptyDirs, tablespaceDirs } = await snapshot(ctx, run, minDeltaSize, parallel, tracked.size > 0);
+    const snapshotEnd = new Date();
 
-        // bundles of small files, then the big files not stored yet
-        const bundles: ChunkEntry[][] = [];
-        // directory entries of tablespaces first, so empty directories there are restored too
-        let current: ChunkEntry[] = tablespaceDirs.slice();
-        let currentSize = 0;
-        const todo = new Map<string, SnapshotEntry[]>();
-        for (const entry of files) {
-          const f = entry.file;
-          if (f.should_be_bundled) {
-            if (currentSize > 0 && currentSize + f.file_size > bundleSize) {
-              bundles.push(current);
-              current = [];
-              currentSize = 0;
-            }
-            current.push({ archivePath: entry.archiveName, localPath: entry.localPath, missingOk: f.missing_ok });
-            currentSize += f.file_size;
-          } else if (f.hexdigest && !tracked.has(f.hexdigest)) {
-            const list = todo.get(f.hexdigest) ?? [];
-            list.push(entry);
-            todo.set(f.hexdigest, list);
-          }
+    // bundles of small files (tablespace directory entries first), then big files not stored yet
+    const bundles: ChunkEntry[][] = [];
+    let current: ChunkEntry[] = tablespaceDirs.slice();
+    let currentSize = 0;
+    const todo = new Map<string, SnapshotEntry[]>();
+    let unhashed = 0;
+    for (const entry of files) {
+      const f = entry.file;
+      if (f.should_be_bundled) {
+        if (currentSize > 0 && currentSize + f.file_size > bundleSize) {
+          bundles.push(current);
+          current = [];
+          currentSize = 0;
         }
-        if (current.length > 0) bundles.push(current);
-        const todoBytes = [...todo.values()].reduce((a, l) => a + l[0].file.file_size, 0);
-        const bundleBytes = bundles.reduce((a, b) => a + b.length, 0);
-        ctx.log.info(`Submitting ${bundles.length} delta chunks with ${bundleBytes} files and ${todo.size} hashes (${todoBytes} bytes) for upload`);
-        const bundleFileBytes = files.reduce((a, e) => a + (e.file.should_be_bundled ? e.file.file_size : 0), 0);
-        progress.setTotal(progress.snapshot.bytes_done + todoBytes + bundleFileBytes);
-        progress.setPhase("uploading bundles");
-        for (let i = 0; i < bundles.length; i++) bundleObjects.push(`${name}/${name}.${String(i + 1).padStart(8, "0")}.pghoard`);
-        chunkFiles = await createAndUploadChunks(ctx, bundles, {
-          filetype: "basebackup_delta_chunk",
-          backupName: name,
-          workDir,
-          progress,
-          delta: true,
-          tarOptions: {
-            checkAlive: () => {
-              session.checkAlive();
-              throwIfAborted(ctx);
-            },
-            onProgress: (n) => progress.addDone(n),
-          },
-        });
-        // chunk records list PGDATA-relative names (no pgdata/ prefix) for delta bundles
-        progress.setPhase(`uploading ${todo.size} delta files`);
-        const order = [...todo.entries()].sort((a, b) => b[1][0].file.file_size - a[1][0].file.file_size);
-        const opts = encodeOptions(ctx);
-        const baseMetadata = encodingMetadata(ctx);
-        let tmpCounter = 0;
-        await parallelEach(order, parallel, async ([, entries]) => {
-          for (const entry of entries) {
-            throwIfAborted(ctx);
-            session.checkAlive();
-            const tmp = path.join(workDir, `delta_${tmpCounter++}.tmp`);
-            let result;
-            try {
-              result = await ctx.pool.encodeFile(entry.localPath, tmp, { ...opts, hashAlgorithm: "blake2s" });
-            } catch (err) {
-              await removeIfExists(tmp).catch(() => undefined);
-              const cause = (err as { cause?: unknown }).cause ?? err;
-              if (isEnoent(err) || isEnoent(cause) || /ENOENT/.test(String((err as Error).message))) {
-                if (entry.file.missing_ok) {
-                  ctx.log.warn(`File disappeared while uploading: ${entry.localPath}`);
-                  vanished.add(entry);
-                  continue;
-                }
-                throw new BackupFailure(`Required file disappeared while uploading: ${entry.localPath}`, { cause: err });
-              }
-              throw err;
-            }
-            const digest = result.hash as string;
-            entry.file.hexdigest = digest;
-            entry.file.file_size = result.originalSize;
-            entry.file.stored_file_size = result.storedSize;
-            progress.addDone(result.originalSize);
-            if (uploadedDigests.has(digest) || tracked.has(digest)) {
-              await removeIfExists(tmp);
+        current.push({ archivePath: entry.archiveName, localPath: entry.localPath, missingOk: f.missing_ok });
+        currentSize += f.file_size;
+      } else if (f.content_b64 === null && !f.hexdigest) {
+        todo.set(`unhashed:${unhashed++}`, [entry]);
+      } else if (f.hexdigest && !tracked.has(f.hexdigest)) {
+        const list = todo.get(f.hexdigest) ?? [];
+        list.push(entry);
+        todo.set(f.hexdigest, list);
+      }
+    }
+    if (current.length > 0) bundles.push(current);
+    const todoBytes = [...todo.values()].reduce((a, l) => a + l[0].file.file_size, 0);
+    const bundleFileBytes = files.reduce((a, e) => a + (e.file.should_be_bundled ? e.file.file_size : 0), 0);
+    ctx.log.info(`Submitting ${bundles.length} delta chunks with ${bundles.reduce((a, b) => a + b.length, 0)} entries and ${todo.size} hashes (${todoBytes} bytes) for upload`);
+    progress.setTotal(progress.snapshot.bytes_done + todoBytes + bundleFileBytes);
+    progress.setPhase("uploading bundles");
+    for (let i = 0; i < bundles.length; i++) newObjects.push(objectKey(ctx, "basebackup_delta_chunk", `${name}/${chunkFileName(name, i + 1)}`));
+    const chunkFiles = await createAndUploadChunks(ctx, bundles, {
+      filetype: "basebackup_delta_chunk",
+      backupName: name,
+      workDir,
+      progress,
+      delta: true,
+      tarOptions: { checkAlive: run.checkAlive, onProgress: (n) => progress.addDone(n) },
+    });
+
+    progress.setPhase(`uploading ${todo.size} delta files`);
+    const uploadedDigests = new Map<string, number>();
+    const vanished = new Set<SnapshotEntry>();
+    const opts = encodeOptions(ctx);
+    const baseMetadata = encodingMetadata(ctx);
+    const uploader = uploaderOf(ctx);
+    let tmpCounter = 0;
+    const order = [...todo.values()].sort((a, b) => b[0].file.file_size - a[0].file.file_size);
+    await parallelEach(order, parallel, async (entries) => {
+      for (const entry of entries) {
+        run.checkAlive();
+        const tmp = path.join(workDir, `delta_${tmpCounter++}.tmp`);
+        let result;
+        try {
+          // the digest is computed again from what is actually uploaded (the file may have changed)
+          result = await ctx.pool.encodeFile(entry.localPath, tmp, { ...opts, hashAlgorithm: "blake2s" });
+        } catch (err) {
+          await removeIfExists(tmp).catch(() => undefined);
+          if (isEnoent(err) || isEnoent((err as { cause?: unknown }).cause) || /ENOENT/.test(String((err as Error).message))) {
+            if (entry.file.missing_ok) {
+              ctx.log.warn(`File disappeared while uploading: ${entry.localPath}`);
+              vanished.add(entry);
               continue;
             }
-            uploadedDigests.set(digest, result.storedSize);
-            newHashObjects.push(digest);
-            if (result.originalSize > 0) {
-              ctx.metrics?.gauge("pghoard.compressed_size_ratio", result.storedSize / result.originalSize, {
-                algorithm: opts.algorithm,
-                site: ctx.site,
-                type: "basebackup_delta",
-              });
-            }
-            await uploader.upload({
-              filetype: "basebackup_delta",
-              objectName: digest,
-              localPath: tmp,
-              fileSize: result.storedSize,
-              metadata: sanitizeMetadata({ ...baseMetadata, format: "pghoard-delta-v2", "original-file-size": result.originalSize, host: hostnameOf(ctx) }),
-              onProgress: (n) => {
-                progress.addUploaded(n);
-                ctx.metrics?.increase("pghoard.basebackup_bytes_uploaded", n, { delta: "True" });
-              },
-            });
+            throw new BackupFailure(`Required file disappeared while uploading: ${entry.localPath}`, { cause: err });
           }
-        });
-        files = files.filter((e) => !vanished.has(e));
-        session.checkAlive();
-        progress.setPhase("stopping backup");
-        const { readFile } = await import("node:fs/promises");
-        pgControl = await readFile(path.join(pgdata, "global", "pg_control"));
-        backupLabel = await session.stopBackup();
-        stopped = true;
-      } finally {
-        if (!stopped && session.alive) await session.stopBackup().catch(() => undefined);
-      }
-      end = await session.endSegmentAndTime();
-    } finally {
-      await session.close();
-    }
-
-    // sizes for the manifest: stored sizes of reused objects come from the manifests that have them
-    let digestsInput = 0;
-    let digestsStored = 0;
-    let embedInput = 0;
-    for (const { file } of files) {
-      if (file.should_be_bundled) continue;
-      if (file.hexdigest) {
-        if (file.stored_file_size === 0 && file.hexdigest !== EMPTY_FILE_HASH) {
-          file.stored_file_size = Number(tracked.get(file.hexdigest)?.stored_file_size ?? 0);
+          throw err;
         }
-        digestsInput += file.file_size;
-        digestsStored += file.stored_file_size;
-      } else if (file.content_b64) {
-        embedInput += file.file_size;
+        const digest = result.hash as string;
+        entry.file.hexdigest = digest;
+        entry.file.file_size = result.originalSize;
+        entry.file.stored_file_size = result.storedSize;
+        progress.addDone(result.originalSize);
+        if (uploadedDigests.has(digest) || tracked.has(digest)) {
+          await removeIfExists(tmp);
+          continue;
+        }
+        uploadedDigests.set(digest, result.storedSize);
+        newObjects.push(objectKey(ctx, "basebackup_delta", digest));
+        if (result.originalSize > 0) {
+          ctx.metrics?.gauge("pghoard.compressed_size_ratio", result.storedSize / result.originalSize, { algorithm: opts.algorithm, site: ctx.site, type: "basebackup_delta" });
+        }
+        await uploader.upload({
+          filetype: "basebackup_delta",
+          objectName: digest,
+          localPath: tmp,
+          fileSize: result.storedSize,
+          metadata: sanitizeMetadata({ ...baseMetadata, format: "pghoard-delta-v2", "original-file-size": result.originalSize, host: hostnameOf(ctx) }),
+          onProgress: (n) => {
+            progress.addUploaded(n);
+            ctx.metrics?.increase("pghoard.basebackup_bytes_uploaded", n, { delta: "True" });
+          },
+        });
       }
-    }
-    const chunksInput = chunkFiles.reduce((a, c) => a + c.input_size, 0);
-    const chunksStored = chunkFiles.reduce((a, c) => a + c.result_size, 0);
-    const sortedFiles = files.map((e) => e.file).sort((a, b) => comparePaths(a.relative_path, b.relative_path));
-    const totalSize = chunksInput + digestsInput + embedInput;
-    const totalStoredSize = chunksStored + digestsStored + embedInput;
-    const uploadedSize = chunksStored + [...uploadedDigests.values()].reduce((a, b) => a + b, 0);
-    const uploadedCount = chunkFiles.length + uploadedDigests.size;
-    ctx.metrics?.increase("pghoard.delta_backup_total_size", uploadedSize);
-    ctx.metrics?.gauge("pghoard.delta_backup_upload_size", uploadedSize);
-    ctx.metrics?.increase("pghoard.delta_backup_total_files", uploadedCount);
-    ctx.metrics?.gauge("pghoard.delta_backup_upload_files", uploadedCount);
-    if (tracked.size > 0) {
-      const digestCount = sortedFiles.filter((f) => f.hexdigest && !f.should_be_bundled).length;
-      if (digestCount) ctx.metrics?.gauge("pghoard.delta_backup_changed_data_files_ratio", (uploadedDigests.size + chunkFiles.length) / (digestCount + chunkFiles.length));
-      if (digestsStored) ctx.metrics?.gauge("pghoard.delta_backup_changed_data_size_ratio", uploadedSize / (digestsStored + chunksStored));
-      ctx.metrics?.gauge("pghoard.delta_backup_remained_data_size", digestsStored - (uploadedSize - chunksStored));
-    }
-    const manifest = {
-      start: isoUtc(startTime),
-      end: isoUtc(new Date()),
-      snapshot_result: {
-        start: isoUtc(snapshotStart),
-        end: isoUtc(snapshotEnd),
-        state: { root_globs: ["**/*"], files: sortedFiles, empty_dirs: emptyDirs },
-        files: sortedFiles.length,
-        total_size: sortedFiles.reduce((a, f) => a + f.file_size, 0),
-        hashes: sortedFiles.filter((f) => f.hexdigest).map((f) => ({ hexdigest: f.hexdigest, size: f.file_size })),
-      },
-      upload_result: { total_size: totalSize, total_stored_size: totalStoredSize },
-    };
-    progress.setPhase("uploading control object");
-    const control = await uploadControlObject(ctx, {
-      name,
-      workDir,
-      pgdata,
-      tablespaces,
-      backupLabel,
-      pgControl,
-      endWalSegment: end.endWalSegment,
-      endTime: end.endTime,
-      extra: { chunks: chunkFiles, manifest },
-      format: "pghoard-delta-v2",
-      totalSizePlain: totalSize,
-      totalSizeEnc: totalStoredSize,
     });
-    success = true;
-    progress.finish();
-    return { name, key: control.key, metadata: control.metadata, uploadedBytes: uploadedSize + control.storedSize, plainBytes: totalSize };
-  } finally {
-    if (!success) {
-      ctx.log.info("Cleaning up already uploaded new backup files");
-      for (const digest of newHashObjects) await deleteQuietly(ctx.storage, objectKey(ctx, "basebackup_delta", digest), ctx);
-      for (const obj of bundleObjects) await deleteQuietly(ctx.storage, objectKey(ctx, "basebackup_delta_chunk", obj), ctx);
+    const kept = files.filter((e) => !vanished.has(e)).map((e) => e.file);
+    const manifest = buildManifest({ files: kept, emptyDirs, chunkFiles, tracked, uploadedDigests, startTime, snapshotStart: startTime, snapshotEnd, metrics: ctx.metrics });
+    return {
+      extra: { chunks: chunkFiles, manifest: manifest.manifest },
+      format: "pghoard-delta-v2",
+      totalSizePlain: manifest.totalSize,
+      totalSizeEnc: manifest.totalStoredSize,
+      uploadedBytes: manifest.uploadedSize,
+    };
+  });
+}
+
+/** Lists and classifies the files: embedded, bundled or hashed (rohmu `Snapshotter.snapshot`). */
+async function snapshot(
+  ctx: BasebackupContext,
+  run: ChunkedBackupRun,
+  minDeltaSize: number,
+  parallel: number,
+  prehash: boolean,
+): Promise<{ files: SnapshotEntry[]; emptyDirs: string[]; tablespaceDirs: ChunkEntry[] }> {
+  const dirs = new Set<string>();
+  const tablespaceDirs: ChunkEntry[] = [];
+  const candidates: Array<{ rel: string; localPath: string; missingOk: boolean; archivePath: string }> = [];
+  for await (const item of findFilesToBackup(run.pgdata, run.tablespaces, ctx.log)) {
+    if (item.op === "leave") continue;
+    if (item.localPath.endsWith(".pem")) continue; // e.g. dh1024.pem, as upstream
+    const inTablespace = item.archivePath.startsWith("tablespaces/");
+    const rel = relativePathFor(item.archivePath, run.tablespaces);
+    if (item.op === "enter") {
+      if (inTablespace) tablespaceDirs.push({ archivePath: item.archivePath, localPath: item.localPath, missingOk: item.missingOk });
+      else dirs.add(rel);
+    } else {
+      candidates.push({ rel, localPath: item.localPath, missingOk: item.missingOk, archivePath: item.archivePath });
     }
-    await removeWorkDir(workDir);
   }
+  let totalToHash = 0;
+  const snap: SnapshotEntry[] = [];
+  for (const c of candidates) {
+    let st;
+    try {
+      st = await lstat(c.localPath, { bigint: true });
+    } catch (err) {
+      if (c.missingOk && isEnoent(err)) continue;
+      throw new BackupFailure(`Required file disappeared during the backup: ${c.localPath}`, { cause: err });
+    }
+    if (!st.isFile()) continue; // delta snapshots hold regular files only
+    const file = makeSnapshotFile(c.rel, Number(st.size), st.mtimeNs, c.missingOk);
+    const inTablespace = c.archivePath.startsWith("tablespaces/");
+    if (!inTablespace) dirs.add(path.posix.dirname(c.rel));
+    snap.push({ file, localPath: c.localPath, archiveName: inTablespace ? c.archivePath : c.rel, inTablespace });
+    if (prehash && !inTablespace && file.file_size > EMBEDDED_FILE_SIZE && !(minDeltaSize && file.file_size < minDeltaSize)) totalToHash += file.file_size;
+  }
+  run.progress.setTotal(totalToHash);
+  const vanished = new Set<SnapshotEntry>();
+  await parallelEach(snap, parallel, async (entry) => {
+    run.checkAlive();
+    const f = entry.file;
+    try {
+      if (entry.inTablespace) {
+        f.should_be_bundled = true;
+      } else if (f.file_size <= EMBEDDED_FILE_SIZE) {
+        f.content_b64 = (await readSmallFile(entry.localPath, f.file_size)).toString("base64");
+      } else if (minDeltaSize && f.file_size < minDeltaSize) {
+        f.should_be_bundled = true;
+      } else if (prehash) {
+        f.hexdigest = await hashFile(entry.localPath, f.file_size);
+        run.progress.addDone(f.file_size);
+      }
+    } catch (err) {
+      if (f.missing_ok && isEnoent(err)) vanished.add(entry);
+      else throw err;
+    }
+  });
+  return { files: snap.filter((e) => !vanished.has(e)), emptyDirs: [...dirs].sort(comparePaths), tablespaceDirs };
+}
+
+/** The manifest (rohmu `BackupManifest.jsondict()`), sizes and the delta_backup_* metrics. */
+function buildManifest(args: {
+  files: SnapshotFile[];
+  emptyDirs: string[];
+  chunkFiles: ChunkRecord[];
+  tracked: Map<string, Record<string, unknown>>;
+  uploadedDigests: Map<string, number>;
+  startTime: Date;
+  snapshotStart: Date;
+  snapshotEnd: Date;
+  metrics: BasebackupContext["metrics"];
+}): { manifest: unknown; totalSize: number; totalStoredSize: number; uploadedSize: number } {
+  const { files, chunkFiles, tracked, uploadedDigests, metrics } = args;
+  // stored sizes of reused objects come from the manifests that have them
+  let digestsInput = 0;
+  let digestsStored = 0;
+  let embedInput = 0;
+  for (const file of files) {
+    if (file.should_be_bundled) continue;
+    if (file.hexdigest) {
+      if (file.stored_file_size === 0 && file.hexdigest !== EMPTY_FILE_HASH) {
+        file.stored_file_size = Number(tracked.get(file.hexdigest)?.stored_file_size ?? 0);
+      }
+      digestsInput += file.file_size;
+      digestsStored += file.stored_file_size;
+    } else if (file.content_b64) {
+      embedInput += file.file_size;
+    }
+  }
+  const chunksInput = chunkFiles.reduce((a, c) => a + c.input_size, 0);
+  const chunksStored = chunkFiles.reduce((a, c) => a + c.result_size, 0);
+  const sorted = files.slice().sort((a, b) => comparePaths(a.relative_path, b.relative_path));
+  const totalSize = chunksInput + digestsInput + embedInput;
+  const totalStoredSize = chunksStored + digestsStored + embedInput;
+  const uploadedSize = chunksStored + [...uploadedDigests.values()].reduce((a, b) => a + b, 0);
+  const uploadedCount = chunkFiles.length + uploadedDigests.size;
+  metrics?.increase("pghoard.delta_backup_total_size", uploadedSize);
+  metrics?.gauge("pghoard.delta_backup_upload_size", uploadedSize);
+  metrics?.increase("pghoard.delta_backup_total_files", uploadedCount);
+  metrics?.gauge("pghoard.delta_backup_upload_files", uploadedCount);
+  if (tracked.size > 0) {
+    const digestCount = sorted.filter((f) => f.hexdigest && !f.should_be_bundled).length;
+    if (digestCount) metrics?.gauge("pghoard.delta_backup_changed_data_files_ratio", uploadedCount / (digestCount + chunkFiles.length));
+    if (digestsStored) metrics?.gauge("pghoard.delta_backup_changed_data_size_ratio", uploadedSize / (digestsStored + chunksStored));
+    metrics?.gauge("pghoard.delta_backup_remained_data_size", digestsStored - (uploadedSize - chunksStored));
+  }
+  const manifest = {
+    start: isoUtc(args.startTime),
+    end: isoUtc(new Date()),
+    snapshot_result: {
+      start: isoUtc(args.snapshotStart),
+      end: isoUtc(args.snapshotEnd),
+      state: { root_globs: ["**/*"], files: sorted, empty_dirs: args.emptyDirs },
+      files: sorted.length,
+      total_size: sorted.reduce((a, f) => a + f.file_size, 0),
+      hashes: sorted.filter((f) => f.hexdigest).map((f) => ({ hexdigest: f.hexdigest, size: f.file_size })),
+    },
+    upload_result: { total_size: totalSize, total_stored_size: totalStoredSize },
+  };
+  return { manifest, totalSize, totalStoredSize, uploadedSize };
 }

@@ -223,7 +223,7 @@ export async function* tarChunk(entries: readonly ChunkEntry[], opts: TarChunkOp
           const onData = opts.onFile?.(entry.archivePath, size);
           const reader: FileReader =
             size <= SYNC_READ_LIMIT ? (buf, off, len, pos) => readSync(fd, buf, off, len, pos) : (buf, off, len, pos) => readAsync(fd, buf, off, len, pos);
-          await tar.appendFileData(reader, size, onData);
+          yield* tar.fileData(reader, size, onData);
           opts.onFileDone?.(entry.archivePath, size);
           stats.dataBytes += size;
           opts.onProgress?.(size);

@@ -127,6 +127,25 @@ export async function readTarFileMember(tarPath: string, wanted: string): Promis
   }
 }
 
+/** Uploads the encoded single-tar object `basebackup/NAME` and describes the result. */
+async function uploadMainObject(
+  ctx: BasebackupContext,
+  args: { name: string; localPath: string; metadata: Record<string, string>; storedSize: number; plainBytes: number; progress: BackupProgress },
+): Promise<BasebackupResult> {
+  args.progress.setPhase("uploading");
+  await uploaderOf(ctx).upload({
+    filetype: "basebackup",
+    objectName: args.name,
+    localPath: args.localPath,
+    metadata: args.metadata,
+    fileSize: args.storedSize,
+    onProgress: (n) => args.progress.addUploaded(n),
+  });
+  args.progress.finish();
+  const key = path.posix.join(siteConfigOf(ctx).prefix, "basebackup", args.name);
+  return { name: args.name, key, metadata: args.metadata, uploadedBytes: args.storedSize, plainBytes: args.plainBytes };
+}
+
 function commonMetadata(ctx: BasebackupContext): Record<string, unknown> {
   const site = siteConfigOf(ctx);
   return {
@@ -168,17 +187,7 @@ export async function runBasicBasebackup(ctx: BasebackupContext): Promise<Baseba
       "start-time": startTime,
       "start-wal-segment": startWalSegment,
     });
-    progress.setPhase("uploading");
-    await uploaderOf(ctx).upload({
-      filetype: "basebackup",
-      objectName: name,
-      localPath,
-      metadata,
-      fileSize: result.storedSize,
-      onProgress: (n) => progress.addUploaded(n),
-    });
-    progress.finish();
-    return { name, key: path.posix.join(site.prefix, "basebackup", name), metadata, uploadedBytes: result.storedSize, plainBytes: result.originalSize };
+    return await uploadMainObject(ctx, { name, localPath, metadata, storedSize: result.storedSize, plainBytes: result.originalSize, progress });
   } finally {
     await removeWorkDir(workDir);
   }
@@ -255,17 +264,7 @@ export async function runPipeBasebackup(ctx: BasebackupContext): Promise<Basebac
       "original-file-size": inputSize,
       ...ctx.decision,
     });
-    progress.setPhase("uploading");
-    await uploaderOf(ctx).upload({
-      filetype: "basebackup",
-      objectName: name,
-      localPath,
-      metadata,
-      fileSize: result.storedSize,
-      onProgress: (n) => progress.addUploaded(n),
-    });
-    progress.finish();
-    return { name, key: path.posix.join(site.prefix, "basebackup", name), metadata, uploadedBytes: result.storedSize, plainBytes: inputSize };
+    return await uploadMainObject(ctx, { name, localPath, metadata, storedSize: result.storedSize, plainBytes: inputSize, progress });
   } finally {
     await removeWorkDir(workDir);
   }

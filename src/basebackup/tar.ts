@@ -164,25 +164,40 @@ export class TarBuffer {
 
   /**
    * Appends `size` bytes of an open file (header must already be written) using `read`
-   * (synchronous or asynchronous, `pread`-like). Reads at most `size` bytes; a short file is
-   * zero-padded. `onData` sees exactly the bytes read from the file. Returns the bytes read.
+   * (synchronous or asynchronous, `pread`-like), yielding every buffer that fills up so memory
+   * stays bounded whatever the file size. Reads at most `size` bytes; a short file is
+   * zero-padded. `onData` sees exactly the bytes read from the file; `result.bytesRead` tells how
+   * many there were.
    */
-  async appendFileData(read: FileReader, size: number, onData?: (data: Buffer) => void): Promise<number> {
+  async *fileData(read: FileReader, size: number, onData?: (data: Buffer) => void, result?: { bytesRead: number }): AsyncGenerator<Buffer> {
     let position = 0;
     while (position < size) {
-      if (this.used === this.buf.length) this.rotate();
+      if (this.used === this.buf.length) {
+        this.rotate();
+        yield* this.takeFull();
+      }
       const want = Math.min(size - position, this.buf.length - this.used);
-      const result = read(this.buf, this.used, want, position);
-      const bytesRead = typeof result === "number" ? result : await result;
+      const r = read(this.buf, this.used, want, position);
+      const bytesRead = typeof r === "number" ? r : await r;
       if (bytesRead === 0) break;
       if (onData) onData(this.buf.subarray(this.used, this.used + bytesRead));
       this.used += bytesRead;
       position += bytesRead;
       this.size += bytesRead;
     }
+    if (result) result.bytesRead = position;
     if (position < size) this.appendZeros(size - position);
     this.appendZeros(padLength(size));
-    return position;
+    yield* this.takeFull();
+  }
+
+  /** `fileData` without yielding (small files, tests): everything stays buffered until `takeFull`. */
+  async appendFileData(read: FileReader, size: number, onData?: (data: Buffer) => void): Promise<number> {
+    const result = { bytesRead: 0 };
+    const pending: Buffer[] = [];
+    for await (const buf of this.fileData(read, size, onData, result)) pending.push(buf);
+    this.full.unshift(...pending);
+    return result.bytesRead;
   }
 
   /** Bytes that can still be appended before the current buffer is full. */

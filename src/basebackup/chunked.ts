@@ -1,0 +1,176 @@
+/**
+ * The frame shared by the modes that read $PGDATA themselves (local-tar, local-tar-delta-stats,
+ * delta): work directory, one session holding a non-exclusive backup, the mode's data upload,
+ * pg_control read after the data, pg_backup_stop, the end segment switch, and the control
+ * object uploaded last (storage-layout.md §5.3).
+ */
+import { readFile, stat, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { removeIfExists } from "../common/fs.js";
+import {
+  BackupFailure,
+  BackupSession,
+  createBackupWorkDir,
+  encodeOptions,
+  encodingMetadata,
+  hostnameOf,
+  removeWorkDir,
+  sanitizeMetadata,
+  throwIfAborted,
+  uploaderOf,
+} from "./common.js";
+import { buildControlTar, type ControlMetadata, type TablespaceInfo } from "./control.js";
+import { parseBackupLabel } from "./label.js";
+import { BackupProgress } from "./progress.js";
+import { siteConfigOf, type BasebackupContext, type BasebackupResult } from "./types.js";
+import { PGHOARD_VERSION } from "./version.js";
+
+export interface ChunkedBackupRun {
+  name: string;
+  workDir: string;
+  pgdata: string;
+  tablespaces: Record<string, TablespaceInfo>;
+  session: BackupSession;
+  progress: BackupProgress;
+  /** For chunk builders: throws when the session died or the daemon is stopping. */
+  checkAlive: () => void;
+  /** Registers cleanup for a failed attempt (e.g. deleting newly uploaded delta objects). */
+  onFailure: (cleanup: () => Promise<void>) => void;
+}
+
+export interface ChunkedBackupData {
+  /** `chunks`, `delta_stats`, `manifest` of the control JSON. */
+  extra: Partial<ControlMetadata>;
+  format: "pghoard-bb-v2" | "pghoard-delta-v2";
+  totalSizePlain: number;
+  totalSizeEnc: number;
+  /** Stored bytes of the data objects this backup uploaded. */
+  uploadedBytes: number;
+}
+
+export async function checkPgdata(ctx: BasebackupContext): Promise<string> {
+  const pgdata = siteConfigOf(ctx).pg_data_directory;
+  if (!pgdata) throw new BackupFailure("pg_data_directory is not set");
+  try {
+    if (!(await stat(pgdata)).isDirectory()) throw new Error("not a directory");
+  } catch {
+    throw new BackupFailure(`pg_data_directory '${pgdata}' does not exist`);
+  }
+  if (ctx.pgVersion < 90600) throw new BackupFailure("Postgresql < 9.6 is not supported");
+  return pgdata;
+}
+
+interface ControlUpload {
+  name: string;
+  workDir: string;
+  pgdata: string;
+  tablespaces: Record<string, TablespaceInfo>;
+  backupLabel: string;
+  pgControl: Buffer;
+  endWalSegment: string | null;
+  endTime: { metadata: string; json: string };
+  data: ChunkedBackupData;
+}
+
+/** Builds, encodes and uploads `basebackup/NAME.00000000.pghoard`. */
+async function uploadControlObject(ctx: BasebackupContext, c: ControlUpload): Promise<{ key: string; metadata: Record<string, string>; storedSize: number }> {
+  const site = siteConfigOf(ctx);
+  const label = parseBackupLabel(c.backupLabel);
+  const metadata: ControlMetadata = {
+    backup_end_time: c.endTime.json,
+    backup_end_wal_segment: c.endWalSegment,
+    backup_start_time: label.startTime,
+    backup_start_wal_segment: label.startWalSegment,
+    pgdata: c.pgdata,
+    pghoard_object: "basebackup",
+    pghoard_version: PGHOARD_VERSION,
+    tablespaces: c.tablespaces,
+    host: hostnameOf(ctx),
+    ...c.data.extra,
+  };
+  const tar = buildControlTar({ metadata, pgControl: c.pgControl, backupLabel: Buffer.from(c.backupLabel, "utf8") });
+  const fileName = `${c.name}.00000000.pghoard`;
+  const plainPath = path.join(c.workDir, `${fileName}.tar`);
+  const localPath = path.join(c.workDir, fileName);
+  await writeFile(plainPath, tar);
+  const result = await ctx.pool.encodeFile(plainPath, localPath, encodeOptions(ctx));
+  await removeIfExists(plainPath);
+  const objectMetadata = sanitizeMetadata({
+    ...encodingMetadata(ctx),
+    format: c.data.format,
+    "original-file-size": tar.length,
+    host: hostnameOf(ctx),
+    ...ctx.decision,
+    "end-time": c.endTime.metadata,
+    "end-wal-segment": c.endWalSegment,
+    "pg-version": ctx.pgVersion,
+    "active-backup-mode": site.active_backup_mode,
+    "basebackup-mode": site.basebackup_mode,
+    "start-time": label.startTime,
+    "start-wal-segment": label.startWalSegment,
+    "total-size-plain": c.data.totalSizePlain,
+    "total-size-enc": c.data.totalSizeEnc,
+  });
+  await uploaderOf(ctx).upload({ filetype: "basebackup", objectName: fileName, localPath, metadata: objectMetadata, fileSize: result.storedSize });
+  return { key: path.posix.join(site.prefix, "basebackup", fileName), metadata: objectMetadata, storedSize: result.storedSize };
+}
+
+export async function runChunkedBackup(ctx: BasebackupContext, body: (run: ChunkedBackupRun) => Promise<ChunkedBackupData>): Promise<BasebackupResult> {
+  const site = siteConfigOf(ctx);
+  const pgdata = await checkPgdata(ctx);
+  const { name, workDir } = await createBackupWorkDir(ctx);
+  const progress = new BackupProgress(name, site.basebackup_mode, ctx.log, ctx.onProgress);
+  const cleanups: Array<() => Promise<void>> = [];
+  let success = false;
+  try {
+    const session = await BackupSession.connect(ctx);
+    let data: ChunkedBackupData;
+    let backupLabel = "";
+    let pgControl = Buffer.alloc(0);
+    let tablespaces: Record<string, TablespaceInfo> = {};
+    let end: Awaited<ReturnType<BackupSession["endSegmentAndTime"]>>;
+    try {
+      progress.setPhase("starting backup (checkpoint)");
+      await session.startBackup();
+      let stopped = false;
+      try {
+        tablespaces = await session.tablespaces(pgdata);
+        ctx.log.info(`Starting to backup ${pgdata} and ${Object.keys(tablespaces).length} tablespaces to ${name}`);
+        data = await body({
+          name,
+          workDir,
+          pgdata,
+          tablespaces,
+          session,
+          progress,
+          checkAlive: () => {
+            session.checkAlive();
+            throwIfAborted(ctx);
+          },
+          onFailure: (cleanup) => cleanups.push(cleanup),
+        });
+        session.checkAlive();
+        progress.setPhase("stopping backup");
+        // the newest pg_control, read after every data file
+        pgControl = await readFile(path.join(pgdata, "global", "pg_control"));
+        backupLabel = await session.stopBackup();
+        stopped = true;
+      } finally {
+        if (!stopped && session.alive) await session.stopBackup().catch(() => undefined);
+      }
+      end = await session.endSegmentAndTime();
+    } finally {
+      await session.close();
+    }
+    progress.setPhase("uploading control object");
+    const control = await uploadControlObject(ctx, { name, workDir, pgdata, tablespaces, backupLabel, pgControl, endWalSegment: end.endWalSegment, endTime: end.endTime, data });
+    success = true;
+    progress.finish();
+    return { name, key: control.key, metadata: control.metadata, uploadedBytes: data.uploadedBytes + control.storedSize, plainBytes: data.totalSizePlain };
+  } finally {
+    if (!success) {
+      for (const cleanup of cleanups) await cleanup().catch((err: unknown) => ctx.log.warn(`Cleanup after a failed backup failed: ${String(err)}`));
+    }
+    await removeWorkDir(workDir);
+  }
+}
