@@ -9,7 +9,7 @@ import { readdir } from "node:fs/promises";
 import { after, before, describe, it } from "node:test";
 import { lsnToWalName, parseLsn, WAL_SEG_SIZE } from "../../src/wal/index.js";
 import { startCluster, type PgCluster } from "../helpers/pgcluster.js";
-import { decodeStoredObject, httpRequest, type DaemonEnv, type DaemonProcess } from "../daemon/helpers.js";
+import { decodeStoredObject, httpRequest, sleep, type DaemonEnv, type DaemonProcess } from "../daemon/helpers.js";
 import {
   assertArchiveComplete,
   fullSegments,
@@ -99,6 +99,22 @@ describe("walreceiver mode", { timeout: 300_000 }, () => {
 
     const names = await assertArchiveComplete(env, SITE, cluster);
     assert.ok(names.length >= 4, `several segments: ${names.join(" ")}`);
+  });
+
+  it("after the daemon is SIGKILLed under load, a restart resumes from the state file or the slot and loses nothing", async () => {
+    assert.ok(daemon);
+    const load = writeLoad(cluster, 400);
+    await sleep(500);
+    daemon.child.kill("SIGKILL");
+    await daemon.exited;
+    await load;
+    await switchWal(cluster);
+    daemon = await startDaemon(env, PARTIAL_ENV, "daemon3.log");
+    await writeLoad(cluster, 100);
+    const last = await switchWal(cluster);
+    await waitForStored(env, SITE, last, daemon);
+    assert.match(daemon.logs(), /Starting replication from .* \(from (the state file|slot pghoard_test_slot)\)/);
+    await assertArchiveComplete(env, SITE, cluster);
   });
 });
 
