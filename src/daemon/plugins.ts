@@ -26,6 +26,7 @@ import type { SiteConfig } from "../config/types.js";
 import type { DaemonContext } from "./context.js";
 import type { SiteSpoolPaths } from "./spool.js";
 import { createWalStreamingPlugin } from "../wal/streaming.js";
+import { createMonitoringPlugin } from "../monitoring/daemon_plugin.js";
 
 export interface SiteState {
   basebackups: unknown[];
@@ -58,8 +59,12 @@ export interface DaemonPlugin {
 
 export type DaemonPluginFactory = (ctx: DaemonContext) => DaemonPlugin | Promise<DaemonPlugin>;
 
-/** Other areas add their factory here (streaming first, then basebackup). */
-export const DAEMON_PLUGIN_FACTORIES: DaemonPluginFactory[] = [createWalStreamingPlugin, createBasebackupPlugin];
+/** Other areas add their factory here (streaming first, then basebackup, then the WAL-lag probe). */
+export const DAEMON_PLUGIN_FACTORIES: DaemonPluginFactory[] = [
+  createWalStreamingPlugin,
+  createBasebackupPlugin,
+  (ctx) => createMonitoringPlugin(ctx),
+];
 
 /** For tests and embedders: add a plugin factory at runtime. */
 export function registerDaemonPlugin(factory: DaemonPluginFactory): void {
