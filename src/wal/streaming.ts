@@ -306,7 +306,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
       directory: handle.spool.xlogIncoming,
       slot,
       serverVersion,
-      log: this.log,
+      log: this.log.child({ name: "PGReceiveXLog" }),
       diskGuard: () => {
         const current = this.ctx.config.backup_sites[state.site]?.pg_receivexlog ?? pgConfig;
         return {
@@ -353,7 +353,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
         slot: nodeSlot(node),
         startLsn: state.lastFlushedLsn,
         sink: new DaemonWalSink(this.ctx, state.site),
-        log: this.log,
+        log: this.log.child({ name: "WALReceiver" }),
         partialIntervalMs: this.hooks.partialIntervalMs,
       });
       state.walreceiver = receiver;
