@@ -12,7 +12,7 @@
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,7 +20,7 @@ import { FileFormatPool } from "../src/fileformat/index.js";
 import { createStorage } from "../src/storage/index.js";
 import { runBasebackup } from "../src/basebackup/index.js";
 import type { PghoardConfig } from "../src/config/types.js";
-import { chownToPostgres, makeTempDir, runAsPostgres, startCluster, type PgCluster } from "../test/helpers/pgcluster.js";
+import { makeTempDir, runAsPostgres, startCluster, type PgCluster } from "../test/helpers/pgcluster.js";
 
 const MiB = 1024 * 1024;
 
@@ -41,6 +41,8 @@ interface ChildResult {
   plainBytes: number;
   uploadedBytes: number;
   maxRssMiB: number;
+  /** user + system CPU seconds of the whole process (main thread and workers). */
+  cpuSeconds: number;
 }
 
 function arg(name: string, fallback: string): string {
@@ -91,7 +93,14 @@ async function child(spec: ChildSpec): Promise<void> {
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   await pool.close();
   await storage.close();
-  const out: ChildResult = { seconds, plainBytes: result.plainBytes, uploadedBytes: result.uploadedBytes, maxRssMiB: process.resourceUsage().maxRSS / 1024 };
+  const usage = process.resourceUsage();
+  const out: ChildResult = {
+    seconds,
+    plainBytes: result.plainBytes,
+    uploadedBytes: result.uploadedBytes,
+    maxRssMiB: usage.maxRSS / 1024,
+    cpuSeconds: (usage.userCPUTime + usage.systemCPUTime) / 1e6,
+  };
   process.stdout.write(`${JSON.stringify(out)}\n`);
 }
 
@@ -207,7 +216,8 @@ async function main(): Promise<void> {
           `${mode} ${algorithm}+enc (${threads} thr)`,
           result.seconds,
           result.plainBytes,
-          `${((100 * rate) / floorRate).toFixed(0).padStart(3)}% of floor, peak RSS ${result.maxRssMiB.toFixed(0)} MiB, stored ${(result.uploadedBytes / MiB).toFixed(0)} MiB`,
+          `${((100 * rate) / floorRate).toFixed(0).padStart(3)}% of floor, peak RSS ${result.maxRssMiB.toFixed(0)} MiB, ` +
+            `CPU ${((result.cpuSeconds * 1024 * MiB) / result.plainBytes).toFixed(2)} s/GiB, stored ${(result.uploadedBytes / MiB).toFixed(0)} MiB`,
         );
         rmSync(storeDir, { recursive: true, force: true });
         rmSync(spoolDir, { recursive: true, force: true });
@@ -219,6 +229,7 @@ async function main(): Promise<void> {
       else line(`pgbackrest full lz4 (process-max=${threads})`, res.seconds, pgdataBytes, `repo ${(res.repoBytes / MiB).toFixed(0)} MiB (rate over PGDATA size)`);
     }
     process.stdout.write(`\nupstream pghoard local-tar reference (2 cores): 221 MiB/s snappy, 290 MiB/s zstd\n`);
+    process.stdout.write(`load average during the run: ${os.loadavg().map((l) => l.toFixed(1)).join(" ")}\n`);
   } finally {
     if (!process.argv.includes("--keep")) {
       await cluster.destroy();
@@ -230,5 +241,3 @@ async function main(): Promise<void> {
 if (existsSync(fileURLToPath(import.meta.url))) {
   await main();
 }
-void chownToPostgres;
-void readFileSync;

@@ -100,45 +100,37 @@ describe("retention", { timeout: 600_000, skip: only && !only.includes("retentio
     await moreWal();
     const b2 = await requestBackup(s);
     await moreWal();
-    const c1 = await controlJson(s, b1);
-    const b1Chunks = (c1.chunks as Array<{ chunk_filename: string }>).map((c) => c.chunk_filename);
+    const b1Chunks = ((await controlJson(s, b1)).chunks as Array<{ chunk_filename: string }>).map((c) => c.chunk_filename);
     assert.ok(b1Chunks.length >= 2, "several chunks");
+    const walBefore3 = (await listStore(s.env, s.site, "xlog")).map((e) => e.name);
 
-    // preserve b1 until tomorrow: the third backup deletes nothing
-    const basename = b1.name;
-    const until = new Date(Date.now() + 86400_000);
-    const untilText = until.toISOString().replace("T", " ").replace(/\.\d+Z$/, "+00:00");
+    // third backup with basebackup_count 2: the oldest goes, with exactly the WAL only it needed
+    const b3 = await requestBackup(s);
+    const after3 = await listStore(s.env, s.site, "basebackup");
+    assert.deepEqual(after3.map((e) => e.name), [b2.name, b3.name].sort());
+    const needed = b2.metadata["start-wal-segment"];
+    const walAfter3 = (await listStore(s.env, s.site, "xlog")).map((e) => e.name);
+    assert.ok(walBefore3.some((w) => w < needed), "there was WAL to delete");
+    assert.deepEqual(
+      walAfter3.filter((w) => walBefore3.includes(w)),
+      walBefore3.filter((w) => w >= needed),
+      "WAL before the oldest kept backup's start segment is deleted, everything from it on is kept",
+    );
+    assert.deepEqual(await listStore(s.env, s.site, "basebackup_chunk", b1.name.replace(".00000000.pghoard", "")), [], "chunks of the deleted backup are gone");
+    assert.ok((await listStore(s.env, s.site, "basebackup_chunk", b2.name.replace(".00000000.pghoard", ""))).length >= 2);
+
+    // a preservation request keeps b2 past its time: the fourth backup deletes nothing
+    const until = new Date(Date.now() + 86400_000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "+00:00");
     const reqDir = path.join(s.env.storageDir, s.site, "preservation_request");
     await mkdir(reqDir, { recursive: true });
-    const reqFile = path.join(reqDir, `${basename}_${untilText}`);
+    const reqFile = path.join(reqDir, `${b2.name}_${until}`);
     await writeFile(reqFile, "");
-    await writeFile(`${reqFile}.metadata`, JSON.stringify({ "preserve-backup": basename, "preserve-until": untilText }));
-    const walBefore3 = (await listStore(s.env, s.site, "xlog")).map((e) => e.name);
-    const b3 = await requestBackup(s);
-    const names3 = (await listStore(s.env, s.site, "basebackup")).map((e) => e.name);
-    assert.deepEqual(names3, [b1.name, b2.name, b3.name].sort());
-    const walAfter3 = (await listStore(s.env, s.site, "xlog")).map((e) => e.name);
-    for (const w of walBefore3) assert.ok(walAfter3.includes(w), `WAL ${w} kept while b1 is preserved`);
-
-    // the request expires (removed): the next backup leaves the newest two
-    const { unlink } = await import("node:fs/promises");
-    await unlink(`${reqFile}.metadata`);
-    await unlink(reqFile);
+    await writeFile(`${reqFile}.metadata`, JSON.stringify({ "preserve-backup": b2.name, "preserve-until": until }));
     await moreWal();
+    const walBefore4 = (await listStore(s.env, s.site, "xlog")).map((e) => e.name);
     const b4 = await requestBackup(s);
-    const remaining = await listStore(s.env, s.site, "basebackup");
-    assert.deepEqual(remaining.map((e) => e.name), [b3.name, b4.name].sort());
-    const needed = remaining.map((e) => e.metadata["start-wal-segment"]).sort()[0];
+    assert.deepEqual((await listStore(s.env, s.site, "basebackup")).map((e) => e.name), [b2.name, b3.name, b4.name].sort());
     const walAfter4 = (await listStore(s.env, s.site, "xlog")).map((e) => e.name);
-    assert.ok(walAfter4.length > 0);
-    for (const w of walAfter4) assert.ok(w >= needed, `WAL ${w} before ${needed} was deleted`);
-    for (const w of walAfter3) {
-      if (w >= needed) assert.ok(walAfter4.includes(w), `WAL ${w} needed by a kept backup is still there`);
-    }
-    assert.ok(walAfter3.some((w) => w < needed), "there was WAL to delete");
-    const chunkDirs = await listStore(s.env, s.site, "basebackup_chunk", b1.name.replace(".00000000.pghoard", ""));
-    assert.deepEqual(chunkDirs, [], "chunks of deleted backups are gone");
-    const b3Chunks = await listStore(s.env, s.site, "basebackup_chunk", b3.name.replace(".00000000.pghoard", ""));
-    assert.ok(b3Chunks.length >= 2);
+    for (const w of walBefore4) assert.ok(walAfter4.includes(w), `WAL ${w} kept while b2 is preserved`);
   });
 });

@@ -101,15 +101,22 @@ async function readState(env: DaemonEnv): Promise<Record<string, unknown>> {
   }
 }
 
-/** PUT /<site>/archive/basebackup, then waits until the daemon has finished it (and run retention). */
-export async function requestBackup(s: Scenario, timeoutMs = 240_000): Promise<StoredEntry> {
-  const before = new Set((await listStore(s.env, s.site, "basebackup")).map((e) => e.name));
+/**
+ * PUT /<site>/archive/basebackup, then waits until the daemon has finished it (and run retention).
+ * `list` lists the site's basebackup/ objects (default: the local store).
+ */
+export async function requestBackup(
+  s: Scenario,
+  timeoutMs = 240_000,
+  list: () => Promise<StoredEntry[]> = () => listStore(s.env, s.site, "basebackup"),
+): Promise<StoredEntry> {
+  const before = new Set((await list()).map((e) => e.name));
   const res = await httpRequest(s.env.port, "PUT", `/${s.site}/archive/basebackup`);
   if (res.status >= 300) throw new Error(`basebackup request failed: ${res.status} ${res.body}`);
   const deadline = Date.now() + timeoutMs;
   let created: StoredEntry | undefined;
   for (;;) {
-    if (!created) created = (await listStore(s.env, s.site, "basebackup")).find((e) => !before.has(e.name));
+    if (!created) created = (await list()).find((e) => !before.has(e.name));
     const state = await readState(s.env);
     const bb = (state.pg_basebackups as Record<string, { running: boolean }> | undefined)?.[s.site];
     if (created && bb && bb.running === false) return created;
@@ -150,7 +157,8 @@ export async function restoreAndRecover(s: Scenario, restorePoint: string): Prom
   const port = await findFreePort();
   const renv = await makeDaemonEnv({ [s.site]: { pgDataDirectory: dataDir, keyId: s.keyId, keys: s.keys } }, { http_port: port, log_level: "INFO" });
   const sites = renv.config.backup_sites as Record<string, Record<string, unknown>>;
-  sites[s.site].object_storage = { storage_type: "local", directory: s.env.storageDir };
+  // the source site's store (by default the local store in s.env.storageDir)
+  sites[s.site].object_storage = (s.env.config.backup_sites as Record<string, Record<string, unknown>>)[s.site].object_storage;
   sites[s.site].active = false;
   await renv.writeConfig();
   const args = [
