@@ -161,13 +161,19 @@ export class WalStreamingPlugin implements DaemonPlugin {
     }
     if (state.walreceiver) {
       const wr = state.walreceiver;
-      wr.stop();
       const run = state.walreceiverRun;
-      if (run) await Promise.race([run.catch(() => undefined), new Promise((r) => setTimeout(r, waitMs).unref())]);
-      state.lastFlushedLsn = wr.lastFlushedLsn;
+      // Cleared first: walreceiverEnded then knows this end was asked for.
       state.walreceiver = null;
       state.walreceiverRun = null;
+      wr.stop();
+      if (run) await Promise.race([run, new Promise((r) => setTimeout(r, waitMs).unref())]);
+      state.lastFlushedLsn = wr.lastFlushedLsn;
     }
+  }
+
+  /** Still wanted after an asynchronous start-up step (no shutdown, mode change or deactivation meanwhile)? */
+  private wanted(state: SiteStreaming, mode: SiteStreaming["mode"]): boolean {
+    return !this.stopped && state.mode === mode && this.ctx.config.backup_sites[state.site]?.active === true;
   }
 
   private scheduleRestart(state: SiteStreaming, ranMs: number): void {
@@ -297,7 +303,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
       this.log.warn(`Site ${state.site}: terminating pg_receivewal PID ${pid} left over from an earlier run in ${handle.spool.xlogIncoming}`);
       await terminateLeftoverReceiver(pid);
     }
-    if (this.stopped || state.mode !== "pg_receivexlog") return;
+    if (!this.wanted(state, "pg_receivexlog")) return;
     const pgConfig = siteConfig.pg_receivexlog;
     state.receivexlog = new PgReceiveXlog({
       site: state.site,
@@ -346,7 +352,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
       const siteConfig = handle.siteConfig;
       const node = this.pickNode(siteConfig, state.site);
       await this.checkServer(state, siteConfig, node);
-      if (this.stopped || state.mode !== "walreceiver") return;
+      if (!this.wanted(state, "walreceiver")) return;
       const receiver = new WalReceiver({
         site: state.site,
         connectionInfo: replicationConnectionInfo(node),
