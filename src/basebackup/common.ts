@@ -2,7 +2,7 @@
  * Pieces shared by the modes: backup names and work directories, encode options from the
  * configuration, the default uploader, and the SQL of a non-exclusive backup on one session.
  */
-import { mkdir, readdir, rm } from "node:fs/promises";
+import { mkdir, readdir, readlink, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import pg from "pg";
@@ -188,7 +188,6 @@ export class BackupSession {
   }
 
   async tablespaces(pgdata: string): Promise<Record<string, { path: string; oid: number }>> {
-    const { readlink } = await import("node:fs/promises");
     const res = await this.client.query<{ oid: number; spcname: string }>(
       "SELECT oid::int AS oid, spcname FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')",
     );

@@ -5,7 +5,7 @@
  */
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { chownToPostgres, findFreePort, makeTempDir, startCluster, type PgCluster } from "../helpers/pgcluster.js";
 import { repoRoot } from "../helpers/paths.js";
@@ -87,7 +87,7 @@ export async function listStore(env: DaemonEnv, site: string, type: string, sub 
     const file = path.join(dir, name);
     if (!existsSync(`${file}.metadata`)) continue;
     const metadata = JSON.parse(await readFile(`${file}.metadata`, "utf8")) as Record<string, string>;
-    const { size } = await import("node:fs/promises").then((fs) => fs.stat(file));
+    const { size } = await stat(file);
     result.push({ name, metadata, size });
   }
   return result;
