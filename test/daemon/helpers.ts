@@ -40,6 +40,8 @@ export interface DaemonEnv {
   alertDir: string;
   configPath: string;
   port: number;
+  /** The port was chosen by the caller (e.g. it is in an archive_command) and must not change. */
+  fixedPort: boolean;
   config: Record<string, unknown>;
   writeConfig(config?: Record<string, unknown>): Promise<void>;
 }
@@ -95,6 +97,7 @@ export async function makeDaemonEnv(
     alertDir,
     configPath,
     port,
+    fixedPort: typeof extra.http_port === "number",
     config,
     async writeConfig(newConfig?: Record<string, unknown>) {
       if (newConfig) env.config = newConfig;
@@ -138,11 +141,28 @@ export class DaemonProcess {
     readonly logPath: string,
     readonly port: number,
   ) {
-    this.exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+    // "close": the output pipes are drained too, so logs() is complete once this resolves.
+    this.exited = new Promise((resolve) => child.once("close", (code, signal) => resolve({ code, signal })));
   }
 
-  /** Starts `node bin/pghoard.js --config <path>` and waits until /status answers. */
+  /**
+   * Starts `node bin/pghoard.js --config <path>` and waits until /status answers. When another
+   * test grabbed the free port in the meantime, a new one is chosen (unless the port is fixed).
+   */
   static async start(env: DaemonEnv, opts: { logName?: string; env?: Record<string, string> } = {}): Promise<DaemonProcess> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await DaemonProcess.startOnce(env, opts);
+      } catch (err) {
+        if (env.fixedPort || attempt >= 3 || !/EADDRINUSE/.test(String(err))) throw err;
+        env.port = await findFreePort();
+        env.config.http_port = env.port;
+        await env.writeConfig();
+      }
+    }
+  }
+
+  private static async startOnce(env: DaemonEnv, opts: { logName?: string; env?: Record<string, string> }): Promise<DaemonProcess> {
     const logPath = path.join(env.dir, opts.logName ?? "daemon.log");
     const log = createWriteStream(logPath, { flags: "a" });
     const child = spawn(process.execPath, [pghoardBin, "--config", env.configPath], {
