@@ -6,7 +6,7 @@
  */
 import { createWriteStream } from "node:fs";
 import path from "node:path";
-import { Readable, Transform } from "node:stream";
+import type { Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { removeIfExists } from "../common/fs.js";
 import { encodeOptions, encodingMetadata, hostnameOf, sanitizeMetadata, throwIfAborted, uploaderOf } from "./common.js";
@@ -14,6 +14,34 @@ import type { ChunkRecord } from "./control.js";
 import { tarChunk, type ChunkEntry, type TarChunkOptions, type TarChunkStats } from "./files.js";
 import type { BackupProgress } from "./progress.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupFileType } from "./types.js";
+
+const TAR_BUFFER_SIZE = 1024 * 1024;
+
+/** Resolves on 'drain'; rejects if the stream errors or closes first. */
+function waitForDrain(stream: Writable): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const cleanup = (): void => {
+      stream.off("drain", onDrain);
+      stream.off("error", onError);
+      stream.off("close", onClose);
+    };
+    const onDrain = (): void => {
+      cleanup();
+      resolve();
+    };
+    const onError = (err: Error): void => {
+      cleanup();
+      reject(err);
+    };
+    const onClose = (): void => {
+      cleanup();
+      reject(new Error("encoder closed before the chunk was written"));
+    };
+    stream.once("drain", onDrain);
+    stream.once("error", onError);
+    stream.once("close", onClose);
+  });
+}
 
 export function chunkFileName(backupName: string, index: number): string {
   return `${backupName}.${String(index).padStart(8, "0")}.pghoard`;
@@ -56,19 +84,34 @@ async function buildChunk(
 ): Promise<{ inputSize: number; resultSize: number }> {
   const stats: TarChunkStats = { files: [], vanished: 0, dataBytes: 0 };
   const encoder = ctx.pool.createEncodeStream(encodeOptions(ctx));
-  let inputSize = 0;
-  const counter = new Transform({
-    highWaterMark: 2,
-    objectMode: false,
-    transform(chunk: Buffer, _enc, cb) {
-      inputSize += chunk.length;
-      cb(null, chunk);
-    },
+  const output = pipeline(encoder, createWriteStream(localPath, { highWaterMark: 1024 * 1024 }));
+  let outputError: unknown;
+  output.catch((err: unknown) => {
+    outputError = err;
   });
-  const source = Readable.from(tarChunk(entries, { ...opts.tarOptions, log: ctx.log }, stats), { objectMode: false, highWaterMark: 2 * 1024 * 1024 });
+  // The encoder copies each buffer before its write callback runs, so full-size buffers can be
+  // recycled for the tar: a handful of buffers per chunk instead of one allocation per MiB.
+  const free: Buffer[] = [];
+  const allocate = (size: number): Buffer => {
+    const buf = free.pop();
+    return buf && buf.length === size ? buf : Buffer.allocUnsafeSlow(size);
+  };
+  let inputSize = 0;
   try {
-    await pipeline(source, counter, encoder, createWriteStream(localPath, { highWaterMark: 1024 * 1024 }));
+    for await (const buf of tarChunk(entries, { ...opts.tarOptions, allocate, bufferSize: TAR_BUFFER_SIZE, log: ctx.log }, stats)) {
+      if (outputError !== undefined) throw outputError;
+      inputSize += buf.length;
+      const recyclable = buf.length === TAR_BUFFER_SIZE && buf.byteOffset === 0 && buf.buffer.byteLength === TAR_BUFFER_SIZE;
+      const flowing = encoder.write(buf, () => {
+        if (recyclable) free.push(buf);
+      });
+      if (!flowing) await waitForDrain(encoder);
+    }
+    encoder.end();
+    await output;
   } catch (err) {
+    encoder.destroy(err instanceof Error ? err : new Error(String(err)));
+    await output.catch(() => undefined);
     await removeIfExists(localPath).catch(() => undefined);
     throw err;
   }

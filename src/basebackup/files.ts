@@ -185,6 +185,8 @@ export interface TarChunkOptions {
   /** Throws to abort (e.g. the database session died). */
   checkAlive?: () => void;
   bufferSize?: number;
+  /** Supplies output buffers of `bufferSize` bytes (for recycling). */
+  allocate?: (size: number) => Buffer;
 }
 
 /**
@@ -193,7 +195,7 @@ export interface TarChunkOptions {
  * open descriptor and exactly that many bytes follow.
  */
 export async function* tarChunk(entries: readonly ChunkEntry[], opts: TarChunkOptions, stats: TarChunkStats): AsyncGenerator<Buffer> {
-  const tar = new TarBuffer(opts.bufferSize ?? 1024 * 1024);
+  const tar = new TarBuffer(opts.bufferSize ?? 1024 * 1024, opts.allocate);
   const names = ownerNames();
   for (const entry of entries) {
     opts.checkAlive?.();
