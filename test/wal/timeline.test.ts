@@ -18,7 +18,18 @@ import {
   postgresCommandBin,
   sleep,
 } from "../daemon/helpers.js";
-import { assertStoredMatchPgWal, fullSegments, makeStreamingEnv, startDaemon, storedWal, switchWal, waitFor, waitForStored } from "./streaming.js";
+import { nextWalName } from "../../src/wal/index.js";
+import {
+  assertContiguous,
+  assertStoredMatchPgWal,
+  fullSegments,
+  makeStreamingEnv,
+  startDaemon,
+  storedWal,
+  switchWal,
+  waitFor,
+  waitForStored,
+} from "./streaming.js";
 
 const WAL_SETTINGS = { wal_keep_size: "2GB", wal_recycle: "off", max_wal_size: "4GB" };
 
@@ -29,6 +40,30 @@ async function waitReplayed(primary: PgCluster, standby: PgCluster): Promise<voi
     return row?.ok === true;
   });
 }
+
+/** A primary with table `t` and a streaming standby of it (its own data directory below `work`). */
+async function primaryAndStandby(work: string, clusters: PgCluster[]): Promise<{ primary: PgCluster; standby: PgCluster; standbyData: string }> {
+  const primary = await startCluster({ settings: WAL_SETTINGS });
+  clusters.push(primary);
+  await primary.query("CREATE TABLE t (id int, phase text)");
+  await primary.query("INSERT INTO t SELECT i, 'tl1' FROM generate_series(1, 1000) i");
+  const standbyData = path.join(work, "standby");
+  await primary.exec("pg_basebackup", ["-h", "127.0.0.1", "-p", String(primary.port), "-U", "postgres", "-D", standbyData, "-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+  const standby = await startCluster({ dataDir: standbyData, settings: WAL_SETTINGS });
+  clusters.push(standby);
+  return { primary, standby, standbyData };
+}
+
+async function promote(primary: PgCluster, standby: PgCluster, standbyData: string): Promise<void> {
+  await waitReplayed(primary, standby);
+  await primary.stop("fast");
+  await standby.exec("pg_ctl", ["-D", standbyData, "promote", "-w"]);
+  await standby.waitForRecoveryEnd();
+  const [{ tli }] = await standby.query<{ tli: string }>("SELECT substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) AS tli");
+  assert.equal(tli, "00000002");
+}
+
+const STREAMING_LOG = { pg_receivexlog: /starting log streaming at/, walreceiver: /Starting replication from/ };
 
 for (const mode of ["pg_receivexlog", "walreceiver"] as const) {
   describe(`promotion followed in ${mode} mode`, { timeout: 300_000 }, () => {
@@ -43,20 +78,11 @@ for (const mode of ["pg_receivexlog", "walreceiver"] as const) {
 
     it("archives the history file and the new timeline, and a restore reaches data written after the promotion", async () => {
       const work = await makeTempDir("pghoard-timeline");
-      const primary = await startCluster({ settings: WAL_SETTINGS });
-      clusters.push(primary);
-      await primary.query("CREATE TABLE t (id int, phase text)");
-      await primary.query("INSERT INTO t SELECT i, 'tl1' FROM generate_series(1, 1000) i");
-      const standbyData = path.join(work, "standby");
-      await primary.exec("pg_basebackup", ["-h", "127.0.0.1", "-p", String(primary.port), "-U", "postgres", "-D", standbyData, "-R", "-X", "stream", "-c", "fast", "--no-sync"]);
-      const standby = await startCluster({ dataDir: standbyData, settings: WAL_SETTINGS });
-      clusters.push(standby);
-
+      const { primary, standby, standbyData } = await primaryAndStandby(work, clusters);
       const env = await makeStreamingEnv(standby, site, mode);
       const daemon = await startDaemon(env, { PGHOARD_TEST_PARTIAL_INTERVAL_MS: "2000" });
       daemons.push(daemon);
-      const streaming = mode === "pg_receivexlog" ? /starting log streaming at/ : /Starting replication from/;
-      await waitFor("streaming", async () => streaming.test(daemon.logs()), 30_000, () => daemon.logs());
+      await waitFor("streaming", async () => STREAMING_LOG[mode].test(daemon.logs()), 30_000, () => daemon.logs());
 
       // The base backup (timeline 1) whose WAL comes only from our archive.
       const baseDir = path.join(work, "restored");
@@ -67,11 +93,7 @@ for (const mode of ["pg_receivexlog", "walreceiver"] as const) {
       await waitForStored(env, site, lastTl1, daemon);
 
       // Fail over: the daemon keeps running and must follow on its own.
-      await primary.stop("fast");
-      await standby.exec("pg_ctl", ["-D", standbyData, "promote", "-w"]);
-      await standby.waitForRecoveryEnd();
-      const [{ tli }] = await standby.query<{ tli: string }>("SELECT substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) AS tli");
-      assert.equal(tli, "00000002");
+      await promote(primary, standby, standbyData);
       await standby.query("INSERT INTO t SELECT i, 'tl2' FROM generate_series(1, 500) i");
       const lastTl2 = await switchWal(standby);
       assert.equal(lastTl2.slice(0, 8), "00000002");
@@ -112,6 +134,54 @@ for (const mode of ["pg_receivexlog", "walreceiver"] as const) {
       assert.match(log, /restored log file "00000002.history" from archive/);
       assert.match(log, /restored log file "00000002[0-9A-F]{16}" from archive/);
       await sleep(10);
+    });
+  });
+}
+
+for (const mode of ["pg_receivexlog", "walreceiver"] as const) {
+  describe(`promotion while the daemon is down, ${mode} mode`, { timeout: 300_000 }, () => {
+    const site = mode === "pg_receivexlog" ? "tldrx" : "tldwr";
+    const clusters: PgCluster[] = [];
+    const daemons: DaemonProcess[] = [];
+
+    after(async () => {
+      for (const d of daemons) await d.stop();
+      for (const c of clusters.reverse()) await c.destroy();
+    });
+
+    it("resumes on the old timeline, follows the switch and archives both timelines completely", async () => {
+      const work = await makeTempDir("pghoard-timeline-down");
+      const { primary, standby, standbyData } = await primaryAndStandby(work, clusters);
+      const env = await makeStreamingEnv(standby, site, mode);
+      const first = await startDaemon(env);
+      daemons.push(first);
+      await waitFor("streaming", async () => STREAMING_LOG[mode].test(first.logs()), 30_000, () => first.logs());
+      await primary.query("INSERT INTO t SELECT i, 'tl1-b' FROM generate_series(1, 20000) i");
+      const stored1 = await switchWal(primary);
+      await waitReplayed(primary, standby);
+      await waitForStored(env, site, stored1, first);
+      assert.deepEqual(await first.stop(), { code: 0, signal: null });
+
+      // While no daemon runs: more WAL on timeline 1, the failover, WAL on timeline 2.
+      await primary.query("INSERT INTO t SELECT i, 'tl1-c' FROM generate_series(1, 20000) i");
+      await switchWal(primary);
+      await promote(primary, standby, standbyData);
+      await standby.query("INSERT INTO t SELECT i, 'tl2' FROM generate_series(1, 20000) i");
+      const lastTl2 = await switchWal(standby);
+
+      const second = await startDaemon(env, {}, "daemon2.log");
+      daemons.push(second);
+      await waitForStored(env, site, lastTl2, second, 90_000);
+      await waitFor("00000002.history stored", async () => (await listStoredNames(env.storageDir, site, "timeline")).includes("00000002.history"), 30_000);
+      if (mode === "walreceiver") assert.match(second.logs(), /Timeline 1 ended at .*; following timeline 2/);
+      const names = fullSegments(await storedWal(env, site));
+      const tl1 = names.filter((n) => n.startsWith("00000001"));
+      const tl2 = names.filter((n) => n.startsWith("00000002"));
+      assertContiguous(tl1);
+      assertContiguous(tl2);
+      // The timeline-2 run starts where timeline 1 stopped (the switch segment exists only on timeline 2).
+      assert.equal(tl2[0], nextWalName(tl1.at(-1)!).replace(/^00000001/, "00000002"));
+      await assertStoredMatchPgWal(env, site, standby, names);
     });
   });
 }
