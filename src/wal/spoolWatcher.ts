@@ -24,10 +24,13 @@ export interface SpoolWatcherOptions {
   /** Names already reported, shared with an earlier watcher of the same directory. */
   known?: Set<string>;
   onError?: (err: unknown) => void;
+  /** A segment name whose size is not 16 MiB (once per name): it is never reported. */
+  onWrongSize?: (fullPath: string, size: number) => void;
 }
 
 export class SpoolWatcher {
   private readonly known: Set<string>;
+  private readonly wrongSize = new Set<string>();
   private watcher: FSWatcher | null = null;
   private timer: NodeJS.Timeout | null = null;
   private scanning: Promise<void> | null = null;
@@ -107,7 +110,14 @@ export class SpoolWatcher {
         out.push(name);
       } else if (isWalName(name)) {
         try {
-          if ((await stat(path.join(this.directory, name))).size === WAL_SEG_SIZE) out.push(name);
+          const size = (await stat(path.join(this.directory, name))).size;
+          if (size === WAL_SEG_SIZE) {
+            out.push(name);
+          } else if (!this.wrongSize.has(name)) {
+            // pg_receivewal only renames full segments: another size means another --wal-segsize.
+            this.wrongSize.add(name);
+            this.options.onWrongSize?.(path.join(this.directory, name), size);
+          }
         } catch {
           // vanished between readdir and stat
         }

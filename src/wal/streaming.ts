@@ -245,6 +245,8 @@ export class WalStreamingPlugin implements DaemonPlugin {
         },
         {
           onError: (err) => this.log.warn(`Watching ${handle.spool.xlogIncoming}: ${String(err)}`),
+          onWrongSize: (file, size) =>
+            this.log.error(`Ignoring ${file}: ${size} bytes, but only 16 MiB WAL segments are supported`),
           known: state.reportedIncoming,
           // Only the first watcher may assume the start-up walk queued what is there.
           reportExisting: state.watcherStarted,

@@ -33,7 +33,11 @@ describe("SpoolWatcher", () => {
   it("reports renamed full segments and history files once, ignores .partial/.tmp/short files and what was there at start", async () => {
     await segment(path.join(dir, "000000010000000000000001"));
     const seen: Array<[string, string]> = [];
-    const watcher = new SpoolWatcher(dir, (p, kind) => seen.push([path.basename(p), kind]), { scanIntervalMs: 100 });
+    const wrongSize: string[] = [];
+    const watcher = new SpoolWatcher(dir, (p, kind) => seen.push([path.basename(p), kind]), {
+      scanIntervalMs: 100,
+      onWrongSize: (p) => wrongSize.push(path.basename(p)),
+    });
     await watcher.start();
     try {
       await segment(path.join(dir, "000000010000000000000002.partial"));
@@ -41,6 +45,7 @@ describe("SpoolWatcher", () => {
       await writeFile(path.join(dir, "000000010000000000000009"), "short");
       await new Promise((r) => setTimeout(r, 300));
       assert.deepEqual(seen, []);
+      assert.deepEqual(wrongSize, ["000000010000000000000009"], "a short file with a segment name is reported once");
       await rename(path.join(dir, "000000010000000000000002.partial"), path.join(dir, "000000010000000000000002"));
       await rename(path.join(dir, "00000002.history.tmp"), path.join(dir, "00000002.history"));
       await waitUntil(() => seen.length === 2);
