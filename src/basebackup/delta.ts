@@ -226,9 +226,11 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
     const bundleFileBytes = files.reduce((a, e) => a + (e.file.should_be_bundled ? e.file.file_size : 0), 0);
     ctx.log.info(`Submitting ${bundles.length} delta chunks with ${bundles.reduce((a, b) => a + b.length, 0)} entries and ${todo.size} hashes (${todoBytes} bytes) for upload`);
     progress.setTotal(progress.snapshot.bytes_done + todoBytes + bundleFileBytes);
-    progress.setPhase("uploading bundles");
+    progress.setPhase(`uploading ${bundles.length} bundles and ${todo.size} delta files`);
     for (let i = 0; i < bundles.length; i++) newObjects.push(objectKey(ctx, "basebackup_delta_chunk", `${name}/${chunkFileName(name, i + 1)}`));
-    const chunkFiles = await createAndUploadChunks(ctx, bundles, {
+    // bundles and big files go up side by side: one big relation segment is a single encode
+    // stream, so overlapping it with the bundles keeps both cores busy
+    const bundlesDone = createAndUploadChunks(ctx, bundles, {
       filetype: "basebackup_delta_chunk",
       backupName: name,
       workDir,
@@ -236,8 +238,8 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
       delta: true,
       tarOptions: { checkAlive: run.checkAlive, onProgress: (n) => progress.addDone(n) },
     });
+    bundlesDone.catch(() => undefined); // settled below; never an unhandled rejection meanwhile
 
-    progress.setPhase(`uploading ${todo.size} delta files`);
     const uploadedDigests = new Map<string, number>();
     const vanished = new Set<SnapshotEntry>();
     const opts = encodeOptions(ctx);
@@ -245,7 +247,7 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
     const uploader = uploaderOf(ctx);
     let tmpCounter = 0;
     const order = [...todo.values()].sort((a, b) => b[0].file.file_size - a[0].file.file_size);
-    await parallelEach(order, parallel, async (entries) => {
+    const filesDone = parallelEach(order, parallel, async (entries) => {
       for (const entry of entries) {
         run.checkAlive();
         const tmp = path.join(workDir, `delta_${tmpCounter++}.tmp`);
@@ -292,6 +294,10 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
         });
       }
     });
+    const [bundleResult, filesResult] = await Promise.allSettled([bundlesDone, filesDone]);
+    if (bundleResult.status === "rejected") throw bundleResult.reason;
+    if (filesResult.status === "rejected") throw filesResult.reason;
+    const chunkFiles = bundleResult.value;
     const kept = files.filter((e) => !vanished.has(e)).map((e) => e.file);
     const manifest = buildManifest({ files: kept, emptyDirs, chunkFiles, tracked, uploadedDigests, startTime, snapshotStart: startTime, snapshotEnd, metrics: ctx.metrics });
     return {
