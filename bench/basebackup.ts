@@ -9,6 +9,13 @@
  * encryption (each backup in a child process so its peak RSS is its own; basic/pipe's
  * pg_basebackup child is not included), and, with --pgbackrest, a full pgBackRest backup (lz4,
  * process-max = threads) of the same database. Output goes to a local store in /tmp.
+ *
+ * Measured 2026-11-26 on the 2-core dev VM, scale 70 (1069 MiB PGDATA), while other jobs shared
+ * the machine (load average 5.7; figures swing ±50 % between runs, so compare within one run):
+ *   read floor 407 MiB/s; local-tar snappy+enc 488 MiB/s (120 %, 2.50 CPU-s/GiB, RSS 242 MiB),
+ *   zstd+enc 396 MiB/s (97 %, 3.00 CPU-s/GiB, RSS 226 MiB); delta 174/151, basic 185/165,
+ *   pipe 212/202 MiB/s (snappy/zstd); pgBackRest 2.45 lz4 process-max=2 (unencrypted) 329 MiB/s,
+ *   1.93 CPU-s/GiB.
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
@@ -129,7 +136,7 @@ function readFloor(cluster: PgCluster): { seconds: number; bytes: number } {
   return { seconds, bytes: Number(res.stdout.trim()) };
 }
 
-function pgbackrest(cluster: PgCluster, threads: number, workDir: string): { seconds: number; repoBytes: number } | string {
+function pgbackrest(cluster: PgCluster, threads: number, workDir: string): { seconds: number; repoBytes: number; cpuSeconds: number } | string {
   if (spawnSync("sh", ["-c", "command -v pgbackrest"]).status !== 0) {
     const install = spawnSync("sh", ["-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest"], { encoding: "utf8" });
     if (install.status !== 0) return `pgbackrest not installable: ${install.stderr.slice(-300)}`;
@@ -160,17 +167,21 @@ function pgbackrest(cluster: PgCluster, threads: number, workDir: string): { sec
     ].join("\n"),
   );
   execFileSync("chown", ["-R", "postgres:postgres", repo, conf, `${workDir}/pgbackrest-log`, `${workDir}/pgbackrest-lock`]);
+  // /usr/bin/time adds the CPU seconds of pgBackRest and its worker processes (last stderr line)
   const run = (args: string[]): ReturnType<typeof spawnSync> =>
-    spawnSync(runAsPostgres ? "runuser" : "pgbackrest", runAsPostgres ? ["-u", "postgres", "--", "pgbackrest", `--config=${conf}`, ...args] : [`--config=${conf}`, ...args], {
-      encoding: "utf8",
-    });
+    spawnSync(
+      "/usr/bin/time",
+      ["-f", "%U %S", ...(runAsPostgres ? ["runuser", "-u", "postgres", "--"] : []), "pgbackrest", `--config=${conf}`, ...args],
+      { encoding: "utf8" },
+    );
   const create = run(["--stanza=bench", "stanza-create"]);
   if (create.status !== 0) return `stanza-create failed: ${String(create.stderr)}${String(create.stdout)}`;
   const started = process.hrtime.bigint();
   const backup = run(["--stanza=bench", "--type=full", "backup"]);
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   if (backup.status !== 0) return `backup failed: ${String(backup.stderr)}${String(backup.stdout)}`;
-  return { seconds, repoBytes: duBytes(repo) };
+  const [user, sys] = String(backup.stderr).trim().split("\n").pop()!.split(" ").map(Number);
+  return { seconds, repoBytes: duBytes(repo), cpuSeconds: user + sys };
 }
 
 async function main(): Promise<void> {
@@ -226,7 +237,14 @@ async function main(): Promise<void> {
     if (process.argv.includes("--pgbackrest")) {
       const res = pgbackrest(cluster, threads, workDir);
       if (typeof res === "string") process.stdout.write(`pgbackrest: ${res}\n`);
-      else line(`pgbackrest full lz4 (process-max=${threads})`, res.seconds, pgdataBytes, `repo ${(res.repoBytes / MiB).toFixed(0)} MiB (rate over PGDATA size)`);
+      else {
+        line(
+          `pgbackrest full lz4 (process-max=${threads})`,
+          res.seconds,
+          pgdataBytes,
+          `CPU ${((res.cpuSeconds * 1024 * MiB) / pgdataBytes).toFixed(2)} s/GiB, repo ${(res.repoBytes / MiB).toFixed(0)} MiB (rate over PGDATA size)`,
+        );
+      }
     }
     process.stdout.write(`\nupstream pghoard local-tar reference (2 cores): 221 MiB/s snappy, 290 MiB/s zstd\n`);
     process.stdout.write(`load average during the run: ${os.loadavg().map((l) => l.toFixed(1)).join(" ")}\n`);
