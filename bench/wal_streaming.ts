@@ -3,7 +3,7 @@
  * run: `archive_command` (PostgreSQL runs pghoard_postgres_command per segment), `pg_receivexlog`
  * (the daemon runs pg_receivewal and watches its spool) and `walreceiver` (built-in streaming).
  *
- *   node dist/bench/wal_streaming.js [--seconds N] [--clients N]
+ *   node dist/bench/wal_streaming.js [--seconds N] [--clients N] [--modes a,b] [--log-level INFO]
  *
  * For each mode: a fresh PostgreSQL 15 cluster, a daemon (snappy, no encryption, `local` storage
  * on the temp filesystem) and `pgbench -n -T <seconds>` with an INSERT-heavy script. Every 250 ms
@@ -87,7 +87,7 @@ function percentile(values: number[], q: number): number {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : 0;
 }
 
-async function benchMode(mode: Mode, seconds: number, clients: number): Promise<StreamingBenchResult> {
+async function benchMode(mode: Mode, seconds: number, clients: number, logLevel: string): Promise<StreamingBenchResult> {
   const work = await makeTempDir(`pghoard-bench-stream-${mode}`);
   const port = await findFreePort();
   const site = "bench";
@@ -107,7 +107,7 @@ async function benchMode(mode: Mode, seconds: number, clients: number): Promise<
       maintenance_mode_file: path.join(work, "maintenance"),
       http_address: "127.0.0.1",
       http_port: port,
-      log_level: "WARNING",
+      log_level: logLevel,
       compression: { algorithm: "snappy" },
       backup_sites: {
         [site]: {
@@ -197,13 +197,15 @@ async function benchMode(mode: Mode, seconds: number, clients: number): Promise<
 }
 
 /** Runs the three modes one after the other and prints one table. */
-export async function benchStreamingArchiving(options: { seconds?: number; clients?: number } = {}): Promise<StreamingBenchResult[]> {
+export async function benchStreamingArchiving(
+  options: { seconds?: number; clients?: number; modes?: Mode[]; logLevel?: string } = {},
+): Promise<StreamingBenchResult[]> {
   const seconds = options.seconds ?? 20;
   const clients = options.clients ?? 4;
   const results: StreamingBenchResult[] = [];
-  for (const mode of ["archive_command", "pg_receivexlog", "walreceiver"] as const) {
+  for (const mode of options.modes ?? (["archive_command", "pg_receivexlog", "walreceiver"] as const)) {
     process.stdout.write(`${mode}: ${seconds} s of pgbench INSERTs with ${clients} clients ...\n`);
-    results.push(await benchMode(mode, seconds, clients));
+    results.push(await benchMode(mode, seconds, clients, options.logLevel ?? "WARNING"));
   }
   const mib = (n: number): string => (n / 1024 / 1024).toFixed(1);
   process.stdout.write(
@@ -228,5 +230,8 @@ function arg(name: string, fallback: number): number {
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  await benchStreamingArchiving({ seconds: arg("--seconds", 20), clients: arg("--clients", 4) });
+  const i = process.argv.indexOf("--modes");
+  const modes = i >= 0 ? (process.argv[i + 1].split(",") as Mode[]) : undefined;
+  const j = process.argv.indexOf("--log-level");
+  await benchStreamingArchiving({ seconds: arg("--seconds", 20), clients: arg("--clients", 4), modes, logLevel: j >= 0 ? process.argv[j + 1] : undefined });
 }
