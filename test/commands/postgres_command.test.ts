@@ -77,6 +77,15 @@ describe("pghoard_postgres_command", () => {
     assert.ok(!existsSync(prefetch));
   });
 
+  it("refuses header or request-line injection (exit 5, nothing sent)", async () => {
+    const injected = await runPostgresCommand([...base(), "--mode", "restore", "--xlog", SEG, "--output", "x\r\nx-pghoard-target-path: /etc/passwd"], {
+      cwd: pgdata,
+    });
+    assert.equal(injected.code, 5);
+    const badSite = await runPostgresCommand(["--port", String(env.port), "--site", "a b", "--mode", "archive", "--xlog", SEG]);
+    assert.equal(badSite.code, 2);
+  });
+
   it("daemon down: archive → 2 at once, restore → 5 after 3 attempts", async () => {
     const port = String(await findFreePort());
     const archive = await runPostgresCommand(["--port", port, "--site", SITE, "--mode", "archive", "--xlog", SEG], { env: FAST_RETRY });
