@@ -21,6 +21,8 @@ import type { BasebackupContext, BasebackupLogger, BasebackupUploader, UploadReq
 const RETENTION_INTERVAL_MS = 300_000;
 
 interface RunningBackup {
+  /** When bytes done/uploaded last grew (pghoard.seconds_since_backup_progress_stalled). */
+  lastProgressAt: number;
   promise: Promise<void>;
   done: boolean;
   success: boolean;
@@ -143,7 +145,7 @@ export function createBasebackupPlugin(ctx: DaemonContext): DaemonPlugin {
   function start(handle: SiteHandle, r: SiteRuntime, decision: Record<string, string>, pgVersion: number, node: SiteConfig["nodes"][number]): void {
     const site = handle.site;
     const abort = new AbortController();
-    const running: RunningBackup = { promise: Promise.resolve(), done: false, success: false, abort, latestActivity: new Date(), progress: null };
+    const running: RunningBackup = { lastProgressAt: Date.now(), promise: Promise.resolve(), done: false, success: false, abort, latestActivity: new Date(), progress: null };
     const bctx: BasebackupContext = {
       config: ctx.config,
       site,
@@ -155,6 +157,9 @@ export function createBasebackupPlugin(ctx: DaemonContext): DaemonPlugin {
       log: loggerFor(ctx, site),
       metrics: { gauge: (n, v, t) => ctx.metrics.gauge(n, v, t), increase: (n, v, t) => ctx.metrics.increase(n, v, t) },
       onProgress: (p) => {
+        if (!running.progress || p.bytes_done > running.progress.bytes_done || p.bytes_uploaded > running.progress.bytes_uploaded) {
+          running.lastProgressAt = Date.now();
+        }
         running.progress = p;
         running.latestActivity = new Date();
       },
@@ -187,7 +192,10 @@ export function createBasebackupPlugin(ctx: DaemonContext): DaemonPlugin {
       const { site, siteConfig } = handle;
       const r = runtime(site);
       if (r.running) {
-        if (!r.running.done) return;
+        if (!r.running.done) {
+          ctx.metrics.gauge("pghoard.seconds_since_backup_progress_stalled", Math.floor((Date.now() - r.running.lastProgressAt) / 1000));
+          return;
+        }
         r.deltaFailure = recordBackupResult(r.deltaFailure, r.running.success, siteConfig.basebackup_mode, new Date());
         r.latestActivity = r.running.latestActivity;
         r.running = undefined;
