@@ -6,7 +6,7 @@
  */
 import { createWriteStream } from "node:fs";
 import path from "node:path";
-import type { Writable } from "node:stream";
+import { once } from "node:events";
 import { pipeline } from "node:stream/promises";
 import { removeIfExists } from "../common/fs.js";
 import { encodeOptions, encodingMetadata, hostnameOf, sanitizeMetadata, throwIfAborted, uploaderOf } from "./common.js";
@@ -16,32 +16,6 @@ import type { BackupProgress } from "./progress.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupFileType } from "./types.js";
 
 const TAR_BUFFER_SIZE = 1024 * 1024;
-
-/** Resolves on 'drain'; rejects if the stream errors or closes first. */
-function waitForDrain(stream: Writable): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const cleanup = (): void => {
-      stream.off("drain", onDrain);
-      stream.off("error", onError);
-      stream.off("close", onClose);
-    };
-    const onDrain = (): void => {
-      cleanup();
-      resolve();
-    };
-    const onError = (err: Error): void => {
-      cleanup();
-      reject(err);
-    };
-    const onClose = (): void => {
-      cleanup();
-      reject(new Error("encoder closed before the chunk was written"));
-    };
-    stream.once("drain", onDrain);
-    stream.once("error", onError);
-    stream.once("close", onClose);
-  });
-}
 
 export function chunkFileName(backupName: string, index: number): string {
   return `${backupName}.${String(index).padStart(8, "0")}.pghoard`;
@@ -105,7 +79,8 @@ async function buildChunk(
       const flowing = encoder.write(buf, () => {
         if (recyclable) free.push(buf);
       });
-      if (!flowing) await waitForDrain(encoder);
+      // the output pipeline settles (rejects) if the encoder fails or closes while we wait
+      if (!flowing) await Promise.race([once(encoder, "drain"), output]);
     }
     encoder.end();
     await output;
