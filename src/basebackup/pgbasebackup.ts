@@ -12,7 +12,7 @@ import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import pg from "pg";
 import { findPgBinary } from "../config/pgbinary.js";
-import { createConnectionString, replicationConnectionInfo } from "../config/connection.js";
+import { connectionStringUsingPgpass } from "../config/connection.js";
 import { removeIfExists } from "../common/fs.js";
 import { lsnToWalName } from "../wal/index.js";
 import {
@@ -47,7 +47,9 @@ export async function pgBasebackupCommand(ctx: BasebackupContext, output: string
   } else if (ctx.pgVersion >= 100000) {
     command.push("--wal-method=none");
   }
-  command.push("--progress", "--dbname", createConnectionString(replicationConnectionInfo(ctx.node)));
+  // As upstream: the password goes to ~/.pgpass, never onto the command line (visible in `ps`).
+  const { connectionString } = await connectionStringUsingPgpass(ctx.node, { replication: true });
+  command.push("--progress", "--dbname", connectionString);
   return command;
 }
 
