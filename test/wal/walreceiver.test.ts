@@ -75,7 +75,16 @@ describe("walreceiver mode", { timeout: 300_000 }, () => {
     // The slot moved, but never past what is stored.
     const slot1 = (await slotRestartLsn(cluster))!;
     assert.ok(await lsnGreater(cluster, slot1, slot0), `slot advanced from ${slot0} to ${slot1}`);
-    const state = await readState(env);
+    // The state file is rewritten every main-loop iteration (≤ 5 s): wait for one written after streaming began.
+    const state = await waitFor(
+      "state file showing the running walreceiver",
+      async () => {
+        const s = await readState(env);
+        return (s.walreceivers[SITE] as { running?: boolean } | undefined)?.running ? s : undefined;
+      },
+      15_000,
+      () => daemon!.logs(),
+    );
     const flushed = state.walreceivers[SITE] as { last_flushed_lsn: number; running: boolean };
     assert.equal(flushed.running, true);
     assert.equal(flushed.last_flushed_lsn % WAL_SEG_SIZE, 0);
