@@ -49,6 +49,8 @@ async function timed(cmd: string, args: string[]): Promise<{ seconds: number; rs
 async function main(): Promise<void> {
   const scale = Number(arg("--scale", "70"));
   const runs = Number(arg("--runs", "1"));
+  // e.g. --node-args "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the restore command
+  const nodeArgs = arg("--node-args", "").split(" ").filter((a) => a !== "");
   const combos = arg("--combos", "local-tar:snappy,local-tar:zstd,basic:snappy,delta:zstd").split(",");
   const site = "bench";
   const keys = makeKeyPair();
@@ -98,6 +100,7 @@ async function main(): Promise<void> {
       for (let run = 0; run < runs; run++) {
         const target = path.join(work, `restore-${mode}-${algorithm}`);
         const r = await timed(process.execPath, [
+          ...nodeArgs,
           path.join(repoRoot, "bin", "pghoard_restore.js"),
           "get-basebackup", "--config", env.configPath, "--target-dir", target,
         ]);
