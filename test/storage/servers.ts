@@ -74,8 +74,10 @@ export async function startServer(kind: ServerKind): Promise<TestServer | { skip
     } catch (err) {
       const e = err as { stderr?: string; message: string };
       lastError = (e.stderr || e.message).trim().split("\n").slice(-3).join(" | ");
-      // a port taken between the probe and the start: try another one
-      if (!/already in use/.test(lastError)) break;
+      // A port taken between the probe and the start (Swift's backends bind theirs later, and other
+      // tests pick random ports concurrently): stop what did start, then try other ports.
+      if (!/already in use|Could not bind/.test(lastError)) break;
+      await run(stop, [dir], { timeout: 60_000 }).catch(() => undefined);
     }
   }
   await run(stop, [dir], { timeout: 60_000 }).catch(() => undefined);
