@@ -5,6 +5,7 @@
 import { closeSync, constants as fsConstants, fstatSync, lstatSync, openSync, read, readFileSync, readlinkSync, readSync } from "node:fs";
 import { lstat, readdir } from "node:fs/promises";
 import path from "node:path";
+import { isErrno } from "../common/errors.js";
 import { EMPTY_DIRS, type TablespaceInfo } from "./control.js";
 import { TarBuffer, type FileReader } from "./tar.js";
 
@@ -28,10 +29,6 @@ export interface ChunkEntry {
   archivePath: string;
   localPath: string;
   missingOk: boolean;
-}
-
-function isErrno(err: unknown, code: string): boolean {
-  return typeof err === "object" && err !== null && (err as NodeJS.ErrnoException).code === code;
 }
 
 /** Top-level $PGDATA names never copied (runtime files, temp files, directories recreated empty). */

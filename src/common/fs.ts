@@ -5,9 +5,10 @@
  */
 import { randomBytes } from "node:crypto";
 import { constants as fsConstants } from "node:fs";
-import { copyFile, mkdir, open, rename, rm, unlink, type FileHandle } from "node:fs/promises";
+import { copyFile, lstat, mkdir, open, rename, rm, stat, unlink, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { Writable } from "node:stream";
+import { isErrno } from "./errors.js";
 
 export interface AtomicWriteOptions {
   /** Permission bits of the created file (default 0o644, subject to umask). */
@@ -25,10 +26,6 @@ export function defaultTempPath(finalPath: string): string {
   return path.join(dir, `.${path.basename(finalPath)}.tmp-${randomBytes(6).toString("hex")}`);
 }
 
-function isErrno(err: unknown, ...codes: string[]): boolean {
-  return typeof err === "object" && err !== null && codes.includes((err as NodeJS.ErrnoException).code ?? "");
-}
-
 /** Makes a completed rename (or create/unlink) in `dir` durable. */
 export async function fsyncDirectory(dir: string): Promise<void> {
   const handle = await open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
@@ -39,6 +36,19 @@ export async function fsyncDirectory(dir: string): Promise<void> {
     if (!isErrno(err, "EINVAL", "ENOTSUP", "EBADF")) throw err;
   } finally {
     await handle.close();
+  }
+}
+
+/**
+ * Whether anything is at `target` (any error counts as "no", like Python's os.path.exists);
+ * `noFollow` checks the link itself rather than what it points to (os.path.lexists).
+ */
+export async function exists(target: string, options: { noFollow?: boolean } = {}): Promise<boolean> {
+  try {
+    await (options.noFollow ? lstat(target) : stat(target));
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -4,6 +4,7 @@
  */
 import { copyFile, readdir, stat, truncate, unlink } from "node:fs/promises";
 import path from "node:path";
+import { exists } from "../common/fs.js";
 import { isHistoryName, isPartialName, isWalName, WAL_SEG_SIZE } from "../wal/index.js";
 import type { DaemonContext } from "./context.js";
 import { objectKey } from "./transfer.js";
@@ -91,14 +92,5 @@ export async function recoverSpool(ctx: DaemonContext, site: string): Promise<vo
         fileSize: (await stat(fullPath)).size,
       });
     }
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
   }
 }

@@ -8,11 +8,12 @@
  * again: a target directory we created (or wiped with --overwrite) is deleted, an existing empty
  * one is emptied again; the same for tablespace directories.
  */
-import { lstat, mkdir, readdir, rm, chmod, access, constants as fsConstants } from "node:fs/promises";
+import { mkdir, readdir, rm, chmod, access, constants as fsConstants } from "node:fs/promises";
 import { mkdtemp } from "node:fs/promises";
 import path from "node:path";
 import type { Duplex } from "node:stream";
 
+import { exists } from "../common/fs.js";
 import type { PghoardConfig } from "../config/types.js";
 import type { ObjectStorageConfig } from "../storage/index.js";
 import type { Metadata, StorageBackend } from "../storage/types.js";
@@ -91,15 +92,6 @@ export function checkRecoveryTargets(opts: Pick<GetBasebackupOptions, "recoveryT
     throw new RestoreError(
       "Specify at most one of recovery_target_name, recovery_target_time, recovery_target_xid, recovery_target_lsn or recovery_target = 'immediate'",
     );
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await lstat(p);
-    return true;
-  } catch {
-    return false;
   }
 }
 
@@ -212,7 +204,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
 
     // Destination checks (nothing is changed until all of them passed).
     let pgdataState: "create" | "wipe" | "existing-empty";
-    if (!(await exists(pgdata))) pgdataState = "create";
+    if (!(await exists(pgdata, { noFollow: true }))) pgdataState = "create";
     else if (opts.overwrite) pgdataState = "wipe";
     else if ((await meaningfulEntries(pgdata)).length === 0) pgdataState = "existing-empty";
     else throw new RestoreError(`$PGDATA target directory '${opts.targetDir}' exists, is not empty and --overwrite not specified, aborting.`);
@@ -237,7 +229,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       },
     });
 
-    if (opts.tablespaceBaseDir && !(await exists(opts.tablespaceBaseDir)) && !opts.overwrite) {
+    if (opts.tablespaceBaseDir && !(await exists(opts.tablespaceBaseDir, { noFollow: true })) && !opts.overwrite) {
       throw new RestoreError(`Tablespace base directory '${opts.tablespaceBaseDir}' does not exist, aborting.`);
     }
     const mapping = new Map(Object.entries(opts.tablespaceDirs ?? {}));
@@ -246,14 +238,14 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     for (const [name, info] of Object.entries(plan.tablespaces)) {
       let tsPath = mapping.get(name) ?? info.path;
       mapping.delete(name);
-      if (opts.tablespaceBaseDir && !(await exists(tsPath))) {
+      if (opts.tablespaceBaseDir && !(await exists(tsPath, { noFollow: true }))) {
         tsPath = path.join(opts.tablespaceBaseDir, String(info.oid));
-        if (!(await exists(tsPath))) {
+        if (!(await exists(tsPath, { noFollow: true }))) {
           await mkdir(tsPath, { recursive: true, mode: 0o700 });
           createdTablespaceDirs.push(path.resolve(tsPath));
         }
       }
-      if (!(await exists(tsPath))) {
+      if (!(await exists(tsPath, { noFollow: true }))) {
         throw new RestoreError(`Tablespace '${name}' target directory '${tsPath}' does not exist, aborting.`);
       }
       if ((await meaningfulEntries(tsPath)).length > 0) {

@@ -16,8 +16,9 @@ import {
   type ContainerClient,
   type StoragePipelineOptions,
 } from "@azure/storage-blob";
-import { byName, ErrorFactory, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
-import { StorageNotFoundError, type ListOptions, type Metadata, type StoredObject } from "./types.js";
+import { ErrorFactory, statusOf } from "./errors.js";
+import { byName, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
+import type { ListOptions, Metadata, StoredObject } from "./types.js";
 import type { ProxyInfo } from "./s3.js";
 
 export interface AzureConfig {
@@ -51,14 +52,7 @@ export function defaultBlockSize(): number {
   return Math.max(Math.min(Math.floor(os.totalmem() / MIB / 1000), 100), 4) * MIB;
 }
 
-function statusOf(err: unknown): number | undefined {
-  return (err as { statusCode?: number })?.statusCode;
-}
 
-function isNotFound(err: unknown): boolean {
-  const code = (err as { code?: string })?.code;
-  return statusOf(err) === 404 || code === "BlobNotFound" || code === "CannotVerifyCopySource";
-}
 
 /** Azure metadata names cannot contain `-`; rohmu writes `_` instead. */
 function toAzureMetadata(metadata: Metadata): Metadata {
@@ -108,8 +102,7 @@ export class AzureBackend extends RemoteBackend {
     try {
       return fromAzureMetadata((await this.blob(key).getProperties()).metadata);
     } catch (err) {
-      if (isNotFound(err)) throw new StorageNotFoundError(key);
-      throw this.errors.wrap(err, "metadata of", key);
+      throw this.errors.translate(err, "metadata of", key);
     }
   }
 
@@ -123,8 +116,7 @@ export class AzureBackend extends RemoteBackend {
         size: res.contentLength ?? 0,
       };
     } catch (err) {
-      if (isNotFound(err)) throw new StorageNotFoundError(key);
-      throw this.errors.wrap(err, "download", key);
+      throw this.errors.translate(err, "download", key);
     }
   }
 
@@ -164,8 +156,7 @@ export class AzureBackend extends RemoteBackend {
     try {
       await this.blob(key).delete();
     } catch (err) {
-      if (isNotFound(err)) throw new StorageNotFoundError(key);
-      throw this.errors.wrap(err, "delete", key);
+      throw this.errors.translate(err, "delete", key);
     }
   }
 
@@ -193,8 +184,7 @@ export class AzureBackend extends RemoteBackend {
         throw this.errors.error(`copy of ${sourceKey} to ${destinationKey} ended with status ${result.copyStatus}`);
       }
     } catch (err) {
-      if (isNotFound(err)) throw new StorageNotFoundError(sourceKey);
-      throw this.errors.wrap(err, `copy to ${destinationKey} from`, sourceKey);
+      throw this.errors.translate(err, `copy to ${destinationKey} from`, sourceKey);
     }
   }
 

@@ -8,8 +8,9 @@ import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { IdempotencyStrategy, Storage, type Bucket, type File, type GetFilesOptions, type StorageOptions } from "@google-cloud/storage";
 import { OAuth2Client } from "google-auth-library";
-import { byName, ErrorFactory, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
-import { StorageNotFoundError, type ListOptions, type Metadata, type StoredObject } from "./types.js";
+import { ErrorFactory, statusOf } from "./errors.js";
+import { byName, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
+import type { ListOptions, Metadata, StoredObject } from "./types.js";
 import type { ProxyInfo } from "./s3.js";
 
 export interface GoogleConfig {
@@ -31,10 +32,6 @@ export interface GoogleConfig {
 const DEFAULT_CHUNK_SIZE = 5 * 1024 * 1024;
 const CHUNK_UNIT = 256 * 1024;
 
-function statusOf(err: unknown): number | undefined {
-  const code = (err as { code?: unknown })?.code;
-  return typeof code === "number" ? code : undefined;
-}
 
 function objectMetadata(file: File): Metadata {
   const md = file.metadata.metadata ?? {};
@@ -94,8 +91,7 @@ export class GoogleBackend extends RemoteBackend {
       await file.getMetadata();
       return objectMetadata(file);
     } catch (err) {
-      if (statusOf(err) === 404) throw new StorageNotFoundError(key);
-      throw this.errors.wrap(err, "metadata of", key);
+      throw this.errors.translate(err, "metadata of", key);
     }
   }
 
@@ -105,8 +101,7 @@ export class GoogleBackend extends RemoteBackend {
       file = this.file(key);
       await file.getMetadata();
     } catch (err) {
-      if (statusOf(err) === 404) throw new StorageNotFoundError(key);
-      throw this.errors.wrap(err, "download", key);
+      throw this.errors.translate(err, "download", key);
     }
     // read exactly the generation described by that metadata, even if the key is replaced meanwhile
     const generation = file.metadata.generation;
@@ -150,8 +145,7 @@ export class GoogleBackend extends RemoteBackend {
     try {
       await this.file(key).delete();
     } catch (err) {
-      if (statusOf(err) === 404) throw new StorageNotFoundError(key);
-      throw this.errors.wrap(err, "delete", key);
+      throw this.errors.translate(err, "delete", key);
     }
   }
 
@@ -171,8 +165,7 @@ export class GoogleBackend extends RemoteBackend {
       // rewrite; a body with `metadata` replaces the custom metadata, an empty one keeps the source's
       await this.file(sourceKey).copy(this.file(destinationKey), metadata ? { metadata: sanitizeMetadata(metadata) } : {});
     } catch (err) {
-      if (statusOf(err) === 404) throw new StorageNotFoundError(sourceKey);
-      throw this.errors.wrap(err, `copy to ${destinationKey} from`, sourceKey);
+      throw this.errors.translate(err, `copy to ${destinationKey} from`, sourceKey);
     }
   }
 

@@ -12,7 +12,9 @@ import { lstat, open, readdir, readFile, rm, stat, unlink } from "node:fs/promis
 import path from "node:path";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { copyFileAtomic, createAtomicWriteStream, mkdirp, removeIfExists, writeFileAtomic } from "../common/fs.js";
+import { isErrno } from "../common/errors.js";
+import { copyFileAtomic, createAtomicWriteStream, exists, mkdirp, removeIfExists, writeFileAtomic } from "../common/fs.js";
+import { ErrorFactory } from "./errors.js";
 import { mapLimit, sanitizeMetadata } from "./shared.js";
 import {
   StorageError,
@@ -72,9 +74,8 @@ function withoutInternalKeys(raw: Metadata): Metadata {
   return rest;
 }
 
-function isErrno(err: unknown, ...codes: string[]): boolean {
-  return typeof err === "object" && err !== null && codes.includes((err as NodeJS.ErrnoException).code ?? "");
-}
+/** Local errors carry no configured secrets; their messages keep the filesystem's wording. */
+const errors = new ErrorFactory("local", []);
 
 function randomSuffix(): string {
   return randomBytes(8).toString("hex");
@@ -123,12 +124,12 @@ export class LocalStorage implements StorageBackend {
       text = await readFile(objectPath + SIDECAR_SUFFIX, "utf8");
     } catch (err) {
       if (isErrno(err, "ENOENT", "ENOTDIR")) throw new StorageNotFoundError(key);
-      throw new StorageError(`local: reading metadata of ${key} failed: ${(err as Error).message}`, { cause: err });
+      throw errors.because(`reading metadata of ${key} failed`, err);
     }
     try {
       return decodeSidecar(text);
     } catch (err) {
-      throw new StorageError(`local: metadata of ${key} is not valid JSON: ${(err as Error).message}`, { cause: err });
+      throw errors.because(`metadata of ${key} is not valid JSON`, err);
     }
   }
 
@@ -161,7 +162,7 @@ export class LocalStorage implements StorageBackend {
     try {
       await mkdirp(path.dirname(objectPath));
     } catch (err) {
-      throw new StorageError(`local: cannot create directory for ${key}: ${(err as Error).message}`, { cause: err });
+      throw errors.because(`cannot create directory for ${key}`, err);
     }
     return objectPath;
   }
@@ -215,7 +216,7 @@ export class LocalStorage implements StorageBackend {
       return { data: await readFile(objectPath), metadata: withoutInternalKeys(raw) };
     } catch (err) {
       if (isErrno(err, "ENOENT")) throw new StorageNotFoundError(key);
-      throw new StorageError(`local: reading ${key} failed: ${(err as Error).message}`, { cause: err });
+      throw errors.because(`reading ${key} failed`, err);
     }
   }
 
@@ -225,7 +226,7 @@ export class LocalStorage implements StorageBackend {
       await copyFileAtomic(objectPath, filePath);
     } catch (err) {
       if (isErrno(err, "ENOENT") && !(await exists(objectPath))) throw new StorageNotFoundError(key);
-      throw new StorageError(`local: downloading ${key} to ${filePath} failed: ${(err as Error).message}`, { cause: err });
+      throw errors.because(`downloading ${key} to ${filePath} failed`, err);
     }
     return withoutInternalKeys(raw);
   }
@@ -237,14 +238,14 @@ export class LocalStorage implements StorageBackend {
       handle = await open(objectPath, "r");
     } catch (err) {
       if (isErrno(err, "ENOENT")) throw new StorageNotFoundError(key);
-      throw new StorageError(`local: opening ${key} failed: ${(err as Error).message}`, { cause: err });
+      throw errors.because(`opening ${key} failed`, err);
     }
     let size: number;
     try {
       size = (await handle.stat()).size;
     } catch (err) {
       await handle.close();
-      throw new StorageError(`local: reading ${key} failed: ${(err as Error).message}`, { cause: err });
+      throw errors.because(`reading ${key} failed`, err);
     }
     return { stream: handle.createReadStream(), metadata: withoutInternalKeys(raw), size };
   }
@@ -263,7 +264,7 @@ export class LocalStorage implements StorageBackend {
       entries = await readdir(dir, { withFileTypes: true });
     } catch (err) {
       if (isErrno(err, "ENOENT", "ENOTDIR")) return;
-      throw new StorageError(`local: listing ${parts.join("/") || "/"} failed: ${(err as Error).message}`, { cause: err });
+      throw errors.because(`listing ${parts.join("/") || "/"} failed`, err);
     }
     const visible = entries.filter((e) => !isSkippedName(e.name));
     const subdirs: string[] = [];
@@ -319,7 +320,7 @@ export class LocalStorage implements StorageBackend {
     } catch (err) {
       if (err instanceof StorageError) throw err;
       if (isErrno(err, "ENOENT", "ENOTDIR")) throw new StorageNotFoundError(key);
-      throw new StorageError(`local: deleting ${key} failed: ${(err as Error).message}`, { cause: err });
+      throw errors.because(`deleting ${key} failed`, err);
     }
   }
 
@@ -337,7 +338,7 @@ export class LocalStorage implements StorageBackend {
       }
     } catch (err) {
       if (isErrno(err, "ENOENT", "ENOTDIR")) return;
-      throw new StorageError(`local: deleting tree ${prefix} failed: ${(err as Error).message}`, { cause: err });
+      throw errors.because(`deleting tree ${prefix} failed`, err);
     }
   }
 
@@ -348,7 +349,7 @@ export class LocalStorage implements StorageBackend {
       await copyFileAtomic(sourcePath, destinationPath, { tempPath: this.dataTempPath(destinationPath) });
     } catch (err) {
       if (isErrno(err, "ENOENT") && !(await exists(sourcePath))) throw new StorageNotFoundError(sourceKey);
-      throw new StorageError(`local: copying ${sourceKey} to ${destinationKey} failed: ${(err as Error).message}`, { cause: err });
+      throw errors.because(`copying ${sourceKey} to ${destinationKey} failed`, err);
     }
     // Like rohmu: new metadata replaces the caller-visible keys, the content hash carries over.
     const hash = raw[HASH_METADATA_KEY];
@@ -359,13 +360,6 @@ export class LocalStorage implements StorageBackend {
   async close(): Promise<void> {
     // Nothing is held open between calls.
   }
-}
-
-async function exists(p: string): Promise<boolean> {
-  return await stat(p).then(
-    () => true,
-    () => false,
-  );
 }
 
 export async function createBackend(config: LocalStorageConfig): Promise<LocalStorage> {

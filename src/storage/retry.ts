@@ -5,6 +5,7 @@
  * SDK retry policies do not cover.
  */
 import { setTimeout as sleep } from "node:timers/promises";
+import { isTransientError } from "./errors.js";
 
 export interface RetryOptions {
   /** Attempts in total, including the first (default 6). */
@@ -16,42 +17,6 @@ export interface RetryOptions {
   isRetryable?: (err: unknown) => boolean;
   /** Called before each wait; the message must not contain secrets. */
   onRetry?: (err: unknown, attempt: number, delayMs: number) => void;
-}
-
-const TRANSIENT_CODES = new Set([
-  "ECONNRESET",
-  "ECONNREFUSED",
-  "ECONNABORTED",
-  "EPIPE",
-  "ETIMEDOUT",
-  "EAI_AGAIN",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENETDOWN",
-  "UND_ERR_SOCKET",
-  "UND_ERR_CONNECT_TIMEOUT",
-  "UND_ERR_HEADERS_TIMEOUT",
-  "UND_ERR_BODY_TIMEOUT",
-  "UND_ERR_CLOSED",
-]);
-
-/** HTTP statuses that mean "try again later": timeouts, throttling and server-side failures. */
-export function isTransientStatus(status: number | undefined): boolean {
-  return status === 408 || status === 429 || (status !== undefined && status >= 500 && status <= 599);
-}
-
-/** An error carrying an HTTP status (set by the swift client) or a transient socket error code. */
-export function isTransientError(err: unknown): boolean {
-  for (let e: unknown = err, depth = 0; e && typeof e === "object" && depth < 5; depth++) {
-    const rec = e as { status?: unknown; code?: unknown; name?: unknown; cause?: unknown };
-    if (typeof rec.status === "number") return isTransientStatus(rec.status);
-    if (typeof rec.code === "string" && TRANSIENT_CODES.has(rec.code)) return true;
-    if (rec.name === "TimeoutError") return true;
-    // undici reports network failures as TypeError("fetch failed") with the socket error as cause
-    if (rec.name === "TypeError" && rec.cause === undefined) return false;
-    e = rec.cause;
-  }
-  return false;
 }
 
 export async function withRetry<T>(operation: (attempt: number) => Promise<T>, options: RetryOptions = {}): Promise<T> {

@@ -29,8 +29,9 @@ import {
   type _Object,
 } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
-import { byName, ErrorFactory, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
-import { StorageNotFoundError, type ListOptions, type Metadata, type StoredObject } from "./types.js";
+import { ErrorFactory, isNotFound, statusOf } from "./errors.js";
+import { byName, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
+import type { ListOptions, Metadata, StoredObject } from "./types.js";
 
 export interface ProxyInfo {
   type?: "http" | "socks5" | "socks5h";
@@ -91,14 +92,7 @@ function addContentMd5ForDeleteObjects(client: S3Client): void {
   );
 }
 
-function statusOf(err: unknown): number | undefined {
-  return (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
-}
 
-function isNotFound(err: unknown): boolean {
-  const name = (err as { name?: string })?.name;
-  return statusOf(err) === 404 || name === "NoSuchKey" || name === "NotFound";
-}
 
 /** CopySource is `bucket/key` with the key URL-encoded (the SDK sends it verbatim). */
 function copySource(bucket: string, key: string): string {
@@ -170,8 +164,7 @@ export class S3Backend extends RemoteBackend {
       const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keys.key(key) }));
       return res.Metadata ?? {};
     } catch (err) {
-      if (isNotFound(err)) throw new StorageNotFoundError(key);
-      throw this.errors.wrap(err, "metadata of", key);
+      throw this.errors.translate(err, "metadata of", key);
     }
   }
 
@@ -181,8 +174,7 @@ export class S3Backend extends RemoteBackend {
       const body = res.Body as Readable | undefined;
       return { stream: body ?? Readable.from([]), metadata: res.Metadata ?? {}, size: res.ContentLength ?? 0 };
     } catch (err) {
-      if (isNotFound(err)) throw new StorageNotFoundError(key);
-      throw this.errors.wrap(err, "download", key);
+      throw this.errors.translate(err, "download", key);
     }
   }
 
@@ -275,8 +267,7 @@ export class S3Backend extends RemoteBackend {
         }),
       );
     } catch (err) {
-      if (isNotFound(err)) throw new StorageNotFoundError(sourceKey);
-      throw this.errors.wrap(err, `copy to ${destinationKey} from`, sourceKey);
+      throw this.errors.translate(err, `copy to ${destinationKey} from`, sourceKey);
     }
   }
 

@@ -13,7 +13,8 @@ import { PassThrough, Readable } from "node:stream";
 import SftpClient from "ssh2-sftp-client";
 import { decodeSidecar, encodeSidecar, isSkippedName } from "./local.js";
 import { withRetry } from "./retry.js";
-import { byName, ErrorFactory, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
+import { ErrorFactory, isConnectionError, isNoSuchFile } from "./errors.js";
+import { byName, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
 import { StorageNotFoundError, type ListOptions, type Metadata, type StoredObject } from "./types.js";
 
 export interface SftpConfig {
@@ -102,22 +103,6 @@ function randomSuffix(): string {
   return randomBytes(8).toString("hex");
 }
 
-function isNoSuchFile(err: unknown): boolean {
-  const rec = err as { code?: unknown; message?: unknown };
-  return rec?.code === 2 || rec?.code === "ENOENT" || /no such file/i.test(String(rec?.message ?? ""));
-}
-
-/** The connection itself failed (dropped, reset, not connected): reconnect and try again. */
-function isConnectionError(err: unknown): boolean {
-  const rec = err as { code?: unknown; message?: unknown; level?: unknown };
-  const code = String(rec?.code ?? "");
-  return (
-    ["ECONNRESET", "ECONNREFUSED", "ETIMEDOUT", "EPIPE", "ERR_NOT_CONNECTED", "ERR_GENERIC_CLIENT"].includes(code) ||
-    rec?.level === "client-socket" ||
-    /no sftp connection|not connected|connection lost|socket|channel/i.test(String(rec?.message ?? ""))
-  );
-}
-
 export class SftpBackend extends RemoteBackend {
   readonly storageType = "sftp";
   protected readonly errors: ErrorFactory;
@@ -132,7 +117,7 @@ export class SftpBackend extends RemoteBackend {
     private readonly privateKey: Buffer | undefined,
   ) {
     super();
-    this.errors = new ErrorFactory("sftp", [config.password]);
+    this.errors = new ErrorFactory("sftp", [config.password], isNoSuchFile);
     // a prefix may be absolute or relative to the login directory: keep a leading `/`
     this.keys = new KeyMapper(config.prefix, false);
   }
@@ -404,8 +389,7 @@ export class SftpBackend extends RemoteBackend {
         metadata ?? sourceMetadata,
       );
     } catch (err) {
-      if (isNoSuchFile(err)) throw new StorageNotFoundError(sourceKey);
-      throw this.errors.wrap(err, `copy to ${destinationKey} from`, sourceKey);
+      throw this.errors.translate(err, `copy to ${destinationKey} from`, sourceKey);
     }
   }
 
@@ -415,7 +399,7 @@ export class SftpBackend extends RemoteBackend {
 }
 
 export async function createBackend(config: SftpConfig): Promise<SftpBackend> {
-  const errors = new ErrorFactory("sftp", [config.password]);
+  const errors = new ErrorFactory("sftp", [config.password], isNoSuchFile);
   for (const name of ["server", "port", "username"] as const) {
     if (!config[name]) throw errors.error(`object_storage.${name} is required`);
   }

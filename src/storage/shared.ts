@@ -1,6 +1,6 @@
 /**
  * Pieces every remote backend (s3, google, azure, swift, sftp) shares: the backend prefix rules of
- * rohmu's BaseTransfer, metadata sanitising, safe error messages, stream helpers and a base class
+ * rohmu's BaseTransfer, metadata sanitising, stream helpers and a base class
  * that derives the convenience operations from the primitive ones.
  */
 import { createReadStream } from "node:fs";
@@ -8,6 +8,7 @@ import { stat } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createAtomicWriteStream } from "../common/fs.js";
+import type { ErrorFactory } from "./errors.js";
 import {
   StorageError,
   type ListOptions,
@@ -61,60 +62,6 @@ export function sanitizeMetadata(metadata: Metadata | undefined, replaceHyphenWi
     out[k.replaceAll("-", replaceHyphenWith)] = String(v);
   }
   return out;
-}
-
-/** Builds StorageErrors whose messages name the backend and key but never a configured secret. */
-export class ErrorFactory {
-  private readonly secrets: string[];
-
-  constructor(
-    readonly backend: string,
-    secrets: Array<string | null | undefined>,
-  ) {
-    // longest first, so a secret containing another is scrubbed whole
-    this.secrets = secrets.filter((s): s is string => typeof s === "string" && s.length >= 4).sort((a, b) => b.length - a.length);
-  }
-
-  scrub(text: string): string {
-    let out = text;
-    for (const secret of this.secrets) {
-      out = out.split(secret).join("***");
-      const encoded = encodeURIComponent(secret);
-      if (encoded !== secret) out = out.split(encoded).join("***");
-    }
-    return out;
-  }
-
-  /** Wraps `err` (unless it already is a StorageError) as "<backend>: <operation> <key> failed: ...". */
-  wrap(err: unknown, operation: string, key?: string): StorageError {
-    if (err instanceof StorageError) return err;
-    const what = key === undefined ? operation : `${operation} ${key}`;
-    const wrapped = new StorageError(`${this.backend}: ${what} failed: ${this.scrub(describeError(err))}`);
-    const rec = err as { status?: unknown; code?: unknown; $metadata?: { httpStatusCode?: unknown } } | null;
-    const status = rec?.status ?? rec?.$metadata?.httpStatusCode;
-    // the original error stays out (SDK errors can carry request URLs with SAS tokens or headers)
-    Object.assign(wrapped, { status: typeof status === "number" ? status : undefined, code: rec?.code });
-    return wrapped;
-  }
-
-  /** StorageError for a problem found by this code itself (bad config, unexpected reply). */
-  error(message: string): StorageError {
-    return new StorageError(`${this.backend}: ${this.scrub(message)}`);
-  }
-}
-
-export function describeError(err: unknown): string {
-  if (err instanceof Error) {
-    const rec = err as Error & { code?: unknown; status?: unknown; statusCode?: unknown; $metadata?: { httpStatusCode?: number } };
-    const status = rec.$metadata?.httpStatusCode ?? rec.status ?? rec.statusCode;
-    let text = `${err.name}: ${err.message}`.slice(0, 500);
-    if (typeof rec.code === "string" && !text.includes(rec.code)) text += ` (${rec.code})`;
-    if (typeof status === "number") text += ` (HTTP ${status})`;
-    const cause = (err as { cause?: unknown }).cause;
-    if (cause instanceof Error && !text.includes(cause.message)) text += `; cause: ${describeError(cause)}`;
-    return text;
-  }
-  return String(err).slice(0, 500);
 }
 
 /** Reads a whole stream into one Buffer. */

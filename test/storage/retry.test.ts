@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { isTransientError, withRetry } from "../../src/storage/retry.js";
+import { isTransientError } from "../../src/storage/errors.js";
+import { withRetry } from "../../src/storage/retry.js";
 
 describe("storage retry", () => {
   it("classifies transient and permanent failures", () => {
