@@ -37,3 +37,16 @@ export type FromWorker =
   | { type: "ack"; id: number }
   | { type: "done"; id: number; result: EncodeFileResult }
   | { type: "error"; id: number; error: WireError };
+
+/** Pool worker → its hasher thread (chunk buffers are transferred). */
+export type ToHasher =
+  | { type: "start"; id: number; algorithm: string }
+  | { type: "chunk"; id: number; data: ArrayBuffer; length: number }
+  | { type: "digest"; id: number }
+  | { type: "discard"; id: number };
+
+/** Hasher thread → pool worker: spare chunk buffers back, digests, errors. */
+export type FromHasher =
+  | { type: "spare"; id: number; data: ArrayBuffer }
+  | { type: "digest"; id: number; hex: string }
+  | { type: "error"; id: number; error: WireError };

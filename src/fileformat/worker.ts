@@ -1,37 +1,24 @@
 /**
  * Worker thread of FileFormatPool: runs the codec chains on files (paths in, so no buffers cross
  * threads) and on streams fed in ~1 MiB transferred batches, with credit-based flow control so
- * that neither side buffers without bound.
- *
- * The same module also runs as each pool worker's hasher thread (`workerData.role`): a file
- * task's plaintext digest is computed there, one chunk behind the codec, so hashing overlaps
- * compression instead of adding to it (sha1 of a 16 MiB segment costs about as much as snappy).
+ * that neither side buffers without bound. Plaintext digests of large files are computed in a
+ * hasher thread of its own (plaintext_hash.ts, hasher.ts).
  */
-import { createHash, type Hash } from "node:crypto";
 import { open, rename, type FileHandle } from "node:fs/promises";
 import path from "node:path";
-import { Worker, parentPort, workerData } from "node:worker_threads";
+import { parentPort } from "node:worker_threads";
 import { defaultTempPath, fsyncDirectory, removeIfExists } from "../common/fs.js";
-import { KeyNotFoundError, fromWire, toWire, type WireError } from "./errors.js";
-import { nodeHashName } from "./hash.js";
+import { KeyNotFoundError, toWire } from "./errors.js";
 import { createDecoder, createEncoder, decodePlan } from "./pipeline.js";
+import { hashFor, takeSpareChunk, type PlaintextHash } from "./plaintext_hash.js";
 import { TRANSFER_CHUNK, type EncodeTaskOptions, type FromWorker, type StreamSpec, type TaskRequest, type TaskResult, type ToWorker } from "./protocol.js";
 import type { Codec, EncodeFileResult, Metadata, PrivateKeyLookup } from "./types.js";
 
 /** Worker output not yet consumed by the main thread before the worker pauses. */
 const OUTPUT_CREDIT = 4 * TRANSFER_CHUNK;
 
-/** Hashing in the hasher thread pays off only beyond a couple of chunks (each is a round trip). */
-const OFF_THREAD_HASH_MIN_SIZE = 2 * TRANSFER_CHUNK;
-/** Hashed chunk buffers kept for reuse by readChunks. */
-const MAX_SPARE_CHUNKS = 4;
-/** Chunks sent to the hasher thread and not yet hashed, per hash (bounds memory if it lags). */
-const MAX_HASH_CHUNKS_IN_FLIGHT = 4;
-const HASHER_ROLE = "fileformat-hasher";
-
 const port = parentPort;
 if (port === null) throw new Error("fileformat worker must run in a worker thread");
-const isHasher = (workerData as { role?: string } | null)?.role === HASHER_ROLE;
 
 function post(message: FromWorker, transfer?: ArrayBuffer[]): void {
   port!.postMessage(message, transfer ?? []);
@@ -102,7 +89,7 @@ async function* readChunks(handle: FileHandle): AsyncGenerator<Buffer> {
   let turn = 0;
   const readOne = async (): Promise<Buffer | null> => {
     // A detached buffer went to the hasher thread with its chunk (OffThreadHash): take another.
-    if (buffers[turn].buffer.byteLength === 0) buffers[turn] = hashHelper.takeSpare() ?? Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+    if (buffers[turn].buffer.byteLength === 0) buffers[turn] = takeSpareChunk() ?? Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
     const buf = buffers[turn];
     turn ^= 1;
     const { bytesRead } = await handle.read(buf, 0, buf.length, null);
@@ -176,203 +163,6 @@ async function withInput<T>(src: string, body: (chunks: AsyncIterable<Buffer>, s
     await handle.close();
   }
 }
-
-/** Digest of the plaintext, computed in this thread or in the hasher thread. */
-interface PlaintextHash {
-  /** Returns a promise only when the caller must wait before the next update. */
-  update(chunk: Buffer): Promise<void> | void;
-  hex(): Promise<string>;
-  /** Releases the state of an unfinished hash (no-op after hex()). */
-  discard(): void;
-}
-
-class LocalHash implements PlaintextHash {
-  constructor(private readonly hash: Hash) {}
-  update(chunk: Buffer): void {
-    this.hash.update(chunk);
-  }
-  async hex(): Promise<string> {
-    return this.hash.digest("hex");
-  }
-  discard(): void {}
-}
-
-type ToHasher =
-  | { type: "start"; id: number; algorithm: string }
-  | { type: "chunk"; id: number; data: ArrayBuffer; length: number }
-  | { type: "digest"; id: number }
-  | { type: "discard"; id: number };
-
-type FromHasher =
-  | { type: "spare"; id: number; data: ArrayBuffer }
-  | { type: "digest"; id: number; hex: string }
-  | { type: "error"; id: number; error: WireError };
-
-/** Hasher-thread side: one Hash per id, chunk buffers handed back for reuse. */
-function serveHashes(): void {
-  const hashes = new Map<number, Hash | Error>();
-  const reply = (message: FromHasher, transfer?: ArrayBuffer[]): void => port!.postMessage(message, transfer ?? []);
-  port!.on("message", (message: ToHasher) => {
-    switch (message.type) {
-      case "start":
-        try {
-          hashes.set(message.id, createHash(message.algorithm));
-        } catch (err) {
-          hashes.set(message.id, err instanceof Error ? err : new Error(String(err)));
-        }
-        break;
-      case "chunk": {
-        const hash = hashes.get(message.id);
-        if (hash && !(hash instanceof Error)) hash.update(new Uint8Array(message.data, 0, message.length));
-        reply({ type: "spare", id: message.id, data: message.data }, [message.data]);
-        break;
-      }
-      case "digest": {
-        const hash = hashes.get(message.id);
-        hashes.delete(message.id);
-        if (hash === undefined || hash instanceof Error) {
-          reply({ type: "error", id: message.id, error: toWire(hash ?? new Error(`hasher thread has no hash ${message.id}`)) });
-        } else {
-          reply({ type: "digest", id: message.id, hex: hash.digest("hex") });
-        }
-        break;
-      }
-      case "discard":
-        hashes.delete(message.id);
-        break;
-    }
-  });
-}
-
-/** Pool-worker side: the hasher thread, started on first use and replaced when it dies. */
-class HashHelper {
-  private thread: Worker | null = null;
-  private nextId = 1;
-  private readonly waiting = new Map<number, { thread: Worker; resolve: (hex: string) => void; reject: (err: Error) => void }>();
-  /** Hashes that may still send chunks, for their flow control. */
-  private readonly open = new Map<number, OffThreadHash>();
-  private readonly spares: ArrayBuffer[] = [];
-
-  start(algorithm: string): OffThreadHash {
-    const thread = this.thread ?? this.spawn();
-    const id = this.nextId++;
-    thread.postMessage({ type: "start", id, algorithm } satisfies ToHasher);
-    const hash = new OffThreadHash(this, thread, id);
-    this.open.set(id, hash);
-    return hash;
-  }
-
-  close(id: number): void {
-    this.open.delete(id);
-  }
-
-  isAlive(thread: Worker): boolean {
-    return this.thread === thread;
-  }
-
-  digest(thread: Worker, id: number): Promise<string> {
-    if (!this.isAlive(thread)) return Promise.reject(new Error("fileformat hasher thread died"));
-    return new Promise<string>((resolve, reject) => {
-      this.waiting.set(id, { thread, resolve, reject });
-      thread.postMessage({ type: "digest", id } satisfies ToHasher);
-    });
-  }
-
-  takeSpare(): Buffer | undefined {
-    const data = this.spares.pop();
-    return data === undefined ? undefined : Buffer.from(data);
-  }
-
-  private spawn(): Worker {
-    const thread = new Worker(new URL(import.meta.url), { workerData: { role: HASHER_ROLE } });
-    thread.unref();
-    thread.on("message", (message: FromHasher) => {
-      if (message.type === "spare") {
-        this.open.get(message.id)?.hashed();
-        if (message.data.byteLength === TRANSFER_CHUNK && this.spares.length < MAX_SPARE_CHUNKS) this.spares.push(message.data);
-        return;
-      }
-      const waiter = this.waiting.get(message.id);
-      if (!waiter) return;
-      this.waiting.delete(message.id);
-      if (message.type === "digest") waiter.resolve(message.hex);
-      else waiter.reject(fromWire(message.error));
-    });
-    const die = (err: Error): void => {
-      if (this.thread === thread) this.thread = null;
-      // Unblocked senders fail at hex(): the thread's hashes are lost.
-      for (const hash of this.open.values()) if (hash.thread === thread) hash.hashed(Infinity);
-      for (const [id, waiter] of this.waiting) {
-        if (waiter.thread !== thread) continue;
-        this.waiting.delete(id);
-        waiter.reject(err);
-      }
-    };
-    thread.on("error", die);
-    thread.on("exit", (code) => die(new Error(`fileformat hasher thread exited with code ${code}`)));
-    this.thread = thread;
-    return thread;
-  }
-}
-
-/** Chunks go to the hasher thread (transferred, so the caller must not touch them again). */
-class OffThreadHash implements PlaintextHash {
-  private done = false;
-  private inFlight = 0;
-  private wake: (() => void) | null = null;
-
-  constructor(
-    private readonly helper: HashHelper,
-    readonly thread: Worker,
-    private readonly id: number,
-  ) {}
-
-  /** The hasher thread finished `count` chunks. */
-  hashed(count = 1): void {
-    this.inFlight = Math.max(0, this.inFlight - count);
-    if (this.inFlight < MAX_HASH_CHUNKS_IN_FLIGHT && this.wake) {
-      const wake = this.wake;
-      this.wake = null;
-      wake();
-    }
-  }
-
-  update(chunk: Buffer): Promise<void> | void {
-    let data = chunk.buffer as ArrayBuffer;
-    if (chunk.byteOffset !== 0 || data.byteLength !== TRANSFER_CHUNK) {
-      // Not a whole chunk buffer of readChunks: send a copy rather than detach memory others use.
-      const copy = Buffer.allocUnsafeSlow(chunk.length);
-      chunk.copy(copy);
-      data = copy.buffer as ArrayBuffer;
-    }
-    this.thread.postMessage({ type: "chunk", id: this.id, data, length: chunk.length } satisfies ToHasher, [data]);
-    if (++this.inFlight >= MAX_HASH_CHUNKS_IN_FLIGHT && this.helper.isAlive(this.thread)) {
-      return new Promise<void>((resolve) => (this.wake = resolve));
-    }
-  }
-
-  hex(): Promise<string> {
-    this.done = true;
-    this.helper.close(this.id);
-    return this.helper.digest(this.thread, this.id);
-  }
-
-  discard(): void {
-    if (this.done) return;
-    this.done = true;
-    this.helper.close(this.id);
-    if (this.helper.isAlive(this.thread)) this.thread.postMessage({ type: "discard", id: this.id } satisfies ToHasher);
-  }
-}
-
-const hashHelper = new HashHelper();
-
-function hashFor(opts: EncodeTaskOptions, inputSize = 0): PlaintextHash | null {
-  if (!opts.hashAlgorithm) return null;
-  const algorithm = nodeHashName(opts.hashAlgorithm);
-  return inputSize >= OFF_THREAD_HASH_MIN_SIZE ? hashHelper.start(algorithm) : new LocalHash(createHash(algorithm));
-}
-
 /** Runs a file encode with its plaintext hash; an unfinished hash is released on failure. */
 async function encodeWithHash<T>(opts: EncodeTaskOptions, size: number, body: (hash: PlaintextHash | null) => Promise<T>): Promise<T> {
   const hash = hashFor(opts, size);
@@ -514,8 +304,7 @@ class StreamSession {
 
 const sessions = new Map<number, StreamSession>();
 
-if (isHasher) serveHashes();
-else port.on("message", (message: ToWorker) => {
+port.on("message", (message: ToWorker) => {
   switch (message.type) {
     case "task":
       runTask(message.task).then(
