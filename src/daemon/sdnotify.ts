@@ -13,26 +13,9 @@
  * thrown: the daemon works the same without systemd.
  */
 import { spawn } from "node:child_process";
-import { createRequire } from "node:module";
-
-interface UnixDgramSocket {
-  send(buf: Buffer, offset: number, length: number, path: string, cb: (err?: Error) => void): void;
-  close(): void;
-  on(event: "error", listener: (err: Error) => void): void;
-}
-interface UnixDgramModule {
-  createSocket(type: "unix_dgram"): UnixDgramSocket;
-}
+import { loadUnixDgram } from "../common/unix_dgram.js";
 
 export type NotifyTransport = "unix-dgram" | "systemd-notify";
-
-function loadUnixDgram(): UnixDgramModule | undefined {
-  try {
-    return createRequire(import.meta.url)("unix-dgram") as UnixDgramModule;
-  } catch {
-    return undefined;
-  }
-}
 
 export interface SdNotifyOptions {
   /** Defaults to process.env. */

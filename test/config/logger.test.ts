@@ -8,19 +8,17 @@ import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, describe, test } from "node:test";
+import { formatRecord, pythonAsctime } from "../../src/common/log_format.js";
 import {
   configureLoggingFromConfig,
   createLogger,
-  formatRecord,
   getLogger,
   getLogLevel,
-  pythonAsctime,
-  redactConfig,
   resetLogging,
-  scrubText,
   setLogLevel,
-  syslogLine,
 } from "../../src/common/logger.js";
+import { redactConfig, scrubText } from "../../src/common/redact.js";
+import { syslogLine } from "../../src/common/syslog.js";
 import { validateConfig } from "../../src/config/index.js";
 
 function capture(): { lines: string[]; write(text: string): void } {
