@@ -99,15 +99,13 @@ export class AzureBackend extends RemoteBackend {
   }
 
   async getMetadataForKey(key: string): Promise<Metadata> {
-    try {
+    return await this.errors.translating("metadata of", key, async () => {
       return fromAzureMetadata((await this.blob(key).getProperties()).metadata);
-    } catch (err) {
-      throw this.errors.translate(err, "metadata of", key);
-    }
+    });
   }
 
   async getReadStream(key: string): Promise<{ stream: Readable; metadata: Metadata; size: number }> {
-    try {
+    return await this.errors.translating("download", key, async () => {
       // the SDK resumes the body from the last offset when the connection drops
       const res = await this.blob(key).download(0, undefined, { maxRetryRequests: 5 });
       return {
@@ -115,9 +113,7 @@ export class AzureBackend extends RemoteBackend {
         metadata: fromAzureMetadata(res.metadata),
         size: res.contentLength ?? 0,
       };
-    } catch (err) {
-      throw this.errors.translate(err, "download", key);
-    }
+    });
   }
 
   private async listRaw(prefix: string, recursive: boolean, includeMetadata: boolean): Promise<BlobItem[]> {
@@ -136,7 +132,7 @@ export class AzureBackend extends RemoteBackend {
   }
 
   async list(prefix: string, options: ListOptions = {}): Promise<StoredObject[]> {
-    try {
+    return await this.errors.wrapping("list", prefix, async () => {
       const items = await this.listRaw(this.keys.directory(prefix), options.recursive ?? false, true);
       return items
         .map((item) => ({
@@ -147,32 +143,26 @@ export class AzureBackend extends RemoteBackend {
           md5: item.properties.contentMD5 ? Buffer.from(item.properties.contentMD5).toString("hex") : undefined,
         }))
         .sort(byName);
-    } catch (err) {
-      throw this.errors.wrap(err, "list", prefix);
-    }
+    });
   }
 
   async deleteKey(key: string): Promise<void> {
-    try {
+    await this.errors.translating("delete", key, async () => {
       await this.blob(key).delete();
-    } catch (err) {
-      throw this.errors.translate(err, "delete", key);
-    }
+    });
   }
 
   async deleteTree(prefix: string): Promise<void> {
-    try {
+    await this.errors.wrapping("delete tree", prefix, async () => {
       const items = await this.listRaw(this.keys.directory(prefix), true, false);
       await mapLimit(items, 16, async (item) => {
         await this.container.getBlobClient(item.name).deleteIfExists();
       });
-    } catch (err) {
-      throw this.errors.wrap(err, "delete tree", prefix);
-    }
+    });
   }
 
   async copyFile(sourceKey: string, destinationKey: string, metadata?: Metadata): Promise<void> {
-    try {
+    await this.errors.translating(`copy to ${destinationKey} from`, sourceKey, async () => {
       const source = this.blob(sourceKey);
       // server-side copy; without metadata the source's metadata is kept
       const poller = await this.blob(destinationKey).beginCopyFromURL(source.url, {
@@ -183,23 +173,19 @@ export class AzureBackend extends RemoteBackend {
       if (result.copyStatus && result.copyStatus !== "success") {
         throw this.errors.error(`copy of ${sourceKey} to ${destinationKey} ended with status ${result.copyStatus}`);
       }
-    } catch (err) {
-      throw this.errors.translate(err, `copy to ${destinationKey} from`, sourceKey);
-    }
+    });
   }
 
   /** Known-size uploads: one request up to a block, staged blocks (4 at a time) above. */
   private async uploadKnownSize(key: string, metadata: Metadata, send: (blob: BlockBlobClient, options: BlockBlobParallelUploadOptions) => Promise<unknown>): Promise<void> {
-    try {
+    await this.errors.wrapping("upload", key, async () => {
       await send(this.blob(key), {
         metadata: toAzureMetadata(metadata),
         blockSize: this.blockSize,
         maxSingleShotSize: this.blockSize,
         concurrency: 4,
       });
-    } catch (err) {
-      throw this.errors.wrap(err, "upload", key);
-    }
+    });
   }
 
   override async storeFileFromMemory(key: string, data: Buffer, metadata: Metadata): Promise<void> {

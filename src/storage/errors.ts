@@ -143,6 +143,24 @@ export class ErrorFactory {
     return this.wrap(err, operation, key);
   }
 
+  /** Runs `op`; its failure becomes `wrap(err, operation, key)`. */
+  async wrapping<T>(operation: string, key: string, op: () => Promise<T>): Promise<T> {
+    try {
+      return await op();
+    } catch (err) {
+      throw this.wrap(err, operation, key);
+    }
+  }
+
+  /** Runs `op`; its failure becomes `translate(err, operation, key, missingKey)`. */
+  async translating<T>(operation: string, key: string, op: () => Promise<T>, missingKey = key): Promise<T> {
+    try {
+      return await op();
+    } catch (err) {
+      throw this.translate(err, operation, key, missingKey);
+    }
+  }
+
   /** "<backend>: <what>: <message of err>", keeping `err` as the cause (local filesystem errors carry no secrets). */
   because(what: string, err: unknown): StorageError {
     return new StorageError(`${this.backend}: ${this.scrub(`${what}: ${(err as Error).message}`)}`, { cause: err });

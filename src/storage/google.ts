@@ -86,13 +86,11 @@ export class GoogleBackend extends RemoteBackend {
   }
 
   async getMetadataForKey(key: string): Promise<Metadata> {
-    try {
+    return await this.errors.translating("metadata of", key, async () => {
       const file = this.file(key);
       await file.getMetadata();
       return objectMetadata(file);
-    } catch (err) {
-      throw this.errors.translate(err, "metadata of", key);
-    }
+    });
   }
 
   async getReadStream(key: string): Promise<{ stream: Readable; metadata: Metadata; size: number }> {
@@ -111,7 +109,7 @@ export class GoogleBackend extends RemoteBackend {
   }
 
   async list(prefix: string, options: ListOptions = {}): Promise<StoredObject[]> {
-    try {
+    return await this.errors.wrapping("list", prefix, async () => {
       const out: StoredObject[] = [];
       let query: GetFilesOptions | null = {
         prefix: this.keys.directory(prefix) || undefined,
@@ -136,37 +134,29 @@ export class GoogleBackend extends RemoteBackend {
         query = (next as GetFilesOptions | null) ?? null;
       }
       return out.sort(byName);
-    } catch (err) {
-      throw this.errors.wrap(err, "list", prefix);
-    }
+    });
   }
 
   async deleteKey(key: string): Promise<void> {
-    try {
+    await this.errors.translating("delete", key, async () => {
       await this.file(key).delete();
-    } catch (err) {
-      throw this.errors.translate(err, "delete", key);
-    }
+    });
   }
 
   async deleteTree(prefix: string): Promise<void> {
-    try {
+    await this.errors.wrapping("delete tree", prefix, async () => {
       const names = (await this.list(prefix, { recursive: true })).map((o) => o.name);
       await mapLimit(names, 16, async (name) => {
         await this.file(name).delete({ ignoreNotFound: true });
       });
-    } catch (err) {
-      throw this.errors.wrap(err, "delete tree", prefix);
-    }
+    });
   }
 
   async copyFile(sourceKey: string, destinationKey: string, metadata?: Metadata): Promise<void> {
-    try {
+    await this.errors.translating(`copy to ${destinationKey} from`, sourceKey, async () => {
       // rewrite; a body with `metadata` replaces the custom metadata, an empty one keeps the source's
       await this.file(sourceKey).copy(this.file(destinationKey), metadata ? { metadata: sanitizeMetadata(metadata) } : {});
-    } catch (err) {
-      throw this.errors.translate(err, `copy to ${destinationKey} from`, sourceKey);
-    }
+    });
   }
 
   override async storeFileFromMemory(key: string, data: Buffer, metadata: Metadata): Promise<void> {
@@ -175,16 +165,14 @@ export class GoogleBackend extends RemoteBackend {
       await this.storeFileObject(key, Readable.from([data]), metadata);
       return;
     }
-    try {
+    await this.errors.wrapping("upload", key, async () => {
       // one multipart request (metadata + bytes), retried as a whole
       await this.file(key).save(data, {
         resumable: false,
         contentType: "application/octet-stream",
         metadata: { metadata: sanitizeMetadata(metadata) },
       });
-    } catch (err) {
-      throw this.errors.wrap(err, "upload", key);
-    }
+    });
   }
 
   async storeFileObject(key: string, source: Readable, metadata: Metadata): Promise<void> {

@@ -160,22 +160,18 @@ export class S3Backend extends RemoteBackend {
   }
 
   async getMetadataForKey(key: string): Promise<Metadata> {
-    try {
+    return await this.errors.translating("metadata of", key, async () => {
       const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.keys.key(key) }));
       return res.Metadata ?? {};
-    } catch (err) {
-      throw this.errors.translate(err, "metadata of", key);
-    }
+    });
   }
 
   async getReadStream(key: string): Promise<{ stream: Readable; metadata: Metadata; size: number }> {
-    try {
+    return await this.errors.translating("download", key, async () => {
       const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.keys.key(key) }));
       const body = res.Body as Readable | undefined;
       return { stream: body ?? Readable.from([]), metadata: res.Metadata ?? {}, size: res.ContentLength ?? 0 };
-    } catch (err) {
-      throw this.errors.translate(err, "download", key);
-    }
+    });
   }
 
   private async listRaw(prefix: string, recursive: boolean): Promise<_Object[]> {
@@ -198,7 +194,7 @@ export class S3Backend extends RemoteBackend {
   }
 
   async list(prefix: string, options: ListOptions = {}): Promise<StoredObject[]> {
-    try {
+    return await this.errors.wrapping("list", prefix, async () => {
       const raw = await this.listRaw(this.keys.directory(prefix), options.recursive ?? false);
       // listings carry no user metadata: one HEAD per object, as rohmu does
       const items = await mapLimit(raw, 16, async (item): Promise<StoredObject | null> => {
@@ -219,22 +215,18 @@ export class S3Backend extends RemoteBackend {
         };
       });
       return items.filter((o): o is StoredObject => o !== null).sort(byName);
-    } catch (err) {
-      throw this.errors.wrap(err, "list", prefix);
-    }
+    });
   }
 
   async deleteKey(key: string): Promise<void> {
     await this.getMetadataForKey(key); // S3 deletes silently; rohmu checks existence first
-    try {
+    await this.errors.wrapping("delete", key, async () => {
       await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.keys.key(key) }));
-    } catch (err) {
-      throw this.errors.wrap(err, "delete", key);
-    }
+    });
   }
 
   async deleteTree(prefix: string): Promise<void> {
-    try {
+    await this.errors.wrapping("delete tree", prefix, async () => {
       const items = await this.listRaw(this.keys.directory(prefix), true);
       for (let i = 0; i < items.length; i += 1000) {
         const batch = items.slice(i, i + 1000);
@@ -249,13 +241,11 @@ export class S3Backend extends RemoteBackend {
           throw this.errors.error(`delete tree ${prefix}: ${failed.length} objects not deleted, e.g. ${failed[0]!.Key}: ${failed[0]!.Code}`);
         }
       }
-    } catch (err) {
-      throw this.errors.wrap(err, "delete tree", prefix);
-    }
+    });
   }
 
   async copyFile(sourceKey: string, destinationKey: string, metadata?: Metadata): Promise<void> {
-    try {
+    await this.errors.translating(`copy to ${destinationKey} from`, sourceKey, async () => {
       await this.client.send(
         new CopyObjectCommand({
           Bucket: this.bucket,
@@ -266,9 +256,7 @@ export class S3Backend extends RemoteBackend {
           ...this.extraPutArgs,
         }),
       );
-    } catch (err) {
-      throw this.errors.translate(err, `copy to ${destinationKey} from`, sourceKey);
-    }
+    });
   }
 
   override async storeFileFromMemory(key: string, data: Buffer, metadata: Metadata): Promise<void> {
@@ -276,14 +264,12 @@ export class S3Backend extends RemoteBackend {
       await this.storeFileObject(key, Readable.from([data]), metadata);
       return;
     }
-    try {
+    await this.errors.wrapping("upload", key, async () => {
       // a Buffer body is replayed by the SDK's own retries
       await this.client.send(
         new PutObjectCommand({ Bucket: this.bucket, Key: this.keys.key(key), Body: data, Metadata: sanitizeMetadata(metadata), ...this.extraPutArgs }),
       );
-    } catch (err) {
-      throw this.errors.wrap(err, "upload", key);
-    }
+    });
   }
 
   override async storeFileFromDisk(key: string, filePath: string, metadata: Metadata): Promise<void> {

@@ -215,21 +215,15 @@ export class SftpBackend extends RemoteBackend {
   }
 
   async getMetadataForKey(key: string): Promise<Metadata> {
-    let metadata: Metadata | null;
-    try {
-      metadata = await this.run((sftp) => this.readSidecar(sftp, this.objectPath(key)));
-    } catch (err) {
-      throw this.errors.wrap(err, "metadata of", key);
-    }
+    const metadata = await this.errors.wrapping("metadata of", key, () => this.run((sftp) => this.readSidecar(sftp, this.objectPath(key))));
     if (!metadata) throw new StorageNotFoundError(key);
     return metadata;
   }
 
   async getReadStream(key: string): Promise<{ stream: Readable; metadata: Metadata; size: number }> {
     const objectPath = this.objectPath(key);
-    let found: { metadata: Metadata; size: number; stream: Readable } | null;
-    try {
-      found = await this.run(async (sftp) => {
+    const found = await this.errors.wrapping("download", key, () =>
+      this.run(async (sftp) => {
         const metadata = await this.readSidecar(sftp, objectPath);
         if (!metadata) return null;
         let size: number;
@@ -242,10 +236,8 @@ export class SftpBackend extends RemoteBackend {
           throw err;
         }
         return { metadata, size, stream: remoteReadStream(sftp, objectPath) };
-      });
-    } catch (err) {
-      throw this.errors.wrap(err, "download", key);
-    }
+      }),
+    );
     if (!found) throw new StorageNotFoundError(key);
     return found;
   }
@@ -274,7 +266,7 @@ export class SftpBackend extends RemoteBackend {
   }
 
   async list(prefix: string, options: ListOptions = {}): Promise<StoredObject[]> {
-    try {
+    return await this.errors.wrapping("list", prefix, async () => {
       const found: Array<{ key: string; size: number; mtime: number }> = [];
       await this.run((sftp) => this.listDir(sftp, prefix, options.recursive ?? false, found));
       // one limiter slot per sidecar read (a slot held across them could deadlock the limiter)
@@ -284,9 +276,7 @@ export class SftpBackend extends RemoteBackend {
         return { name: f.key, size: f.size, lastModified: new Date(f.mtime), metadata };
       });
       return items.filter((o): o is StoredObject => o !== null).sort(byName);
-    } catch (err) {
-      throw this.errors.wrap(err, "list", prefix);
-    }
+    });
   }
 
   private async removeObject(sftp: SftpClient, objectPath: string): Promise<boolean> {
@@ -301,24 +291,17 @@ export class SftpBackend extends RemoteBackend {
   }
 
   async deleteKey(key: string): Promise<void> {
-    let existed: boolean;
-    try {
-      existed = await this.run((sftp) => this.removeObject(sftp, this.objectPath(key)));
-    } catch (err) {
-      throw this.errors.wrap(err, "delete", key);
-    }
+    const existed = await this.errors.wrapping("delete", key, () => this.run((sftp) => this.removeObject(sftp, this.objectPath(key))));
     if (!existed) throw new StorageNotFoundError(key);
   }
 
   async deleteTree(prefix: string): Promise<void> {
-    try {
+    await this.errors.wrapping("delete tree", prefix, async () => {
       const found: Array<{ key: string; size: number; mtime: number }> = [];
       await this.run((sftp) => this.listDir(sftp, prefix, true, found));
       await mapLimit(found, CONCURRENCY, (f) => this.run((sftp) => this.removeObject(sftp, this.objectPath(f.key))));
       this.madeDirs.clear();
-    } catch (err) {
-      throw this.errors.wrap(err, "delete tree", prefix);
-    }
+    });
   }
 
   /** Writes data to a temp name, renames it over the key, then publishes the sidecar the same way. */
@@ -346,25 +329,21 @@ export class SftpBackend extends RemoteBackend {
   }
 
   override async storeFileFromMemory(key: string, data: Buffer, metadata: Metadata): Promise<void> {
-    try {
+    await this.errors.wrapping("upload", key, async () => {
       await withRetry(() => this.upload(key, async (sftp, temp) => void (await sftp.put(data, temp)), metadata), {
         attempts: 4,
         isRetryable: isConnectionError,
       });
-    } catch (err) {
-      throw this.errors.wrap(err, "upload", key);
-    }
+    });
   }
 
   override async storeFileFromDisk(key: string, filePath: string, metadata: Metadata): Promise<void> {
-    try {
+    await this.errors.wrapping("upload", key, async () => {
       await withRetry(() => this.upload(key, async (sftp, temp) => void (await sftp.put(createReadStream(filePath, { highWaterMark: WRITE_CHUNK }), temp)), metadata), {
         attempts: 4,
         isRetryable: isConnectionError,
       });
-    } catch (err) {
-      throw this.errors.wrap(err, "upload", key);
-    }
+    });
   }
 
   async storeFileObject(key: string, source: Readable, metadata: Metadata): Promise<void> {
@@ -379,7 +358,7 @@ export class SftpBackend extends RemoteBackend {
   async copyFile(sourceKey: string, destinationKey: string, metadata?: Metadata): Promise<void> {
     // SFTP has no server-side copy: the bytes pass through this client
     const sourceMetadata = await this.getMetadataForKey(sourceKey);
-    try {
+    await this.errors.translating(`copy to ${destinationKey} from`, sourceKey, async () => {
       await this.upload(
         destinationKey,
         async (sftp, temp) => {
@@ -388,9 +367,7 @@ export class SftpBackend extends RemoteBackend {
         },
         metadata ?? sourceMetadata,
       );
-    } catch (err) {
-      throw this.errors.translate(err, `copy to ${destinationKey} from`, sourceKey);
-    }
+    });
   }
 
   async close(): Promise<void> {

@@ -103,23 +103,13 @@ export class SwiftBackend extends RemoteBackend {
   }
 
   async getMetadataForKey(key: string): Promise<Metadata> {
-    let headers: Headers | null;
-    try {
-      headers = await this.head(this.keys.key(key));
-    } catch (err) {
-      throw this.errors.wrap(err, "metadata of", key);
-    }
+    const headers = await this.errors.wrapping("metadata of", key, () => this.head(this.keys.key(key)));
     if (!headers) throw new StorageNotFoundError(key);
     return headersToMetadata(headers);
   }
 
   async getReadStream(key: string): Promise<{ stream: Readable; metadata: Metadata; size: number }> {
-    let res: Response;
-    try {
-      res = await this.client.request("GET", this.objectPath(this.keys.key(key)), { allow: [404] });
-    } catch (err) {
-      throw this.errors.wrap(err, "download", key);
-    }
+    const res = await this.errors.wrapping("download", key, () => this.client.request("GET", this.objectPath(this.keys.key(key)), { allow: [404] }));
     if (res.status === 404) {
       await res.body?.cancel();
       throw new StorageNotFoundError(key);
@@ -151,7 +141,7 @@ export class SwiftBackend extends RemoteBackend {
   }
 
   async list(prefix: string, options: ListOptions = {}): Promise<StoredObject[]> {
-    try {
+    return await this.errors.wrapping("list", prefix, async () => {
       const raw = await this.listRaw(this.keys.directory(prefix), !options.recursive);
       const objects = raw.filter((item): item is ListingItem & { name: string } => typeof item.name === "string");
       const result = await mapLimit(objects, 16, async (item): Promise<StoredObject | null> => {
@@ -167,9 +157,7 @@ export class SwiftBackend extends RemoteBackend {
         };
       });
       return result.filter((o): o is StoredObject => o !== null).sort(byName);
-    } catch (err) {
-      throw this.errors.wrap(err, "list", prefix);
-    }
+    });
   }
 
   private async deletePlain(name: string): Promise<boolean> {
@@ -199,22 +187,15 @@ export class SwiftBackend extends RemoteBackend {
   }
 
   async deleteKey(key: string): Promise<void> {
-    let existed: boolean;
-    try {
-      existed = await this.deleteObject(this.keys.key(key));
-    } catch (err) {
-      throw this.errors.wrap(err, "delete", key);
-    }
+    const existed = await this.errors.wrapping("delete", key, () => this.deleteObject(this.keys.key(key)));
     if (!existed) throw new StorageNotFoundError(key);
   }
 
   async deleteTree(prefix: string): Promise<void> {
-    try {
+    await this.errors.wrapping("delete tree", prefix, async () => {
       const items = (await this.listRaw(this.keys.directory(prefix), false)).filter((i) => typeof i.name === "string");
       await mapLimit(items, 16, (item) => this.deleteObject(item.name!));
-    } catch (err) {
-      throw this.errors.wrap(err, "delete tree", prefix);
-    }
+    });
   }
 
   async copyFile(sourceKey: string, destinationKey: string, metadata?: Metadata): Promise<void> {
@@ -243,7 +224,7 @@ export class SwiftBackend extends RemoteBackend {
 
   override async storeFileFromMemory(key: string, data: Buffer, metadata: Metadata): Promise<void> {
     const name = this.keys.key(key);
-    try {
+    await this.errors.wrapping("upload", key, async () => {
       if (data.length <= this.segmentSize) {
         await this.putPlain(name, data, data.length, metadata);
         return;
@@ -255,14 +236,12 @@ export class SwiftBackend extends RemoteBackend {
           await put(n, segment, segment.length);
         }
       });
-    } catch (err) {
-      throw this.errors.wrap(err, "upload", key);
-    }
+    });
   }
 
   override async storeFileFromDisk(key: string, filePath: string, metadata: Metadata): Promise<void> {
     const name = this.keys.key(key);
-    try {
+    await this.errors.wrapping("upload", key, async () => {
       const size = await fileSize(filePath);
       if (size <= this.segmentSize) {
         await this.putPlain(name, () => createReadStream(filePath), size, metadata);
@@ -275,9 +254,7 @@ export class SwiftBackend extends RemoteBackend {
           await put(n, () => createReadStream(filePath, { start, end: end - 1 }), end - start);
         }
       });
-    } catch (err) {
-      throw this.errors.wrap(err, "upload", key);
-    }
+    });
   }
 
   async storeFileObject(key: string, source: Readable, metadata: Metadata): Promise<void> {
