@@ -1,14 +1,16 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { after, before, describe, it } from "node:test";
+import { isErrno } from "../../src/common/errors.js";
 import {
   copyFileAtomic,
   createAtomicWriteStream,
+  exists,
   fsyncDirectory,
   mkdirp,
   removeIfExists,
@@ -138,5 +140,18 @@ describe("common/fs", () => {
     assert.equal(await removeIfExists(path.join(dir, "nested"), { recursive: true }), true);
     assert.equal(await removeIfExists(path.join(dir, "nested"), { recursive: true }), false);
     await fsyncDirectory(dir);
+  });
+
+  it("exists follows links unless noFollow; isErrno matches any of the codes given", async () => {
+    const dangling = path.join(dir, "dangling-link");
+    await symlink(path.join(dir, "no-such-target"), dangling);
+    assert.equal(await exists(dir), true);
+    assert.equal(await exists(dangling), false);
+    assert.equal(await exists(dangling, { noFollow: true }), true);
+    assert.equal(await exists(path.join(dir, "no-such-file"), { noFollow: true }), false);
+    const err = await stat(path.join(dir, "no-such-file")).catch((e: unknown) => e);
+    assert.equal(isErrno(err, "ENOTDIR", "ENOENT"), true);
+    assert.equal(isErrno(err, "EEXIST"), false);
+    assert.equal(isErrno("ENOENT", "ENOENT"), false);
   });
 });
