@@ -6,7 +6,7 @@ import { copyFile, readdir, stat, truncate, unlink } from "node:fs/promises";
 import path from "node:path";
 import { isHistoryName, isPartialName, isWalName, WAL_SEG_SIZE } from "../wal/index.js";
 import type { DaemonContext } from "./context.js";
-import { objectKey } from "./transfer.js";
+import { objectKey } from "../catalog/index.js";
 import { createSiteSpoolDirs, readSpoolMetadata, type WalFileType } from "./spool.js";
 
 function fileTypeOf(name: string): WalFileType | null {
