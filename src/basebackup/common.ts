@@ -8,7 +8,7 @@ import path from "node:path";
 import pg from "pg";
 import { nodeConnectionInfo } from "../config/connection.js";
 import type { EncodeOptions } from "../fileformat/index.js";
-import { backupNameOf, objectKey as storeObjectKey, siteEncodeOptions, type ObjectFileType } from "../catalog/index.js";
+import { backupNameOf, listBasebackups, objectKey as storeObjectKey, siteEncodeOptions, type ObjectFileType } from "../catalog/index.js";
 import { removeIfExists } from "../common/fs.js";
 import { BASEBACKUP_LABEL } from "./control.js";
 import { pyStrUtc, jsonUtc } from "./label.js";
@@ -46,8 +46,8 @@ export async function createBackupWorkDir(ctx: BasebackupContext, now = new Date
   await mkdir(base, { recursive: true });
   const stamp = `${now.getUTCFullYear()}-${pad(now.getUTCMonth() + 1)}-${pad(now.getUTCDate())}_${pad(now.getUTCHours())}-${pad(now.getUTCMinutes())}`;
   const taken = new Set<string>();
-  for (const obj of await ctx.storage.list(storeObjectKey(siteConfigOf(ctx).prefix, "basebackup"))) {
-    taken.add(backupNameOf(obj.name));
+  for (const entry of await listBasebackups([{ site: ctx.site, prefix: siteConfigOf(ctx).prefix, storage: ctx.storage }])) {
+    taken.add(backupNameOf(entry.name));
   }
   for (let i = 0; ; i++) {
     const name = `${stamp}_${i}`;
