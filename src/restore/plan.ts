@@ -8,6 +8,7 @@ import {
   chunkKey,
   deltaObjectKey,
   InvalidTarError,
+  parseBasebackupMetadata,
   parseControlTar,
   type ChunkDirectory,
   type StoredControlMetadata,
@@ -104,7 +105,7 @@ function chunkItems(input: PlanInput, control: ControlMetadata, typeDirectory: C
 }
 
 export async function planRestore(input: PlanInput): Promise<RestorePlan> {
-  const format = input.metadata.format || undefined;
+  const { format } = parseBasebackupMetadata(input.metadata);
   if (format !== undefined && !(BASEBACKUP_FORMATS as readonly string[]).includes(format)) {
     throw new RestoreError(`Unrecognized basebackup format '${format}'`);
   }
