@@ -12,14 +12,13 @@ import {
   BackupSession,
   createBackupWorkDir,
   encodeOptions,
-  encodingMetadata,
   hostnameOf,
   removeWorkDir,
-  sanitizeMetadata,
   throwIfAborted,
   uploaderOf,
 } from "./common.js";
-import { buildControlTar, type ControlMetadata, type TablespaceInfo } from "./control.js";
+import { basebackupKey, controlObjectMetadata, controlObjectName, type ControlMetadata, type TablespaceInfo } from "../catalog/index.js";
+import { buildControlTar } from "./control.js";
 import { parseBackupLabel } from "./label.js";
 import { BackupProgress } from "./progress.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupResult } from "./types.js";
@@ -89,30 +88,31 @@ async function uploadControlObject(ctx: BasebackupContext, c: ControlUpload): Pr
     ...c.data.extra,
   };
   const tar = buildControlTar({ metadata, pgControl: c.pgControl, backupLabel: Buffer.from(c.backupLabel, "utf8") });
-  const fileName = `${c.name}.00000000.pghoard`;
+  const fileName = controlObjectName(c.name);
   const plainPath = path.join(c.workDir, `${fileName}.tar`);
   const localPath = path.join(c.workDir, fileName);
   await writeFile(plainPath, tar);
-  const result = await ctx.pool.encodeFile(plainPath, localPath, encodeOptions(ctx));
+  const encoding = encodeOptions(ctx);
+  const result = await ctx.pool.encodeFile(plainPath, localPath, encoding);
   await removeIfExists(plainPath);
-  const objectMetadata = sanitizeMetadata({
-    ...encodingMetadata(ctx),
+  const objectMetadata = controlObjectMetadata({
+    encoding,
     format: c.data.format,
-    "original-file-size": tar.length,
+    originalSize: tar.length,
     host: hostnameOf(ctx),
-    ...ctx.decision,
-    "end-time": c.endTime.metadata,
-    "end-wal-segment": c.endWalSegment,
-    "pg-version": ctx.pgVersion,
-    "active-backup-mode": site.active_backup_mode,
-    "basebackup-mode": site.basebackup_mode,
-    "start-time": label.startTime,
-    "start-wal-segment": label.startWalSegment,
-    "total-size-plain": c.data.totalSizePlain,
-    "total-size-enc": c.data.totalSizeEnc,
+    decision: ctx.decision,
+    endTime: c.endTime.metadata,
+    endWalSegment: c.endWalSegment,
+    pgVersion: ctx.pgVersion,
+    activeBackupMode: site.active_backup_mode,
+    basebackupMode: site.basebackup_mode,
+    startTime: label.startTime,
+    startWalSegment: label.startWalSegment,
+    totalSizePlain: c.data.totalSizePlain,
+    totalSizeEnc: c.data.totalSizeEnc,
   });
   await uploaderOf(ctx).upload({ filetype: "basebackup", objectName: fileName, localPath, metadata: objectMetadata, fileSize: result.storedSize });
-  return { key: path.posix.join(site.prefix, "basebackup", fileName), metadata: objectMetadata, storedSize: result.storedSize };
+  return { key: basebackupKey(site.prefix, fileName), metadata: objectMetadata, storedSize: result.storedSize };
 }
 
 export async function runChunkedBackup(ctx: BasebackupContext, body: (run: ChunkedBackupRun) => Promise<ChunkedBackupData>): Promise<BasebackupResult> {

@@ -9,17 +9,13 @@ import path from "node:path";
 import { once } from "node:events";
 import { pipeline } from "node:stream/promises";
 import { removeIfExists } from "../common/fs.js";
-import { encodeOptions, encodingMetadata, hostnameOf, sanitizeMetadata, throwIfAborted, uploaderOf } from "./common.js";
-import type { ChunkRecord } from "./control.js";
+import { chunkFileName, chunkObjectName, dataObjectMetadata, type ChunkRecord } from "../catalog/index.js";
+import { encodeOptions, hostnameOf, throwIfAborted, uploaderOf } from "./common.js";
 import { tarChunk, type ChunkEntry, type TarChunkOptions, type TarChunkStats } from "./files.js";
 import type { BackupProgress } from "./progress.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupFileType } from "./types.js";
 
 const TAR_BUFFER_SIZE = 1024 * 1024;
-
-export function chunkFileName(backupName: string, index: number): string {
-  return `${backupName}.${String(index).padStart(8, "0")}.pghoard`;
-}
 
 /** A counting semaphore with FIFO waiters. */
 class Limiter {
@@ -108,8 +104,8 @@ export async function createAndUploadChunks(ctx: BasebackupContext, chunks: Chun
   const records: ChunkRecord[] = new Array(chunks.length);
   const tasks: Promise<void>[] = [];
   let failure: unknown;
-  const baseMetadata = { ...encodingMetadata(ctx), format: "pghoard-bb-v2" };
-  const algorithm = encodeOptions(ctx).algorithm;
+  const encoding = encodeOptions(ctx);
+  const algorithm = encoding.algorithm;
 
   for (let i = 0; i < chunks.length && failure === undefined; i++) {
     await onDisk.acquire();
@@ -122,7 +118,7 @@ export async function createAndUploadChunks(ctx: BasebackupContext, chunks: Chun
     const index = i + 1;
     const fileName = chunkFileName(opts.backupName, index);
     const localPath = path.join(opts.workDir, fileName);
-    const objectName = `${opts.backupName}/${fileName}`;
+    const objectName = chunkObjectName(opts.backupName, index);
     const task = (async () => {
       let built = false;
       try {
@@ -145,7 +141,7 @@ export async function createAndUploadChunks(ctx: BasebackupContext, chunks: Chun
           objectName,
           localPath,
           fileSize: resultSize,
-          metadata: sanitizeMetadata({ ...baseMetadata, "original-file-size": inputSize, host: hostnameOf(ctx) }),
+          metadata: dataObjectMetadata({ encoding, format: "pghoard-bb-v2", originalSize: inputSize, host: hostnameOf(ctx) }),
           onProgress: (n) => {
             opts.progress.addUploaded(n);
             ctx.metrics?.increase("pghoard.basebackup_bytes_uploaded", n, { delta: opts.delta ? "True" : "False" });

@@ -8,7 +8,7 @@ import path from "node:path";
 import pg from "pg";
 import { nodeConnectionInfo } from "../config/connection.js";
 import type { EncodeOptions } from "../fileformat/index.js";
-import type { Metadata } from "../storage/types.js";
+import { backupNameOf, listBasebackups, objectKey as storeObjectKey, siteEncodeOptions, type ObjectFileType } from "../catalog/index.js";
 import { removeIfExists } from "../common/fs.js";
 import { BASEBACKUP_LABEL } from "./control.js";
 import { pyStrUtc, jsonUtc } from "./label.js";
@@ -46,8 +46,8 @@ export async function createBackupWorkDir(ctx: BasebackupContext, now = new Date
   await mkdir(base, { recursive: true });
   const stamp = `${now.getUTCFullYear()}-${pad(now.getUTCMonth() + 1)}-${pad(now.getUTCDate())}_${pad(now.getUTCHours())}-${pad(now.getUTCMinutes())}`;
   const taken = new Set<string>();
-  for (const obj of await ctx.storage.list(path.posix.join(siteConfigOf(ctx).prefix, "basebackup"))) {
-    taken.add(path.posix.basename(obj.name).replace(/\.00000000\.pghoard$/, ""));
+  for (const entry of await listBasebackups([{ site: ctx.site, prefix: siteConfigOf(ctx).prefix, storage: ctx.storage }])) {
+    taken.add(backupNameOf(entry.name));
   }
   for (let i = 0; ; i++) {
     const name = `${stamp}_${i}`;
@@ -77,40 +77,15 @@ export async function listLeftoverWorkDirs(ctx: BasebackupContext): Promise<stri
 
 export function encodeOptions(ctx: BasebackupContext): EncodeOptions {
   const site = siteConfigOf(ctx);
-  const keyId = site.encryption_key_id ?? null;
-  const publicKeyPem = keyId ? (site.encryption_keys?.[keyId]?.public ?? null) : null;
-  if (keyId && !publicKeyPem) throw new BackupFailure(`No public key for encryption_key_id ${keyId}`);
-  const opts: EncodeOptions = {
-    algorithm: ctx.config.compression?.algorithm ?? "snappy",
-    level: ctx.config.compression?.level ?? 0,
-    encryptionKeyId: keyId,
-    publicKeyPem,
-  };
+  const opts = siteEncodeOptions(ctx.config, site);
+  if (opts.encryptionKeyId && !opts.publicKeyPem) throw new BackupFailure(`No public key for encryption_key_id ${opts.encryptionKeyId}`);
   if (site.basebackup_compression_threads) opts.zstdThreads = site.basebackup_compression_threads;
   return opts;
 }
 
-/** The metadata keys every encoded basebackup object carries. */
-export function encodingMetadata(ctx: BasebackupContext): Record<string, string | number | null> {
-  const opts = encodeOptions(ctx);
-  return {
-    "compression-algorithm": opts.algorithm,
-    "encryption-key-id": opts.encryptionKeyId,
-  };
-}
-
-/** Like rohmu's `sanitize_metadata`: values become strings, null/undefined are dropped. */
-export function sanitizeMetadata(values: Record<string, unknown>): Metadata {
-  const out: Metadata = {};
-  for (const [key, value] of Object.entries(values)) {
-    if (value === null || value === undefined) continue;
-    out[key] = String(value);
-  }
-  return out;
-}
-
-export function objectKey(ctx: BasebackupContext, filetype: string, objectName: string): string {
-  return path.posix.join(siteConfigOf(ctx).prefix, filetype, objectName);
+/** `<site prefix>/<filetype>/<objectName>` of the backup's site. */
+export function objectKey(ctx: BasebackupContext, filetype: ObjectFileType, objectName: string): string {
+  return storeObjectKey(siteConfigOf(ctx).prefix, filetype, objectName);
 }
 
 /** Uploads straight to the site's storage, then deletes the local file. */

@@ -14,7 +14,8 @@ import { deferred } from "../daemon/queue.js";
 import type { TransferResult } from "../daemon/types.js";
 import { runBasebackup } from "./index.js";
 import type { ProgressState } from "./progress.js";
-import { basebackupStateEntry, refreshAndApplyRetention, type BasebackupInfo, type RetentionSite } from "./retention.js";
+import type { BasebackupInfo } from "../catalog/index.js";
+import { basebackupStateEntry, refreshAndApplyRetention, type RetentionSite } from "./retention.js";
 import { decideNewBackup, deltaBackoffAllows, recordBackupResult, type DeltaFailureInfo } from "./schedule.js";
 import type { BasebackupContext, BasebackupLogger, BasebackupUploader, UploadRequest } from "./types.js";
 

@@ -18,19 +18,30 @@ import path from "node:path";
 import { removeIfExists } from "../common/fs.js";
 import type { StorageBackend } from "../storage/types.js";
 import { StorageNotFoundError } from "../storage/types.js";
-import { BackupFailure, encodeOptions, encodingMetadata, hostnameOf, objectKey, sanitizeMetadata, uploaderOf } from "./common.js";
+import {
+  basebackupKey,
+  chunkObjectName,
+  dataObjectMetadata,
+  DELTA_FORMATS,
+  manifestFiles,
+  readControlMetadata,
+  type BasebackupInfo,
+  type ChunkRecord,
+  type TablespaceInfo,
+} from "../catalog/index.js";
+import { privateKeyLookup } from "../config/sites.js";
+import { BackupFailure, encodeOptions, hostnameOf, objectKey, uploaderOf } from "./common.js";
 import { runChunkedBackup, type ChunkedBackupRun } from "./chunked.js";
-import { chunkFileName, createAndUploadChunks } from "./chunks.js";
-import { EMBEDDED_FILE_SIZE, readControlMetadata, type ChunkRecord, type TablespaceInfo } from "./control.js";
+import { createAndUploadChunks } from "./chunks.js";
+import { EMBEDDED_FILE_SIZE } from "./control.js";
 import { findFilesToBackup, type ChunkEntry } from "./files.js";
 import { isoUtc } from "./label.js";
-import { listBasebackups, keyLookupForSite, type BasebackupInfo } from "./retention.js";
+import { listBasebackups } from "./retention.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupResult } from "./types.js";
 
 export { EMBEDDED_FILE_SIZE };
 
 export const EMPTY_FILE_HASH = createHash("blake2s256").digest("hex");
-export const DELTA_FORMATS = new Set(["pghoard-delta-v1", "pghoard-delta-v2"]);
 
 /** rohmu's SnapshotFile, fields in its declaration order (upstream rejects unknown fields). */
 export interface SnapshotFile {
@@ -140,19 +151,14 @@ export async function listExistingDeltaFiles(ctx: BasebackupContext, backups: Ba
   for (const backup of backups) {
     if (!DELTA_FORMATS.has(backup.metadata.format ?? "")) continue;
     if (backup.site !== ctx.site) continue;
-    const key = path.posix.join(site.prefix, "basebackup", backup.name);
-    const meta = await readControlMetadata(ctx.storage, key, backup.metadata, keyLookupForSite(site));
+    const key = basebackupKey(site.prefix, backup.name);
+    const meta = await readControlMetadata(ctx.storage, key, backup.metadata, privateKeyLookup(site));
     for (const file of manifestFiles(meta)) {
       const hexdigest = file.hexdigest;
       if (typeof hexdigest === "string" && hexdigest) result.set(hexdigest, file);
     }
   }
   return result;
-}
-
-export function manifestFiles(meta: Record<string, unknown>): Array<Record<string, unknown>> {
-  const manifest = meta.manifest as { snapshot_result?: { state?: { files?: Array<Record<string, unknown>> } } } | undefined;
-  return manifest?.snapshot_result?.state?.files ?? [];
 }
 
 /** Maps an archive path of the walk to the manifest's path relative to $PGDATA. */
@@ -227,7 +233,7 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
     ctx.log.info(`Submitting ${bundles.length} delta chunks with ${bundles.reduce((a, b) => a + b.length, 0)} entries and ${todo.size} hashes (${todoBytes} bytes) for upload`);
     progress.setTotal(progress.snapshot.bytes_done + todoBytes + bundleFileBytes);
     progress.setPhase(`uploading ${bundles.length} bundles and ${todo.size} delta files`);
-    for (let i = 0; i < bundles.length; i++) newObjects.push(objectKey(ctx, "basebackup_delta_chunk", `${name}/${chunkFileName(name, i + 1)}`));
+    for (let i = 0; i < bundles.length; i++) newObjects.push(objectKey(ctx, "basebackup_delta_chunk", chunkObjectName(name, i + 1)));
     // bundles and big files go up side by side: one big relation segment is a single encode
     // stream, so overlapping it with the bundles keeps both cores busy
     const bundlesDone = createAndUploadChunks(ctx, bundles, {
@@ -243,7 +249,6 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
     const uploadedDigests = new Map<string, number>();
     const vanished = new Set<SnapshotEntry>();
     const opts = encodeOptions(ctx);
-    const baseMetadata = encodingMetadata(ctx);
     const uploader = uploaderOf(ctx);
     let tmpCounter = 0;
     const order = [...todo.values()].sort((a, b) => b[0].file.file_size - a[0].file.file_size);
@@ -286,7 +291,7 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
           objectName: digest,
           localPath: tmp,
           fileSize: result.storedSize,
-          metadata: sanitizeMetadata({ ...baseMetadata, format: "pghoard-delta-v2", "original-file-size": result.originalSize, host: hostnameOf(ctx) }),
+          metadata: dataObjectMetadata({ encoding: opts, format: "pghoard-delta-v2", originalSize: result.originalSize, host: hostnameOf(ctx) }),
           onProgress: (n) => {
             progress.addUploaded(n);
             ctx.metrics?.increase("pghoard.basebackup_bytes_uploaded", n, { delta: "True" });

@@ -5,8 +5,9 @@
 import { closeSync, constants as fsConstants, fstatSync, lstatSync, openSync, read, readFileSync, readlinkSync, readSync } from "node:fs";
 import { lstat, readdir } from "node:fs/promises";
 import path from "node:path";
+import type { TablespaceInfo } from "../catalog/index.js";
 import { isErrno } from "../common/errors.js";
-import { EMPTY_DIRS, type TablespaceInfo } from "./control.js";
+import { EMPTY_DIRS } from "./control.js";
 import { TarBuffer, type FileReader } from "./tar.js";
 
 /** Files up to this size are read synchronously (a few hundred microseconds at most from cache). */

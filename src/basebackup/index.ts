@@ -18,7 +18,7 @@ export * from "./retention.js";
 export type * from "./types.js";
 export type { ProgressState } from "./progress.js";
 export { parseBackupLabel } from "./label.js";
-export { readControlMetadata, findTarMember, TAR_METADATA_FILENAME } from "./control.js";
+
 
 /** Runs one basebackup of `ctx.site` in the configured `basebackup_mode`. */
 export async function runBasebackup(ctx: BasebackupContext): Promise<BasebackupResult> {

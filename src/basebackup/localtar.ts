@@ -7,9 +7,11 @@ import { createHash } from "node:crypto";
 import path from "node:path";
 import { createAndUploadChunks } from "./chunks.js";
 import { runChunkedBackup } from "./chunked.js";
-import { EMBEDDED_FILE_SIZE, readControlMetadata, type ControlMetadata } from "./control.js";
+import { basebackupKey, readControlMetadata, type ControlMetadata } from "../catalog/index.js";
+import { privateKeyLookup } from "../config/sites.js";
+import { EMBEDDED_FILE_SIZE } from "./control.js";
 import { findFilesToBackup, splitFilesToChunks, type WalkItem } from "./files.js";
-import { keyLookupForSite, listBasebackups } from "./retention.js";
+import { listBasebackups } from "./retention.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupResult } from "./types.js";
 
 export interface DeltaStats {
@@ -37,8 +39,8 @@ async function reportPlannedDelta(ctx: BasebackupContext, stats: DeltaStats): Pr
     const backups = ctx.listBasebackups ? await ctx.listBasebackups() : await listBasebackups(ctx.storage, site, ctx.site);
     for (const backup of backups) {
       if (backup.metadata.format !== "pghoard-bb-v2" || backup.site !== ctx.site) continue;
-      const meta = await readControlMetadata(ctx.storage, path.posix.join(site.prefix, "basebackup", backup.name), backup.metadata, keyLookupForSite(site));
-      const hashes = (meta.delta_stats as { hashes?: Record<string, number> } | undefined)?.hashes;
+      const meta = await readControlMetadata(ctx.storage, basebackupKey(site.prefix, backup.name), backup.metadata, privateKeyLookup(site));
+      const hashes = meta.delta_stats?.hashes;
       for (const h of Object.keys(hashes ?? {})) existing.add(h);
     }
   } catch (err) {

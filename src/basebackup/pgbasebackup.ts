@@ -19,13 +19,12 @@ import {
   BackupFailure,
   createBackupWorkDir,
   encodeOptions,
-  encodingMetadata,
   hostnameOf,
   pgClientConfig,
   removeWorkDir,
-  sanitizeMetadata,
   uploaderOf,
 } from "./common.js";
+import { basebackupKey, sanitizeMetadata, singleObjectCommonMetadata, type RawMetadata } from "../catalog/index.js";
 import { BASEBACKUP_LABEL } from "./control.js";
 import { isoUtc, parseBackupLabel } from "./label.js";
 import { BackupProgress } from "./progress.js";
@@ -144,19 +143,19 @@ async function uploadMainObject(
     onProgress: (n) => args.progress.addUploaded(n),
   });
   args.progress.finish();
-  const key = path.posix.join(siteConfigOf(ctx).prefix, "basebackup", args.name);
+  const key = basebackupKey(siteConfigOf(ctx).prefix, args.name);
   return { name: args.name, key, metadata: args.metadata, uploadedBytes: args.storedSize, plainBytes: args.plainBytes };
 }
 
-function commonMetadata(ctx: BasebackupContext): Record<string, unknown> {
+function commonMetadata(ctx: BasebackupContext): RawMetadata {
   const site = siteConfigOf(ctx);
-  return {
-    ...encodingMetadata(ctx),
+  return singleObjectCommonMetadata({
+    encoding: encodeOptions(ctx),
     host: hostnameOf(ctx),
-    "pg-version": ctx.pgVersion,
-    "active-backup-mode": site.active_backup_mode,
-    "basebackup-mode": site.basebackup_mode,
-  };
+    pgVersion: ctx.pgVersion,
+    activeBackupMode: site.active_backup_mode,
+    basebackupMode: site.basebackup_mode,
+  });
 }
 
 export async function runBasicBasebackup(ctx: BasebackupContext): Promise<BasebackupResult> {

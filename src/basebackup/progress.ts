@@ -2,23 +2,9 @@
  * Progress of the running backup: fed by the modes, logged at a sensible rate (every 10 s or
  * 10 % step) and handed to the daemon's state through `onProgress`.
  */
-import type { BasebackupLogger } from "./types.js";
+import type { BasebackupLogger, ProgressState } from "./types.js";
 
-export interface ProgressState {
-  name: string;
-  mode: string;
-  phase: string;
-  /** Plaintext bytes processed so far. */
-  bytes_done: number;
-  /** Expected plaintext bytes (0 when unknown, e.g. pg_basebackup modes before it reports). */
-  bytes_total: number;
-  /** Stored bytes uploaded so far. */
-  bytes_uploaded: number;
-  /** 0–100, null when the total is unknown. */
-  percent: number | null;
-  started_at: string;
-  updated_at: string;
-}
+export type { ProgressState };
 
 export class BackupProgress {
   private state: ProgressState;

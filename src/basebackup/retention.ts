@@ -3,34 +3,28 @@
  * requests applied, choosing which to delete (pure), and deleting them together with the WAL no
  * remaining backup needs and, for chunked/delta formats, their data objects.
  */
-import path from "node:path";
+import {
+  basebackupKey,
+  chunkKey,
+  deltaObjectKey,
+  deltaReferences,
+  DELTA_FORMATS,
+  entryBasename,
+  listBasebackups as listStoredBasebackups,
+  listPreservationRequests,
+  parseBasebackupMetadata,
+  readControlMetadata,
+  walKey,
+  type BasebackupInfo,
+} from "../catalog/index.js";
+import { privateKeyLookup } from "../config/sites.js";
 import type { SiteConfig } from "../config/types.js";
-import type { PrivateKeyLookup } from "../fileformat/index.js";
 import type { Metadata, StorageBackend } from "../storage/types.js";
 import { StorageNotFoundError } from "../storage/types.js";
 import { previousWalName, timelineOfWalName, walNameOnTimeline } from "../wal/index.js";
-import { readControlMetadata } from "./control.js";
 import { isoUtc, parseLabelTime } from "./label.js";
 import { normalizedBackupTime } from "./schedule.js";
 import type { BasebackupLogger, BasebackupMetrics } from "./types.js";
-
-const DELTA_FORMATS = new Set(["pghoard-delta-v1", "pghoard-delta-v2"]);
-
-export interface BasebackupInfo {
-  /** Basename, e.g. `2024-05-01_13-56_0` or `2024-05-01_13-56_0.00000000.pghoard`. */
-  name: string;
-  /** Site whose storage listed it (differs from the current site for `moved_from` chains). */
-  site: string;
-  size: number;
-  lastModified: Date;
-  /** Stored metadata (strings, as listed). */
-  metadata: Metadata;
-  startTime: Date;
-  backupDecisionTime: Date;
-  backupReason: string;
-  normalizedBackupTime: string | null;
-  preserveUntil: Date | null;
-}
 
 /** Timestamps as upstream's dateutil reads them: ISO or `str(datetime)`, zone-less taken as UTC. */
 export function parseTimestamp(text: string): Date {
@@ -41,10 +35,6 @@ export function parseTimestamp(text: string): Date {
     if (!Number.isNaN(d.getTime())) return d;
   }
   return parseLabelTime(t);
-}
-
-export function keyLookupForSite(site: SiteConfig): PrivateKeyLookup {
-  return (keyId) => site.encryption_keys?.[keyId]?.private;
 }
 
 /** Preservation requests: backup basename → latest `preserve-until`. */
@@ -63,16 +53,11 @@ export function parsePreservationRequests(requests: ReadonlyArray<{ metadata: Me
 
 /** `get_remote_basebackups_info` for one site: sorted by start-time. */
 export async function listBasebackups(storage: StorageBackend, site: SiteConfig, siteName: string): Promise<BasebackupInfo[]> {
-  const objects = await storage.list(path.posix.join(site.prefix, "basebackup"));
-  let requests: Map<string, Date> = new Map();
-  try {
-    requests = parsePreservationRequests(await storage.list(path.posix.join(site.prefix, "preservation_request")));
-  } catch (err) {
-    if (!(err instanceof StorageNotFoundError)) throw err;
-  }
+  const objects = await listStoredBasebackups([{ site: siteName, prefix: site.prefix, storage }]);
+  const requests = parsePreservationRequests(await listPreservationRequests({ prefix: site.prefix, storage }));
   const result: BasebackupInfo[] = [];
   for (const obj of objects) {
-    const name = path.posix.basename(obj.name);
+    const name = entryBasename(obj);
     const md = obj.metadata;
     if (!md["start-time"]) continue; // not a backup (upstream would fail on it)
     const startTime = parseTimestamp(md["start-time"]);
@@ -197,7 +182,7 @@ export async function deleteWalBefore(args: {
     const current = name as string;
     let found = false;
     for (const site of sites) {
-      const key = path.posix.join(site.config.prefix, "xlog", current);
+      const key = walKey(site.config.prefix, current);
       try {
         if (await deleteKeyQuiet(site.storage, key)) found = true;
       } catch (err) {
@@ -224,13 +209,8 @@ export async function deleteWalBefore(args: {
 
 /** Hexdigests referenced by a delta backup's manifest. */
 async function deltaHexdigests(site: RetentionSite, backup: BasebackupInfo): Promise<{ hexdigests: Set<string>; chunks: string[] }> {
-  const key = path.posix.join(site.config.prefix, "basebackup", backup.name);
-  const meta = await readControlMetadata(site.storage, key, backup.metadata, keyLookupForSite(site.config));
-  const manifest = meta.manifest as { snapshot_result?: { state?: { files?: Array<{ hexdigest?: string }> } } } | undefined;
-  const hexdigests = new Set<string>();
-  for (const f of manifest?.snapshot_result?.state?.files ?? []) if (f.hexdigest) hexdigests.add(f.hexdigest);
-  const chunks = ((meta.chunks as Array<{ chunk_filename: string }> | undefined) ?? []).map((c) => c.chunk_filename);
-  return { hexdigests, chunks };
+  const key = basebackupKey(site.config.prefix, backup.name);
+  return deltaReferences(await readControlMetadata(site.storage, key, backup.metadata, privateKeyLookup(site.config)));
 }
 
 /**
@@ -246,14 +226,12 @@ export async function deleteBasebackup(args: {
 }): Promise<string[]> {
   const { site, backup, remaining, deps } = args;
   const prefix = site.config.prefix;
-  const mainKey = path.posix.join(prefix, "basebackup", backup.name);
+  const mainKey = basebackupKey(prefix, backup.name);
   const keys = [mainKey];
   const format = backup.metadata.format;
   if (format === "pghoard-bb-v2") {
-    const meta = await readControlMetadata(site.storage, mainKey, backup.metadata, keyLookupForSite(site.config));
-    for (const chunk of (meta.chunks as Array<{ chunk_filename: string }> | undefined) ?? []) {
-      keys.push(path.posix.join(prefix, "basebackup_chunk", chunk.chunk_filename));
-    }
+    const meta = await readControlMetadata(site.storage, mainKey, backup.metadata, privateKeyLookup(site.config));
+    for (const chunk of meta.chunks ?? []) keys.push(chunkKey(prefix, "basebackup_chunk", chunk.chunk_filename));
   } else if (format && DELTA_FORMATS.has(format)) {
     const own = await deltaHexdigests(site, backup);
     const keep = new Set<string>();
@@ -261,8 +239,8 @@ export async function deleteBasebackup(args: {
       if (other.site !== backup.site || !DELTA_FORMATS.has(other.metadata.format ?? "")) continue;
       for (const h of (await deltaHexdigests(site, other)).hexdigests) keep.add(h);
     }
-    for (const chunk of own.chunks) keys.push(path.posix.join(prefix, "basebackup_delta_chunk", chunk));
-    for (const h of own.hexdigests) if (!keep.has(h)) keys.push(path.posix.join(prefix, "basebackup_delta", h));
+    for (const chunk of own.chunks) keys.push(chunkKey(prefix, "basebackup_delta_chunk", chunk));
+    for (const h of own.hexdigests) if (!keep.has(h)) keys.push(deltaObjectKey(prefix, h));
   }
   // data objects first, the main object last: a half-deleted backup must not look complete
   const ordered = [...keys.slice(1), mainKey];
@@ -308,8 +286,7 @@ export async function refreshAndApplyRetention(args: {
   const siteByName = new Map(sites.map((s) => [s.name, s]));
   const deletedWal: string[] = [];
   for (const backup of toDelete) {
-    const pgVersionText = backup.metadata["pg-version"];
-    const pgVersion = pgVersionText ? Number(pgVersionText) : null;
+    const { pgVersion } = parseBasebackupMetadata(backup.metadata);
     const oldestRemaining = remaining[0];
     if (oldestRemaining?.metadata["start-wal-segment"]) {
       const order = [oldestRemaining.site, backup.site, ...(siteByName.get(backup.site)?.config.moved_from ?? [])];

@@ -4,9 +4,8 @@
 import type { PghoardConfig, SiteConfig, NodeConfig } from "../config/types.js";
 import type { FileFormatPool } from "../fileformat/index.js";
 import type { Metadata, StorageBackend } from "../storage/types.js";
-import type { BasebackupInfo } from "./retention.js";
+import type { BasebackupInfo, ObjectFileType } from "../catalog/index.js";
 import type { NewBackupMetadata } from "./schedule.js";
-import type { ProgressState } from "./progress.js";
 
 /** Logger subset used here (pino loggers and console-like objects fit). */
 export interface BasebackupLogger {
@@ -21,7 +20,25 @@ export interface BasebackupMetrics {
   increase(name: string, incValue?: number, tags?: Record<string, string | number | boolean | null>): void;
 }
 
-export type BasebackupFileType = "basebackup" | "basebackup_chunk" | "basebackup_delta" | "basebackup_delta_chunk";
+export type BasebackupFileType = Exclude<ObjectFileType, "xlog" | "timeline">;
+
+/** The running backup's progress as the daemon's state shows it (`progress.ts` maintains it). */
+export interface ProgressState {
+  name: string;
+  mode: string;
+  phase: string;
+  /** Plaintext bytes processed so far. */
+  bytes_done: number;
+  /** Expected plaintext bytes (0 when unknown, e.g. pg_basebackup modes before it reports). */
+  bytes_total: number;
+  /** Stored bytes uploaded so far. */
+  bytes_uploaded: number;
+  /** 0–100, null when the total is unknown. */
+  percent: number | null;
+  started_at: string;
+  updated_at: string;
+}
+
 
 export interface UploadRequest {
   filetype: BasebackupFileType;

@@ -12,6 +12,7 @@
  */
 import path from "node:path";
 import type { Command } from "commander";
+import { listBasebackups, objectKey } from "../catalog/index.js";
 import { ConfigError, getSiteFromConfig, loadConfig, privateKeyLookup, type PghoardConfig, type SiteConfig } from "../config/index.js";
 import { decodeBuffer, type Metadata as FileMetadata } from "../fileformat/index.js";
 import { createStorage, StorageNotFoundError, type StorageBackend, type StoredObject } from "../storage/index.js";
@@ -118,14 +119,11 @@ export class ArchiveCleanup {
     private readonly storage: StorageBackend,
     private readonly site: SiteConfig,
     private readonly log: Logger,
+    private readonly siteName: string,
   ) {}
 
-  private key(type: string, name = ""): string {
-    return path.posix.join(this.site.prefix, type, name);
-  }
-
   async listBackups(): Promise<BackupStart[]> {
-    const objects = await this.storage.list(this.key("basebackup"));
+    const objects = await listBasebackups([{ site: this.siteName, prefix: this.site.prefix, storage: this.storage }]);
     return objects.map((obj) => {
       const startWal = obj.metadata["start-wal-segment"];
       if (!startWal) {
@@ -141,7 +139,7 @@ export class ArchiveCleanup {
     const histories: HistoryMap = new Map();
     const wanted = new Set(timelines);
     if (wanted.size === 0) return histories;
-    const stored = await this.storage.list(this.key("timeline"));
+    const stored = await this.storage.list(objectKey(this.site.prefix, "timeline"));
     const keys = privateKeyLookup(this.site);
     for (const obj of stored) {
       const name = path.posix.basename(obj.name);
@@ -163,7 +161,7 @@ export class ArchiveCleanup {
   async run(dryRun: boolean): Promise<CleanupResult> {
     const backups = await this.listBackups();
     if (backups.length === 0) throw new NoBasebackupsError();
-    const walObjects: WalObject[] = (await this.storage.list(this.key("xlog"))).map((o: StoredObject) => ({
+    const walObjects: WalObject[] = (await this.storage.list(objectKey(this.site.prefix, "xlog"))).map((o: StoredObject) => ({
       key: o.name,
       name: path.posix.basename(o.name),
       size: o.size,
@@ -236,7 +234,7 @@ export async function main(argv: string[]): Promise<number> {
     const siteName = getSiteFromConfig(config, opts.site);
     const site = config.backup_sites[siteName] as SiteConfig;
     storage = await createStorage(site.object_storage);
-    await new ArchiveCleanup(storage, site, log).run(opts.dryRun === true);
+    await new ArchiveCleanup(storage, site, log, siteName).run(opts.dryRun === true);
     return EXIT_OK;
   } catch (err) {
     const name = err instanceof ConfigError ? "InvalidConfigurationError" : (err as Error).name;

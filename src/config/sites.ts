@@ -31,12 +31,28 @@ export function siteObjectStorageConfig(config: PghoardConfig, site: string): Ob
   return siteConfig.object_storage;
 }
 
+/** The site's key entry for `keyId`; own properties only, so `constructor` etc. never resolve. */
+function encryptionKeyEntry(site: Pick<SiteConfig, "encryption_keys">, keyId: string): { public?: unknown; private?: unknown } | undefined {
+  const keys = site.encryption_keys;
+  if (!keys || !Object.prototype.hasOwnProperty.call(keys, keyId)) return undefined;
+  return keys[keyId] ?? undefined;
+}
+
+/** The public PEM configured for `keyId`, or null (callers report a missing key in their own words). */
+export function sitePublicKey(site: Pick<SiteConfig, "encryption_keys">, keyId: string): string | null {
+  const pem = encryptionKeyEntry(site, keyId)?.public;
+  return typeof pem === "string" && pem ? pem : null;
+}
+
+/** The private PEM configured for `keyId`, or null. */
+export function sitePrivateKey(site: Pick<SiteConfig, "encryption_keys">, keyId: string): string | null {
+  const pem = encryptionKeyEntry(site, keyId)?.private;
+  return typeof pem === "string" && pem ? pem : null;
+}
+
 /** `(keyId) => private PEM`, undefined when the site has no private key for that id. */
-export function privateKeyLookup(site: SiteConfig): (keyId: string) => string | undefined {
-  return (keyId) => {
-    const entry = Object.prototype.hasOwnProperty.call(site.encryption_keys, keyId) ? site.encryption_keys[keyId] : undefined;
-    return typeof entry?.private === "string" ? entry.private : undefined;
-  };
+export function privateKeyLookup(site: Pick<SiteConfig, "encryption_keys">): (keyId: string) => string | undefined {
+  return (keyId) => sitePrivateKey(site, keyId) ?? undefined;
 }
 
 /** `$PGDATA/pg_wal`, or `pg_xlog` when PG_VERSION < 10 (read from disk if loadConfig did not). */

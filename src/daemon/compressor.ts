@@ -11,6 +11,7 @@ import type { Logger } from "pino";
 import { writeFileAtomic } from "../common/fs.js";
 import { verifyWalFile, verifyWalHeader } from "../wal/index.js";
 import type { EncodeOptions } from "../fileformat/index.js";
+import { siteEncodeOptions, walObjectMetadata } from "../catalog/index.js";
 import type { DaemonContext } from "./context.js";
 import { sleep } from "./queue.js";
 import { compressedDir, writeSpoolMetadata, type SpoolMetadata, type WalFileType } from "./spool.js";
@@ -133,15 +134,9 @@ export class Compressors {
   }
 
   private encodeOptions(site: string): EncodeOptions {
-    const siteConfig = this.ctx.site(site);
-    const keyId = siteConfig.encryption_key_id;
-    let publicKeyPem: string | null = null;
-    if (keyId) {
-      publicKeyPem = siteConfig.encryption_keys?.[keyId]?.public ?? null;
-      if (!publicKeyPem) throw new Error(`Site '${site}': no public key for encryption key id '${keyId}'`);
-    }
-    const compression = this.ctx.config.compression;
-    return { algorithm: compression.algorithm, level: compression.level, encryptionKeyId: keyId || null, publicKeyPem };
+    const opts = siteEncodeOptions(this.ctx.config, this.ctx.site(site));
+    if (opts.encryptionKeyId && !opts.publicKeyPem) throw new Error(`Site '${site}': no public key for encryption key id '${opts.encryptionKeyId}'`);
+    return opts;
   }
 
   private async handleEvent(event: CompressionEvent, state: CompressorState): Promise<void> {
@@ -184,17 +179,17 @@ export class Compressors {
 
     const siteConfig = this.ctx.site(site);
     const compression = this.ctx.config.compression;
-    const metadata: SpoolMetadata = { ...(event.metadata ?? {}) };
-    metadata["pg-version"] = siteConfig.pg_version ?? null;
-    metadata["compression-algorithm"] = compression.algorithm;
-    metadata["compression-level"] = compression.level;
-    metadata["original-file-size"] = result.originalSize;
-    metadata.host = this.ctx.hostname;
-    if (hashAlgorithm && result.hash) {
-      metadata.hash = result.hash;
-      metadata["hash-algorithm"] = hashAlgorithm;
-    }
-    if (opts.encryptionKeyId) metadata["encryption-key-id"] = opts.encryptionKeyId;
+    const metadata: SpoolMetadata = {
+      ...(event.metadata ?? {}),
+      ...walObjectMetadata({
+        pgVersion: siteConfig.pg_version ?? null,
+        compression,
+        originalSize: result.originalSize,
+        host: this.ctx.hostname,
+        hash: hashAlgorithm && result.hash ? { algorithm: hashAlgorithm, hexdigest: result.hash } : undefined,
+        encryptionKeyId: opts.encryptionKeyId,
+      }),
+    };
     if (compressedPath) await writeSpoolMetadata(compressedPath, metadata);
 
     this.recordState(state, site, filetype, result.originalSize, result.storedSize);

@@ -7,7 +7,7 @@ import path from "node:path";
 import { exists } from "../common/fs.js";
 import { isHistoryName, isPartialName, isWalName, WAL_SEG_SIZE } from "../wal/index.js";
 import type { DaemonContext } from "./context.js";
-import { objectKey } from "./transfer.js";
+import { objectKey } from "../catalog/index.js";
 import { createSiteSpoolDirs, readSpoolMetadata, type WalFileType } from "./spool.js";
 
 function fileTypeOf(name: string): WalFileType | null {

@@ -11,6 +11,8 @@ import path from "node:path";
 import type { Logger } from "pino";
 import { pipeline } from "node:stream/promises";
 import { StorageNotFoundError, type Metadata, type StorageBackend } from "../storage/types.js";
+import { objectKey } from "../catalog/index.js";
+import { sitePrivateKey } from "../config/sites.js";
 import { createAlertFile, removeAlertFile } from "./alerts.js";
 import type { DaemonContext } from "./context.js";
 import type { SpoolMetadata } from "./spool.js";
@@ -51,10 +53,6 @@ export function storeMetadata(metadata: SpoolMetadata, storedSize: number): Meta
   }
   out["Content-Length"] = String(storedSize);
   return out;
-}
-
-export function objectKey(prefix: string, filetype: ObjectFileType, name: string): string {
-  return path.posix.join(prefix, filetype, name);
 }
 
 function uploadObjectName(op: UploadOp): string {
@@ -240,7 +238,7 @@ export class TransferAgents {
       const keyId = metadata["encryption-key-id"];
       let privateKeyPem: string | null = null;
       if (keyId) {
-        privateKeyPem = this.ctx.site(site).encryption_keys?.[keyId]?.private ?? null;
+        privateKeyPem = sitePrivateKey(this.ctx.site(site), keyId);
         if (!privateKeyPem) {
           stream.destroy();
           throw new Error(`File is encrypted with key '${keyId}' but key not found`);

@@ -3,6 +3,7 @@
  * pg_receivexlog spool, walreceiver) and basebackups put CompressionEvents and TransferOps on the
  * two queues; compressors and transfer agents consume them (operations.md §1, §6.5, §9).
  */
+import type { ObjectFileType } from "../catalog/index.js";
 import type { Metadata, StoredObject } from "../storage/types.js";
 import type { Deferred } from "./queue.js";
 import type { SpoolMetadata, WalFileType } from "./spool.js";
@@ -37,13 +38,7 @@ export interface CompressionEvent {
 }
 
 /** Object kinds below a site prefix (storage-layout.md §2). */
-export type ObjectFileType =
-  | "xlog"
-  | "timeline"
-  | "basebackup"
-  | "basebackup_chunk"
-  | "basebackup_delta"
-  | "basebackup_delta_chunk";
+export type { ObjectFileType };
 
 export interface UploadOp {
   type: "UPLOAD";

@@ -13,6 +13,7 @@ import { mkdtemp } from "node:fs/promises";
 import path from "node:path";
 import type { Duplex } from "node:stream";
 
+import { preservationRequestKey, preservationRequestMetadata } from "../catalog/index.js";
 import { exists } from "../common/fs.js";
 import type { PghoardConfig } from "../config/types.js";
 import type { ObjectStorageConfig } from "../storage/index.js";
@@ -192,10 +193,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       const until = pythonDatetimeStr(preserveUntil);
       const requestName = `${backupBase}_${until}`;
       try {
-        await store.storage.storeFileFromMemory(path.posix.join(store.prefix, "preservation_request", requestName), Buffer.alloc(0), {
-          "preserve-backup": backupBase,
-          "preserve-until": until,
-        });
+        await store.storage.storeFileFromMemory(preservationRequestKey(store.prefix, requestName), Buffer.alloc(0), preservationRequestMetadata(backupBase, until));
         preservationRequest = requestName;
       } catch (err) {
         process.stderr.write(`Could not request backup preservation: ${describeError(err)}\n`);
@@ -344,7 +342,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
 
     if (preservationRequest && opts.cancelPreserveOnSuccess !== false) {
       try {
-        await store.storage.deleteKey(path.posix.join(store.prefix, "preservation_request", preservationRequest));
+        await store.storage.deleteKey(preservationRequestKey(store.prefix, preservationRequest));
       } catch (err) {
         process.stderr.write(`Could not cancel backup preservation: ${describeError(err)}\n`);
       }

@@ -2,21 +2,13 @@
  * Listing basebackups (object store, with `moved_from` sites, or the daemon's HTTP API) and the
  * exact text format of upstream's `print_basebackup_list` (cli.md §2.4).
  */
-import path from "node:path";
-
-import type { Metadata, StorageBackend } from "../storage/types.js";
+import { listBasebackups, type BasebackupEntry, type SiteStore } from "../catalog/index.js";
+import type { Metadata } from "../storage/types.js";
 import { RestoreError } from "./errors.js";
 import { parseTimestamp, pythonDictRepr, utcSecondsIso } from "./pyformat.js";
 
-export interface BasebackupEntry {
-  /** Full key relative to the store root, e.g. `site/basebackup/2024-05-01_13-56_0.00000000.pghoard`. */
-  name: string;
-  /** Stored size of the main object. */
-  size: number;
-  metadata: Metadata;
-  /** Site whose store holds it (the restored site or one of its `moved_from` sites). */
-  site?: string;
-}
+// The listing and its entry type belong to the catalog; restore's modules keep importing them here.
+export { listBasebackups, type BasebackupEntry, type SiteStore };
 
 const MIB = 1024 * 1024;
 
@@ -69,24 +61,6 @@ export function formatBasebackupList(
 export function availableCaption(site: string): string {
   const quoted = site.includes("'") && !site.includes('"') ? `"${site}"` : `'${site.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`;
   return `Available ${quoted} basebackups:`;
-}
-
-export interface SiteStore {
-  site: string;
-  prefix: string;
-  storage: StorageBackend;
-}
-
-/** Lists `<prefix>/basebackup/` of each store (the site first, then its `moved_from` sites). */
-export async function listBasebackups(stores: SiteStore[]): Promise<BasebackupEntry[]> {
-  const result: BasebackupEntry[] = [];
-  for (const store of stores) {
-    const objects = await store.storage.list(path.posix.join(store.prefix, "basebackup"));
-    for (const obj of objects) {
-      result.push({ name: obj.name, size: obj.size, metadata: obj.metadata, site: store.site });
-    }
-  }
-  return result;
 }
 
 export interface HttpListOptions {

@@ -3,13 +3,20 @@
  * (storage-layout.md §5–6): the main object itself (no format, v1), or the control tar plus
  * chunks (v2), or the control tar plus hash objects, bundles and embedded files (delta v1/v2).
  */
-import path from "node:path";
-import tarStream from "tar-stream";
-
+import {
+  BASEBACKUP_FORMATS,
+  chunkKey,
+  deltaObjectKey,
+  InvalidTarError,
+  parseBasebackupMetadata,
+  parseControlTar,
+  type ChunkDirectory,
+  type StoredControlMetadata,
+  type TablespaceInfo,
+} from "../catalog/index.js";
 import type { ObjectStorageConfig } from "../storage/index.js";
 import type { StorageBackend, Metadata } from "../storage/types.js";
 import { RestoreError } from "./errors.js";
-import { BASEBACKUP_FORMATS } from "./tar-extract.js";
 
 /** One unit of restore work; `size` is the stored size used for progress. */
 export type RestoreItem =
@@ -22,10 +29,7 @@ export type RestoreItem =
   /** A delta file embedded in the manifest (base64). */
   | { kind: "file-memory"; relativePath: string; data: Buffer; size: 0 };
 
-export interface TablespaceInfo {
-  path: string;
-  oid: number;
-}
+export type { TablespaceInfo };
 
 export interface RestorePlan {
   format: string | undefined;
@@ -35,56 +39,22 @@ export interface RestorePlan {
   emptyDirs: string[];
 }
 
-export interface ControlMetadata {
-  tablespaces?: Record<string, { path: string; oid: number | string }>;
-  chunks?: Array<{ chunk_filename: string; result_size: number; input_size?: number }>;
-  manifest?: DeltaManifest;
-  [key: string]: unknown;
-}
-
-interface DeltaFile {
-  relative_path: string;
-  file_size: number;
-  stored_file_size: number;
-  hexdigest: string;
-  content_b64: string | null;
-  should_be_bundled?: boolean;
-}
-
-interface DeltaManifest {
-  snapshot_result: { state: { files: DeltaFile[]; empty_dirs?: string[] } };
-}
+/** Control JSON as restore reads it (the catalog's type). */
+export type ControlMetadata = StoredControlMetadata;
 
 /** Reads `.pghoard_tar_metadata.json` out of a decoded control tar (scanning by name, as upstream). */
 export async function readControlMetadata(decodedTar: Buffer, label: string): Promise<ControlMetadata> {
-  const extract = tarStream.extract();
-  let found: Buffer | undefined;
-  const done = new Promise<void>((resolve, reject) => {
-    extract.on("entry", (header, stream, next) => {
-      const base = header.name.split("/").pop();
-      const chunks: Buffer[] = [];
-      stream.on("data", (c: unknown) => {
-        if (base === ".pghoard_tar_metadata.json") chunks.push(c as Buffer);
-      });
-      stream.on("end", () => {
-        if (base === ".pghoard_tar_metadata.json" && found === undefined) found = Buffer.concat(chunks);
-        next();
-      });
-      stream.resume();
-    });
-    extract.on("finish", () => resolve());
-    extract.on("error", (err: Error) => reject(new RestoreError(`Invalid control tar in ${label}: ${err.message}`)));
-  });
-  extract.end(decodedTar);
-  await done;
-  if (found === undefined) {
-    throw new RestoreError(`Basebackup control object ${label} has no .pghoard_tar_metadata.json`);
-  }
+  let control: ControlMetadata | null;
   try {
-    return JSON.parse(found.toString("utf8")) as ControlMetadata;
+    control = parseControlTar(decodedTar);
   } catch (err) {
+    if (err instanceof InvalidTarError) throw new RestoreError(`Invalid control tar in ${label}: ${err.message}`);
     throw new RestoreError(`Basebackup control object ${label}: invalid .pghoard_tar_metadata.json: ${(err as Error).message}`);
   }
+  if (control === null) {
+    throw new RestoreError(`Basebackup control object ${label} has no .pghoard_tar_metadata.json`);
+  }
+  return control;
 }
 
 function normalizeTablespaces(raw: ControlMetadata["tablespaces"]): Record<string, TablespaceInfo> {
@@ -124,10 +94,10 @@ export interface PlanInput {
 }
 
 /** The data chunks (v2) or bundles (delta-v2) listed in the control JSON. */
-function chunkItems(input: PlanInput, control: ControlMetadata, typeDirectory: string): RestoreItem[] {
+function chunkItems(input: PlanInput, control: ControlMetadata, typeDirectory: ChunkDirectory): RestoreItem[] {
   return (control.chunks ?? []).map((chunk) => ({
     kind: "tar-object" as const,
-    key: path.posix.join(input.sitePrefix, typeDirectory, chunk.chunk_filename),
+    key: chunkKey(input.sitePrefix, typeDirectory, chunk.chunk_filename),
     size: Number(chunk.result_size) || 0,
     storage: input.storage,
     storageConfig: input.storageConfig,
@@ -135,7 +105,7 @@ function chunkItems(input: PlanInput, control: ControlMetadata, typeDirectory: s
 }
 
 export async function planRestore(input: PlanInput): Promise<RestorePlan> {
-  const format = input.metadata.format || undefined;
+  const { format } = parseBasebackupMetadata(input.metadata);
   if (format !== undefined && !(BASEBACKUP_FORMATS as readonly string[]).includes(format)) {
     throw new RestoreError(`Unrecognized basebackup format '${format}'`);
   }
@@ -171,7 +141,7 @@ export async function planRestore(input: PlanInput): Promise<RestorePlan> {
       if (file.hexdigest) {
         items.push({
           kind: "file-object",
-          key: path.posix.join(input.sitePrefix, "basebackup_delta", file.hexdigest),
+          key: deltaObjectKey(input.sitePrefix, file.hexdigest),
           size: Number(file.stored_file_size) || 0,
           relativePath: file.relative_path,
           storage: input.storage,

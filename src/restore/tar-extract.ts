@@ -8,6 +8,7 @@
 import { Writable } from "node:stream";
 import tarStream from "tar-stream";
 
+import { BASEBACKUP_FORMATS } from "../catalog/index.js";
 import { RestoreError } from "./errors.js";
 import { SMALL_FILE_BYTES, type RestoreTarget } from "./target.js";
 
@@ -17,7 +18,7 @@ const MAX_BACKGROUND_WRITES = 16;
 /** The per-member data stream tar-stream hands out (its d.ts does not export the type). */
 type EntryStream = AsyncIterable<Uint8Array> & { resume(): unknown };
 
-export const BASEBACKUP_FORMATS = ["pghoard-bb-v1", "pghoard-bb-v2", "pghoard-delta-v1", "pghoard-delta-v2"] as const;
+export { BASEBACKUP_FORMATS };
 
 export interface TarRules {
   /** Apply the pghoard-format rules (exclude metadata members, strip `pgdata/`, map tablespaces). */

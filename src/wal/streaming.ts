@@ -26,7 +26,7 @@ import { createAlertFile, removeAlertFile, type AlertName } from "../daemon/aler
 import type { DaemonContext } from "../daemon/context.js";
 import type { DaemonPlugin, SiteHandle } from "../daemon/plugins.js";
 import { deferred, type Deferred } from "../daemon/queue.js";
-import { objectKey } from "../daemon/transfer.js";
+import { siteEncodeOptions, walKey, walObjectMetadata } from "../catalog/index.js";
 import type { TransferResult } from "../daemon/types.js";
 import { StorageNotFoundError } from "../storage/types.js";
 import { findReceiversWritingTo, PgReceiveXlog, terminateLeftoverReceiver } from "./receivexlog.js";
@@ -437,25 +437,22 @@ export class DaemonWalSink implements WalSink {
   async storePartial(name: string, data: Buffer): Promise<void> {
     if (data.length >= 20) verifyWalHeader(data, name);
     const siteConfig = this.ctx.site(this.site);
-    const keyId = siteConfig.encryption_key_id || null;
-    const publicKeyPem = keyId ? (siteConfig.encryption_keys?.[keyId]?.public ?? null) : null;
-    if (keyId && !publicKeyPem) throw new Error(`Site '${this.site}': no public key for encryption key id '${keyId}'`);
-    const compression = this.ctx.config.compression;
+    const opts = siteEncodeOptions(this.ctx.config, siteConfig);
+    if (opts.encryptionKeyId && !opts.publicKeyPem) throw new Error(`Site '${this.site}': no public key for encryption key id '${opts.encryptionKeyId}'`);
     // Off the main thread, through the same worker pool the compressors use.
-    const stream = this.ctx.pool.createEncodeStream({ algorithm: compression.algorithm, level: compression.level, encryptionKeyId: keyId, publicKeyPem });
+    const stream = this.ctx.pool.createEncodeStream(opts);
     const chunks: Buffer[] = [];
     stream.on("data", (chunk: Buffer) => chunks.push(chunk));
     stream.end(data);
     await finished(stream);
     const encoded = Buffer.concat(chunks);
-    const metadata: Record<string, string | number | null> = {
-      "pg-version": siteConfig.pg_version ?? null,
-      "compression-algorithm": compression.algorithm,
-      "compression-level": compression.level,
-      "original-file-size": data.length,
+    const metadata = walObjectMetadata({
+      pgVersion: siteConfig.pg_version ?? null,
+      compression: this.ctx.config.compression,
+      originalSize: data.length,
       host: this.ctx.hostname,
-    };
-    if (keyId) metadata["encryption-key-id"] = keyId;
+      encryptionKeyId: opts.encryptionKeyId,
+    });
     const callback = deferred<TransferResult>();
     this.ctx.transferQueue.put({
       type: "UPLOAD",
@@ -474,7 +471,7 @@ export class DaemonWalSink implements WalSink {
   async deletePartial(name: string): Promise<void> {
     const storage = await this.ctx.getStorage(this.site);
     try {
-      await storage.deleteKey(objectKey(this.ctx.site(this.site).prefix, "xlog", `${name}.partial`));
+      await storage.deleteKey(walKey(this.ctx.site(this.site).prefix, `${name}.partial`));
       this.ctx.log.info(`Deleted ${name}.partial of site ${this.site}: the complete segment is stored`);
     } catch (err) {
       if (!(err instanceof StorageNotFoundError)) throw err;

@@ -9,7 +9,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, describe, it } from "node:test";
 import { decodeStoredObject, switchWal, waitArchived } from "../daemon/helpers.js";
-import { findTarMember, TAR_METADATA_FILENAME } from "../../src/basebackup/control.js";
+import { findTarMember, TAR_METADATA_FILENAME } from "../../src/catalog/index.js";
 import { listStore, requestBackup, startScenario, type Scenario, type StoredEntry } from "./helpers.js";
 
 const only = process.env.BB_MODES?.split(",");

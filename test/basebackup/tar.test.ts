@@ -4,7 +4,8 @@ import { mkdir, mkdtemp, open, readFile, rm, symlink, writeFile } from "node:fs/
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { buildControlTar, findTarMember, TAR_METADATA_FILENAME } from "../../src/basebackup/control.js";
+import { buildControlTar } from "../../src/basebackup/control.js";
+import { findTarMember, TAR_METADATA_FILENAME } from "../../src/catalog/index.js";
 import { findFilesToBackup, splitFilesToChunks, tarChunk, type ChunkEntry, type WalkItem } from "../../src/basebackup/files.js";
 import { jsonCompact, parseBackupLabel } from "../../src/basebackup/label.js";
 import { handleReader, RECORD_SIZE, TarBuffer } from "../../src/basebackup/tar.js";

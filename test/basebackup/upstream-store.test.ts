@@ -10,7 +10,7 @@ import path from "node:path";
 import { after, describe, it } from "node:test";
 import type { SiteConfig } from "../../src/config/types.js";
 import { deleteBasebackup, deleteWalBefore, listBasebackups, refreshAndApplyRetention } from "../../src/basebackup/retention.js";
-import { readControlMetadata } from "../../src/basebackup/control.js";
+import { readControlMetadata } from "../../src/catalog/index.js";
 import { createStorage } from "../../src/storage/index.js";
 import type { StorageBackend } from "../../src/storage/types.js";
 import { hasShared, sharedDir } from "../helpers/paths.js";
