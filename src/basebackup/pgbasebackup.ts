@@ -27,7 +27,8 @@ import {
   uploaderOf,
 } from "./common.js";
 import { BASEBACKUP_LABEL } from "./control.js";
-import { isoUtc, parseBackupLabel } from "./label.js";
+import { pyIsoformatUtc } from "../common/pycompat.js";
+import { parseBackupLabel } from "./label.js";
 import { BackupProgress } from "./progress.js";
 import { BLOCK_SIZE } from "./tar.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupResult } from "./types.js";
@@ -251,7 +252,7 @@ export async function runPipeBasebackup(ctx: BasebackupContext): Promise<Basebac
       startWalSegment = parsed.startWalSegment;
       startTime = parsed.startTime;
     }
-    startTime ??= isoUtc(new Date());
+    startTime ??= pyIsoformatUtc(new Date());
     if (inputSize > 0) {
       ctx.metrics?.gauge("pghoard.compressed_size_ratio", result.storedSize / inputSize, {
         algorithm: encodeOptions(ctx).algorithm,

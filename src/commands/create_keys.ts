@@ -7,7 +7,7 @@ import { promisify } from "node:util";
 import { writeFileAtomic } from "../common/fs.js";
 import { createLogger } from "../common/logger.js";
 import { ConfigError, getSiteFromConfig, readJsonConfigFile } from "../config/index.js";
-import { pyRepr } from "../config/errors.js";
+import { pyRepr } from "../common/pycompat.js";
 import { EXIT_FAIL, EXIT_OK, newProgram, parseArgs, parseInteger } from "./archive_common.js";
 
 class CommandError extends Error {}
