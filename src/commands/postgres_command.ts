@@ -2,10 +2,12 @@
  * pghoard_postgres_command: PostgreSQL's archive_command / restore_command client (cli.md §6,
  * http-api.md §9). PostgreSQL starts it once per WAL segment, so start-up time matters: this file
  * imports node built-ins only (no commander, config, logger, compression or SDKs), and only ones
- * Node's bootstrap has loaded already (node:fs, node:path, node:net), so they cost nothing.
+ * Node's bootstrap has loaded already (node:fs, node:path, node:net), so they cost nothing; the
+ * version module is as small and reads package.json only for --version.
  */
 import { existsSync, renameSync } from "node:fs";
 import path from "node:path";
+import { packageVersion } from "../common/version.js";
 
 export const EXIT_OK = 0;
 export const EXIT_FAIL = 1;
@@ -19,8 +21,6 @@ const DEFAULT_PORT = 16000;
 const RETRY_COUNT = 3;
 /** Seconds between restore-mode connection attempts; tests shorten it with this variable. */
 const RETRY_INTERVAL_ENV = "PGHOARD_POSTGRES_COMMAND_RETRY_INTERVAL";
-// Kept in sync with package.json by hand: reading package.json would cost start-up time.
-const VERSION = "0.1.0";
 
 const WAL_RE = /^[A-F0-9]{24}$/;
 const HISTORY_RE = /^[A-F0-9]{8}\.history$/;
@@ -96,7 +96,7 @@ export function parseArgs(argv: string[]): PostgresCommandOptions {
     const eq = arg.indexOf("=");
     const name = resolveOptionName(eq >= 0 ? arg.slice(2, eq) : arg.slice(2));
     if (name === "help") throw new EarlyExit(EXIT_OK, `${USAGE}\n`);
-    if (name === "version") throw new EarlyExit(EXIT_OK, `${VERSION}\n`);
+    if (name === "version") throw new EarlyExit(EXIT_OK, `${packageVersion()}\n`);
     let value: string;
     if (eq >= 0) {
       value = arg.slice(eq + 1);

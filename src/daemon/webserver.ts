@@ -18,11 +18,11 @@ import { pgWalDirectory } from "../config/index.js";
 import { isHistoryName, isWalName, nextWalName, verifyWalFile } from "../wal/index.js";
 import type { DaemonContext } from "./context.js";
 import { pyJsonUtc, pyRepr, pyReprList } from "../common/pycompat.js";
+import { packageVersion } from "../common/version.js";
 import { stringifySorted } from "./json.js";
 import { deferred, withTimeout } from "./queue.js";
 import type { ObjectFileType, TransferOp, TransferResult } from "./types.js";
 
-const VERSION = "0.1.0";
 const REQUEST_TIMEOUT_MS = 30_000;
 const NEGATIVE_CACHE_SIZE = 32;
 const SERVED_FROM_DISK_SIZE = 10;
@@ -175,7 +175,7 @@ export class WebServer {
       body = Buffer.from(resp.body, "utf8");
     }
     headers["content-length"] = String(body.length);
-    headers.server = `pghoard/${VERSION}`;
+    headers.server = `pghoard/${packageVersion()}`;
     res.writeHead(resp.status, headers);
     res.end(isHead ? undefined : body);
   }
