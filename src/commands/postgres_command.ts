@@ -3,11 +3,10 @@
  * http-api.md §9). PostgreSQL starts it once per WAL segment, so start-up time matters: this file
  * imports node built-ins only (no commander, config, logger, compression or SDKs), and only ones
  * Node's bootstrap has loaded already (node:fs, node:path, node:net), so they cost nothing; the
- * version module is as small and reads package.json only for --version.
+ * version module is loaded only for --version.
  */
 import { existsSync, renameSync } from "node:fs";
 import path from "node:path";
-import { packageVersion } from "../common/version.js";
 
 export const EXIT_OK = 0;
 export const EXIT_FAIL = 1;
@@ -47,6 +46,9 @@ class EarlyExit extends Error {
     super("early exit");
   }
 }
+
+/** Thrown for --version: the version module is loaded only then. */
+class VersionRequest extends Error {}
 
 export interface PostgresCommandOptions {
   host: string;
@@ -96,7 +98,7 @@ export function parseArgs(argv: string[]): PostgresCommandOptions {
     const eq = arg.indexOf("=");
     const name = resolveOptionName(eq >= 0 ? arg.slice(2, eq) : arg.slice(2));
     if (name === "help") throw new EarlyExit(EXIT_OK, `${USAGE}\n`);
-    if (name === "version") throw new EarlyExit(EXIT_OK, `${packageVersion()}\n`);
+    if (name === "version") throw new VersionRequest();
     let value: string;
     if (eq >= 0) {
       value = arg.slice(eq + 1);
@@ -284,6 +286,11 @@ export async function main(argv: string[]): Promise<number> {
     if (err instanceof EarlyExit) {
       process.stdout.write(err.output);
       return err.exitCode;
+    }
+    if (err instanceof VersionRequest) {
+      const { packageVersion } = await import("../common/version.js");
+      process.stdout.write(`${packageVersion()}\n`);
+      return EXIT_OK;
     }
     if (err instanceof UsageError) {
       process.stderr.write(`${USAGE}\npghoard_postgres_command: error: ${err.message}\n`);
