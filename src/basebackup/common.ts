@@ -11,7 +11,7 @@ import type { EncodeOptions } from "../fileformat/index.js";
 import { backupNameOf, listBasebackups, objectKey as storeObjectKey, siteEncodeOptions, type ObjectFileType } from "../catalog/index.js";
 import { removeIfExists } from "../common/fs.js";
 import { BASEBACKUP_LABEL } from "./control.js";
-import { pyStrUtc, jsonUtc } from "./label.js";
+import { pyJsonUtc, pyStrUtc } from "../common/pycompat.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupUploader, type UploadRequest } from "./types.js";
 
 export class BackupFailure extends Error {
@@ -186,7 +186,7 @@ export class BackupSession {
     const us = BigInt(row.epoch_us);
     const date = new Date(Number(us / 1000n));
     const micros = Number(us % 1000000n);
-    const endTime = { metadata: pyStrUtc(date, micros), json: jsonUtc(date, micros) };
+    const endTime = { metadata: pyStrUtc(date, micros), json: pyJsonUtc(date, micros) };
     if (row.in_recovery) return { endWalSegment: null, endTime };
     const sql =
       this.pgVersion >= 100000

@@ -35,7 +35,7 @@ import { runChunkedBackup, type ChunkedBackupRun } from "./chunked.js";
 import { createAndUploadChunks } from "./chunks.js";
 import { EMBEDDED_FILE_SIZE } from "./control.js";
 import { findFilesToBackup, type ChunkEntry } from "./files.js";
-import { isoUtc } from "./label.js";
+import { pyIsoformatUtc } from "../common/pycompat.js";
 import { listBasebackups } from "./retention.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupResult } from "./types.js";
 
@@ -426,11 +426,11 @@ function buildManifest(args: {
     metrics?.gauge("pghoard.delta_backup_remained_data_size", digestsStored - (uploadedSize - chunksStored));
   }
   const manifest = {
-    start: isoUtc(args.startTime),
-    end: isoUtc(new Date()),
+    start: pyIsoformatUtc(args.startTime),
+    end: pyIsoformatUtc(new Date()),
     snapshot_result: {
-      start: isoUtc(args.snapshotStart),
-      end: isoUtc(args.snapshotEnd),
+      start: pyIsoformatUtc(args.snapshotStart),
+      end: pyIsoformatUtc(args.snapshotEnd),
       state: { root_globs: ["**/*"], files: sorted, empty_dirs: args.emptyDirs },
       files: sorted.length,
       total_size: sorted.reduce((a, f) => a + f.file_size, 0),

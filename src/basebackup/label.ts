@@ -1,35 +1,10 @@
-/**
- * backup_label parsing and the timestamp renderings upstream stores: ISO `T` form with `+00:00`
- * (start-time), Python `str(datetime)` form with a space (end-time), and the control JSON's `Z` form.
- */
+/** backup_label parsing (its start time is stored in `datetime.isoformat()` form) and compact JSON. */
+import { pyIsoformatUtc } from "../common/pycompat.js";
 
 export interface BackupLabelInfo {
   startWalSegment: string;
   /** ISO form, e.g. `2024-05-01T13:56:02+00:00`. */
   startTime: string;
-}
-
-function pad(n: number, width = 2): string {
-  return String(n).padStart(width, "0");
-}
-
-/** Python `datetime.isoformat()` of a UTC instant: microseconds only when non-zero. */
-export function isoUtc(date: Date, micros?: number): string {
-  const base =
-    `${date.getUTCFullYear()}-${pad(date.getUTCMonth() + 1)}-${pad(date.getUTCDate())}` +
-    `T${pad(date.getUTCHours())}:${pad(date.getUTCMinutes())}:${pad(date.getUTCSeconds())}`;
-  const us = micros ?? date.getUTCMilliseconds() * 1000;
-  return `${base}${us ? `.${pad(us, 6)}` : ""}+00:00`;
-}
-
-/** Python `str(datetime)` of a UTC instant (space separator). */
-export function pyStrUtc(date: Date, micros?: number): string {
-  return isoUtc(date, micros).replace("T", " ");
-}
-
-/** The control JSON's rendering of a datetime: `+00:00` becomes `Z`. */
-export function jsonUtc(date: Date, micros?: number): string {
-  return isoUtc(date, micros).replace(/\+00:00$/, "Z");
 }
 
 /**
@@ -64,7 +39,7 @@ export function parseBackupLabel(label: string | Buffer): BackupLabelInfo {
       const word = line.split(/\s+/)[5];
       if (word) startWalSegment = word.replace(/\)+$/, "");
     } else if (line.startsWith("START TIME: ")) {
-      startTime = isoUtc(parseLabelTime(line.slice("START TIME: ".length)));
+      startTime = pyIsoformatUtc(parseLabelTime(line.slice("START TIME: ".length)));
     }
   }
   if (!startWalSegment || !startTime) throw new Error("backup_label lacks START WAL LOCATION or START TIME");

@@ -26,7 +26,8 @@ import {
 } from "./common.js";
 import { basebackupKey, sanitizeMetadata, singleObjectCommonMetadata, type RawMetadata } from "../catalog/index.js";
 import { BASEBACKUP_LABEL } from "./control.js";
-import { isoUtc, parseBackupLabel } from "./label.js";
+import { pyIsoformatUtc } from "../common/pycompat.js";
+import { parseBackupLabel } from "./label.js";
 import { BackupProgress } from "./progress.js";
 import { BLOCK_SIZE } from "./tar.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupResult } from "./types.js";
@@ -250,7 +251,7 @@ export async function runPipeBasebackup(ctx: BasebackupContext): Promise<Basebac
       startWalSegment = parsed.startWalSegment;
       startTime = parsed.startTime;
     }
-    startTime ??= isoUtc(new Date());
+    startTime ??= pyIsoformatUtc(new Date());
     if (inputSize > 0) {
       ctx.metrics?.gauge("pghoard.compressed_size_ratio", result.storedSize / inputSize, {
         algorithm: encodeOptions(ctx).algorithm,

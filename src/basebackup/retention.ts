@@ -22,19 +22,21 @@ import type { SiteConfig } from "../config/types.js";
 import type { Metadata, StorageBackend } from "../storage/types.js";
 import { StorageNotFoundError } from "../storage/types.js";
 import { previousWalName, timelineOfWalName, walNameOnTimeline } from "../wal/index.js";
-import { isoUtc, parseLabelTime } from "./label.js";
+import { parseTimestamp, pyJsonUtc } from "../common/pycompat.js";
+import { parseLabelTime } from "./label.js";
 import { normalizedBackupTime } from "./schedule.js";
 import type { BasebackupLogger, BasebackupMetrics } from "./types.js";
 
-/** Timestamps as upstream's dateutil reads them: ISO or `str(datetime)`, zone-less taken as UTC. */
-export function parseTimestamp(text: string): Date {
-  const t = text.trim();
-  if (/^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/.test(t)) return new Date(`${t.replace(" ", "T")}Z`);
-  if (/[+-]\d{2}:?\d{2}$|Z$/i.test(t)) {
-    const d = new Date(t.replace(" ", "T"));
-    if (!Number.isNaN(d.getTime())) return d;
+/**
+ * Stored timestamps as upstream's dateutil reads them (zone-less = UTC); forms only backup_label
+ * uses (a zone abbreviation such as `CEST`) fall back to its rules.
+ */
+export function parseStoredTime(text: string): Date {
+  try {
+    return new Date(parseTimestamp(text).epochMs);
+  } catch {
+    return parseLabelTime(text);
   }
-  return parseLabelTime(t);
 }
 
 /** Preservation requests: backup basename → latest `preserve-until`. */
@@ -44,7 +46,7 @@ export function parsePreservationRequests(requests: ReadonlyArray<{ metadata: Me
     const name = request.metadata["preserve-backup"];
     const until = request.metadata["preserve-until"];
     if (!name || !until) continue;
-    const date = parseTimestamp(until);
+    const date = parseStoredTime(until);
     const existing = result.get(name);
     if (!existing || existing < date) result.set(name, date);
   }
@@ -60,7 +62,7 @@ export async function listBasebackups(storage: StorageBackend, site: SiteConfig,
     const name = entryBasename(obj);
     const md = obj.metadata;
     if (!md["start-time"]) continue; // not a backup (upstream would fail on it)
-    const startTime = parseTimestamp(md["start-time"]);
+    const startTime = parseStoredTime(md["start-time"]);
     result.push({
       name,
       site: siteName,
@@ -68,7 +70,7 @@ export async function listBasebackups(storage: StorageBackend, site: SiteConfig,
       lastModified: obj.lastModified,
       metadata: md,
       startTime,
-      backupDecisionTime: md["backup-decision-time"] ? parseTimestamp(md["backup-decision-time"]) : startTime,
+      backupDecisionTime: md["backup-decision-time"] ? parseStoredTime(md["backup-decision-time"]) : startTime,
       backupReason: md["backup-reason"] ?? "scheduled",
       normalizedBackupTime: md["normalized-backup-time"] ?? normalizedBackupTime(site, startTime),
       preserveUntil: requests.get(name) ?? null,
@@ -86,11 +88,11 @@ export function basebackupStateEntry(info: BasebackupInfo): Record<string, unkno
     last_modified: info.lastModified.toISOString().replace(/\.000Z$/, "Z"),
     metadata: {
       ...info.metadata,
-      "start-time": isoUtc(info.startTime).replace(/\+00:00$/, "Z"),
-      "backup-decision-time": isoUtc(info.backupDecisionTime).replace(/\+00:00$/, "Z"),
+      "start-time": pyJsonUtc(info.startTime),
+      "backup-decision-time": pyJsonUtc(info.backupDecisionTime),
       "backup-reason": info.backupReason,
       "normalized-backup-time": info.normalizedBackupTime,
-      "preserve-until": info.preserveUntil ? isoUtc(info.preserveUntil).replace(/\+00:00$/, "Z") : null,
+      "preserve-until": info.preserveUntil ? pyJsonUtc(info.preserveUntil) : null,
     },
   };
 }

@@ -2,7 +2,7 @@
  * Basebackup scheduling (operations.md §3): whether to start a backup now, and the metadata that
  * records why. Pure functions; the daemon supplies the listing, the clock and the request flag.
  */
-import { isoUtc } from "./label.js";
+import { pyIsoformatUtc } from "../common/pycompat.js";
 
 /** Site settings the schedule reads (a subset of SiteConfig). */
 export interface ScheduleSettings {
@@ -50,7 +50,7 @@ export function normalizedBackupTime(settings: ScheduleSettings, now: Date): str
   if (step > 0) {
     while (t + step < now.getTime()) t += step;
   }
-  return isoUtc(new Date(t), 0);
+  return pyIsoformatUtc(new Date(t), 0);
 }
 
 /** operations.md §3.1 (`get_new_backup_details`). `backups` sorted by start-time, oldest first. */
@@ -104,7 +104,7 @@ export function decideNewBackup(args: {
   }
   if (reason === null) return { metadata: null, message };
   const metadata: NewBackupMetadata = {
-    "backup-decision-time": isoUtc(now, now.getUTCMilliseconds() * 1000),
+    "backup-decision-time": pyIsoformatUtc(now, now.getUTCMilliseconds() * 1000),
     "backup-reason": reason,
     site,
   };

@@ -11,7 +11,6 @@
  * deleted on a guess). `.partial` objects count as their segment; other names are left alone.
  */
 import path from "node:path";
-import type { Command } from "commander";
 import { listBasebackups, objectKey } from "../catalog/index.js";
 import { ConfigError, getSiteFromConfig, loadConfig, privateKeyLookup, type PghoardConfig, type SiteConfig } from "../config/index.js";
 import { decodeBuffer, type Metadata as FileMetadata } from "../fileformat/index.js";
@@ -26,8 +25,8 @@ import {
   walNameToLsn,
   type TimelineHistoryEntry,
 } from "../wal/index.js";
-import { EXIT_FAIL, EXIT_OK, configPathOrNull, exitOnKeyboardInterrupt, newProgram, parseArgs } from "./archive_common.js";
-import { toolLogger } from "./archive_common.js";
+import { EXIT_FAIL, EXIT_OK, configPathOrNull, runCli, toolLogger } from "./cli.js";
+import { ARCHIVE_CLEANUP_SPEC } from "./cli_specs.js";
 import type { Logger } from "../common/logger.js";
 
 export interface BackupStart {
@@ -213,35 +212,28 @@ interface CleanupOptions {
   dryRun?: boolean;
 }
 
-function buildProgram(): Command {
-  return newProgram("pghoard_archive_cleanup", "Delete WAL segments in storage that no basebackup needs")
-    .option("--site <site>", "pghoard site")
-    .option("--config <config>", "pghoard config file")
-    .option("--dry-run", "only list redundant segments and calculate total file size but do not delete");
-}
-
 export async function main(argv: string[]): Promise<number> {
-  const parsed = parseArgs<CleanupOptions>(buildProgram(), argv);
-  if ("exitCode" in parsed) return parsed.exitCode;
-  const { opts } = parsed;
-  const log = toolLogger("ArchiveCleanup");
-  const configPath = configPathOrNull(opts.config);
-  if (configPath === null) return EXIT_FAIL;
-  let storage: StorageBackend | undefined;
-  const removeSigint = exitOnKeyboardInterrupt();
-  try {
-    const config: PghoardConfig = await loadConfig(configPath, { tool: "archive_cleanup", warn: (m) => log.warn(m) });
-    const siteName = getSiteFromConfig(config, opts.site);
-    const site = config.backup_sites[siteName] as SiteConfig;
-    storage = await createStorage(site.object_storage);
-    await new ArchiveCleanup(storage, site, log, siteName).run(opts.dryRun === true);
-    return EXIT_OK;
-  } catch (err) {
-    const name = err instanceof ConfigError ? "InvalidConfigurationError" : (err as Error).name;
-    log.error(`FATAL: ${name}: ${(err as Error).message}`);
-    return EXIT_FAIL;
-  } finally {
-    removeSigint();
-    await storage?.close().catch(() => undefined);
-  }
+  let log: Logger | undefined;
+  return runCli(
+    ARCHIVE_CLEANUP_SPEC,
+    argv,
+    async (inv) => {
+      const opts = inv.opts as CleanupOptions;
+      log = toolLogger("ArchiveCleanup");
+      const configPath = configPathOrNull(opts.config);
+      if (configPath === null) return EXIT_FAIL;
+      let storage: StorageBackend | undefined;
+      try {
+        const config: PghoardConfig = await loadConfig(configPath, { tool: "archive_cleanup", warn: (m) => log?.warn(m) });
+        const siteName = getSiteFromConfig(config, opts.site);
+        const site = config.backup_sites[siteName] as SiteConfig;
+        storage = await createStorage(site.object_storage);
+        await new ArchiveCleanup(storage, site, log, siteName).run(opts.dryRun === true);
+        return EXIT_OK;
+      } finally {
+        await storage?.close().catch(() => undefined);
+      }
+    },
+    { exitOnInterrupt: true, fatal: () => ({ write: (line) => log?.error(line) }) },
+  );
 }

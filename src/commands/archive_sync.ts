@@ -18,7 +18,6 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
-import type { Command } from "commander";
 import type { Logger } from "../common/logger.js";
 import {
   ConfigError,
@@ -44,7 +43,8 @@ import {
   type TimelineHistoryEntry,
 } from "../wal/index.js";
 import { ReplicationConnection } from "../wal/replication.js";
-import { EXIT_FAIL, EXIT_OK, configPathOrNull, exitOnKeyboardInterrupt, newProgram, parseArgs, parseInteger, toolLogger } from "./archive_common.js";
+import { EXIT_FAIL, EXIT_OK, configPathOrNull, runCli, toolLogger } from "./cli.js";
+import { ARCHIVE_SYNC_SPEC } from "./cli_specs.js";
 
 export class SyncError extends Error {
   constructor(message: string) {
@@ -320,42 +320,24 @@ interface SyncCliOptions {
   createNewBackupOnFailure?: boolean;
 }
 
-function buildProgram(): Command {
-  return newProgram("pghoard_archive_sync", "Archive local WAL files missing from storage and verify the archive")
-    .option("-D, --debug", "Enable debug logging")
-    .option("--site <site>", "pghoard site")
-    .option("--config <config>", "pghoard config file")
-    .option(
-      "--max-hash-checks <n>",
-      "Maximum number of files for which to validate hash in addition to basic existence check (negative: no limit)",
-      parseInteger,
-      100,
-    )
-    .option("--no-verify", "do not verify archive integrity")
-    .option("--create-new-backup-on-failure", "request a new basebackup if verification fails");
-}
-
 export async function main(argv: string[]): Promise<number> {
-  const parsed = parseArgs<SyncCliOptions>(buildProgram(), argv);
-  if ("exitCode" in parsed) return parsed.exitCode;
-  const { opts } = parsed;
-  const configPath = configPathOrNull(opts.config);
-  if (configPath === null) return EXIT_FAIL;
-  const log = toolLogger("ArchiveSync", { debug: opts.debug });
-  const removeSigint = exitOnKeyboardInterrupt();
-  try {
-    const config = await loadConfig(configPath, { tool: "archive_sync", warn: (m) => log.warn(m) });
-    const site = getSiteFromConfig(config, opts.site);
-    return await new ArchiveSync(config, site, log).run({
-      maxHashChecks: opts.maxHashChecks,
-      verify: opts.verify,
-      newBackupOnFailure: opts.createNewBackupOnFailure === true,
-    });
-  } catch (err) {
-    const name = err instanceof ConfigError ? "InvalidConfigurationError" : (err as Error).name;
-    log.error(`FATAL: ${name}: ${(err as Error).message}`);
-    return EXIT_FAIL;
-  } finally {
-    removeSigint();
-  }
+  let log: Logger | undefined;
+  return runCli(
+    ARCHIVE_SYNC_SPEC,
+    argv,
+    async (inv) => {
+      const opts = inv.opts as unknown as SyncCliOptions;
+      const configPath = configPathOrNull(opts.config);
+      if (configPath === null) return EXIT_FAIL;
+      log = toolLogger("ArchiveSync", { debug: opts.debug });
+      const config = await loadConfig(configPath, { tool: "archive_sync", warn: (m) => log?.warn(m) });
+      const site = getSiteFromConfig(config, opts.site);
+      return await new ArchiveSync(config, site, log).run({
+        maxHashChecks: opts.maxHashChecks,
+        verify: opts.verify,
+        newBackupOnFailure: opts.createNewBackupOnFailure === true,
+      });
+    },
+    { exitOnInterrupt: true, fatal: () => ({ write: (line) => log?.error(line) }) },
+  );
 }

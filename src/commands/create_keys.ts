@@ -7,8 +7,9 @@ import { promisify } from "node:util";
 import { writeFileAtomic } from "../common/fs.js";
 import { createLogger } from "../common/logger.js";
 import { ConfigError, getSiteFromConfig, readJsonConfigFile } from "../config/index.js";
-import { pyRepr } from "../config/errors.js";
-import { EXIT_FAIL, EXIT_OK, newProgram, parseArgs, parseInteger } from "./archive_common.js";
+import { pyRepr } from "../common/pycompat.js";
+import { EXIT_OK, runCli } from "./cli.js";
+import { CREATE_KEYS_SPEC } from "./cli_specs.js";
 
 class CommandError extends Error {}
 
@@ -102,31 +103,24 @@ interface Options {
   config?: string;
 }
 
+/** Failures reported as one `FATAL:` line; anything else is a bug and propagates. */
+function isExpectedFailure(err: unknown): boolean {
+  if (err instanceof CommandError || err instanceof ConfigError) return true;
+  // Key generation rejects unusable sizes (e.g. --bits 100); report like the other failures.
+  return err instanceof Error && /modulus|key size|bits/i.test(err.message);
+}
+
 export async function main(argv: string[]): Promise<number> {
-  const program = newProgram("pghoard_create_keys", "Create an RSA key pair for pghoard backup encryption")
-    .option("-D, --debug", "Enable debug logging")
-    .option("--site <SITE>", "backup site")
-    .requiredOption("--key-id <KEY_ID>", "key alias as used with encryption_key_id configuration directive")
-    .option("--bits <BITS>", "length of the generated key in bits, default 3072", parseInteger, 3072)
-    .option("--config <CONFIG>", "configuration file to store the keys in", process.env.PGHOARD_CONFIG || undefined);
-  const parsed = parseArgs<Options>(program, argv);
-  if ("exitCode" in parsed) return parsed.exitCode;
-  const opts = parsed.opts;
-  createLogger({ level: opts.debug ? "DEBUG" : "INFO" });
-  try {
-    if (opts.config) await saveKeys(opts.config, opts.site, opts.keyId, opts.bits);
-    else await showKeyConfig(opts.site, opts.keyId, opts.bits);
-    return EXIT_OK;
-  } catch (err) {
-    if (err instanceof CommandError || err instanceof ConfigError) {
-      process.stdout.write(`FATAL: ${err.message}\n`);
-      return EXIT_FAIL;
-    }
-    // Key generation rejects unusable sizes (e.g. --bits 100); report like the other failures.
-    if (err instanceof Error && /modulus|key size|bits/i.test(err.message)) {
-      process.stdout.write(`FATAL: ${err.message}\n`);
-      return EXIT_FAIL;
-    }
-    throw err;
-  }
+  return runCli(
+    CREATE_KEYS_SPEC,
+    argv,
+    async (inv) => {
+      const opts = inv.opts as unknown as Options;
+      createLogger({ level: opts.debug ? "DEBUG" : "INFO" });
+      if (opts.config) await saveKeys(opts.config, opts.site, opts.keyId, opts.bits);
+      else await showKeyConfig(opts.site, opts.keyId, opts.bits);
+      return EXIT_OK;
+    },
+    { fatal: (_inv) => ({ write: (line) => process.stdout.write(`${line}\n`), withClassName: false, expected: isExpectedFailure }) },
+  );
 }

@@ -6,69 +6,30 @@ import { existsSync } from "node:fs";
 import { createLogger, getLogger, setLogLevel } from "../common/logger.js";
 import { ConfigError, resolveConfigPath } from "../config/index.js";
 import { PGHoard } from "../daemon/pghoard.js";
-
-const VERSION = "0.1.0";
-const USAGE = "usage: pghoard [-h] [-D] [--version] [-s] [--config CONFIG] [config_file]";
+import { NO_CONFIG_MESSAGE, parseCommandLine } from "./cli.js";
+import { PGHOARD_SPEC } from "./cli_specs.js";
 
 interface DaemonArgs {
-  debug: boolean;
-  shortLog: boolean;
+  debug?: boolean;
+  shortLog?: boolean;
   config?: string;
-  configFile?: string;
-}
-
-class UsageError extends Error {}
-
-function parseArgs(argv: string[]): DaemonArgs | "help" | "version" {
-  const args: DaemonArgs = { debug: false, shortLog: false };
-  const positional: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if (arg === "-h" || arg === "--help") return "help";
-    if (arg === "--version") return "version";
-    if (arg === "-D" || arg === "--debug") args.debug = true;
-    else if (arg === "-s" || arg === "--short-log") args.shortLog = true;
-    else if (arg === "--config") {
-      if (i + 1 >= argv.length) throw new UsageError("argument --config: expected one argument");
-      args.config = argv[++i];
-    } else if (arg.startsWith("--config=")) args.config = arg.slice("--config=".length);
-    else if (/^-[Ds]+$/.test(arg)) {
-      if (arg.includes("D")) args.debug = true;
-      if (arg.includes("s")) args.shortLog = true;
-    } else if (arg.startsWith("-") && arg !== "-") throw new UsageError(`unrecognized arguments: ${arg}`);
-    else positional.push(arg);
-  }
-  if (positional.length > 1) throw new UsageError(`unrecognized arguments: ${positional.slice(1).join(" ")}`);
-  args.configFile = positional[0];
-  return args;
 }
 
 export async function main(argv: string[]): Promise<number> {
-  let args: ReturnType<typeof parseArgs>;
-  try {
-    args = parseArgs(argv);
-  } catch (err) {
-    process.stderr.write(`${USAGE}\npghoard: error: ${(err as Error).message}\n`);
-    return 2;
-  }
-  if (args === "help") {
-    process.stdout.write(`${USAGE}\n\npostgresql automatic backup daemon\n`);
-    return 0;
-  }
-  if (args === "version") {
-    process.stdout.write(`${VERSION}\n`);
-    return 0;
-  }
-  const configPath = resolveConfigPath(args.config) ?? args.configFile;
+  const inv = await parseCommandLine(PGHOARD_SPEC, argv, { stdout: process.stdout, stderr: process.stderr });
+  if (typeof inv === "number") return inv;
+  const args = inv.opts as DaemonArgs;
+  const configFile = inv.args[0];
+  const configPath = resolveConfigPath(args.config) ?? configFile;
   if (!configPath) {
-    process.stdout.write("pghoard: config file path must be given with --config or via env PGHOARD_CONFIG\n");
+    process.stdout.write(`${NO_CONFIG_MESSAGE}\n`);
     return 1;
   }
   if (!existsSync(configPath)) {
     process.stdout.write(`pghoard: '${configPath}' doesn't exist\n`);
     return 1;
   }
-  createLogger({ shortLog: args.shortLog, debug: args.debug, level: "INFO" });
+  createLogger({ shortLog: args.shortLog === true, debug: args.debug === true, level: "INFO" });
   const log = getLogger("pghoard");
   // A stray rejected promise must not take the WAL archiver down; log it like upstream logs a thread's exception.
   process.on("unhandledRejection", (err) => {

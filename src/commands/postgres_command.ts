@@ -2,7 +2,8 @@
  * pghoard_postgres_command: PostgreSQL's archive_command / restore_command client (cli.md §6,
  * http-api.md §9). PostgreSQL starts it once per WAL segment, so start-up time matters: this file
  * imports node built-ins only (no commander, config, logger, compression or SDKs), and only ones
- * Node's bootstrap has loaded already (node:fs, node:path, node:net), so they cost nothing.
+ * Node's bootstrap has loaded already (node:fs, node:path, node:net), so they cost nothing; the
+ * version module is loaded only for --version.
  */
 import { existsSync, renameSync } from "node:fs";
 import path from "node:path";
@@ -19,8 +20,6 @@ const DEFAULT_PORT = 16000;
 const RETRY_COUNT = 3;
 /** Seconds between restore-mode connection attempts; tests shorten it with this variable. */
 const RETRY_INTERVAL_ENV = "PGHOARD_POSTGRES_COMMAND_RETRY_INTERVAL";
-// Kept in sync with package.json by hand: reading package.json would cost start-up time.
-const VERSION = "0.1.0";
 
 const WAL_RE = /^[A-F0-9]{24}$/;
 const HISTORY_RE = /^[A-F0-9]{8}\.history$/;
@@ -47,6 +46,9 @@ class EarlyExit extends Error {
     super("early exit");
   }
 }
+
+/** Thrown for --version: the version module is loaded only then. */
+class VersionRequest extends Error {}
 
 export interface PostgresCommandOptions {
   host: string;
@@ -96,7 +98,7 @@ export function parseArgs(argv: string[]): PostgresCommandOptions {
     const eq = arg.indexOf("=");
     const name = resolveOptionName(eq >= 0 ? arg.slice(2, eq) : arg.slice(2));
     if (name === "help") throw new EarlyExit(EXIT_OK, `${USAGE}\n`);
-    if (name === "version") throw new EarlyExit(EXIT_OK, `${VERSION}\n`);
+    if (name === "version") throw new VersionRequest();
     let value: string;
     if (eq >= 0) {
       value = arg.slice(eq + 1);
@@ -284,6 +286,11 @@ export async function main(argv: string[]): Promise<number> {
     if (err instanceof EarlyExit) {
       process.stdout.write(err.output);
       return err.exitCode;
+    }
+    if (err instanceof VersionRequest) {
+      const { packageVersion } = await import("../common/version.js");
+      process.stdout.write(`${packageVersion()}\n`);
+      return EXIT_OK;
     }
     if (err instanceof UsageError) {
       process.stderr.write(`${USAGE}\npghoard_postgres_command: error: ${err.message}\n`);

@@ -7,7 +7,8 @@ import { promises as fs } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { scrubText } from "../common/redact.js";
-import { ConfigError, describeValue, pyRepr } from "./errors.js";
+import { pyRepr } from "../common/pycompat.js";
+import { ConfigError, describeValue } from "./errors.js";
 import { writeFileAtomic } from "../common/fs.js";
 import type { NodeConfig } from "./types.js";
 

@@ -6,17 +6,6 @@ export class ConfigError extends Error {
   }
 }
 
-/** Python `repr()` of a string, as upstream's `{!r}` renders it in its messages. */
-export function pyRepr(value: string): string {
-  if (value.includes("'") && !value.includes('"')) return `"${value.replace(/\\/g, "\\\\")}"`;
-  return `'${value.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`;
-}
-
-/** Python `repr()` of a list of strings: `['a', 'b']`. */
-export function pyReprList(values: readonly string[]): string {
-  return `[${values.map(pyRepr).join(", ")}]`;
-}
-
 /** "the string \"x\"", "an array", "null", "2.5" … for error messages. */
 export function describeValue(value: unknown): string {
   if (value === null) return "null";

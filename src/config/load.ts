@@ -1,7 +1,8 @@
 /** Locating and reading pghoard.json (upstream's `read_json_config_file` messages). */
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { ConfigError, pyRepr } from "./errors.js";
+import { pyRepr } from "../common/pycompat.js";
+import { ConfigError } from "./errors.js";
 import type { PghoardConfig, Tool } from "./types.js";
 import { keyPath, validateConfig } from "./validate.js";
 

@@ -5,7 +5,8 @@
 import { execFile } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
 import path from "node:path";
-import { ConfigError, pyRepr } from "./errors.js";
+import { pyRepr } from "../common/pycompat.js";
+import { ConfigError } from "./errors.js";
 import type { SiteConfig } from "./types.js";
 
 export type PgCommand = "pg_basebackup" | "pg_receivexlog";

@@ -1,7 +1,8 @@
 /** Per-site lookups other modules need: site selection, storage, keys, WAL directory. */
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { ConfigError, pyRepr, pyReprList } from "./errors.js";
+import { pyRepr, pyReprList } from "../common/pycompat.js";
+import { ConfigError } from "./errors.js";
 import type { ObjectStorageConfig, PghoardConfig, SiteConfig } from "./types.js";
 
 /** The site to work on: `site` if given and defined, else the only one (upstream's three errors). */

@@ -11,7 +11,8 @@ import { createPublicKey } from "node:crypto";
 import os from "node:os";
 import { getLogger } from "../common/logger.js";
 import { parseNodeEntry } from "./connection.js";
-import { ConfigError, describeValue, pyRepr } from "./errors.js";
+import { pyRepr } from "../common/pycompat.js";
+import { ConfigError, describeValue } from "./errors.js";
 import {
   STORAGE_TYPES,
   siteSection,

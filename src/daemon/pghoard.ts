@@ -18,7 +18,8 @@ import { Metrics } from "../monitoring/index.js";
 import { writeFileAtomic } from "../common/fs.js";
 import { Compressors } from "./compressor.js";
 import { DaemonContext } from "./context.js";
-import { naiveUtcIso, stringifySorted } from "./json.js";
+import { pyNaiveIsoformatUtc } from "../common/pycompat.js";
+import { stringifySorted } from "./json.js";
 import { DAEMON_PLUGIN_FACTORIES, type DaemonPlugin, type SiteHandle, type SiteState } from "./plugins.js";
 import { sleep } from "./queue.js";
 import { recoverSpool } from "./recovery.js";
@@ -44,7 +45,7 @@ export class PGHoard {
   transferAgents!: TransferAgents;
   private plugins: DaemonPlugin[] = [];
   private siteStates: Record<string, SiteState> = {};
-  private readonly startupTime = naiveUtcIso(new Date());
+  private readonly startupTime = pyNaiveIsoformatUtc(new Date());
   private running = false;
   private wake = new AbortController();
   private shutdownMode: "none" | "graceful" | "immediate" = "none";

@@ -17,11 +17,12 @@ import type { Logger } from "pino";
 import { pgWalDirectory } from "../config/index.js";
 import { isHistoryName, isWalName, nextWalName, verifyWalFile } from "../wal/index.js";
 import type { DaemonContext } from "./context.js";
-import { isoUtc, stringifySorted } from "./json.js";
+import { pyJsonUtc, pyRepr, pyReprList } from "../common/pycompat.js";
+import { packageVersion } from "../common/version.js";
+import { stringifySorted } from "./json.js";
 import { deferred, withTimeout } from "./queue.js";
 import type { ObjectFileType, TransferOp, TransferResult } from "./types.js";
 
-const VERSION = "0.1.0";
 const REQUEST_TIMEOUT_MS = 30_000;
 const NEGATIVE_CACHE_SIZE = 32;
 const SERVED_FROM_DISK_SIZE = 10;
@@ -37,27 +38,6 @@ export class HttpResponse extends Error {
   ) {
     super(`HttpResponse ${status}${typeof body === "string" && body ? `: ${body}` : ""}`);
   }
-}
-
-/** Python repr() of a str (single quotes unless the text has ' and no "). */
-export function pyRepr(text: string): string {
-  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
-  let out = quote;
-  for (const ch of text) {
-    const code = ch.codePointAt(0)!;
-    if (ch === "\\") out += "\\\\";
-    else if (ch === quote) out += `\\${quote}`;
-    else if (ch === "\n") out += "\\n";
-    else if (ch === "\r") out += "\\r";
-    else if (ch === "\t") out += "\\t";
-    else if (code < 0x20 || code === 0x7f) out += `\\x${code.toString(16).padStart(2, "0")}`;
-    else out += ch;
-  }
-  return out + quote;
-}
-
-function pyListRepr(items: string[]): string {
-  return `[${items.map(pyRepr).join(", ")}]`;
 }
 
 interface ParsedRequest {
@@ -195,7 +175,7 @@ export class WebServer {
       body = Buffer.from(resp.body, "utf8");
     }
     headers["content-length"] = String(body.length);
-    headers.server = `pghoard/${VERSION}`;
+    headers.server = `pghoard/${packageVersion()}`;
     res.writeHead(resp.status, headers);
     res.end(isHead ? undefined : body);
   }
@@ -252,10 +232,10 @@ export class WebServer {
       if (parts.length !== 1) throw new HttpResponse(400, "Invalid request");
       return { kind: "metrics" };
     }
-    if (parts.length < 2) throw new HttpResponse(400, `Invalid path ${pyListRepr(parts)}`);
+    if (parts.length < 2) throw new HttpResponse(400, `Invalid path ${pyReprList(parts)}`);
     const site = parts[0];
     if (!Object.prototype.hasOwnProperty.call(this.ctx.config.backup_sites, site)) {
-      throw new HttpResponse(404, `Site: ${pyRepr(site)} not found for path ${pyListRepr(parts)}`);
+      throw new HttpResponse(404, `Site: ${pyRepr(site)} not found for path ${pyReprList(parts)}`);
     }
     const obtype = parts[1];
     if (obtype === "basebackup") return { kind: "basebackup", site };
@@ -271,7 +251,7 @@ export class WebServer {
       if (obtype === "archive") throw new HttpResponse(400, `Unrecognized file ${pyRepr(name)} for archiving`);
       throw new HttpResponse(400, `Invalid ${obtype} name ${pyRepr(name)}`);
     }
-    throw new HttpResponse(400, `Invalid path ${pyListRepr(parts)}`);
+    throw new HttpResponse(400, `Invalid path ${pyReprList(parts)}`);
   }
 
   private async dispatch(method: string, parsed: ParsedRequest, req: http.IncomingMessage): Promise<HttpResponse> {
@@ -352,7 +332,7 @@ export class WebServer {
       }));
       for (const item of result.items ?? []) {
         const entry: Record<string, unknown> = {
-          last_modified: isoUtc(item.lastModified),
+          last_modified: pyJsonUtc(item.lastModified),
           metadata: item.metadata,
           name: item.name,
           size: item.size,

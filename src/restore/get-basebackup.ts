@@ -23,7 +23,7 @@ import { fetchAll, ProgressTracker } from "./fetch.js";
 import { listBasebackups, type BasebackupEntry, type SiteStore } from "./list.js";
 import { planRestore, type RestorePlan } from "./plan.js";
 import { ProgressReporter } from "./progress.js";
-import { parseTimestamp, pythonDatetimeStr, type ParsedTimestamp } from "./pyformat.js";
+import { parseTimestamp, pyStrDatetime, type ParsedTimestamp } from "../common/pycompat.js";
 import { RECOVERY_TARGET_CONFLICT, writeRecoveryConfig, type RecoveryConfig } from "./recovery.js";
 import { selectBasebackup } from "./select.js";
 import { meaningfulEntries, RestoreTarget, type TablespaceTarget } from "./target.js";
@@ -190,7 +190,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     let preservationRequest: string | undefined;
     if (preserveUntil) {
       const backupBase = path.posix.basename(backup.name);
-      const until = pythonDatetimeStr(preserveUntil);
+      const until = pyStrDatetime(preserveUntil);
       const requestName = `${backupBase}_${until}`;
       try {
         await store.storage.storeFileFromMemory(preservationRequestKey(store.prefix, requestName), Buffer.alloc(0), preservationRequestMetadata(backupBase, until));
@@ -312,7 +312,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
         recoveryEndCommand: opts.recoveryEndCommand,
         targetAction: opts.recoveryTargetAction,
         targetName: opts.recoveryTargetName,
-        targetTime: targetTime ? pythonDatetimeStr(targetTime) : undefined,
+        targetTime: targetTime ? pyStrDatetime(targetTime) : undefined,
         targetXid: opts.recoveryTargetXid,
         targetLsn: opts.recoveryTargetLsn,
         targetImmediate: opts.recoveryTargetImmediate,

@@ -11,4 +11,3 @@ export { RestoreTarget, PG_CONTROL_INCOMPLETE } from "./target.js";
 export { createTarExtractor, tarRulesForFormat, mapMemberName } from "./tar-extract.js";
 export { buildRecoveryConfig, writeRecoveryConfig, appendToAutoConf, quoteLiteral } from "./recovery.js";
 export { formatProgress, formatStatusJson } from "./progress.js";
-export { parseTimestamp, pythonDatetimeStr, pythonDictRepr } from "./pyformat.js";

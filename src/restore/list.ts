@@ -5,7 +5,7 @@
 import { listBasebackups, type BasebackupEntry, type SiteStore } from "../catalog/index.js";
 import type { Metadata } from "../storage/types.js";
 import { RestoreError } from "./errors.js";
-import { parseTimestamp, pythonDictRepr, utcSecondsIso } from "./pyformat.js";
+import { basebackupListTime, parseTimestamp, pyRepr, pyReprDict } from "../common/pycompat.js";
 
 // The listing and its entry type belong to the catalog; restore's modules keep importing them here.
 export { listBasebackups, type BasebackupEntry, type SiteStore };
@@ -46,21 +46,20 @@ export function formatBasebackupList(
     const meta: Metadata = { ...b.metadata };
     const startTime = meta["start-time"];
     delete meta["start-time"];
-    const time = startTime === undefined ? "" : utcSecondsIso(parseTimestamp(startTime));
+    const time = startTime === undefined ? "" : basebackupListTime(parseTimestamp(startTime));
     const size = `${Math.floor(pyInt(meta["total-size-enc"] ?? b.size, "total-size-enc") / MIB)} MB`;
     const origRaw = meta["total-size-plain"] ?? meta["original-file-size"];
     const orig = origRaw === undefined || origRaw === "" ? 0 : pyInt(origRaw, "total-size-plain");
     const origSize = orig ? `${Math.floor(orig / MIB)} MB` : "n/a";
     out.push(row(b.name, size, origSize, time));
-    if (verbose) out.push(`    metadata: ${pythonDictRepr(meta)}`);
+    if (verbose) out.push(`    metadata: ${pyReprDict(meta)}`);
   }
   return out.join("\n") + "\n";
 }
 
 /** `Available '<site>' basebackups:` with the site in Python repr quoting. */
 export function availableCaption(site: string): string {
-  const quoted = site.includes("'") && !site.includes('"') ? `"${site}"` : `'${site.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`;
-  return `Available ${quoted} basebackups:`;
+  return `Available ${pyRepr(site)} basebackups:`;
 }
 
 export interface HttpListOptions {

@@ -4,7 +4,7 @@
  */
 import { RestoreError } from "./errors.js";
 import { formatBasebackupList, type BasebackupEntry } from "./list.js";
-import { compareTimestamps, parseTimestamp, type ParsedTimestamp } from "./pyformat.js";
+import { compareTimestamps, parseTimestamp, type ParsedTimestamp } from "../common/pycompat.js";
 
 export interface Selection {
   backup: BasebackupEntry;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { parsePreservationRequests, parseTimestamp, selectBackupsToDelete } from "../../src/basebackup/retention.js";
+import { parsePreservationRequests, parseStoredTime, selectBackupsToDelete } from "../../src/basebackup/retention.js";
 
 const d = (s: string): Date => new Date(s);
 type B = { name: string; startTime: Date; preserveUntil: Date | null };
@@ -54,8 +54,8 @@ describe("preservation requests", () => {
     assert.equal(m.get("y")?.toISOString(), "2024-05-01T00:00:00.000Z");
   });
   it("parses upstream's timestamp renderings", () => {
-    assert.equal(parseTimestamp("2022-05-18 12:33:23.745186+02:00").toISOString(), "2022-05-18T10:33:23.745Z");
-    assert.equal(parseTimestamp("2015-02-12T14:07:19+00:00").toISOString(), "2015-02-12T14:07:19.000Z");
-    assert.equal(parseTimestamp("2015-02-12T14:07:19").toISOString(), "2015-02-12T14:07:19.000Z");
+    assert.equal(parseStoredTime("2022-05-18 12:33:23.745186+02:00").toISOString(), "2022-05-18T10:33:23.745Z");
+    assert.equal(parseStoredTime("2015-02-12T14:07:19+00:00").toISOString(), "2015-02-12T14:07:19.000Z");
+    assert.equal(parseStoredTime("2015-02-12T14:07:19").toISOString(), "2015-02-12T14:07:19.000Z");
   });
 });

@@ -9,31 +9,12 @@ import {
   formatStatusJson,
   formatProgress,
   mapMemberName,
-  parseTimestamp,
-  pythonDatetimeStr,
-  pythonDictRepr,
   RestoreTarget,
   selectBasebackup,
   tarRulesForFormat,
 } from "../../src/restore/index.js";
 import type { BasebackupEntry } from "../../src/restore/index.js";
-
-describe("python formatting", () => {
-  it("reprs dicts like Python", () => {
-    assert.equal(pythonDictRepr({ a: "b", "it's": "x\\y\n" }), `{'a': 'b', "it's": 'x\\\\y\\n'}`);
-    assert.equal(pythonDictRepr({}), "{}");
-  });
-
-  it("parses timestamps like dateutil, naive = UTC, and prints str(datetime)", () => {
-    assert.equal(pythonDatetimeStr(parseTimestamp("2024-05-01 10:00")), "2024-05-01 10:00:00+00:00");
-    assert.equal(pythonDatetimeStr(parseTimestamp("2024-05-01T10:00:00.5+02:00")), "2024-05-01 10:00:00.500000+02:00");
-    assert.equal(pythonDatetimeStr(parseTimestamp("2026-11-24 06:19:37.990144+00:00")), "2026-11-24 06:19:37.990144+00:00");
-    assert.equal(parseTimestamp("2024-05-01T12:00:00+02:00").epochMs, Date.UTC(2024, 4, 1, 10));
-    assert.equal(parseTimestamp("2024-05-01Z").epochMs, Date.UTC(2024, 4, 1));
-    assert.throws(() => parseTimestamp("yesterday"), /Unknown string format/);
-    assert.throws(() => parseTimestamp("2024-02-30"), /day is out of range/);
-  });
-});
+import { parseTimestamp } from "../../src/common/pycompat.js";
 
 const backups: BasebackupEntry[] = [
   {

@@ -1,0 +1,169 @@
+/**
+ * The command lines of the tools (cli.md), as data: the programs, `--help`, and later man pages and
+ * bash completion are all built from these. Flags and their spellings are upstream's.
+ * pghoard_postgres_command parses its own (it must start without commander).
+ */
+import { DEBUG_OPTION, VERSION_OPTION, configOption, type CommandSpec, type ExitCodeSpec } from "./cli.js";
+
+const USAGE_EXIT: ExitCodeSpec = { code: 2, meaning: "usage error" };
+const INTERRUPT_EXIT = "Ctrl-C";
+
+export const PGHOARD_SPEC: CommandSpec = {
+  name: "pghoard",
+  description: "postgresql automatic backup daemon",
+  options: [
+    DEBUG_OPTION,
+    VERSION_OPTION,
+    { flags: "-s, --short-log", description: "use non-verbose logging format (LEVEL<TAB>message)" },
+    configOption("configuration file path"),
+  ],
+  arguments: [{ name: "config_file", description: "configuration file path (for backward compatibility; --config wins)", optional: true }],
+  exitCodes: [
+    { code: 0, meaning: "stopped by SIGTERM or SIGINT" },
+    { code: 1, meaning: "no configuration path, the file does not exist or is invalid, or start-up failed" },
+    USAGE_EXIT,
+  ],
+};
+
+const VERBOSE_OPTION = { flags: "-v, --verbose", description: "verbose output" };
+const RESTORE_EXITS: readonly ExitCodeSpec[] = [
+  { code: 0, meaning: "success" },
+  { code: 1, meaning: `restore or configuration error (FATAL: <Error>: <message> on stdout), ${INTERRUPT_EXIT}, or no sub-command` },
+  USAGE_EXIT,
+];
+
+export const RESTORE_SPEC: CommandSpec = {
+  name: "pghoard_restore",
+  description: "List basebackups and restore one",
+  options: [DEBUG_OPTION, { flags: "--status-output-file <FILE>", description: "Filename for status output JSON" }, VERSION_OPTION],
+  subcommands: [
+    {
+      name: "list-basebackups-http",
+      description: "List available basebackups from a HTTP source",
+      options: [
+        VERBOSE_OPTION,
+        { flags: "--host <HOST>", description: "pghoard repository host", default: "127.0.0.1" },
+        { flags: "--port <PORT>", description: "pghoard repository port", default: "16000" },
+        { flags: "--username <USERNAME>", description: "pghoard repository username" },
+        { flags: "--password <PASSWORD>", description: "pghoard repository password" },
+        { flags: "--site <SITE>", description: "pghoard site", required: true },
+        configOption("pghoard config file (accepted, unused)"),
+      ],
+      exitCodes: RESTORE_EXITS,
+    },
+    {
+      name: "list-basebackups",
+      description: "List basebackups from an object store",
+      options: [
+        VERBOSE_OPTION,
+        { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
+        configOption("pghoard config file", "unless-env"),
+      ],
+      exitCodes: RESTORE_EXITS,
+    },
+    {
+      name: "get-basebackup",
+      description: "Download a basebackup from an object store",
+      options: [
+        { flags: "-v, --verbose", description: "verbose output (accepted, no effect)" },
+        { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
+        { flags: "--basebackup <NAME>", description: "pghoard basebackup (full name as listed, or 'latest')", default: "latest" },
+        { flags: "--primary-conninfo <CONNINFO>", description: "replication.conf primary_conninfo", default: "" },
+        { flags: "--target-dir <DIR>", description: "pghoard restore target 'pgdata' dir", required: true },
+        { flags: "--overwrite", description: "overwrite existing target directory" },
+        {
+          flags: "--tablespace-dir <NAME=DIRECTORY>",
+          description: "map the given tablespace to an existing empty directory",
+          repeatable: true,
+        },
+        { flags: "--tablespace-base-dir <DIR>", description: "map all tablespaces in the backup below this existing base directory" },
+        { flags: "--recovery-end-command <COMMAND>", description: "PostgreSQL recovery_end_command" },
+        { flags: "--recovery-target-action <ACTION>", description: "PostgreSQL recovery_target_action", choices: ["pause", "promote", "shutdown"] },
+        { flags: "--recovery-target-name <RESTOREPOINT>", description: "PostgreSQL recovery_target_name" },
+        { flags: "--recovery-target-time <ISO_TIMESTAMP>", description: "PostgreSQL recovery_target_time (also selects the basebackup)" },
+        { flags: "--recovery-target-xid <XID>", description: "PostgreSQL recovery_target_xid" },
+        { flags: "--recovery-target-lsn <LSN>", description: "PostgreSQL recovery_target_lsn (not in upstream pghoard)" },
+        {
+          flags: "--recovery-target-immediate",
+          description: "recovery_target = 'immediate': stop as soon as consistent (not in upstream pghoard)",
+        },
+        { flags: "--restore-to-primary", description: "Restore the database to a PG primary (no standby; archive recovery via recovery.signal)" },
+        { flags: "--restore-to-master", description: "Alias of --restore-to-primary, kept for compatibility" },
+        { flags: "--preserve-until <ISO_TIMESTAMP>", description: "Request the backup to be preserved until this time before restoring" },
+        { flags: "--cancel-preserve-on-success", description: "Cancel the preservation request after a successful restore (default)" },
+        { flags: "--no-cancel-preserve-on-success", description: "Keep the preservation request after a successful restore" },
+        {
+          flags: "--pghoard-postgres-command-bin <PATH>",
+          description: "program written into restore_command",
+          default: "pghoard_postgres_command",
+        },
+        configOption("pghoard config file", "unless-env"),
+      ],
+      exitCodes: RESTORE_EXITS,
+    },
+  ],
+  exitCodes: RESTORE_EXITS,
+};
+
+const CONFIG_AND_INTERRUPT = `no configuration path, invalid configuration (FATAL: … logged), or ${INTERRUPT_EXIT}`;
+
+export const ARCHIVE_CLEANUP_SPEC: CommandSpec = {
+  name: "pghoard_archive_cleanup",
+  description: "Delete WAL segments in storage that no basebackup needs",
+  options: [
+    VERSION_OPTION,
+    { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
+    configOption("pghoard config file"),
+    { flags: "--dry-run", description: "only list redundant segments and calculate total file size but do not delete" },
+  ],
+  exitCodes: [
+    { code: 0, meaning: "done" },
+    { code: 1, meaning: `no basebackups in storage, ${CONFIG_AND_INTERRUPT}` },
+    USAGE_EXIT,
+  ],
+};
+
+export const ARCHIVE_SYNC_SPEC: CommandSpec = {
+  name: "pghoard_archive_sync",
+  description: "Archive local WAL files missing from storage and verify the archive",
+  options: [
+    DEBUG_OPTION,
+    VERSION_OPTION,
+    { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
+    configOption("pghoard config file"),
+    {
+      flags: "--max-hash-checks <N>",
+      description: "Maximum number of files for which to validate hash in addition to basic existence check (negative: no limit)",
+      type: "int",
+      default: 100,
+    },
+    { flags: "--no-verify", description: "do not verify archive integrity" },
+    { flags: "--create-new-backup-on-failure", description: "request a new basebackup if verification fails" },
+  ],
+  exitCodes: [
+    { code: 0, meaning: "success (also when verification is skipped)" },
+    { code: 1, meaning: `a gap in the archive, no basebackups, ${CONFIG_AND_INTERRUPT}` },
+    USAGE_EXIT,
+  ],
+};
+
+export const CREATE_KEYS_SPEC: CommandSpec = {
+  name: "pghoard_create_keys",
+  description: "Create an RSA key pair for pghoard backup encryption",
+  options: [
+    DEBUG_OPTION,
+    VERSION_OPTION,
+    { flags: "--site <SITE>", description: "backup site (required without --config; with it, only when it has several sites)" },
+    { flags: "--key-id <KEY_ID>", description: "key alias as used with encryption_key_id configuration directive", required: true },
+    { flags: "--bits <BITS>", description: "length of the generated key in bits", type: "int", default: 3072 },
+    configOption("configuration file to store the keys in (without it, the configuration snippet is printed)"),
+  ],
+  exitCodes: [
+    { code: 0, meaning: "success" },
+    { code: 1, meaning: "FATAL: <message> (site missing, key id already defined, unusable key size, bad configuration)" },
+    USAGE_EXIT,
+  ],
+};
+
+/** Every tool built from these definitions. */
+export const COMMAND_SPECS: readonly CommandSpec[] = [PGHOARD_SPEC, RESTORE_SPEC, ARCHIVE_CLEANUP_SPEC, ARCHIVE_SYNC_SPEC, CREATE_KEYS_SPEC];
