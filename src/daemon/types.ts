@@ -4,7 +4,7 @@
  * two queues; compressors and transfer agents consume them (operations.md §1, §6.5, §9).
  */
 import type { Metadata, StoredObject } from "../storage/types.js";
-import type { Deferred } from "./queue.js";
+import type { Deferred } from "../common/async.js";
 import type { SpoolMetadata, WalFileType } from "./spool.js";
 
 export interface TransferResult {
@@ -32,6 +32,11 @@ export interface CompressionEvent {
   deleteFileAfterCompression: boolean;
   /** Extra metadata merged under the compressor's own keys. */
   metadata?: SpoolMetadata;
+  /**
+   * The walreceiver's incomplete segment (in memory): stored as `<name>.partial` without a hash;
+   * its sender checks the header, since it may hold fewer bytes than one.
+   */
+  partial?: boolean;
   /** Resolved with the upload result (or a compression failure). */
   callback?: Deferred<TransferResult>;
 }

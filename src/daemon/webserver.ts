@@ -18,7 +18,7 @@ import { pgWalDirectory } from "../config/index.js";
 import { isHistoryName, isWalName, nextWalName, verifyWalFile } from "../wal/index.js";
 import type { DaemonContext } from "./context.js";
 import { isoUtc, stringifySorted } from "./json.js";
-import { deferred, withTimeout } from "./queue.js";
+import { deferred, withTimeout } from "../common/async.js";
 import type { ObjectFileType, TransferOp, TransferResult } from "./types.js";
 
 const VERSION = "0.1.0";
