@@ -15,12 +15,14 @@ import { deferred } from "../common/async.js";
 import { createAlertFile, removeAlertFile, type AlertName } from "./alerts.js";
 import { AsyncQueue } from "./queue.js";
 import { siteSpoolPaths, type SiteSpoolPaths } from "./spool.js";
-import type { CompressionEvent, TransferOp, TransferResult, UploadOp } from "./types.js";
+import type { CompressionEvent, DownloadOp, ListOp, MetadataOp, TransferOp, TransferResult, UploadOp } from "./types.js";
 
 /** What `archive()` takes: a CompressionEvent; the context supplies the callback. */
 export type ArchiveRequest = Omit<CompressionEvent, "callback">;
 /** What `upload()` takes: an UploadOp; the context supplies type and callback. */
 export type UploadRequest = Omit<UploadOp, "type" | "callback" | "retryNumber">;
+/** What `transfer()` takes: a download, metadata lookup or listing without its callback. */
+export type TransferRequest = Omit<DownloadOp, "callback"> | Omit<MetadataOp, "callback"> | Omit<ListOp, "callback">;
 
 export class DaemonContext {
   config: PghoardConfig;
@@ -65,6 +67,13 @@ export class DaemonContext {
   upload(request: UploadRequest): Promise<TransferResult> {
     const callback = deferred<TransferResult>();
     this.transferQueue.put({ type: "UPLOAD", ...request, callback });
+    return callback.promise;
+  }
+
+  /** A download, metadata lookup or listing through the transfer agents; resolves with its result. */
+  transfer(request: TransferRequest): Promise<TransferResult> {
+    const callback = deferred<TransferResult>();
+    this.transferQueue.put({ ...request, callback });
     return callback.promise;
   }
 

@@ -9,7 +9,7 @@ import { constants as fsConstants, existsSync } from "node:fs";
 import { chown, copyFile, lstat, open, readlink, realpath, rename, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
-import { deferred, withTimeout } from "../common/async.js";
+import { withTimeout } from "../common/async.js";
 import { pgWalDirectory } from "../config/index.js";
 import { nextWalName, verifyWalFile } from "../wal/index.js";
 import type { DaemonContext } from "./context.js";
@@ -288,11 +288,11 @@ export class WalRestoreHandler {
       throw new HttpResponse(400, `Unable to create temporary file for ${this.repr(key)}: ${String(err)}`);
     }
     const id = this.nextDownloadId++;
-    const callback = deferred<TransferResult>();
-    const done = callback.promise.then((result) => this.processDownloadResult(key, id, filetype, name, tmpPath, result));
-    this.pendingDownloads.set(key, { id, startedAt: nowSeconds(), prefetchPath, tmpPath, done });
     this.log.debug(`Fetching ${site} ${filetype} ${name} to ${tmpPath}`);
-    this.ctx.transferQueue.put({ type: "DOWNLOAD", site, filetype, name, targetPath: tmpPath, callback });
+    const done = this.ctx
+      .transfer({ type: "DOWNLOAD", site, filetype, name, targetPath: tmpPath })
+      .then((result) => this.processDownloadResult(key, id, filetype, name, tmpPath, result));
+    this.pendingDownloads.set(key, { id, startedAt: nowSeconds(), prefetchPath, tmpPath, done });
   }
 
   /** Upstream's DownloadResultsProcessor: verify, then publish as `<name>.pghoard.prefetch`. */

@@ -13,11 +13,11 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import { isHistoryName, isWalName } from "../wal/index.js";
-import type { DaemonContext } from "./context.js";
+import type { DaemonContext, TransferRequest } from "./context.js";
 import { HttpResponse, isErrno, relatedSites, REQUEST_TIMEOUT_MS, type FileType } from "./http.js";
 import { isoUtc, stringifySorted } from "./json.js";
-import { deferred, withTimeout } from "../common/async.js";
-import type { ObjectFileType, TransferOp, TransferResult } from "./types.js";
+import { withTimeout } from "../common/async.js";
+import type { TransferResult } from "./types.js";
 import { WalArchiveHandler } from "./wal_archive.js";
 import { WalRestoreHandler } from "./wal_restore.js";
 
@@ -246,11 +246,9 @@ export class WebServer {
   }
 
   /** A storage operation on behalf of a request: 30 s per attempt, retried twice on failure (not on 404). */
-  private async transferOp(make: () => TransferOp & { callback: ReturnType<typeof deferred<TransferResult>> }): Promise<TransferResult> {
+  private async transferOp(request: TransferRequest): Promise<TransferResult> {
     for (let retries = 2; ; retries--) {
-      const op = make();
-      this.ctx.transferQueue.put(op);
-      const result = await withTimeout(op.callback.promise, REQUEST_TIMEOUT_MS, null);
+      const result = await withTimeout(this.ctx.transfer(request), REQUEST_TIMEOUT_MS, null);
       if (result?.success) return result;
       if (result?.notFound) throw new HttpResponse(404, `FileNotFoundFromStorageError: ${String((result.error as Error)?.message ?? "")}`);
       if (retries === 0) throw new HttpResponse(500, result ? "" : "TIMEOUT");
@@ -261,12 +259,7 @@ export class WebServer {
   private async listBasebackups(site: string): Promise<HttpResponse> {
     const entries: Array<Record<string, unknown>> = [];
     for (const related of relatedSites(this.ctx.config, site)) {
-      const result = await this.transferOp(() => ({
-        type: "LIST",
-        site: related,
-        filetype: "basebackup" as ObjectFileType,
-        callback: deferred<TransferResult>(),
-      }));
+      const result = await this.transferOp({ type: "LIST", site: related, filetype: "basebackup" });
       for (const item of result.items ?? []) {
         const entry: Record<string, unknown> = {
           last_modified: isoUtc(item.lastModified),
@@ -285,7 +278,7 @@ export class WebServer {
     let found: TransferResult | undefined;
     for (const related of relatedSites(this.ctx.config, site)) {
       try {
-        found = await this.transferOp(() => ({ type: "METADATA", site: related, filetype, name, callback: deferred<TransferResult>() }));
+        found = await this.transferOp({ type: "METADATA", site: related, filetype, name });
       } catch (err) {
         if (err instanceof HttpResponse && err.status === 404) continue;
         throw err;
