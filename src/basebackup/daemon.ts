@@ -5,13 +5,12 @@
  * the background. Uploads go through the daemon's transfer agents (retries, statistics).
  */
 import pg from "pg";
+import type { Logger } from "pino";
+import type { DaemonPlugin } from "../common/plugin.js";
 import { nodeConnectionInfo } from "../config/connection.js";
-import type { SiteConfig } from "../config/types.js";
-import { createAlertFile } from "../daemon/alerts.js";
-import type { DaemonContext } from "../daemon/context.js";
-import type { DaemonPlugin, SiteHandle } from "../daemon/plugins.js";
-import { deferred } from "../daemon/queue.js";
-import type { TransferResult } from "../daemon/types.js";
+import type { PghoardConfig, SiteConfig } from "../config/types.js";
+import type { Metrics } from "../monitoring/index.js";
+import type { StorageBackend } from "../storage/types.js";
 import { runBasebackup } from "./index.js";
 import type { ProgressState } from "./progress.js";
 import type { BasebackupInfo } from "../catalog/index.js";
@@ -20,6 +19,31 @@ import { decideNewBackup, deltaBackoffAllows, recordBackupResult, type DeltaFail
 import type { BasebackupContext, BasebackupLogger, BasebackupUploader, UploadRequest } from "./types.js";
 
 const RETENTION_INTERVAL_MS = 300_000;
+
+/** The parts of the daemon's context this plugin uses (the daemon's DaemonContext satisfies it). */
+export interface BasebackupDaemonContext {
+  config: PghoardConfig;
+  readonly log: Logger;
+  readonly metrics: Pick<Metrics, "gauge" | "increase" | "unexpectedException" | "siteHealth">;
+  readonly pool: BasebackupContext["pool"];
+  readonly hostname: string;
+  /** Sites whose basebackup was requested over HTTP; this plugin consumes them. */
+  readonly requestedBasebackupSites: Set<string>;
+  getStorage(site: string): Promise<StorageBackend>;
+  /** Upload through the daemon's transfer agents; resolves once stored or failed. */
+  upload(request: Omit<UploadRequest, "onProgress"> & { site: string; deleteAfterUpload: boolean }): Promise<{ success: boolean; error?: unknown }>;
+  createAlert(name: "authentication_error" | "configuration_error" | "version_unsupported_error"): Promise<void>;
+}
+
+/** The parts of the daemon's per-site handle this plugin uses. */
+export interface BasebackupSiteHandle {
+  site: string;
+  siteConfig: SiteConfig;
+  /** backup_sites.<site> of the state file. */
+  state: { basebackups: unknown[] };
+  /** True while the maintenance-mode file exists. */
+  maintenanceMode(): boolean;
+}
 
 interface RunningBackup {
   /** When bytes done/uploaded last grew (pghoard.seconds_since_backup_progress_stalled). */
@@ -43,14 +67,12 @@ interface SiteRuntime {
 /** Routes basebackup files through the daemon's transfer queue and waits for the upload. */
 class TransferQueueUploader implements BasebackupUploader {
   constructor(
-    private readonly ctx: DaemonContext,
+    private readonly ctx: BasebackupDaemonContext,
     private readonly site: string,
   ) {}
 
   async upload(request: UploadRequest): Promise<void> {
-    const callback = deferred<TransferResult>();
-    this.ctx.transferQueue.put({
-      type: "UPLOAD",
+    const result = await this.ctx.upload({
       site: this.site,
       filetype: request.filetype,
       localPath: request.localPath,
@@ -58,15 +80,13 @@ class TransferQueueUploader implements BasebackupUploader {
       metadata: request.metadata,
       fileSize: request.fileSize,
       deleteAfterUpload: true,
-      callback,
     });
-    const result = await callback.promise;
     if (!result.success) throw new Error(`Upload of ${request.objectName} failed: ${String(result.error)}`);
     request.onProgress?.(request.fileSize);
   }
 }
 
-function loggerFor(ctx: DaemonContext, site: string): BasebackupLogger {
+function loggerFor(ctx: BasebackupDaemonContext, site: string): BasebackupLogger {
   const log = ctx.log.child({ name: "PGBaseBackup", site });
   return {
     debug: (m) => log.debug(m),
@@ -77,7 +97,7 @@ function loggerFor(ctx: DaemonContext, site: string): BasebackupLogger {
 }
 
 /** operations.md §3.4: server version from site `pg_version`, else queried and cached. */
-async function serverVersion(ctx: DaemonContext, site: string, siteConfig: SiteConfig, node: SiteConfig["nodes"][number]): Promise<number | null> {
+async function serverVersion(ctx: BasebackupDaemonContext, site: string, siteConfig: SiteConfig, node: SiteConfig["nodes"][number]): Promise<number | null> {
   if (typeof siteConfig.pg_version === "number" && siteConfig.pg_version) return siteConfig.pg_version;
   const info = nodeConnectionInfo(node);
   const client = new pg.Client({
@@ -98,14 +118,14 @@ async function serverVersion(ctx: DaemonContext, site: string, siteConfig: SiteC
     const message = err instanceof Error ? err.message : String(err);
     ctx.log.warn(`${(err as Error).name} (${message}) connecting to DB of site ${site}`);
     const alert = /password authentication|authentication failed/.test(message) ? "authentication_error" : "configuration_error";
-    await createAlertFile(ctx.config.alert_file_dir, alert).catch(() => undefined);
+    await ctx.createAlert(alert).catch(() => undefined);
     return null;
   } finally {
     await client.end().catch(() => undefined);
   }
 }
 
-export function createBasebackupPlugin(ctx: DaemonContext): DaemonPlugin {
+export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlugin<BasebackupSiteHandle> {
   const sites = new Map<string, SiteRuntime>();
   const runtime = (site: string): SiteRuntime => {
     let r = sites.get(site);
@@ -127,7 +147,7 @@ export function createBasebackupPlugin(ctx: DaemonContext): DaemonPlugin {
     return result;
   }
 
-  async function refresh(handle: SiteHandle, r: SiteRuntime): Promise<void> {
+  async function refresh(handle: BasebackupSiteHandle, r: SiteRuntime): Promise<void> {
     const log = loggerFor(ctx, handle.site);
     const result = await refreshAndApplyRetention({
       sites: await retentionSites(handle.site, handle.siteConfig),
@@ -143,7 +163,7 @@ export function createBasebackupPlugin(ctx: DaemonContext): DaemonPlugin {
     handle.state.basebackups = result.remaining.filter((b) => b.site === handle.site).map(basebackupStateEntry);
   }
 
-  function start(handle: SiteHandle, r: SiteRuntime, decision: Record<string, string>, pgVersion: number, node: SiteConfig["nodes"][number]): void {
+  function start(handle: BasebackupSiteHandle, r: SiteRuntime, decision: Record<string, string>, pgVersion: number, node: SiteConfig["nodes"][number]): void {
     const site = handle.site;
     const abort = new AbortController();
     const running: RunningBackup = { lastProgressAt: Date.now(), promise: Promise.resolve(), done: false, success: false, abort, latestActivity: new Date(), progress: null };
@@ -189,7 +209,7 @@ export function createBasebackupPlugin(ctx: DaemonContext): DaemonPlugin {
   return {
     name: "basebackup",
 
-    async handleSite(handle: SiteHandle): Promise<void> {
+    async handleSite(handle: BasebackupSiteHandle): Promise<void> {
       const { site, siteConfig } = handle;
       const r = runtime(site);
       if (r.running) {
@@ -229,7 +249,7 @@ export function createBasebackupPlugin(ctx: DaemonContext): DaemonPlugin {
         return;
       }
       if (!pgVersion) {
-        await createAlertFile(ctx.config.alert_file_dir, "version_unsupported_error").catch(() => undefined);
+        await ctx.createAlert("version_unsupported_error").catch(() => undefined);
         return;
       }
       start(handle, r, decision.metadata as unknown as Record<string, string>, pgVersion, node);

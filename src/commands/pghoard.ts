@@ -5,7 +5,10 @@
 import { existsSync } from "node:fs";
 import { createLogger, getLogger, setLogLevel } from "../common/logger.js";
 import { ConfigError, resolveConfigPath } from "../config/index.js";
+import { createBasebackupPlugin } from "../basebackup/daemon.js";
 import { PGHoard } from "../daemon/pghoard.js";
+import { createMonitoringPlugin } from "../monitoring/daemon_plugin.js";
+import { createWalStreamingPlugin } from "../wal/streaming.js";
 import { NO_CONFIG_MESSAGE, parseCommandLine } from "./cli.js";
 import { PGHOARD_SPEC } from "./cli_specs.js";
 
@@ -35,7 +38,12 @@ export async function main(argv: string[]): Promise<number> {
   process.on("unhandledRejection", (err) => {
     log.error({ err }, `Unhandled promise rejection: ${err instanceof Error ? err.message : String(err)}`);
   });
-  const daemon = new PGHoard(configPath, { log, onLogLevel: (level) => void setLogLevel(level) });
+  const daemon = new PGHoard(configPath, {
+    log,
+    // Streaming first, then basebackups, then the WAL-position probe (operations.md §2).
+    plugins: [createWalStreamingPlugin, createBasebackupPlugin, createMonitoringPlugin],
+    onLogLevel: (level) => void setLogLevel(level),
+  });
   try {
     await daemon.init();
   } catch (err) {

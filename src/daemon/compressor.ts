@@ -13,7 +13,7 @@ import { verifyWalFile, verifyWalHeader } from "../wal/index.js";
 import type { EncodeOptions } from "../fileformat/index.js";
 import { siteEncodeOptions, walObjectMetadata } from "../catalog/index.js";
 import type { DaemonContext } from "./context.js";
-import { sleep } from "./queue.js";
+import { sleep } from "../common/async.js";
 import { compressedDir, writeSpoolMetadata, type SpoolMetadata, type WalFileType } from "./spool.js";
 import type { CompressionEvent, UploadOp } from "./types.js";
 
@@ -144,8 +144,8 @@ export class Compressors {
     const started = process.hrtime.bigint();
     const name = path.basename(event.fullPath);
     const opts = this.encodeOptions(site);
-    const hashAlgorithm = filetype === "xlog" ? this.ctx.config.hash_algorithm : undefined;
-    if (filetype === "xlog") {
+    const hashAlgorithm = filetype === "xlog" && !event.partial ? this.ctx.config.hash_algorithm : undefined;
+    if (filetype === "xlog" && !event.partial) {
       if (event.inputData) verifyWalHeader(event.inputData, name);
       else await verifyWalFile(event.fullPath, name);
     }
@@ -211,6 +211,7 @@ export class Compressors {
       site,
       filetype,
       localPath: compressedPath ?? event.fullPath,
+      objectName: event.partial ? `${name}.partial` : undefined,
       blob,
       metadata,
       fileSize: result.storedSize,

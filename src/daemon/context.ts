@@ -11,9 +11,18 @@ import { FileFormatPool } from "../fileformat/index.js";
 import { createStorage } from "../storage/index.js";
 import type { StorageBackend } from "../storage/types.js";
 import type { Metrics } from "../monitoring/index.js";
+import { deferred } from "../common/async.js";
+import { createAlertFile, removeAlertFile, type AlertName } from "./alerts.js";
 import { AsyncQueue } from "./queue.js";
 import { siteSpoolPaths, type SiteSpoolPaths } from "./spool.js";
-import type { CompressionEvent, TransferOp } from "./types.js";
+import type { CompressionEvent, DownloadOp, ListOp, MetadataOp, TransferOp, TransferResult, UploadOp } from "./types.js";
+
+/** What `archive()` takes: a CompressionEvent; the context supplies the callback. */
+export type ArchiveRequest = Omit<CompressionEvent, "callback">;
+/** What `upload()` takes: an UploadOp; the context supplies type and callback. */
+export type UploadRequest = Omit<UploadOp, "type" | "callback" | "retryNumber">;
+/** What `transfer()` takes: a download, metadata lookup or listing without its callback. */
+export type TransferRequest = Omit<DownloadOp, "callback"> | Omit<MetadataOp, "callback"> | Omit<ListOp, "callback">;
 
 export class DaemonContext {
   config: PghoardConfig;
@@ -42,6 +51,40 @@ export class DaemonContext {
     this.config = config;
     this.metrics = metrics;
     this.log = log;
+  }
+
+  /**
+   * Compress (and encrypt) a WAL/history file and upload it through the compressors and transfer
+   * agents; resolves with the upload result (or the compression failure).
+   */
+  archive(request: ArchiveRequest): Promise<TransferResult> {
+    const callback = deferred<TransferResult>();
+    this.compressionQueue.put({ ...request, callback });
+    return callback.promise;
+  }
+
+  /** Upload an already encoded file or blob through the transfer agents (retries, statistics). */
+  upload(request: UploadRequest): Promise<TransferResult> {
+    const callback = deferred<TransferResult>();
+    this.transferQueue.put({ type: "UPLOAD", ...request, callback });
+    return callback.promise;
+  }
+
+  /** A download, metadata lookup or listing through the transfer agents; resolves with its result. */
+  transfer(request: TransferRequest): Promise<TransferResult> {
+    const callback = deferred<TransferResult>();
+    this.transferQueue.put({ ...request, callback });
+    return callback.promise;
+  }
+
+  /** Creates `<alert_file_dir>/<name>` (operations.md §8). */
+  createAlert(name: AlertName): Promise<void> {
+    return createAlertFile(this.config.alert_file_dir, name);
+  }
+
+  /** Removes the alert file; true when one was there. */
+  removeAlert(name: AlertName): Promise<boolean> {
+    return removeAlertFile(this.config.alert_file_dir, name);
   }
 
   site(site: string): SiteConfig {

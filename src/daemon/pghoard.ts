@@ -20,8 +20,8 @@ import { Compressors } from "./compressor.js";
 import { DaemonContext } from "./context.js";
 import { pyNaiveIsoformatUtc } from "../common/pycompat.js";
 import { stringifySorted } from "./json.js";
-import { DAEMON_PLUGIN_FACTORIES, type DaemonPlugin, type SiteHandle, type SiteState } from "./plugins.js";
-import { sleep } from "./queue.js";
+import type { DaemonPlugin, DaemonPluginFactory, SiteHandle, SiteState } from "./plugins.js";
+import { sleep } from "../common/async.js";
 import { recoverSpool } from "./recovery.js";
 import { SystemdNotifier } from "./sdnotify.js";
 import { createSiteSpoolDirs } from "./spool.js";
@@ -32,6 +32,8 @@ const MAIN_LOOP_INTERVAL_MS = 5000;
 
 export interface PGHoardOptions {
   log: Logger;
+  /** Parts from other areas, created in this order at start (see plugins.ts). */
+  plugins: DaemonPluginFactory[];
   /** Called after each successful (re)load with the config's `log_level`. */
   onLogLevel?: (level: string) => void;
   /** Compressor retry interval (tests). */
@@ -91,7 +93,7 @@ export class PGHoard {
     this.ctx.compressionDeleter = (p) => void this.compressors.walDeleter.add(p);
     this.transferAgents = new TransferAgents(this.ctx, transferState);
     this.webserver = new WebServer(this.ctx);
-    for (const factory of DAEMON_PLUGIN_FACTORIES) this.plugins.push(await factory(this.ctx));
+    for (const factory of this.options.plugins) this.plugins.push(await factory(this.ctx));
 
     this.compressors.start(config.compression.thread_count);
     this.transferAgents.start(Math.max(1, config.transfer.thread_count));

@@ -1,32 +1,25 @@
 /**
- * Hook points for the parts of the daemon that live in other areas.
- *
- * A DaemonPlugin is created once per daemon start (after the config is loaded) and is called from
- * the main loop. Plugins run in the order of `DAEMON_PLUGIN_FACTORIES`: WAL streaming
- * (pg_receivexlog / walreceiver, operations.md §2 steps 3–4) must come before basebackup scheduling
- * and retention (§2 steps 5–6).
+ * The daemon's side of its plugins (the life cycle is `common/plugin.ts`). The command that
+ * composes the daemon passes the factories in order: WAL streaming (pg_receivexlog / walreceiver,
+ * operations.md §2 steps 3–4) before basebackup scheduling and retention (§2 steps 5–6), then
+ * the monitoring WAL-position probe. A factory is called once per daemon start, after the config
+ * is loaded and before the start-up walk of the spool.
  *
  * - Streaming: in `handleSite`, start/stop the receiver for `site.siteConfig.active_backup_mode`.
  *   Files written to `site.spool.xlogIncoming` are compressed and uploaded by calling
- *   `site.queueIncomingFile(path)` (deleted after compression, newest segment kept for
- *   pg_receivewal); in-memory segments (walreceiver) go through
- *   `ctx.compressionQueue.put({... inputData, compressToMemory: true})`. Report `pg_receivexlogs` /
- *   `walreceivers` entries in `writeState`. The previous state file is in `ctx.previousState`.
- * - Basebackups: in `handleSite`, consume `ctx.requestedBasebackupSites` (PUT
- *   /<site>/archive/basebackup), check `site.maintenanceMode()`, refresh the listing into
- *   `site.state.basebackups` (written to the state file as backup_sites.<site>.basebackups), apply
- *   retention, and upload through `ctx.transferQueue` (UploadOp with filetype basebackup*,
- *   `objectName`, a callback) or directly through `await ctx.getStorage(site)`. Report
- *   `pg_basebackups` in `writeState`.
- * - Metrics: `ctx.metrics` is the monitoring area's Metrics facade (GET /metrics uses its
- *   `httpResponse()`); it is reconfigured on SIGHUP.
+ *   `site.queueIncomingFile(path)`; in-memory segments (walreceiver) go through `ctx.archive(...)`.
+ *   Report `pg_receivexlogs` / `walreceivers` entries in `writeState`. The previous state file is
+ *   in `ctx.previousState`.
+ * - Basebackups: in `handleSite`, consume `ctx.requestedBasebackupSites`, check
+ *   `site.maintenanceMode()`, refresh the listing into `site.state.basebackups`, apply retention,
+ *   and upload through `ctx.upload(...)` or directly through `await ctx.getStorage(site)`.
+ *   Report `pg_basebackups` in `writeState`.
+ * - Metrics: `ctx.metrics` is the monitoring area's Metrics facade; it is reconfigured on SIGHUP.
  */
-import { createBasebackupPlugin } from "../basebackup/daemon.js";
+import type { DaemonPlugin as PluginLifeCycle } from "../common/plugin.js";
 import type { SiteConfig } from "../config/types.js";
 import type { DaemonContext } from "./context.js";
 import type { SiteSpoolPaths } from "./spool.js";
-import { createWalStreamingPlugin } from "../wal/streaming.js";
-import { createMonitoringPlugin } from "../monitoring/daemon_plugin.js";
 
 export interface SiteState {
   basebackups: unknown[];
@@ -45,28 +38,6 @@ export interface SiteHandle {
   queueIncomingFile(fullPath: string): void;
 }
 
-export interface DaemonPlugin {
-  readonly name: string;
-  /** Every main-loop iteration (≤ 5 s apart) for every active site. Exceptions are logged, the loop goes on. */
-  handleSite?(site: SiteHandle): Promise<void>;
-  /** Adds or fills top-level keys of the state file just before it is written. */
-  writeState?(state: Record<string, unknown>): void;
-  /** After a successful SIGHUP reload (`ctx.config` is already the new one). */
-  configReloaded?(): void;
-  /** graceful = SIGTERM (finish/stop cleanly); false = SIGINT (stop at once). */
-  stop?(graceful: boolean): Promise<void>;
-}
+export type DaemonPlugin = PluginLifeCycle<SiteHandle>;
 
 export type DaemonPluginFactory = (ctx: DaemonContext) => DaemonPlugin | Promise<DaemonPlugin>;
-
-/** Other areas add their factory here (streaming first, then basebackup, then the WAL-lag probe). */
-export const DAEMON_PLUGIN_FACTORIES: DaemonPluginFactory[] = [
-  createWalStreamingPlugin,
-  createBasebackupPlugin,
-  (ctx) => createMonitoringPlugin(ctx),
-];
-
-/** For tests and embedders: add a plugin factory at runtime. */
-export function registerDaemonPlugin(factory: DaemonPluginFactory): void {
-  DAEMON_PLUGIN_FACTORIES.push(factory);
-}

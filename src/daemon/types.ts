@@ -5,7 +5,7 @@
  */
 import type { ObjectFileType } from "../catalog/index.js";
 import type { Metadata, StoredObject } from "../storage/types.js";
-import type { Deferred } from "./queue.js";
+import type { Deferred } from "../common/async.js";
 import type { SpoolMetadata, WalFileType } from "./spool.js";
 
 export interface TransferResult {
@@ -33,6 +33,11 @@ export interface CompressionEvent {
   deleteFileAfterCompression: boolean;
   /** Extra metadata merged under the compressor's own keys. */
   metadata?: SpoolMetadata;
+  /**
+   * The walreceiver's incomplete segment (in memory): stored as `<name>.partial` without a hash;
+   * its sender checks the header, since it may hold fewer bytes than one.
+   */
+  partial?: boolean;
   /** Resolved with the upload result (or a compression failure). */
   callback?: Deferred<TransferResult>;
 }

@@ -3,7 +3,7 @@
  * position (for `pghoard.wal_archive_lag_bytes`) by running IDENTIFY_SYSTEM on the site's first
  * node over a replication connection, at most once per `probeIntervalMs` per site. The probe runs
  * in the background (never delays the main loop) and a failure only skips that sample.
- * Register with the daemon's plugin list: `DAEMON_PLUGIN_FACTORIES.push(createMonitoringPlugin)`.
+ * The command that composes the daemon passes `createMonitoringPlugin` in its plugin list.
  */
 import type { Logger } from "pino";
 import { replicationConnectionInfo } from "../config/index.js";

@@ -10,8 +10,8 @@
  * same check passes, so the alert directory reflects the current state.
  */
 import path from "node:path";
-import { finished } from "node:stream/promises";
 import type { Logger } from "pino";
+import type { DaemonPlugin } from "../common/plugin.js";
 import {
   ConfigError,
   connectionStringUsingPgpass,
@@ -20,22 +20,59 @@ import {
   pgMajorFromNumber,
   replicationConnectionInfo,
   type NodeConfig,
+  type PghoardConfig,
   type SiteConfig,
 } from "../config/index.js";
-import { createAlertFile, removeAlertFile, type AlertName } from "../daemon/alerts.js";
-import type { DaemonContext } from "../daemon/context.js";
-import type { DaemonPlugin, SiteHandle } from "../daemon/plugins.js";
-import { deferred, type Deferred } from "../daemon/queue.js";
-import { siteEncodeOptions, walKey, walObjectMetadata } from "../catalog/index.js";
-import type { TransferResult } from "../daemon/types.js";
-import { StorageNotFoundError } from "../storage/types.js";
+import { walKey } from "../catalog/index.js";
+import { StorageNotFoundError, type StorageBackend } from "../storage/types.js";
 import { findReceiversWritingTo, PgReceiveXlog, terminateLeftoverReceiver } from "./receivexlog.js";
 import { connectionFailureAlert, ReplicationConnection } from "./replication.js";
 import { SpoolWatcher } from "./spoolWatcher.js";
 import { verifyWalHeader } from "./verify.js";
 import { WalReceiver, type WalSink } from "./walreceiver.js";
 
-const CHECK_ALERTS: AlertName[] = ["authentication_error", "configuration_error", "version_unsupported_error", "version_mismatch_error"];
+/** The alerts the server checks raise (and remove again). */
+const CHECK_ALERTS = ["authentication_error", "configuration_error", "version_unsupported_error", "version_mismatch_error"] as const;
+type AlertName = (typeof CHECK_ALERTS)[number];
+
+/** A WAL or history file for the daemon's compressors (its CompressionEvent without the callback). */
+export interface WalArchiveRequest {
+  site: string;
+  filetype: "xlog" | "timeline";
+  /** Names the file; with `inputData` nothing is read from or written to it. */
+  fullPath: string;
+  inputData: Buffer;
+  compressToMemory: true;
+  deleteFileAfterCompression: false;
+  /** An incomplete segment, stored as `<name>.partial` (its header is checked here, before queueing). */
+  partial?: boolean;
+}
+
+/** The parts of the daemon's context this plugin uses (the daemon's DaemonContext satisfies it). */
+export interface WalStreamingContext {
+  config: PghoardConfig;
+  readonly log: Logger;
+  readonly metrics: { unexpectedException(err: unknown, where: string): void };
+  /** The state file as it was when the daemon started (walreceiver resumes from it). */
+  previousState: Record<string, unknown>;
+  site(site: string): SiteConfig;
+  spoolPaths(site: string): { xlogIncoming: string; xlog: string; timeline: string };
+  getStorage(site: string): Promise<StorageBackend>;
+  /** Compress (and encrypt) and upload; resolves once stored or failed. */
+  archive(request: WalArchiveRequest): Promise<{ success: boolean; error?: unknown }>;
+  createAlert(name: AlertName): Promise<void>;
+  /** True when an alert file was there. */
+  removeAlert(name: AlertName): Promise<boolean>;
+}
+
+/** The parts of the daemon's per-site handle this plugin uses. */
+export interface WalStreamingSiteHandle {
+  site: string;
+  siteConfig: SiteConfig;
+  spool: { xlogIncoming: string };
+  /** Compress and upload a completed file of xlog_incoming; the source is deleted afterwards. */
+  queueIncomingFile(fullPath: string): void;
+}
 /** Restart delays after consecutive failures: 5, 10, 20, 40, 60, 60 … s. */
 const MAX_BACKOFF_MS = 60_000;
 /** A run at least this long resets the backoff. */
@@ -48,7 +85,7 @@ export interface StreamingTestHooks {
 
 class SiteStreaming {
   mode: "pg_receivexlog" | "walreceiver" | null = null;
-  handle: SiteHandle | null = null;
+  handle: WalStreamingSiteHandle | null = null;
   watcher: SpoolWatcher | null = null;
   receivexlog: PgReceiveXlog | null = null;
   walreceiver: WalReceiver | null = null;
@@ -70,13 +107,13 @@ class SiteStreaming {
 
 class CheckFailed extends Error {}
 
-export class WalStreamingPlugin implements DaemonPlugin {
+export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> {
   readonly name = "wal-streaming";
   private readonly sites = new Map<string, SiteStreaming>();
   private stopped = false;
 
   constructor(
-    private readonly ctx: DaemonContext,
+    private readonly ctx: WalStreamingContext,
     private readonly hooks: StreamingTestHooks = {},
   ) {}
 
@@ -96,7 +133,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
     return state;
   }
 
-  async handleSite(handle: SiteHandle): Promise<void> {
+  async handleSite(handle: WalStreamingSiteHandle): Promise<void> {
     if (this.stopped) return;
     const state = this.siteState(handle.site);
     state.handle = handle;
@@ -191,7 +228,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
   }
 
   private async raise(state: SiteStreaming, alert: AlertName): Promise<void> {
-    await createAlertFile(this.ctx.config.alert_file_dir, alert);
+    await this.ctx.createAlert(alert);
     state.raisedAlerts.add(alert);
   }
 
@@ -199,7 +236,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
     for (const alert of alerts) {
       if (!state.raisedAlerts.has(alert)) continue;
       state.raisedAlerts.delete(alert);
-      if (await removeAlertFile(this.ctx.config.alert_file_dir, alert)) {
+      if (await this.ctx.removeAlert(alert)) {
         this.log.info(`Site ${state.site}: the condition behind alert ${alert} is gone, removed the alert file`);
       }
     }
@@ -234,7 +271,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
     return version;
   }
 
-  private async ensureReceiveXlog(state: SiteStreaming, handle: SiteHandle): Promise<void> {
+  private async ensureReceiveXlog(state: SiteStreaming, handle: WalStreamingSiteHandle): Promise<void> {
     if (!state.watcher) {
       const watcher = new SpoolWatcher(
         handle.spool.xlogIncoming,
@@ -277,7 +314,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
       });
   }
 
-  private async startReceiveXlog(state: SiteStreaming, handle: SiteHandle): Promise<void> {
+  private async startReceiveXlog(state: SiteStreaming, handle: WalStreamingSiteHandle): Promise<void> {
     const siteConfig = handle.siteConfig;
     const node = this.pickNode(siteConfig, state.site);
     const serverVersion = await this.checkServer(state, siteConfig, node);
@@ -341,7 +378,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
     }
   }
 
-  private async ensureWalReceiver(state: SiteStreaming, handle: SiteHandle): Promise<void> {
+  private async ensureWalReceiver(state: SiteStreaming, handle: WalStreamingSiteHandle): Promise<void> {
     if (state.walreceiver || state.starting || Date.now() < state.nextStartAt) return;
     state.starting = true;
     void this.startWalReceiver(state, handle).finally(() => {
@@ -349,7 +386,7 @@ export class WalStreamingPlugin implements DaemonPlugin {
     });
   }
 
-  private async startWalReceiver(state: SiteStreaming, handle: SiteHandle): Promise<void> {
+  private async startWalReceiver(state: SiteStreaming, handle: WalStreamingSiteHandle): Promise<void> {
     try {
       const siteConfig = handle.siteConfig;
       const node = this.pickNode(siteConfig, state.site);
@@ -401,19 +438,13 @@ export class WalStreamingPlugin implements DaemonPlugin {
 /** Puts walreceiver output through the daemon's compressors and transfer agents. */
 export class DaemonWalSink implements WalSink {
   constructor(
-    private readonly ctx: DaemonContext,
+    private readonly ctx: WalStreamingContext,
     private readonly site: string,
   ) {}
 
-  private async waitFor(callback: Deferred<TransferResult>, what: string): Promise<void> {
-    const result = await callback.promise;
-    if (!result.success) throw new Error(`${what}: ${result.error instanceof Error ? result.error.message : String(result.error ?? "failed")}`);
-  }
-
-  private async compressAndStore(filetype: "xlog" | "timeline", name: string, data: Buffer): Promise<void> {
-    const callback = deferred<TransferResult>();
+  private async compressAndStore(filetype: "xlog" | "timeline", name: string, data: Buffer, partial = false): Promise<void> {
     const spool = this.ctx.spoolPaths(this.site);
-    this.ctx.compressionQueue.put({
+    const result = await this.ctx.archive({
       site: this.site,
       filetype,
       // Only names the file: the data is in memory and nothing is written to the spool.
@@ -421,9 +452,10 @@ export class DaemonWalSink implements WalSink {
       inputData: data,
       compressToMemory: true,
       deleteFileAfterCompression: false,
-      callback,
+      partial,
     });
-    await this.waitFor(callback, `storing ${name}`);
+    const what = `storing ${name}${partial ? ".partial" : ""}`;
+    if (!result.success) throw new Error(`${what}: ${result.error instanceof Error ? result.error.message : String(result.error ?? "failed")}`);
   }
 
   storeSegment(name: string, data: Buffer): Promise<void> {
@@ -435,37 +467,9 @@ export class DaemonWalSink implements WalSink {
   }
 
   async storePartial(name: string, data: Buffer): Promise<void> {
+    // Checked here, not by the compressors: a bad partial is only logged, never a critical failure.
     if (data.length >= 20) verifyWalHeader(data, name);
-    const siteConfig = this.ctx.site(this.site);
-    const opts = siteEncodeOptions(this.ctx.config, siteConfig);
-    if (opts.encryptionKeyId && !opts.publicKeyPem) throw new Error(`Site '${this.site}': no public key for encryption key id '${opts.encryptionKeyId}'`);
-    // Off the main thread, through the same worker pool the compressors use.
-    const stream = this.ctx.pool.createEncodeStream(opts);
-    const chunks: Buffer[] = [];
-    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-    stream.end(data);
-    await finished(stream);
-    const encoded = Buffer.concat(chunks);
-    const metadata = walObjectMetadata({
-      pgVersion: siteConfig.pg_version ?? null,
-      compression: this.ctx.config.compression,
-      originalSize: data.length,
-      host: this.ctx.hostname,
-      encryptionKeyId: opts.encryptionKeyId,
-    });
-    const callback = deferred<TransferResult>();
-    this.ctx.transferQueue.put({
-      type: "UPLOAD",
-      site: this.site,
-      filetype: "xlog",
-      localPath: name,
-      objectName: `${name}.partial`,
-      blob: encoded,
-      metadata,
-      fileSize: encoded.length,
-      callback,
-    });
-    await this.waitFor(callback, `storing ${name}.partial`);
+    await this.compressAndStore("xlog", name, data, true);
   }
 
   async deletePartial(name: string): Promise<void> {
@@ -480,11 +484,11 @@ export class DaemonWalSink implements WalSink {
 }
 
 /**
- * Factory for DAEMON_PLUGIN_FACTORIES. The daemon calls it before its start-up walk of the spool
+ * The daemon's plugin factory. The daemon calls it before its start-up walk of the spool
  * (§6.6), so pg_receivewal processes a killed daemon left behind are stopped first: the walk then
  * sees a directory nobody writes to, and the watcher can take what it finds as already queued.
  */
-export async function createWalStreamingPlugin(ctx: DaemonContext): Promise<DaemonPlugin> {
+export async function createWalStreamingPlugin(ctx: WalStreamingContext): Promise<WalStreamingPlugin> {
   for (const [site, siteConfig] of Object.entries(ctx.config.backup_sites)) {
     if (siteConfig.active_backup_mode !== "pg_receivexlog") continue;
     const dir = ctx.spoolPaths(site).xlogIncoming;
