@@ -7,7 +7,7 @@
  * Per backend: one large object (default 256 MiB) uploaded from disk and downloaded to a file,
  * then N small objects (default 1000 × 8 KiB) uploaded and downloaded 16 at a time. Backends use
  * their production defaults (part/segment/block/chunk sizes). Google runs against the in-repo
- * fake (test/storage/fake-gcs-server.ts), so its figures measure the client, not GCS.
+ * fake (test/storage/fake_gcs_server.ts), so its figures measure the client, not GCS.
  */
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -16,7 +16,7 @@ import path from "node:path";
 import { createStorage, type ObjectStorageConfig } from "../src/storage/index.js";
 import { mapLimit } from "../src/storage/shared.js";
 import type { StorageBackend } from "../src/storage/types.js";
-import { FakeGcsServer } from "../test/storage/fake-gcs-server.js";
+import { FakeGcsServer } from "../test/storage/fake_gcs_server.js";
 import { startServer, type ServerKind, type TestServer } from "../test/storage/servers.js";
 
 const MiB = 1024 * 1024;

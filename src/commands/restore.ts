@@ -7,7 +7,7 @@ import { ConfigError, getSiteFromConfig, loadConfig, privateKeyLookup, resolveCo
 import { createDecodeStream, decodeBuffer } from "../fileformat/index.js";
 import { createStorage } from "../storage/index.js";
 import { RestoreError, describeError } from "../restore/errors.js";
-import { getBasebackup, listSiteBasebackups, closeStores, type RestoreDeps } from "../restore/get-basebackup.js";
+import { getBasebackup, listSiteBasebackups, closeStores, type RestoreDeps } from "../restore/get_basebackup.js";
 import { availableCaption, formatBasebackupList, listBasebackupsHttp } from "../restore/list.js";
 import { KeyboardInterrupt, abortOnKeyboardInterrupt, runCli, type Io } from "./cli.js";
 import { RESTORE_SPEC } from "./cli_specs.js";

@@ -10,9 +10,9 @@ import { pipeline } from "node:stream/promises";
 
 import type { Metadata } from "../storage/types.js";
 import { RestoreError, describeError } from "./errors.js";
-import { restoreObject, type ObjectJob } from "./object-job.js";
+import { restoreObject, type ObjectJob } from "./object_job.js";
 import type { RestoreItem } from "./plan.js";
-import { createTarExtractor, tarRulesForFormat } from "./tar-extract.js";
+import { createTarExtractor, tarRulesForFormat } from "./tar_extract.js";
 import type { RestoreTarget } from "./target.js";
 import type { ObjectWorkers } from "./workers.js";
 

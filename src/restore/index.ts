@@ -1,6 +1,6 @@
 export { RestoreError } from "./errors.js";
-export { getBasebackup, listSiteBasebackups, closeStores, checkRecoveryTargets } from "./get-basebackup.js";
-export type { GetBasebackupOptions, GetBasebackupResult, RestoreDeps } from "./get-basebackup.js";
+export { getBasebackup, listSiteBasebackups, closeStores, checkRecoveryTargets } from "./get_basebackup.js";
+export type { GetBasebackupOptions, GetBasebackupResult, RestoreDeps } from "./get_basebackup.js";
 export { formatBasebackupList, availableCaption, listBasebackups, listBasebackupsHttp } from "./list.js";
 export type { BasebackupEntry } from "./list.js";
 export { selectBasebackup } from "./select.js";
@@ -8,6 +8,6 @@ export { planRestore, readControlMetadata } from "./plan.js";
 export type { RestoreItem, RestorePlan } from "./plan.js";
 export { fetchAll, ProgressTracker } from "./fetch.js";
 export { RestoreTarget, PG_CONTROL_INCOMPLETE } from "./target.js";
-export { createTarExtractor, tarRulesForFormat, mapMemberName } from "./tar-extract.js";
+export { createTarExtractor, tarRulesForFormat, mapMemberName } from "./tar_extract.js";
 export { buildRecoveryConfig, writeRecoveryConfig, appendToAutoConf, quoteLiteral } from "./recovery.js";
 export { formatProgress, formatStatusJson } from "./progress.js";

@@ -6,11 +6,11 @@
 import { Worker } from "node:worker_threads";
 
 import type { ObjectStorageConfig } from "../storage/index.js";
-import type { ObjectJob } from "./object-job.js";
-import type { WorkerJobMessage, WorkerReply } from "./object-worker.js";
+import type { ObjectJob } from "./object_job.js";
+import type { WorkerJobMessage, WorkerReply } from "./object_worker.js";
 import type { RestoreTarget } from "./target.js";
 
-const WORKER_URL = new URL("./object-worker.js", import.meta.url);
+const WORKER_URL = new URL("./object_worker.js", import.meta.url);
 
 export interface WorkerRunOptions {
   job: ObjectJob;

@@ -27,7 +27,7 @@ import { walKey } from "../catalog/index.js";
 import { StorageNotFoundError, type StorageBackend } from "../storage/types.js";
 import { findReceiversWritingTo, PgReceiveXlog, terminateLeftoverReceiver } from "./receivexlog.js";
 import { connectionFailureAlert, ReplicationConnection } from "./replication.js";
-import { SpoolWatcher } from "./spoolWatcher.js";
+import { SpoolWatcher } from "./spool_watcher.js";
 import { verifyWalHeader } from "./verify.js";
 import { WalReceiver, type WalSink } from "./walreceiver.js";
 

@@ -3,10 +3,10 @@ import { after, before, describe, it } from "node:test";
 import { createStorage } from "../../src/storage/index.js";
 import { StorageError } from "../../src/storage/types.js";
 import { runConformance } from "./conformance.js";
-import { FakeGcsServer } from "./fake-gcs-server.js";
+import { FakeGcsServer } from "./fake_gcs_server.js";
 
 // No GCS server or emulator can run here: the backend is tested against an in-repo fake of the
-// JSON API (fake-gcs-server.ts), driven by the real @google-cloud/storage client.
+// JSON API (fake_gcs_server.ts), driven by the real @google-cloud/storage client.
 const TOKEN = "test-access-token-4f1c";
 const fake = new FakeGcsServer(TOKEN);
 const endpoint = await fake.start();

@@ -8,7 +8,7 @@ import { pipeline } from "node:stream/promises";
 
 import type { Metadata, StorageBackend } from "../storage/types.js";
 import { RestoreError } from "./errors.js";
-import { createTarExtractor, tarRulesForFormat } from "./tar-extract.js";
+import { createTarExtractor, tarRulesForFormat } from "./tar_extract.js";
 import type { RestoreTarget } from "./target.js";
 
 export type ObjectJob = { kind: "tar-object"; key: string } | { kind: "file-object"; key: string; relativePath: string };

@@ -11,7 +11,7 @@ import { parentPort } from "node:worker_threads";
 import { createStorage, type ObjectStorageConfig } from "../storage/index.js";
 import type { StorageBackend } from "../storage/types.js";
 import { createDecodeStream } from "../fileformat/index.js";
-import { restoreObject, type ObjectJob } from "./object-job.js";
+import { restoreObject, type ObjectJob } from "./object_job.js";
 import { RestoreTarget } from "./target.js";
 
 export interface WorkerJobMessage {
@@ -31,7 +31,7 @@ export type WorkerReply =
   | { type: "error"; id: number; error: { name: string; message: string; code?: string } };
 
 const port = parentPort;
-if (!port) throw new Error("object-worker.js must run in a worker thread");
+if (!port) throw new Error("object_worker.js must run in a worker thread");
 
 const storages = new Map<string, Promise<StorageBackend>>();
 

@@ -6,7 +6,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { WAL_SEG_SIZE } from "../../src/wal/index.js";
 import { connectionFailureAlert, pgClientConfig } from "../../src/wal/replication.js";
-import { SpoolWatcher } from "../../src/wal/spoolWatcher.js";
+import { SpoolWatcher } from "../../src/wal/spool_watcher.js";
 
 async function segment(file: string): Promise<void> {
   await writeFile(file, "");
