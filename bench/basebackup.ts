@@ -85,7 +85,12 @@ async function child(spec: ChildSpec): Promise<void> {
   } as unknown as PghoardConfig;
   const storage = await createStorage(site.object_storage as PghoardConfig["backup_sites"][string]["object_storage"]);
   const pool = new FileFormatPool(spec.threads);
-  const quiet = { debug: () => undefined, info: () => undefined, warn: (m: string) => process.stderr.write(`${m}\n`), error: (m: string) => process.stderr.write(`${m}\n`) };
+  const quiet = {
+    debug: () => undefined,
+    info: () => undefined,
+    warn: (m: string) => process.stderr.write(`${m}\n`),
+    error: (m: string) => process.stderr.write(`${m}\n`),
+  };
   const started = process.hrtime.bigint();
   const result = await runBasebackup({
     config,
@@ -113,7 +118,9 @@ async function child(spec: ChildSpec): Promise<void> {
 
 function runChild(spec: ChildSpec): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [fileURLToPath(import.meta.url), "--child", JSON.stringify(spec)], { stdio: ["ignore", "pipe", "inherit"] });
+    const proc = spawn(process.execPath, [fileURLToPath(import.meta.url), "--child", JSON.stringify(spec)], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
     let out = "";
     proc.stdout.on("data", (d: Buffer) => (out += d.toString()));
     proc.once("exit", (code) => {
@@ -130,15 +137,25 @@ function duBytes(dir: string): number {
 function readFloor(cluster: PgCluster): { seconds: number; bytes: number } {
   const bin = path.join(cluster.binDir, "pg_basebackup");
   const started = process.hrtime.bigint();
-  const res = spawnSync("sh", ["-c", `${bin} -h 127.0.0.1 -p ${cluster.port} -U postgres -Ft -D - -X none -c fast | wc -c`], { encoding: "utf8" });
+  const res = spawnSync(
+    "sh",
+    ["-c", `${bin} -h 127.0.0.1 -p ${cluster.port} -U postgres -Ft -D - -X none -c fast | wc -c`],
+    { encoding: "utf8" },
+  );
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   if (res.status !== 0) throw new Error(`pg_basebackup failed: ${res.stderr}`);
   return { seconds, bytes: Number(res.stdout.trim()) };
 }
 
-function pgbackrest(cluster: PgCluster, threads: number, workDir: string): { seconds: number; repoBytes: number; cpuSeconds: number } | string {
+function pgbackrest(
+  cluster: PgCluster,
+  threads: number,
+  workDir: string,
+): { seconds: number; repoBytes: number; cpuSeconds: number } | string {
   if (spawnSync("sh", ["-c", "command -v pgbackrest"]).status !== 0) {
-    const install = spawnSync("sh", ["-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest"], { encoding: "utf8" });
+    const install = spawnSync("sh", ["-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest"], {
+      encoding: "utf8",
+    });
     if (install.status !== 0) return `pgbackrest not installable: ${install.stderr.slice(-300)}`;
   }
   const repo = path.join(workDir, "pgbackrest-repo");
@@ -166,12 +183,26 @@ function pgbackrest(cluster: PgCluster, threads: number, workDir: string): { sec
       "",
     ].join("\n"),
   );
-  execFileSync("chown", ["-R", "postgres:postgres", repo, conf, `${workDir}/pgbackrest-log`, `${workDir}/pgbackrest-lock`]);
+  execFileSync("chown", [
+    "-R",
+    "postgres:postgres",
+    repo,
+    conf,
+    `${workDir}/pgbackrest-log`,
+    `${workDir}/pgbackrest-lock`,
+  ]);
   // /usr/bin/time adds the CPU seconds of pgBackRest and its worker processes (last stderr line)
   const run = (args: string[]): ReturnType<typeof spawnSync> =>
     spawnSync(
       "/usr/bin/time",
-      ["-f", "%U %S", ...(runAsPostgres ? ["runuser", "-u", "postgres", "--"] : []), "pgbackrest", `--config=${conf}`, ...args],
+      [
+        "-f",
+        "%U %S",
+        ...(runAsPostgres ? ["runuser", "-u", "postgres", "--"] : []),
+        "pgbackrest",
+        `--config=${conf}`,
+        ...args,
+      ],
       { encoding: "utf8" },
     );
   const create = run(["--stanza=bench", "stanza-create"]);
@@ -200,14 +231,18 @@ async function main(): Promise<void> {
     await cluster.pgbench(["-i", "-s", String(scale), "-q"]);
     await cluster.query("CHECKPOINT");
     const pgdataBytes = duBytes(cluster.dataDir) - duBytes(path.join(cluster.dataDir, "pg_wal"));
-    const pgVersion = Number((await cluster.query<{ server_version_num: string }>("SHOW server_version_num"))[0].server_version_num);
-    process.stdout.write(`PGDATA without pg_wal: ${(pgdataBytes / MiB).toFixed(0)} MiB; ${os.cpus().length} CPUs; Node ${process.version}\n\n`);
+    const pgVersion = Number(
+      (await cluster.query<{ server_version_num: string }>("SHOW server_version_num"))[0].server_version_num,
+    );
+    process.stdout.write(
+      `PGDATA without pg_wal: ${(pgdataBytes / MiB).toFixed(0)} MiB; ${os.cpus().length} CPUs; Node ${process.version}\n\n`,
+    );
     const { publicKey } = generateKeyPairSync("rsa", { modulusLength: 3072 });
     const publicPem = publicKey.export({ type: "spki", format: "pem" }).toString();
 
     const rows: string[] = [];
     const line = (label: string, seconds: number, bytes: number, extra: string): void => {
-      const row = `${label.padEnd(34)} ${seconds.toFixed(2).padStart(7)} s ${((bytes / MiB) / seconds).toFixed(0).padStart(6)} MiB/s  ${extra}`;
+      const row = `${label.padEnd(34)} ${seconds.toFixed(2).padStart(7)} s ${(bytes / MiB / seconds).toFixed(0).padStart(6)} MiB/s  ${extra}`;
       rows.push(row);
       process.stdout.write(`${row}\n`);
     };
@@ -221,7 +256,17 @@ async function main(): Promise<void> {
       for (const mode of modes) {
         const storeDir = path.join(workDir, `store-${mode}-${algorithm}`);
         const spoolDir = path.join(workDir, `spool-${mode}-${algorithm}`);
-        const result = await runChild({ mode, algorithm, threads, pgdata: cluster.dataDir, node: cluster.connectionInfo(), storeDir, spoolDir, publicKey: publicPem, pgVersion });
+        const result = await runChild({
+          mode,
+          algorithm,
+          threads,
+          pgdata: cluster.dataDir,
+          node: cluster.connectionInfo(),
+          storeDir,
+          spoolDir,
+          publicKey: publicPem,
+          pgVersion,
+        });
         const rate = result.plainBytes / result.seconds;
         line(
           `${mode} ${algorithm}+enc (${threads} thr)`,
@@ -247,7 +292,12 @@ async function main(): Promise<void> {
       }
     }
     process.stdout.write(`\nupstream pghoard local-tar reference (2 cores): 221 MiB/s snappy, 290 MiB/s zstd\n`);
-    process.stdout.write(`load average during the run: ${os.loadavg().map((l) => l.toFixed(1)).join(" ")}\n`);
+    process.stdout.write(
+      `load average during the run: ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(" ")}\n`,
+    );
   } finally {
     if (!process.argv.includes("--keep")) {
       await cluster.destroy();

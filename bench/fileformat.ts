@@ -9,7 +9,17 @@
  */
 import { execFileSync } from "node:child_process";
 import { createHash, generateKeyPairSync } from "node:crypto";
-import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
 import { Worker } from "node:worker_threads";
@@ -34,7 +44,11 @@ interface NativeLzma {
   mtEncoder_(o: { preset: number; filters: null; check: number; threads: number }): void;
   autoDecoder_(memlimit: number | null, flags: number): void;
 }
-const lzmaNative = require("lzma-native") as { Stream: new () => NativeLzma; CHECK_CRC64: number; CONCATENATED: number };
+const lzmaNative = require("lzma-native") as {
+  Stream: new () => NativeLzma;
+  CHECK_CRC64: number;
+  CONCATENATED: number;
+};
 
 const MiB = 1024 * 1024;
 const CHUNK = MiB;
@@ -65,7 +79,16 @@ function makePgData(workDir: string): { heap: string; wal: string } {
   console.error("creating a throwaway cluster and running pgbench -i -s 10 ...");
   asPg(path.join(PG_BIN, "initdb"), ["-D", dataDir, "-A", "trust", "--no-sync"]);
   const port = String(40000 + Math.floor(Math.random() * 20000));
-  asPg(path.join(PG_BIN, "pg_ctl"), ["-D", dataDir, "-w", "-l", path.join(pgDir, "log"), "-o", `-p ${port} -k ${pgDir} -c listen_addresses=''`, "start"]);
+  asPg(path.join(PG_BIN, "pg_ctl"), [
+    "-D",
+    dataDir,
+    "-w",
+    "-l",
+    path.join(pgDir, "log"),
+    "-o",
+    `-p ${port} -k ${pgDir} -c listen_addresses=''`,
+    "start",
+  ]);
   try {
     asPg(path.join(PG_BIN, "pgbench"), ["-h", pgDir, "-p", port, "-i", "-s", "10", "postgres"]);
     asPg(path.join(PG_BIN, "psql"), ["-h", pgDir, "-p", port, "-c", "CHECKPOINT", "postgres"]);
@@ -85,7 +108,9 @@ function makePgData(workDir: string): { heap: string; wal: string } {
     }
   };
   walk(path.join(dataDir, "base"));
-  const segments = readdirSync(path.join(dataDir, "pg_wal")).filter((n) => /^[0-9A-F]{24}$/.test(n)).sort();
+  const segments = readdirSync(path.join(dataDir, "pg_wal"))
+    .filter((n) => /^[0-9A-F]{24}$/.test(n))
+    .sort();
   // Not the newest segment: it is the one still being written (mostly zeros).
   const segment = segments[Math.max(0, segments.length - 2)];
   const heap = path.join(workDir, "heap");
@@ -113,7 +138,11 @@ function bareCompress(algorithm: CompressionAlgorithm, data: Buffer): number {
       let src = data.subarray(o, o + CHUNK);
       const last = o + CHUNK >= data.length;
       for (;;) {
-        const [rem, produced, consumed] = cctx.compressStream2(dst, src, last ? zstdBinding.EndDirective.end : zstdBinding.EndDirective.continue);
+        const [rem, produced, consumed] = cctx.compressStream2(
+          dst,
+          src,
+          last ? zstdBinding.EndDirective.end : zstdBinding.EndDirective.continue,
+        );
         out += produced;
         src = src.subarray(consumed);
         if (src.length === 0 && (!last || rem === 0)) break;
@@ -139,7 +168,10 @@ function bareDecompress(algorithm: CompressionAlgorithm, stored: Buffer): number
       const type = stored[pos];
       const len = stored[pos + 1] | (stored[pos + 2] << 8) | (stored[pos + 3] << 16);
       if (type === 0) {
-        const u = snappy.uncompressSync(stored.subarray(pos + 8, pos + 4 + len), { asBuffer: true, copyOutputData: true }) as Buffer;
+        const u = snappy.uncompressSync(stored.subarray(pos + 8, pos + 4 + len), {
+          asBuffer: true,
+          copyOutputData: true,
+        }) as Buffer;
         crc32c(u);
         out += u.length;
       } else if (type === 1) {
@@ -173,14 +205,16 @@ function bareDecompress(algorithm: CompressionAlgorithm, stored: Buffer): number
 /** Output is counted, not kept (the bare loops do not keep it either). */
 function runPipeline(codec: Codec, data: Buffer): number {
   let out = 0;
-  for (let o = 0; o < data.length; o += CHUNK) for (const piece of codec.update(data.subarray(o, o + CHUNK))) out += piece.length;
+  for (let o = 0; o < data.length; o += CHUNK)
+    for (const piece of codec.update(data.subarray(o, o + CHUNK))) out += piece.length;
   for (const piece of codec.final()) out += piece.length;
   return out;
 }
 
 function collect(codec: Codec, data: Buffer): Buffer {
   const out: Buffer[] = [];
-  for (let o = 0; o < data.length; o += CHUNK) for (const piece of codec.update(data.subarray(o, o + CHUNK))) out.push(piece);
+  for (let o = 0; o < data.length; o += CHUNK)
+    for (const piece of codec.update(data.subarray(o, o + CHUNK))) out.push(piece);
   for (const piece of codec.final()) out.push(piece);
   return Buffer.concat(out);
 }
@@ -247,7 +281,10 @@ async function referenceScaling(): Promise<number> {
   const run = async (threads: number): Promise<number> => {
     const t = process.hrtime.bigint();
     await Promise.all(
-      Array.from({ length: threads }, () => new Promise((resolve) => new Worker(job, { eval: true }).once("message", resolve))),
+      Array.from(
+        { length: threads },
+        () => new Promise((resolve) => new Worker(job, { eval: true }).once("message", resolve)),
+      ),
     );
     return Number(process.hrtime.bigint() - t) / 1e9;
   };
@@ -278,10 +315,21 @@ async function main(): Promise<void> {
       [`heap (${path.basename(heapPath)}, first 64 MiB)`, heapAll.subarray(0, Math.min(heapAll.length, 64 * MiB))],
       [`wal (${path.basename(walPath)} x4)`, Buffer.concat([wal, wal, wal, wal])],
     ];
-    console.log(`fileformat benchmark: node ${process.version}, ${os.cpus().length} cores, median of ${runs} runs, MB/s of plaintext`);
-    console.log("single core: main thread, in-process, 1 MiB chunks, MB/s per CPU-second (median); comp+enc = compress+AES-CTR+HMAC");
-    console.log("pool: encodeFileToBuffer (compress+encrypt) / decodeFile to tmpfs of 16 MiB files, 4 files per worker, MB/s wall (best run)");
-    console.log(`load average at start: ${os.loadavg().map((l) => l.toFixed(1)).join(" ")}\n`);
+    console.log(
+      `fileformat benchmark: node ${process.version}, ${os.cpus().length} cores, median of ${runs} runs, MB/s of plaintext`,
+    );
+    console.log(
+      "single core: main thread, in-process, 1 MiB chunks, MB/s per CPU-second (median); comp+enc = compress+AES-CTR+HMAC",
+    );
+    console.log(
+      "pool: encodeFileToBuffer (compress+encrypt) / decodeFile to tmpfs of 16 MiB files, 4 files per worker, MB/s wall (best run)",
+    );
+    console.log(
+      `load average at start: ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(" ")}\n`,
+    );
 
     const pools = { one: new FileFormatPool(1), two: new FileFormatPool(2) };
     const poolEfficiency: string[] = [];
@@ -314,7 +362,11 @@ async function main(): Promise<void> {
               hash.digest();
             },
             () => void bareDecompress(algorithm, compressedOnly),
-            () => void runPipeline(createDecoder(metadata, () => privatePem), stored),
+            () =>
+              void runPipeline(
+                createDecoder(metadata, () => privatePem),
+                stored,
+              ),
           ],
           runs,
         );
@@ -329,7 +381,9 @@ async function main(): Promise<void> {
             await Promise.all(
               Array.from({ length: tasks }, (_, i) =>
                 decode
-                  ? pool.decodeFile(storedFile, path.join(work, `decoded-${i}`), metadata, privatePem).then(() => undefined)
+                  ? pool
+                      .decodeFile(storedFile, path.join(work, `decoded-${i}`), metadata, privatePem)
+                      .then(() => undefined)
                   : pool.encodeFileToBuffer(file, encOpts).then(() => undefined),
               ),
             );
@@ -355,7 +409,9 @@ async function main(): Promise<void> {
             bare
           )
             .toFixed(0)
-            .padStart(6)}%  | ${fmt(p1)}  | ${fmt(p2)}  | ${(p2 / p1).toFixed(2)}x | ${(data.length / stored.length).toFixed(1).padStart(5)} || ${fmt(
+            .padStart(
+              6,
+            )}%  | ${fmt(p1)}  | ${fmt(p2)}  | ${(p2 / p1).toFixed(2)}x | ${(data.length / stored.length).toFixed(1).padStart(5)} || ${fmt(
             bareDec,
           )}   | ${fmt(fullDec)}      | ${((100 * fullDec) / bareDec).toFixed(0).padStart(6)}%  | ${fmt(d1)}      | ${fmt(d2)}`,
         );
@@ -378,7 +434,10 @@ async function main(): Promise<void> {
         await compressor.finish();
         cpu.lib.push(cpuSeconds() - c);
         c = cpuSeconds();
-        runPipeline(createDecoder({ "compression-algorithm": "snappy" }, () => undefined), framed);
+        runPipeline(
+          createDecoder({ "compression-algorithm": "snappy" }, () => undefined),
+          framed,
+        );
         cpu.oursDec.push(cpuSeconds() - c);
         c = cpuSeconds();
         const decompressor = new snappy.Decompressor();
@@ -387,12 +446,19 @@ async function main(): Promise<void> {
         cpu.libDec.push(cpuSeconds() - c);
       }
       const rate = (k: string): string => fmt(mbps(data.length, median(cpu[k])));
-      console.log(`  ${label.split(" ")[0]}: compress ours ${rate("ours")} lib ${rate("lib")}; decompress ours ${rate("oursDec")} lib ${rate("libDec")}`);
+      console.log(
+        `  ${label.split(" ")[0]}: compress ours ${rate("ours")} lib ${rate("lib")}; decompress ours ${rate("oursDec")} lib ${rate("libDec")}`,
+      );
     }
     console.log("");
     console.log("pool encode CPU efficiency (file read + compress + encrypt + transfer, all threads):");
     for (const line of poolEfficiency) console.log(`  ${line}`);
-    console.log(`load average at end: ${os.loadavg().map((l) => l.toFixed(1)).join(" ")}`);
+    console.log(
+      `load average at end: ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(" ")}`,
+    );
     await pools.one.close();
     await pools.two.close();
   } finally {

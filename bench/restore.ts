@@ -40,7 +40,9 @@ interface Row {
 }
 
 async function timed(cmd: string, args: string[]): Promise<{ seconds: number; rssMb: number; cpuSeconds: number }> {
-  const { stderr } = await execFileAsync("/usr/bin/time", ["-f", "BENCH %e %M %U %S", cmd, ...args], { maxBuffer: 64 * MiB });
+  const { stderr } = await execFileAsync("/usr/bin/time", ["-f", "BENCH %e %M %U %S", cmd, ...args], {
+    maxBuffer: 64 * MiB,
+  });
   const m = /BENCH ([\d.]+) (\d+) ([\d.]+) ([\d.]+)/.exec(stderr);
   if (!m) throw new Error(`no timing in: ${stderr}`);
   return { seconds: Number(m[1]), rssMb: Number(m[2]) / 1024, cpuSeconds: Number(m[3]) + Number(m[4]) };
@@ -50,21 +52,33 @@ async function main(): Promise<void> {
   const scale = Number(arg("--scale", "70"));
   const runs = Number(arg("--runs", "1"));
   // e.g. --node-args "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the restore command
-  const nodeArgs = arg("--node-args", "").split(" ").filter((a) => a !== "");
+  const nodeArgs = arg("--node-args", "")
+    .split(" ")
+    .filter((a) => a !== "");
   const combos = arg("--combos", "local-tar:snappy,local-tar:zstd,basic:snappy,delta:zstd").split(",");
   const site = "bench";
   const keys = makeKeyPair();
   const work = await makeTempDir("bench-restore");
-  console.log(`# restore bench: pgbench scale ${scale}, ${os.cpus().length} CPUs, load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")}`);
+  console.log(
+    `# restore bench: pgbench scale ${scale}, ${os.cpus().length} CPUs, load average ${os
+      .loadavg()
+      .map((l) => l.toFixed(1))
+      .join(" ")}`,
+  );
 
-  const cluster = await startCluster({ archiveCommand: "/bin/true", settings: { checkpoint_timeout: "15min", max_wal_size: "4GB" } });
+  const cluster = await startCluster({
+    archiveCommand: "/bin/true",
+    settings: { checkpoint_timeout: "15min", max_wal_size: "4GB" },
+  });
   const rows: Row[] = [];
   try {
     const t0 = Date.now();
     await cluster.pgbench(["-i", "-s", String(scale), "-q"]);
     await cluster.query("CHECKPOINT");
     const dbBytes = Number((await cluster.query<{ s: string }>("SELECT pg_database_size('postgres')::text AS s"))[0].s);
-    console.log(`# pgbench -i -s ${scale}: ${(dbBytes / MiB).toFixed(0)} MiB in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+    console.log(
+      `# pgbench -i -s ${scale}: ${(dbBytes / MiB).toFixed(0)} MiB in ${((Date.now() - t0) / 1000).toFixed(0)} s`,
+    );
 
     for (const combo of combos) {
       const [mode, algorithm] = combo.split(":");
@@ -93,16 +107,26 @@ async function main(): Promise<void> {
       } finally {
         await daemon.stop();
       }
-      const meta = JSON.parse(await readFile(path.join(env.storageDir, site, "basebackup", `${backupName}.metadata`), "utf8")) as Record<string, string>;
+      const meta = JSON.parse(
+        await readFile(path.join(env.storageDir, site, "basebackup", `${backupName}.metadata`), "utf8"),
+      ) as Record<string, string>;
       const plainBytes = Number(meta["total-size-plain"] ?? meta["original-file-size"]);
-      const storedBytes = Number(meta["total-size-enc"] ?? (await stat(path.join(env.storageDir, site, "basebackup", backupName))).size);
-      console.log(`# ${combo}: backup ${(plainBytes / MiB).toFixed(0)} MiB → ${(storedBytes / MiB).toFixed(0)} MiB stored in ${((Date.now() - b0) / 1000).toFixed(0)} s`);
+      const storedBytes = Number(
+        meta["total-size-enc"] ?? (await stat(path.join(env.storageDir, site, "basebackup", backupName))).size,
+      );
+      console.log(
+        `# ${combo}: backup ${(plainBytes / MiB).toFixed(0)} MiB → ${(storedBytes / MiB).toFixed(0)} MiB stored in ${((Date.now() - b0) / 1000).toFixed(0)} s`,
+      );
       for (let run = 0; run < runs; run++) {
         const target = path.join(work, `restore-${mode}-${algorithm}`);
         const r = await timed(process.execPath, [
           ...nodeArgs,
           path.join(repoRoot, "bin", "pghoard_restore.js"),
-          "get-basebackup", "--config", env.configPath, "--target-dir", target,
+          "get-basebackup",
+          "--config",
+          env.configPath,
+          "--target-dir",
+          target,
         ]);
         rows.push({ what: `pghoard_restore ${mode} ${algorithm}+enc`, plainBytes, storedBytes, ...r });
         await rm(target, { recursive: true, force: true });
@@ -112,7 +136,15 @@ async function main(): Promise<void> {
 
     // Baseline: GNU tar extracting the same data, uncompressed.
     const tarFile = path.join(work, "base.tar");
-    await execFileAsync("tar", ["-cf", tarFile, "-C", cluster.dataDir, "--exclude=./pg_wal", "--exclude=./postmaster.pid", "."]);
+    await execFileAsync("tar", [
+      "-cf",
+      tarFile,
+      "-C",
+      cluster.dataDir,
+      "--exclude=./pg_wal",
+      "--exclude=./postmaster.pid",
+      ".",
+    ]);
     const tarBytes = (await stat(tarFile)).size;
     for (let run = 0; run < runs; run++) {
       const target = path.join(work, "tar-x");

@@ -60,8 +60,13 @@ const setups: Setup[] = [
       const env = (await server("swift")).env;
       const u = new URL(env.S3_ENDPOINT!);
       return {
-        storage_type: "s3", region: env.S3_REGION, bucket_name: "bench", aws_access_key_id: env.S3_ACCESS_KEY,
-        aws_secret_access_key: env.S3_SECRET_KEY, host: u.hostname, port: Number(u.port),
+        storage_type: "s3",
+        region: env.S3_REGION,
+        bucket_name: "bench",
+        aws_access_key_id: env.S3_ACCESS_KEY,
+        aws_secret_access_key: env.S3_SECRET_KEY,
+        host: u.hostname,
+        port: Number(u.port),
       };
     },
   },
@@ -69,7 +74,14 @@ const setups: Setup[] = [
     name: "swift",
     config: async () => {
       const env = (await server("swift")).env;
-      return { storage_type: "swift", user: env.SWIFT_USER, key: env.SWIFT_KEY, auth_url: env.SWIFT_AUTH_URL, auth_version: "1.0", container_name: "bench" };
+      return {
+        storage_type: "swift",
+        user: env.SWIFT_USER,
+        key: env.SWIFT_KEY,
+        auth_url: env.SWIFT_AUTH_URL,
+        auth_version: "1.0",
+        container_name: "bench",
+      };
     },
   },
   {
@@ -77,15 +89,23 @@ const setups: Setup[] = [
     config: async () => {
       const env = (await server("azurite")).env;
       return {
-        storage_type: "azure", account_name: env.AZURE_ACCOUNT_NAME, account_key: env.AZURE_ACCOUNT_KEY, bucket_name: "bench",
-        host: env.AZURE_BLOB_HOST, port: Number(env.AZURE_BLOB_PORT), is_secure: false,
+        storage_type: "azure",
+        account_name: env.AZURE_ACCOUNT_NAME,
+        account_key: env.AZURE_ACCOUNT_KEY,
+        bucket_name: "bench",
+        host: env.AZURE_BLOB_HOST,
+        port: Number(env.AZURE_BLOB_PORT),
+        is_secure: false,
       };
     },
   },
   {
     name: "google (fake)",
     config: async () => ({
-      storage_type: "google", project_id: "bench", bucket_name: "bench", api_endpoint: fake.url || (await fake.start()),
+      storage_type: "google",
+      project_id: "bench",
+      bucket_name: "bench",
+      api_endpoint: fake.url || (await fake.start()),
       credentials: { type: "access_token", access_token: "bench-token" },
     }),
   },
@@ -93,7 +113,14 @@ const setups: Setup[] = [
     name: "sftp",
     config: async () => {
       const env = (await server("sshd")).env;
-      return { storage_type: "sftp", server: env.SFTP_HOST, port: Number(env.SFTP_PORT), username: env.SFTP_USER, private_key: env.SFTP_PRIVATE_KEY, prefix: "bench" };
+      return {
+        storage_type: "sftp",
+        server: env.SFTP_HOST,
+        port: Number(env.SFTP_PORT),
+        username: env.SFTP_USER,
+        private_key: env.SFTP_PRIVATE_KEY,
+        prefix: "bench",
+      };
     },
   },
 ];
@@ -109,11 +136,15 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
 }
 
 async function benchOne(store: StorageBackend, largeFile: string, small: Buffer[]): Promise<string[]> {
-  const up = await timed(() => store.storeFileFromDisk("bench/large", largeFile, { "original-file-size": String(largeSize) }));
+  const up = await timed(() =>
+    store.storeFileFromDisk("bench/large", largeFile, { "original-file-size": String(largeSize) }),
+  );
   const down = await timed(() => store.getContentsToFile("bench/large", path.join(work, "large.out")));
   rmSync(path.join(work, "large.out"), { force: true });
   await store.deleteKey("bench/large");
-  const smallUp = await timed(() => mapLimit(small, 16, (data, i) => store.storeFileFromMemory(`bench/small/${i}`, data, { i: String(i) })));
+  const smallUp = await timed(() =>
+    mapLimit(small, 16, (data, i) => store.storeFileFromMemory(`bench/small/${i}`, data, { i: String(i) })),
+  );
   const smallDown = await timed(() => mapLimit(small, 16, (_, i) => store.getContentsToMemory(`bench/small/${i}`)));
   const list = await timed(() => store.list("bench/small"));
   await store.deleteTree("bench");
@@ -134,8 +165,19 @@ async function main(): Promise<void> {
   for (let off = 0; off < largeSize; off += MiB) block.copy(big, off);
   writeFileSync(largeFile, big);
   const small = Array.from({ length: smallCount }, () => randomBytes(smallSize));
-  console.log(`storage bench: ${largeSize / MiB} MiB object from disk, ${smallCount} × ${smallSize / 1024} KiB objects, 16 at a time (${os.cpus().length} cores, load ${os.loadavg()[0]!.toFixed(1)})`);
-  console.log(["backend".padEnd(14), "large up MB/s", "large down MB/s", "small up obj/s (MB/s)", "small down obj/s (MB/s)", `list ${smallCount}`].join(" | "));
+  console.log(
+    `storage bench: ${largeSize / MiB} MiB object from disk, ${smallCount} × ${smallSize / 1024} KiB objects, 16 at a time (${os.cpus().length} cores, load ${os.loadavg()[0]!.toFixed(1)})`,
+  );
+  console.log(
+    [
+      "backend".padEnd(14),
+      "large up MB/s",
+      "large down MB/s",
+      "small up obj/s (MB/s)",
+      "small down obj/s (MB/s)",
+      `list ${smallCount}`,
+    ].join(" | "),
+  );
   try {
     for (const setup of setups) {
       if (!only.some((o) => setup.name.startsWith(o))) continue;

@@ -144,7 +144,10 @@ async function main(): Promise<void> {
   };
   const configPath = path.join(work, "pghoard.json");
   writeFileSync(configPath, JSON.stringify(config));
-  const daemon = spawn(process.execPath, [pghoardBin, "--config", configPath], { cwd: work, stdio: ["ignore", "ignore", "inherit"] });
+  const daemon = spawn(process.execPath, [pghoardBin, "--config", configPath], {
+    cwd: work,
+    stdio: ["ignore", "ignore", "inherit"],
+  });
   try {
     await waitFor(() => existsSync(config.json_state_file_path), 30_000);
     while ((await request(port, "/status")) !== 200) await sleep(50);
@@ -158,10 +161,18 @@ async function main(): Promise<void> {
     };
     // Paired differences: a fresh floor sample right before each measured process, so that load
     // from elsewhere on the machine affects both sides of a difference alike.
-    const paired: Record<"archive" | "prefetched" | "onDemand", number[]> = { archive: [], prefetched: [], onDemand: [] };
+    const paired: Record<"archive" | "prefetched" | "onDemand", number[]> = {
+      archive: [],
+      prefetched: [],
+      onDemand: [],
+    };
     const restoreWal = path.join(restoreData, "pg_wal");
     const common = ["--port", String(port)];
-    const measure = async (kind: "archive" | "prefetched" | "onDemand", args: string[], cwd?: string): Promise<void> => {
+    const measure = async (
+      kind: "archive" | "prefetched" | "onDemand",
+      args: string[],
+      cwd?: string,
+    ): Promise<void> => {
       const f0 = (await runProcess(["-e", "0"])).ms;
       floor.push(f0);
       const r = await runProcess(args, cwd);
@@ -191,7 +202,16 @@ async function main(): Promise<void> {
       const next = segments[index + 1];
       for (const f of readdirSync(restoreWal)) unlinkSync(path.join(restoreWal, f));
       const restoreArgs = (xlog: string): string[] => [
-        commandBin, ...common, "--site", "benchrestore", "--mode", "restore", "--xlog", xlog, "--output", "pg_wal/RECOVERYXLOG",
+        commandBin,
+        ...common,
+        "--site",
+        "benchrestore",
+        "--mode",
+        "restore",
+        "--xlog",
+        xlog,
+        "--output",
+        "pg_wal/RECOVERYXLOG",
       ];
       await measure("onDemand", restoreArgs(seg), restoreData);
       // That request prefetched the next segment; restore it the way PostgreSQL would.
@@ -216,7 +236,8 @@ async function main(): Promise<void> {
     for (const [label, values, deltas, target] of rows) {
       const s = stats(values);
       const pairedMedian = deltas ? stats(deltas).median : null;
-      const verdict = target === null || pairedMedian === null ? "" : `≤ +${target} ms: ${pairedMedian <= target ? "met" : "MISSED"}`;
+      const verdict =
+        target === null || pairedMedian === null ? "" : `≤ +${target} ms: ${pairedMedian <= target ? "met" : "MISSED"}`;
       process.stdout.write(
         `${label.padEnd(31)}${s.median.toFixed(1).padStart(9)}${s.p90.toFixed(1).padStart(9)}${s.min.toFixed(1).padStart(9)}` +
           `${(deltas ? `+${(s.median - f.median).toFixed(1)}` : "").padStart(10)}` +

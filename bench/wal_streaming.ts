@@ -58,7 +58,9 @@ function statusOk(port: number): Promise<boolean> {
 function storedEnd(dir: string): bigint | null {
   let names: string[];
   try {
-    names = readdirSync(dir).filter((n) => /^[0-9A-F]{24}$/.test(n)).sort();
+    names = readdirSync(dir)
+      .filter((n) => /^[0-9A-F]{24}$/.test(n))
+      .sort();
   } catch {
     return null;
   }
@@ -87,7 +89,12 @@ function percentile(values: number[], q: number): number {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : 0;
 }
 
-async function benchMode(mode: Mode, seconds: number, clients: number, logLevel: string): Promise<StreamingBenchResult> {
+async function benchMode(
+  mode: Mode,
+  seconds: number,
+  clients: number,
+  logLevel: string,
+): Promise<StreamingBenchResult> {
   const work = await makeTempDir(`pghoard-bench-stream-${mode}`);
   const port = await findFreePort();
   const site = "bench";
@@ -128,14 +135,18 @@ async function benchMode(mode: Mode, seconds: number, clients: number, logLevel:
     });
     const child = daemon;
     while (!(await statusOk(port))) {
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${mode}: the daemon exited during start-up (${child.exitCode ?? child.signalCode})`);
+      if (child.exitCode !== null || child.signalCode !== null)
+        throw new Error(`${mode}: the daemon exited during start-up (${child.exitCode ?? child.signalCode})`);
       await sleep(50);
     }
 
     await cluster.query("CREATE TABLE bench_t (id int, payload text)");
     const script = path.join(work, "insert.sql");
     // md5 text compresses about as well as typical row data; 1000 rows ≈ 250 kB of WAL per transaction.
-    writeFileSync(script, "INSERT INTO bench_t SELECT g, md5(g::text) || md5((g * 7)::text) || repeat('x', 100) FROM generate_series(1, 1000) g;\n");
+    writeFileSync(
+      script,
+      "INSERT INTO bench_t SELECT g, md5(g::text) || md5((g * 7)::text) || repeat('x', 100) FROM generate_series(1, 1000) g;\n",
+    );
     const xlogDir = path.join(storeDir, site, "xlog");
     // Streaming modes: wait until the receiver runs so the measured window starts in steady state.
     if (mode !== "archive_command") {
@@ -153,9 +164,11 @@ async function benchMode(mode: Mode, seconds: number, clients: number, logLevel:
     const lags: number[] = [];
     let loadDone = false;
     const started = Date.now();
-    const load = cluster.pgbench(["-n", "-c", String(clients), "-j", String(clients), "-T", String(seconds), "-f", script]).finally(() => {
-      loadDone = true;
-    });
+    const load = cluster
+      .pgbench(["-n", "-c", String(clients), "-j", String(clients), "-T", String(seconds), "-f", script])
+      .finally(() => {
+        loadDone = true;
+      });
     while (!loadDone) {
       const flush = await flushLsn(cluster);
       const end = storedEnd(xlogDir) ?? startFlush;
@@ -233,5 +246,10 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   const i = process.argv.indexOf("--modes");
   const modes = i >= 0 ? (process.argv[i + 1].split(",") as Mode[]) : undefined;
   const j = process.argv.indexOf("--log-level");
-  await benchStreamingArchiving({ seconds: arg("--seconds", 20), clients: arg("--clients", 4), modes, logLevel: j >= 0 ? process.argv[j + 1] : undefined });
+  await benchStreamingArchiving({
+    seconds: arg("--seconds", 20),
+    clients: arg("--clients", 4),
+    modes,
+    logLevel: j >= 0 ? process.argv[j + 1] : undefined,
+  });
 }

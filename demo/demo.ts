@@ -65,7 +65,8 @@ async function waitForBackup(port: number, timeoutMs: number): Promise<string> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const res = await httpRequest(port, "GET", `/${SITE}/basebackup`);
-    const list = res.status === 200 ? (JSON.parse(res.body) as { basebackups: Array<{ name: string }> }).basebackups : [];
+    const list =
+      res.status === 200 ? (JSON.parse(res.body) as { basebackups: Array<{ name: string }> }).basebackups : [];
     if (list.length > 0) return list[0].name;
     if (Date.now() > deadline) throw new Error("the basebackup did not appear in time");
     await new Promise((r) => setTimeout(r, 500));
@@ -115,7 +116,19 @@ async function main(): Promise<void> {
         },
       };
       await writeFile(configPath, JSON.stringify(config, null, 4));
-      console.log(indent(await run(process.execPath, [bin("pghoard_create_keys"), "--config", configPath, "--site", SITE, "--key-id", "demo-key"])));
+      console.log(
+        indent(
+          await run(process.execPath, [
+            bin("pghoard_create_keys"),
+            "--config",
+            configPath,
+            "--site",
+            SITE,
+            "--key-id",
+            "demo-key",
+          ]),
+        ),
+      );
     });
 
     daemon = await step("Start the pghoard daemon (local object storage, snappy, encrypted)", async () =>
@@ -135,27 +148,38 @@ async function main(): Promise<void> {
     });
     console.log(`  backup ${backupName}`);
 
-    const expected = await step("Change data, create restore point 'before-mistake', then make a 'mistake'", async () => {
-      await source!.pgbench(["-t", "500", "-c", "2", "-n"]);
-      await source!.query("INSERT INTO orders SELECT i, i * 2.5 FROM generate_series(10001, 12000) i");
-      const state = (await source!.query(STATE_SQL))[0];
-      await source!.query("SELECT pg_create_restore_point('before-mistake')");
-      await source!.query("DELETE FROM orders WHERE id % 2 = 0"); // the mistake
-      await source!.query("UPDATE pgbench_accounts SET abalance = 0");
-      const rows = await source!.query<{ name: string }>("SELECT pg_walfile_name(pg_switch_wal()) AS name");
-      const last = rows[0].name;
-      for (const deadline = Date.now() + 120_000; ; ) {
-        const [a] = await source!.query<{ last_archived_wal: string | null }>("SELECT last_archived_wal FROM pg_stat_archiver");
-        if (a.last_archived_wal && a.last_archived_wal >= last) break;
-        if (Date.now() > deadline) throw new Error("WAL was not archived in time");
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      return state;
-    });
+    const expected = await step(
+      "Change data, create restore point 'before-mistake', then make a 'mistake'",
+      async () => {
+        await source!.pgbench(["-t", "500", "-c", "2", "-n"]);
+        await source!.query("INSERT INTO orders SELECT i, i * 2.5 FROM generate_series(10001, 12000) i");
+        const state = (await source!.query(STATE_SQL))[0];
+        await source!.query("SELECT pg_create_restore_point('before-mistake')");
+        await source!.query("DELETE FROM orders WHERE id % 2 = 0"); // the mistake
+        await source!.query("UPDATE pgbench_accounts SET abalance = 0");
+        const rows = await source!.query<{ name: string }>("SELECT pg_walfile_name(pg_switch_wal()) AS name");
+        const last = rows[0].name;
+        for (const deadline = Date.now() + 120_000; ;) {
+          const [a] = await source!.query<{ last_archived_wal: string | null }>(
+            "SELECT last_archived_wal FROM pg_stat_archiver",
+          );
+          if (a.last_archived_wal && a.last_archived_wal >= last) break;
+          if (Date.now() > deadline) throw new Error("WAL was not archived in time");
+          await new Promise((r) => setTimeout(r, 200));
+        }
+        return state;
+      },
+    );
     console.log(`  at the restore point: ${JSON.stringify(expected)}`);
     console.log(`  after the mistake:    ${JSON.stringify((await source.query(STATE_SQL))[0])}`);
 
-    console.log(indent(await step("List backups: pghoard_restore list-basebackups", () => run(process.execPath, [bin("pghoard_restore"), "list-basebackups", "--config", configPath]))));
+    console.log(
+      indent(
+        await step("List backups: pghoard_restore list-basebackups", () =>
+          run(process.execPath, [bin("pghoard_restore"), "list-basebackups", "--config", configPath]),
+        ),
+      ),
+    );
 
     // The restored server gets WAL from a recovery-only daemon whose site points at the new
     // directory (the daemon writes WAL only into its site's pg_data_directory).
@@ -171,21 +195,38 @@ async function main(): Promise<void> {
     restoreConfig.backup_sites[SITE].active = false;
     await writeFile(restoreConfigPath, JSON.stringify(restoreConfig, null, 4));
 
-    const restoreOutput = await step("Restore: pghoard_restore get-basebackup --recovery-target-name before-mistake", () =>
-      run(process.execPath, [
-        bin("pghoard_restore"), "get-basebackup",
-        "--config", restoreConfigPath,
-        "--target-dir", restoredDir,
-        "--recovery-target-name", "before-mistake",
-        "--recovery-target-action", "promote",
-        "--restore-to-primary",
-        "--pghoard-postgres-command-bin", `${process.execPath} ${bin("pghoard_postgres_command")}`,
-      ]),
+    const restoreOutput = await step(
+      "Restore: pghoard_restore get-basebackup --recovery-target-name before-mistake",
+      () =>
+        run(process.execPath, [
+          bin("pghoard_restore"),
+          "get-basebackup",
+          "--config",
+          restoreConfigPath,
+          "--target-dir",
+          restoredDir,
+          "--recovery-target-name",
+          "before-mistake",
+          "--recovery-target-action",
+          "promote",
+          "--restore-to-primary",
+          "--pghoard-postgres-command-bin",
+          `${process.execPath} ${bin("pghoard_postgres_command")}`,
+        ]),
     );
-    console.log(indent(restoreOutput.split("\n").filter((l) => !l.startsWith("    metadata")).join("\n")));
+    console.log(
+      indent(
+        restoreOutput
+          .split("\n")
+          .filter((l) => !l.startsWith("    metadata"))
+          .join("\n"),
+      ),
+    );
 
     restored = await step("Start PostgreSQL on the restored directory; WAL comes from pghoard", async () => {
-      restoreDaemon = await DaemonProcess.start(daemonEnv(work, restoreConfigPath, restorePort), { logName: "pghoard-restore.log" });
+      restoreDaemon = await DaemonProcess.start(daemonEnv(work, restoreConfigPath, restorePort), {
+        logName: "pghoard-restore.log",
+      });
       await chownToPostgres(restoredDir);
       const cluster = await startCluster({ dataDir: restoredDir, settings: { archive_mode: "off" } });
       await cluster.waitForRecoveryEnd(300_000);
@@ -199,7 +240,9 @@ async function main(): Promise<void> {
     const actual = await step("Check the data", async () => (await restored!.query(STATE_SQL))[0]);
     console.log(`  restored:             ${JSON.stringify(actual)}`);
     const ok = JSON.stringify(actual) === JSON.stringify(expected);
-    console.log(ok ? "  ✔ identical to the restore point — the mistake is undone" : "  ✘ DIFFERENT from the restore point");
+    console.log(
+      ok ? "  ✔ identical to the restore point — the mistake is undone" : "  ✘ DIFFERENT from the restore point",
+    );
 
     console.log("\nWhere things are:");
     console.log(`  config            ${configPath}`);

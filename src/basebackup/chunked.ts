@@ -17,7 +17,13 @@ import {
   throwIfAborted,
   uploaderOf,
 } from "./common.js";
-import { basebackupKey, controlObjectMetadata, controlObjectName, type ControlMetadata, type TablespaceInfo } from "../catalog/index.js";
+import {
+  basebackupKey,
+  controlObjectMetadata,
+  controlObjectName,
+  type ControlMetadata,
+  type TablespaceInfo,
+} from "../catalog/index.js";
 import { buildControlTar } from "./control.js";
 import { parseBackupLabel } from "./label.js";
 import { BackupProgress } from "./progress.js";
@@ -72,7 +78,10 @@ interface ControlUpload {
 }
 
 /** Builds, encodes and uploads `basebackup/NAME.00000000.pghoard`. */
-async function uploadControlObject(ctx: BasebackupContext, c: ControlUpload): Promise<{ key: string; metadata: Record<string, string>; storedSize: number }> {
+async function uploadControlObject(
+  ctx: BasebackupContext,
+  c: ControlUpload,
+): Promise<{ key: string; metadata: Record<string, string>; storedSize: number }> {
   const site = siteConfigOf(ctx);
   const label = parseBackupLabel(c.backupLabel);
   const metadata: ControlMetadata = {
@@ -111,11 +120,20 @@ async function uploadControlObject(ctx: BasebackupContext, c: ControlUpload): Pr
     totalSizePlain: c.data.totalSizePlain,
     totalSizeEnc: c.data.totalSizeEnc,
   });
-  await uploaderOf(ctx).upload({ filetype: "basebackup", objectName: fileName, localPath, metadata: objectMetadata, fileSize: result.storedSize });
+  await uploaderOf(ctx).upload({
+    filetype: "basebackup",
+    objectName: fileName,
+    localPath,
+    metadata: objectMetadata,
+    fileSize: result.storedSize,
+  });
   return { key: basebackupKey(site.prefix, fileName), metadata: objectMetadata, storedSize: result.storedSize };
 }
 
-export async function runChunkedBackup(ctx: BasebackupContext, body: (run: ChunkedBackupRun) => Promise<ChunkedBackupData>): Promise<BasebackupResult> {
+export async function runChunkedBackup(
+  ctx: BasebackupContext,
+  body: (run: ChunkedBackupRun) => Promise<ChunkedBackupData>,
+): Promise<BasebackupResult> {
   const site = siteConfigOf(ctx);
   const pgdata = await checkPgdata(ctx);
   const { name, workDir } = await createBackupWorkDir(ctx);
@@ -163,13 +181,30 @@ export async function runChunkedBackup(ctx: BasebackupContext, body: (run: Chunk
       await session.close();
     }
     progress.setPhase("uploading control object");
-    const control = await uploadControlObject(ctx, { name, workDir, pgdata, tablespaces, backupLabel, pgControl, endWalSegment: end.endWalSegment, endTime: end.endTime, data });
+    const control = await uploadControlObject(ctx, {
+      name,
+      workDir,
+      pgdata,
+      tablespaces,
+      backupLabel,
+      pgControl,
+      endWalSegment: end.endWalSegment,
+      endTime: end.endTime,
+      data,
+    });
     success = true;
     progress.finish();
-    return { name, key: control.key, metadata: control.metadata, uploadedBytes: data.uploadedBytes + control.storedSize, plainBytes: data.totalSizePlain };
+    return {
+      name,
+      key: control.key,
+      metadata: control.metadata,
+      uploadedBytes: data.uploadedBytes + control.storedSize,
+      plainBytes: data.totalSizePlain,
+    };
   } finally {
     if (!success) {
-      for (const cleanup of cleanups) await cleanup().catch((err: unknown) => ctx.log.warn(`Cleanup after a failed backup failed: ${String(err)}`));
+      for (const cleanup of cleanups)
+        await cleanup().catch((err: unknown) => ctx.log.warn(`Cleanup after a failed backup failed: ${String(err)}`));
     }
     await removeWorkDir(workDir);
   }

@@ -68,10 +68,15 @@ async function buildChunk(
   };
   let inputSize = 0;
   try {
-    for await (const buf of tarChunk(entries, { ...opts.tarOptions, allocate, bufferSize: TAR_BUFFER_SIZE, log: ctx.log }, stats)) {
+    for await (const buf of tarChunk(
+      entries,
+      { ...opts.tarOptions, allocate, bufferSize: TAR_BUFFER_SIZE, log: ctx.log },
+      stats,
+    )) {
       if (outputError !== undefined) throw outputError;
       inputSize += buf.length;
-      const recyclable = buf.length === TAR_BUFFER_SIZE && buf.byteOffset === 0 && buf.buffer.byteLength === TAR_BUFFER_SIZE;
+      const recyclable =
+        buf.length === TAR_BUFFER_SIZE && buf.byteOffset === 0 && buf.buffer.byteLength === TAR_BUFFER_SIZE;
       const flowing = encoder.write(buf, () => {
         if (recyclable) free.push(buf);
       });
@@ -94,7 +99,11 @@ async function buildChunk(
  * Creates and uploads chunks 1..n of `chunks`; returns their control-JSON records in order.
  * Waits for every started upload before returning or throwing.
  */
-export async function createAndUploadChunks(ctx: BasebackupContext, chunks: ChunkEntry[][], opts: ChunkJobOptions): Promise<ChunkRecord[]> {
+export async function createAndUploadChunks(
+  ctx: BasebackupContext,
+  chunks: ChunkEntry[][],
+  opts: ChunkJobOptions,
+): Promise<ChunkRecord[]> {
   const site = siteConfigOf(ctx);
   const threads = Math.max(1, site.basebackup_threads ?? 1);
   const maxOnDisk = Math.max(1, site.basebackup_chunks_in_progress ?? 5);
@@ -132,16 +141,30 @@ export async function createAndUploadChunks(ctx: BasebackupContext, chunks: Chun
             `in ${((Date.now() - started) / 1000).toFixed(2)} s`,
         );
         if (inputSize > 0) {
-          ctx.metrics?.gauge("pghoard.compressed_size_ratio", resultSize / inputSize, { algorithm, site: ctx.site, type: "basebackup" });
+          ctx.metrics?.gauge("pghoard.compressed_size_ratio", resultSize / inputSize, {
+            algorithm,
+            site: ctx.site,
+            type: "basebackup",
+          });
         }
-        records[i] = { chunk_filename: objectName, input_size: inputSize, result_size: resultSize, files: chunks[i].map((e) => e.archivePath) };
+        records[i] = {
+          chunk_filename: objectName,
+          input_size: inputSize,
+          result_size: resultSize,
+          files: chunks[i].map((e) => e.archivePath),
+        };
         throwIfAborted(ctx);
         await uploader.upload({
           filetype: opts.filetype,
           objectName,
           localPath,
           fileSize: resultSize,
-          metadata: dataObjectMetadata({ encoding, format: "pghoard-bb-v2", originalSize: inputSize, host: hostnameOf(ctx) }),
+          metadata: dataObjectMetadata({
+            encoding,
+            format: "pghoard-bb-v2",
+            originalSize: inputSize,
+            host: hostnameOf(ctx),
+          }),
           onProgress: (n) => {
             opts.progress.addUploaded(n);
             ctx.metrics?.increase("pghoard.basebackup_bytes_uploaded", n, { delta: opts.delta ? "True" : "False" });

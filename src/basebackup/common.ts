@@ -8,7 +8,13 @@ import path from "node:path";
 import pg from "pg";
 import { nodeConnectionInfo } from "../config/connection.js";
 import type { EncodeOptions } from "../fileformat/index.js";
-import { backupNameOf, listBasebackups, objectKey as storeObjectKey, siteEncodeOptions, type ObjectFileType } from "../catalog/index.js";
+import {
+  backupNameOf,
+  listBasebackups,
+  objectKey as storeObjectKey,
+  siteEncodeOptions,
+  type ObjectFileType,
+} from "../catalog/index.js";
 import { removeIfExists } from "../common/fs.js";
 import { BASEBACKUP_LABEL } from "./control.js";
 import { pyJsonUtc, pyStrUtc } from "../common/pycompat.js";
@@ -41,12 +47,17 @@ function pad(n: number): string {
  * directory is new and never removes work directories; we remove them, so names already in the
  * store are skipped too (otherwise two backups in the same minute would share a name).
  */
-export async function createBackupWorkDir(ctx: BasebackupContext, now = new Date()): Promise<{ name: string; workDir: string }> {
+export async function createBackupWorkDir(
+  ctx: BasebackupContext,
+  now = new Date(),
+): Promise<{ name: string; workDir: string }> {
   const base = incomingDir(ctx);
   await mkdir(base, { recursive: true });
   const stamp = `${now.getUTCFullYear()}-${pad(now.getUTCMonth() + 1)}-${pad(now.getUTCDate())}_${pad(now.getUTCHours())}-${pad(now.getUTCMinutes())}`;
   const taken = new Set<string>();
-  for (const entry of await listBasebackups([{ site: ctx.site, prefix: siteConfigOf(ctx).prefix, storage: ctx.storage }])) {
+  for (const entry of await listBasebackups([
+    { site: ctx.site, prefix: siteConfigOf(ctx).prefix, storage: ctx.storage },
+  ])) {
     taken.add(backupNameOf(entry.name));
   }
   for (let i = 0; ; i++) {
@@ -78,7 +89,8 @@ export async function listLeftoverWorkDirs(ctx: BasebackupContext): Promise<stri
 export function encodeOptions(ctx: BasebackupContext): EncodeOptions {
   const site = siteConfigOf(ctx);
   const opts = siteEncodeOptions(ctx.config, site);
-  if (opts.encryptionKeyId && !opts.publicKeyPem) throw new BackupFailure(`No public key for encryption_key_id ${opts.encryptionKeyId}`);
+  if (opts.encryptionKeyId && !opts.publicKeyPem)
+    throw new BackupFailure(`No public key for encryption_key_id ${opts.encryptionKeyId}`);
   if (site.basebackup_compression_threads) opts.zstdThreads = site.basebackup_compression_threads;
   return opts;
 }
@@ -94,7 +106,10 @@ export class DirectUploader implements BasebackupUploader {
 
   async upload(request: UploadRequest): Promise<void> {
     const key = objectKey(this.ctx, request.filetype, request.objectName);
-    await this.ctx.storage.storeFileFromDisk(key, request.localPath, { ...request.metadata, "Content-Length": String(request.fileSize) });
+    await this.ctx.storage.storeFileFromDisk(key, request.localPath, {
+      ...request.metadata,
+      "Content-Length": String(request.fileSize),
+    });
     request.onProgress?.(request.fileSize);
     await removeIfExists(request.localPath);
   }
@@ -130,7 +145,10 @@ export class BackupSession {
   alive = true;
   private error: Error | undefined;
 
-  private constructor(readonly client: pg.Client, readonly pgVersion: number) {
+  private constructor(
+    readonly client: pg.Client,
+    readonly pgVersion: number,
+  ) {
     client.on("error", (err) => {
       this.alive = false;
       this.error = err;
@@ -147,7 +165,8 @@ export class BackupSession {
   }
 
   checkAlive(): void {
-    if (!this.alive) throw new BackupFailure(`Database session for the backup died${this.error ? `: ${this.error.message}` : ""}`);
+    if (!this.alive)
+      throw new BackupFailure(`Database session for the backup died${this.error ? `: ${this.error.message}` : ""}`);
   }
 
   async startBackup(label = BASEBACKUP_LABEL): Promise<void> {
@@ -157,7 +176,10 @@ export class BackupSession {
 
   /** Returns backup_label's content. */
   async stopBackup(): Promise<string> {
-    const sql = this.pgVersion >= 150000 ? "SELECT labelfile FROM pg_backup_stop()" : "SELECT labelfile FROM pg_stop_backup(false)";
+    const sql =
+      this.pgVersion >= 150000
+        ? "SELECT labelfile FROM pg_backup_stop()"
+        : "SELECT labelfile FROM pg_stop_backup(false)";
     const res = await this.client.query<{ labelfile: string }>(sql);
     return res.rows[0].labelfile;
   }
@@ -168,7 +190,10 @@ export class BackupSession {
     );
     const result: Record<string, { path: string; oid: number }> = {};
     for (const row of res.rows) {
-      result[row.spcname] = { path: await readlink(path.join(pgdata, "pg_tblspc", String(row.oid))), oid: Number(row.oid) };
+      result[row.spcname] = {
+        path: await readlink(path.join(pgdata, "pg_tblspc", String(row.oid))),
+        oid: Number(row.oid),
+      };
     }
     return result;
   }

@@ -25,13 +25,24 @@ export const EMPTY_DIRS = [
 ];
 
 /** The uncompressed control tar: metadata JSON, pg_control, backup_label, fixed empty dirs. */
-export function buildControlTar(args: { metadata: ControlMetadata; pgControl: Buffer; backupLabel: Buffer; mtime?: number }): Buffer {
+export function buildControlTar(args: {
+  metadata: ControlMetadata;
+  pgControl: Buffer;
+  backupLabel: Buffer;
+  mtime?: number;
+}): Buffer {
   const mtime = args.mtime ?? Date.now() / 1000;
   const tar = new TarBuffer(64 * 1024);
   const json = Buffer.from(jsonCompact(args.metadata), "utf8");
   tar.addEntry({ name: TAR_METADATA_FILENAME, type: "file", size: json.length, mode: 0o644, mtime }, json);
-  tar.addEntry({ name: "pgdata/global/pg_control", type: "file", size: args.pgControl.length, mode: 0o644, mtime }, args.pgControl);
-  tar.addEntry({ name: "pgdata/backup_label", type: "file", size: args.backupLabel.length, mode: 0o644, mtime }, args.backupLabel);
+  tar.addEntry(
+    { name: "pgdata/global/pg_control", type: "file", size: args.pgControl.length, mode: 0o644, mtime },
+    args.pgControl,
+  );
+  tar.addEntry(
+    { name: "pgdata/backup_label", type: "file", size: args.backupLabel.length, mode: 0o644, mtime },
+    args.backupLabel,
+  );
   for (const dir of EMPTY_DIRS) tar.addEntry({ name: `pgdata/${dir}`, type: "directory", mode: 0o700, mtime });
   return Buffer.concat([...tar.takeFull(), ...tar.finish()]);
 }

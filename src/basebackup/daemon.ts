@@ -31,7 +31,9 @@ export interface BasebackupDaemonContext {
   readonly requestedBasebackupSites: Set<string>;
   getStorage(site: string): Promise<StorageBackend>;
   /** Upload through the daemon's transfer agents; resolves once stored or failed. */
-  upload(request: Omit<UploadRequest, "onProgress"> & { site: string; deleteAfterUpload: boolean }): Promise<{ success: boolean; error?: unknown }>;
+  upload(
+    request: Omit<UploadRequest, "onProgress"> & { site: string; deleteAfterUpload: boolean },
+  ): Promise<{ success: boolean; error?: unknown }>;
   createAlert(name: "authentication_error" | "configuration_error" | "version_unsupported_error"): Promise<void>;
 }
 
@@ -97,7 +99,12 @@ function loggerFor(ctx: BasebackupDaemonContext, site: string): BasebackupLogger
 }
 
 /** operations.md §3.4: server version from site `pg_version`, else queried and cached. */
-async function serverVersion(ctx: BasebackupDaemonContext, site: string, siteConfig: SiteConfig, node: SiteConfig["nodes"][number]): Promise<number | null> {
+async function serverVersion(
+  ctx: BasebackupDaemonContext,
+  site: string,
+  siteConfig: SiteConfig,
+  node: SiteConfig["nodes"][number],
+): Promise<number | null> {
   if (typeof siteConfig.pg_version === "number" && siteConfig.pg_version) return siteConfig.pg_version;
   const info = nodeConnectionInfo(node);
   const client = new pg.Client({
@@ -117,7 +124,9 @@ async function serverVersion(ctx: BasebackupDaemonContext, site: string, siteCon
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     ctx.log.warn(`${(err as Error).name} (${message}) connecting to DB of site ${site}`);
-    const alert = /password authentication|authentication failed/.test(message) ? "authentication_error" : "configuration_error";
+    const alert = /password authentication|authentication failed/.test(message)
+      ? "authentication_error"
+      : "configuration_error";
     await ctx.createAlert(alert).catch(() => undefined);
     return null;
   } finally {
@@ -151,7 +160,14 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
     const log = loggerFor(ctx, handle.site);
     const result = await refreshAndApplyRetention({
       sites: await retentionSites(handle.site, handle.siteConfig),
-      deps: { log, metrics: { gauge: (n, v, t) => ctx.metrics.gauge(n, v, t), increase: (n, v, t) => ctx.metrics.increase(n, v, t), unexpectedException: (e, w) => ctx.metrics.unexpectedException(e, w) } },
+      deps: {
+        log,
+        metrics: {
+          gauge: (n, v, t) => ctx.metrics.gauge(n, v, t),
+          increase: (n, v, t) => ctx.metrics.increase(n, v, t),
+          unexpectedException: (e, w) => ctx.metrics.unexpectedException(e, w),
+        },
+      },
     });
     r.backups = result.remaining;
     // Oldest restorable point and time since the newest backup (monitoring's per-site health gauges).
@@ -163,10 +179,24 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
     handle.state.basebackups = result.remaining.filter((b) => b.site === handle.site).map(basebackupStateEntry);
   }
 
-  function start(handle: BasebackupSiteHandle, r: SiteRuntime, decision: Record<string, string>, pgVersion: number, node: SiteConfig["nodes"][number]): void {
+  function start(
+    handle: BasebackupSiteHandle,
+    r: SiteRuntime,
+    decision: Record<string, string>,
+    pgVersion: number,
+    node: SiteConfig["nodes"][number],
+  ): void {
     const site = handle.site;
     const abort = new AbortController();
-    const running: RunningBackup = { lastProgressAt: Date.now(), promise: Promise.resolve(), done: false, success: false, abort, latestActivity: new Date(), progress: null };
+    const running: RunningBackup = {
+      lastProgressAt: Date.now(),
+      promise: Promise.resolve(),
+      done: false,
+      success: false,
+      abort,
+      latestActivity: new Date(),
+      progress: null,
+    };
     const bctx: BasebackupContext = {
       config: ctx.config,
       site,
@@ -178,7 +208,11 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       log: loggerFor(ctx, site),
       metrics: { gauge: (n, v, t) => ctx.metrics.gauge(n, v, t), increase: (n, v, t) => ctx.metrics.increase(n, v, t) },
       onProgress: (p) => {
-        if (!running.progress || p.bytes_done > running.progress.bytes_done || p.bytes_uploaded > running.progress.bytes_uploaded) {
+        if (
+          !running.progress ||
+          p.bytes_done > running.progress.bytes_done ||
+          p.bytes_uploaded > running.progress.bytes_uploaded
+        ) {
           running.lastProgressAt = Date.now();
         }
         running.progress = p;
@@ -214,7 +248,10 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       const r = runtime(site);
       if (r.running) {
         if (!r.running.done) {
-          ctx.metrics.gauge("pghoard.seconds_since_backup_progress_stalled", Math.floor((Date.now() - r.running.lastProgressAt) / 1000));
+          ctx.metrics.gauge(
+            "pghoard.seconds_since_backup_progress_stalled",
+            Math.floor((Date.now() - r.running.lastProgressAt) / 1000),
+          );
           return;
         }
         r.deltaFailure = recordBackupResult(r.deltaFailure, r.running.success, siteConfig.basebackup_mode, new Date());
@@ -270,7 +307,9 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
     },
 
     async stop(graceful: boolean): Promise<void> {
-      const running = [...sites.values()].map((r) => r.running).filter((x): x is RunningBackup => x !== undefined && !x.done);
+      const running = [...sites.values()]
+        .map((r) => r.running)
+        .filter((x): x is RunningBackup => x !== undefined && !x.done);
       for (const b of running) b.abort.abort();
       const wait = Promise.all(running.map((b) => b.promise));
       await Promise.race([wait, new Promise((resolve) => setTimeout(resolve, graceful ? 10_000 : 1000).unref())]);

@@ -127,7 +127,11 @@ function isEnoent(err: unknown): boolean {
 }
 
 /** Runs `fn` over `items` with at most `parallel` in flight; stops at the first error. */
-async function parallelEach<T>(items: readonly T[], parallel: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
+async function parallelEach<T>(
+  items: readonly T[],
+  parallel: number,
+  fn: (item: T, index: number) => Promise<void>,
+): Promise<void> {
   let next = 0;
   let failure: unknown;
   const worker = async (): Promise<void> => {
@@ -145,7 +149,10 @@ async function parallelEach<T>(items: readonly T[], parallel: number, fn: (item:
 }
 
 /** hexdigest → manifest entry of every existing delta backup of the site. */
-export async function listExistingDeltaFiles(ctx: BasebackupContext, backups: BasebackupInfo[]): Promise<Map<string, Record<string, unknown>>> {
+export async function listExistingDeltaFiles(
+  ctx: BasebackupContext,
+  backups: BasebackupInfo[],
+): Promise<Map<string, Record<string, unknown>>> {
   const site = siteConfigOf(ctx);
   const result = new Map<string, Record<string, unknown>>();
   for (const backup of backups) {
@@ -187,7 +194,9 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
   const parallel = Math.max(1, site.basebackup_threads ?? 1);
   const minDeltaSize = site.basebackup_delta_mode_min_delta_file_size ?? 10 * 1024 * 1024;
   const bundleSize = site.basebackup_delta_mode_chunk_size ?? 500 * 1024 * 1024;
-  const backups = ctx.listBasebackups ? await ctx.listBasebackups() : await listBasebackups(ctx.storage, site, ctx.site);
+  const backups = ctx.listBasebackups
+    ? await ctx.listBasebackups()
+    : await listBasebackups(ctx.storage, site, ctx.site);
   const tracked = await listExistingDeltaFiles(ctx, backups);
   return await runChunkedBackup(ctx, async (run) => {
     const { name, workDir, progress } = run;
@@ -230,10 +239,13 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
     if (current.length > 0) bundles.push(current);
     const todoBytes = [...todo.values()].reduce((a, l) => a + l[0].file.file_size, 0);
     const bundleFileBytes = files.reduce((a, e) => a + (e.file.should_be_bundled ? e.file.file_size : 0), 0);
-    ctx.log.info(`Submitting ${bundles.length} delta chunks with ${bundles.reduce((a, b) => a + b.length, 0)} entries and ${todo.size} hashes (${todoBytes} bytes) for upload`);
+    ctx.log.info(
+      `Submitting ${bundles.length} delta chunks with ${bundles.reduce((a, b) => a + b.length, 0)} entries and ${todo.size} hashes (${todoBytes} bytes) for upload`,
+    );
     progress.setTotal(progress.snapshot.bytes_done + todoBytes + bundleFileBytes);
     progress.setPhase(`uploading ${bundles.length} bundles and ${todo.size} delta files`);
-    for (let i = 0; i < bundles.length; i++) newObjects.push(objectKey(ctx, "basebackup_delta_chunk", chunkObjectName(name, i + 1)));
+    for (let i = 0; i < bundles.length; i++)
+      newObjects.push(objectKey(ctx, "basebackup_delta_chunk", chunkObjectName(name, i + 1)));
     // bundles and big files go up side by side: one big relation segment is a single encode
     // stream, so overlapping it with the bundles keeps both cores busy
     const bundlesDone = createAndUploadChunks(ctx, bundles, {
@@ -262,7 +274,11 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
           result = await ctx.pool.encodeFile(entry.localPath, tmp, { ...opts, hashAlgorithm: "blake2s" });
         } catch (err) {
           await removeIfExists(tmp).catch(() => undefined);
-          if (isEnoent(err) || isEnoent((err as { cause?: unknown }).cause) || /ENOENT/.test(String((err as Error).message))) {
+          if (
+            isEnoent(err) ||
+            isEnoent((err as { cause?: unknown }).cause) ||
+            /ENOENT/.test(String((err as Error).message))
+          ) {
             if (entry.file.missing_ok) {
               ctx.log.warn(`File disappeared while uploading: ${entry.localPath}`);
               vanished.add(entry);
@@ -284,14 +300,23 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
         uploadedDigests.set(digest, result.storedSize);
         newObjects.push(objectKey(ctx, "basebackup_delta", digest));
         if (result.originalSize > 0) {
-          ctx.metrics?.gauge("pghoard.compressed_size_ratio", result.storedSize / result.originalSize, { algorithm: opts.algorithm, site: ctx.site, type: "basebackup_delta" });
+          ctx.metrics?.gauge("pghoard.compressed_size_ratio", result.storedSize / result.originalSize, {
+            algorithm: opts.algorithm,
+            site: ctx.site,
+            type: "basebackup_delta",
+          });
         }
         await uploader.upload({
           filetype: "basebackup_delta",
           objectName: digest,
           localPath: tmp,
           fileSize: result.storedSize,
-          metadata: dataObjectMetadata({ encoding: opts, format: "pghoard-delta-v2", originalSize: result.originalSize, host: hostnameOf(ctx) }),
+          metadata: dataObjectMetadata({
+            encoding: opts,
+            format: "pghoard-delta-v2",
+            originalSize: result.originalSize,
+            host: hostnameOf(ctx),
+          }),
           onProgress: (n) => {
             progress.addUploaded(n);
             ctx.metrics?.increase("pghoard.basebackup_bytes_uploaded", n, { delta: "True" });
@@ -304,7 +329,17 @@ export async function runDeltaBasebackup(ctx: BasebackupContext): Promise<Baseba
     if (filesResult.status === "rejected") throw filesResult.reason;
     const chunkFiles = bundleResult.value;
     const kept = files.filter((e) => !vanished.has(e)).map((e) => e.file);
-    const manifest = buildManifest({ files: kept, emptyDirs, chunkFiles, tracked, uploadedDigests, startTime, snapshotStart: startTime, snapshotEnd, metrics: ctx.metrics });
+    const manifest = buildManifest({
+      files: kept,
+      emptyDirs,
+      chunkFiles,
+      tracked,
+      uploadedDigests,
+      startTime,
+      snapshotStart: startTime,
+      snapshotEnd,
+      metrics: ctx.metrics,
+    });
     return {
       extra: { chunks: chunkFiles, manifest: manifest.manifest },
       format: "pghoard-delta-v2",
@@ -332,7 +367,8 @@ async function snapshot(
     const inTablespace = item.archivePath.startsWith("tablespaces/");
     const rel = relativePathFor(item.archivePath, run.tablespaces);
     if (item.op === "enter") {
-      if (inTablespace) tablespaceDirs.push({ archivePath: item.archivePath, localPath: item.localPath, missingOk: item.missingOk });
+      if (inTablespace)
+        tablespaceDirs.push({ archivePath: item.archivePath, localPath: item.localPath, missingOk: item.missingOk });
       else dirs.add(rel);
     } else {
       candidates.push({ rel, localPath: item.localPath, missingOk: item.missingOk, archivePath: item.archivePath });
@@ -353,7 +389,13 @@ async function snapshot(
     const inTablespace = c.archivePath.startsWith("tablespaces/");
     if (!inTablespace) dirs.add(path.posix.dirname(c.rel));
     snap.push({ file, localPath: c.localPath, archiveName: inTablespace ? c.archivePath : c.rel, inTablespace });
-    if (prehash && !inTablespace && file.file_size > EMBEDDED_FILE_SIZE && !(minDeltaSize && file.file_size < minDeltaSize)) totalToHash += file.file_size;
+    if (
+      prehash &&
+      !inTablespace &&
+      file.file_size > EMBEDDED_FILE_SIZE &&
+      !(minDeltaSize && file.file_size < minDeltaSize)
+    )
+      totalToHash += file.file_size;
   }
   run.progress.setTotal(totalToHash);
   const vanished = new Set<SnapshotEntry>();
@@ -421,8 +463,13 @@ function buildManifest(args: {
   metrics?.gauge("pghoard.delta_backup_upload_files", uploadedCount);
   if (tracked.size > 0) {
     const digestCount = sorted.filter((f) => f.hexdigest && !f.should_be_bundled).length;
-    if (digestCount) metrics?.gauge("pghoard.delta_backup_changed_data_files_ratio", uploadedCount / (digestCount + chunkFiles.length));
-    if (digestsStored) metrics?.gauge("pghoard.delta_backup_changed_data_size_ratio", uploadedSize / (digestsStored + chunksStored));
+    if (digestCount)
+      metrics?.gauge(
+        "pghoard.delta_backup_changed_data_files_ratio",
+        uploadedCount / (digestCount + chunkFiles.length),
+      );
+    if (digestsStored)
+      metrics?.gauge("pghoard.delta_backup_changed_data_size_ratio", uploadedSize / (digestsStored + chunksStored));
     metrics?.gauge("pghoard.delta_backup_remained_data_size", digestsStored - (uploadedSize - chunksStored));
   }
   const manifest = {

@@ -2,7 +2,17 @@
  * Which files a local-tar/delta backup reads (upstream `find_files_to_backup`), how local-tar
  * splits them into chunks (`find_and_split_files_to_backup`), and writing one chunk's tar.
  */
-import { closeSync, constants as fsConstants, fstatSync, lstatSync, openSync, read, readFileSync, readlinkSync, readSync } from "node:fs";
+import {
+  closeSync,
+  constants as fsConstants,
+  fstatSync,
+  lstatSync,
+  openSync,
+  read,
+  readFileSync,
+  readlinkSync,
+  readSync,
+} from "node:fs";
 import { lstat, readdir } from "node:fs/promises";
 import path from "node:path";
 import type { TablespaceInfo } from "../catalog/index.js";
@@ -14,7 +24,9 @@ import { TarBuffer, type FileReader } from "./tar.js";
 const SYNC_READ_LIMIT = 256 * 1024;
 
 function readAsync(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => read(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+  return new Promise((resolve, reject) =>
+    read(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))),
+  );
 }
 
 export interface WalkItem {
@@ -50,7 +62,12 @@ export function isExcludedTopLevel(name: string): boolean {
 
 type Logger = { warn(msg: string): void };
 
-async function* addEntry(archivePath: string, localPath: string, missingOk: boolean, log: Logger): AsyncGenerator<WalkItem> {
+async function* addEntry(
+  archivePath: string,
+  localPath: string,
+  missingOk: boolean,
+  log: Logger,
+): AsyncGenerator<WalkItem> {
   let st;
   try {
     st = await lstat(localPath);
@@ -73,7 +90,12 @@ async function* addEntry(archivePath: string, localPath: string, missingOk: bool
   }
 }
 
-async function* addDirectory(archiveParent: string, localParent: string, missingOk: boolean, log: Logger): AsyncGenerator<WalkItem> {
+async function* addDirectory(
+  archiveParent: string,
+  localParent: string,
+  missingOk: boolean,
+  log: Logger,
+): AsyncGenerator<WalkItem> {
   let names: string[];
   try {
     names = await readdir(localParent);
@@ -154,7 +176,8 @@ function ownerNames(): { users: Map<number, string>; groups: Map<number, string>
     try {
       for (const line of readFileSync(file, "utf8").split("\n")) {
         const parts = line.split(":");
-        if (parts.length >= 3 && /^\d+$/.test(parts[2]) && !map.has(Number(parts[2]))) map.set(Number(parts[2]), parts[0]);
+        if (parts.length >= 3 && /^\d+$/.test(parts[2]) && !map.has(Number(parts[2])))
+          map.set(Number(parts[2]), parts[0]);
       }
     } catch {
       // no such database: names stay empty, numeric ids still go into the header
@@ -192,7 +215,11 @@ export interface TarChunkOptions {
  * written so a vanished file is skipped cleanly; the header carries the size from fstat of the
  * open descriptor and exactly that many bytes follow.
  */
-export async function* tarChunk(entries: readonly ChunkEntry[], opts: TarChunkOptions, stats: TarChunkStats): AsyncGenerator<Buffer> {
+export async function* tarChunk(
+  entries: readonly ChunkEntry[],
+  opts: TarChunkOptions,
+  stats: TarChunkStats,
+): AsyncGenerator<Buffer> {
   const tar = new TarBuffer(opts.bufferSize ?? 1024 * 1024, opts.allocate);
   const names = ownerNames();
   for (const entry of entries) {
@@ -219,10 +246,18 @@ export async function* tarChunk(entries: readonly ChunkEntry[], opts: TarChunkOp
         try {
           const fst = fstatSync(fd);
           const size = fst.size;
-          tar.addEntry({ ...common, type: "file", size, mode: fst.mode & 0o7777, mtime: Math.floor(fst.mtimeMs / 1000) });
+          tar.addEntry({
+            ...common,
+            type: "file",
+            size,
+            mode: fst.mode & 0o7777,
+            mtime: Math.floor(fst.mtimeMs / 1000),
+          });
           const onData = opts.onFile?.(entry.archivePath, size);
           const reader: FileReader =
-            size <= SYNC_READ_LIMIT ? (buf, off, len, pos) => readSync(fd, buf, off, len, pos) : (buf, off, len, pos) => readAsync(fd, buf, off, len, pos);
+            size <= SYNC_READ_LIMIT
+              ? (buf, off, len, pos) => readSync(fd, buf, off, len, pos)
+              : (buf, off, len, pos) => readAsync(fd, buf, off, len, pos);
           yield* tar.fileData(reader, size, onData);
           opts.onFileDone?.(entry.archivePath, size);
           stats.dataBytes += size;

@@ -19,7 +19,6 @@ export type * from "./types.js";
 export type { ProgressState } from "./progress.js";
 export { parseBackupLabel } from "./label.js";
 
-
 /** Runs one basebackup of `ctx.site` in the configured `basebackup_mode`. */
 export async function runBasebackup(ctx: BasebackupContext): Promise<BasebackupResult> {
   const mode = siteConfigOf(ctx).basebackup_mode;
@@ -52,6 +51,8 @@ export async function runBasebackup(ctx: BasebackupContext): Promise<BasebackupR
   }
   ctx.metrics?.gauge("pghoard.backup_time", (Date.now() - started) / 1000, { basebackup_mode: mode });
   ctx.metrics?.increase("pghoard.basebackup_completed");
-  ctx.log.info(`Basebackup ${result.name} completed: ${result.plainBytes} bytes read, ${result.uploadedBytes} bytes uploaded`);
+  ctx.log.info(
+    `Basebackup ${result.name} completed: ${result.plainBytes} bytes read, ${result.uploadedBytes} bytes uploaded`,
+  );
   return result;
 }

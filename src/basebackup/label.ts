@@ -18,7 +18,7 @@ export function parseLabelTime(text: string): Date {
   const ms = frac ? Math.round(Number(`0${frac}`) * 1000) : 0;
   const utcMs = Date.UTC(+y, +mo - 1, +d, +h, +mi, +s, ms);
   const z = zone.trim();
-  if (z === "" ) return new Date(+y, +mo - 1, +d, +h, +mi, +s, ms);
+  if (z === "") return new Date(+y, +mo - 1, +d, +h, +mi, +s, ms);
   if (/^(UTC|GMT|Z|UT)$/i.test(z)) return new Date(utcMs);
   const off = /^([+-])(\d{1,2})(?::?(\d{2}))?$/.exec(z);
   if (off) {
@@ -50,9 +50,8 @@ export function parseBackupLabel(label: string | Buffer): BackupLabelInfo {
 export function jsonCompact(value: unknown): string {
   // bigint values (delta manifests' mtime_ns exceed 2^53) are written as plain integers
   const marker = "\u0000bigint:";
-  const text = JSON.stringify(value, (_key, v: unknown) => (typeof v === "bigint" ? `${marker}${v.toString()}` : v)).replace(
-    /"\\u0000bigint:(-?\d+)"/g,
-    "$1",
-  );
+  const text = JSON.stringify(value, (_key, v: unknown) =>
+    typeof v === "bigint" ? `${marker}${v.toString()}` : v,
+  ).replace(/"\\u0000bigint:(-?\d+)"/g, "$1");
   return text.replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }

@@ -4,7 +4,6 @@
  * into chunks uploaded as they are ready, and the control object is uploaded last.
  */
 import { createHash } from "node:crypto";
-import path from "node:path";
 import { createAndUploadChunks } from "./chunks.js";
 import { runChunkedBackup } from "./chunked.js";
 import { basebackupKey, readControlMetadata, type ControlMetadata } from "../catalog/index.js";
@@ -36,10 +35,17 @@ async function reportPlannedDelta(ctx: BasebackupContext, stats: DeltaStats): Pr
   const site = siteConfigOf(ctx);
   const existing = new Set<string>();
   try {
-    const backups = ctx.listBasebackups ? await ctx.listBasebackups() : await listBasebackups(ctx.storage, site, ctx.site);
+    const backups = ctx.listBasebackups
+      ? await ctx.listBasebackups()
+      : await listBasebackups(ctx.storage, site, ctx.site);
     for (const backup of backups) {
       if (backup.metadata.format !== "pghoard-bb-v2" || backup.site !== ctx.site) continue;
-      const meta = await readControlMetadata(ctx.storage, basebackupKey(site.prefix, backup.name), backup.metadata, privateKeyLookup(site));
+      const meta = await readControlMetadata(
+        ctx.storage,
+        basebackupKey(site.prefix, backup.name),
+        backup.metadata,
+        privateKeyLookup(site),
+      );
       const hashes = meta.delta_stats?.hashes;
       for (const h of Object.keys(hashes ?? {})) existing.add(h);
     }
@@ -71,15 +77,29 @@ async function reportPlannedDelta(ctx: BasebackupContext, stats: DeltaStats): Pr
   m.gauge("pghoard.planned_delta_backup_upload_files", uploadCount);
 }
 
-export async function runLocalTarBasebackup(ctx: BasebackupContext, options: { withDeltaStats: boolean }): Promise<BasebackupResult> {
+export async function runLocalTarBasebackup(
+  ctx: BasebackupContext,
+  options: { withDeltaStats: boolean },
+): Promise<BasebackupResult> {
   const site = siteConfigOf(ctx);
   const deltaStats: DeltaStats | undefined = options.withDeltaStats
-    ? { hexdigestsSizes: {}, deltaFilesTotalSize: 0, deltaFilesTotalCount: 0, embedCount: 0, embedSize: 0, chunkedFilesCount: 0, chunkedFilesSize: 0 }
+    ? {
+        hexdigestsSizes: {},
+        deltaFilesTotalSize: 0,
+        deltaFilesTotalCount: 0,
+        embedCount: 0,
+        embedSize: 0,
+        chunkedFilesCount: 0,
+        chunkedFilesSize: 0,
+      }
     : undefined;
   const minDeltaSize = site.basebackup_delta_mode_min_delta_file_size ?? 10 * 1024 * 1024;
   return await runChunkedBackup(ctx, async (run) => {
     const totals = { bytes: 0 };
-    const { totalFileCount, chunks } = await splitFilesToChunks(sized(findFilesToBackup(run.pgdata, run.tablespaces, ctx.log), totals), site.basebackup_chunk_size);
+    const { totalFileCount, chunks } = await splitFilesToChunks(
+      sized(findFilesToBackup(run.pgdata, run.tablespaces, ctx.log), totals),
+      site.basebackup_chunk_size,
+    );
     run.progress.setTotal(totals.bytes);
     run.progress.setPhase(`uploading ${chunks.length} chunks of ${totalFileCount} entries`);
     // local-tar-delta-stats: hash data files while tarring them (what a delta backup would upload)

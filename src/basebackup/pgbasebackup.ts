@@ -35,13 +35,25 @@ import { siteConfigOf, type BasebackupContext, type BasebackupResult } from "./t
 async function pgBasebackupPath(ctx: BasebackupContext): Promise<string> {
   if (ctx.pgBasebackupPath) return ctx.pgBasebackupPath;
   const site = siteConfigOf(ctx);
-  const major = ctx.pgVersion >= 100000 ? String(Math.floor(ctx.pgVersion / 10000)) : `${Math.floor(ctx.pgVersion / 10000)}.${Math.floor(ctx.pgVersion / 100) % 100}`;
+  const major =
+    ctx.pgVersion >= 100000
+      ? String(Math.floor(ctx.pgVersion / 10000))
+      : `${Math.floor(ctx.pgVersion / 10000)}.${Math.floor(ctx.pgVersion / 100) % 100}`;
   return (await findPgBinary(site, "pg_basebackup", { wantedMajor: major, siteName: ctx.site })).path;
 }
 
 export async function pgBasebackupCommand(ctx: BasebackupContext, output: string): Promise<string[]> {
   const site = siteConfigOf(ctx);
-  const command = [await pgBasebackupPath(ctx), "--format", "tar", "--label", BASEBACKUP_LABEL, "--verbose", "--pgdata", output];
+  const command = [
+    await pgBasebackupPath(ctx),
+    "--format",
+    "tar",
+    "--label",
+    BASEBACKUP_LABEL,
+    "--verbose",
+    "--pgdata",
+    output,
+  ];
   if (site.active_backup_mode === "standalone_hot_backup") {
     command.push(ctx.pgVersion >= 100000 ? "--wal-method=fetch" : "--xlog-method=fetch");
   } else if (ctx.pgVersion >= 100000) {
@@ -132,7 +144,14 @@ export async function readTarFileMember(tarPath: string, wanted: string): Promis
 /** Uploads the encoded single-tar object `basebackup/NAME` and describes the result. */
 async function uploadMainObject(
   ctx: BasebackupContext,
-  args: { name: string; localPath: string; metadata: Record<string, string>; storedSize: number; plainBytes: number; progress: BackupProgress },
+  args: {
+    name: string;
+    localPath: string;
+    metadata: Record<string, string>;
+    storedSize: number;
+    plainBytes: number;
+    progress: BackupProgress;
+  },
 ): Promise<BasebackupResult> {
   args.progress.setPhase("uploading");
   await uploaderOf(ctx).upload({
@@ -160,14 +179,16 @@ function commonMetadata(ctx: BasebackupContext): RawMetadata {
 }
 
 export async function runBasicBasebackup(ctx: BasebackupContext): Promise<BasebackupResult> {
-  const site = siteConfigOf(ctx);
+  siteConfigOf(ctx); // fails early on an unknown site
   const { name, workDir } = await createBackupWorkDir(ctx);
   const progress = new BackupProgress(name, "basic", ctx.log, ctx.onProgress);
   try {
     const command = await pgBasebackupCommand(ctx, workDir);
     const started = Date.now();
     const proc = spawn(command[0], command.slice(1), { stdio: ["ignore", "ignore", "pipe"] });
-    ctx.log.info(`Started: ${redactCommand(command)}, running as PID: ${proc.pid}, basebackup_location: ${workDir}/base.tar`);
+    ctx.log.info(
+      `Started: ${redactCommand(command)}, running as PID: ${proc.pid}, basebackup_location: ${workDir}/base.tar`,
+    );
     const stderr = watchStderr(proc, ctx, progress);
     const unhook = killOnAbort(ctx, proc);
     const code = await waitForExit(proc).finally(unhook);
@@ -189,7 +210,14 @@ export async function runBasicBasebackup(ctx: BasebackupContext): Promise<Baseba
       "start-time": startTime,
       "start-wal-segment": startWalSegment,
     });
-    return await uploadMainObject(ctx, { name, localPath, metadata, storedSize: result.storedSize, plainBytes: result.originalSize, progress });
+    return await uploadMainObject(ctx, {
+      name,
+      localPath,
+      metadata,
+      storedSize: result.storedSize,
+      plainBytes: result.originalSize,
+      progress,
+    });
   } finally {
     await removeWorkDir(workDir);
   }
@@ -197,7 +225,11 @@ export async function runBasicBasebackup(ctx: BasebackupContext): Promise<Baseba
 
 /** Current WAL segment from IDENTIFY_SYSTEM (pipe mode's fallback start segment). */
 async function identifySystemSegment(ctx: BasebackupContext): Promise<string> {
-  const client = new pg.Client({ ...pgClientConfig(ctx), database: "replication", replication: "true" } as pg.ClientConfig);
+  const client = new pg.Client({
+    ...pgClientConfig(ctx),
+    database: "replication",
+    replication: "true",
+  } as pg.ClientConfig);
   await client.connect();
   try {
     const res = await client.query<{ timeline: string; xlogpos: string }>("IDENTIFY_SYSTEM");
@@ -208,7 +240,7 @@ async function identifySystemSegment(ctx: BasebackupContext): Promise<string> {
 }
 
 export async function runPipeBasebackup(ctx: BasebackupContext): Promise<BasebackupResult> {
-  const site = siteConfigOf(ctx);
+  siteConfigOf(ctx); // fails early on an unknown site
   const fallbackSegment = await identifySystemSegment(ctx);
   const { name, workDir } = await createBackupWorkDir(ctx);
   const progress = new BackupProgress(name, "pipe", ctx.log, ctx.onProgress);
@@ -241,13 +273,20 @@ export async function runPipeBasebackup(ctx: BasebackupContext): Promise<Basebac
     }
     const code = await exited;
     if (code !== 0 || streamError) {
-      throw new BackupFailure(`pg_basebackup failed with exit code ${code}: ${stderr.tail()}${streamError ? ` (${String(streamError)})` : ""}`);
+      throw new BackupFailure(
+        `pg_basebackup failed with exit code ${code}: ${stderr.tail()}${streamError ? ` (${String(streamError)})` : ""}`,
+      );
     }
     const result = await encoder.result();
     let startWalSegment = fallbackSegment;
     let startTime: string | undefined;
     if (head.subarray(0, 12).toString("latin1").startsWith("backup_label")) {
-      const parsed = parseBackupLabel(head.subarray(BLOCK_SIZE, 2 * BLOCK_SIZE).toString("utf8").replace(/\0+$/, ""));
+      const parsed = parseBackupLabel(
+        head
+          .subarray(BLOCK_SIZE, 2 * BLOCK_SIZE)
+          .toString("utf8")
+          .replace(/\0+$/, ""),
+      );
       startWalSegment = parsed.startWalSegment;
       startTime = parsed.startTime;
     }
@@ -266,7 +305,14 @@ export async function runPipeBasebackup(ctx: BasebackupContext): Promise<Basebac
       "original-file-size": inputSize,
       ...ctx.decision,
     });
-    return await uploadMainObject(ctx, { name, localPath, metadata, storedSize: result.storedSize, plainBytes: inputSize, progress });
+    return await uploadMainObject(ctx, {
+      name,
+      localPath,
+      metadata,
+      storedSize: result.storedSize,
+      plainBytes: inputSize,
+      progress,
+    });
   } finally {
     await removeWorkDir(workDir);
   }

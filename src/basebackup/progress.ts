@@ -20,7 +20,17 @@ export class BackupProgress {
     private readonly logIntervalMs = 10_000,
   ) {
     const now = new Date().toISOString();
-    this.state = { name, mode, phase: "starting", bytes_done: 0, bytes_total: 0, bytes_uploaded: 0, percent: null, started_at: now, updated_at: now };
+    this.state = {
+      name,
+      mode,
+      phase: "starting",
+      bytes_done: 0,
+      bytes_total: 0,
+      bytes_uploaded: 0,
+      percent: null,
+      started_at: now,
+      updated_at: now,
+    };
     this.emit(true);
   }
 

@@ -54,7 +54,11 @@ export function parsePreservationRequests(requests: ReadonlyArray<{ metadata: Me
 }
 
 /** `get_remote_basebackups_info` for one site: sorted by start-time. */
-export async function listBasebackups(storage: StorageBackend, site: SiteConfig, siteName: string): Promise<BasebackupInfo[]> {
+export async function listBasebackups(
+  storage: StorageBackend,
+  site: SiteConfig,
+  siteName: string,
+): Promise<BasebackupInfo[]> {
   const objects = await listStoredBasebackups([{ site: siteName, prefix: site.prefix, storage }]);
   const requests = parsePreservationRequests(await listPreservationRequests({ prefix: site.prefix, storage }));
   const result: BasebackupInfo[] = [];
@@ -172,7 +176,9 @@ export async function deleteWalBefore(args: {
   deps: RetentionDeps;
 }): Promise<string[]> {
   const { needed, sites, pgVersion, deps } = args;
-  deps.log.info(`Starting WAL deletion from ${sites.map((s) => s.name).join(", ")} before ${needed}, pg_version ${pgVersion}`);
+  deps.log.info(
+    `Starting WAL deletion from ${sites.map((s) => s.name).join(", ")} before ${needed}, pg_version ${pgVersion}`,
+  );
   const deleted: string[] = [];
   let name: string | null = needed;
   let valid = true;
@@ -210,7 +216,10 @@ export async function deleteWalBefore(args: {
 }
 
 /** Hexdigests referenced by a delta backup's manifest. */
-async function deltaHexdigests(site: RetentionSite, backup: BasebackupInfo): Promise<{ hexdigests: Set<string>; chunks: string[] }> {
+async function deltaHexdigests(
+  site: RetentionSite,
+  backup: BasebackupInfo,
+): Promise<{ hexdigests: Set<string>; chunks: string[] }> {
   const key = basebackupKey(site.config.prefix, backup.name);
   return deltaReferences(await readControlMetadata(site.storage, key, backup.metadata, privateKeyLookup(site.config)));
 }
@@ -292,8 +301,17 @@ export async function refreshAndApplyRetention(args: {
     const oldestRemaining = remaining[0];
     if (oldestRemaining?.metadata["start-wal-segment"]) {
       const order = [oldestRemaining.site, backup.site, ...(siteByName.get(backup.site)?.config.moved_from ?? [])];
-      const walSites = [...new Set(order)].map((n) => siteByName.get(n)).filter((s): s is RetentionSite => s !== undefined);
-      deletedWal.push(...(await deleteWalBefore({ needed: oldestRemaining.metadata["start-wal-segment"], sites: walSites, pgVersion, deps })));
+      const walSites = [...new Set(order)]
+        .map((n) => siteByName.get(n))
+        .filter((s): s is RetentionSite => s !== undefined);
+      deletedWal.push(
+        ...(await deleteWalBefore({
+          needed: oldestRemaining.metadata["start-wal-segment"],
+          sites: walSites,
+          pgVersion,
+          deps,
+        })),
+      );
     }
     const site = siteByName.get(backup.site) ?? main;
     try {

@@ -119,7 +119,12 @@ export interface DeltaFailureInfo {
   retries: number;
 }
 
-export function recordBackupResult(previous: DeltaFailureInfo | undefined, success: boolean, mode: string, now: Date): DeltaFailureInfo | undefined {
+export function recordBackupResult(
+  previous: DeltaFailureInfo | undefined,
+  success: boolean,
+  mode: string,
+  now: Date,
+): DeltaFailureInfo | undefined {
   if (success) return undefined;
   if (mode !== "delta") return previous;
   if (!previous) return { lastFailedTime: now, retries: 0 };
@@ -137,7 +142,11 @@ export function deltaBackoffAllows(args: {
   if (!failure) return { allowed: true, message: "no previous delta failures" };
   if (requested) return { allowed: true, message: "backup requested" };
   const interval = settings.basebackup_interval_hours;
-  if (interval !== null && interval !== undefined && now.getTime() - failure.lastFailedTime.getTime() > interval * HOUR_MS) {
+  if (
+    interval !== null &&
+    interval !== undefined &&
+    now.getTime() - failure.lastFailedTime.getTime() > interval * HOUR_MS
+  ) {
     return { allowed: true, message: "an interval has passed since the last failure" };
   }
   const maxRetries = settings.basebackup_delta_mode_max_retries ?? 10;
@@ -148,5 +157,8 @@ export function deltaBackoffAllows(args: {
   if (now.getTime() >= failure.lastFailedTime.getTime() + waitSeconds * 1000) {
     return { allowed: true, message: "Re-trying delta basebackup" };
   }
-  return { allowed: false, message: "Waiting for backoff time before re-trying new delta backup due to previous failures" };
+  return {
+    allowed: false,
+    message: "Waiting for backoff time before re-trying new delta backup due to previous failures",
+  };
 }

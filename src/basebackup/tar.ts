@@ -10,7 +10,9 @@
 export type FileReader = (buf: Buffer, offset: number, length: number, position: number) => number | Promise<number>;
 
 /** A FileReader over an async FileHandle. */
-export function handleReader(handle: { read(buf: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }> }): FileReader {
+export function handleReader(handle: {
+  read(buf: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+}): FileReader {
   return async (buf, offset, length, position) => (await handle.read(buf, offset, length, position)).bytesRead;
 }
 
@@ -37,13 +39,14 @@ export interface TarHeaderFields {
 }
 
 function isPlainAscii(value: string): boolean {
-  // eslint-disable-next-line no-control-regex
   return /^[\x20-\x7e]*$/.test(value);
 }
 
 function writeOctal(buf: Buffer, offset: number, width: number, value: number): void {
   // width includes the terminating NUL, as Python's tarfile writes it
-  const text = Math.floor(value).toString(8).padStart(width - 1, "0");
+  const text = Math.floor(value)
+    .toString(8)
+    .padStart(width - 1, "0");
   buf.write(text, offset, width - 1, "ascii");
   buf[offset + width - 1] = 0;
 }
@@ -176,7 +179,12 @@ export class TarBuffer {
    * zero-padded. `onData` sees exactly the bytes read from the file; `result.bytesRead` tells how
    * many there were.
    */
-  async *fileData(read: FileReader, size: number, onData?: (data: Buffer) => void, result?: { bytesRead: number }): AsyncGenerator<Buffer> {
+  async *fileData(
+    read: FileReader,
+    size: number,
+    onData?: (data: Buffer) => void,
+    result?: { bytesRead: number },
+  ): AsyncGenerator<Buffer> {
     let position = 0;
     while (position < size) {
       if (this.used === this.buf.length) {

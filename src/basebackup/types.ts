@@ -39,7 +39,6 @@ export interface ProgressState {
   updated_at: string;
 }
 
-
 export interface UploadRequest {
   filetype: BasebackupFileType;
   /** Name below `<site prefix>/<filetype>/`, e.g. `NAME/NAME.00000001.pghoard`. */

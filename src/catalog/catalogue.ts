@@ -48,11 +48,19 @@ export interface BasebackupInfo {
 }
 
 /** Lists `<prefix>/basebackup/` of each store, in store order (no sorting, nothing skipped). */
-export async function listBasebackups(stores: readonly SiteStore[]): Promise<Array<BasebackupEntry & { site: string; lastModified: Date }>> {
+export async function listBasebackups(
+  stores: readonly SiteStore[],
+): Promise<Array<BasebackupEntry & { site: string; lastModified: Date }>> {
   const result: Array<BasebackupEntry & { site: string; lastModified: Date }> = [];
   for (const store of stores) {
     for (const obj of await store.storage.list(objectKey(store.prefix, "basebackup"))) {
-      result.push({ name: obj.name, size: obj.size, metadata: obj.metadata, site: store.site, lastModified: obj.lastModified });
+      result.push({
+        name: obj.name,
+        size: obj.size,
+        metadata: obj.metadata,
+        site: store.site,
+        lastModified: obj.lastModified,
+      });
     }
   }
   return result;

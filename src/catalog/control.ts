@@ -36,7 +36,10 @@ export interface DeltaManifestFile {
 }
 
 export interface DeltaManifest {
-  snapshot_result: { state: { files: DeltaManifestFile[]; empty_dirs?: string[]; [key: string]: unknown }; [key: string]: unknown };
+  snapshot_result: {
+    state: { files: DeltaManifestFile[]; empty_dirs?: string[]; [key: string]: unknown };
+    [key: string]: unknown;
+  };
   [key: string]: unknown;
 }
 
@@ -77,7 +80,10 @@ export class InvalidTarError extends Error {
 }
 
 function parseOctal(buf: Buffer, offset: number, width: number): number {
-  const text = buf.toString("ascii", offset, offset + width).replace(/\0.*$/s, "").trim();
+  const text = buf
+    .toString("ascii", offset, offset + width)
+    .replace(/\0.*$/s, "")
+    .trim();
   return text ? parseInt(text, 8) : 0;
 }
 
@@ -98,7 +104,8 @@ export function findTarMember(tar: Buffer, matches: string | ((name: string) => 
   while (offset + BLOCK_SIZE <= tar.length) {
     const header = tar.subarray(offset, offset + BLOCK_SIZE);
     if (header.every((b) => b === 0)) return null;
-    if (!checksumOk(header)) throw new InvalidTarError("Invalid tar header. Maybe the tar is corrupted or it needs to be gunzipped?");
+    if (!checksumOk(header))
+      throw new InvalidTarError("Invalid tar header. Maybe the tar is corrupted or it needs to be gunzipped?");
     let name = header.toString("utf8", 0, 100).replace(/\0.*$/s, "");
     const prefix = header.toString("utf8", 345, 500).replace(/\0.*$/s, "");
     if (prefix && header.toString("ascii", 257, 262) === "ustar") name = `${prefix}/${name}`;
@@ -147,7 +154,12 @@ export function parseControlTar(decodedTar: Buffer): StoredControlMetadata | nul
 }
 
 /** Downloads and decodes a control object and returns its `.pghoard_tar_metadata.json`. */
-export async function readControlMetadata(storage: StorageBackend, key: string, metadata: Metadata, keys: PrivateKeyLookup): Promise<StoredControlMetadata> {
+export async function readControlMetadata(
+  storage: StorageBackend,
+  key: string,
+  metadata: Metadata,
+  keys: PrivateKeyLookup,
+): Promise<StoredControlMetadata> {
   const { data } = await storage.getContentsToMemory(key);
   const control = parseControlTar(await decodeBuffer(data, metadata, keys));
   if (!control) throw new Error(`${key} has no ${TAR_METADATA_FILENAME}`);

@@ -5,7 +5,8 @@
 import path from "node:path";
 
 /** The type directories below a site prefix that hold backup data. */
-export type ObjectFileType = "xlog" | "timeline" | "basebackup" | "basebackup_chunk" | "basebackup_delta" | "basebackup_delta_chunk";
+export type ObjectFileType =
+  "xlog" | "timeline" | "basebackup" | "basebackup_chunk" | "basebackup_delta" | "basebackup_delta_chunk";
 
 /** Every type directory, including the metadata-only preservation requests. */
 export type StoreDirectory = ObjectFileType | "preservation_request";
@@ -18,15 +19,19 @@ export function objectKey(prefix: string, directory: StoreDirectory, name?: stri
 export const walKey = (prefix: string, segment: string): string => objectKey(prefix, "xlog", segment);
 export const timelineKey = (prefix: string, historyName: string): string => objectKey(prefix, "timeline", historyName);
 /** `basebackup/NAME` (single-object backups) or `basebackup/NAME.00000000.pghoard` (control objects). */
-export const basebackupKey = (prefix: string, objectName: string): string => objectKey(prefix, "basebackup", objectName);
-export const deltaObjectKey = (prefix: string, hexdigest: string): string => objectKey(prefix, "basebackup_delta", hexdigest);
-export const preservationRequestKey = (prefix: string, requestName: string): string => objectKey(prefix, "preservation_request", requestName);
+export const basebackupKey = (prefix: string, objectName: string): string =>
+  objectKey(prefix, "basebackup", objectName);
+export const deltaObjectKey = (prefix: string, hexdigest: string): string =>
+  objectKey(prefix, "basebackup_delta", hexdigest);
+export const preservationRequestKey = (prefix: string, requestName: string): string =>
+  objectKey(prefix, "preservation_request", requestName);
 
 /** Where the chunks of a backup live: local-tar data chunks or delta bundles. */
 export type ChunkDirectory = "basebackup_chunk" | "basebackup_delta_chunk";
 
 /** `<prefix>/<chunk directory>/<chunk_filename>`; `chunk_filename` as the control JSON stores it. */
-export const chunkKey = (prefix: string, directory: ChunkDirectory, chunkFilename: string): string => objectKey(prefix, directory, chunkFilename);
+export const chunkKey = (prefix: string, directory: ChunkDirectory, chunkFilename: string): string =>
+  objectKey(prefix, directory, chunkFilename);
 
 /** `NAME.NNNNNNNN.pghoard`: 8 decimal digits; 0 is the control object, data chunks start at 1. */
 export function chunkFileName(backupName: string, index: number): string {

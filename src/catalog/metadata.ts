@@ -54,8 +54,18 @@ export function basebackupEncodingMetadata(opts: EncodeOptions): RawMetadata {
 }
 
 /** A data chunk (`pghoard-bb-v2`), a delta bundle or a delta hash object (`pghoard-delta-v2`). */
-export function dataObjectMetadata(args: { encoding: EncodeOptions; format: "pghoard-bb-v2" | "pghoard-delta-v2"; originalSize: number; host: string }): Metadata {
-  return sanitizeMetadata({ ...basebackupEncodingMetadata(args.encoding), format: args.format, "original-file-size": args.originalSize, host: args.host });
+export function dataObjectMetadata(args: {
+  encoding: EncodeOptions;
+  format: "pghoard-bb-v2" | "pghoard-delta-v2";
+  originalSize: number;
+  host: string;
+}): Metadata {
+  return sanitizeMetadata({
+    ...basebackupEncodingMetadata(args.encoding),
+    format: args.format,
+    "original-file-size": args.originalSize,
+    host: args.host,
+  });
 }
 
 /** The control object `basebackup/NAME.00000000.pghoard` of a chunked backup. */

@@ -7,7 +7,10 @@ import type { EncodeOptions } from "../fileformat/index.js";
  * `publicKeyPem` is null when the key id has no public key: each caller reports that in its own
  * words (the daemon and the basebackup modes word it differently).
  */
-export function siteEncodeOptions(config: Pick<PghoardConfig, "compression">, site: Pick<SiteConfig, "encryption_key_id" | "encryption_keys">): EncodeOptions {
+export function siteEncodeOptions(
+  config: Pick<PghoardConfig, "compression">,
+  site: Pick<SiteConfig, "encryption_key_id" | "encryption_keys">,
+): EncodeOptions {
   const keyId = site.encryption_key_id || null;
   return {
     algorithm: config.compression?.algorithm ?? "snappy",

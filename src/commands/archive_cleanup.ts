@@ -12,7 +12,14 @@
  */
 import path from "node:path";
 import { listBasebackups, objectKey } from "../catalog/index.js";
-import { ConfigError, getSiteFromConfig, loadConfig, privateKeyLookup, type PghoardConfig, type SiteConfig } from "../config/index.js";
+import {
+  ConfigError,
+  getSiteFromConfig,
+  loadConfig,
+  privateKeyLookup,
+  type PghoardConfig,
+  type SiteConfig,
+} from "../config/index.js";
 import { decodeBuffer, type Metadata as FileMetadata } from "../fileformat/index.js";
 import { createStorage, StorageNotFoundError, type StorageBackend, type StoredObject } from "../storage/index.js";
 import {
@@ -69,7 +76,12 @@ function positionAtOrAfter(a: [number, number], b: [number, number]): boolean {
  * Whether WAL of `timeline` can belong to a restore of a backup that started on `backupTli` at
  * `backupStartLsn` (start of its first segment).
  */
-function timelineReachable(timeline: number, backupTli: number, backupStartLsn: bigint, histories: HistoryMap): boolean {
+function timelineReachable(
+  timeline: number,
+  backupTli: number,
+  backupStartLsn: bigint,
+  histories: HistoryMap,
+): boolean {
   if (timeline === backupTli) return true;
   if (timeline < backupTli) return false;
   const history = histories.get(timeline);
@@ -79,10 +91,15 @@ function timelineReachable(timeline: number, backupTli: number, backupStartLsn: 
   return fork !== undefined && fork.switchpoint > backupStartLsn;
 }
 
-export function planArchiveCleanup(backups: readonly BackupStart[], walObjects: readonly WalObject[], histories: HistoryMap): CleanupPlan {
+export function planArchiveCleanup(
+  backups: readonly BackupStart[],
+  walObjects: readonly WalObject[],
+  histories: HistoryMap,
+): CleanupPlan {
   if (backups.length === 0) throw new Error("no basebackups");
   const starts = backups.map((b) => {
-    if (!isWalName(b.startWal)) throw new Error(`basebackup '${b.name}' has an invalid start-wal-segment '${b.startWal}'`);
+    if (!isWalName(b.startWal))
+      throw new Error(`basebackup '${b.name}' has an invalid start-wal-segment '${b.startWal}'`);
     const { timeline } = parseWalName(b.startWal);
     return {
       timeline,
@@ -126,7 +143,9 @@ export class ArchiveCleanup {
     return objects.map((obj) => {
       const startWal = obj.metadata["start-wal-segment"];
       if (!startWal) {
-        throw new ConfigError(`basebackup '${obj.name}' has no start-wal-segment metadata; refusing to guess which WAL it needs`);
+        throw new ConfigError(
+          `basebackup '${obj.name}' has no start-wal-segment metadata; refusing to guess which WAL it needs`,
+        );
       }
       const pgVersion = obj.metadata["pg-version"] ? Number.parseInt(obj.metadata["pg-version"], 10) : undefined;
       return { name: obj.name, startWal, pgVersion: Number.isNaN(pgVersion) ? undefined : pgVersion };
@@ -150,7 +169,9 @@ export class ArchiveCleanup {
         const text = await decodeBuffer(data, metadata as FileMetadata, keys);
         histories.set(tli, parseTimelineHistory(text));
       } catch (err) {
-        this.log.warn(`Cannot read timeline history ${name} (${(err as Error).message}); keeping every segment of timeline ${tli} that may descend from a backup`);
+        this.log.warn(
+          `Cannot read timeline history ${name} (${(err as Error).message}); keeping every segment of timeline ${tli} that may descend from a backup`,
+        );
         histories.set(tli, null);
       }
     }
@@ -160,11 +181,13 @@ export class ArchiveCleanup {
   async run(dryRun: boolean): Promise<CleanupResult> {
     const backups = await this.listBackups();
     if (backups.length === 0) throw new NoBasebackupsError();
-    const walObjects: WalObject[] = (await this.storage.list(objectKey(this.site.prefix, "xlog"))).map((o: StoredObject) => ({
-      key: o.name,
-      name: path.posix.basename(o.name),
-      size: o.size,
-    }));
+    const walObjects: WalObject[] = (await this.storage.list(objectKey(this.site.prefix, "xlog"))).map(
+      (o: StoredObject) => ({
+        key: o.name,
+        name: path.posix.basename(o.name),
+        size: o.size,
+      }),
+    );
     const minBackupTli = Math.min(...backups.map((b) => parseWalName(b.startWal).timeline));
     const timelines = new Set<number>();
     for (const w of walObjects) {
@@ -177,7 +200,8 @@ export class ArchiveCleanup {
     const histories = await this.readHistories(timelines);
     const plan = planArchiveCleanup(backups, walObjects, histories);
     this.log.info(`First required WAL segment is '${plan.firstRequired}'`);
-    for (const b of backups) this.log.debug(`Basebackup '${b.name}' needs WAL from '${b.startWal}' on its timeline and descendants`);
+    for (const b of backups)
+      this.log.debug(`Basebackup '${b.name}' needs WAL from '${b.startWal}' on its timeline and descendants`);
     let total = 0;
     let deleted = 0;
     for (const orphan of plan.orphans) {
@@ -188,7 +212,8 @@ export class ArchiveCleanup {
         await this.storage.deleteKey(orphan.key);
         deleted += 1;
       } catch (err) {
-        if (err instanceof StorageNotFoundError) this.log.error(`Storage report segment '${orphan.name}' is not available`);
+        if (err instanceof StorageNotFoundError)
+          this.log.error(`Storage report segment '${orphan.name}' is not available`);
         else throw err;
       }
     }
@@ -224,7 +249,10 @@ export async function main(argv: string[]): Promise<number> {
       if (configPath === null) return EXIT_FAIL;
       let storage: StorageBackend | undefined;
       try {
-        const config: PghoardConfig = await loadConfig(configPath, { tool: "archive_cleanup", warn: (m) => log?.warn(m) });
+        const config: PghoardConfig = await loadConfig(configPath, {
+          tool: "archive_cleanup",
+          warn: (m) => log?.warn(m),
+        });
         const siteName = getSiteFromConfig(config, opts.site);
         const site = config.backup_sites[siteName] as SiteConfig;
         storage = await createStorage(site.object_storage);

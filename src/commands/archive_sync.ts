@@ -103,7 +103,9 @@ export class ArchiveSync {
       return await fetch(url, { method, headers: this.headers, signal: AbortSignal.timeout(120_000) });
     } catch (err) {
       const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      throw new SyncError(`pghoard daemon not reachable at ${url}: ${cause?.code ?? cause?.message ?? (err as Error).message}`);
+      throw new SyncError(
+        `pghoard daemon not reachable at ${url}: ${cause?.code ?? cause?.message ?? (err as Error).message}`,
+      );
     }
   }
 
@@ -195,7 +197,8 @@ export class ArchiveSync {
           continue;
         }
       }
-      const checkHash = type === "WAL" && !!remoteHash && !!algorithm && (maxHashChecks < 0 || hashChecks < maxHashChecks);
+      const checkHash =
+        type === "WAL" && !!remoteHash && !!algorithm && (maxHashChecks < 0 || hashChecks < maxHashChecks);
       if (!checkHash) {
         this.log.info(`${type} file '${file}' already archived`);
         continue;
@@ -205,7 +208,9 @@ export class ArchiveSync {
       if (ours === null) {
         this.log.info(`${type} file '${file}' already archived (file deleted before getting hash)`);
       } else if ((remoteHash as string).trim().toLowerCase() !== ours) {
-        this.log.warn(`${type} file '${file}' already archived but existing hash '${remoteHash}' differs from our hash '${ours}', reuploading`);
+        this.log.warn(
+          `${type} file '${file}' already archived but existing hash '${remoteHash}' differs from our hash '${ours}', reuploading`,
+        );
         needArchival.push(file);
       } else {
         this.log.info(`${type} file '${file}' already archived and has valid hash`);
@@ -218,7 +223,9 @@ export class ArchiveSync {
       const res = await this.request("PUT", `archive/${file}`);
       const text = await res.text();
       if (res.status !== 201) {
-        this.log.error(`${type} file '${file}' archival failed with status code ${res.status}${text ? `: ${text.trim()}` : ""}`);
+        this.log.error(
+          `${type} file '${file}' archival failed with status code ${res.status}${text ? `: ${text.trim()}` : ""}`,
+        );
       } else {
         this.log.info(`${type} file '${file}' archived`);
         archived.push(file);
@@ -234,7 +241,9 @@ export class ArchiveSync {
       const text = await readFile(path.join(pgWalDirectory(this.site), historyFileName(timeline)), "utf8");
       return parseTimelineHistory(text);
     } catch (err) {
-      this.log.warn(`Timeline history ${historyFileName(timeline)} not readable in pg_wal (${(err as Error).message}); stepping back one timeline on a miss instead`);
+      this.log.warn(
+        `Timeline history ${historyFileName(timeline)} not readable in pg_wal (${(err as Error).message}); stepping back one timeline on a miss instead`,
+      );
       return null;
     }
   }

@@ -67,7 +67,11 @@ export function configOption(description: string, required: OptionSpec["required
   return { flags: "--config <CONFIG>", description, env: "PGHOARD_CONFIG", required };
 }
 
-export const VERSION_OPTION: OptionSpec = { flags: "--version", description: "show program's version number and exit", action: "version" };
+export const VERSION_OPTION: OptionSpec = {
+  flags: "--version",
+  description: "show program's version number and exit",
+  action: "version",
+};
 export const DEBUG_OPTION: OptionSpec = { flags: "-D, --debug", description: "Enable debug logging" };
 
 // ---------------------------------------------------------------------------------------------
@@ -86,7 +90,9 @@ function collect(value: string, previous: unknown): string[] {
 function choiceParser(choices: readonly string[]): (value: string) => string {
   return (value) => {
     if (choices.includes(value)) return value;
-    throw new InvalidArgumentError(`invalid choice: '${value}' (choose from ${choices.map((c) => `'${c}'`).join(", ")})`);
+    throw new InvalidArgumentError(
+      `invalid choice: '${value}' (choose from ${choices.map((c) => `'${c}'`).join(", ")})`,
+    );
   };
 }
 
@@ -223,7 +229,13 @@ function addOption(command: Command, spec: OptionSpec): void {
   command.addOption(option);
 }
 
-function configure(command: ArgparseCommand, spec: CommandSpec, io: Io, onAction: (inv: Invocation) => void, topLevel: boolean): void {
+function configure(
+  command: ArgparseCommand,
+  spec: CommandSpec,
+  io: Io,
+  onAction: (inv: Invocation) => void,
+  topLevel: boolean,
+): void {
   command.usageText = usageLine(spec, topLevel);
   command
     .description(spec.description)
@@ -238,7 +250,8 @@ function configure(command: ArgparseCommand, spec: CommandSpec, io: Io, onAction
   const epilogue = exitCodesHelp(spec);
   if (epilogue) command.addHelpText("after", epilogue);
   for (const option of spec.options) addOption(command, option);
-  for (const argument of spec.arguments ?? []) command.argument(argument.optional ? `[${argument.name}]` : `<${argument.name}>`, argument.description);
+  for (const argument of spec.arguments ?? [])
+    command.argument(argument.optional ? `[${argument.name}]` : `<${argument.name}>`, argument.description);
   if (spec.subcommands?.length) {
     // argparse: the command's own options must precede the sub-command.
     command.enablePositionalOptions();
@@ -268,7 +281,11 @@ export interface Invocation {
 }
 
 /** The commander program of a spec (for --help rendering and tests). */
-export function buildProgram(spec: CommandSpec, io: Io, onAction: (inv: Invocation) => void = () => undefined): Command {
+export function buildProgram(
+  spec: CommandSpec,
+  io: Io,
+  onAction: (inv: Invocation) => void = () => undefined,
+): Command {
   const program = new ArgparseCommand(spec.name);
   configure(program, spec, io, onAction, true);
   return program;
@@ -359,7 +376,9 @@ export async function runCli(
     }
     if (report.stack && err instanceof Error && err.stack) io.stderr.write(`${err.stack}\n`);
     const message = shown instanceof Error ? shown.message : String(shown);
-    report.write(report.withClassName === false ? `FATAL: ${message}` : `FATAL: ${upstreamErrorName(shown)}: ${message}`);
+    report.write(
+      report.withClassName === false ? `FATAL: ${message}` : `FATAL: ${upstreamErrorName(shown)}: ${message}`,
+    );
     return EXIT_FAIL;
   } finally {
     removeSigint();

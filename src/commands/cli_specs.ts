@@ -17,7 +17,13 @@ export const PGHOARD_SPEC: CommandSpec = {
     { flags: "-s, --short-log", description: "use non-verbose logging format (LEVEL<TAB>message)" },
     configOption("configuration file path"),
   ],
-  arguments: [{ name: "config_file", description: "configuration file path (for backward compatibility; --config wins)", optional: true }],
+  arguments: [
+    {
+      name: "config_file",
+      description: "configuration file path (for backward compatibility; --config wins)",
+      optional: true,
+    },
+  ],
   exitCodes: [
     { code: 0, meaning: "stopped by SIGTERM or SIGINT" },
     { code: 1, meaning: "no configuration path, the file does not exist or is invalid, or start-up failed" },
@@ -28,14 +34,21 @@ export const PGHOARD_SPEC: CommandSpec = {
 const VERBOSE_OPTION = { flags: "-v, --verbose", description: "verbose output" };
 const RESTORE_EXITS: readonly ExitCodeSpec[] = [
   { code: 0, meaning: "success" },
-  { code: 1, meaning: `restore or configuration error (FATAL: <Error>: <message> on stdout), ${INTERRUPT_EXIT}, or no sub-command` },
+  {
+    code: 1,
+    meaning: `restore or configuration error (FATAL: <Error>: <message> on stdout), ${INTERRUPT_EXIT}, or no sub-command`,
+  },
   USAGE_EXIT,
 ];
 
 export const RESTORE_SPEC: CommandSpec = {
   name: "pghoard_restore",
   description: "List basebackups and restore one",
-  options: [DEBUG_OPTION, { flags: "--status-output-file <FILE>", description: "Filename for status output JSON" }, VERSION_OPTION],
+  options: [
+    DEBUG_OPTION,
+    { flags: "--status-output-file <FILE>", description: "Filename for status output JSON" },
+    VERSION_OPTION,
+  ],
   subcommands: [
     {
       name: "list-basebackups-http",
@@ -67,7 +80,11 @@ export const RESTORE_SPEC: CommandSpec = {
       options: [
         { flags: "-v, --verbose", description: "verbose output (accepted, no effect)" },
         { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
-        { flags: "--basebackup <NAME>", description: "pghoard basebackup (full name as listed, or 'latest')", default: "latest" },
+        {
+          flags: "--basebackup <NAME>",
+          description: "pghoard basebackup (full name as listed, or 'latest')",
+          default: "latest",
+        },
         { flags: "--primary-conninfo <CONNINFO>", description: "replication.conf primary_conninfo", default: "" },
         { flags: "--target-dir <DIR>", description: "pghoard restore target 'pgdata' dir", required: true },
         { flags: "--overwrite", description: "overwrite existing target directory" },
@@ -76,22 +93,47 @@ export const RESTORE_SPEC: CommandSpec = {
           description: "map the given tablespace to an existing empty directory",
           repeatable: true,
         },
-        { flags: "--tablespace-base-dir <DIR>", description: "map all tablespaces in the backup below this existing base directory" },
+        {
+          flags: "--tablespace-base-dir <DIR>",
+          description: "map all tablespaces in the backup below this existing base directory",
+        },
         { flags: "--recovery-end-command <COMMAND>", description: "PostgreSQL recovery_end_command" },
-        { flags: "--recovery-target-action <ACTION>", description: "PostgreSQL recovery_target_action", choices: ["pause", "promote", "shutdown"] },
+        {
+          flags: "--recovery-target-action <ACTION>",
+          description: "PostgreSQL recovery_target_action",
+          choices: ["pause", "promote", "shutdown"],
+        },
         { flags: "--recovery-target-name <RESTOREPOINT>", description: "PostgreSQL recovery_target_name" },
-        { flags: "--recovery-target-time <ISO_TIMESTAMP>", description: "PostgreSQL recovery_target_time (also selects the basebackup)" },
+        {
+          flags: "--recovery-target-time <ISO_TIMESTAMP>",
+          description: "PostgreSQL recovery_target_time (also selects the basebackup)",
+        },
         { flags: "--recovery-target-xid <XID>", description: "PostgreSQL recovery_target_xid" },
-        { flags: "--recovery-target-lsn <LSN>", description: "PostgreSQL recovery_target_lsn (not in upstream pghoard)" },
+        {
+          flags: "--recovery-target-lsn <LSN>",
+          description: "PostgreSQL recovery_target_lsn (not in upstream pghoard)",
+        },
         {
           flags: "--recovery-target-immediate",
           description: "recovery_target = 'immediate': stop as soon as consistent (not in upstream pghoard)",
         },
-        { flags: "--restore-to-primary", description: "Restore the database to a PG primary (no standby; archive recovery via recovery.signal)" },
+        {
+          flags: "--restore-to-primary",
+          description: "Restore the database to a PG primary (no standby; archive recovery via recovery.signal)",
+        },
         { flags: "--restore-to-master", description: "Alias of --restore-to-primary, kept for compatibility" },
-        { flags: "--preserve-until <ISO_TIMESTAMP>", description: "Request the backup to be preserved until this time before restoring" },
-        { flags: "--cancel-preserve-on-success", description: "Cancel the preservation request after a successful restore (default)" },
-        { flags: "--no-cancel-preserve-on-success", description: "Keep the preservation request after a successful restore" },
+        {
+          flags: "--preserve-until <ISO_TIMESTAMP>",
+          description: "Request the backup to be preserved until this time before restoring",
+        },
+        {
+          flags: "--cancel-preserve-on-success",
+          description: "Cancel the preservation request after a successful restore (default)",
+        },
+        {
+          flags: "--no-cancel-preserve-on-success",
+          description: "Keep the preservation request after a successful restore",
+        },
         {
           flags: "--pghoard-postgres-command-bin <PATH>",
           description: "program written into restore_command",
@@ -133,7 +175,8 @@ export const ARCHIVE_SYNC_SPEC: CommandSpec = {
     configOption("pghoard config file"),
     {
       flags: "--max-hash-checks <N>",
-      description: "Maximum number of files for which to validate hash in addition to basic existence check (negative: no limit)",
+      description:
+        "Maximum number of files for which to validate hash in addition to basic existence check (negative: no limit)",
       type: "int",
       default: 100,
     },
@@ -153,17 +196,33 @@ export const CREATE_KEYS_SPEC: CommandSpec = {
   options: [
     DEBUG_OPTION,
     VERSION_OPTION,
-    { flags: "--site <SITE>", description: "backup site (required without --config; with it, only when it has several sites)" },
-    { flags: "--key-id <KEY_ID>", description: "key alias as used with encryption_key_id configuration directive", required: true },
+    {
+      flags: "--site <SITE>",
+      description: "backup site (required without --config; with it, only when it has several sites)",
+    },
+    {
+      flags: "--key-id <KEY_ID>",
+      description: "key alias as used with encryption_key_id configuration directive",
+      required: true,
+    },
     { flags: "--bits <BITS>", description: "length of the generated key in bits", type: "int", default: 3072 },
     configOption("configuration file to store the keys in (without it, the configuration snippet is printed)"),
   ],
   exitCodes: [
     { code: 0, meaning: "success" },
-    { code: 1, meaning: "FATAL: <message> (site missing, key id already defined, unusable key size, bad configuration)" },
+    {
+      code: 1,
+      meaning: "FATAL: <message> (site missing, key id already defined, unusable key size, bad configuration)",
+    },
     USAGE_EXIT,
   ],
 };
 
 /** Every tool built from these definitions. */
-export const COMMAND_SPECS: readonly CommandSpec[] = [PGHOARD_SPEC, RESTORE_SPEC, ARCHIVE_CLEANUP_SPEC, ARCHIVE_SYNC_SPEC, CREATE_KEYS_SPEC];
+export const COMMAND_SPECS: readonly CommandSpec[] = [
+  PGHOARD_SPEC,
+  RESTORE_SPEC,
+  ARCHIVE_CLEANUP_SPEC,
+  ARCHIVE_SYNC_SPEC,
+  CREATE_KEYS_SPEC,
+];

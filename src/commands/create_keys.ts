@@ -36,7 +36,11 @@ function sortKeysDeep(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(sortKeysDeep);
   if (value !== null && typeof value === "object") {
     const obj = value as Record<string, unknown>;
-    return Object.fromEntries(Object.keys(obj).sort().map((k) => [k, sortKeysDeep(obj[k])]));
+    return Object.fromEntries(
+      Object.keys(obj)
+        .sort()
+        .map((k) => [k, sortKeysDeep(obj[k])]),
+    );
   }
   return value;
 }
@@ -67,7 +71,8 @@ function isObject(value: unknown): value is Record<string, unknown> {
 async function saveKeys(configPath: string, siteArg: string | undefined, keyId: string, bits: number): Promise<void> {
   // The raw file: no defaults, no checks, so it is written back as the operator wrote it.
   const config = await readJsonConfigFile(configPath);
-  if (!isObject(config)) throw new ConfigError(`Configuration file ${pyRepr(configPath)} does not contain a JSON object`);
+  if (!isObject(config))
+    throw new ConfigError(`Configuration file ${pyRepr(configPath)} does not contain a JSON object`);
   const site = getSiteFromConfig(config as { backup_sites: Record<string, never> }, siteArg);
   const siteConfig = (config.backup_sites as Record<string, unknown>)[site];
   if (!isObject(siteConfig)) throw new ConfigError(`backup_sites.${site}: expected an object (site configuration)`);
@@ -121,6 +126,12 @@ export async function main(argv: string[]): Promise<number> {
       else await showKeyConfig(opts.site, opts.keyId, opts.bits);
       return EXIT_OK;
     },
-    { fatal: (_inv) => ({ write: (line) => process.stdout.write(`${line}\n`), withClassName: false, expected: isExpectedFailure }) },
+    {
+      fatal: (_inv) => ({
+        write: (line) => process.stdout.write(`${line}\n`),
+        withClassName: false,
+        expected: isExpectedFailure,
+      }),
+    },
   );
 }

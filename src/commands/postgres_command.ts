@@ -66,7 +66,18 @@ const USAGE =
   "                                [--password PASSWORD] --site SITE --xlog XLOG [--output OUTPUT]\n" +
   "                                --mode {archive,restore}";
 
-const OPTION_NAMES = ["help", "version", "host", "port", "username", "password", "site", "xlog", "output", "mode"] as const;
+const OPTION_NAMES = [
+  "help",
+  "version",
+  "host",
+  "port",
+  "username",
+  "password",
+  "site",
+  "xlog",
+  "output",
+  "mode",
+] as const;
 type OptionName = (typeof OPTION_NAMES)[number];
 
 /** Resolves `--opt` the way argparse does: exact name, else a unique prefix. */
@@ -160,7 +171,8 @@ async function httpRequest(
   requestPath: string,
   headers: Record<string, string>,
 ): Promise<number> {
-  if (DISALLOWED_TARGET_CHARS.test(requestPath)) throw new Error(`URL can't contain control characters or non-ASCII: ${JSON.stringify(requestPath)}`);
+  if (DISALLOWED_TARGET_CHARS.test(requestPath))
+    throw new Error(`URL can't contain control characters or non-ASCII: ${JSON.stringify(requestPath)}`);
   const allHeaders: Record<string, string> = {
     Host: opts.host.includes(":") ? `[${opts.host}]:${opts.port}` : `${opts.host}:${opts.port}`,
     "Content-Length": "0",
@@ -172,7 +184,8 @@ async function httpRequest(
   }
   let head = `${method} ${requestPath} HTTP/1.1\r\n`;
   for (const [name, value] of Object.entries(allHeaders)) {
-    if (DISALLOWED_HEADER_CHARS.test(value)) throw new Error(`Invalid header value for ${name}: ${JSON.stringify(value)}`);
+    if (DISALLOWED_HEADER_CHARS.test(value))
+      throw new Error(`Invalid header value for ${name}: ${JSON.stringify(value)}`);
     head += `${name}: ${value}\r\n`;
   }
   const request = Buffer.from(`${head}\r\n`, "latin1");
@@ -200,8 +213,12 @@ async function httpRequest(
       if (match) finish(null, Number(match[1]));
       else finish(new ConnectionFailure(`BadStatusLine: ${JSON.stringify(line)}`));
     });
-    socket.on("end", () => finish(new ConnectionFailure("RemoteDisconnected: Remote end closed connection without response")));
-    socket.on("error", (err: NodeJS.ErrnoException) => finish(new ConnectionFailure(`${err.code ?? err.name}: ${err.message}`)));
+    socket.on("end", () =>
+      finish(new ConnectionFailure("RemoteDisconnected: Remote end closed connection without response")),
+    );
+    socket.on("error", (err: NodeJS.ErrnoException) =>
+      finish(new ConnectionFailure(`${err.code ?? err.name}: ${err.message}`)),
+    );
   });
 }
 

@@ -3,7 +3,14 @@
  * 1 on restore/configuration errors (`FATAL: <ErrorClass>: <message>` on stdout) or Ctrl-C,
  * 2 on usage errors.
  */
-import { ConfigError, getSiteFromConfig, loadConfig, privateKeyLookup, resolveConfigPath, type PghoardConfig } from "../config/index.js";
+import {
+  ConfigError,
+  getSiteFromConfig,
+  loadConfig,
+  privateKeyLookup,
+  resolveConfigPath,
+  type PghoardConfig,
+} from "../config/index.js";
 import { createDecodeStream, decodeBuffer } from "../fileformat/index.js";
 import { createStorage } from "../storage/index.js";
 import { RestoreError, describeError } from "../restore/errors.js";
@@ -68,7 +75,11 @@ async function listStore(o: { verbose?: boolean; site?: string; config?: string 
   return 0;
 }
 
-async function restoreBasebackup(o: Record<string, unknown>, globals: { statusOutputFile?: string }, io: Io): Promise<number> {
+async function restoreBasebackup(
+  o: Record<string, unknown>,
+  globals: { statusOutputFile?: string },
+  io: Io,
+): Promise<number> {
   const tablespaceDirs = parseTablespaceDirs(o.tablespaceDir as string[] | undefined);
   const config = await readConfig(o.config as string | undefined);
   const site = getSiteFromConfig(config, o.site as string | undefined);
@@ -110,7 +121,10 @@ async function restoreBasebackup(o: Record<string, unknown>, globals: { statusOu
   return 0;
 }
 
-export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+export async function main(
+  argv: string[],
+  io: Io = { stdout: process.stdout, stderr: process.stderr },
+): Promise<number> {
   return runCli(
     RESTORE_SPEC,
     argv,

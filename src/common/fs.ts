@@ -108,7 +108,11 @@ export async function writeFileAtomic(
 }
 
 /** Copies `source` to `destination` so that `destination` appears only complete. */
-export async function copyFileAtomic(source: string, destination: string, options: AtomicWriteOptions = {}): Promise<void> {
+export async function copyFileAtomic(
+  source: string,
+  destination: string,
+  options: AtomicWriteOptions = {},
+): Promise<void> {
   const tempPath = options.tempPath ?? defaultTempPath(destination);
   try {
     await copyFile(source, tempPath, fsConstants.COPYFILE_EXCL);

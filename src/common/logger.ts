@@ -66,7 +66,9 @@ function writeLine(line: string): void {
 }
 
 function reportProblem(message: string): void {
-  state?.destination.write(formatRecord({ level: 40, time: Date.now(), name: "pghoard.logger", msg: message }, state.format) + "\n");
+  state?.destination.write(
+    formatRecord({ level: 40, time: Date.now(), name: "pghoard.logger", msg: message }, state.format) + "\n",
+  );
 }
 
 function createState(): State {
@@ -102,7 +104,11 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const s = currentState();
   // Only options given explicitly change the format, so a later call (e.g. to add syslog) keeps --short-log.
   if (options.shortLog !== undefined || options.systemd !== undefined) {
-    s.format = options.shortLog ? "short" : (options.systemd ?? Boolean(process.env.NOTIFY_SOCKET)) ? "systemd" : "default";
+    s.format = options.shortLog
+      ? "short"
+      : (options.systemd ?? Boolean(process.env.NOTIFY_SOCKET))
+        ? "systemd"
+        : "default";
   }
   if (options.destination) s.destination = options.destination;
   if (options.debug) setLogLevel("DEBUG");

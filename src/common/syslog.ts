@@ -12,15 +12,40 @@ import { loadUnixDgram, type UnixDgramModule } from "./unix_dgram.js";
 const SYSLOG_SEVERITY: Record<string, number> = { DEBUG: 7, INFO: 6, WARNING: 4, ERROR: 3, CRITICAL: 2 };
 
 export const SYSLOG_FACILITIES: Record<string, number> = {
-  kern: 0, user: 1, mail: 2, daemon: 3, auth: 4, syslog: 5, lpr: 6, news: 7, uucp: 8, cron: 9, authpriv: 10,
-  ftp: 11, security: 4, local0: 16, local1: 17, local2: 18, local3: 19, local4: 20, local5: 21, local6: 22, local7: 23,
+  kern: 0,
+  user: 1,
+  mail: 2,
+  daemon: 3,
+  auth: 4,
+  syslog: 5,
+  lpr: 6,
+  news: 7,
+  uucp: 8,
+  cron: 9,
+  authpriv: 10,
+  ftp: 11,
+  security: 4,
+  local0: 16,
+  local1: 17,
+  local2: 18,
+  local3: 19,
+  local4: 20,
+  local5: 21,
+  local6: 22,
+  local7: 23,
 };
 
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 const MAX_SYSLOG_BYTES = 60_000;
 
 /** `<PRI>Mmm dd hh:mm:ss [host ]pghoard[pid]: text` (RFC 3164; the host only over the network). */
-export function syslogLine(options: { facility: number; level: string; text: string; date?: Date; hostname?: string }): string {
+export function syslogLine(options: {
+  facility: number;
+  level: string;
+  text: string;
+  date?: Date;
+  hostname?: string;
+}): string {
   const date = options.date ?? new Date();
   const pri = options.facility * 8 + (SYSLOG_SEVERITY[options.level] ?? 6);
   const stamp = `${MONTHS[date.getMonth()]} ${String(date.getDate()).padStart(2, " ")} ${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
@@ -47,7 +72,8 @@ export class SyslogSender {
     private readonly report: (message: string) => void,
   ) {
     this.facility = SYSLOG_FACILITIES[facility.toLowerCase()] ?? SYSLOG_FACILITIES.local2 ?? 18;
-    if (!(facility.toLowerCase() in SYSLOG_FACILITIES)) report(`unknown syslog_facility ${JSON.stringify(facility)}, using local2`);
+    if (!(facility.toLowerCase() in SYSLOG_FACILITIES))
+      report(`unknown syslog_facility ${JSON.stringify(facility)}, using local2`);
     const hostPort = /^\[?([^\]/]*?)\]?:(\d+)$/.exec(address);
     if (hostPort && !address.startsWith("/")) {
       this.udpTarget = { host: hostPort[1] || "127.0.0.1", port: Number(hostPort[2]) };

@@ -152,7 +152,9 @@ export function parseNodeEntry(entry: unknown, keyPath: string): NodeConfig {
   const keys = Object.keys(copy);
   if (keys.length === 1 && keys[0] === "connection_string") {
     if (typeof copy.connection_string !== "string") {
-      throw new ConfigError(`${keyPath}.connection_string: expected a string, got ${describeValue(copy.connection_string)}`);
+      throw new ConfigError(
+        `${keyPath}.connection_string: expected a string, got ${describeValue(copy.connection_string)}`,
+      );
     }
     try {
       result = parseConnectionString(copy.connection_string);
@@ -168,7 +170,9 @@ export function parseNodeEntry(entry: unknown, keyPath: string): NodeConfig {
     for (const [key, value] of Object.entries(copy)) {
       if (value === null) continue; // psycopg2 drops None-valued keywords
       if (!isScalar(value)) {
-        throw new ConfigError(`${keyPath}.${key}: expected a string or number (libpq keyword), got ${describeValue(value)}`);
+        throw new ConfigError(
+          `${keyPath}.${key}: expected a string or number (libpq keyword), got ${describeValue(value)}`,
+        );
       }
       result[key] = value;
     }
@@ -221,18 +225,12 @@ function pgpassField(value: string): string {
  * 0600), replacing a line for the same host/port/dbname/user, and returns `info` without the
  * password (a copy). Defaults as upstream: localhost, 5432, `*`, "".
  */
-export async function writePgpassEntry(
-  info: ConnectionInfo,
-  options: { home?: string } = {},
-): Promise<ConnectionInfo> {
+export async function writePgpassEntry(info: ConnectionInfo, options: { home?: string } = {}): Promise<ConnectionInfo> {
   if (!("password" in info)) return { ...info };
   const { password, ...rest } = info;
-  const lineKey = [
-    rest.host ?? "localhost",
-    rest.port ?? "5432",
-    rest.dbname ?? "*",
-    rest.user ?? "",
-  ].map(pgpassField).join(":") + ":";
+  const lineKey =
+    [rest.host ?? "localhost", rest.port ?? "5432", rest.dbname ?? "*", rest.user ?? ""].map(pgpassField).join(":") +
+    ":";
   const line = lineKey + pgpassField(password ?? "");
   const home = options.home ?? process.env.HOME ?? os.homedir();
   const pgpassPath = path.join(home, ".pgpass");

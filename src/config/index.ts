@@ -3,7 +3,14 @@ export { ConfigError } from "./errors.js";
 export type * from "./types.js";
 export { resolveConfigPath, loadConfig, readJsonConfigFile, type LoadOptions } from "./load.js";
 export { validateConfig, type ValidateOptions } from "./validate.js";
-export { getSiteFromConfig, siteObjectStorageConfig, privateKeyLookup, sitePublicKey, sitePrivateKey, pgWalDirectory } from "./sites.js";
+export {
+  getSiteFromConfig,
+  siteObjectStorageConfig,
+  privateKeyLookup,
+  sitePublicKey,
+  sitePrivateKey,
+  pgWalDirectory,
+} from "./sites.js";
 export {
   parseConnectionString,
   parseNodeEntry,

@@ -65,7 +65,9 @@ export async function readJsonConfigFile(configPath: string): Promise<unknown> {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? "";
     if (code === "ENOENT") throw new ConfigError(`Configuration file ${pyRepr(configPath)} does not exist`);
-    throw new ConfigError(`Configuration file ${pyRepr(configPath)} can't be opened: ${PYTHON_OS_ERRORS[code] ?? "OSError"} (${code})`);
+    throw new ConfigError(
+      `Configuration file ${pyRepr(configPath)} can't be opened: ${PYTHON_OS_ERRORS[code] ?? "OSError"} (${code})`,
+    );
   }
   try {
     return JSON.parse(text) as unknown;

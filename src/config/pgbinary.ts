@@ -85,7 +85,11 @@ export interface PgBinary {
   version: number;
 }
 
-export async function findPgBinary(site: SiteConfig, command: PgCommand, options: FindPgBinaryOptions = {}): Promise<PgBinary> {
+export async function findPgBinary(
+  site: SiteConfig,
+  command: PgCommand,
+  options: FindPgBinaryOptions = {},
+): Promise<PgBinary> {
   const siteLabel = pyRepr(options.siteName ?? "?");
   const explicit = site[`${command}_path`];
   if (typeof explicit === "string" && explicit) {

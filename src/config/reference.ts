@@ -33,9 +33,7 @@ function cell(text: string): string {
 }
 
 function renderType(spec: KeySpec): string {
-  return spec.types
-    .map((t) => (t === "array" && spec.elements ? `array of ${spec.elements}` : t))
-    .join(" \\| ");
+  return spec.types.map((t) => (t === "array" && spec.elements ? `array of ${spec.elements}` : t)).join(" \\| ");
 }
 
 function renderDefault(spec: KeySpec): string {
@@ -68,14 +66,19 @@ function renderSection(section: SectionSpec, level = "###"): string {
   if (section.keys.length > 0) {
     lines.push("| Key | Type | Default | Description |", "|---|---|---|---|");
     for (const spec of section.keys) {
-      lines.push(`| \`${spec.key}\` | ${renderType(spec)} | ${cell(renderDefault(spec))} | ${cell(renderDescription(spec))} |`);
+      lines.push(
+        `| \`${spec.key}\` | ${renderType(spec)} | ${cell(renderDefault(spec))} | ${cell(renderDescription(spec))} |`,
+      );
     }
     lines.push("");
   }
   for (const note of section.notes ?? []) lines.push(`- ${note}`);
   if (section.notes?.length) lines.push("");
   if (section.derived?.length) {
-    lines.push(`Derived keys written by pghoard itself (accepted, not meant to be set): ${section.derived.map((d) => `\`${d}\``).join(", ")}.`, "");
+    lines.push(
+      `Derived keys written by pghoard itself (accepted, not meant to be set): ${section.derived.map((d) => `\`${d}\``).join(", ")}.`,
+      "",
+    );
   }
   if (section.ignored?.length) {
     lines.push(
@@ -112,7 +115,12 @@ export function renderReference(): string {
     renderSection(storageCommonSection),
     ...Object.values(storageSections).map((s) => renderSection(s, "####")),
   ];
-  return parts.join("\n").replace(/\n{3,}/g, "\n\n").trimEnd() + "\n";
+  return (
+    parts
+      .join("\n")
+      .replace(/\n{3,}/g, "\n\n")
+      .trimEnd() + "\n"
+  );
 }
 
 /** README text with the block between the markers replaced by `reference`. */
@@ -154,7 +162,9 @@ function cli(args: string[]): number {
   if (args.includes("--check")) {
     const readmePath = findReadme();
     if (readReferenceBlock(readFileSync(readmePath, "utf8")) !== reference) {
-      process.stderr.write(`${readmePath}: configuration reference is stale; run node dist/src/config/reference.js --write\n`);
+      process.stderr.write(
+        `${readmePath}: configuration reference is stale; run node dist/src/config/reference.js --write\n`,
+      );
       return 1;
     }
     return 0;

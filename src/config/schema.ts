@@ -19,9 +19,7 @@ export interface DefaultContext {
   siteName?: string;
 }
 
-export type DefaultSpec =
-  | { value: unknown }
-  | { doc: string; compute: (ctx: DefaultContext) => unknown };
+export type DefaultSpec = { value: unknown } | { doc: string; compute: (ctx: DefaultContext) => unknown };
 
 /**
  * What a wrong type or value does:
@@ -128,7 +126,9 @@ export const transferSection: SectionSpec = {
   id: "transfer",
   title: "transfer",
   path: "transfer",
-  ignored: [{ name: "upload_retries_warning_limit", hint: "upstream reads the top-level `upload_retries_warning_limit`" }],
+  ignored: [
+    { name: "upload_retries_warning_limit", hint: "upstream reads the top-level `upload_retries_warning_limit`" },
+  ],
   keys: [
     {
       key: "thread_count",
@@ -163,7 +163,12 @@ export const pushgatewaySection: SectionSpec = {
   title: "pushgateway",
   path: "pushgateway",
   keys: [
-    { key: "endpoint", types: ["string"], default: { value: "" }, description: "Base URL of the Pushgateway; empty disables sending." },
+    {
+      key: "endpoint",
+      types: ["string"],
+      default: { value: "" },
+      description: "Base URL of the Pushgateway; empty disables sending.",
+    },
     { key: "job", types: ["string"], default: { value: "pghoard" }, description: "Job name in the push URL." },
     {
       key: "instance",
@@ -230,7 +235,7 @@ export const topLevelSection: SectionSpec = {
       key: "http_address",
       types: ["string"],
       default: { value: "127.0.0.1" },
-      description: "Bind address of the HTTP server; `\"\"` = all IPv4 addresses, `::` = IPv6.",
+      description: 'Bind address of the HTTP server; `""` = all IPv4 addresses, `::` = IPv6.',
     },
     {
       key: "http_port",
@@ -259,7 +264,8 @@ export const topLevelSection: SectionSpec = {
       allowed: ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
       default: { value: "INFO" },
       onInvalid: "warn",
-      description: "Python logging level name. `-D/--debug` sets DEBUG until the file is read. Unknown names are reported and ignored.",
+      description:
+        "Python logging level name. `-D/--debug` sets DEBUG until the file is read. Unknown names are reported and ignored.",
     },
     {
       key: "syslog",
@@ -278,8 +284,27 @@ export const topLevelSection: SectionSpec = {
       key: "syslog_facility",
       types: ["string"],
       allowed: [
-        "auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "security", "syslog", "user", "uucp",
-        "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+        "auth",
+        "authpriv",
+        "cron",
+        "daemon",
+        "ftp",
+        "kern",
+        "lpr",
+        "mail",
+        "news",
+        "security",
+        "syslog",
+        "user",
+        "uucp",
+        "local0",
+        "local1",
+        "local2",
+        "local3",
+        "local4",
+        "local5",
+        "local6",
+        "local7",
       ],
       default: { value: "local2" },
       onInvalid: "warn",
@@ -303,7 +328,8 @@ export const topLevelSection: SectionSpec = {
       key: "upload_retries_warning_limit",
       types: ["integer"],
       default: { value: 3 },
-      description: "After more upload retries than this the alert file `upload_retries_warning` is created. Top level, not under `transfer`.",
+      description:
+        "After more upload retries than this the alert file `upload_retries_warning` is created. Top level, not under `transfer`.",
     },
     {
       key: "restore_prefetch",
@@ -325,12 +351,26 @@ export const topLevelSection: SectionSpec = {
       key: "tar_executable",
       types: ["string"],
       default: { value: "pghoard_gnutaremu" },
-      description: "Command `pghoard_restore` extracts tar streams with (GNU tar options); `pghoard_gnutaremu` is the bundled emulator.",
+      description:
+        "Command `pghoard_restore` extracts tar streams with (GNU tar options); `pghoard_gnutaremu` is the bundled emulator.",
     },
     {
       key: "hash_algorithm",
       types: ["string"],
-      allowed: ["sha1", "sha224", "sha256", "sha384", "sha512", "md5", "blake2b", "blake2s", "sha3_224", "sha3_256", "sha3_384", "sha3_512"],
+      allowed: [
+        "sha1",
+        "sha224",
+        "sha256",
+        "sha384",
+        "sha512",
+        "md5",
+        "blake2b",
+        "blake2s",
+        "sha3_224",
+        "sha3_256",
+        "sha3_384",
+        "sha3_512",
+      ],
       default: { value: "sha1" },
       onInvalid: "writer",
       description: "Python hashlib name of the WAL `hash` metadata (digest of the uncompressed segment).",
@@ -426,7 +466,12 @@ export const pgReceivexlogSection: SectionSpec = {
 };
 
 export const BASEBACKUP_MODES = ["basic", "pipe", "local-tar", "local-tar-delta-stats", "delta"] as const;
-export const ACTIVE_BACKUP_MODES = ["pg_receivexlog", "walreceiver", "archive_command", "standalone_hot_backup"] as const;
+export const ACTIVE_BACKUP_MODES = [
+  "pg_receivexlog",
+  "walreceiver",
+  "archive_command",
+  "standalone_hot_backup",
+] as const;
 export const STORAGE_TYPES = ["local", "s3", "google", "azure", "swift", "sftp"] as const;
 
 export const siteSection: SectionSpec = {
@@ -436,7 +481,10 @@ export const siteSection: SectionSpec = {
   derived: ["pg_data_directory_version", "pg_basebackup_version", "pg_receivexlog_version"],
   ignored: [
     { name: "basebackup_thread", hint: "did you mean `basebackup_threads`? upstream ignores `basebackup_thread`" },
-    { name: "basebackup_max_age", hint: "did you mean `basebackup_age_days_max`? upstream ignores `basebackup_max_age`" },
+    {
+      name: "basebackup_max_age",
+      hint: "did you mean `basebackup_age_days_max`? upstream ignores `basebackup_max_age`",
+    },
   ],
   keys: [
     {
@@ -444,7 +492,8 @@ export const siteSection: SectionSpec = {
       types: ["boolean"],
       default: { value: true },
       onInvalid: "warn",
-      description: "Inactive sites archive no WAL, take no basebackups and delete nothing; they can still be restored from and served.",
+      description:
+        "Inactive sites archive no WAL, take no basebackups and delete nothing; they can still be restored from and served.",
     },
     {
       key: "active_backup_mode",
@@ -504,7 +553,8 @@ export const siteSection: SectionSpec = {
       key: "encryption_key_id",
       types: ["string", "null"],
       default: { value: null },
-      description: "Key id new files are encrypted with; null = no encryption. Must name an `encryption_keys` entry with a `public` key.",
+      description:
+        "Key id new files are encrypted with; null = no encryption. Must name an `encryption_keys` entry with a `public` key.",
     },
     {
       key: "encryption_keys",
@@ -513,7 +563,7 @@ export const siteSection: SectionSpec = {
       default: { value: {} },
       secret: true,
       description:
-        "`{\"<key id>\": {\"public\": PEM, \"private\": PEM}}`; `public` is needed to write, `private` to read. Keep old ids to read old backups.",
+        '`{"<key id>": {"public": PEM, "private": PEM}}`; `public` is needed to write, `private` to read. Keep old ids to read old backups.',
     },
     {
       key: "basebackup_mode",
@@ -623,7 +673,8 @@ export const siteSection: SectionSpec = {
       types: ["array"],
       elements: "string",
       default: { value: [] },
-      description: "Earlier sites whose backups and WAL belong to this cluster's history; each must be defined under `backup_sites`.",
+      description:
+        "Earlier sites whose backups and WAL belong to this cluster's history; each must be defined under `backup_sites`.",
     },
     {
       key: "pg_version",
@@ -634,7 +685,7 @@ export const siteSection: SectionSpec = {
       key: "stream_compression",
       types: ["boolean"],
       onInvalid: "warn",
-      deprecated: "use `basebackup_mode: \"pipe\"`",
+      deprecated: 'use `basebackup_mode: "pipe"`',
       description: "Legacy: a truthy value makes `pipe` the default `basebackup_mode`.",
     },
     {
@@ -653,7 +704,7 @@ export const nodeSection: SectionSpec = {
   intro: "Each entry is one of:",
   notes: [
     "an object of libpq keywords (`host`, `port`, `user`, `password`, `dbname`, `sslmode`, …) plus an optional `slot`;",
-    "`{\"connection_string\": \"<libpq string or URI>\", \"slot\": \"<name>\"}` (used as-is when it is the only key besides `slot`);",
+    '`{"connection_string": "<libpq string or URI>", "slot": "<name>"}` (used as-is when it is the only key besides `slot`);',
     "a libpq `key=value` string (single-quoted values, backslash escapes);",
     "a `postgres://user:pass@host:port/dbname?param=value` (or `postgresql://`) URI.",
     "Replication connections force `dbname=replication` and add `replication=true`. A `password` is moved to `$HOME/.pgpass` (mode 0600) and removed from connection strings passed to child processes, which are rendered as `key='value'` pairs sorted by key. `slot` is the physical replication slot used by `pg_receivewal --slot` and the walreceiver.",
@@ -679,7 +730,7 @@ const proxyInfo: KeySpec = {
   key: "proxy_info",
   types: ["object"],
   section: proxyInfoSection,
-  description: "Proxy: `{\"type\": \"socks5\"|\"http\", \"host\", \"port\", \"user\"?, \"pass\"?}`.",
+  description: 'Proxy: `{"type": "socks5"|"http", "host", "port", "user"?, "pass"?}`.',
 };
 
 export const storageCommonSection: SectionSpec = {
@@ -705,7 +756,7 @@ export const storageCommonSection: SectionSpec = {
     {
       key: "notifier",
       types: ["object"],
-      description: "`{\"notifier_type\": \"http\", \"url\": \"...\"}`: POST a JSON event per object created/deleted/copied.",
+      description: '`{"notifier_type": "http", "url": "..."}`: POST a JSON event per object created/deleted/copied.',
     },
   ],
 };
@@ -731,15 +782,29 @@ export const storageSections: Record<(typeof STORAGE_TYPES)[number], SectionSpec
     },
   ]),
   s3: storageSection("s3", [
-    { key: "region", types: ["string"], required: "yes", description: "AWS region (also for custom endpoints; empty selects SigV2 there)." },
+    {
+      key: "region",
+      types: ["string"],
+      required: "yes",
+      description: "AWS region (also for custom endpoints; empty selects SigV2 there).",
+    },
     { key: "bucket_name", types: ["string"], required: "yes", description: "Bucket; created if it does not exist." },
-    { key: "aws_access_key_id", types: ["string"], description: "Static credentials; absent: the AWS default credential chain." },
+    {
+      key: "aws_access_key_id",
+      types: ["string"],
+      description: "Static credentials; absent: the AWS default credential chain.",
+    },
     { key: "aws_secret_access_key", types: ["string"], secret: true, description: "Static credentials." },
     { key: "aws_session_token", types: ["string"], secret: true, description: "Temporary credentials." },
     { key: "host", types: ["string"], description: "Custom endpoint host; used only when `port` is set too." },
     { key: "port", types: ["integer"], min: 0, max: 65535, description: "Custom endpoint port." },
     { key: "is_secure", types: ["boolean"], default: { value: false }, description: "https for the custom endpoint." },
-    { key: "is_verify_tls", types: ["boolean"], default: { value: false }, description: "Verify TLS of the custom endpoint." },
+    {
+      key: "is_verify_tls",
+      types: ["boolean"],
+      default: { value: false },
+      description: "Verify TLS of the custom endpoint.",
+    },
     { key: "cert_path", types: ["string"], description: "CA bundle; only with `is_verify_tls: true`." },
     {
       key: "addressing_style",
@@ -748,7 +813,12 @@ export const storageSections: Record<(typeof STORAGE_TYPES)[number], SectionSpec
       default: { value: "path" },
       description: "Bucket addressing for custom endpoints.",
     },
-    { key: "encrypted", types: ["boolean"], default: { value: false }, description: "Request server-side encryption (AES256)." },
+    {
+      key: "encrypted",
+      types: ["boolean"],
+      default: { value: false },
+      description: "Request server-side encryption (AES256).",
+    },
     {
       key: "segment_size",
       types: ["integer"],
@@ -765,9 +835,17 @@ export const storageSections: Record<(typeof STORAGE_TYPES)[number], SectionSpec
   google: storageSection(
     "google",
     [
-      { key: "project_id", types: ["string"], description: "Project; at least one of `project_id`, `bucket_name` is required." },
+      {
+        key: "project_id",
+        types: ["string"],
+        description: "Project; at least one of `project_id`, `bucket_name` is required.",
+      },
       { key: "bucket_name", types: ["string"], description: "Bucket; created if missing." },
-      { key: "credential_file", types: ["string"], description: "JSON key file (`service_account` or `authorized_user`)." },
+      {
+        key: "credential_file",
+        types: ["string"],
+        description: "JSON key file (`service_account` or `authorized_user`).",
+      },
       {
         key: "credentials",
         types: ["object"],
@@ -780,7 +858,12 @@ export const storageSections: Record<(typeof STORAGE_TYPES)[number], SectionSpec
   ),
   azure: storageSection("azure", [
     { key: "account_name", types: ["string"], required: "yes", description: "Storage account." },
-    { key: "account_key", types: ["string"], secret: true, description: "One of `account_key`, `sas_token` is required." },
+    {
+      key: "account_key",
+      types: ["string"],
+      secret: true,
+      description: "One of `account_key`, `sas_token` is required.",
+    },
     { key: "sas_token", types: ["string"], secret: true, description: "Shared access signature." },
     { key: "bucket_name", types: ["string"], required: "yes", description: "Container; created if missing." },
     {
@@ -788,42 +871,52 @@ export const storageSections: Record<(typeof STORAGE_TYPES)[number], SectionSpec
       types: ["string", "null"],
       allowed: [null, "public", "germany", "china"],
       default: { value: null },
-      description: "Endpoint suffix: public `core.windows.net`, germany `core.cloudapi.de`, china `core.chinacloudapi.cn`.",
+      description:
+        "Endpoint suffix: public `core.windows.net`, germany `core.cloudapi.de`, china `core.chinacloudapi.cn`.",
     },
     { key: "host", types: ["string"], description: "Custom endpoint host (set together with `port`)." },
     { key: "port", types: ["integer"], min: 0, max: 65535, description: "Custom endpoint port." },
     { key: "is_secure", types: ["boolean"], default: { value: true }, description: "https vs http." },
     proxyInfo,
   ]),
-  swift: storageSection(
-    "swift",
-    [
-      { key: "user", types: ["string"], required: "yes", description: "User (Ceph RadosGW: subuser)." },
-      { key: "key", types: ["string"], required: "yes", secret: true, description: "Secret." },
-      { key: "auth_url", types: ["string"], required: "yes", description: "Keystone / auth endpoint." },
-      { key: "container_name", types: ["string"], required: "yes", description: "Container; created if missing." },
-      {
-        key: "auth_version",
-        types: ["string"],
-        allowed: ["1.0", "2.0", "3.0"],
-        default: { value: "2.0" },
-        description: "`1.0` (RadosGW tempauth), `2.0`, `3.0`.",
-      },
-      { key: "tenant_name", types: ["string"], description: "Tenant." },
-      { key: "region_name", types: ["string"], description: "Region." },
-      {
-        key: "segment_size",
-        types: ["integer"],
-        min: 1,
-        default: { value: 3221225472 },
-        description: "Objects larger than this are uploaded as segments.",
-      },
-      ...["user_id", "user_domain_id", "user_domain_name", "tenant_id", "project_id", "project_name", "project_domain_id",
-        "project_domain_name", "service_type", "endpoint_type"].map(
-        (key): KeySpec => ({ key, types: ["string"], description: "Keystone v3 option (`auth_version` `3.0` only)." }),
-      ),
-    ],
-  ),
+  swift: storageSection("swift", [
+    { key: "user", types: ["string"], required: "yes", description: "User (Ceph RadosGW: subuser)." },
+    { key: "key", types: ["string"], required: "yes", secret: true, description: "Secret." },
+    { key: "auth_url", types: ["string"], required: "yes", description: "Keystone / auth endpoint." },
+    { key: "container_name", types: ["string"], required: "yes", description: "Container; created if missing." },
+    {
+      key: "auth_version",
+      types: ["string"],
+      allowed: ["1.0", "2.0", "3.0"],
+      default: { value: "2.0" },
+      description: "`1.0` (RadosGW tempauth), `2.0`, `3.0`.",
+    },
+    { key: "tenant_name", types: ["string"], description: "Tenant." },
+    { key: "region_name", types: ["string"], description: "Region." },
+    {
+      key: "segment_size",
+      types: ["integer"],
+      min: 1,
+      default: { value: 3221225472 },
+      description: "Objects larger than this are uploaded as segments.",
+    },
+    ...[
+      "user_id",
+      "user_domain_id",
+      "user_domain_name",
+      "tenant_id",
+      "project_id",
+      "project_name",
+      "project_domain_id",
+      "project_domain_name",
+      "service_type",
+      "endpoint_type",
+    ].map((key): KeySpec => ({
+      key,
+      types: ["string"],
+      description: "Keystone v3 option (`auth_version` `3.0` only).",
+    })),
+  ]),
   sftp: storageSection("sftp", [
     { key: "server", types: ["string"], required: "yes", description: "Host." },
     { key: "port", types: ["integer"], min: 0, max: 65535, required: "yes", description: "Port." },

@@ -33,7 +33,10 @@ export function siteObjectStorageConfig(config: PghoardConfig, site: string): Ob
 }
 
 /** The site's key entry for `keyId`; own properties only, so `constructor` etc. never resolve. */
-function encryptionKeyEntry(site: Pick<SiteConfig, "encryption_keys">, keyId: string): { public?: unknown; private?: unknown } | undefined {
+function encryptionKeyEntry(
+  site: Pick<SiteConfig, "encryption_keys">,
+  keyId: string,
+): { public?: unknown; private?: unknown } | undefined {
   const keys = site.encryption_keys;
   if (!keys || !Object.prototype.hasOwnProperty.call(keys, keyId)) return undefined;
   return keys[keyId] ?? undefined;
@@ -65,7 +68,9 @@ export function pgWalDirectory(site: SiteConfig): string {
     try {
       version = readFileSync(path.join(dataDir, "PG_VERSION"), "utf8").trim();
     } catch (err) {
-      throw new ConfigError(`cannot read ${path.join(dataDir, "PG_VERSION")}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+      throw new ConfigError(
+        `cannot read ${path.join(dataDir, "PG_VERSION")}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+      );
     }
   }
   return path.join(dataDir, parseFloat(version) >= 10 ? "pg_wal" : "pg_xlog");

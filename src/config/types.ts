@@ -10,7 +10,8 @@ export type Tool = "daemon" | "restore" | "archive_sync" | "archive_cleanup" | "
 export type CompressionAlgorithm = "snappy" | "zstd" | "lzma";
 export type BasebackupMode = "basic" | "pipe" | "local-tar" | "local-tar-delta-stats" | "delta";
 /** Upstream tolerates other strings (no WAL archiving is started), so the type stays open. */
-export type ActiveBackupMode = "pg_receivexlog" | "walreceiver" | "archive_command" | "standalone_hot_backup" | (string & {});
+export type ActiveBackupMode =
+  "pg_receivexlog" | "walreceiver" | "archive_command" | "standalone_hot_backup" | (string & {});
 export type StorageType = "local" | "s3" | "google" | "azure" | "swift" | "sftp";
 
 /** Metric tags: upstream passes them through as given. */

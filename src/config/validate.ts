@@ -112,7 +112,11 @@ function pydanticCoerce(value: unknown, types: readonly ValueType[]): unknown {
     }
     if (value === 0 || value === 1) return value === 1;
   }
-  if ((types.includes("integer") || types.includes("number")) && typeof value === "string" && /^\s*-?\d+(\.\d+)?\s*$/.test(value)) {
+  if (
+    (types.includes("integer") || types.includes("number")) &&
+    typeof value === "string" &&
+    /^\s*-?\d+(\.\d+)?\s*$/.test(value)
+  ) {
     const n = Number(value);
     if (types.includes("number") || Number.isInteger(n)) return n;
   }
@@ -190,7 +194,9 @@ function checkValue(raw: unknown, spec: KeySpec, path: string, ctx: Ctx, section
   if (Array.isArray(value) && spec.elements) {
     value.forEach((element, i) => {
       if (!valueMatches(element, spec.elements as ValueType)) {
-        throw new ConfigError(`${path}[${i}]: expected ${TYPE_NAMES[spec.elements as ValueType]}, got ${describeValue(element)}`);
+        throw new ConfigError(
+          `${path}[${i}]: expected ${TYPE_NAMES[spec.elements as ValueType]}, got ${describeValue(element)}`,
+        );
       }
     });
     return [...value];
@@ -231,7 +237,13 @@ function resolveSection(raw: Json, section: SectionSpec, path: string, ctx: Ctx)
   return out;
 }
 
-function warnUnknownKeys(raw: Json, section: SectionSpec, path: string, ctx: Ctx, extraKnown: readonly string[] = []): void {
+function warnUnknownKeys(
+  raw: Json,
+  section: SectionSpec,
+  path: string,
+  ctx: Ctx,
+  extraKnown: readonly string[] = [],
+): void {
   const known = new Set([...section.keys.map((k) => k.key), ...(section.derived ?? []), ...extraKnown]);
   for (const key of Object.keys(raw)) {
     if (known.has(key)) continue;
@@ -245,13 +257,17 @@ function resolveObjectStorage(raw: unknown, siteName: string, path: string, ctx:
   if (raw === null || (isPlainObject(raw) && Object.keys(raw).length === 0)) {
     // Upstream treats null and {} alike: the legacy local store rooted at backup_location.
     if (!backupLocation) {
-      throw new ConfigError(`${path}: not set and backup_location is null, so site ${pyRepr(siteName)} has no backup storage`);
+      throw new ConfigError(
+        `${path}: not set and backup_location is null, so site ${pyRepr(siteName)} has no backup storage`,
+      );
     }
     return { storage_type: "local", directory: backupLocation };
   }
   if (!isPlainObject(raw)) throw new ConfigError(`${path}: expected an object or null, got ${describeValue(raw)}`);
   if (!("storage_type" in raw)) {
-    throw new ConfigError(`${path}.storage_type: Site ${pyRepr(siteName)}: storage_type not defined for object_storage`);
+    throw new ConfigError(
+      `${path}.storage_type: Site ${pyRepr(siteName)}: storage_type not defined for object_storage`,
+    );
   }
   const storageType = raw.storage_type;
   if (typeof storageType !== "string" || !(STORAGE_TYPES as readonly string[]).includes(storageType)) {
@@ -290,7 +306,9 @@ function checkStorageCombinations(storageType: string, s: Json, path: string): v
       break;
     case "google":
       if (!has("project_id") && !has("bucket_name")) {
-        throw new ConfigError(`${path}: at least one of project_id and bucket_name is required for storage_type 'google'`);
+        throw new ConfigError(
+          `${path}: at least one of project_id and bucket_name is required for storage_type 'google'`,
+        );
       }
       break;
     case "azure":
@@ -337,7 +355,9 @@ function checkEncryption(site: Json, path: string, ctx: Ctx): void {
     const key = createPublicKey(entry.public);
     if (key.asymmetricKeyType !== "rsa") throw new Error(`not an RSA key (${key.asymmetricKeyType})`);
   } catch (err) {
-    fail(`${keyPath(`${path}.encryption_keys`, keyId)}.public: not a usable RSA public key PEM: ${(err as Error).message}`);
+    fail(
+      `${keyPath(`${path}.encryption_keys`, keyId)}.public: not a usable RSA public key PEM: ${(err as Error).message}`,
+    );
   }
 }
 
@@ -348,12 +368,14 @@ function resolveNodes(raw: unknown, site: Json, path: string, ctx: Ctx): NodeCon
     }
     return [];
   }
-  if (!Array.isArray(raw)) throw new ConfigError(`${path}: expected an array of node entries, got ${describeValue(raw)}`);
+  if (!Array.isArray(raw))
+    throw new ConfigError(`${path}: expected an array of node entries, got ${describeValue(raw)}`);
   return raw.map((entry, i) => parseNodeEntry(entry, `${path}[${i}]`));
 }
 
 function resolveSite(raw: unknown, siteName: string, path: string, ctx: Ctx): SiteConfig {
-  if (!isPlainObject(raw)) throw new ConfigError(`${path}: expected an object (site configuration), got ${describeValue(raw)}`);
+  if (!isPlainObject(raw))
+    throw new ConfigError(`${path}: expected an object (site configuration), got ${describeValue(raw)}`);
   const siteCtx: Ctx = { ...ctx, siteName };
   const site = resolveSection(raw, siteSection, path, siteCtx);
   site.nodes = resolveNodes(raw.nodes, site, `${path}.nodes`, siteCtx);
@@ -421,7 +443,9 @@ export function validateConfig(raw: unknown, options: ValidateOptions = {}): Pgh
         );
       }
       if (other === siteName) {
-        throw new ConfigError(`${keyPath("backup_sites", siteName)}.moved_from[${i}]: a site cannot be moved from itself`);
+        throw new ConfigError(
+          `${keyPath("backup_sites", siteName)}.moved_from[${i}]: a site cannot be moved from itself`,
+        );
       }
     });
   }

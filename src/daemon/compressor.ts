@@ -135,7 +135,8 @@ export class Compressors {
 
   private encodeOptions(site: string): EncodeOptions {
     const opts = siteEncodeOptions(this.ctx.config, this.ctx.site(site));
-    if (opts.encryptionKeyId && !opts.publicKeyPem) throw new Error(`Site '${site}': no public key for encryption key id '${opts.encryptionKeyId}'`);
+    if (opts.encryptionKeyId && !opts.publicKeyPem)
+      throw new Error(`Site '${site}': no public key for encryption key id '${opts.encryptionKeyId}'`);
     return opts;
   }
 
@@ -241,7 +242,13 @@ export class Compressors {
     return { ...result, data: Buffer.concat(chunks) };
   }
 
-  private recordState(state: CompressorState, site: string, filetype: WalFileType, original: number, compressed: number): void {
+  private recordState(
+    state: CompressorState,
+    site: string,
+    filetype: WalFileType,
+    original: number,
+    compressed: number,
+  ): void {
     if (!state[site]) {
       const empty = (): CompressorTypeState => ({ original_data: 0, compressed_data: 0, count: 0 });
       state[site] = { basebackup: empty(), xlog: empty(), timeline: empty() };

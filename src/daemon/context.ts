@@ -15,7 +15,15 @@ import { deferred } from "../common/async.js";
 import { createAlertFile, removeAlertFile, type AlertName } from "./alerts.js";
 import { AsyncQueue } from "./queue.js";
 import { siteSpoolPaths, type SiteSpoolPaths } from "./spool.js";
-import type { CompressionEvent, DownloadOp, ListOp, MetadataOp, TransferOp, TransferResult, UploadOp } from "./types.js";
+import type {
+  CompressionEvent,
+  DownloadOp,
+  ListOp,
+  MetadataOp,
+  TransferOp,
+  TransferResult,
+  UploadOp,
+} from "./types.js";
 
 /** What `archive()` takes: a CompressionEvent; the context supplies the callback. */
 export type ArchiveRequest = Omit<CompressionEvent, "callback">;

@@ -212,7 +212,13 @@ export class PGHoard {
       maintenanceMode: () => existsSync(this.ctx.config.maintenance_mode_file),
       queueIncomingFile: (fullPath: string) => {
         const filetype = path.basename(fullPath).endsWith(".history") ? "timeline" : "xlog";
-        this.ctx.compressionQueue.put({ site, filetype, fullPath, compressToMemory: false, deleteFileAfterCompression: true });
+        this.ctx.compressionQueue.put({
+          site,
+          filetype,
+          fullPath,
+          compressToMemory: false,
+          deleteFileAfterCompression: true,
+        });
       },
     };
     for (const plugin of this.plugins) {
@@ -293,7 +299,10 @@ export class PGHoard {
     );
     if (!compressed) this.log.warn("Compression queue not drained before graceful_shutdown_compression_timeout");
     await this.compressors.stop();
-    const uploaded = await this.waitUntil(() => this.transferAgents.pendingCount === 0, config.graceful_shutdown_upload_timeout);
+    const uploaded = await this.waitUntil(
+      () => this.transferAgents.pendingCount === 0,
+      config.graceful_shutdown_upload_timeout,
+    );
     if (!uploaded) this.log.warn("Upload queue not drained before graceful_shutdown_upload_timeout");
     await this.transferAgents.stop();
     await Promise.race([drained, sleep(1000)]);

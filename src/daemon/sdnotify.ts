@@ -60,7 +60,11 @@ export async function sdNotify(assignments: string, options: SdNotifyOptions = {
     if (ok) return "unix-dgram";
   }
   const bin = options.systemdNotifyPath ?? "systemd-notify";
-  const args = [`--pid=${process.pid}`, ...(options.noBlock ? ["--no-block"] : []), ...assignments.split("\n").filter((line) => line !== "")];
+  const args = [
+    `--pid=${process.pid}`,
+    ...(options.noBlock ? ["--no-block"] : []),
+    ...assignments.split("\n").filter((line) => line !== ""),
+  ];
   const code = await new Promise<number | null>((resolve) => {
     const child = spawn(bin, args, { env, stdio: ["ignore", "ignore", "pipe"] });
     let stderr = "";

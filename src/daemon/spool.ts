@@ -20,7 +20,10 @@ export interface SiteSpoolPaths {
   basebackupIncoming: string;
 }
 
-export function siteSpoolPaths(backupLocation: string, prefix: string): Omit<SiteSpoolPaths, "site"> & { site: string } {
+export function siteSpoolPaths(
+  backupLocation: string,
+  prefix: string,
+): Omit<SiteSpoolPaths, "site"> & { site: string } {
   const site = path.join(backupLocation, prefix);
   return {
     site,
@@ -33,7 +36,14 @@ export function siteSpoolPaths(backupLocation: string, prefix: string): Omit<Sit
 }
 
 export async function createSiteSpoolDirs(paths: SiteSpoolPaths): Promise<void> {
-  for (const dir of [paths.site, paths.xlogIncoming, paths.xlog, paths.timeline, paths.basebackup, paths.basebackupIncoming]) {
+  for (const dir of [
+    paths.site,
+    paths.xlogIncoming,
+    paths.xlog,
+    paths.timeline,
+    paths.basebackup,
+    paths.basebackupIncoming,
+  ]) {
     await mkdirp(dir);
   }
 }

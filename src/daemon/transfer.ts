@@ -130,7 +130,14 @@ export class TransferAgents {
     }
     const byOper = this.state[site][oper];
     if (!byOper[filetype]) {
-      byOper[filetype] = { data: 0, count: 0, time_taken: 0, failures: 0, xlogs_since_basebackup: 0, last_success: null };
+      byOper[filetype] = {
+        data: 0,
+        count: 0,
+        time_taken: 0,
+        failures: 0,
+        xlogs_since_basebackup: 0,
+        last_success: null,
+      };
     }
     return byOper[filetype];
   }
@@ -150,7 +157,11 @@ export class TransferAgents {
         const outcome = await this.handleUpload(op, key);
         if (outcome === "retrying") {
           this.typeState(op.site, "upload", op.filetype).failures += 1;
-          this.ctx.metrics.increase("pghoard.upload_size", size, { result: "failed", type: op.filetype, site: op.site });
+          this.ctx.metrics.increase("pghoard.upload_size", size, {
+            result: "failed",
+            type: op.filetype,
+            site: op.site,
+          });
           return;
         }
         result = { success: true };
@@ -173,7 +184,10 @@ export class TransferAgents {
       case "LIST":
         name = "";
         key = path.posix.join(prefix, op.filetype);
-        result = await this.guarded("handle_list", op.site, key, async (storage) => ({ success: true, items: await storage.list(key) }));
+        result = await this.guarded("handle_list", op.site, key, async (storage) => ({
+          success: true,
+          items: await storage.list(key),
+        }));
         size = result.items ? JSON.stringify(result.items).length : 0;
         break;
     }
@@ -184,7 +198,8 @@ export class TransferAgents {
       if (oper === "upload") {
         const xlogEntry = this.typeState(op.site, "upload", "xlog");
         if (op.filetype === "xlog") xlogEntry.xlogs_since_basebackup += 1;
-        else if (op.filetype === "basebackup" || op.filetype === "basebackup_delta") xlogEntry.xlogs_since_basebackup = 0;
+        else if (op.filetype === "basebackup" || op.filetype === "basebackup_delta")
+          xlogEntry.xlogs_since_basebackup = 0;
         this.ctx.metrics.gauge("pghoard.xlogs_since_basebackup", xlogEntry.xlogs_since_basebackup, { site: op.site });
         if (op.filetype === "xlog") this.ctx.metrics.siteHealth.walUploaded(op.site, path.basename(name));
       }
@@ -230,7 +245,11 @@ export class TransferAgents {
     }
   }
 
-  private async handleDownload(site: string, key: string, targetPath: string): Promise<{ result: TransferResult; size: number }> {
+  private async handleDownload(
+    site: string,
+    key: string,
+    targetPath: string,
+  ): Promise<{ result: TransferResult; size: number }> {
     let size = 0;
     const result = await this.guarded("handle_download", site, key, async (storage) => {
       const { stream, metadata, size: storedSize } = await storage.getReadStream(key);
@@ -276,7 +295,10 @@ export class TransferAgents {
         }
       }
       if (this.overLimit.delete(op) || this.overLimit.size === 0) {
-        if (this.overLimit.size === 0 && (await removeAlertFile(this.ctx.config.alert_file_dir, "upload_retries_warning"))) {
+        if (
+          this.overLimit.size === 0 &&
+          (await removeAlertFile(this.ctx.config.alert_file_dir, "upload_retries_warning"))
+        ) {
           this.log.info("Uploads succeed again, removed alert file upload_retries_warning");
         }
       }

@@ -63,7 +63,9 @@ export class WalArchiveHandler {
     const result = await withTimeout(pending, REQUEST_TIMEOUT_MS, null);
     const took = (nowSeconds() - started).toFixed(3);
     if (!result) {
-      this.log.error(`Archival of ${site} ${name} did not finish in time (${took}s), upload continues in the background`);
+      this.log.error(
+        `Archival of ${site} ${name} did not finish in time (${took}s), upload continues in the background`,
+      );
       throw new HttpResponse(500, "TIMEOUT");
     }
     if (!result.success) throw new HttpResponse(500);

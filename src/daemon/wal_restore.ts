@@ -228,7 +228,10 @@ export class WalRestoreHandler {
 
   private async copyToTarget(source: string, target: string): Promise<void> {
     // Copy to a temp file next to the target, then rename: rename never follows a symlink at the target.
-    const tmp = path.join(path.dirname(target), `.${path.basename(target)}.${randomBytes(6).toString("hex")}.pghoard.tmp`);
+    const tmp = path.join(
+      path.dirname(target),
+      `.${path.basename(target)}.${randomBytes(6).toString("hex")}.pghoard.tmp`,
+    );
     try {
       await copyFile(source, tmp, fsConstants.COPYFILE_EXCL);
       await chownLikeDirectory(tmp, path.dirname(target));

@@ -168,7 +168,10 @@ export class WebServer {
     if (obtype === "status") return { kind: "site_status", site };
     if (obtype === "archive" || obtype === "xlog" || obtype === "timeline") {
       if (parts.length !== 3) {
-        throw new HttpResponse(400, `Invalid ${pyRepr(obtype)} request, only single file retrieval is supported for now`);
+        throw new HttpResponse(
+          400,
+          `Invalid ${pyRepr(obtype)} request, only single file retrieval is supported for now`,
+        );
       }
       const name = parts[2];
       if (isWalName(name) && obtype !== "timeline") return { kind: "file", site, filetype: "xlog", name };
@@ -230,7 +233,8 @@ export class WebServer {
     for (let retries = 2; ; retries--) {
       const result = await withTimeout(this.ctx.transfer(request), REQUEST_TIMEOUT_MS, null);
       if (result?.success) return result;
-      if (result?.notFound) throw new HttpResponse(404, `FileNotFoundFromStorageError: ${String((result.error as Error)?.message ?? "")}`);
+      if (result?.notFound)
+        throw new HttpResponse(404, `FileNotFoundFromStorageError: ${String((result.error as Error)?.message ?? "")}`);
       if (retries === 0) throw new HttpResponse(500, result ? "" : "TIMEOUT");
       this.log.warn(`Transfer operation failed, retrying (${retries} retries left)`);
     }

@@ -31,11 +31,17 @@ const publicKeys = new Map<string, KeyObject>();
 const privateKeys = new Map<string, KeyObject>();
 
 function requireRsa(key: KeyObject): KeyObject {
-  if (key.asymmetricKeyType !== "rsa") throw new FileFormatError(`only RSA keys are supported, got ${key.asymmetricKeyType}`);
+  if (key.asymmetricKeyType !== "rsa")
+    throw new FileFormatError(`only RSA keys are supported, got ${key.asymmetricKeyType}`);
   return key;
 }
 
-function cachedKey(cache: Map<string, KeyObject>, pem: string, parse: (pem: string) => KeyObject, what: string): KeyObject {
+function cachedKey(
+  cache: Map<string, KeyObject>,
+  pem: string,
+  parse: (pem: string) => KeyObject,
+  what: string,
+): KeyObject {
   let key = cache.get(pem);
   if (key === undefined) {
     try {
@@ -184,7 +190,8 @@ export class Decryptor implements Codec {
         cause: err,
       });
     }
-    if (blob.length !== KEY_BLOB_SIZE) throw new IntegrityError(`Integrity check failed: unwrapped key is ${blob.length} bytes, not 64`);
+    if (blob.length !== KEY_BLOB_SIZE)
+      throw new IntegrityError(`Integrity check failed: unwrapped key is ${blob.length} bytes, not 64`);
     this.decipher = createDecipheriv("aes-128-ctr", blob.subarray(0, 16), blob.subarray(16, 32));
     this.hmac = createHmac("sha256", blob.subarray(32, 64));
     blob.fill(0);

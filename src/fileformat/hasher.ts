@@ -35,7 +35,11 @@ function serveHashes(): void {
         const hash = hashes.get(message.id);
         hashes.delete(message.id);
         if (hash === undefined || hash instanceof Error) {
-          reply({ type: "error", id: message.id, error: toWire(hash ?? new Error(`hasher thread has no hash ${message.id}`)) });
+          reply({
+            type: "error",
+            id: message.id,
+            error: toWire(hash ?? new Error(`hasher thread has no hash ${message.id}`)),
+          });
         } else {
           reply({ type: "digest", id: message.id, hex: hash.digest("hex") });
         }

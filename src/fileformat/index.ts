@@ -14,7 +14,14 @@
  *   transferred batches with bounded buffering). The plain `createEncodeStream` /
  *   `createDecodeStream` / `encodeBuffer` / `decodeBuffer` run on the calling thread: small data only.
  */
-export type { CompressionAlgorithm, EncodeOptions, PrivateKeyLookup, EncodeFileResult, Codec, Metadata } from "./types.js";
+export type {
+  CompressionAlgorithm,
+  EncodeOptions,
+  PrivateKeyLookup,
+  EncodeFileResult,
+  Codec,
+  Metadata,
+} from "./types.js";
 export { COMPRESSION_ALGORITHMS } from "./types.js";
 export { FileFormatError, IntegrityError, KeyNotFoundError } from "./errors.js";
 export {

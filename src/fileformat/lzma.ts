@@ -5,7 +5,11 @@ import type { Codec } from "./types.js";
 
 /** The parts of lzma-native's native Stream used here (the package ships no types). */
 interface NativeLzmaStream {
-  bufferHandler: (buf: Buffer | null | undefined, processedChunks: number | undefined, err: Error | null | undefined) => void;
+  bufferHandler: (
+    buf: Buffer | null | undefined,
+    processedChunks: number | undefined,
+    err: Error | null | undefined,
+  ) => void;
   code(chunk: Buffer | null, async: boolean): void;
   mtEncoder_(options: { preset: number; filters: null; check: number; threads: number }): void;
   autoDecoder_(memlimit: number | null, flags: number): void;

@@ -41,7 +41,10 @@ class LocalHash implements PlaintextHash {
 class HashHelper {
   private thread: Worker | null = null;
   private nextId = 1;
-  private readonly waiting = new Map<number, { thread: Worker; resolve: (hex: string) => void; reject: (err: Error) => void }>();
+  private readonly waiting = new Map<
+    number,
+    { thread: Worker; resolve: (hex: string) => void; reject: (err: Error) => void }
+  >();
   /** Hashes that may still send chunks, for their flow control. */
   private readonly open = new Map<number, OffThreadHash>();
   private readonly spares: ArrayBuffer[] = [];
@@ -82,7 +85,8 @@ class HashHelper {
     thread.on("message", (message: FromHasher) => {
       if (message.type === "spare") {
         this.open.get(message.id)?.hashed();
-        if (message.data.byteLength === TRANSFER_CHUNK && this.spares.length < MAX_SPARE_CHUNKS) this.spares.push(message.data);
+        if (message.data.byteLength === TRANSFER_CHUNK && this.spares.length < MAX_SPARE_CHUNKS)
+          this.spares.push(message.data);
         return;
       }
       const waiter = this.waiting.get(message.id);

@@ -8,7 +8,15 @@ import { Worker } from "node:worker_threads";
 import { FileFormatError, KeyNotFoundError, fromWire } from "./errors.js";
 import { nodeHashName } from "./hash.js";
 import { decodePlan, validateEncodeOptions } from "./pipeline.js";
-import { TRANSFER_CHUNK, type EncodeTaskOptions, type FromWorker, type StreamSpec, type TaskRequest, type TaskResult, type ToWorker } from "./protocol.js";
+import {
+  TRANSFER_CHUNK,
+  type EncodeTaskOptions,
+  type FromWorker,
+  type StreamSpec,
+  type TaskRequest,
+  type TaskResult,
+  type ToWorker,
+} from "./protocol.js";
 import type { EncodeFileResult, Metadata } from "./types.js";
 
 /** File tasks running at once per worker: two overlap one task's I/O with the other's CPU. */
@@ -240,7 +248,12 @@ export class FileFormatPool {
   }
 
   /** stored file → plaintext file (atomic; nothing left at dst on IntegrityError) */
-  async decodeFile(src: string, dst: string, metadata: Metadata, privateKeyPem: string | null): Promise<{ size: number }> {
+  async decodeFile(
+    src: string,
+    dst: string,
+    metadata: Metadata,
+    privateKeyPem: string | null,
+  ): Promise<{ size: number }> {
     checkDecodeArgs(metadata, privateKeyPem);
     const result = await this.run({ kind: "decodeFile", src, dst, metadata: { ...metadata }, privateKeyPem });
     return { size: result.size ?? 0 };
@@ -270,17 +283,19 @@ export class FileFormatPool {
     for (const slot of this.slots) {
       for (const stream of slot.streams.values()) stream.destroy(err);
       for (const task of slot.tasks.values()) {
-        running.push(new Promise<void>((resolve) => {
-          const { resolve: done, reject: failed } = task;
-          task.resolve = (result) => {
-            done(result);
-            resolve();
-          };
-          task.reject = (error) => {
-            failed(error);
-            resolve();
-          };
-        }));
+        running.push(
+          new Promise<void>((resolve) => {
+            const { resolve: done, reject: failed } = task;
+            task.resolve = (result) => {
+              done(result);
+              resolve();
+            };
+            task.reject = (error) => {
+              failed(error);
+              resolve();
+            };
+          }),
+        );
       }
     }
     await Promise.all(running);

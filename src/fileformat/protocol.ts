@@ -13,8 +13,7 @@ export type TaskRequest =
   | { kind: "decodeFile"; src: string; dst: string; metadata: Metadata; privateKeyPem: string | null };
 
 export type StreamSpec =
-  | { mode: "encode"; opts: EncodeTaskOptions }
-  | { mode: "decode"; metadata: Metadata; privateKeyPem: string | null };
+  { mode: "encode"; opts: EncodeTaskOptions } | { mode: "decode"; metadata: Metadata; privateKeyPem: string | null };
 
 export interface TaskResult extends Partial<EncodeFileResult> {
   size?: number;

@@ -33,7 +33,8 @@ function encodeBlock(block: Uint8Array, reusedBuffer = false): EncodedBlock {
   const crc = maskedCrc32c(block);
   // copyOutputData: the default external-buffer path is ~10x slower on 64 KiB blocks.
   const compressed = snappy.compressSync(block, { copyOutputData: true });
-  if (compressed.length < block.length - (block.length >>> 3)) return { type: CHUNK_COMPRESSED, crc, payload: compressed };
+  if (compressed.length < block.length - (block.length >>> 3))
+    return { type: CHUNK_COMPRESSED, crc, payload: compressed };
   return { type: CHUNK_UNCOMPRESSED, crc, payload: reusedBuffer ? Uint8Array.prototype.slice.call(block) : block };
 }
 

@@ -11,7 +11,15 @@ import { defaultTempPath, fsyncDirectory, removeIfExists } from "../common/fs.js
 import { KeyNotFoundError, toWire } from "./errors.js";
 import { createDecoder, createEncoder, decodePlan } from "./pipeline.js";
 import { hashFor, takeSpareChunk, type PlaintextHash } from "./plaintext_hash.js";
-import { TRANSFER_CHUNK, type EncodeTaskOptions, type FromWorker, type StreamSpec, type TaskRequest, type TaskResult, type ToWorker } from "./protocol.js";
+import {
+  TRANSFER_CHUNK,
+  type EncodeTaskOptions,
+  type FromWorker,
+  type StreamSpec,
+  type TaskRequest,
+  type TaskResult,
+  type ToWorker,
+} from "./protocol.js";
 import type { Codec, EncodeFileResult, Metadata, PrivateKeyLookup } from "./types.js";
 
 /** Worker output not yet consumed by the main thread before the worker pauses. */
@@ -89,7 +97,8 @@ async function* readChunks(handle: FileHandle): AsyncGenerator<Buffer> {
   let turn = 0;
   const readOne = async (): Promise<Buffer | null> => {
     // A detached buffer went to the hasher thread with its chunk (OffThreadHash): take another.
-    if (buffers[turn].buffer.byteLength === 0) buffers[turn] = takeSpareChunk() ?? Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+    if (buffers[turn].buffer.byteLength === 0)
+      buffers[turn] = takeSpareChunk() ?? Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
     const buf = buffers[turn];
     turn ^= 1;
     const { bytesRead } = await handle.read(buf, 0, buf.length, null);
@@ -104,7 +113,12 @@ async function* readChunks(handle: FileHandle): AsyncGenerator<Buffer> {
   }
 }
 
-async function pump(codec: Codec, input: AsyncIterable<Buffer>, out: Accumulator, hash: PlaintextHash | null): Promise<number> {
+async function pump(
+  codec: Codec,
+  input: AsyncIterable<Buffer>,
+  out: Accumulator,
+  hash: PlaintextHash | null,
+): Promise<number> {
   let originalSize = 0;
   for await (const chunk of input) {
     originalSize += chunk.length;
@@ -155,7 +169,10 @@ async function withAtomicOutput<T>(dst: string, body: (out: Accumulator) => Prom
   }
 }
 
-async function withInput<T>(src: string, body: (chunks: AsyncIterable<Buffer>, size: number) => Promise<T>): Promise<T> {
+async function withInput<T>(
+  src: string,
+  body: (chunks: AsyncIterable<Buffer>, size: number) => Promise<T>,
+): Promise<T> {
   const handle = await open(src, "r");
   try {
     return await body(readChunks(handle), (await handle.stat()).size);
@@ -164,7 +181,11 @@ async function withInput<T>(src: string, body: (chunks: AsyncIterable<Buffer>, s
   }
 }
 /** Runs a file encode with its plaintext hash; an unfinished hash is released on failure. */
-async function encodeWithHash<T>(opts: EncodeTaskOptions, size: number, body: (hash: PlaintextHash | null) => Promise<T>): Promise<T> {
+async function encodeWithHash<T>(
+  opts: EncodeTaskOptions,
+  size: number,
+  body: (hash: PlaintextHash | null) => Promise<T>,
+): Promise<T> {
   const hash = hashFor(opts, size);
   try {
     return await body(hash);
@@ -191,7 +212,9 @@ async function runTask(task: TaskRequest): Promise<{ result: TaskResult; transfe
       const pieces: Buffer[] = [];
       const out = new Accumulator((full) => void pieces.push(full));
       const result = await withInput(task.src, (input, size) =>
-        encodeWithHash(task.opts, size, async (hash) => encodeResult(await pump(codec, input, out, hash), out.total, hash)),
+        encodeWithHash(task.opts, size, async (hash) =>
+          encodeResult(await pump(codec, input, out, hash), out.total, hash),
+        ),
       );
       // allocUnsafeSlow: a buffer owning its whole ArrayBuffer, so it can be transferred.
       const data = Buffer.allocUnsafeSlow(out.total);
@@ -211,7 +234,11 @@ async function runTask(task: TaskRequest): Promise<{ result: TaskResult; transfe
   }
 }
 
-async function encodeResult(originalSize: number, storedSize: number, hash: PlaintextHash | null): Promise<EncodeFileResult> {
+async function encodeResult(
+  originalSize: number,
+  storedSize: number,
+  hash: PlaintextHash | null,
+): Promise<EncodeFileResult> {
   const result: EncodeFileResult = { originalSize, storedSize };
   if (hash) result.hash = await hash.hex();
   return result;

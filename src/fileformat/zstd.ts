@@ -81,14 +81,18 @@ export class ZstdDecoder implements Codec {
       src = src.subarray(consumed);
       // ret === 0: a frame just ended; the next call starts the next concatenated frame.
       this.inFrame = ret !== 0;
-      if (produced > 0) yield produced < dst.length >>> 1 ? Buffer.from(dst.subarray(0, produced)) : dst.subarray(0, produced);
+      if (produced > 0)
+        yield produced < dst.length >>> 1 ? Buffer.from(dst.subarray(0, produced)) : dst.subarray(0, produced);
       if (src.length === 0 && produced === dst.length && ret !== 0) {
         // Output buffer was full inside a frame: the decoder may hold more output for this input.
         for (;;) {
           const more = Buffer.allocUnsafe(D_PIECE);
           const [ret2, produced2] = this.dctx.decompressStream(more, src);
           this.inFrame = ret2 !== 0;
-          if (produced2 > 0) yield produced2 < more.length >>> 1 ? Buffer.from(more.subarray(0, produced2)) : more.subarray(0, produced2);
+          if (produced2 > 0)
+            yield produced2 < more.length >>> 1
+              ? Buffer.from(more.subarray(0, produced2))
+              : more.subarray(0, produced2);
           if (produced2 < more.length || ret2 === 0) break;
         }
       }

@@ -29,7 +29,10 @@ export interface MonitoringPlugin {
   stop(): Promise<void>;
 }
 
-export function createMonitoringPlugin(ctx: MonitoringPluginContext, options: { probeIntervalMs?: number } = {}): MonitoringPlugin {
+export function createMonitoringPlugin(
+  ctx: MonitoringPluginContext,
+  options: { probeIntervalMs?: number } = {},
+): MonitoringPlugin {
   const interval = options.probeIntervalMs ?? 60_000;
   const lastProbe = new Map<string, number>();
   const running = new Map<string, Promise<void>>();

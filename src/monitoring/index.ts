@@ -16,5 +16,14 @@ export { SiteHealth, type BackupTimes } from "./site_health.js";
 export { PrometheusMetricsClient, prometheusName, prometheusLabelName } from "./prometheus.js";
 export { PushgatewayMetricsClient, pushgatewayBody } from "./pushgateway.js";
 export { StatsdMetricsClient } from "./statsd.js";
-export type { Tags, MetricValue, MetricType, MonitoringConfig, StatsdConfig, PushgatewayConfig, PrometheusConfig, MetricsLogger } from "./types.js";
+export type {
+  Tags,
+  MetricValue,
+  MetricType,
+  MonitoringConfig,
+  StatsdConfig,
+  PushgatewayConfig,
+  PrometheusConfig,
+  MetricsLogger,
+} from "./types.js";
 export { createMonitoringPlugin, type MonitoringPlugin } from "./daemon_plugin.js";

@@ -42,7 +42,10 @@ export class Metrics {
   readonly siteHealth: SiteHealth;
   private closed = false;
 
-  constructor(config: MonitoringConfig = {}, private readonly options: MetricsOptions = {}) {
+  constructor(
+    config: MonitoringConfig = {},
+    private readonly options: MetricsOptions = {},
+  ) {
     this.siteHealth = new SiteHealth({ gauge: (name, value, tags) => this.gauge(name, value, tags) });
     this.configure(config);
     const interval = options.siteHealthIntervalMs ?? 10_000;
@@ -99,7 +102,7 @@ export class Metrics {
   /** `pghoard.exception{exception=<class name>, where=<where>}` plus extra tags. */
   unexpectedException(err: unknown, where: string, tags?: Tags): void {
     const className =
-      err instanceof Error ? (err.constructor?.name || err.name || "Error") : err === null ? "NoneType" : typeof err;
+      err instanceof Error ? err.constructor?.name || err.name || "Error" : err === null ? "NoneType" : typeof err;
     this.increase(MetricNames.EXCEPTION, 1, { exception: className, where, ...(tags ?? {}) });
   }
 
@@ -109,7 +112,9 @@ export class Metrics {
       try {
         client.send(name, type, value, tags ?? {});
       } catch (err) {
-        this.options.log?.warn(`metrics client failed for ${name}: ${err instanceof Error ? err.message : String(err)}`);
+        this.options.log?.warn(
+          `metrics client failed for ${name}: ${err instanceof Error ? err.message : String(err)}`,
+        );
       }
     }
   }

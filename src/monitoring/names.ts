@@ -70,4 +70,5 @@ export const ExceptionWhere = {
 } as const;
 
 /** Values of the `type` tag on transfer metrics and `compressed_size_ratio`. */
-export type FileTypeTag = "xlog" | "timeline" | "basebackup" | "basebackup_chunk" | "basebackup_delta" | "basebackup_delta_chunk";
+export type FileTypeTag =
+  "xlog" | "timeline" | "basebackup" | "basebackup_chunk" | "basebackup_delta" | "basebackup_delta_chunk";

@@ -52,7 +52,10 @@ export class PrometheusMetricsClient implements MetricsClient {
   private readonly tags: Tags;
   private readonly families = new Map<string, Family>();
 
-  constructor(config: PrometheusConfig, private readonly log?: MetricsLogger) {
+  constructor(
+    config: PrometheusConfig,
+    private readonly log?: MetricsLogger,
+  ) {
     this.tags = isPlainObject(config.tags) ? (config.tags as Tags) : {};
   }
 

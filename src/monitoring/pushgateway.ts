@@ -48,7 +48,10 @@ export class PushgatewayMetricsClient implements MetricsClient {
   dropped = 0;
   private lastErrorLogged = 0;
 
-  constructor(config: PushgatewayConfig, private readonly log?: MetricsLogger) {
+  constructor(
+    config: PushgatewayConfig,
+    private readonly log?: MetricsLogger,
+  ) {
     this.endpoint = (config.endpoint ?? "").replace(/\/+$/, "");
     this.job = config.job || "pghoard";
     this.instance = config.instance ?? "";

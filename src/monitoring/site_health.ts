@@ -103,11 +103,19 @@ export class SiteHealth {
         this.sink.gauge(MetricNames.SECONDS_SINCE_LAST_WAL_UPLOAD, Math.max(0, (now - s.lastWalUploadMs) / 1000), tags);
       }
       if (s.lastBasebackupMs !== undefined) {
-        this.sink.gauge(MetricNames.SECONDS_SINCE_LAST_BASEBACKUP, Math.max(0, (now - s.lastBasebackupMs) / 1000), tags);
+        this.sink.gauge(
+          MetricNames.SECONDS_SINCE_LAST_BASEBACKUP,
+          Math.max(0, (now - s.lastBasebackupMs) / 1000),
+          tags,
+        );
       }
       if (s.oldestRestorableMs !== undefined && s.oldestRestorableMs !== null) {
         this.sink.gauge(MetricNames.OLDEST_RESTORABLE_POINT, s.oldestRestorableMs / 1000, tags);
-        this.sink.gauge(MetricNames.OLDEST_RESTORABLE_POINT_AGE, Math.max(0, (now - s.oldestRestorableMs) / 1000), tags);
+        this.sink.gauge(
+          MetricNames.OLDEST_RESTORABLE_POINT_AGE,
+          Math.max(0, (now - s.oldestRestorableMs) / 1000),
+          tags,
+        );
       }
       if (s.serverLsn !== undefined && s.archivedUpTo !== undefined) {
         const lag = s.serverLsn > s.archivedUpTo ? s.serverLsn - s.archivedUpTo : 0n;

@@ -30,7 +30,10 @@ export class StatsdMetricsClient implements MetricsClient {
   readonly format: "telegraf" | "datadog";
   private lastErrorLogged = 0;
 
-  constructor(config: StatsdConfig, private readonly log?: MetricsLogger) {
+  constructor(
+    config: StatsdConfig,
+    private readonly log?: MetricsLogger,
+  ) {
     this.tags = isPlainObject(config.tags) ? (config.tags as Tags) : {};
     this.format = config.format === "datadog" ? "datadog" : "telegraf";
     this.client = new StatsD({

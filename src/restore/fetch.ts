@@ -83,7 +83,15 @@ class StallError extends Error {
   }
 }
 
-const TRANSIENT_CODES = new Set(["ECONNRESET", "ECONNREFUSED", "ETIMEDOUT", "EPIPE", "EAI_AGAIN", "ENOTFOUND", "UND_ERR_SOCKET"]);
+const TRANSIENT_CODES = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "ETIMEDOUT",
+  "EPIPE",
+  "EAI_AGAIN",
+  "ENOTFOUND",
+  "UND_ERR_SOCKET",
+]);
 
 function isTransient(err: unknown): boolean {
   if (err instanceof StallError) return true;
@@ -112,7 +120,9 @@ function objectError(item: RestoreItem, err: unknown): RestoreError {
   if (err instanceof RestoreError && err.message.includes(label)) return err;
   const name = err instanceof Error ? err.name : "";
   if (name === "IntegrityError" || name === "FileFormatError") {
-    return new RestoreError(`Object '${label}' is corrupt or was tampered with: ${(err as Error).message}`, { cause: err });
+    return new RestoreError(`Object '${label}' is corrupt or was tampered with: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   if (name === "StorageNotFoundError") {
     return new RestoreError(`Object '${label}' is missing from the object store`, { cause: err });
@@ -129,7 +139,9 @@ async function processItem(item: RestoreItem, index: number, opts: FetchOptions,
     case "tar-object":
     case "file-object": {
       const job: ObjectJob =
-        item.kind === "tar-object" ? { kind: item.kind, key: item.key } : { kind: item.kind, key: item.key, relativePath: item.relativePath };
+        item.kind === "tar-object"
+          ? { kind: item.kind, key: item.key }
+          : { kind: item.kind, key: item.key, relativePath: item.relativePath };
       if (opts.workers && item.storageConfig) {
         await opts.workers.run({ job, storageConfig: item.storageConfig, onBytes, signal });
       } else {
@@ -174,13 +186,16 @@ export async function fetchAll(opts: FetchOptions): Promise<void> {
     let fatal: RestoreError | undefined;
     let stalled = false;
     opts.progress.lastChange = Date.now();
-    const watchdog = setInterval(() => {
-      const idle = Date.now() - opts.progress.lastChange;
-      if (idle > stallTimeoutMs) {
-        stalled = true;
-        controller.abort(new StallError(Math.round(idle / 1000)));
-      }
-    }, Math.min(1000, stallTimeoutMs));
+    const watchdog = setInterval(
+      () => {
+        const idle = Date.now() - opts.progress.lastChange;
+        if (idle > stallTimeoutMs) {
+          stalled = true;
+          controller.abort(new StallError(Math.round(idle / 1000)));
+        }
+      },
+      Math.min(1000, stallTimeoutMs),
+    );
     let next = 0;
     const worker = async (): Promise<void> => {
       while (!controller.signal.aborted && next < pending.length) {

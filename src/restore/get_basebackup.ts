@@ -85,8 +85,15 @@ export interface GetBasebackupResult {
 }
 
 /** Checked first, before anything is listed or touched. */
-export function checkRecoveryTargets(opts: Pick<GetBasebackupOptions, "recoveryTargetName" | "recoveryTargetTime" | "recoveryTargetXid" | "recoveryTargetLsn" | "recoveryTargetImmediate">): void {
-  const classic = [opts.recoveryTargetName, opts.recoveryTargetTime, opts.recoveryTargetXid].filter((v) => v !== undefined && v !== null);
+export function checkRecoveryTargets(
+  opts: Pick<
+    GetBasebackupOptions,
+    "recoveryTargetName" | "recoveryTargetTime" | "recoveryTargetXid" | "recoveryTargetLsn" | "recoveryTargetImmediate"
+  >,
+): void {
+  const classic = [opts.recoveryTargetName, opts.recoveryTargetTime, opts.recoveryTargetXid].filter(
+    (v) => v !== undefined && v !== null,
+  );
   if (classic.length > 1) throw new RestoreError(RECOVERY_TARGET_CONFLICT);
   const all = classic.length + (opts.recoveryTargetLsn ? 1 : 0) + (opts.recoveryTargetImmediate ? 1 : 0);
   if (all > 1) {
@@ -164,7 +171,10 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
   const pgdata = path.resolve(opts.targetDir);
   const { backups, stores } = await listSiteBasebackups(opts.config, opts.site, deps);
   try {
-    const { backup, output } = selectBasebackup(backups, { name: opts.basebackup ?? "latest", recoveryTargetTime: targetTime });
+    const { backup, output } = selectBasebackup(backups, {
+      name: opts.basebackup ?? "latest",
+      recoveryTargetTime: targetTime,
+    });
     opts.out.write(output);
     const backupSite = backup.site ?? opts.site;
     const store = stores.get(backupSite) ?? [...stores.values()][0];
@@ -193,7 +203,11 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       const until = pyStrDatetime(preserveUntil);
       const requestName = `${backupBase}_${until}`;
       try {
-        await store.storage.storeFileFromMemory(preservationRequestKey(store.prefix, requestName), Buffer.alloc(0), preservationRequestMetadata(backupBase, until));
+        await store.storage.storeFileFromMemory(
+          preservationRequestKey(store.prefix, requestName),
+          Buffer.alloc(0),
+          preservationRequestMetadata(backupBase, until),
+        );
         preservationRequest = requestName;
       } catch (err) {
         process.stderr.write(`Could not request backup preservation: ${describeError(err)}\n`);
@@ -205,7 +219,10 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     if (!(await exists(pgdata, { noFollow: true }))) pgdataState = "create";
     else if (opts.overwrite) pgdataState = "wipe";
     else if ((await meaningfulEntries(pgdata)).length === 0) pgdataState = "existing-empty";
-    else throw new RestoreError(`$PGDATA target directory '${opts.targetDir}' exists, is not empty and --overwrite not specified, aborting.`);
+    else
+      throw new RestoreError(
+        `$PGDATA target directory '${opts.targetDir}' exists, is not empty and --overwrite not specified, aborting.`,
+      );
 
     const plan = await planRestore({
       name: backup.name,
@@ -251,7 +268,9 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       }
       const absolute = path.resolve(tsPath);
       if (absolute === pgdata || absolute.startsWith(pgdata + path.sep) || pgdata.startsWith(absolute + path.sep)) {
-        throw new RestoreError(`Tablespace '${name}' target directory '${tsPath}' overlaps the target directory '${pgdata}', aborting.`);
+        throw new RestoreError(
+          `Tablespace '${name}' target directory '${tsPath}' overlaps the target directory '${pgdata}', aborting.`,
+        );
       }
       print(`Using existing empty directory '${tsPath}' for tablespace '${name}'`);
       await checkWritable(tsPath, `Tablespace '${name}'`);
@@ -259,7 +278,9 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     }
     if (mapping.size > 0) {
       const names = [...mapping.keys()].sort().map((n) => `'${n}'`);
-      throw new RestoreError(`Tablespace mapping for [${names.join(", ")}] was requested, but the tablespaces are not present in the backup`);
+      throw new RestoreError(
+        `Tablespace mapping for [${names.join(", ")}] was requested, but the tablespaces are not present in the backup`,
+      );
     }
     if (pgdataState === "existing-empty") await checkWritable(pgdata, "$PGDATA");
 
@@ -269,7 +290,12 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     await chmod(pgdata, 0o700);
     const target = new RestoreTarget(pgdata, tablespaces);
     const tracker = new ProgressTracker(plan.items);
-    const reporter = new ProgressReporter({ tracker, out: opts.out, statusOutputFile: opts.statusOutputFile, isTTY: opts.isTTY });
+    const reporter = new ProgressReporter({
+      tracker,
+      out: opts.out,
+      statusOutputFile: opts.statusOutputFile,
+      isTTY: opts.isTTY,
+    });
     let recovery: RecoveryConfig;
     try {
       for (const dir of plan.emptyDirs) {
@@ -279,7 +305,11 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       const concurrency = Math.max(1, opts.config.restore_process_count ?? 1);
       const objectCount = plan.items.filter((i) => i.kind === "tar-object" || i.kind === "file-object").length;
       const workers = deps.storageConfig
-        ? new ObjectWorkers(Math.max(1, Math.min(concurrency, objectCount)), target, privateKeysOf(opts.config, [backupSite, opts.site], deps))
+        ? new ObjectWorkers(
+            Math.max(1, Math.min(concurrency, objectCount)),
+            target,
+            privateKeysOf(opts.config, [backupSite, opts.site], deps),
+          )
         : undefined;
       reporter.start();
       try {
@@ -325,10 +355,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       await target.publishPgControl();
     } catch (err) {
       await undoRestore(pgdata, pgdataState, tablespaces, createdTablespaceDirs);
-      const removed =
-        pgdataState === "existing-empty"
-          ? `Emptied '${pgdata}' again`
-          : `Removed '${pgdata}'`;
+      const removed = pgdataState === "existing-empty" ? `Emptied '${pgdata}' again` : `Removed '${pgdata}'`;
       const what = `${removed}${tablespaces.length ? " and the tablespace directories" : ""}, so nothing half-restored is left behind.`;
       process.stderr.write(
         opts.signal?.aborted
@@ -350,7 +377,9 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
 
     print("Basebackup restoration complete.");
     if (process.getuid?.() === 0) {
-      print(`The restored files belong to root: give them to the PostgreSQL user first, e.g. chown -R postgres: ${pgdata}`);
+      print(
+        `The restored files belong to root: give them to the PostgreSQL user first, e.g. chown -R postgres: ${pgdata}`,
+      );
     }
     print(`You can start PostgreSQL by running pg_ctl -D ${pgdata} start`);
     print("On systemd based systems you can run systemctl start postgresql");
@@ -365,7 +394,11 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
 }
 
 /** keyId → private PEM for the given sites (what object workers may need to decrypt). */
-function privateKeysOf(config: PghoardConfig, sites: string[], deps: Pick<RestoreDeps, "privateKeyLookup">): Record<string, string> {
+function privateKeysOf(
+  config: PghoardConfig,
+  sites: string[],
+  deps: Pick<RestoreDeps, "privateKeyLookup">,
+): Record<string, string> {
   const keys: Record<string, string> = {};
   for (const site of [...sites].reverse()) {
     const lookup = deps.privateKeyLookup(site);
@@ -391,6 +424,8 @@ async function undoRestore(
       else await emptyDirectory(ts.path);
     }
   } catch (err) {
-    process.stderr.write(`Cleanup after the failed restore failed too: ${describeError(err)}; remove '${pgdata}' by hand\n`);
+    process.stderr.write(
+      `Cleanup after the failed restore failed too: ${describeError(err)}; remove '${pgdata}' by hand\n`,
+    );
   }
 }

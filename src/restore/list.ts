@@ -27,7 +27,8 @@ function row(name: string, size: string, origSize: string, time: string): string
 /** Python `int()` of a metadata string (surrounding whitespace allowed), for sizes. */
 function pyInt(value: string | number, key: string): number {
   const n = typeof value === "number" ? value : Number(String(value).trim());
-  if (!Number.isInteger(n)) throw new RestoreError(`invalid literal for int() with base 10: '${value}' (metadata ${key})`);
+  if (!Number.isInteger(n))
+    throw new RestoreError(`invalid literal for int() with base 10: '${value}' (metadata ${key})`);
   return n;
 }
 

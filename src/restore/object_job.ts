@@ -11,7 +11,8 @@ import { RestoreError } from "./errors.js";
 import { createTarExtractor, tarRulesForFormat } from "./tar_extract.js";
 import type { RestoreTarget } from "./target.js";
 
-export type ObjectJob = { kind: "tar-object"; key: string } | { kind: "file-object"; key: string; relativePath: string };
+export type ObjectJob =
+  { kind: "tar-object"; key: string } | { kind: "file-object"; key: string; relativePath: string };
 
 export interface ObjectJobContext {
   storage: StorageBackend;

@@ -66,14 +66,19 @@ async function runJob(message: WorkerJobMessage): Promise<void> {
       createDecodeStream: (metadata) => createDecodeStream(metadata, (keyId) => message.keys[keyId]),
       onBytes,
     });
-    if (unreported > 0) port!.postMessage({ type: "progress", id: message.id, bytes: unreported } satisfies WorkerReply);
+    if (unreported > 0)
+      port!.postMessage({ type: "progress", id: message.id, bytes: unreported } satisfies WorkerReply);
     port!.postMessage({ type: "done", id: message.id, deferred: target.exportDeferred() } satisfies WorkerReply);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     port!.postMessage({
       type: "error",
       id: message.id,
-      error: { name: e?.name ?? "Error", message: e?.message ?? String(err), code: typeof e?.code === "string" ? e.code : undefined },
+      error: {
+        name: e?.name ?? "Error",
+        message: e?.message ?? String(err),
+        code: typeof e?.code === "string" ? e.code : undefined,
+      },
     } satisfies WorkerReply);
   }
 }

@@ -25,7 +25,14 @@ export type RestoreItem =
   /** The already decoded control tar of a v2/delta backup (pg_control, backup_label, fixed dirs). */
   | { kind: "tar-memory"; label: string; data: Buffer; format: string; size: 0 }
   /** A delta hash object written as one file. */
-  | { kind: "file-object"; key: string; size: number; relativePath: string; storage: StorageBackend; storageConfig?: ObjectStorageConfig }
+  | {
+      kind: "file-object";
+      key: string;
+      size: number;
+      relativePath: string;
+      storage: StorageBackend;
+      storageConfig?: ObjectStorageConfig;
+    }
   /** A delta file embedded in the manifest (base64). */
   | { kind: "file-memory"; relativePath: string; data: Buffer; size: 0 };
 
@@ -49,7 +56,9 @@ export async function readControlMetadata(decodedTar: Buffer, label: string): Pr
     control = parseControlTar(decodedTar);
   } catch (err) {
     if (err instanceof InvalidTarError) throw new RestoreError(`Invalid control tar in ${label}: ${err.message}`);
-    throw new RestoreError(`Basebackup control object ${label}: invalid .pghoard_tar_metadata.json: ${(err as Error).message}`);
+    throw new RestoreError(
+      `Basebackup control object ${label}: invalid .pghoard_tar_metadata.json: ${(err as Error).message}`,
+    );
   }
   if (control === null) {
     throw new RestoreError(`Basebackup control object ${label} has no .pghoard_tar_metadata.json`);
@@ -110,13 +119,34 @@ export async function planRestore(input: PlanInput): Promise<RestorePlan> {
     throw new RestoreError(`Unrecognized basebackup format '${format}'`);
   }
   if (format === undefined) {
-    return { format, tablespaces: {}, items: [{ kind: "tar-object", key: input.name, size: input.size, storage: input.storage, storageConfig: input.storageConfig }], emptyDirs: [] };
+    return {
+      format,
+      tablespaces: {},
+      items: [
+        {
+          kind: "tar-object",
+          key: input.name,
+          size: input.size,
+          storage: input.storage,
+          storageConfig: input.storageConfig,
+        },
+      ],
+      emptyDirs: [],
+    };
   }
   if (format === "pghoard-bb-v1") {
     return {
       format,
       tablespaces: tablespacesFromV1Metadata(input.metadata),
-      items: [{ kind: "tar-object", key: input.name, size: input.size, storage: input.storage, storageConfig: input.storageConfig }],
+      items: [
+        {
+          kind: "tar-object",
+          key: input.name,
+          size: input.size,
+          storage: input.storage,
+          storageConfig: input.storageConfig,
+        },
+      ],
       emptyDirs: [],
     };
   }
@@ -147,7 +177,12 @@ export async function planRestore(input: PlanInput): Promise<RestorePlan> {
           storage: input.storage,
         });
       } else if (file.content_b64 !== null && file.content_b64 !== undefined && !file.should_be_bundled) {
-        items.push({ kind: "file-memory", relativePath: file.relative_path, data: Buffer.from(file.content_b64, "base64"), size: 0 });
+        items.push({
+          kind: "file-memory",
+          relativePath: file.relative_path,
+          data: Buffer.from(file.content_b64, "base64"),
+          size: 0,
+        });
       }
     }
     // delta-v2 bundles of small files

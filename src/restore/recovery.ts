@@ -75,7 +75,13 @@ export const RECOVERY_TARGET_CONFLICT =
 /** Builds the recovery configuration; pure, no file access. */
 export function buildRecoveryConfig(opts: RecoveryOptions): RecoveryConfig {
   const version = parsePgVersion(opts.pgVersion);
-  const targets = [opts.targetName, opts.targetTime, opts.targetXid, opts.targetLsn, opts.targetImmediate ? "immediate" : null];
+  const targets = [
+    opts.targetName,
+    opts.targetTime,
+    opts.targetXid,
+    opts.targetLsn,
+    opts.targetImmediate ? "immediate" : null,
+  ];
   if (targets.filter((t) => t !== null && t !== undefined).length > 1) {
     throw new RestoreError(
       opts.targetLsn || opts.targetImmediate
@@ -86,11 +92,16 @@ export function buildRecoveryConfig(opts: RecoveryOptions): RecoveryConfig {
   const warnings: string[] = [];
   const restoreCommand = [
     opts.commandBin || "pghoard_postgres_command",
-    "--mode", "restore",
-    "--port", String(opts.port),
-    "--site", opts.site,
-    "--output", "%p",
-    "--xlog", "%f",
+    "--mode",
+    "restore",
+    "--port",
+    String(opts.port),
+    "--site",
+    opts.site,
+    "--output",
+    "%p",
+    "--xlog",
+    "%f",
   ];
   if (opts.username && opts.password) restoreCommand.push("--username", opts.username, "--password", opts.password);
 
@@ -122,7 +133,10 @@ export function buildRecoveryConfig(opts: RecoveryOptions): RecoveryConfig {
   if (opts.targetTime) lines.push(`recovery_target_time = ${quotePlain(opts.targetTime)}`);
   if (opts.targetXid) lines.push(`recovery_target_xid = ${quotePlain(opts.targetXid)}`);
   if (opts.targetLsn) {
-    if (version < 10) throw new RestoreError(`recovery_target_lsn needs PostgreSQL 10 or later, the backup is ${opts.pgVersion.trim()}`);
+    if (version < 10)
+      throw new RestoreError(
+        `recovery_target_lsn needs PostgreSQL 10 or later, the backup is ${opts.pgVersion.trim()}`,
+      );
     lines.push(`recovery_target_lsn = ${quotePlain(opts.targetLsn)}`);
   }
   if (opts.targetImmediate) lines.push("recovery_target = 'immediate'");
@@ -152,7 +166,10 @@ export function appendToAutoConf(existing: string, block: string): string {
 }
 
 /** Writes the configuration into a restored data directory. Returns what was written. */
-export async function writeRecoveryConfig(pgdata: string, opts: Omit<RecoveryOptions, "pgVersion">): Promise<RecoveryConfig> {
+export async function writeRecoveryConfig(
+  pgdata: string,
+  opts: Omit<RecoveryOptions, "pgVersion">,
+): Promise<RecoveryConfig> {
   let pgVersion: string;
   try {
     pgVersion = await readFile(path.join(pgdata, "PG_VERSION"), "utf8");

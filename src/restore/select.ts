@@ -13,7 +13,9 @@ export interface Selection {
 }
 
 function pyQuote(text: string): string {
-  return text.includes("'") && !text.includes('"') ? `"${text}"` : `'${text.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`;
+  return text.includes("'") && !text.includes('"')
+    ? `"${text}"`
+    : `'${text.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`;
 }
 
 export function selectBasebackup(
@@ -44,6 +46,8 @@ export function selectBasebackup(
   const selected = applicable[applicable.length - 1];
   return {
     backup: selected,
-    output: formatBasebackupList(applicable, { caption, verbose: true }) + `\nSelecting ${pyQuote(selected.name)} for restore\n`,
+    output:
+      formatBasebackupList(applicable, { caption, verbose: true }) +
+      `\nSelecting ${pyQuote(selected.name)} for restore\n`,
   };
 }

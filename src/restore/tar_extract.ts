@@ -87,7 +87,12 @@ export function createTarExtractor(
   const background = new Map<string, Promise<void>>();
   let backgroundError: unknown;
 
-  async function writeInBackground(absolute: string, chunks: Uint8Array[], mode: number, mtime: number | undefined): Promise<void> {
+  async function writeInBackground(
+    absolute: string,
+    chunks: Uint8Array[],
+    mode: number,
+    mtime: number | undefined,
+  ): Promise<void> {
     // The same path twice in one archive: let the earlier write finish first.
     await background.get(absolute);
     while (background.size >= MAX_BACKGROUND_WRITES) await Promise.race(background.values());
@@ -118,9 +123,12 @@ export function createTarExtractor(
         next(
           err instanceof RestoreError
             ? err
-            : new RestoreError(`Could not extract '${header.name}' from ${context}: ${err instanceof Error ? err.message : String(err)}`, {
-                cause: err,
-              }),
+            : new RestoreError(
+                `Could not extract '${header.name}' from ${context}: ${err instanceof Error ? err.message : String(err)}`,
+                {
+                  cause: err,
+                },
+              ),
         );
       },
     );
@@ -161,7 +169,9 @@ export function createTarExtractor(
         return drain(stream);
       }
       case "link":
-        throw new RestoreError(`Refusing to extract hard link '${header.name}' -> '${header.linkname}' from ${context}: hard links are not supported`);
+        throw new RestoreError(
+          `Refusing to extract hard link '${header.name}' -> '${header.linkname}' from ${context}: hard links are not supported`,
+        );
       default:
         throw new RestoreError(`Unsupported tar member type '${type ?? "unknown"}' for '${header.name}' in ${context}`);
     }
@@ -192,7 +202,9 @@ export function createTarExtractor(
   });
   extract.on("error", (err: Error) => {
     const wrapped =
-      err instanceof RestoreError ? err : new RestoreError(`Invalid tar data in ${context}: ${err.message}`, { cause: err });
+      err instanceof RestoreError
+        ? err
+        : new RestoreError(`Invalid tar data in ${context}: ${err.message}`, { cause: err });
     sink.destroy(wrapped);
   });
   return { sink, result: () => ({ bytes, members }) };

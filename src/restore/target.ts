@@ -7,7 +7,19 @@
  * leaves a directory PostgreSQL would start from.
  */
 import { constants as fsConstants } from "node:fs";
-import { lstat, mkdir, open, readdir, readlink, rename, rmdir, symlink, chmod, utimes, type FileHandle } from "node:fs/promises";
+import {
+  lstat,
+  mkdir,
+  open,
+  readdir,
+  readlink,
+  rename,
+  rmdir,
+  symlink,
+  chmod,
+  utimes,
+  type FileHandle,
+} from "node:fs/promises";
 import path from "node:path";
 import type { Readable } from "node:stream";
 
@@ -77,7 +89,9 @@ export class RestoreTarget {
     for (const part of memberName.split("/")) {
       if (part === "" || part === ".") continue;
       if (part === "..") {
-        throw new RestoreError(`Refusing to extract '${memberName}' from ${context}: '..' in a member name could escape the target directory`);
+        throw new RestoreError(
+          `Refusing to extract '${memberName}' from ${context}: '..' in a member name could escape the target directory`,
+        );
       }
       parts.push(part);
     }
@@ -85,13 +99,17 @@ export class RestoreTarget {
     if (isAbsolute) {
       absolute = path.resolve("/", ...parts);
       if (!this.tablespaceRootOf(absolute)) {
-        throw new RestoreError(`Refusing to extract absolute member name '${memberName}' from ${context}: it is outside the target directory and every tablespace directory`);
+        throw new RestoreError(
+          `Refusing to extract absolute member name '${memberName}' from ${context}: it is outside the target directory and every tablespace directory`,
+        );
       }
     } else {
       absolute = path.resolve(this.pgdata, ...parts);
     }
     if (!this.roots.some((root) => within(root, absolute))) {
-      throw new RestoreError(`Refusing to extract '${memberName}' from ${context}: it resolves outside the target directory`);
+      throw new RestoreError(
+        `Refusing to extract '${memberName}' from ${context}: it resolves outside the target directory`,
+      );
     }
     this.checkNoSymlinkAbove(absolute, memberName, context);
     if (absolute === path.join(this.pgdata, PG_CONTROL)) {
@@ -105,7 +123,9 @@ export class RestoreTarget {
     if (this.pendingSymlinks.size === 0) return;
     for (let dir = absolute; ; dir = path.dirname(dir)) {
       if (this.pendingSymlinks.has(dir)) {
-        throw new RestoreError(`Refusing to extract '${memberName}' from ${context}: its path goes through the symlink '${dir}' from the archive`);
+        throw new RestoreError(
+          `Refusing to extract '${memberName}' from ${context}: its path goes through the symlink '${dir}' from the archive`,
+        );
       }
       if (this.roots.includes(dir) || path.dirname(dir) === dir) return;
     }
@@ -132,10 +152,14 @@ export class RestoreTarget {
   addSymlink(absolute: string, linkTarget: string, memberName: string, context: string): void {
     const resolved = path.resolve(path.dirname(absolute), linkTarget);
     if (!this.roots.some((root) => within(root, resolved))) {
-      throw new RestoreError(`Refusing to create symlink '${memberName}' -> '${linkTarget}' from ${context}: it points outside the target directory`);
+      throw new RestoreError(
+        `Refusing to create symlink '${memberName}' -> '${linkTarget}' from ${context}: it points outside the target directory`,
+      );
     }
     if (this.knownDirs.has(absolute)) {
-      throw new RestoreError(`Refusing to create symlink '${memberName}' from ${context}: a directory of that name was already restored`);
+      throw new RestoreError(
+        `Refusing to create symlink '${memberName}' from ${context}: a directory of that name was already restored`,
+      );
     }
     this.pendingSymlinks.set(absolute, linkTarget);
   }
@@ -244,7 +268,9 @@ export class RestoreTarget {
           await symlink(ts.path, link);
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code === "EEXIST" && (await sameSymlink(link, ts.path))) continue;
-          throw new RestoreError(`Could not create tablespace link '${link}' -> '${ts.path}': ${(err as Error).message}`);
+          throw new RestoreError(
+            `Could not create tablespace link '${link}' -> '${ts.path}': ${(err as Error).message}`,
+          );
         }
       }
     }
@@ -266,7 +292,11 @@ export class RestoreTarget {
   }
 
   /** Deferred work recorded while extracting in another thread, in a structured-clone friendly form. */
-  exportDeferred(): { symlinks: Array<[string, string]>; directories: Array<[string, number, number]>; pgControl: boolean } {
+  exportDeferred(): {
+    symlinks: Array<[string, string]>;
+    directories: Array<[string, number, number]>;
+    pgControl: boolean;
+  } {
     return {
       symlinks: [...this.pendingSymlinks.entries()],
       directories: [...this.directoryAttributes.entries()].map(([dir, a]) => [dir, a.mode, a.mtime]),

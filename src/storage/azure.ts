@@ -52,8 +52,6 @@ export function defaultBlockSize(): number {
   return Math.max(Math.min(Math.floor(os.totalmem() / MIB / 1000), 100), 4) * MIB;
 }
 
-
-
 /** Azure metadata names cannot contain `-`; rohmu writes `_` instead. */
 function toAzureMetadata(metadata: Metadata): Metadata {
   return sanitizeMetadata(metadata, "_");
@@ -124,7 +122,9 @@ export class AzureBackend extends RemoteBackend {
         out.push(...page.segment.blobItems);
       }
     } else {
-      for await (const page of this.container.listBlobsByHierarchy("/", options).byPage({ maxPageSize: this.pageSize })) {
+      for await (const page of this.container
+        .listBlobsByHierarchy("/", options)
+        .byPage({ maxPageSize: this.pageSize })) {
         out.push(...page.segment.blobItems);
       }
     }
@@ -177,7 +177,11 @@ export class AzureBackend extends RemoteBackend {
   }
 
   /** Known-size uploads: one request up to a block, staged blocks (4 at a time) above. */
-  private async uploadKnownSize(key: string, metadata: Metadata, send: (blob: BlockBlobClient, options: BlockBlobParallelUploadOptions) => Promise<unknown>): Promise<void> {
+  private async uploadKnownSize(
+    key: string,
+    metadata: Metadata,
+    send: (blob: BlockBlobClient, options: BlockBlobParallelUploadOptions) => Promise<unknown>,
+  ): Promise<void> {
     await this.errors.wrapping("upload", key, async () => {
       await send(this.blob(key), {
         metadata: toAzureMetadata(metadata),
@@ -222,7 +226,8 @@ export async function createBackend(config: AzureConfig): Promise<AzureBackend> 
   const suffix = ENDPOINT_SUFFIXES[cloud];
   if (!suffix) throw errors.error(`unknown azure_cloud ${String(cloud)}`);
   const scheme = config.is_secure === false ? "http" : "https";
-  if (Boolean(config.host) !== Boolean(config.port)) throw errors.error("object_storage.host and port must be set together");
+  if (Boolean(config.host) !== Boolean(config.port))
+    throw errors.error("object_storage.host and port must be set together");
   let url = config.host
     ? `${scheme}://${config.host}:${config.port}/${config.account_name}`
     : `${scheme}://${config.account_name}.blob.${suffix}`;
@@ -242,7 +247,11 @@ export async function createBackend(config: AzureConfig): Promise<AzureBackend> 
   }
   let service: BlobServiceClient;
   if (config.account_key) {
-    service = new BlobServiceClient(url, new StorageSharedKeyCredential(config.account_name, config.account_key), options);
+    service = new BlobServiceClient(
+      url,
+      new StorageSharedKeyCredential(config.account_name, config.account_key),
+      options,
+    );
   } else {
     url += `?${config.sas_token!.replace(/^\?/, "")}`;
     service = new BlobServiceClient(url, new AnonymousCredential(), options);

@@ -8,8 +8,10 @@ import { StorageError, StorageNotFoundError } from "./types.js";
 
 /** HTTP status of an SDK error: S3 (`$metadata.httpStatusCode`), Azure (`statusCode`), Google (numeric `code`). */
 export function statusOf(err: unknown): number | undefined {
-  const rec = err as { $metadata?: { httpStatusCode?: unknown }; statusCode?: unknown; code?: unknown } | null | undefined;
-  for (const value of [rec?.$metadata?.httpStatusCode, rec?.statusCode, rec?.code]) if (typeof value === "number") return value;
+  const rec = err as
+    { $metadata?: { httpStatusCode?: unknown }; statusCode?: unknown; code?: unknown } | null | undefined;
+  for (const value of [rec?.$metadata?.httpStatusCode, rec?.statusCode, rec?.code])
+    if (typeof value === "number") return value;
   return undefined;
 }
 
@@ -86,7 +88,12 @@ export function isTransientError(err: unknown): boolean {
  */
 export function describeBackendError(err: unknown): string {
   if (err instanceof Error) {
-    const rec = err as Error & { code?: unknown; status?: unknown; statusCode?: unknown; $metadata?: { httpStatusCode?: number } };
+    const rec = err as Error & {
+      code?: unknown;
+      status?: unknown;
+      statusCode?: unknown;
+      $metadata?: { httpStatusCode?: number };
+    };
     const status = rec.$metadata?.httpStatusCode ?? rec.status ?? rec.statusCode;
     let text = `${err.name}: ${err.message}`.slice(0, 500);
     if (typeof rec.code === "string" && !text.includes(rec.code)) text += ` (${rec.code})`;
@@ -109,7 +116,9 @@ export class ErrorFactory {
     private readonly notFound: (err: unknown) => boolean = isNotFound,
   ) {
     // longest first, so a secret containing another is scrubbed whole
-    this.secrets = secrets.filter((s): s is string => typeof s === "string" && s.length >= 4).sort((a, b) => b.length - a.length);
+    this.secrets = secrets
+      .filter((s): s is string => typeof s === "string" && s.length >= 4)
+      .sort((a, b) => b.length - a.length);
   }
 
   scrub(text: string): string {

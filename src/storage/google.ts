@@ -6,7 +6,14 @@
  */
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { IdempotencyStrategy, Storage, type Bucket, type File, type GetFilesOptions, type StorageOptions } from "@google-cloud/storage";
+import {
+  IdempotencyStrategy,
+  Storage,
+  type Bucket,
+  type File,
+  type GetFilesOptions,
+  type StorageOptions,
+} from "@google-cloud/storage";
 import { OAuth2Client } from "google-auth-library";
 import { ErrorFactory, statusOf } from "./errors.js";
 import { byName, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
@@ -31,7 +38,6 @@ export interface GoogleConfig {
 
 const DEFAULT_CHUNK_SIZE = 5 * 1024 * 1024;
 const CHUNK_UNIT = 256 * 1024;
-
 
 function objectMetadata(file: File): Metadata {
   const md = file.metadata.metadata ?? {};
@@ -155,7 +161,10 @@ export class GoogleBackend extends RemoteBackend {
   async copyFile(sourceKey: string, destinationKey: string, metadata?: Metadata): Promise<void> {
     await this.errors.translating(`copy to ${destinationKey} from`, sourceKey, async () => {
       // rewrite; a body with `metadata` replaces the custom metadata, an empty one keeps the source's
-      await this.file(sourceKey).copy(this.file(destinationKey), metadata ? { metadata: sanitizeMetadata(metadata) } : {});
+      await this.file(sourceKey).copy(
+        this.file(destinationKey),
+        metadata ? { metadata: sanitizeMetadata(metadata) } : {},
+      );
     });
   }
 

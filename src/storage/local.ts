@@ -13,7 +13,14 @@ import path from "node:path";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { isErrno } from "../common/errors.js";
-import { copyFileAtomic, createAtomicWriteStream, exists, mkdirp, removeIfExists, writeFileAtomic } from "../common/fs.js";
+import {
+  copyFileAtomic,
+  createAtomicWriteStream,
+  exists,
+  mkdirp,
+  removeIfExists,
+  writeFileAtomic,
+} from "../common/fs.js";
 import { ErrorFactory } from "./errors.js";
 import { mapLimit, sanitizeMetadata } from "./shared.js";
 import {
@@ -46,7 +53,10 @@ export function isSkippedName(name: string): boolean {
 
 function pythonJsonString(value: string): string {
   // Python's json.dump escapes everything outside printable ASCII (ensure_ascii=True).
-  return JSON.stringify(value).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return JSON.stringify(value).replace(
+    /[\u007f-\uffff]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
 }
 
 /** Sidecar bytes as Python's `json.dump(metadata, fp)` writes them: `{"k": "v", "k2": "v2"}`. */
@@ -98,7 +108,8 @@ export class LocalStorage implements StorageBackend {
   private keyParts(key: string, { forWrite = false, allowEmpty = false } = {}): string[] {
     if (typeof key !== "string") throw new StorageError(`invalid key ${String(key)}`);
     if (key.includes("\0")) throw new StorageError(`invalid key ${JSON.stringify(key)}: contains NUL`);
-    if (key.startsWith("/")) throw new StorageError(`invalid key ${JSON.stringify(key)}: absolute keys are not allowed`);
+    if (key.startsWith("/"))
+      throw new StorageError(`invalid key ${JSON.stringify(key)}: absolute keys are not allowed`);
     const parts = key.split("/").filter((p) => p !== "");
     for (const part of parts) {
       if (part === "." || part === "..") {
@@ -271,7 +282,11 @@ export class LocalStorage implements StorageBackend {
     const found = await mapLimit(visible, LIST_CONCURRENCY, async (entry): Promise<StoredObject | null> => {
       const fullPath = path.join(dir, entry.name);
       let isDir = entry.isDirectory();
-      if (entry.isSymbolicLink()) isDir = await stat(fullPath).then((s) => s.isDirectory(), () => false);
+      if (entry.isSymbolicLink())
+        isDir = await stat(fullPath).then(
+          (s) => s.isDirectory(),
+          () => false,
+        );
       if (isDir) {
         subdirs.push(entry.name);
         return null;
@@ -301,7 +316,12 @@ export class LocalStorage implements StorageBackend {
       throw err;
     }
     if (!st.isFile()) return null;
-    const object: StoredObject = { name: key, size: st.size, lastModified: st.mtime, metadata: withoutInternalKeys(raw) };
+    const object: StoredObject = {
+      name: key,
+      size: st.size,
+      lastModified: st.mtime,
+      metadata: withoutInternalKeys(raw),
+    };
     const hash = raw[HASH_METADATA_KEY];
     if (hash) object.md5 = hash;
     return object;
@@ -353,7 +373,8 @@ export class LocalStorage implements StorageBackend {
     }
     // Like rohmu: new metadata replaces the caller-visible keys, the content hash carries over.
     const hash = raw[HASH_METADATA_KEY];
-    const newRaw = metadata === undefined ? raw : { ...sanitizeMetadata(metadata), ...(hash ? { [HASH_METADATA_KEY]: hash } : {}) };
+    const newRaw =
+      metadata === undefined ? raw : { ...sanitizeMetadata(metadata), ...(hash ? { [HASH_METADATA_KEY]: hash } : {}) };
     await this.writeSidecar(destinationPath, newRaw);
   }
 
@@ -365,4 +386,3 @@ export class LocalStorage implements StorageBackend {
 export async function createBackend(config: LocalStorageConfig): Promise<LocalStorage> {
   return new LocalStorage(config);
 }
-

@@ -92,8 +92,6 @@ function addContentMd5ForDeleteObjects(client: S3Client): void {
   );
 }
 
-
-
 /** CopySource is `bucket/key` with the key URL-encoded (the SDK sends it verbatim). */
 function copySource(bucket: string, key: string): string {
   return `${bucket}/${key.split("/").map(encodeURIComponent).join("/")}`;
@@ -116,7 +114,11 @@ export class S3Backend extends RemoteBackend {
     location: string,
   ) {
     super();
-    this.errors = new ErrorFactory("s3", [config.aws_secret_access_key, config.aws_session_token, config.proxy_info?.pass]);
+    this.errors = new ErrorFactory("s3", [
+      config.aws_secret_access_key,
+      config.aws_session_token,
+      config.proxy_info?.pass,
+    ]);
     this.keys = new KeyMapper(config.prefix);
     this.bucket = config.bucket_name;
     this.location = location;
@@ -148,7 +150,9 @@ export class S3Backend extends RemoteBackend {
         await this.client.send(
           new CreateBucketCommand({
             Bucket: this.bucket,
-            ...(this.location ? { CreateBucketConfiguration: { LocationConstraint: this.location as BucketLocationConstraint } } : {}),
+            ...(this.location
+              ? { CreateBucketConfiguration: { LocationConstraint: this.location as BucketLocationConstraint } }
+              : {}),
           }),
         );
       } catch (err) {
@@ -238,7 +242,9 @@ export class S3Backend extends RemoteBackend {
         );
         const failed = (res.Errors ?? []).filter((e) => e.Code !== "NoSuchKey");
         if (failed.length > 0) {
-          throw this.errors.error(`delete tree ${prefix}: ${failed.length} objects not deleted, e.g. ${failed[0]!.Key}: ${failed[0]!.Code}`);
+          throw this.errors.error(
+            `delete tree ${prefix}: ${failed.length} objects not deleted, e.g. ${failed[0]!.Key}: ${failed[0]!.Code}`,
+          );
         }
       }
     });
@@ -267,7 +273,13 @@ export class S3Backend extends RemoteBackend {
     await this.errors.wrapping("upload", key, async () => {
       // a Buffer body is replayed by the SDK's own retries
       await this.client.send(
-        new PutObjectCommand({ Bucket: this.bucket, Key: this.keys.key(key), Body: data, Metadata: sanitizeMetadata(metadata), ...this.extraPutArgs }),
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: this.keys.key(key),
+          Body: data,
+          Metadata: sanitizeMetadata(metadata),
+          ...this.extraPutArgs,
+        }),
       );
     });
   }
@@ -281,7 +293,13 @@ export class S3Backend extends RemoteBackend {
     // encoding is needed); a body smaller than one part goes out as a single PutObject.
     const upload = new Upload({
       client: this.client,
-      params: { Bucket: this.bucket, Key: this.keys.key(key), Body: source, Metadata: sanitizeMetadata(metadata), ...this.extraPutArgs },
+      params: {
+        Bucket: this.bucket,
+        Key: this.keys.key(key),
+        Body: source,
+        Metadata: sanitizeMetadata(metadata),
+        ...this.extraPutArgs,
+      },
       partSize: this.partSize,
       queueSize: 2,
       leavePartsOnError: false,
@@ -308,7 +326,8 @@ export async function createBackend(config: S3Config): Promise<S3Backend> {
   const errors = new ErrorFactory("s3", [config.aws_secret_access_key, config.aws_session_token]);
   if (!config.bucket_name) throw errors.error("object_storage.bucket_name is required");
   if (config.region === undefined || config.region === null) throw errors.error("object_storage.region is required");
-  if (config.cert_path && !config.is_verify_tls) throw errors.error("object_storage.cert_path is set but is_verify_tls is false");
+  if (config.cert_path && !config.is_verify_tls)
+    throw errors.error("object_storage.cert_path is set but is_verify_tls is false");
   // The SDK warns on every start under Node 20 that releases after January 2027 need Node 22; the
   // version is pinned in package.json, so the warning is only noise in the daemon's stderr.
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";

@@ -215,7 +215,9 @@ export class SftpBackend extends RemoteBackend {
   }
 
   async getMetadataForKey(key: string): Promise<Metadata> {
-    const metadata = await this.errors.wrapping("metadata of", key, () => this.run((sftp) => this.readSidecar(sftp, this.objectPath(key))));
+    const metadata = await this.errors.wrapping("metadata of", key, () =>
+      this.run((sftp) => this.readSidecar(sftp, this.objectPath(key))),
+    );
     if (!metadata) throw new StorageNotFoundError(key);
     return metadata;
   }
@@ -242,7 +244,12 @@ export class SftpBackend extends RemoteBackend {
     return found;
   }
 
-  private async listDir(sftp: SftpClient, prefix: string, recursive: boolean, out: Array<{ key: string; size: number; mtime: number }>): Promise<void> {
+  private async listDir(
+    sftp: SftpClient,
+    prefix: string,
+    recursive: boolean,
+    out: Array<{ key: string; size: number; mtime: number }>,
+  ): Promise<void> {
     let entries: SftpClient.FileInfo[];
     const dir = this.keys.directory(prefix).replace(/\/$/, "") || ".";
     try {
@@ -291,7 +298,9 @@ export class SftpBackend extends RemoteBackend {
   }
 
   async deleteKey(key: string): Promise<void> {
-    const existed = await this.errors.wrapping("delete", key, () => this.run((sftp) => this.removeObject(sftp, this.objectPath(key))));
+    const existed = await this.errors.wrapping("delete", key, () =>
+      this.run((sftp) => this.removeObject(sftp, this.objectPath(key))),
+    );
     if (!existed) throw new StorageNotFoundError(key);
   }
 
@@ -305,7 +314,11 @@ export class SftpBackend extends RemoteBackend {
   }
 
   /** Writes data to a temp name, renames it over the key, then publishes the sidecar the same way. */
-  private async upload(key: string, writeData: (sftp: SftpClient, tempPath: string) => Promise<void>, metadata: Metadata): Promise<void> {
+  private async upload(
+    key: string,
+    writeData: (sftp: SftpClient, tempPath: string) => Promise<void>,
+    metadata: Metadata,
+  ): Promise<void> {
     const objectPath = this.objectPath(key);
     const dir = path.posix.dirname(objectPath);
     const tempPath = path.posix.join(dir, `.concurrent_upload_${randomSuffix()}`);
@@ -339,16 +352,29 @@ export class SftpBackend extends RemoteBackend {
 
   override async storeFileFromDisk(key: string, filePath: string, metadata: Metadata): Promise<void> {
     await this.errors.wrapping("upload", key, async () => {
-      await withRetry(() => this.upload(key, async (sftp, temp) => void (await sftp.put(createReadStream(filePath, { highWaterMark: WRITE_CHUNK }), temp)), metadata), {
-        attempts: 4,
-        isRetryable: isConnectionError,
-      });
+      await withRetry(
+        () =>
+          this.upload(
+            key,
+            async (sftp, temp) =>
+              void (await sftp.put(createReadStream(filePath, { highWaterMark: WRITE_CHUNK }), temp)),
+            metadata,
+          ),
+        {
+          attempts: 4,
+          isRetryable: isConnectionError,
+        },
+      );
     });
   }
 
   async storeFileObject(key: string, source: Readable, metadata: Metadata): Promise<void> {
     try {
-      await this.upload(key, async (sftp, temp) => void (await sftp.put(coalesce(source, WRITE_CHUNK), temp)), metadata);
+      await this.upload(
+        key,
+        async (sftp, temp) => void (await sftp.put(coalesce(source, WRITE_CHUNK), temp)),
+        metadata,
+      );
     } catch (err) {
       source.destroy();
       throw this.errors.wrap(err, "upload", key);

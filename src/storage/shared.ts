@@ -9,13 +9,7 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createAtomicWriteStream } from "../common/fs.js";
 import type { ErrorFactory } from "./errors.js";
-import {
-  StorageError,
-  type ListOptions,
-  type Metadata,
-  type StorageBackend,
-  type StoredObject,
-} from "./types.js";
+import { StorageError, type ListOptions, type Metadata, type StorageBackend, type StoredObject } from "./types.js";
 
 /**
  * The backend prefix (`object_storage.prefix`) as rohmu applies it: a trailing `/` is added, keys
@@ -24,7 +18,10 @@ import {
 export class KeyMapper {
   readonly prefix: string;
 
-  constructor(prefix: string | null | undefined, private readonly stripLeadingSlash = true) {
+  constructor(
+    prefix: string | null | undefined,
+    private readonly stripLeadingSlash = true,
+  ) {
     let p = prefix ?? "";
     if (stripLeadingSlash) p = p.replace(/^\/+/, "");
     if (p && !p.endsWith("/")) p += "/";
@@ -49,7 +46,8 @@ export class KeyMapper {
   /** Key relative to the backend prefix of a name returned by the backend. */
   fromBackend(name: string): string {
     if (!this.prefix) return name;
-    if (!name.startsWith(this.prefix)) throw new StorageError(`Key ${name} does not start with the prefix ${this.prefix}`);
+    if (!name.startsWith(this.prefix))
+      throw new StorageError(`Key ${name} does not start with the prefix ${this.prefix}`);
     return name.slice(this.prefix.length);
   }
 }
@@ -135,7 +133,11 @@ export class StreamCutter {
 }
 
 /** Runs `fn` over `items` with at most `limit` calls in flight; results keep the input order. */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+export async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
   let failed = false;

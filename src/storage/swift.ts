@@ -8,15 +8,7 @@
 import { createReadStream } from "node:fs";
 import { Readable } from "node:stream";
 import { ErrorFactory } from "./errors.js";
-import {
-  byName,
-  fileSize,
-  KeyMapper,
-  mapLimit,
-  RemoteBackend,
-  sanitizeMetadata,
-  StreamCutter,
-} from "./shared.js";
+import { byName, fileSize, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata, StreamCutter } from "./shared.js";
 import { SwiftClient, type SwiftConfig } from "./swift_client.js";
 import { StorageNotFoundError, type ListOptions, type Metadata, type StoredObject } from "./types.js";
 
@@ -88,7 +80,11 @@ export class SwiftBackend extends RemoteBackend {
       });
       await res.body?.cancel();
       if (res.status === 404) {
-        await (await this.client.request("PUT", `/${encodeURIComponent(this.container)}`, { headers: { "Content-Length": "0" } })).body?.cancel();
+        await (
+          await this.client.request("PUT", `/${encodeURIComponent(this.container)}`, {
+            headers: { "Content-Length": "0" },
+          })
+        ).body?.cancel();
       }
     } catch (err) {
       throw this.errors.wrap(err, "open container", this.container);
@@ -109,13 +105,17 @@ export class SwiftBackend extends RemoteBackend {
   }
 
   async getReadStream(key: string): Promise<{ stream: Readable; metadata: Metadata; size: number }> {
-    const res = await this.errors.wrapping("download", key, () => this.client.request("GET", this.objectPath(this.keys.key(key)), { allow: [404] }));
+    const res = await this.errors.wrapping("download", key, () =>
+      this.client.request("GET", this.objectPath(this.keys.key(key)), { allow: [404] }),
+    );
     if (res.status === 404) {
       await res.body?.cancel();
       throw new StorageNotFoundError(key);
     }
     const size = Number(res.headers.get("content-length") ?? "0");
-    const stream = res.body ? Readable.fromWeb(res.body as import("node:stream/web").ReadableStream) : Readable.from([]);
+    const stream = res.body
+      ? Readable.fromWeb(res.body as import("node:stream/web").ReadableStream)
+      : Readable.from([]);
     return { stream, metadata: headersToMetadata(res.headers), size };
   }
 
@@ -269,24 +269,29 @@ export class SwiftBackend extends RemoteBackend {
       // Unknown length beyond the memory limit: stream segments. If it all fits into the first
       // segment, the segment is copied to the key so the layout stays rohmu's (plain object).
       let single = false;
-      await this.putSegmented(name, metadata, async (put) => {
-        const firstRest = cutter.take(this.segmentSize - head.length);
-        await put(1, Readable.from(concatStreams([head], firstRest)), undefined);
-        single = await cutter.ended();
-        for (let n = 2; !(await cutter.ended()); n++) await put(n, cutter.take(this.segmentSize), undefined);
-      }, async (segmentPrefix) => {
-        if (!single) return false;
-        const segment = `${segmentPrefix}${(1).toString(16).padStart(8, "0")}`;
-        const headers: Record<string, string> = {
-          ...metadataToHeaders(metadata),
-          "X-Copy-From": `/${encodeURIComponent(this.container)}/${encodePath(segment)}`,
-          "X-Fresh-Metadata": "true",
-          "Content-Length": "0",
-        };
-        await (await this.client.request("PUT", this.objectPath(name), { headers })).body?.cancel();
-        await this.deletePlain(segment);
-        return true;
-      });
+      await this.putSegmented(
+        name,
+        metadata,
+        async (put) => {
+          const firstRest = cutter.take(this.segmentSize - head.length);
+          await put(1, Readable.from(concatStreams([head], firstRest)), undefined);
+          single = await cutter.ended();
+          for (let n = 2; !(await cutter.ended()); n++) await put(n, cutter.take(this.segmentSize), undefined);
+        },
+        async (segmentPrefix) => {
+          if (!single) return false;
+          const segment = `${segmentPrefix}${(1).toString(16).padStart(8, "0")}`;
+          const headers: Record<string, string> = {
+            ...metadataToHeaders(metadata),
+            "X-Copy-From": `/${encodeURIComponent(this.container)}/${encodePath(segment)}`,
+            "X-Fresh-Metadata": "true",
+            "Content-Length": "0",
+          };
+          await (await this.client.request("PUT", this.objectPath(name), { headers })).body?.cancel();
+          await this.deletePlain(segment);
+          return true;
+        },
+      );
     } catch (err) {
       source.destroy();
       throw this.errors.wrap(err, "upload", key);
@@ -295,7 +300,12 @@ export class SwiftBackend extends RemoteBackend {
     }
   }
 
-  private async putPlain(name: string, body: Buffer | (() => Readable), size: number, metadata: Metadata): Promise<void> {
+  private async putPlain(
+    name: string,
+    body: Buffer | (() => Readable),
+    size: number,
+    metadata: Metadata,
+  ): Promise<void> {
     const headers = { ...metadataToHeaders(metadata), "Content-Length": String(size) };
     await (await this.client.request("PUT", this.objectPath(name), { headers, body })).body?.cancel();
   }
@@ -308,7 +318,9 @@ export class SwiftBackend extends RemoteBackend {
   private async putSegmented(
     name: string,
     metadata: Metadata,
-    writeSegments: (put: (n: number, body: Buffer | Readable | (() => Readable), size: number | undefined) => Promise<void>) => Promise<void>,
+    writeSegments: (
+      put: (n: number, body: Buffer | Readable | (() => Readable), size: number | undefined) => Promise<void>,
+    ) => Promise<void>,
     finish?: (segmentPrefix: string) => Promise<boolean>,
   ): Promise<void> {
     const segmentPrefix = this.segmentPrefix(name);
@@ -327,7 +339,9 @@ export class SwiftBackend extends RemoteBackend {
         "X-Object-Manifest": `${encodeURIComponent(this.container)}/${encodePath(segmentPrefix.replace(/^\/+/, ""))}`,
         "Content-Length": "0",
       };
-      await (await this.client.request("PUT", this.objectPath(name), { headers, body: Buffer.alloc(0) })).body?.cancel();
+      await (
+        await this.client.request("PUT", this.objectPath(name), { headers, body: Buffer.alloc(0) })
+      ).body?.cancel();
     } catch (err) {
       await this.deleteSegmentsUnder(segmentPrefix).catch(() => undefined);
       throw err;
@@ -352,4 +366,3 @@ async function* concatStreams(buffers: Buffer[], rest: Readable): AsyncGenerator
 export async function createBackend(config: SwiftConfig): Promise<SwiftBackend> {
   return new SwiftBackend(config).init();
 }
-

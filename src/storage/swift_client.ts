@@ -163,7 +163,9 @@ export class SwiftClient {
     });
     if (!res.ok) await this.authFailed(res);
     const token = res.headers.get("x-subject-token");
-    const reply = (await res.json()) as { token?: { catalog?: Array<{ type?: string; endpoints?: CatalogEndpoint[] }> } };
+    const reply = (await res.json()) as {
+      token?: { catalog?: Array<{ type?: string; endpoints?: CatalogEndpoint[] }> };
+    };
     if (!token) throw this.errors.error("auth v3 reply lacks X-Subject-Token");
     this.token = token;
     this.storageUrl = this.pickEndpoint(reply.token?.catalog ?? [], "3");
@@ -180,7 +182,9 @@ export class SwiftClient {
       const url = version === "3" ? (ep.interface === wanted ? ep.url : undefined) : ep[`${wanted}URL` as "publicURL"];
       if (url) return url.replace(/\/+$/, "");
     }
-    throw this.errors.error(`no ${wanted} ${serviceType} endpoint${region ? ` in region ${region}` : ""} in the Keystone catalog`);
+    throw this.errors.error(
+      `no ${wanted} ${serviceType} endpoint${region ? ` in region ${region}` : ""} in the Keystone catalog`,
+    );
   }
 
   /** One request with auth; retried on transient failures when the body can be replayed. */
@@ -196,7 +200,8 @@ export class SwiftClient {
         let sendBody: Buffer | Readable | undefined;
         if (typeof body === "function") sendBody = body();
         else if (body !== undefined) {
-          if (!Buffer.isBuffer(body) && bodyUsed) throw this.errors.error(`${method} ${objectPath}: stream body cannot be resent`);
+          if (!Buffer.isBuffer(body) && bodyUsed)
+            throw this.errors.error(`${method} ${objectPath}: stream body cannot be resent`);
           bodyUsed = true;
           sendBody = body;
         }
@@ -218,7 +223,10 @@ export class SwiftClient {
         }
         if (res.ok || options.allow?.includes(res.status)) return res;
         const text = (await res.text().catch(() => "")).slice(0, 200).replace(/\s+/g, " ");
-        throw new SwiftHttpError(res.status, `${method} ${decodeURIComponent(url.pathname)} failed with HTTP ${res.status} ${text}`);
+        throw new SwiftHttpError(
+          res.status,
+          `${method} ${decodeURIComponent(url.pathname)} failed with HTTP ${res.status} ${text}`,
+        );
       }
     };
     return replayable ? withRetry(attemptOnce) : attemptOnce();

@@ -75,13 +75,18 @@ export function parseWalName(name: string): WalNameParts {
 
 export function formatWalName(parts: WalNameParts): string {
   for (const [key, value] of Object.entries(parts)) {
-    if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw new RangeError(`WAL name ${key} out of range: ${value}`);
+    if (!Number.isInteger(value) || value < 0 || value > 0xffffffff)
+      throw new RangeError(`WAL name ${key} out of range: ${value}`);
   }
   return `${hex8(parts.timeline)}${hex8(parts.log)}${hex8(parts.seg)}`;
 }
 
 /** Segment number counted from LSN 0 (PostgreSQL's XLogSegNo). */
-export function walNameToSegmentNumber(name: string, segSize: number = WAL_SEG_SIZE, serverVersion?: number | null): bigint {
+export function walNameToSegmentNumber(
+  name: string,
+  segSize: number = WAL_SEG_SIZE,
+  serverVersion?: number | null,
+): bigint {
   const { log, seg } = parseWalName(name);
   return BigInt(log) * segmentsPerLogId(segSize, serverVersion) + BigInt(seg);
 }
@@ -128,11 +133,20 @@ export function timelineOfWalName(name: string): number {
 /** The segment that follows `name` on the same timeline (…FF rolls over to the next log id). */
 export function nextWalName(name: string, segSize: number = WAL_SEG_SIZE, serverVersion?: number | null): string {
   const { timeline } = parseWalName(name);
-  return segmentNumberToWalName(timeline, walNameToSegmentNumber(name, segSize, serverVersion) + 1n, segSize, serverVersion);
+  return segmentNumberToWalName(
+    timeline,
+    walNameToSegmentNumber(name, segSize, serverVersion) + 1n,
+    segSize,
+    serverVersion,
+  );
 }
 
 /** The segment before `name` on the same timeline, or null for the very first segment. */
-export function previousWalName(name: string, segSize: number = WAL_SEG_SIZE, serverVersion?: number | null): string | null {
+export function previousWalName(
+  name: string,
+  segSize: number = WAL_SEG_SIZE,
+  serverVersion?: number | null,
+): string | null {
   const { timeline } = parseWalName(name);
   const segNo = walNameToSegmentNumber(name, segSize, serverVersion);
   if (segNo === 0n) return null;
@@ -147,7 +161,8 @@ export function walNameOnTimeline(name: string, timeline: number): string {
 
 /** `00000002.history` for timeline 2. */
 export function historyFileName(timeline: number): string {
-  if (!Number.isInteger(timeline) || timeline < 1 || timeline > 0xffffffff) throw new RangeError(`invalid timeline ${timeline}`);
+  if (!Number.isInteger(timeline) || timeline < 1 || timeline > 0xffffffff)
+    throw new RangeError(`invalid timeline ${timeline}`);
   return `${hex8(timeline)}.history`;
 }
 
@@ -155,4 +170,3 @@ export function timelineOfHistoryName(name: string): number {
   if (!isHistoryName(name)) throw new InvalidWalNameError(name, "timeline history file");
   return Number.parseInt(name.slice(0, 8), 16);
 }
-

@@ -110,7 +110,15 @@ export class PgReceiveXlog {
   private checkingDisk = false;
 
   constructor(private readonly options: PgReceiveXlogOptions) {
-    const args = ["--status-interval", "1", "--verbose", "--directory", options.directory, "--dbname", options.connectionString];
+    const args = [
+      "--status-interval",
+      "1",
+      "--verbose",
+      "--directory",
+      options.directory,
+      "--dbname",
+      options.connectionString,
+    ];
     if (options.serverVersion >= 90400 && options.slot) args.push("--slot", options.slot);
     const log = options.log;
     this.child = spawn(options.binary, args, { stdio: ["ignore", "pipe", "pipe"], env: options.env ?? process.env });

@@ -181,7 +181,11 @@ export class ReplicationStream implements pg.Submittable {
   private finish(): void {
     this.connection?.removeListener("copyDone", this.onServerCopyDone);
     if (this.error) {
-      this.rejectDone(new ReplicationError(`Replication stream failed: ${this.error.message}`, pgErrorCode(this.error), { cause: this.error }));
+      this.rejectDone(
+        new ReplicationError(`Replication stream failed: ${this.error.message}`, pgErrorCode(this.error), {
+          cause: this.error,
+        }),
+      );
       return;
     }
     const row = this.rows[0];
@@ -250,7 +254,9 @@ export class ReplicationConnection {
       const res = await this.client.query<unknown[]>({ text, rowMode: "array" });
       return res.rows;
     } catch (err) {
-      throw new ReplicationError(`${text.split(" ")[0]} failed: ${(err as Error).message}`, pgErrorCode(err), { cause: err });
+      throw new ReplicationError(`${text.split(" ")[0]} failed: ${(err as Error).message}`, pgErrorCode(err), {
+        cause: err,
+      });
     }
   }
 
@@ -270,7 +276,10 @@ export class ReplicationConnection {
     const [row] = await this.command(`TIMELINE_HISTORY ${timeline}`);
     if (!row) throw new ReplicationError(`TIMELINE_HISTORY ${timeline} returned no row`);
     const content = row[1];
-    return { filename: String(row[0]), content: Buffer.isBuffer(content) ? content : Buffer.from(String(content), "utf8") };
+    return {
+      filename: String(row[0]),
+      content: Buffer.isBuffer(content) ? content : Buffer.from(String(content), "utf8"),
+    };
   }
 
   /**

@@ -32,8 +32,8 @@ import { verifyWalHeader } from "./verify.js";
 import { WalReceiver, type WalSink } from "./walreceiver.js";
 
 /** The alerts the server checks raise (and remove again). */
-const CHECK_ALERTS = ["authentication_error", "configuration_error", "version_unsupported_error", "version_mismatch_error"] as const;
-type AlertName = (typeof CHECK_ALERTS)[number];
+type AlertName =
+  "authentication_error" | "configuration_error" | "version_unsupported_error" | "version_mismatch_error";
 
 /** A WAL or history file for the daemon's compressors (its CompressionEvent without the callback). */
 export interface WalArchiveRequest {
@@ -125,7 +125,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     let state = this.sites.get(site);
     if (!state) {
       state = new SiteStreaming(site);
-      const previous = (this.ctx.previousState.walreceivers as Record<string, { last_flushed_lsn?: unknown }> | undefined)?.[site];
+      const previous = (
+        this.ctx.previousState.walreceivers as Record<string, { last_flushed_lsn?: unknown }> | undefined
+      )?.[site];
       const lsn = previous?.last_flushed_lsn;
       if (typeof lsn === "number" && Number.isSafeInteger(lsn) && lsn >= 0) state.lastFlushedLsn = BigInt(lsn);
       this.sites.set(site, state);
@@ -154,7 +156,10 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     const walreceivers = (state.walreceivers ?? {}) as Record<string, unknown>;
     for (const [site, s] of this.sites) {
       if (s.mode === "pg_receivexlog") {
-        receivexlogs[site] = { latest_activity: s.receivexlog?.latestActivity ?? s.latestActivity, running: s.receivexlog?.isRunning ?? false };
+        receivexlogs[site] = {
+          latest_activity: s.receivexlog?.latestActivity ?? s.latestActivity,
+          running: s.receivexlog?.isRunning ?? false,
+        };
       } else if (s.mode === "walreceiver") {
         const lsn = s.walreceiver?.lastFlushedLsn ?? s.lastFlushedLsn;
         walreceivers[site] = {
@@ -250,7 +255,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     } catch (err) {
       const message = (err as Error).message;
       const alert = connectionFailureAlert(message);
-      this.log.error(`Site ${state.site}: connection to PostgreSQL for the ${state.mode} version check failed: ${message}; created alert file ${alert}`);
+      this.log.error(
+        `Site ${state.site}: connection to PostgreSQL for the ${state.mode} version check failed: ${message}; created alert file ${alert}`,
+      );
       await this.raise(state, alert);
       throw new CheckFailed(message);
     }
@@ -262,7 +269,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     }
     await this.clearAlerts(state, ["authentication_error", "configuration_error"]);
     if (!version || version < 90300) {
-      this.log.error(`Site ${state.site}: unsupported PostgreSQL server version ${version}; created alert file version_unsupported_error`);
+      this.log.error(
+        `Site ${state.site}: unsupported PostgreSQL server version ${version}; created alert file version_unsupported_error`,
+      );
       await this.raise(state, "version_unsupported_error");
       throw new CheckFailed(`unsupported server version ${version}`);
     }
@@ -320,7 +329,10 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     const serverVersion = await this.checkServer(state, siteConfig, node);
     let binary: { path: string; version: number };
     try {
-      binary = await findPgBinary(siteConfig, "pg_receivexlog", { wantedMajor: pgMajorFromNumber(serverVersion), siteName: state.site });
+      binary = await findPgBinary(siteConfig, "pg_receivexlog", {
+        wantedMajor: pgMajorFromNumber(serverVersion),
+        siteName: state.site,
+      });
     } catch (err) {
       this.log.error(`Site ${state.site}: ${(err as Error).message}; created alert file configuration_error`);
       await this.raise(state, "configuration_error");
@@ -339,7 +351,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     if (slot && serverVersion >= 90400) await this.ensureSlot(state, node, slot);
     const { connectionString } = await connectionStringUsingPgpass(node, { replication: true });
     for (const pid of await findReceiversWritingTo(handle.spool.xlogIncoming)) {
-      this.log.warn(`Site ${state.site}: terminating pg_receivewal PID ${pid} left over from an earlier run in ${handle.spool.xlogIncoming}`);
+      this.log.warn(
+        `Site ${state.site}: terminating pg_receivewal PID ${pid} left over from an earlier run in ${handle.spool.xlogIncoming}`,
+      );
       await terminateLeftoverReceiver(pid);
     }
     if (!this.wanted(state, "pg_receivexlog")) return;
@@ -370,7 +384,8 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     let conn: ReplicationConnection | null = null;
     try {
       conn = await ReplicationConnection.connect(replicationConnectionInfo(node));
-      if (await conn.createPhysicalSlot(slot)) this.log.info(`Site ${state.site}: created physical replication slot ${slot}`);
+      if (await conn.createPhysicalSlot(slot))
+        this.log.info(`Site ${state.site}: created physical replication slot ${slot}`);
     } catch (err) {
       this.log.warn(`Site ${state.site}: could not create replication slot ${slot}: ${(err as Error).message}`);
     } finally {
@@ -408,7 +423,8 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
         (err: unknown) => this.walreceiverEnded(state, receiver, err as Error),
       );
     } catch (err) {
-      if (!(err instanceof CheckFailed)) this.log.error(`Site ${state.site}: could not start the walreceiver: ${(err as Error).message}`);
+      if (!(err instanceof CheckFailed))
+        this.log.error(`Site ${state.site}: could not start the walreceiver: ${(err as Error).message}`);
       this.scheduleRestart(state, 0);
     }
   }
@@ -425,7 +441,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
       this.ctx.metrics.unexpectedException(err, "walreceiver_run");
       // The resume position is gone from the server: start over from what it still has (a gap in the archive).
       if (/has already been removed/.test(err.message)) {
-        this.log.error(`Site ${state.site}: WAL from ${state.lastFlushedLsn} is no longer on the server; resuming from the server's position`);
+        this.log.error(
+          `Site ${state.site}: WAL from ${state.lastFlushedLsn} is no longer on the server; resuming from the server's position`,
+        );
         state.lastFlushedLsn = null;
       }
     } else {
@@ -442,7 +460,12 @@ export class DaemonWalSink implements WalSink {
     private readonly site: string,
   ) {}
 
-  private async compressAndStore(filetype: "xlog" | "timeline", name: string, data: Buffer, partial = false): Promise<void> {
+  private async compressAndStore(
+    filetype: "xlog" | "timeline",
+    name: string,
+    data: Buffer,
+    partial = false,
+  ): Promise<void> {
     const spool = this.ctx.spoolPaths(this.site);
     const result = await this.ctx.archive({
       site: this.site,
@@ -455,7 +478,10 @@ export class DaemonWalSink implements WalSink {
       partial,
     });
     const what = `storing ${name}${partial ? ".partial" : ""}`;
-    if (!result.success) throw new Error(`${what}: ${result.error instanceof Error ? result.error.message : String(result.error ?? "failed")}`);
+    if (!result.success)
+      throw new Error(
+        `${what}: ${result.error instanceof Error ? result.error.message : String(result.error ?? "failed")}`,
+      );
   }
 
   storeSegment(name: string, data: Buffer): Promise<void> {
@@ -498,6 +524,8 @@ export async function createWalStreamingPlugin(ctx: WalStreamingContext): Promis
     }
   }
   return new WalStreamingPlugin(ctx, {
-    partialIntervalMs: process.env.PGHOARD_TEST_PARTIAL_INTERVAL_MS ? Number(process.env.PGHOARD_TEST_PARTIAL_INTERVAL_MS) : undefined,
+    partialIntervalMs: process.env.PGHOARD_TEST_PARTIAL_INTERVAL_MS
+      ? Number(process.env.PGHOARD_TEST_PARTIAL_INTERVAL_MS)
+      : undefined,
   });
 }

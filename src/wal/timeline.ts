@@ -31,14 +31,17 @@ export function parseTimelineHistory(text: string | Buffer): TimelineHistoryEntr
     const line = rawLine.trim();
     if (line === "" || line.startsWith("#")) continue;
     const match = ENTRY_RE.exec(line);
-    if (!match) throw new TimelineHistoryError(`syntax error in timeline history line ${index + 1}: ${JSON.stringify(rawLine)}`);
+    if (!match)
+      throw new TimelineHistoryError(`syntax error in timeline history line ${index + 1}: ${JSON.stringify(rawLine)}`);
     const tli = Number(match[1]);
     if (!Number.isSafeInteger(tli) || tli < 1 || tli > 0xffffffff) {
       throw new TimelineHistoryError(`invalid timeline id on line ${index + 1}: ${match[1]}`);
     }
     const previous = entries.at(-1);
     if (previous && tli <= previous.tli) {
-      throw new TimelineHistoryError(`timeline ids must be in increasing sequence (line ${index + 1}: ${tli} after ${previous.tli})`);
+      throw new TimelineHistoryError(
+        `timeline ids must be in increasing sequence (line ${index + 1}: ${tli} after ${previous.tli})`,
+      );
     }
     let switchpoint: bigint;
     try {

@@ -115,7 +115,10 @@ export function verifyWalHeader(bytes: Uint8Array, walName: string, options: Ver
     header = readWalHeader(bytes);
     expected = walNameToLsn(walName, options.segSize ?? header.segSize ?? WAL_SEG_SIZE, header.serverVersion);
   } catch (err) {
-    throw new WalVerificationError(`WAL file ${JSON.stringify(source)} verification failed: ${(err as Error).message}`, { cause: err });
+    throw new WalVerificationError(
+      `WAL file ${JSON.stringify(source)} verification failed: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
   // Only the position is compared: after a promotion the name's timeline legitimately differs.
   if (header.pageaddr !== expected) {
@@ -129,7 +132,11 @@ export function verifyWalHeader(bytes: Uint8Array, walName: string, options: Ver
 }
 
 /** Reads the header of the file at `filePath` and verifies it against `walName`. */
-export async function verifyWalFile(filePath: string, walName: string, options: Omit<VerifyOptions, "source"> = {}): Promise<WalHeader> {
+export async function verifyWalFile(
+  filePath: string,
+  walName: string,
+  options: Omit<VerifyOptions, "source"> = {},
+): Promise<WalHeader> {
   let bytes: Buffer;
   try {
     const handle = await open(filePath, "r");
@@ -141,7 +148,10 @@ export async function verifyWalFile(filePath: string, walName: string, options: 
       await handle.close();
     }
   } catch (err) {
-    throw new WalVerificationError(`WAL file ${JSON.stringify(filePath)} verification failed: ${(err as Error).message}`, { cause: err });
+    throw new WalVerificationError(
+      `WAL file ${JSON.stringify(filePath)} verification failed: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
   return verifyWalHeader(bytes, walName, { ...options, source: filePath });
 }

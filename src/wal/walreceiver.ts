@@ -19,7 +19,13 @@ import type { Logger } from "pino";
 import type { ConnectionInfo } from "../config/index.js";
 import { formatLsn } from "./lsn.js";
 import { historyFileName, lsnToWalName, WAL_SEG_SIZE } from "./names.js";
-import { ReplicationConnection, ReplicationError, type ReplicationStream, type TimelineEnd, type XLogData } from "./replication.js";
+import {
+  ReplicationConnection,
+  ReplicationError,
+  type ReplicationStream,
+  type TimelineEnd,
+  type XLogData,
+} from "./replication.js";
 import { parseTimelineHistory, timelineForLsn } from "./timeline.js";
 
 const SEG = BigInt(WAL_SEG_SIZE);
@@ -94,15 +100,22 @@ export class WalReceiver {
   async run(): Promise<void> {
     const { slot } = this.options;
     // Named, so the walsender is recognisable in pg_stat_replication (unless the node sets a name).
-    const conn = await ReplicationConnection.connect({ application_name: "pghoard_walreceiver", ...this.options.connectionInfo });
+    const conn = await ReplicationConnection.connect({
+      application_name: "pghoard_walreceiver",
+      ...this.options.connectionInfo,
+    });
     this.conn = conn;
     try {
       if (slot) {
         const created = await conn.createPhysicalSlot(slot);
-        this.log.info(created ? `Created physical replication slot ${slot}` : `Replication slot ${slot} already exists`);
+        this.log.info(
+          created ? `Created physical replication slot ${slot}` : `Replication slot ${slot} already exists`,
+        );
       }
       const ident = await conn.identifySystem();
-      this.log.info(`System identified itself as system ${ident.systemId}, timeline ${ident.timeline}, xlogpos ${formatLsn(ident.xlogpos)}`);
+      this.log.info(
+        `System identified itself as system ${ident.systemId}, timeline ${ident.timeline}, xlogpos ${formatLsn(ident.xlogpos)}`,
+      );
       for (let tli = ident.timeline; tli > 1; tli--) await this.storeHistory(conn, tli);
 
       let start = this.lastFlushedLsn;
@@ -121,7 +134,8 @@ export class WalReceiver {
         source = "the server's current position";
       }
       start -= start % SEG;
-      const history = ident.timeline > 1 ? parseTimelineHistory((await conn.timelineHistory(ident.timeline)).content) : [];
+      const history =
+        ident.timeline > 1 ? parseTimelineHistory((await conn.timelineHistory(ident.timeline)).content) : [];
       let timeline = timelineForLsn(history, ident.timeline, start);
       this.storedLsn = start;
       this.lastFlushedLsn = start;
@@ -134,19 +148,26 @@ export class WalReceiver {
       let position = start;
       for (;;) {
         this.timeline = timeline;
-        this.log.info(`Starting replication from ${formatLsn(position)} (from ${source}), timeline ${timeline}, slot ${slot ?? "none"}`);
-        const stream = conn.startReplication({ slot, startLsn: position, timeline }, {
-          onXLogData: (msg) => this.onXLogData(msg),
-          onKeepalive: (_walEnd, reply) => {
-            if (reply) this.sendStatus(true);
+        this.log.info(
+          `Starting replication from ${formatLsn(position)} (from ${source}), timeline ${timeline}, slot ${slot ?? "none"}`,
+        );
+        const stream = conn.startReplication(
+          { slot, startLsn: position, timeline },
+          {
+            onXLogData: (msg) => this.onXLogData(msg),
+            onKeepalive: (_walEnd, reply) => {
+              if (reply) this.sendStatus(true);
+            },
           },
-        });
+        );
         this.stream = stream;
         const end = await stream.done;
         this.stream = null;
         if (this.failure) throw this.failure;
         if (!end || this.stopping) break;
-        this.log.info(`Timeline ${timeline} ended at ${formatLsn(end.nextStartLsn)}; following timeline ${end.nextTimeline}`);
+        this.log.info(
+          `Timeline ${timeline} ended at ${formatLsn(end.nextStartLsn)}; following timeline ${end.nextTimeline}`,
+        );
         await this.switchTimeline(end);
         await this.storeHistory(conn, end.nextTimeline);
         timeline = end.nextTimeline;
@@ -199,11 +220,19 @@ export class WalReceiver {
         const offset = Number(pos % SEG);
         let seg = this.current;
         if (!seg) {
-          seg = { start: segStart, name: lsnToWalName(segStart, this.timeline ?? 1), buffer: Buffer.allocUnsafe(WAL_SEG_SIZE), filled: 0, partialStored: 0 };
+          seg = {
+            start: segStart,
+            name: lsnToWalName(segStart, this.timeline ?? 1),
+            buffer: Buffer.allocUnsafe(WAL_SEG_SIZE),
+            filled: 0,
+            partialStored: 0,
+          };
           this.current = seg;
         }
         if (seg.start !== segStart || seg.filled !== offset) {
-          throw new ReplicationError(`WAL gap in segment ${seg.name}: have ${seg.filled} bytes, got data at offset ${offset}`);
+          throw new ReplicationError(
+            `WAL gap in segment ${seg.name}: have ${seg.filled} bytes, got data at offset ${offset}`,
+          );
         }
         const n = Math.min(data.length, WAL_SEG_SIZE - offset);
         // Copy now: the payload is a view into pg-protocol's reusable read buffer.
@@ -241,10 +270,19 @@ export class WalReceiver {
       },
       (err: unknown) => {
         this.inFlight.delete(seg.start);
-        this.fail(new ReplicationError(`Storing WAL segment ${seg.name} failed: ${(err as Error)?.message ?? String(err)}`, undefined, { cause: err }));
+        this.fail(
+          new ReplicationError(
+            `Storing WAL segment ${seg.name} failed: ${(err as Error)?.message ?? String(err)}`,
+            undefined,
+            { cause: err },
+          ),
+        );
       },
     );
-    this.inFlight.set(seg.start, promise.catch(() => undefined));
+    this.inFlight.set(
+      seg.start,
+      promise.catch(() => undefined),
+    );
     if (this.inFlight.size >= maxInFlight) this.stream?.pause();
   }
 
@@ -294,7 +332,8 @@ export class WalReceiver {
       .then(() => this.options.sink.storePartial(seg.name, data))
       .then(
         () => this.log.info(`Stored ${filled} bytes of incomplete WAL segment ${seg.name} as ${seg.name}.partial`),
-        (err: unknown) => this.log.error(`Storing ${seg.name}.partial failed: ${(err as Error)?.message ?? String(err)}`),
+        (err: unknown) =>
+          this.log.error(`Storing ${seg.name}.partial failed: ${(err as Error)?.message ?? String(err)}`),
       );
     return this.partialChain;
   }
@@ -308,11 +347,15 @@ export class WalReceiver {
       return;
     }
     if (seg.start !== switchSegStart) {
-      throw new ReplicationError(`Timeline switch at ${formatLsn(end.nextStartLsn)} is outside the segment being received (${seg.name})`);
+      throw new ReplicationError(
+        `Timeline switch at ${formatLsn(end.nextStartLsn)} is outside the segment being received (${seg.name})`,
+      );
     }
     const keep = Number(end.nextStartLsn % SEG);
     if (seg.filled < keep) {
-      throw new ReplicationError(`Timeline switch at ${formatLsn(end.nextStartLsn)} but only ${seg.filled} bytes of ${seg.name} were received`);
+      throw new ReplicationError(
+        `Timeline switch at ${formatLsn(end.nextStartLsn)} but only ${seg.filled} bytes of ${seg.name} were received`,
+      );
     }
     seg.filled = keep;
     await this.storePartial();

@@ -7,7 +7,12 @@ import { readdir } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { PghoardConfig } from "../../src/config/types.js";
-import { DirectUploader, runBasebackup, type BasebackupContext, type UploadRequest } from "../../src/basebackup/index.js";
+import {
+  DirectUploader,
+  runBasebackup,
+  type BasebackupContext,
+  type UploadRequest,
+} from "../../src/basebackup/index.js";
 import { FileFormatPool } from "../../src/fileformat/index.js";
 import { createStorage } from "../../src/storage/index.js";
 import type { StorageBackend } from "../../src/storage/types.js";
@@ -56,7 +61,11 @@ describe("failed delta backup", { timeout: 300_000 }, () => {
       basebackup_delta_mode_chunk_size: 1024 * 1024,
       object_storage: { storage_type: "local", directory: path.join(dir, "store") },
     };
-    const config = { backup_location: path.join(dir, "spool"), backup_sites: { s: site }, compression: { algorithm: "snappy", level: 0 } } as unknown as PghoardConfig;
+    const config = {
+      backup_location: path.join(dir, "spool"),
+      backup_sites: { s: site },
+      compression: { algorithm: "snappy", level: 0 },
+    } as unknown as PghoardConfig;
     storage = await createStorage(site.object_storage as PghoardConfig["backup_sites"][string]["object_storage"]);
     const ctx: BasebackupContext = {
       config,
@@ -82,11 +91,16 @@ describe("failed delta backup", { timeout: 300_000 }, () => {
     assert.deepEqual(await published(path.join(dir, "store", "s", "basebackup_delta")), []);
     assert.deepEqual(await published(path.join(dir, "store", "s", "basebackup")), []);
     const bundleDirs = await published(path.join(dir, "store", "s", "basebackup_delta_chunk"));
-    for (const d of bundleDirs) assert.deepEqual(await published(path.join(dir, "store", "s", "basebackup_delta_chunk", d)), []);
+    for (const d of bundleDirs)
+      assert.deepEqual(await published(path.join(dir, "store", "s", "basebackup_delta_chunk", d)), []);
     // the session's backup was stopped: the next one starts and completes
     ctx.uploader = undefined;
     const result = await runBasebackup(ctx);
     assert.equal(result.metadata.format, "pghoard-delta-v2");
-    assert.deepEqual(await published(path.join(dir, "spool", "s", "basebackup_incoming")), [], "work directories are removed");
+    assert.deepEqual(
+      await published(path.join(dir, "spool", "s", "basebackup_incoming")),
+      [],
+      "work directories are removed",
+    );
   });
 });

@@ -9,7 +9,18 @@ import { mkdir, readFile, readdir, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { chownToPostgres, findFreePort, makeTempDir, startCluster, type PgCluster } from "../helpers/pgcluster.js";
 import { repoRoot } from "../helpers/paths.js";
-import { DaemonProcess, httpRequest, makeDaemonEnv, makeKeyPair, postgresCommandBin, sleep, switchWal, waitArchived, type DaemonEnv, type KeyPair } from "../daemon/helpers.js";
+import {
+  DaemonProcess,
+  httpRequest,
+  makeDaemonEnv,
+  makeKeyPair,
+  postgresCommandBin,
+  sleep,
+  switchWal,
+  waitArchived,
+  type DaemonEnv,
+  type KeyPair,
+} from "../daemon/helpers.js";
 
 export const restoreBin = path.join(repoRoot, "bin", "pghoard_restore.js");
 
@@ -24,7 +35,12 @@ export interface Scenario {
   cleanup(): Promise<void>;
 }
 
-export async function startScenario(opts: { site: string; siteExtra: Record<string, unknown>; configExtra?: Record<string, unknown>; tablespace?: boolean }): Promise<Scenario> {
+export async function startScenario(opts: {
+  site: string;
+  siteExtra: Record<string, unknown>;
+  configExtra?: Record<string, unknown>;
+  tablespace?: boolean;
+}): Promise<Scenario> {
   const port = await findFreePort();
   const keys = makeKeyPair();
   const keyId = `${opts.site}-key`;
@@ -120,7 +136,8 @@ export async function requestBackup(
     const state = await readState(s.env);
     const bb = (state.pg_basebackups as Record<string, { running: boolean }> | undefined)?.[s.site];
     if (created && bb && bb.running === false) return created;
-    if (Date.now() > deadline) throw new Error(`basebackup did not finish in time; daemon log:\n${s.daemon.logs().slice(-5000)}`);
+    if (Date.now() > deadline)
+      throw new Error(`basebackup did not finish in time; daemon log:\n${s.daemon.logs().slice(-5000)}`);
     await sleep(250);
   }
 }
@@ -142,7 +159,9 @@ export async function runRestore(args: string[]): Promise<string> {
     child.stdout.on("data", (d: Buffer) => (out += d.toString()));
     child.stderr.on("data", (d: Buffer) => (out += d.toString()));
     child.once("error", reject);
-    child.once("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`pghoard_restore exited ${code}:\n${out}`))));
+    child.once("exit", (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`pghoard_restore exited ${code}:\n${out}`)),
+    );
   });
 }
 
@@ -151,25 +170,39 @@ export async function runRestore(args: string[]): Promise<string> {
  * restore_command served by a second, recovery-only daemon on the same store (the daemon only
  * writes WAL into its site's pg_data_directory), recovers to `restorePoint` and returns the cluster.
  */
-export async function restoreAndRecover(s: Scenario, restorePoint: string): Promise<{ cluster: PgCluster; daemon: DaemonProcess }> {
+export async function restoreAndRecover(
+  s: Scenario,
+  restorePoint: string,
+): Promise<{ cluster: PgCluster; daemon: DaemonProcess }> {
   const workDir = await makeTempDir("bb-restore");
   const dataDir = path.join(workDir, "data");
   const port = await findFreePort();
-  const renv = await makeDaemonEnv({ [s.site]: { pgDataDirectory: dataDir, keyId: s.keyId, keys: s.keys } }, { http_port: port, log_level: "INFO" });
+  const renv = await makeDaemonEnv(
+    { [s.site]: { pgDataDirectory: dataDir, keyId: s.keyId, keys: s.keys } },
+    { http_port: port, log_level: "INFO" },
+  );
   const sites = renv.config.backup_sites as Record<string, Record<string, unknown>>;
   // the source site's store (by default the local store in s.env.storageDir)
-  sites[s.site].object_storage = (s.env.config.backup_sites as Record<string, Record<string, unknown>>)[s.site].object_storage;
+  sites[s.site].object_storage = (s.env.config.backup_sites as Record<string, Record<string, unknown>>)[
+    s.site
+  ].object_storage;
   sites[s.site].active = false;
   await renv.writeConfig();
   const args = [
     "get-basebackup",
-    "--config", renv.configPath,
-    "--site", s.site,
-    "--target-dir", dataDir,
-    "--recovery-target-name", restorePoint,
-    "--recovery-target-action", "promote",
+    "--config",
+    renv.configPath,
+    "--site",
+    s.site,
+    "--target-dir",
+    dataDir,
+    "--recovery-target-name",
+    restorePoint,
+    "--recovery-target-action",
+    "promote",
     "--restore-to-primary",
-    "--pghoard-postgres-command-bin", `${process.execPath} ${postgresCommandBin}`,
+    "--pghoard-postgres-command-bin",
+    `${process.execPath} ${postgresCommandBin}`,
   ];
   let tsTarget: string | undefined;
   if (s.tablespaceDir) {
@@ -193,7 +226,10 @@ export async function restoreAndRecover(s: Scenario, restorePoint: string): Prom
 }
 
 /** Writes after-backup data, a restore point, more changes that must not survive, and archives it all. */
-export async function makeRestorePoint(s: Scenario, withTablespace: boolean): Promise<{ expected: Record<string, unknown>; expectedTs?: Record<string, unknown> }> {
+export async function makeRestorePoint(
+  s: Scenario,
+  withTablespace: boolean,
+): Promise<{ expected: Record<string, unknown>; expectedTs?: Record<string, unknown> }> {
   const c = s.cluster;
   await c.query("INSERT INTO marker SELECT i, 'after-backup-' || i FROM generate_series(1001, 1100) i");
   if (withTablespace) await c.query("INSERT INTO ts_t SELECT i, 'after-' || i FROM generate_series(5001, 5100) i");

@@ -8,11 +8,32 @@ import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import type { DaemonProcess } from "../daemon/helpers.js";
 import type { PgCluster } from "../helpers/pgcluster.js";
-import { makeRestorePoint, prepareData, requestBackup, restoreAndRecover, SNAPSHOT_SQL, startScenario, TS_SQL, type Scenario } from "./helpers.js";
+import {
+  makeRestorePoint,
+  prepareData,
+  requestBackup,
+  restoreAndRecover,
+  SNAPSHOT_SQL,
+  startScenario,
+  TS_SQL,
+  type Scenario,
+} from "./helpers.js";
 
 const MODES: Array<{ mode: string; tablespace: boolean; extra?: Record<string, unknown> }> = [
-  { mode: "local-tar", tablespace: true, extra: { basebackup_chunk_size: 4 * 1024 * 1024, basebackup_threads: 2, basebackup_chunks_in_progress: 2 } },
-  { mode: "delta", tablespace: true, extra: { basebackup_delta_mode_min_delta_file_size: 1024 * 1024, basebackup_delta_mode_chunk_size: 4 * 1024 * 1024, basebackup_threads: 2 } },
+  {
+    mode: "local-tar",
+    tablespace: true,
+    extra: { basebackup_chunk_size: 4 * 1024 * 1024, basebackup_threads: 2, basebackup_chunks_in_progress: 2 },
+  },
+  {
+    mode: "delta",
+    tablespace: true,
+    extra: {
+      basebackup_delta_mode_min_delta_file_size: 1024 * 1024,
+      basebackup_delta_mode_chunk_size: 4 * 1024 * 1024,
+      basebackup_threads: 2,
+    },
+  },
   { mode: "basic", tablespace: false },
   { mode: "pipe", tablespace: false },
   { mode: "local-tar-delta-stats", tablespace: false, extra: { basebackup_chunk_size: 8 * 1024 * 1024 } },

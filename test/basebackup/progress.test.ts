@@ -5,7 +5,12 @@ import { BackupProgress, type ProgressState } from "../../src/basebackup/progres
 describe("BackupProgress", () => {
   it("logs on every 10 % step and phase change, not on every update, and publishes its state", () => {
     const lines: string[] = [];
-    const log = { debug: () => undefined, info: (m: string) => lines.push(m), warn: () => undefined, error: () => undefined };
+    const log = {
+      debug: () => undefined,
+      info: (m: string) => lines.push(m),
+      warn: () => undefined,
+      error: () => undefined,
+    };
     const published: ProgressState[] = [];
     const p = new BackupProgress("2024-05-01_13-56_0", "local-tar", log, (s) => published.push(s), 3_600_000);
     p.setTotal(1000);

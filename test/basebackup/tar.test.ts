@@ -6,7 +6,13 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { buildControlTar } from "../../src/basebackup/control.js";
 import { findTarMember, TAR_METADATA_FILENAME } from "../../src/catalog/index.js";
-import { findFilesToBackup, splitFilesToChunks, tarChunk, type ChunkEntry, type WalkItem } from "../../src/basebackup/files.js";
+import {
+  findFilesToBackup,
+  splitFilesToChunks,
+  tarChunk,
+  type ChunkEntry,
+  type WalkItem,
+} from "../../src/basebackup/files.js";
 import { jsonCompact, parseBackupLabel } from "../../src/basebackup/label.js";
 import { handleReader, RECORD_SIZE, TarBuffer } from "../../src/basebackup/tar.js";
 
@@ -48,7 +54,11 @@ describe("tar writer", () => {
       { archivePath: "pgdata", localPath: src, missingOk: false },
       { archivePath: `pgdata/${"d".repeat(60)}`, localPath: path.dirname(longDir), missingOk: false },
       { archivePath: `pgdata/${"d".repeat(60)}/${"e".repeat(60)}`, localPath: longDir, missingOk: false },
-      { archivePath: `pgdata/${"d".repeat(60)}/${"e".repeat(60)}/${"f".repeat(90)}`, localPath: path.join(longDir, "f".repeat(90)), missingOk: false },
+      {
+        archivePath: `pgdata/${"d".repeat(60)}/${"e".repeat(60)}/${"f".repeat(90)}`,
+        localPath: path.join(longDir, "f".repeat(90)),
+        missingOk: false,
+      },
       { archivePath: "pgdata/ünïcode", localPath: path.join(src, "ünïcode"), missingOk: false },
       { archivePath: "pgdata/empty", localPath: path.join(src, "empty"), missingOk: false },
       { archivePath: "pgdata/big", localPath: path.join(src, "big"), missingOk: false },
@@ -64,7 +74,10 @@ describe("tar writer", () => {
     await writeFile(path.join(dir, "chunk.tar"), tar);
     execFileSync("tar", ["-xf", path.join(dir, "chunk.tar"), "-C", out]);
     assert.deepEqual(await readFile(path.join(out, "pgdata", "big")), big);
-    assert.equal((await readFile(path.join(out, "pgdata", "d".repeat(60), "e".repeat(60), "f".repeat(90)))).length, 3000);
+    assert.equal(
+      (await readFile(path.join(out, "pgdata", "d".repeat(60), "e".repeat(60), "f".repeat(90)))).length,
+      3000,
+    );
     assert.equal(await readFile(path.join(out, "pgdata", "ünïcode"), "utf8"), "x");
     assert.equal((await readFile(path.join(out, "pgdata", "empty"))).length, 0);
     const listing = execFileSync("tar", ["-tvf", path.join(dir, "chunk.tar")], { encoding: "utf8" });
@@ -96,12 +109,25 @@ describe("tar writer", () => {
     for (let i = 0; i < 6; i++) await writeFile(path.join(pgdata, "base", "1", String(1000 + i)), Buffer.alloc(100));
     await writeFile(path.join(pgdata, "global", "pg_control"), "c");
     await writeFile(path.join(pgdata, "global", "1262"), "x");
-    for (const n of ["postmaster.pid", "postmaster.opts", "backup_label", "tablespace_map", "a.tmp", "b.old", "c~", "pgsql_tmp1", "PG_VERSION"]) {
+    for (const n of [
+      "postmaster.pid",
+      "postmaster.opts",
+      "backup_label",
+      "tablespace_map",
+      "a.tmp",
+      "b.old",
+      "c~",
+      "pgsql_tmp1",
+      "PG_VERSION",
+    ]) {
       await writeFile(path.join(pgdata, n), "1");
     }
     await writeFile(path.join(pgdata, "base", "1", "pgsql_tmp123"), "1");
     const items: WalkItem[] = await toArray(findFilesToBackup(pgdata, {}, quiet));
-    const archived = items.filter((i) => i.op !== "leave").map((i) => i.archivePath).sort();
+    const archived = items
+      .filter((i) => i.op !== "leave")
+      .map((i) => i.archivePath)
+      .sort();
     assert.deepEqual(archived, [
       "pgdata/PG_VERSION",
       "pgdata/base",
@@ -120,7 +146,10 @@ describe("tar writer", () => {
     // a chunk that starts inside base/1 begins with the open directories
     const inner = chunks.find((c, idx) => idx > 0 && c.some((e) => e.archivePath.startsWith("pgdata/base/1/")));
     assert.ok(inner);
-    assert.deepEqual(inner.slice(0, 2).map((e) => e.archivePath), ["pgdata/base", "pgdata/base/1"]);
+    assert.deepEqual(
+      inner.slice(0, 2).map((e) => e.archivePath),
+      ["pgdata/base", "pgdata/base/1"],
+    );
   });
 
   it("builds the control tar in upstream's member order with compact JSON", async () => {
@@ -141,7 +170,9 @@ describe("tar writer", () => {
     assert.equal(json?.toString(), JSON.stringify(metadata));
     assert.equal(findTarMember(tar, "pgdata/global/pg_control")?.toString(), "ctl");
     await writeFile(path.join(dir, "control.tar"), tar);
-    const names = execFileSync("tar", ["-tf", path.join(dir, "control.tar")], { encoding: "utf8" }).trim().split("\n");
+    const names = execFileSync("tar", ["-tf", path.join(dir, "control.tar")], { encoding: "utf8" })
+      .trim()
+      .split("\n");
     assert.deepEqual(names, [
       TAR_METADATA_FILENAME,
       "pgdata/global/pg_control",
@@ -165,7 +196,10 @@ describe("label and JSON", () => {
     const label =
       "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\n" +
       "BACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: 2024-05-01 13:56:02 UTC\nLABEL: pghoard_base_backup\nSTART TIMELINE: 1\n";
-    assert.deepEqual(parseBackupLabel(label), { startWalSegment: "000000010000000000000002", startTime: "2024-05-01T13:56:02+00:00" });
+    assert.deepEqual(parseBackupLabel(label), {
+      startWalSegment: "000000010000000000000002",
+      startTime: "2024-05-01T13:56:02+00:00",
+    });
   });
   it("writes bigints as integers and escapes non-ASCII like Python", () => {
     assert.equal(jsonCompact({ a: 1700000000123456789n, b: "é" }), '{"a":1700000000123456789,"b":"\\u00e9"}');

@@ -9,7 +9,12 @@ import os from "node:os";
 import path from "node:path";
 import { after, describe, it } from "node:test";
 import type { SiteConfig } from "../../src/config/types.js";
-import { deleteBasebackup, deleteWalBefore, listBasebackups, refreshAndApplyRetention } from "../../src/basebackup/retention.js";
+import {
+  deleteBasebackup,
+  deleteWalBefore,
+  listBasebackups,
+  refreshAndApplyRetention,
+} from "../../src/basebackup/retention.js";
 import { readControlMetadata } from "../../src/catalog/index.js";
 import { createStorage } from "../../src/storage/index.js";
 import type { StorageBackend } from "../../src/storage/types.js";
@@ -17,7 +22,12 @@ import { hasShared, sharedDir } from "../helpers/paths.js";
 
 const SET = "snappy-enc-localtar";
 const setDir = path.join(sharedDir, "fixtures", "pghoard-made", SET);
-const quiet = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: (m: string) => assert.fail(m) };
+const quiet = {
+  debug: () => undefined,
+  info: () => undefined,
+  warn: () => undefined,
+  error: (m: string) => assert.fail(m),
+};
 
 describe("retention on an upstream-written store", { skip: hasShared ? false : "shared fixtures absent" }, () => {
   const cleanup: string[] = [];
@@ -29,7 +39,9 @@ describe("retention on an upstream-written store", { skip: hasShared ? false : "
     const dir = await mkdtemp(path.join(os.tmpdir(), "bb-upstream-store-"));
     cleanup.push(dir);
     await cp(path.join(setDir, "store"), dir, { recursive: true });
-    const config = JSON.parse(await readFile(path.join(setDir, "pghoard.json"), "utf8")) as { backup_sites: Record<string, Record<string, unknown>> };
+    const config = JSON.parse(await readFile(path.join(setDir, "pghoard.json"), "utf8")) as {
+      backup_sites: Record<string, Record<string, unknown>>;
+    };
     const upstreamSite = config.backup_sites[SET];
     const site = {
       prefix: SET,
@@ -53,14 +65,27 @@ describe("retention on an upstream-written store", { skip: hasShared ? false : "
     const b = backups[0];
     assert.equal(b.metadata.format, "pghoard-bb-v2");
     assert.equal(b.backupReason, "requested");
-    const meta = await readControlMetadata(storage, `${SET}/basebackup/${b.name}`, b.metadata, (id) => (site.encryption_keys[id]?.private as string | undefined));
+    const meta = await readControlMetadata(
+      storage,
+      `${SET}/basebackup/${b.name}`,
+      b.metadata,
+      (id) => site.encryption_keys[id]?.private as string | undefined,
+    );
     const chunks = meta.chunks as Array<{ chunk_filename: string }>;
     assert.ok(chunks.length > 1);
-    const deleted = await deleteBasebackup({ site: { name: SET, config: site, storage }, backup: b, remaining: [], deps: { log: quiet } });
+    const deleted = await deleteBasebackup({
+      site: { name: SET, config: site, storage },
+      backup: b,
+      remaining: [],
+      deps: { log: quiet },
+    });
     assert.equal(deleted.length, chunks.length + 1);
     assert.deepEqual(await listBasebackups(storage, site, SET), []);
     const left = await readdir(path.join(dir, SET, "basebackup_chunk", b.name.replace(".00000000.pghoard", "")));
-    assert.deepEqual(left.filter((n) => !n.startsWith(".")), []);
+    assert.deepEqual(
+      left.filter((n) => !n.startsWith(".")),
+      [],
+    );
   });
 
   it("walks WAL backwards and steps to the previous timeline once at a gap", async () => {
@@ -82,7 +107,10 @@ describe("retention on an upstream-written store", { skip: hasShared ? false : "
       "000000010000000000000003",
     ]);
     const after = (await storage.list(`${SET}/xlog`)).map((o) => path.posix.basename(o.name)).sort();
-    assert.deepEqual(after, before.filter((n) => !deleted.includes(n)));
+    assert.deepEqual(
+      after,
+      before.filter((n) => !deleted.includes(n)),
+    );
     // timeline history files are never touched
     assert.equal((await storage.list(`${SET}/timeline`)).length, 1);
   });
@@ -91,8 +119,14 @@ describe("retention on an upstream-written store", { skip: hasShared ? false : "
     const { storage, site } = await copyStore();
     const [b] = await listBasebackups(storage, site, SET);
     const until = "2999-01-01 00:00:00+00:00";
-    await storage.storeFileFromMemory(`${SET}/preservation_request/${b.name}_${until}`, Buffer.alloc(0), { "preserve-backup": b.name, "preserve-until": until });
-    const res = await refreshAndApplyRetention({ sites: [{ name: SET, config: { ...site, basebackup_count: 0 } as SiteConfig, storage }], deps: { log: quiet } });
+    await storage.storeFileFromMemory(`${SET}/preservation_request/${b.name}_${until}`, Buffer.alloc(0), {
+      "preserve-backup": b.name,
+      "preserve-until": until,
+    });
+    const res = await refreshAndApplyRetention({
+      sites: [{ name: SET, config: { ...site, basebackup_count: 0 } as SiteConfig, storage }],
+      deps: { log: quiet },
+    });
     assert.deepEqual(res.deleted, []);
     assert.equal(res.remaining[0].preserveUntil?.getUTCFullYear(), 2999);
   });

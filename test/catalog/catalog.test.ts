@@ -45,8 +45,14 @@ describe("catalog: object keys (storage-layout.md §1–2)", () => {
     assert.equal(timelineKey("site", "00000002.history"), "site/timeline/00000002.history");
     assert.equal(basebackupKey("site", NAME), `site/basebackup/${NAME}`);
     assert.equal(basebackupKey("site", controlObjectName(NAME)), `site/basebackup/${NAME}.00000000.pghoard`);
-    assert.equal(chunkKey("site", "basebackup_chunk", chunkObjectName(NAME, 1)), `site/basebackup_chunk/${NAME}/${NAME}.00000001.pghoard`);
-    assert.equal(chunkKey("site", "basebackup_delta_chunk", chunkObjectName(NAME, 12)), `site/basebackup_delta_chunk/${NAME}/${NAME}.00000012.pghoard`);
+    assert.equal(
+      chunkKey("site", "basebackup_chunk", chunkObjectName(NAME, 1)),
+      `site/basebackup_chunk/${NAME}/${NAME}.00000001.pghoard`,
+    );
+    assert.equal(
+      chunkKey("site", "basebackup_delta_chunk", chunkObjectName(NAME, 12)),
+      `site/basebackup_delta_chunk/${NAME}/${NAME}.00000012.pghoard`,
+    );
     assert.equal(deltaObjectKey("site", "ab".repeat(32)), `site/basebackup_delta/${"ab".repeat(32)}`);
     assert.equal(preservationRequestKey("site", "x_2024"), "site/preservation_request/x_2024");
     assert.equal(objectKey("site", "basebackup"), "site/basebackup");
@@ -83,25 +89,37 @@ describe("catalog: metadata builders", () => {
       ["hash-algorithm", "sha1"],
       ["encryption-key-id", "k1"],
     ]);
-    const partial = walObjectMetadata({ pgVersion: null, compression: { algorithm: "zstd", level: 1 }, originalSize: 20, host: "h", encryptionKeyId: null });
-    assert.deepEqual(Object.keys(partial), ["pg-version", "compression-algorithm", "compression-level", "original-file-size", "host"]);
+    const partial = walObjectMetadata({
+      pgVersion: null,
+      compression: { algorithm: "zstd", level: 1 },
+      originalSize: 20,
+      host: "h",
+      encryptionKeyId: null,
+    });
+    assert.deepEqual(Object.keys(partial), [
+      "pg-version",
+      "compression-algorithm",
+      "compression-level",
+      "original-file-size",
+      "host",
+    ]);
     assert.equal(partial["pg-version"], null);
   });
 
   it("data objects: strings, absent key id dropped", () => {
-    assert.deepEqual(Object.entries(dataObjectMetadata({ encoding: plain, format: "pghoard-bb-v2", originalSize: 10, host: "h" })), [
-      ["compression-algorithm", "snappy"],
-      ["format", "pghoard-bb-v2"],
-      ["original-file-size", "10"],
-      ["host", "h"],
-    ]);
-    assert.deepEqual(Object.keys(dataObjectMetadata({ encoding: encrypted, format: "pghoard-delta-v2", originalSize: 0, host: "h" })), [
-      "compression-algorithm",
-      "encryption-key-id",
-      "format",
-      "original-file-size",
-      "host",
-    ]);
+    assert.deepEqual(
+      Object.entries(dataObjectMetadata({ encoding: plain, format: "pghoard-bb-v2", originalSize: 10, host: "h" })),
+      [
+        ["compression-algorithm", "snappy"],
+        ["format", "pghoard-bb-v2"],
+        ["original-file-size", "10"],
+        ["host", "h"],
+      ],
+    );
+    assert.deepEqual(
+      Object.keys(dataObjectMetadata({ encoding: encrypted, format: "pghoard-delta-v2", originalSize: 0, host: "h" })),
+      ["compression-algorithm", "encryption-key-id", "format", "original-file-size", "host"],
+    );
   });
 
   it("control object: decision keys between host and end-time, null end segment dropped", () => {
@@ -146,11 +164,19 @@ describe("catalog: metadata builders", () => {
       startWalSegment: "000000010000000000000003",
       pgVersion: 150004,
     });
-    assert.deepEqual(parseBasebackupMetadata({}), { format: undefined, startTime: undefined, startWalSegment: undefined, pgVersion: null });
+    assert.deepEqual(parseBasebackupMetadata({}), {
+      format: undefined,
+      startTime: undefined,
+      startWalSegment: undefined,
+      pgVersion: null,
+    });
   });
 
   it("preservation requests carry only the two keys", () => {
-    assert.deepEqual(preservationRequestMetadata(NAME, "2030-01-01 00:00:00+00:00"), { "preserve-backup": NAME, "preserve-until": "2030-01-01 00:00:00+00:00" });
+    assert.deepEqual(preservationRequestMetadata(NAME, "2030-01-01 00:00:00+00:00"), {
+      "preserve-backup": NAME,
+      "preserve-until": "2030-01-01 00:00:00+00:00",
+    });
   });
 });
 
@@ -167,8 +193,18 @@ describe("catalog: site keys", () => {
 
   it("encode options: compression from the config, encryption from the site", () => {
     const config = { compression: { algorithm: "zstd" as const, level: 5, thread_count: 1 } };
-    assert.deepEqual(siteEncodeOptions(config, site), { algorithm: "zstd", level: 5, encryptionKeyId: "k1", publicKeyPem: "PUB" });
-    assert.deepEqual(siteEncodeOptions(config, { encryption_key_id: null, encryption_keys: {} }), { algorithm: "zstd", level: 5, encryptionKeyId: null, publicKeyPem: null });
+    assert.deepEqual(siteEncodeOptions(config, site), {
+      algorithm: "zstd",
+      level: 5,
+      encryptionKeyId: "k1",
+      publicKeyPem: "PUB",
+    });
+    assert.deepEqual(siteEncodeOptions(config, { encryption_key_id: null, encryption_keys: {} }), {
+      algorithm: "zstd",
+      level: 5,
+      encryptionKeyId: null,
+      publicKeyPem: null,
+    });
     assert.equal(siteEncodeOptions(config, { encryption_key_id: "nope", encryption_keys: {} }).publicKeyPem, null);
   });
 });
@@ -192,7 +228,21 @@ describe("catalog: control object and listing against a local store", () => {
     tablespaces: { ts1: { path: "/ts1", oid: 16395 } },
     host: "h",
     chunks: [{ chunk_filename: chunkObjectName(NAME, 1), input_size: 10, result_size: 5, files: ["pgdata/x"] }],
-    manifest: { snapshot_result: { state: { files: [{ relative_path: "base/1", file_size: 9000, stored_file_size: 100, hexdigest: "ff".repeat(32), content_b64: null }] } } },
+    manifest: {
+      snapshot_result: {
+        state: {
+          files: [
+            {
+              relative_path: "base/1",
+              file_size: 9000,
+              stored_file_size: 100,
+              hexdigest: "ff".repeat(32),
+              content_b64: null,
+            },
+          ],
+        },
+      },
+    },
   };
 
   before(async () => {
@@ -205,7 +255,11 @@ describe("catalog: control object and listing against a local store", () => {
   });
 
   it("writes a control tar and reads the same JSON back, encrypted, through storage", async () => {
-    const tar = buildControlTar({ metadata: control, pgControl: Buffer.from("ctl"), backupLabel: Buffer.from("label") });
+    const tar = buildControlTar({
+      metadata: control,
+      pgControl: Buffer.from("ctl"),
+      backupLabel: Buffer.from("label"),
+    });
     assert.deepEqual(parseControlTar(tar), control);
     assert.equal(findTarMember(tar, "pgdata/global/pg_control")?.toString(), "ctl");
     const encoding: EncodeOptions = { algorithm: "zstd", level: 1, encryptionKeyId: "k1", publicKeyPem: publicKey };
@@ -214,11 +268,18 @@ describe("catalog: control object and listing against a local store", () => {
     await storage.storeFileFromMemory(key, await encodeBuffer(tar, encoding), metadata);
     const read = await readControlMetadata(storage, key, metadata, (id) => (id === "k1" ? privateKey : undefined));
     assert.deepEqual(read, control);
-    assert.deepEqual(deltaReferences(read), { hexdigests: new Set(["ff".repeat(32)]), chunks: [chunkObjectName(NAME, 1)] });
+    assert.deepEqual(deltaReferences(read), {
+      hexdigests: new Set(["ff".repeat(32)]),
+      chunks: [chunkObjectName(NAME, 1)],
+    });
   });
 
   it("reports a tar without metadata as null and a corrupt header as InvalidTarError", () => {
-    const tar = buildControlTar({ metadata: control, pgControl: Buffer.from("ctl"), backupLabel: Buffer.from("label") });
+    const tar = buildControlTar({
+      metadata: control,
+      pgControl: Buffer.from("ctl"),
+      backupLabel: Buffer.from("label"),
+    });
     const other = Buffer.from(tar);
     other.write("renamed.json", 0, "utf8"); // first member renamed: checksum must be fixed up
     let sum = 8 * 0x20;
@@ -233,21 +294,36 @@ describe("catalog: control object and listing against a local store", () => {
   it("lists basebackups of several stores in order, and preservation requests", async () => {
     const other = await createStorage({ storage_type: "local", directory: path.join(dir, "old") });
     try {
-      await storage.storeFileFromMemory(basebackupKey("site", NAME), Buffer.from("x"), { "start-time": "2024-05-01T10:00:00+00:00" });
+      await storage.storeFileFromMemory(basebackupKey("site", NAME), Buffer.from("x"), {
+        "start-time": "2024-05-01T10:00:00+00:00",
+      });
       await other.storeFileFromMemory(basebackupKey("oldsite", "2016-04-12_0"), Buffer.from("yy"), {});
       assert.deepEqual(await listPreservationRequests({ prefix: "site", storage }), []);
-      await storage.storeFileFromMemory(preservationRequestKey("site", `${NAME}_x`), Buffer.alloc(0), preservationRequestMetadata(NAME, "2030-01-01 00:00:00"));
+      await storage.storeFileFromMemory(
+        preservationRequestKey("site", `${NAME}_x`),
+        Buffer.alloc(0),
+        preservationRequestMetadata(NAME, "2030-01-01 00:00:00"),
+      );
       const listed = await listBasebackups([
         { site: "site", prefix: "site", storage },
         { site: "oldsite", prefix: "oldsite", storage: other },
       ]);
       // the current site's objects first (in the backend's order), then the moved_from site's
-      assert.deepEqual(listed.map((e) => e.site), ["site", "site", "oldsite"]);
-      assert.deepEqual(new Set(listed.slice(0, 2).map((e) => e.name)), new Set([`site/basebackup/${NAME}`, `site/basebackup/${controlObjectName(NAME)}`]));
+      assert.deepEqual(
+        listed.map((e) => e.site),
+        ["site", "site", "oldsite"],
+      );
+      assert.deepEqual(
+        new Set(listed.slice(0, 2).map((e) => e.name)),
+        new Set([`site/basebackup/${NAME}`, `site/basebackup/${controlObjectName(NAME)}`]),
+      );
       assert.deepEqual([listed[2].name, listed[2].size], ["oldsite/basebackup/2016-04-12_0", 2]);
       assert.ok(listed.every((e) => e.lastModified instanceof Date));
       const requests = await listPreservationRequests({ prefix: "site", storage });
-      assert.deepEqual(requests.map((r) => r.metadata["preserve-backup"]), [NAME]);
+      assert.deepEqual(
+        requests.map((r) => r.metadata["preserve-backup"]),
+        [NAME],
+      );
     } finally {
       await other.close();
     }

@@ -14,7 +14,14 @@ import { planArchiveCleanup, type HistoryMap } from "../../src/commands/archive_
 import { createStorage, type StorageBackend } from "../../src/storage/index.js";
 import { isWalName, parseTimelineHistory, parseWalName } from "../../src/wal/index.js";
 import { makeTempDir, startCluster, type PgCluster } from "../helpers/pgcluster.js";
-import { makeSegments, runBin, storeArchiveDir, takeBasebackup, waitForArchived, writeConfig } from "./archive_fixtures.js";
+import {
+  makeSegments,
+  runBin,
+  storeArchiveDir,
+  takeBasebackup,
+  waitForArchived,
+  writeConfig,
+} from "./archive_fixtures.js";
 
 const SITE = "default";
 
@@ -48,7 +55,10 @@ describe("planArchiveCleanup (timeline rules)", () => {
       "000000020000000000000002",
       "000000030000000000000006",
     ]);
-    assert.deepEqual(plan.ignored.map((o) => o.name), ["garbage"]);
+    assert.deepEqual(
+      plan.ignored.map((o) => o.name),
+      ["garbage"],
+    );
     assert.equal(plan.firstRequired, "000000010000000000000005");
   });
 
@@ -58,7 +68,10 @@ describe("planArchiveCleanup (timeline rules)", () => {
       [wal("00000001000000000000000B"), wal("00000002000000000000000A"), wal("000000030000000000000001")],
       new Map([[3, null]]),
     );
-    assert.deepEqual(plan.orphans.map((o) => o.name), ["00000001000000000000000B", "000000030000000000000001"]);
+    assert.deepEqual(
+      plan.orphans.map((o) => o.name),
+      ["00000001000000000000000B", "000000030000000000000001"],
+    );
   });
 });
 
@@ -73,7 +86,8 @@ describe("pghoard_archive_cleanup with real WAL across a timeline switch", { tim
   let stored: string[];
 
   const listXlog = async () => (await storage.list(`${SITE}/xlog`)).map((o) => path.posix.basename(o.name)).sort();
-  const listTimeline = async () => (await storage.list(`${SITE}/timeline`)).map((o) => path.posix.basename(o.name)).sort();
+  const listTimeline = async () =>
+    (await storage.list(`${SITE}/timeline`)).map((o) => path.posix.basename(o.name)).sort();
 
   before(async () => {
     work = await makeTempDir("pghoard-cleanup-test");
@@ -100,7 +114,9 @@ describe("pghoard_archive_cleanup with real WAL across a timeline switch", { tim
     await makeSegments(primary, 1);
     await waitForArchived(primary, archiveDir);
     // Let the standby replay everything, then fail over.
-    const [{ lsn }] = (await primary.query<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn")) as [{ lsn: string }];
+    const [{ lsn }] = (await primary.query<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn")) as [
+      { lsn: string },
+    ];
     for (let i = 0; i < 300; i++) {
       const [row] = await standby.query<{ ok: boolean }>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn AS ok", [lsn]);
       if (row?.ok) break;
@@ -148,11 +164,17 @@ describe("pghoard_archive_cleanup with real WAL across a timeline switch", { tim
     assert.equal(res.code, 0, res.stderr);
     const afterList = await listXlog();
     const expectedGone = beforeList.filter((n) => n.startsWith("00000001") && n.slice(0, 24) < b1Start);
-    assert.deepEqual(afterList, beforeList.filter((n) => !expectedGone.includes(n)));
+    assert.deepEqual(
+      afterList,
+      beforeList.filter((n) => !expectedGone.includes(n)),
+    );
     // Upstream's string order would have deleted every timeline-1 segment here (all sort below
     // the timeline-2 backup's start), including the ones the timeline-1 backup needs.
     assert.ok(afterList.some((n) => n.startsWith("00000001") && n >= b1Start));
-    assert.ok(afterList.some((n) => n.endsWith(".partial")), "the timeline-1 .partial is after the fork and kept");
+    assert.ok(
+      afterList.some((n) => n.endsWith(".partial")),
+      "the timeline-1 .partial is after the fork and kept",
+    );
     assert.deepEqual(await listTimeline(), ["00000002.history"]);
   });
 
@@ -194,4 +216,3 @@ describe("pghoard_archive_cleanup with real WAL across a timeline switch", { tim
     assert.match(version.stdout, /^\d+\.\d+\.\d+/);
   });
 });
-

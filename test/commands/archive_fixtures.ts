@@ -17,9 +17,19 @@ import type { PgCluster } from "../helpers/pgcluster.js";
 export const PG_VERSION_NUM = "150000";
 
 /** Stores one WAL or history file as the daemon does (snappy, metadata of storage-layout.md §4.3). */
-export async function storeArchivedFile(storage: StorageBackend, sitePrefix: string, filePath: string, name: string): Promise<void> {
+export async function storeArchivedFile(
+  storage: StorageBackend,
+  sitePrefix: string,
+  filePath: string,
+  name: string,
+): Promise<void> {
   const data = await readFile(filePath);
-  const encoded = await encodeBuffer(data, { algorithm: "snappy", level: 0, encryptionKeyId: null, publicKeyPem: null });
+  const encoded = await encodeBuffer(data, {
+    algorithm: "snappy",
+    level: 0,
+    encryptionKeyId: null,
+    publicKeyPem: null,
+  });
   const metadata: Record<string, string> = {
     "compression-algorithm": "snappy",
     "compression-level": "0",
@@ -71,7 +81,9 @@ export async function takeBasebackup(
   dir: string,
   name: string,
 ): Promise<string> {
-  await cluster.exec("pg_basebackup", ["-D", dir, "-F", "t", "-X", "none", "-c", "fast", "--no-sync"], { timeoutMs: 120_000 });
+  await cluster.exec("pg_basebackup", ["-D", dir, "-F", "t", "-X", "none", "-c", "fast", "--no-sync"], {
+    timeoutMs: 120_000,
+  });
   const tar = await readFile(path.join(dir, "base.tar"));
   const label = await extractFromTar(tar, "backup_label");
   const startWal = startWalFromLabel(label.toString("utf8"));
@@ -149,7 +161,11 @@ export async function runBin(script: string, args: string[], env: Record<string,
 }
 
 /** Writes a pghoard.json for one site with a local store; returns its path. */
-export async function writeConfig(dir: string, site: Record<string, unknown>, extra: Record<string, unknown> = {}): Promise<string> {
+export async function writeConfig(
+  dir: string,
+  site: Record<string, unknown>,
+  extra: Record<string, unknown> = {},
+): Promise<string> {
   await mkdir(dir, { recursive: true });
   const configPath = path.join(dir, "pghoard.json");
   await writeFile(

@@ -15,7 +15,14 @@ import { decodeBuffer, encodeBuffer } from "../../src/fileformat/index.js";
 import { createStorage, type StorageBackend } from "../../src/storage/index.js";
 import { isWalName, parseWalName } from "../../src/wal/index.js";
 import { chownToPostgres, findFreePort, makeTempDir, startCluster, type PgCluster } from "../helpers/pgcluster.js";
-import { DaemonProcess, makeDaemonEnv, postgresCommandBin, waitArchived, switchWal, type DaemonEnv } from "../daemon/helpers.js";
+import {
+  DaemonProcess,
+  makeDaemonEnv,
+  postgresCommandBin,
+  waitArchived,
+  switchWal,
+  type DaemonEnv,
+} from "../daemon/helpers.js";
 import { makeSegments, runBin, takeBasebackup } from "./archive_fixtures.js";
 
 const SITE = "synctest";
@@ -32,7 +39,11 @@ describe("pghoard_archive_sync", { timeout: 600_000 }, () => {
   const sync = (...args: string[]) => runBin("pghoard_archive_sync.js", ["--config", env.configPath, ...args]);
   const storedXlog = async () => (await storage.list(`${SITE}/xlog`)).map((o) => path.posix.basename(o.name)).sort();
   const currentSegment = async (): Promise<string> =>
-    ((await cluster!.query<{ name: string }>("SELECT pg_walfile_name(pg_current_wal_lsn()) AS name"))[0] as { name: string }).name;
+    (
+      (await cluster!.query<{ name: string }>("SELECT pg_walfile_name(pg_current_wal_lsn()) AS name"))[0] as {
+        name: string;
+      }
+    ).name;
 
   before(async () => {
     const port = await findFreePort();
@@ -114,7 +125,12 @@ describe("pghoard_archive_sync", { timeout: 600_000 }, () => {
     const original = await readFile(path.join(walDir(), victim));
     const corrupt = Buffer.from(original);
     for (let i = 4096; i < 8192; i++) corrupt[i] = (corrupt[i] as number) ^ 0xff;
-    const encoded = await encodeBuffer(corrupt, { algorithm: "snappy", level: 0, encryptionKeyId: null, publicKeyPem: null });
+    const encoded = await encodeBuffer(corrupt, {
+      algorithm: "snappy",
+      level: 0,
+      encryptionKeyId: null,
+      publicKeyPem: null,
+    });
     await storage.storeFileFromMemory(`${SITE}/xlog/${victim}`, encoded, {
       "compression-algorithm": "snappy",
       "original-file-size": String(corrupt.length),
@@ -123,7 +139,10 @@ describe("pghoard_archive_sync", { timeout: 600_000 }, () => {
     });
     const res = await sync("--no-verify");
     assert.equal(res.code, 0, res.stderr);
-    assert.match(res.stderr, new RegExp(`WAL file '${victim}' already archived but existing hash '[0-9a-f]+' differs from our hash`));
+    assert.match(
+      res.stderr,
+      new RegExp(`WAL file '${victim}' already archived but existing hash '[0-9a-f]+' differs from our hash`),
+    );
     const { data, metadata } = await storage.getContentsToMemory(`${SITE}/xlog/${victim}`);
     assert.ok((await decodeBuffer(data, metadata, () => undefined)).equals(original), "the stored copy was replaced");
     assert.equal(metadata.hash, createHash("sha1").update(original).digest("hex"));
@@ -139,7 +158,9 @@ describe("pghoard_archive_sync", { timeout: 600_000 }, () => {
     // IDENTIFY_SYSTEM's position right after a WAL switch is the first byte of the next segment.
     assert.match(
       res.stderr,
-      new RegExp(`FATAL: SyncError: xlog file ${gone} missing, integrity check from 00000002[0-9A-F]{16} to ${backupStart} failed`),
+      new RegExp(
+        `FATAL: SyncError: xlog file ${gone} missing, integrity check from 00000002[0-9A-F]{16} to ${backupStart} failed`,
+      ),
     );
     const requested = await sync("--create-new-backup-on-failure");
     assert.equal(requested.code, 0, requested.stderr);
@@ -154,7 +175,8 @@ describe("pghoard_archive_sync", { timeout: 600_000 }, () => {
     const unlimited = await sync("--max-hash-checks=-1", "--no-verify");
     assert.equal(unlimited.code, 0, unlimited.stderr);
     assert.ok(
-      (await storedXlog()).filter((n) => isWalName(n)).length > 0 && /already archived and has valid hash/.test(unlimited.stderr),
+      (await storedXlog()).filter((n) => isWalName(n)).length > 0 &&
+        /already archived and has valid hash/.test(unlimited.stderr),
     );
   });
 

@@ -29,7 +29,8 @@ describe("commands/cli", () => {
     const maxHash = ARCHIVE_SYNC_SPEC.options.find((o) => o.flags.startsWith("--max-hash-checks"));
     assert.ok(maxHash);
     assert.match(optionHelp(maxHash), /\(default: 100\)$/);
-    for (const spec of COMMAND_SPECS) for (const o of spec.options) assert.ok(o.description.length > 0, `${spec.name} ${o.flags}`);
+    for (const spec of COMMAND_SPECS)
+      for (const o of spec.options) assert.ok(o.description.length > 0, `${spec.name} ${o.flags}`);
   });
 
   const spec: CommandSpec = {
@@ -69,9 +70,21 @@ describe("commands/cli", () => {
     const failing = async (): Promise<number> => {
       throw new ConfigError("bad key");
     };
-    assert.equal(await runCli(spec, ["--name", "x"], failing, { io, fatal: () => ({ write: (l) => lines.push(l) }) }), 1);
-    assert.equal(await runCli(spec, ["--name", "x"], failing, { io, fatal: () => ({ write: (l) => lines.push(l), withClassName: false }) }), 1);
+    assert.equal(
+      await runCli(spec, ["--name", "x"], failing, { io, fatal: () => ({ write: (l) => lines.push(l) }) }),
+      1,
+    );
+    assert.equal(
+      await runCli(spec, ["--name", "x"], failing, {
+        io,
+        fatal: () => ({ write: (l) => lines.push(l), withClassName: false }),
+      }),
+      1,
+    );
     assert.deepEqual(lines, ["FATAL: InvalidConfigurationError: bad key", "FATAL: bad key"]);
-    await assert.rejects(runCli(spec, ["--name", "x"], failing, { io, fatal: () => ({ write: () => undefined, expected: () => false }) }), /bad key/);
+    await assert.rejects(
+      runCli(spec, ["--name", "x"], failing, { io, fatal: () => ({ write: () => undefined, expected: () => false }) }),
+      /bad key/,
+    );
   });
 });

@@ -40,7 +40,10 @@ function assertKeyPairWorks(publicPem: string, privatePem: string, bits: number)
   assert.equal(pub.asymmetricKeyDetails?.publicExponent, 65537n);
   const blob = randomBytes(64);
   const encrypted = publicEncrypt({ key: pub, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha1" }, blob);
-  const decrypted = privateDecrypt({ key: createPrivateKey(privatePem), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha1" }, encrypted);
+  const decrypted = privateDecrypt(
+    { key: createPrivateKey(privatePem), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha1" },
+    encrypted,
+  );
   assert.deepEqual(decrypted, blob);
 }
 
@@ -58,9 +61,16 @@ describe("pghoard_create_keys", () => {
   test("prints the configuration snippet (default 3072 bits)", async () => {
     const r = await run(["--site", "main", "--key-id", "k1"], noEnvConfig);
     assert.equal(r.code, 0, r.stderr);
-    assert.ok(r.stdout.startsWith('{\n    "backup_sites": {\n        "main": {\n            "encryption_key_id": "k1",'));
+    assert.ok(
+      r.stdout.startsWith('{\n    "backup_sites": {\n        "main": {\n            "encryption_key_id": "k1",'),
+    );
     assert.ok(r.stdout.endsWith("}\n"));
-    const snippet = JSON.parse(r.stdout) as { backup_sites: Record<string, { encryption_key_id: string; encryption_keys: Record<string, { private: string; public: string }> }> };
+    const snippet = JSON.parse(r.stdout) as {
+      backup_sites: Record<
+        string,
+        { encryption_key_id: string; encryption_keys: Record<string, { private: string; public: string }> }
+      >;
+    };
     assert.deepEqual(Object.keys(snippet.backup_sites), ["main"]);
     const site = snippet.backup_sites.main!;
     assert.equal(site.encryption_key_id, "k1");
@@ -71,7 +81,9 @@ describe("pghoard_create_keys", () => {
   test("--bits and --opt=value syntax", async () => {
     const r = await run(["--site=s", "--key-id=k", "--bits=2048"], noEnvConfig);
     assert.equal(r.code, 0, r.stderr);
-    const keys = (JSON.parse(r.stdout) as { backup_sites: { s: { encryption_keys: { k: { public: string; private: string } } } } }).backup_sites.s.encryption_keys.k;
+    const keys = (
+      JSON.parse(r.stdout) as { backup_sites: { s: { encryption_keys: { k: { public: string; private: string } } } } }
+    ).backup_sites.s.encryption_keys.k;
     assertKeyPairWorks(keys.public, keys.private, 2048);
   });
 
@@ -102,7 +114,7 @@ describe("pghoard_create_keys", () => {
     const original = {
       http_port: 16001,
       backup_location: path.join(dir, "spool"),
-      unknown_key_kept: { "ä": [1, 2] },
+      unknown_key_kept: { ä: [1, 2] },
       backup_sites: {
         only: {
           nodes: [{ host: "127.0.0.1" }],
@@ -129,7 +141,11 @@ describe("pghoard_create_keys", () => {
     assert.equal(rewritten.backup_sites.only.encryption_key_id, "k2");
     assert.deepEqual(Object.keys(rewritten.backup_sites.only.encryption_keys as object), ["k2", "old"]);
     assert.equal((await stat(configPath)).mode & 0o777, 0o600);
-    assert.deepEqual((await readdir(dir)).filter((f) => f.includes("tmp")), [], "no temp file left behind");
+    assert.deepEqual(
+      (await readdir(dir)).filter((f) => f.includes("tmp")),
+      [],
+      "no temp file left behind",
+    );
 
     // The result is a working configuration whose key encrypts and decrypts.
     const cfg = await loadConfig(configPath, { tool: "restore" });
@@ -151,7 +167,10 @@ describe("pghoard_create_keys", () => {
 
     const unknown = await run(["--key-id", "k", "--config", configPath, "--site", "x"], noEnvConfig);
     assert.equal(unknown.code, 1);
-    assert.equal(unknown.stdout, "FATAL: Site 'x' not defined in configuration file.  2 other sites are defined: ['a', 'b']\n");
+    assert.equal(
+      unknown.stdout,
+      "FATAL: Site 'x' not defined in configuration file.  2 other sites are defined: ['a', 'b']\n",
+    );
 
     const withSite = await run(["--key-id", "k", "--config", configPath, "--site", "a", "--bits", "1024"], noEnvConfig);
     assert.equal(withSite.code, 0, withSite.stdout);

@@ -8,7 +8,14 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { findFreePort } from "../helpers/pgcluster.js";
 import { repoRoot } from "../helpers/paths.js";
-import { DaemonProcess, makeDaemonEnv, makeFakePgdata, runPostgresCommand, syntheticSegment, type DaemonEnv } from "../daemon/helpers.js";
+import {
+  DaemonProcess,
+  makeDaemonEnv,
+  makeFakePgdata,
+  runPostgresCommand,
+  syntheticSegment,
+  type DaemonEnv,
+} from "../daemon/helpers.js";
 
 const SITE = "pgcmd";
 const SEG = "000000010000000000000005";
@@ -23,7 +30,10 @@ describe("pghoard_postgres_command", () => {
   before(async () => {
     pgdata = await makeFakePgdata();
     await writeFile(path.join(pgdata, "pg_wal", SEG), seg);
-    env = await makeDaemonEnv({ [SITE]: { pgDataDirectory: pgdata } }, { webserver_username: "u", webserver_password: "p" });
+    env = await makeDaemonEnv(
+      { [SITE]: { pgDataDirectory: pgdata } },
+      { webserver_username: "u", webserver_password: "p" },
+    );
     daemon = await DaemonProcess.start(env);
   });
 
@@ -39,28 +49,69 @@ describe("pghoard_postgres_command", () => {
     const missing = await runPostgresCommand([...base(), "--mode", "archive", "--xlog", "000000010000000000000006"]);
     assert.equal(missing.code, 3);
     assert.match(missing.stdout, /ERROR: Archival failed with HTTP status 404/);
-    const noAuth = await runPostgresCommand(["--port", String(env.port), "--site", SITE, "--mode", "archive", "--xlog", SEG]);
+    const noAuth = await runPostgresCommand([
+      "--port",
+      String(env.port),
+      "--site",
+      SITE,
+      "--mode",
+      "archive",
+      "--xlog",
+      SEG,
+    ]);
     assert.equal(noAuth.code, 3);
     assert.match(noAuth.stdout, /HTTP status 401/);
-    const label = await runPostgresCommand(["--port", "1", "--site", SITE, "--mode", "archive", "--xlog", "000000010000000000000002.00000028.backup"]);
+    const label = await runPostgresCommand([
+      "--port",
+      "1",
+      "--site",
+      SITE,
+      "--mode",
+      "archive",
+      "--xlog",
+      "000000010000000000000002.00000028.backup",
+    ]);
     assert.equal(label.code, 0);
-    assert.match(label.stdout, /Ignoring request to archive backup label '000000010000000000000002.00000028.backup': PGHoard does not use them/);
+    assert.match(
+      label.stdout,
+      /Ignoring request to archive backup label '000000010000000000000002.00000028.backup': PGHoard does not use them/,
+    );
   });
 
   it("restore: 201 → 0, HEAD 200 → 0, 404 → 4, relative --output resolved against the cwd", async () => {
     const head = await runPostgresCommand([...base(), "--mode", "restore", "--xlog", SEG]);
     assert.equal(head.code, 0, head.stdout + head.stderr);
-    const got = await runPostgresCommand([...base(), "--mode", "restore", "--xlog", SEG, "--output", "pg_wal/RECOVERYXLOG"], { cwd: pgdata });
+    const got = await runPostgresCommand(
+      [...base(), "--mode", "restore", "--xlog", SEG, "--output", "pg_wal/RECOVERYXLOG"],
+      { cwd: pgdata },
+    );
     assert.equal(got.code, 0, got.stdout + got.stderr);
     assert.ok((await readFile(path.join(pgdata, "pg_wal", "RECOVERYXLOG"))).equals(seg));
-    const missing = await runPostgresCommand([...base(), "--mode", "restore", "--xlog", "0000000100000000000000A0", "--output", "pg_wal/RECOVERYXLOG"], {
-      cwd: pgdata,
-    });
+    const missing = await runPostgresCommand(
+      [...base(), "--mode", "restore", "--xlog", "0000000100000000000000A0", "--output", "pg_wal/RECOVERYXLOG"],
+      {
+        cwd: pgdata,
+      },
+    );
     assert.equal(missing.code, 4);
     assert.match(missing.stdout, /ERROR: '0000000100000000000000A0' not found from archive/);
-    const headMissing = await runPostgresCommand([...base(), "--mode", "restore", "--xlog", "0000000100000000000000A0"]);
+    const headMissing = await runPostgresCommand([
+      ...base(),
+      "--mode",
+      "restore",
+      "--xlog",
+      "0000000100000000000000A0",
+    ]);
     assert.equal(headMissing.code, 4);
-    const badTarget = await runPostgresCommand([...base(), "--mode", "restore", "--xlog", SEG, "--output", "/etc/passwd"]);
+    const badTarget = await runPostgresCommand([
+      ...base(),
+      "--mode",
+      "restore",
+      "--xlog",
+      SEG,
+      "--output",
+      "/etc/passwd",
+    ]);
     assert.equal(badTarget.code, 5);
   });
 
@@ -69,30 +120,50 @@ describe("pghoard_postgres_command", () => {
     const prefetch = path.join(pgdata, "pg_wal", `${name}.pghoard.prefetch`);
     await writeFile(prefetch, "prefetched");
     // Port 1: nothing listens, so success proves no HTTP request was needed.
-    const res = await runPostgresCommand(["--port", "1", "--site", SITE, "--mode", "restore", "--xlog", name, "--output", "pg_wal/RECOVERYXLOG"], {
-      cwd: pgdata,
-    });
+    const res = await runPostgresCommand(
+      ["--port", "1", "--site", SITE, "--mode", "restore", "--xlog", name, "--output", "pg_wal/RECOVERYXLOG"],
+      {
+        cwd: pgdata,
+      },
+    );
     assert.equal(res.code, 0, res.stdout + res.stderr);
     assert.equal(await readFile(path.join(pgdata, "pg_wal", "RECOVERYXLOG"), "utf8"), "prefetched");
     assert.ok(!existsSync(prefetch));
   });
 
   it("refuses header or request-line injection (exit 5, nothing sent)", async () => {
-    const injected = await runPostgresCommand([...base(), "--mode", "restore", "--xlog", SEG, "--output", "x\r\nx-pghoard-target-path: /etc/passwd"], {
-      cwd: pgdata,
-    });
+    const injected = await runPostgresCommand(
+      [...base(), "--mode", "restore", "--xlog", SEG, "--output", "x\r\nx-pghoard-target-path: /etc/passwd"],
+      {
+        cwd: pgdata,
+      },
+    );
     assert.equal(injected.code, 5);
-    const badSite = await runPostgresCommand(["--port", String(env.port), "--site", "a b", "--mode", "archive", "--xlog", SEG]);
+    const badSite = await runPostgresCommand([
+      "--port",
+      String(env.port),
+      "--site",
+      "a b",
+      "--mode",
+      "archive",
+      "--xlog",
+      SEG,
+    ]);
     assert.equal(badSite.code, 2);
   });
 
   it("daemon down: archive → 2 at once, restore → 5 after 3 attempts", async () => {
     const port = String(await findFreePort());
-    const archive = await runPostgresCommand(["--port", port, "--site", SITE, "--mode", "archive", "--xlog", SEG], { env: FAST_RETRY });
-    assert.equal(archive.code, 2);
-    const restore = await runPostgresCommand(["--port", port, "--site", SITE, "--mode", "restore", "--xlog", SEG, "--output", "/tmp/x"], {
+    const archive = await runPostgresCommand(["--port", port, "--site", SITE, "--mode", "archive", "--xlog", SEG], {
       env: FAST_RETRY,
     });
+    assert.equal(archive.code, 2);
+    const restore = await runPostgresCommand(
+      ["--port", port, "--site", SITE, "--mode", "restore", "--xlog", SEG, "--output", "/tmp/x"],
+      {
+        env: FAST_RETRY,
+      },
+    );
     assert.equal(restore.code, 5);
     assert.equal(restore.stdout.match(/retries left, sleeping 0.1 seconds and retrying/g)?.length, 2);
     assert.match(restore.stdout, /HTTP connection to 127.0.0.1:\d+ failed: ECONNREFUSED/);
@@ -119,7 +190,8 @@ describe("pghoard_postgres_command start-up cost", () => {
       const text = await readFile(path.join(repoRoot, file), "utf8");
       const specifiers = [...text.matchAll(/^\s*import\s[^"']*["']([^"']+)["']/gm)].map((m) => m[1]);
       for (const spec of specifiers) {
-        const ok = spec.startsWith("node:") || (file.startsWith("bin/") && spec === "../dist/src/commands/postgres_command.js");
+        const ok =
+          spec.startsWith("node:") || (file.startsWith("bin/") && spec === "../dist/src/commands/postgres_command.js");
         assert.ok(ok, `${file} imports ${spec}`);
       }
     }

@@ -59,7 +59,10 @@ describe("common/fs", () => {
     assert.equal(data.length, 5_000_000);
     assert.equal(data[4_999_999], 49);
     assert.equal(out.bytesWritten, 5_000_000);
-    assert.deepEqual((await readdir(dir)).filter((n) => n.includes("stream")), ["stream.bin"]);
+    assert.deepEqual(
+      (await readdir(dir)).filter((n) => n.includes("stream")),
+      ["stream.bin"],
+    );
   });
 
   it("commit() ends a stream that was written to directly", async () => {

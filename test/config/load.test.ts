@@ -56,7 +56,10 @@ describe("loadConfig", () => {
 
   test("invalid JSON carries the parser message and position", async () => {
     const file = await writeJson("bad.json", '{\n  "backup_location": "/b",\n  "http_port": ,\n}');
-    await rejectsWith(loadConfig(file), new RegExp(`^Configuration file '${file}' does not contain valid JSON: .+line 3 column`));
+    await rejectsWith(
+      loadConfig(file),
+      new RegExp(`^Configuration file '${file}' does not contain valid JSON: .+line 3 column`),
+    );
   });
 
   test("unreadable path", async () => {
@@ -68,10 +71,15 @@ describe("loadConfig", () => {
     await mkdir(pgdata, { recursive: true });
     const raw = {
       backup_location: path.join(dir, "spool"),
-      backup_sites: { s: { pg_data_directory: pgdata, object_storage: { storage_type: "local", directory: path.join(dir, "store") } } },
+      backup_sites: {
+        s: { pg_data_directory: pgdata, object_storage: { storage_type: "local", directory: path.join(dir, "store") } },
+      },
     };
     const file = await writeJson("pg.json", raw);
-    await rejectsWith(loadConfig(file, { tool: "daemon" }), /^backup_sites\.s\.pg_data_directory: Site 's': cannot read '.*PG_VERSION' \(ENOENT\)$/);
+    await rejectsWith(
+      loadConfig(file, { tool: "daemon" }),
+      /^backup_sites\.s\.pg_data_directory: Site 's': cannot read '.*PG_VERSION' \(ENOENT\)$/,
+    );
     const restoreConfig = await loadConfig(file, { tool: "restore" });
     assert.equal(restoreConfig.backup_sites.s?.pg_data_directory_version, undefined);
 
@@ -127,32 +135,37 @@ describe("loadConfig", () => {
 /** Every key of the file comes back unchanged (defaults only add keys). */
 function assertPreserved(raw: unknown, resolved: unknown, where = ""): void {
   if (raw !== null && typeof raw === "object" && !Array.isArray(raw)) {
-    for (const [k, v] of Object.entries(raw)) assertPreserved(v, (resolved as Record<string, unknown>)[k], `${where}.${k}`);
+    for (const [k, v] of Object.entries(raw))
+      assertPreserved(v, (resolved as Record<string, unknown>)[k], `${where}.${k}`);
     return;
   }
   assert.deepEqual(resolved, raw, `value at ${where} changed`);
 }
 
-describe("configurations written for upstream pghoard", { skip: hasShared ? false : "../shared fixtures absent" }, () => {
-  for (const set of ["snappy-enc-localtar", "snappy-plain-basic", "zstd-plain-localtar"]) {
-    test(`${set}/pghoard.json loads unchanged`, async () => {
-      const file = path.join(sharedDir, "fixtures", "pghoard-made", set, "pghoard.json");
-      const raw = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
-      const warnings: string[] = [];
-      const cfg = await loadConfig(file, { tool: "restore", warn: (m) => warnings.push(m) });
-      assert.deepEqual(warnings, []);
-      assertPreserved(raw, cfg);
-      // The daemon's checks pass too, apart from the cluster that no longer exists.
-      validateConfig(raw, { tool: "daemon" });
-      const site = cfg.backup_sites[getSiteFromConfig(cfg)]!;
-      assert.equal(site.prefix, set);
-      if (site.encryption_key_id) {
-        const pem = privateKeyLookup(site)(site.encryption_key_id);
-        assert.ok(pem?.startsWith("-----BEGIN PRIVATE KEY-----"));
-      }
-    });
-  }
-});
+describe(
+  "configurations written for upstream pghoard",
+  { skip: hasShared ? false : "../shared fixtures absent" },
+  () => {
+    for (const set of ["snappy-enc-localtar", "snappy-plain-basic", "zstd-plain-localtar"]) {
+      test(`${set}/pghoard.json loads unchanged`, async () => {
+        const file = path.join(sharedDir, "fixtures", "pghoard-made", set, "pghoard.json");
+        const raw = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
+        const warnings: string[] = [];
+        const cfg = await loadConfig(file, { tool: "restore", warn: (m) => warnings.push(m) });
+        assert.deepEqual(warnings, []);
+        assertPreserved(raw, cfg);
+        // The daemon's checks pass too, apart from the cluster that no longer exists.
+        validateConfig(raw, { tool: "daemon" });
+        const site = cfg.backup_sites[getSiteFromConfig(cfg)]!;
+        assert.equal(site.prefix, set);
+        if (site.encryption_key_id) {
+          const pem = privateKeyLookup(site)(site.encryption_key_id);
+          assert.ok(pem?.startsWith("-----BEGIN PRIVATE KEY-----"));
+        }
+      });
+    }
+  },
+);
 
 describe("resolveConfigPath", () => {
   test("--config wins over PGHOARD_CONFIG", () => {
@@ -173,7 +186,10 @@ describe("resolveConfigPath", () => {
 describe("getSiteFromConfig", () => {
   const two = { backup_sites: { b: {}, a: {} } } as unknown as PghoardConfig;
   test("upstream's three messages", () => {
-    assert.throws(() => getSiteFromConfig({ backup_sites: {} }), { name: "ConfigError", message: "No backup sites defined in configuration" });
+    assert.throws(() => getSiteFromConfig({ backup_sites: {} }), {
+      name: "ConfigError",
+      message: "No backup sites defined in configuration",
+    });
     assert.throws(() => getSiteFromConfig(two), {
       message: "Backup site not set and configuration file defines 2 sites: ['a', 'b']",
     });
@@ -192,7 +208,9 @@ describe("getSiteFromConfig", () => {
 
 describe("keys and storage per site", () => {
   test("privateKeyLookup", () => {
-    const site = { encryption_keys: { k1: { public: "PUB", private: "PRIV" }, k2: { public: "PUB2" } } } as unknown as SiteConfig;
+    const site = {
+      encryption_keys: { k1: { public: "PUB", private: "PRIV" }, k2: { public: "PUB2" } },
+    } as unknown as SiteConfig;
     const lookup = privateKeyLookup(site);
     assert.equal(lookup("k1"), "PRIV");
     assert.equal(lookup("k2"), undefined);
@@ -227,7 +245,10 @@ describe("connection strings and .pgpass", () => {
     const result = await connectionStringUsingPgpass(node, { replication: true, home });
     assert.equal(result.connectionString, "dbname='replication' host='db' port='5432' replication='true' user='rep'");
     assert.equal(result.slot, "s1");
-    assert.equal(await readFile(path.join(home, ".pgpass"), "utf8"), "other:1:*:x:keep\ndb:5432:replication:rep:new\\:pw\n");
+    assert.equal(
+      await readFile(path.join(home, ".pgpass"), "utf8"),
+      "other:1:*:x:keep\ndb:5432:replication:rep:new\\:pw\n",
+    );
     assert.equal((await stat(path.join(home, ".pgpass"))).mode & 0o777, 0o600);
 
     const defaults = await writePgpassEntry({ password: "pw" }, { home });
@@ -266,19 +287,34 @@ describe("PostgreSQL binary discovery", () => {
     assert.equal(pgMajorFromNumber(bb.version), "15");
     const rx = await findPgBinary(base, "pg_receivexlog");
     assert.equal(rx.path, path.join(bin15, "pg_receivewal"));
-    const byVersion = await findPgBinary({ pg_data_directory_version: "15" } as unknown as SiteConfig, "pg_receivexlog");
+    const byVersion = await findPgBinary(
+      { pg_data_directory_version: "15" } as unknown as SiteConfig,
+      "pg_receivexlog",
+    );
     assert.equal(byVersion.path, path.join(bin15, "pg_receivewal"));
-    const explicit = await findPgBinary({ pg_basebackup_path: path.join(bin15, "pg_basebackup") } as unknown as SiteConfig, "pg_basebackup");
+    const explicit = await findPgBinary(
+      { pg_basebackup_path: path.join(bin15, "pg_basebackup") } as unknown as SiteConfig,
+      "pg_basebackup",
+    );
     assert.equal(explicit.version, bb.version);
   });
 
   test("not found: upstream's message", async () => {
-    await assert.rejects(findPgBinary({ pg_basebackup_path: "/nonexistent/pg_basebackup" } as unknown as SiteConfig, "pg_basebackup", { siteName: "s" }), {
-      name: "ConfigError",
-      message: "Site 's' command 'pg_basebackup' not found from path /nonexistent/pg_basebackup",
-    });
     await assert.rejects(
-      findPgBinary({ pg_bin_directory: dir } as unknown as SiteConfig, "pg_basebackup", { siteName: "s", wantedMajor: "15", searchPath: dir }),
+      findPgBinary({ pg_basebackup_path: "/nonexistent/pg_basebackup" } as unknown as SiteConfig, "pg_basebackup", {
+        siteName: "s",
+      }),
+      {
+        name: "ConfigError",
+        message: "Site 's' command 'pg_basebackup' not found from path /nonexistent/pg_basebackup",
+      },
+    );
+    await assert.rejects(
+      findPgBinary({ pg_bin_directory: dir } as unknown as SiteConfig, "pg_basebackup", {
+        siteName: "s",
+        wantedMajor: "15",
+        searchPath: dir,
+      }),
       { message: "Site 's' command 'pg_basebackup' not found from path None" },
     );
   });

@@ -39,7 +39,16 @@ const { privateKey: PRIVATE_PEM } = generateKeyPairSync("rsa", {
   privateKeyEncoding: { type: "pkcs8", format: "pem" },
 });
 
-const SECRETS = ["hunter2", "AKIAsecretKEY", "azure-account-key", "sas=abc", "swift-key-1", "webpw", "sftp-pw", "gcs-secret"];
+const SECRETS = [
+  "hunter2",
+  "AKIAsecretKEY",
+  "azure-account-key",
+  "sas=abc",
+  "swift-key-1",
+  "webpw",
+  "sftp-pw",
+  "gcs-secret",
+];
 
 describe("formats", () => {
   test("default: time, logger, thread, LEVEL, message separated by tabs", () => {
@@ -47,7 +56,10 @@ describe("formats", () => {
     createLogger({ destination: out, systemd: false });
     getLogger("pghoard.test").warn("disk %s", "full");
     assert.equal(out.lines.length, 1);
-    assert.match(out.lines[0]!, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\tpghoard\.test\tMainThread\tWARNING\tdisk full$/);
+    assert.match(
+      out.lines[0]!,
+      /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\tpghoard\.test\tMainThread\tWARNING\tdisk full$/,
+    );
   });
 
   test("--short-log, systemd, Python level names", () => {
@@ -59,7 +71,10 @@ describe("formats", () => {
     log.error("e");
     log.fatal("c");
     assert.deepEqual(out.lines, ["DEBUG\td", "INFO\ti", "ERROR\te", "CRITICAL\tc"]);
-    assert.equal(formatRecord({ level: 30, msg: "m", name: "pghoard.y", thread: "Compressor-1" }, "systemd"), "pghoard.y Compressor-1 INFO: m");
+    assert.equal(
+      formatRecord({ level: 30, msg: "m", name: "pghoard.y", thread: "Compressor-1" }, "systemd"),
+      "pghoard.y Compressor-1 INFO: m",
+    );
     assert.equal(pythonAsctime(new Date(2026, 0, 2, 3, 4, 5, 6)), "2026-01-02 03:04:05,006");
   });
 
@@ -118,11 +133,39 @@ describe("secrets never reach a log line", () => {
         nodes: [{ host: "db", password: "hunter2" }, "host=db2 password='hunter2'", "postgres://u:hunter2@db3/x"],
         encryption_key_id: null,
         encryption_keys: { k: { private: PRIVATE_PEM } },
-        object_storage: { storage_type: "s3", region: "r", bucket_name: "b", aws_secret_access_key: "AKIAsecretKEY", proxy_info: { type: "http", host: "p", port: 1, pass: "sftp-pw" } },
+        object_storage: {
+          storage_type: "s3",
+          region: "r",
+          bucket_name: "b",
+          aws_secret_access_key: "AKIAsecretKEY",
+          proxy_info: { type: "http", host: "p", port: 1, pass: "sftp-pw" },
+        },
       },
-      a: { object_storage: { storage_type: "azure", account_name: "n", bucket_name: "b", account_key: "azure-account-key", sas_token: "sas=abc" } },
-      w: { object_storage: { storage_type: "swift", user: "u", key: "swift-key-1", auth_url: "http://a", container_name: "c" } },
-      g: { object_storage: { storage_type: "google", bucket_name: "b", credentials: { type: "authorized_user", client_secret: "gcs-secret" } } },
+      a: {
+        object_storage: {
+          storage_type: "azure",
+          account_name: "n",
+          bucket_name: "b",
+          account_key: "azure-account-key",
+          sas_token: "sas=abc",
+        },
+      },
+      w: {
+        object_storage: {
+          storage_type: "swift",
+          user: "u",
+          key: "swift-key-1",
+          auth_url: "http://a",
+          container_name: "c",
+        },
+      },
+      g: {
+        object_storage: {
+          storage_type: "google",
+          bucket_name: "b",
+          credentials: { type: "authorized_user", client_secret: "gcs-secret" },
+        },
+      },
     },
   };
 
@@ -170,7 +213,12 @@ describe("secrets never reach a log line", () => {
 
 describe("syslog", () => {
   test("RFC 3164 line", () => {
-    const line = syslogLine({ facility: 18, level: "WARNING", text: "pghoard.x MainThread WARNING: hi", date: new Date(2026, 10, 6, 1, 2, 3) });
+    const line = syslogLine({
+      facility: 18,
+      level: "WARNING",
+      text: "pghoard.x MainThread WARNING: hi",
+      date: new Date(2026, 10, 6, 1, 2, 3),
+    });
     assert.equal(line, `<148>Nov  6 01:02:03 pghoard[${process.pid}]: pghoard.x MainThread WARNING: hi`);
   });
 
@@ -184,7 +232,12 @@ describe("syslog", () => {
     getLogger("pghoard.sys").error("password=hunter2 it broke");
     const line = await received;
     server.close();
-    assert.match(line, new RegExp(`^<147>\\w{3} [ \\d]\\d \\d\\d:\\d\\d:\\d\\d \\S+ pghoard\\[${process.pid}\\]: pghoard\\.sys MainThread ERROR: password=\\[REDACTED\\] it broke$`));
+    assert.match(
+      line,
+      new RegExp(
+        `^<147>\\w{3} [ \\d]\\d \\d\\d:\\d\\d:\\d\\d \\S+ pghoard\\[${process.pid}\\]: pghoard\\.sys MainThread ERROR: password=\\[REDACTED\\] it broke$`,
+      ),
+    );
   });
 
   const unixDgram = (() => {
@@ -208,7 +261,12 @@ describe("syslog", () => {
       createLogger({ destination: out, syslog: true, syslogAddress: socketPath, syslogFacility: "daemon" });
       getLogger("pghoard.sys").info("hello");
       const line = await received;
-      assert.match(line, new RegExp(`^<30>\\w{3} [ \\d]\\d \\d\\d:\\d\\d:\\d\\d pghoard\\[${process.pid}\\]: pghoard\\.sys MainThread INFO: hello$`));
+      assert.match(
+        line,
+        new RegExp(
+          `^<30>\\w{3} [ \\d]\\d \\d\\d:\\d\\d:\\d\\d pghoard\\[${process.pid}\\]: pghoard\\.sys MainThread INFO: hello$`,
+        ),
+      );
     } finally {
       server.close();
       await rm(dir, { recursive: true, force: true });

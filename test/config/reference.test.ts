@@ -18,7 +18,8 @@ test("README's configuration reference is the one generated from the schema", ()
 test("every schema key is documented", () => {
   const reference = renderReference();
   for (const section of [topLevelSection, siteSection, ...Object.values(storageSections)]) {
-    for (const spec of section.keys) assert.ok(reference.includes(`| \`${spec.key}\` |`), `${section.id}.${spec.key} missing`);
+    for (const spec of section.keys)
+      assert.ok(reference.includes(`| \`${spec.key}\` |`), `${section.id}.${spec.key} missing`);
   }
 });
 

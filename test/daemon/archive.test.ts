@@ -40,7 +40,10 @@ describe("archive_command through the daemon", () => {
       archiveCommand: `${process.execPath} ${postgresCommandBin} --mode archive --port ${port} --site ${SITE} --xlog %f`,
       settings: { wal_keep_size: "2GB", wal_recycle: "off", max_wal_size: "4GB" },
     });
-    env = await makeDaemonEnv({ [SITE]: { pgDataDirectory: cluster.dataDir, keyId: KEY_ID, keys } }, { http_port: port });
+    env = await makeDaemonEnv(
+      { [SITE]: { pgDataDirectory: cluster.dataDir, keyId: KEY_ID, keys } },
+      { http_port: port },
+    );
     daemon = await DaemonProcess.start(env);
   });
 
@@ -62,7 +65,9 @@ describe("archive_command through the daemon", () => {
       if (name.endsWith(".history") || name.endsWith(".backup")) continue;
       assert.ok(stored.includes(name), `${name} missing from storage`);
       const original = await readFile(path.join(cluster.dataDir, "pg_wal", name));
-      const { data, metadata } = await decodeStoredObject(env.storageDir, `${SITE}/xlog/${name}`, { [KEY_ID]: keys.privatePem });
+      const { data, metadata } = await decodeStoredObject(env.storageDir, `${SITE}/xlog/${name}`, {
+        [KEY_ID]: keys.privatePem,
+      });
       assert.ok(data.equals(original), `${name} differs from pg_wal`);
       const storedBytes = await readFile(path.join(env.storageDir, SITE, "xlog", name));
       assert.deepEqual(Object.keys(metadata), [
@@ -98,9 +103,22 @@ describe("archive_command through the daemon", () => {
     await sleep(5500); // one main-loop iteration writes the state file
     const status = await httpRequest(env.port, "GET", "/status");
     assert.equal(status.status, 200);
-    const state = JSON.parse(status.body) as Record<string, any>;
+    const state = JSON.parse(status.body) as Record<string, unknown> & {
+      transfer_agent_state: Record<string, { upload: { xlog: { count: number } } }>;
+      compressors: unknown[];
+    };
     assert.deepEqual(Object.keys(state), Object.keys(state).sort());
-    for (const key of ["backup_sites", "compressors", "pg_basebackups", "pg_receivexlogs", "queues", "served_files", "startup_time", "transfer_agent_state", "walreceivers"]) {
+    for (const key of [
+      "backup_sites",
+      "compressors",
+      "pg_basebackups",
+      "pg_receivexlogs",
+      "queues",
+      "served_files",
+      "startup_time",
+      "transfer_agent_state",
+      "walreceivers",
+    ]) {
       assert.ok(key in state, `state file lacks ${key}`);
     }
     assert.ok(state.transfer_agent_state[SITE].upload.xlog.count >= done.length - 1);

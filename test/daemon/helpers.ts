@@ -125,7 +125,9 @@ export function httpRequest(
     const req = http.request({ host: "127.0.0.1", port, method, path: rawPath, headers, agent: false }, (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString("utf8") }));
+      res.on("end", () =>
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString("utf8") }),
+      );
       res.on("error", reject);
     });
     req.on("error", reject);
@@ -149,7 +151,10 @@ export class DaemonProcess {
    * Starts `node bin/pghoard.js --config <path>` and waits until /status answers. When another
    * test grabbed the free port in the meantime, a new one is chosen (unless the port is fixed).
    */
-  static async start(env: DaemonEnv, opts: { logName?: string; env?: Record<string, string> } = {}): Promise<DaemonProcess> {
+  static async start(
+    env: DaemonEnv,
+    opts: { logName?: string; env?: Record<string, string> } = {},
+  ): Promise<DaemonProcess> {
     for (let attempt = 1; ; attempt++) {
       try {
         return await DaemonProcess.startOnce(env, opts);
@@ -162,7 +167,10 @@ export class DaemonProcess {
     }
   }
 
-  private static async startOnce(env: DaemonEnv, opts: { logName?: string; env?: Record<string, string> }): Promise<DaemonProcess> {
+  private static async startOnce(
+    env: DaemonEnv,
+    opts: { logName?: string; env?: Record<string, string> },
+  ): Promise<DaemonProcess> {
     const logPath = path.join(env.dir, opts.logName ?? "daemon.log");
     const log = createWriteStream(logPath, { flags: "a" });
     const child = spawn(process.execPath, [pghoardBin, "--config", env.configPath], {
@@ -230,7 +238,11 @@ export function runPostgresCommand(
 }
 
 /** Decodes a stored object of the local store: `<storageDir>/<key>` with its sidecar. */
-export async function decodeStoredObject(storageDir: string, key: string, keys: Record<string, string>): Promise<{ data: Buffer; metadata: Record<string, string> }> {
+export async function decodeStoredObject(
+  storageDir: string,
+  key: string,
+  keys: Record<string, string>,
+): Promise<{ data: Buffer; metadata: Record<string, string> }> {
   const file = path.join(storageDir, key);
   const metadata = JSON.parse(await readFile(`${file}.metadata`, "utf8")) as Record<string, string>;
   const stored = await readFile(file);
@@ -242,7 +254,9 @@ export async function decodeStoredObject(storageDir: string, key: string, keys: 
 
 export async function listStoredNames(storageDir: string, site: string, type: string): Promise<string[]> {
   try {
-    return (await readdir(path.join(storageDir, site, type))).filter((n) => !n.endsWith(".metadata") && !n.startsWith(".")).sort();
+    return (await readdir(path.join(storageDir, site, type)))
+      .filter((n) => !n.endsWith(".metadata") && !n.startsWith("."))
+      .sort();
   } catch {
     return [];
   }
@@ -279,7 +293,6 @@ export async function doneSegments(cluster: PgCluster): Promise<string[]> {
     .map((n) => n.slice(0, -".done".length))
     .sort();
 }
-
 
 /**
  * A synthetic 16 MiB WAL segment whose page header is valid for `name` (PostgreSQL 15 magic,

@@ -36,7 +36,10 @@ describe("SIGKILL while archiving", () => {
       archiveCommand: `${process.execPath} ${postgresCommandBin} --mode archive --port ${port} --site ${SITE} --xlog %f`,
       settings: { wal_keep_size: "4GB", wal_recycle: "off", max_wal_size: "4GB" },
     });
-    env = await makeDaemonEnv({ [SITE]: { pgDataDirectory: cluster.dataDir, keyId: KEY_ID, keys } }, { http_port: port });
+    env = await makeDaemonEnv(
+      { [SITE]: { pgDataDirectory: cluster.dataDir, keyId: KEY_ID, keys } },
+      { http_port: port },
+    );
     daemon = await DaemonProcess.start(env);
     await cluster.pgbench(["-i", "-s", "2"]);
   });
@@ -72,7 +75,9 @@ describe("SIGKILL while archiving", () => {
     const last = await switchWal(cluster);
     const deadline = Date.now() + 240_000;
     for (;;) {
-      const rows = await cluster.query<{ last_archived_wal: string | null }>("SELECT last_archived_wal FROM pg_stat_archiver");
+      const rows = await cluster.query<{ last_archived_wal: string | null }>(
+        "SELECT last_archived_wal FROM pg_stat_archiver",
+      );
       if ((rows[0]?.last_archived_wal ?? "") >= last) break;
       assert.ok(Date.now() < deadline, `archiving did not catch up to ${last}`);
       await cluster.query("SELECT pg_switch_wal()");

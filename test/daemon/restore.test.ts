@@ -42,7 +42,10 @@ describe("restore_command through the daemon", () => {
     source = await startCluster({
       archiveCommand: `${process.execPath} ${postgresCommandBin} --mode archive --port ${port} --site ${SITE} --xlog %f`,
     });
-    archiveEnv = await makeDaemonEnv({ [SITE]: { pgDataDirectory: source.dataDir, keyId: KEY_ID, keys } }, { http_port: port });
+    archiveEnv = await makeDaemonEnv(
+      { [SITE]: { pgDataDirectory: source.dataDir, keyId: KEY_ID, keys } },
+      { http_port: port },
+    );
     archiveDaemon = await DaemonProcess.start(archiveEnv);
   });
 
@@ -58,7 +61,21 @@ describe("restore_command through the daemon", () => {
     await source.query("INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 1000) i");
     const workDir = await makeTempDir("pghoard-restore");
     const dataDir = path.join(workDir, "data");
-    await source.exec("pg_basebackup", ["-h", "127.0.0.1", "-p", String(source.port), "-U", "postgres", "-D", dataDir, "-Fp", "-X", "none", "-c", "fast"]);
+    await source.exec("pg_basebackup", [
+      "-h",
+      "127.0.0.1",
+      "-p",
+      String(source.port),
+      "-U",
+      "postgres",
+      "-D",
+      dataDir,
+      "-Fp",
+      "-X",
+      "none",
+      "-c",
+      "fast",
+    ]);
     // Enough WAL after the backup that several segments have to come from the archive.
     await source.query("INSERT INTO t SELECT i, repeat(md5(i::text), 20) FROM generate_series(1001, 60000) i");
     await switchWal(source);
@@ -117,7 +134,10 @@ describe("serving WAL written by upstream pghoard", { skip: hasShared ? false : 
       if (!existsSync(path.join(setDir, "store"))) return;
       const truth = JSON.parse(await readFile(path.join(setDir, "ground-truth.json"), "utf8")) as GroundTruth;
       const upstreamConfig = JSON.parse(await readFile(path.join(setDir, "pghoard.json"), "utf8")) as {
-        backup_sites: Record<string, { encryption_key_id?: string; encryption_keys?: Record<string, { public: string; private: string }> }>;
+        backup_sites: Record<
+          string,
+          { encryption_key_id?: string; encryption_keys?: Record<string, { public: string; private: string }> }
+        >;
         compression: { algorithm: string };
       };
       const upstreamSite = upstreamConfig.backup_sites[set];
@@ -139,10 +159,16 @@ describe("serving WAL written by upstream pghoard", { skip: hasShared ? false : 
         assert.ok(files.length > 0);
         for (const file of files) {
           const target = path.join(pgdata, "pg_wal", "RECOVERYXLOG");
-          const res = await httpRequest(env.port, "GET", `/${set}/archive/${file.name}`, { "x-pghoard-target-path": target });
+          const res = await httpRequest(env.port, "GET", `/${set}/archive/${file.name}`, {
+            "x-pghoard-target-path": target,
+          });
           assert.equal(res.status, 201, `${file.name}: ${res.status} ${res.body}`);
           const served = await readFile(target);
-          assert.equal(createHash("sha256").update(served).digest("hex"), file.original_sha256_from_archive_command, file.name);
+          assert.equal(
+            createHash("sha256").update(served).digest("hex"),
+            file.original_sha256_from_archive_command,
+            file.name,
+          );
         }
         // A segment that is not in the archive is a 404 (PostgreSQL's "end of archive").
         const missing = await httpRequest(env.port, "GET", `/${set}/archive/0000000100000000000000FE`, {

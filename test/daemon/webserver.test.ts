@@ -57,7 +57,12 @@ describe("webserver", () => {
       ["GET", "/foo", 400, "Invalid path ['foo']"],
       ["GET", "/status/x", 400, "Invalid status request"],
       ["GET", "/metrics/x", 400, "Invalid request"],
-      ["PUT", `/nosuchsite/archive/${SEG1}`, 404, "Site: 'nosuchsite' not found for path ['nosuchsite', 'archive', '000000010000000000000011']"],
+      [
+        "PUT",
+        `/nosuchsite/archive/${SEG1}`,
+        404,
+        "Site: 'nosuchsite' not found for path ['nosuchsite', 'archive', '000000010000000000000011']",
+      ],
       ["PUT", `/${SITE}/archive/foo`, 400, "Unrecognized file 'foo' for archiving"],
       ["PUT", `/${SITE}/archive/${SEG1}.partial`, 400],
       ["PUT", `/${SITE}/xlog/${SEG1}.partial`, 400],
@@ -118,10 +123,14 @@ describe("webserver", () => {
     assert.equal(metadata["original-file-size"], String(history.length));
     const target = path.join(walDir, "RECOVERYHISTORY");
     await rm(path.join(walDir, "00000002.history"));
-    const got = await httpRequest(env.port, "GET", `/${SITE}/archive/00000002.history`, { "x-pghoard-target-path": target });
+    const got = await httpRequest(env.port, "GET", `/${SITE}/archive/00000002.history`, {
+      "x-pghoard-target-path": target,
+    });
     assert.equal(got.status, 201, got.body);
     assert.equal(await readFile(target, "utf8"), history);
-    const missing = await httpRequest(env.port, "GET", `/${SITE}/archive/00000003.history`, { "x-pghoard-target-path": target });
+    const missing = await httpRequest(env.port, "GET", `/${SITE}/archive/00000003.history`, {
+      "x-pghoard-target-path": target,
+    });
     assert.equal(missing.status, 404);
   });
 
@@ -147,7 +156,9 @@ describe("webserver", () => {
     }
     assert.equal(sha256(await readFile("/etc/passwd")), passwdBefore);
     assert.deepEqual(await readdir(outside), ["secret"]);
-    const head = await httpRequest(env.port, "HEAD", `/${SITE}/archive/${SEG1}`, { "x-pghoard-target-path": path.join(walDir, "x") });
+    const head = await httpRequest(env.port, "HEAD", `/${SITE}/archive/${SEG1}`, {
+      "x-pghoard-target-path": path.join(walDir, "x"),
+    });
     assert.equal(head.status, 400);
   });
 
@@ -174,7 +185,9 @@ describe("webserver", () => {
     assert.deepEqual(leftovers, []);
 
     // Not in the archive at all.
-    const missing = await httpRequest(env.port, "GET", `/${SITE}/archive/0000000100000000000000AA`, { "x-pghoard-target-path": target });
+    const missing = await httpRequest(env.port, "GET", `/${SITE}/archive/0000000100000000000000AA`, {
+      "x-pghoard-target-path": target,
+    });
     assert.equal(missing.status, 404);
     assert.equal((await httpRequest(env.port, "HEAD", `/${SITE}/archive/0000000100000000000000AA`)).status, 404);
   });
@@ -267,7 +280,9 @@ describe("webserver prefetch and compression algorithms", () => {
         await rm(path.join(walDir, name));
       }
       const target = path.join(walDir, "RECOVERYXLOG");
-      const first = await httpRequest(env.port, "GET", `/${SITE}/archive/${names[0]}`, { "x-pghoard-target-path": target });
+      const first = await httpRequest(env.port, "GET", `/${SITE}/archive/${names[0]}`, {
+        "x-pghoard-target-path": target,
+      });
       assert.equal(first.status, 201);
       for (const next of names.slice(1)) {
         const prefetch = path.join(walDir, `${next}.pghoard.prefetch`);
@@ -279,7 +294,9 @@ describe("webserver prefetch and compression algorithms", () => {
         assert.ok((await readFile(prefetch)).equals(contents.get(next)!));
       }
       // Served from the prefetch file, which is consumed.
-      const second = await httpRequest(env.port, "GET", `/${SITE}/archive/${names[1]}`, { "x-pghoard-target-path": target });
+      const second = await httpRequest(env.port, "GET", `/${SITE}/archive/${names[1]}`, {
+        "x-pghoard-target-path": target,
+      });
       assert.equal(second.status, 201);
       assert.ok(!existsSync(path.join(walDir, `${names[1]}.pghoard.prefetch`)));
       assert.ok((await readFile(target)).equals(contents.get(names[1])!));
@@ -294,7 +311,10 @@ describe("webserver prefetch and compression algorithms", () => {
     it(`archives and restores with ${algorithm}`, async () => {
       const pgdata = await makeFakePgdata();
       const walDir = path.join(pgdata, "pg_wal");
-      const env = await makeDaemonEnv({ [SITE]: { pgDataDirectory: pgdata } }, { compression: { algorithm, thread_count: 1 } });
+      const env = await makeDaemonEnv(
+        { [SITE]: { pgDataDirectory: pgdata } },
+        { compression: { algorithm, thread_count: 1 } },
+      );
       const daemon = await DaemonProcess.start(env);
       try {
         const seg = syntheticSegment(SEG2);
@@ -305,7 +325,10 @@ describe("webserver prefetch and compression algorithms", () => {
         assert.ok(data.equals(seg));
         await rm(path.join(walDir, SEG2));
         const target = path.join(walDir, "RECOVERYXLOG");
-        assert.equal((await httpRequest(env.port, "GET", `/${SITE}/archive/${SEG2}`, { "x-pghoard-target-path": target })).status, 201);
+        assert.equal(
+          (await httpRequest(env.port, "GET", `/${SITE}/archive/${SEG2}`, { "x-pghoard-target-path": target })).status,
+          201,
+        );
         assert.ok((await readFile(target)).equals(seg));
       } finally {
         await daemon.stop();

@@ -83,39 +83,55 @@ describe("upstream test data (test/fixtures/upstream-testdata)", () => {
         assert.equal(size, object.decoded_size);
         assert.equal(sha256(await readFile(out)), object.decoded_sha256);
         // the independent decoder agrees, so the ground truth and our test parser are consistent
-        const independent = decodeIndependently(stored, sidecar["compression-algorithm"] || null, keyId ? keys.get(keyId)! : null);
+        const independent = decodeIndependently(
+          stored,
+          sidecar["compression-algorithm"] || null,
+          keyId ? keys.get(keyId)! : null,
+        );
         assert.equal(sha256(independent), object.decoded_sha256);
       });
     }
   }
 });
 
-describe("objects made by upstream pghoard (../shared/fixtures/pghoard-made)", { skip: hasShared ? false : "../shared/fixtures is absent" }, () => {
-  const root = path.join(sharedDir, "fixtures", "pghoard-made");
-  const sets = hasShared ? readdirSync(root).filter((name) => existsSync(path.join(root, name, "ground-truth.json"))) : [];
-  for (const set of sets) {
-    it(`${set}: every stored object decodes to the recorded bytes`, async () => {
-      const truth = JSON.parse(readFileSync(path.join(root, set, "ground-truth.json"), "utf8")) as {
-        objects: Array<{ key: string; metadata: Metadata; decoded_size: number; decoded_sha256: string; stored_size: number }>;
-      };
-      const keys = keysOf(path.join(root, set, "pghoard.json"));
-      assert.ok(truth.objects.length > 0);
-      await Promise.all(
-        truth.objects.map(async (object) => {
-          const file = path.join(root, set, "store", object.key);
-          const metadata = JSON.parse(await readFile(`${file}.metadata`, "utf8")) as Metadata;
-          const keyId = metadata["encryption-key-id"];
-          const out = path.join(scratch, `${set}-${object.key.replaceAll("/", "_")}`);
-          const { size } = await pool.decodeFile(file, out, metadata, keyId ? keys.get(keyId)! : null);
-          assert.equal(size, object.decoded_size, object.key);
-          assert.equal(sha256(await readFile(out)), object.decoded_sha256, object.key);
-          await rm(out);
-          if (object.stored_size < 4 * 1024 * 1024) {
-            const decoded = await decodeBuffer(await readFile(file), metadata, (id) => keys.get(id));
-            assert.equal(sha256(decoded), object.decoded_sha256, object.key);
-          }
-        }),
-      );
-    });
-  }
-});
+describe(
+  "objects made by upstream pghoard (../shared/fixtures/pghoard-made)",
+  { skip: hasShared ? false : "../shared/fixtures is absent" },
+  () => {
+    const root = path.join(sharedDir, "fixtures", "pghoard-made");
+    const sets = hasShared
+      ? readdirSync(root).filter((name) => existsSync(path.join(root, name, "ground-truth.json")))
+      : [];
+    for (const set of sets) {
+      it(`${set}: every stored object decodes to the recorded bytes`, async () => {
+        const truth = JSON.parse(readFileSync(path.join(root, set, "ground-truth.json"), "utf8")) as {
+          objects: Array<{
+            key: string;
+            metadata: Metadata;
+            decoded_size: number;
+            decoded_sha256: string;
+            stored_size: number;
+          }>;
+        };
+        const keys = keysOf(path.join(root, set, "pghoard.json"));
+        assert.ok(truth.objects.length > 0);
+        await Promise.all(
+          truth.objects.map(async (object) => {
+            const file = path.join(root, set, "store", object.key);
+            const metadata = JSON.parse(await readFile(`${file}.metadata`, "utf8")) as Metadata;
+            const keyId = metadata["encryption-key-id"];
+            const out = path.join(scratch, `${set}-${object.key.replaceAll("/", "_")}`);
+            const { size } = await pool.decodeFile(file, out, metadata, keyId ? keys.get(keyId)! : null);
+            assert.equal(size, object.decoded_size, object.key);
+            assert.equal(sha256(await readFile(out)), object.decoded_sha256, object.key);
+            await rm(out);
+            if (object.stored_size < 4 * 1024 * 1024) {
+              const decoded = await decodeBuffer(await readFile(file), metadata, (id) => keys.get(id));
+              assert.equal(sha256(decoded), object.decoded_sha256, object.key);
+            }
+          }),
+        );
+      });
+    }
+  },
+);

@@ -8,7 +8,14 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Readable, Writable, type Duplex } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { after, before, describe, it } from "node:test";
-import { FileFormatError, FileFormatPool, createDecodeStream, encodeBuffer, encodingMetadata, type EncodeOptions } from "../../src/fileformat/index.js";
+import {
+  FileFormatError,
+  FileFormatPool,
+  createDecodeStream,
+  encodeBuffer,
+  encodingMetadata,
+  type EncodeOptions,
+} from "../../src/fileformat/index.js";
 import { decodeIndependently, pageLikeData } from "./support.js";
 
 const MiB = 1024 * 1024;
@@ -59,11 +66,20 @@ describe("flow control", () => {
 
   it("a paused main-thread decode stream buffers a bounded amount", async () => {
     const bomb = await zeroBomb();
-    await assertBoundedWhilePaused(createDecodeStream(encodingMetadata(zstdOpts), () => undefined), bomb, 2 * MiB);
+    await assertBoundedWhilePaused(
+      createDecodeStream(encodingMetadata(zstdOpts), () => undefined),
+      bomb,
+      2 * MiB,
+    );
   });
 
   it("a worker encode stream applies backpressure to its writer", async () => {
-    const stream = pool.createEncodeStream({ algorithm: "snappy", level: 0, encryptionKeyId: null, publicKeyPem: null });
+    const stream = pool.createEncodeStream({
+      algorithm: "snappy",
+      level: 0,
+      encryptionKeyId: null,
+      publicKeyPem: null,
+    });
     const block = pageLikeData(MiB, 3);
     let accepted = 0;
     // Without a reader the writable side must report "full" after a few MiB.
@@ -98,16 +114,24 @@ describe("lifecycle", () => {
         return { plain, file };
       }),
     );
-    const results = await Promise.all(inputs.map(({ file }) => pool.encodeFile(file, `${file}.zst`, { ...zstdOpts, hashAlgorithm: "sha1" })));
+    const results = await Promise.all(
+      inputs.map(({ file }) => pool.encodeFile(file, `${file}.zst`, { ...zstdOpts, hashAlgorithm: "sha1" })),
+    );
     results.forEach((result, i) => assert.equal(result.originalSize, inputs[i].plain.length));
-    const decoded = await Promise.all(inputs.map(({ file }) => pool.decodeFile(`${file}.zst`, `${file}.out`, encodingMetadata(zstdOpts), null)));
+    const decoded = await Promise.all(
+      inputs.map(({ file }) => pool.decodeFile(`${file}.zst`, `${file}.out`, encodingMetadata(zstdOpts), null)),
+    );
     decoded.forEach(({ size }, i) => assert.equal(size, inputs[i].plain.length));
     assert.equal((await readdir(scratch)).filter((n) => n.includes(".tmp-")).length, 0);
   });
 
   it("a decode stream fed from a Readable reports errors through the pipeline", async () => {
     await assert.rejects(
-      pipeline(Readable.from([Buffer.from("definitely not zstd")]), pool.createDecodeStream(encodingMetadata(zstdOpts), null), new Writable({ write: (_c, _e, cb) => cb() })),
+      pipeline(
+        Readable.from([Buffer.from("definitely not zstd")]),
+        pool.createDecodeStream(encodingMetadata(zstdOpts), null),
+        new Writable({ write: (_c, _e, cb) => cb() }),
+      ),
       FileFormatError,
     );
   });
@@ -116,7 +140,9 @@ describe("lifecycle", () => {
     const local = new FileFormatPool(1);
     const plainFile = path.join(scratch, "close-input");
     await writeFile(plainFile, pageLikeData(4 * MiB, 4));
-    const pending = Array.from({ length: 6 }, (_, i) => local.encodeFile(plainFile, path.join(scratch, `closed-${i}`), zstdOpts));
+    const pending = Array.from({ length: 6 }, (_, i) =>
+      local.encodeFile(plainFile, path.join(scratch, `closed-${i}`), zstdOpts),
+    );
     const settling = Promise.allSettled(pending);
     await local.close();
     const settled = await settling;

@@ -34,7 +34,12 @@ const BIG = 100 * MiB;
 const algorithms: Array<CompressionAlgorithm | null> = ["snappy", "zstd", "lzma", null];
 
 function options(algorithm: CompressionAlgorithm | null, encrypted: boolean): EncodeOptions {
-  return { algorithm, level: 0, encryptionKeyId: encrypted ? "test-key" : null, publicKeyPem: encrypted ? publicPem : null };
+  return {
+    algorithm,
+    level: 0,
+    encryptionKeyId: encrypted ? "test-key" : null,
+    publicKeyPem: encrypted ? publicPem : null,
+  };
 }
 
 function splitInto(data: Buffer, step: number): Buffer[] {
@@ -77,7 +82,12 @@ after(async () => {
   await rm(scratch, { recursive: true, force: true });
 });
 
-function checkIndependently(stored: Buffer, algorithm: CompressionAlgorithm | null, encrypted: boolean, plain: Buffer): void {
+function checkIndependently(
+  stored: Buffer,
+  algorithm: CompressionAlgorithm | null,
+  encrypted: boolean,
+  plain: Buffer,
+): void {
   const decoded = decodeIndependently(stored, algorithm, encrypted ? privatePem : null);
   assert.ok(decoded.equals(plain), "independent decoder disagrees");
   if (encrypted && plain.length > 0) {
@@ -95,12 +105,23 @@ async function roundTripMain(plain: Buffer, algorithm: CompressionAlgorithm | nu
   if (encrypted && plain.length === 0 && algorithm !== "zstd" && algorithm !== "lzma") assert.equal(stored.length, 0);
   checkIndependently(stored, algorithm, encrypted, plain);
   const decodeStep = stored.length > MiB ? 100_000 : 333;
-  const decoded = await through(createDecodeStream(encodingMetadata(opts), () => privatePem), splitInto(stored, decodeStep));
+  const decoded = await through(
+    createDecodeStream(encodingMetadata(opts), () => privatePem),
+    splitInto(stored, decodeStep),
+  );
   assert.ok(decoded.equals(plain), "main-thread stream round trip");
-  if (plain.length <= MiB) assert.ok((await decodeBuffer(await encodeBuffer(plain, opts), encodingMetadata(opts), () => privatePem)).equals(plain));
+  if (plain.length <= MiB)
+    assert.ok(
+      (await decodeBuffer(await encodeBuffer(plain, opts), encodingMetadata(opts), () => privatePem)).equals(plain),
+    );
 }
 
-async function roundTripPool(plain: Buffer, plainFile: string, algorithm: CompressionAlgorithm | null, encrypted: boolean): Promise<void> {
+async function roundTripPool(
+  plain: Buffer,
+  plainFile: string,
+  algorithm: CompressionAlgorithm | null,
+  encrypted: boolean,
+): Promise<void> {
   const opts = { ...options(algorithm, encrypted), hashAlgorithm: "sha1" };
   const metadata = encodingMetadata(opts);
   const tag = `${algorithm}-${encrypted}-${plain.length}`;
@@ -113,7 +134,9 @@ async function roundTripPool(plain: Buffer, plainFile: string, algorithm: Compre
   checkIndependently(stored, algorithm, encrypted, plain);
 
   const decodedFile = path.join(scratch, `${tag}.decoded`);
-  assert.deepEqual(await pool.decodeFile(storedFile, decodedFile, metadata, encrypted ? privatePem : null), { size: plain.length });
+  assert.deepEqual(await pool.decodeFile(storedFile, decodedFile, metadata, encrypted ? privatePem : null), {
+    size: plain.length,
+  });
   assert.ok((await readFile(decodedFile)).equals(plain), "pool decodeFile");
   await rm(decodedFile);
 
@@ -129,7 +152,10 @@ async function roundTripPool(plain: Buffer, plainFile: string, algorithm: Compre
   assert.equal(streamResult.originalSize, plain.length);
   assert.equal(streamResult.hash, sha1(plain));
   checkIndependently(streamed, algorithm, encrypted, plain);
-  const decoded = await through(pool.createDecodeStream(metadata, encrypted ? privatePem : null), splitInto(streamed, 65_000));
+  const decoded = await through(
+    pool.createDecodeStream(metadata, encrypted ? privatePem : null),
+    splitInto(streamed, 65_000),
+  );
   assert.ok(decoded.equals(plain), "pool stream round trip");
   await rm(storedFile);
 }
@@ -198,12 +224,27 @@ describe("encoder parameters", () => {
       Buffer.alloc(8),
       await encodeBuffer(b, options("lzma", false)),
     ]);
-    assert.equal((await decodeBuffer(xz, { "compression-algorithm": "lzma" }, () => undefined)).toString(), "first part|second part");
-    const zst = Buffer.concat([await encodeBuffer(a, options("zstd", false)), await encodeBuffer(b, options("zstd", false))]);
-    assert.equal((await decodeBuffer(zst, { "compression-algorithm": "zstd" }, () => undefined)).toString(), "first part|second part");
-    const sz = Buffer.concat([await encodeBuffer(a, options("snappy", false)), await encodeBuffer(b, options("snappy", false))]);
+    assert.equal(
+      (await decodeBuffer(xz, { "compression-algorithm": "lzma" }, () => undefined)).toString(),
+      "first part|second part",
+    );
+    const zst = Buffer.concat([
+      await encodeBuffer(a, options("zstd", false)),
+      await encodeBuffer(b, options("zstd", false)),
+    ]);
+    assert.equal(
+      (await decodeBuffer(zst, { "compression-algorithm": "zstd" }, () => undefined)).toString(),
+      "first part|second part",
+    );
+    const sz = Buffer.concat([
+      await encodeBuffer(a, options("snappy", false)),
+      await encodeBuffer(b, options("snappy", false)),
+    ]);
     assert.equal(parseSnappyFraming(sz).toString(), "first part|second part");
-    assert.equal((await decodeBuffer(sz, { "compression-algorithm": "snappy" }, () => undefined)).toString(), "first part|second part");
+    assert.equal(
+      (await decodeBuffer(sz, { "compression-algorithm": "snappy" }, () => undefined)).toString(),
+      "first part|second part",
+    );
   });
 
   it("accepts PKCS#1 RSA keys and interoperates with Python's lzma (when python3 is present)", async (t) => {
@@ -218,7 +259,8 @@ describe("encoder parameters", () => {
 
     const plain = big.subarray(0, 300_000);
     const ours = await encodeBuffer(plain, options("lzma", false));
-    const script = "import lzma,sys\nd=sys.stdin.buffer.read()\nsys.stdout.buffer.write(lzma.decompress(d) if sys.argv[1]=='d' else lzma.compress(d, preset=0))";
+    const script =
+      "import lzma,sys\nd=sys.stdin.buffer.read()\nsys.stdout.buffer.write(lzma.decompress(d) if sys.argv[1]=='d' else lzma.compress(d, preset=0))";
     const decodedByPython = spawnSync("python3", ["-c", script, "d"], { input: ours, maxBuffer: 64 * MiB });
     if (decodedByPython.status !== 0) {
       t.skip("python3 with lzma not available");
@@ -237,7 +279,10 @@ describe("encoder parameters", () => {
         const opts = options(algorithm, encrypted);
         const stored = await through(createEncodeStream(opts), splitInto(mixed, 777));
         checkIndependently(stored, algorithm, encrypted, mixed);
-        const decoded = await through(createDecodeStream(encodingMetadata(opts), () => privatePem), splitInto(stored, 4097));
+        const decoded = await through(
+          createDecodeStream(encodingMetadata(opts), () => privatePem),
+          splitInto(stored, 4097),
+        );
         assert.ok(decoded.equals(mixed));
       }
     }
@@ -249,10 +294,18 @@ describe("encoder parameters", () => {
 
   it("refuses bad options", async () => {
     await assert.rejects(encodeBuffer(Buffer.from("x"), { ...options("lzma", false), level: 12 }), /preset/);
-    await assert.rejects(encodeBuffer(Buffer.from("x"), { ...options(null, false), encryptionKeyId: "k" }), /public key/);
-    await assert.rejects(pool.encodeFile(bigFile, path.join(scratch, "x"), { ...options("snappy", false), hashAlgorithm: "nope" }), /hash/);
+    await assert.rejects(
+      encodeBuffer(Buffer.from("x"), { ...options(null, false), encryptionKeyId: "k" }),
+      /public key/,
+    );
+    await assert.rejects(
+      pool.encodeFile(bigFile, path.join(scratch, "x"), { ...options("snappy", false), hashAlgorithm: "nope" }),
+      /hash/,
+    );
     assert.throws(() => pool.createDecodeStream({ "encryption-key-id": "k" }, null), /key 'k' but key not found/);
-    await assert.rejects(pool.decodeFile(path.join(scratch, "missing"), path.join(scratch, "out"), {}, null), { code: "ENOENT" });
+    await assert.rejects(pool.decodeFile(path.join(scratch, "missing"), path.join(scratch, "out"), {}, null), {
+      code: "ENOENT",
+    });
     const leftovers = (await readdir(scratch)).filter((name) => name.includes(".tmp-"));
     assert.deepEqual(leftovers, []);
   });

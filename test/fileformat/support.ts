@@ -100,7 +100,8 @@ export function parseSnappyFraming(data: Buffer, info?: SnappyFrameInfo): Buffer
       const payload = type === 0x00 ? snappyRawDecode(body.subarray(4)) : body.subarray(4);
       if (payload.length > 65536) throw new Error("snappy framing: chunk over 64 KiB");
       if (maskRef(crc32cRef(payload)) !== crc) throw new Error("snappy framing: crc mismatch");
-      if (info) type === 0 ? info.compressedChunks++ : info.uncompressedChunks++;
+      if (info && type === 0) info.compressedChunks++;
+      else if (info) info.uncompressedChunks++;
       out.push(payload);
     } else {
       throw new Error(`snappy framing: unexpected chunk type ${type}`);
@@ -116,7 +117,10 @@ export function decryptIndependently(stored: Buffer, privateKeyPem: string): Buf
   if (stored.subarray(0, 6).toString("latin1") !== "pghoa1") throw new Error("bad magic");
   const keyLength = stored.readUInt16BE(6);
   const wrapped = stored.subarray(8, 8 + keyLength);
-  const blob = privateDecrypt({ key: privateKeyPem, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha1" }, wrapped);
+  const blob = privateDecrypt(
+    { key: privateKeyPem, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha1" },
+    wrapped,
+  );
   if (blob.length !== 64) throw new Error("bad key blob");
   const body = stored.subarray(8 + keyLength, stored.length - 32);
   const tag = stored.subarray(stored.length - 32);
@@ -171,9 +175,18 @@ export function decodeIndependently(stored: Buffer, algorithm: string | null, pr
  */
 export function pageLikeData(size: number, seed = 1): Buffer {
   const out = Buffer.allocUnsafe(size);
-  const words = ["account", "branch", "teller", "history", "balance", "filler", "postgres", "pghoard", "backup", "segment"].map(
-    (w) => Buffer.from(w),
-  );
+  const words = [
+    "account",
+    "branch",
+    "teller",
+    "history",
+    "balance",
+    "filler",
+    "postgres",
+    "pghoard",
+    "backup",
+    "segment",
+  ].map((w) => Buffer.from(w));
   let x = seed >>> 0 || 1;
   const rand = (): number => {
     x ^= x << 13;
@@ -205,7 +218,7 @@ export function pageLikeData(size: number, seed = 1): Buffer {
       const n = Math.min(w.length, pageEnd - pos);
       w.copy(out, pos, 0, n);
       pos += n;
-      if (pos < pageEnd) out[pos++] = 0x20 + (r >>> 24) % 10;
+      if (pos < pageEnd) out[pos++] = 0x20 + ((r >>> 24) % 10);
     }
     page++;
   }

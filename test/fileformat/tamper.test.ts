@@ -24,7 +24,9 @@ import { pageLikeData } from "./support.js";
 const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 3072 });
 const publicPem = publicKey.export({ type: "spki", format: "pem" }).toString();
 const privatePem = privateKey.export({ type: "pkcs8", format: "pem" }).toString();
-const other = generateKeyPairSync("rsa", { modulusLength: 3072 }).privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+const other = generateKeyPairSync("rsa", { modulusLength: 3072 })
+  .privateKey.export({ type: "pkcs8", format: "pem" })
+  .toString();
 
 let pool: FileFormatPool;
 let scratch: string;
@@ -50,23 +52,39 @@ async function decodeViaStream(stored: Buffer, opts: EncodeOptions, key: string)
 }
 
 /** Every way of decoding must refuse `stored`, and decodeFile must leave nothing behind. */
-async function assertRefused(stored: Buffer, opts: EncodeOptions, expected: typeof FileFormatError, key = privatePem): Promise<void> {
+async function assertRefused(
+  stored: Buffer,
+  opts: EncodeOptions,
+  expected: typeof FileFormatError,
+  key = privatePem,
+): Promise<void> {
   const metadata = encodingMetadata(opts);
   const check = (err: unknown): boolean => {
     assert.ok(err instanceof expected, `expected ${expected.name}, got ${String(err)}`);
     if (expected === IntegrityError) assert.match((err as Error).message, /^Integrity check failed/);
     return true;
   };
-  await assert.rejects(decodeBuffer(stored, metadata, () => key), check);
+  await assert.rejects(
+    decodeBuffer(stored, metadata, () => key),
+    check,
+  );
   await assert.rejects(decodeViaStream(stored, opts, key), check);
   const src = path.join(scratch, "bad.stored");
   const dst = path.join(scratch, "restored");
   await writeFile(src, stored);
   await assert.rejects(pool.decodeFile(src, dst, metadata, opts.encryptionKeyId ? key : null), check);
   assert.equal(existsSync(dst), false, "decodeFile left an output file");
-  assert.deepEqual((await readdir(scratch)).filter((name) => name !== "bad.stored"), [], "temp file left behind");
+  assert.deepEqual(
+    (await readdir(scratch)).filter((name) => name !== "bad.stored"),
+    [],
+    "temp file left behind",
+  );
   await assert.rejects(
-    pipeline(Readable.from([stored]), pool.createDecodeStream(metadata, opts.encryptionKeyId ? key : null), new Writable({ write: (_c, _e, cb) => cb() })),
+    pipeline(
+      Readable.from([stored]),
+      pool.createDecodeStream(metadata, opts.encryptionKeyId ? key : null),
+      new Writable({ write: (_c, _e, cb) => cb() }),
+    ),
     check,
   );
 }

@@ -30,12 +30,23 @@ describe("spec test vectors", () => {
   });
 
   it("decodes `hello, world` as an uncompressed and as a compressed snappy chunk", async () => {
-    const uncompressed = Buffer.from("ff060000734e61507059" + "01100000" + "0bbec1ea" + "68656c6c6f2c20776f726c64", "hex");
-    const compressed = Buffer.from("ff060000734e61507059" + "00120000" + "0bbec1ea" + "0c2c" + "68656c6c6f2c20776f726c64", "hex");
+    const uncompressed = Buffer.from(
+      "ff060000734e61507059" + "01100000" + "0bbec1ea" + "68656c6c6f2c20776f726c64",
+      "hex",
+    );
+    const compressed = Buffer.from(
+      "ff060000734e61507059" + "00120000" + "0bbec1ea" + "0c2c" + "68656c6c6f2c20776f726c64",
+      "hex",
+    );
     for (const stream of [uncompressed, compressed]) {
       assert.equal((await decodeBuffer(stream, snappyMeta, noKeys)).toString(), "hello, world");
     }
-    const ours = await encodeBuffer(Buffer.from("hello, world"), { algorithm: "snappy", level: 0, encryptionKeyId: null, publicKeyPem: null });
+    const ours = await encodeBuffer(Buffer.from("hello, world"), {
+      algorithm: "snappy",
+      level: 0,
+      encryptionKeyId: null,
+      publicKeyPem: null,
+    });
     assert.equal(ours.subarray(0, 10).toString("hex"), "ff060000734e61507059");
     assert.equal(parseSnappyFraming(ours).toString(), "hello, world");
   });
@@ -72,13 +83,22 @@ describe("spec test vectors", () => {
     assert.deepEqual(encodingMetadata({ algorithm: "zstd", level: 0, encryptionKeyId: null, publicKeyPem: null }), {
       "compression-algorithm": "zstd",
     });
-    assert.deepEqual(encodingMetadata({ algorithm: null, level: 0, encryptionKeyId: "k", publicKeyPem: "x" }), { "encryption-key-id": "k" });
+    assert.deepEqual(encodingMetadata({ algorithm: null, level: 0, encryptionKeyId: "k", publicKeyPem: "x" }), {
+      "encryption-key-id": "k",
+    });
     assert.equal((await decodeBuffer(Buffer.from("plain"), {}, noKeys)).toString(), "plain");
-    assert.equal((await decodeBuffer(Buffer.from("plain"), { "compression-algorithm": "" }, noKeys)).toString(), "plain");
-    await assert.rejects(decodeBuffer(Buffer.from("x"), { "compression-algorithm": "gzip" }, noKeys), /invalid compression algorithm/);
+    assert.equal(
+      (await decodeBuffer(Buffer.from("plain"), { "compression-algorithm": "" }, noKeys)).toString(),
+      "plain",
+    );
+    await assert.rejects(
+      decodeBuffer(Buffer.from("x"), { "compression-algorithm": "gzip" }, noKeys),
+      /invalid compression algorithm/,
+    );
     await assert.rejects(
       decodeBuffer(Buffer.from("x"), { "encryption-key-id": "nope" }, noKeys),
-      (err: unknown) => err instanceof KeyNotFoundError && err.message === "File is encrypted with key 'nope' but key not found",
+      (err: unknown) =>
+        err instanceof KeyNotFoundError && err.message === "File is encrypted with key 'nope' but key not found",
     );
   });
 });

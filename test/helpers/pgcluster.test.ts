@@ -30,7 +30,10 @@ describe("test/helpers/pgcluster", { timeout: 240_000 }, () => {
     assert.match(rows[0]?.version ?? "", /^15\d{4}$/);
     const [param] = await cluster.query<{ n: number }>("SELECT $1::int + 1 AS n", [41]);
     assert.equal(param?.n, 42);
-    assert.match(cluster.connectionString(), new RegExp(`^host=127\\.0\\.0\\.1 port=${cluster.port} user=postgres dbname=postgres$`));
+    assert.match(
+      cluster.connectionString(),
+      new RegExp(`^host=127\\.0\\.0\\.1 port=${cluster.port} user=postgres dbname=postgres$`),
+    );
   });
 
   it("runs PostgreSQL binaries (pgbench -i, psql, pg_basebackup over replication)", async () => {
@@ -40,7 +43,13 @@ describe("test/helpers/pgcluster", { timeout: 240_000 }, () => {
     assert.equal(count?.n, "100000");
     const { stdout } = await cluster.exec("psql", ["-Atc", "SELECT 1 + 2"]);
     assert.equal(stdout.trim(), "3");
-    const { stdout: system } = await cluster.exec("psql", ["-At", "-d", cluster.connectionString({ replication: "true" }), "-c", "IDENTIFY_SYSTEM"]);
+    const { stdout: system } = await cluster.exec("psql", [
+      "-At",
+      "-d",
+      cluster.connectionString({ replication: "true" }),
+      "-c",
+      "IDENTIFY_SYSTEM",
+    ]);
     assert.match(system, /^\d+\|1\|0\//);
   });
 
@@ -74,7 +83,9 @@ describe("test/helpers/pgcluster", { timeout: 240_000 }, () => {
   it("starts a second cluster on an existing data directory", async () => {
     const second = await startCluster({ dataDir: cluster.dataDir, settings: { archive_mode: "off" } });
     try {
-      const [row] = await second.query<{ archive_mode: string }>("SELECT current_setting('archive_mode') AS archive_mode");
+      const [row] = await second.query<{ archive_mode: string }>(
+        "SELECT current_setting('archive_mode') AS archive_mode",
+      );
       assert.equal(row?.archive_mode, "off");
     } finally {
       await second.destroy();

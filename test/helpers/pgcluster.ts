@@ -155,7 +155,9 @@ async function run(
         resolve(result);
       } else {
         const how = signal ? `signal ${signal}` : `exit code ${code}`;
-        const error = new Error(`${path.basename(binary)} ${args.join(" ")} failed (${how}): ${result.stderr || result.stdout}`);
+        const error = new Error(
+          `${path.basename(binary)} ${args.join(" ")} failed (${how}): ${result.stderr || result.stdout}`,
+        );
         reject(Object.assign(error, result));
       }
     });
@@ -169,7 +171,14 @@ let exitHookInstalled = false;
 
 function stopAllSync(): void {
   for (const cluster of liveClusters) {
-    const [cmd, argv] = commandLine(path.join(cluster.binDir, "pg_ctl"), ["-D", cluster.dataDir, "-m", "immediate", "-w", "stop"]);
+    const [cmd, argv] = commandLine(path.join(cluster.binDir, "pg_ctl"), [
+      "-D",
+      cluster.dataDir,
+      "-m",
+      "immediate",
+      "-w",
+      "stop",
+    ]);
     spawnSync(cmd, argv, { stdio: "ignore", timeout: 30_000 });
     rmSync(cluster.baseDir, { recursive: true, force: true });
   }
@@ -215,7 +224,9 @@ class ClusterImpl implements PgCluster {
 
   connectionString(extra: Record<string, string | number> = {}): string {
     return Object.entries(this.connectionInfo(extra))
-      .map(([k, v]) => `${k}=${String(v).includes(" ") || String(v) === "" ? `'${String(v).replace(/'/g, "\\'")}'` : v}`)
+      .map(
+        ([k, v]) => `${k}=${String(v).includes(" ") || String(v) === "" ? `'${String(v).replace(/'/g, "\\'")}'` : v}`,
+      )
       .join(" ");
   }
 
@@ -258,8 +269,16 @@ class ClusterImpl implements PgCluster {
       liveClusters.add(this);
       try {
         await this.exec("pg_ctl", [
-          "-D", this.dataDir, "-l", this.logToFile ? this.logFile : "/dev/null",
-          "-o", options, "-w", "-t", "120", "start",
+          "-D",
+          this.dataDir,
+          "-l",
+          this.logToFile ? this.logFile : "/dev/null",
+          "-o",
+          options,
+          "-w",
+          "-t",
+          "120",
+          "start",
         ]);
         this.running = true;
         return;
@@ -272,7 +291,9 @@ class ClusterImpl implements PgCluster {
     }
     liveClusters.delete(this);
     const tail = (await this.logContents()).split("\n").slice(-30).join("\n");
-    throw new Error(`PostgreSQL failed to start in ${this.dataDir}: ${String(lastError)}\n--- server log tail ---\n${tail}`);
+    throw new Error(
+      `PostgreSQL failed to start in ${this.dataDir}: ${String(lastError)}\n--- server log tail ---\n${tail}`,
+    );
   }
 
   private async stopQuietly(): Promise<void> {

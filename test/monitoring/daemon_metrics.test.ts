@@ -9,7 +9,14 @@ import { writeFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { DaemonProcess, httpRequest, makeDaemonEnv, makeFakePgdata, syntheticSegment, type DaemonEnv } from "../daemon/helpers.js";
+import {
+  DaemonProcess,
+  httpRequest,
+  makeDaemonEnv,
+  makeFakePgdata,
+  syntheticSegment,
+  type DaemonEnv,
+} from "../daemon/helpers.js";
 import { parseExposition } from "./exposition.js";
 
 describe("daemon metrics", { timeout: 120_000 }, () => {
@@ -30,7 +37,10 @@ describe("daemon metrics", { timeout: 120_000 }, () => {
         statsd: { host: "127.0.0.1", port: (udp.address() as AddressInfo).port, tags: { cluster: "c1" } },
       },
     );
-    await writeFile(path.join(pgdata, "pg_wal", "000000010000000000000001"), syntheticSegment("000000010000000000000001"));
+    await writeFile(
+      path.join(pgdata, "pg_wal", "000000010000000000000001"),
+      syntheticSegment("000000010000000000000001"),
+    );
     daemon = await DaemonProcess.start(env);
   });
 
@@ -48,17 +58,27 @@ describe("daemon metrics", { timeout: 120_000 }, () => {
     const families = parseExposition(res.body);
     const upload = families.get("pghoard_upload_size");
     assert.equal(upload?.type, "counter");
-    const ok = upload?.samples.find((s) => s.labels.result === "ok" && s.labels.type === "xlog" && s.labels.site === "metricsite");
+    const ok = upload?.samples.find(
+      (s) => s.labels.result === "ok" && s.labels.type === "xlog" && s.labels.site === "metricsite",
+    );
     assert.ok(ok && ok.value > 0, res.body);
     assert.equal(ok.labels.cluster, "c1");
-    assert.ok(families.get("pghoard_compressed_size_ratio")?.samples.some((s) => s.labels.algorithm === "snappy"), res.body);
+    assert.ok(
+      families.get("pghoard_compressed_size_ratio")?.samples.some((s) => s.labels.algorithm === "snappy"),
+      res.body,
+    );
     assert.ok(families.has("pghoard_xlogs_since_basebackup"));
   });
 
   it("sends the same metrics as telegraf statsd lines", async () => {
     const deadline = Date.now() + 5000;
-    while (!lines.some((l) => l.startsWith("pghoard.upload_size,")) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    while (!lines.some((l) => l.startsWith("pghoard.upload_size,")) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 100));
     const upload = lines.find((l) => l.startsWith("pghoard.upload_size,"));
-    assert.match(upload ?? "", /^pghoard\.upload_size,cluster=c1,result=ok,site=metricsite,type=xlog:\d+\|c$/, lines.join("\n"));
+    assert.match(
+      upload ?? "",
+      /^pghoard\.upload_size,cluster=c1,result=ok,site=metricsite,type=xlog:\d+\|c$/,
+      lines.join("\n"),
+    );
   });
 });

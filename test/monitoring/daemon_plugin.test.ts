@@ -44,7 +44,10 @@ describe("monitoring daemon plugin", { timeout: 120_000 }, () => {
     assert.ok(m, body);
     const lag = Number(m[1]);
     const segmentStart = flushed - (flushed % (16n * 1024n * 1024n));
-    assert.ok(lag >= Number(flushed - segmentStart) && lag < 2 * 16 * 1024 * 1024, `lag ${lag} for ${row!.lsn} in ${current}`);
+    assert.ok(
+      lag >= Number(flushed - segmentStart) && lag < 2 * 16 * 1024 * 1024,
+      `lag ${lag} for ${row!.lsn} in ${current}`,
+    );
     assert.match(body, /^pghoard_seconds_since_last_wal_upload\{site="db"\} /m);
   });
 
@@ -52,7 +55,10 @@ describe("monitoring daemon plugin", { timeout: 120_000 }, () => {
     const metrics = new Metrics({ prometheus: {} }, { siteHealthIntervalMs: 0 });
     const plugin = createMonitoringPlugin({ metrics, log: getLogger("test") });
     metrics.siteHealth.walUploaded("gone", "000000010000000000000001");
-    await plugin.handleSite({ site: "gone", siteConfig: { nodes: [{ host: "127.0.0.1", port: 1, user: "postgres" }] } });
+    await plugin.handleSite({
+      site: "gone",
+      siteConfig: { nodes: [{ host: "127.0.0.1", port: 1, user: "postgres" }] },
+    });
     await plugin.idle();
     metrics.siteHealth.emit();
     const body = (await metrics.renderPrometheus()) ?? "";

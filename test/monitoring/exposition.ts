@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 
 /** A strict parser of the Prometheus text exposition format 0.0.4 (what a scraper accepts). */
-export function parseExposition(text: string): Map<string, { type: string; samples: { labels: Record<string, string>; value: number }[] }> {
+export function parseExposition(
+  text: string,
+): Map<string, { type: string; samples: { labels: Record<string, string>; value: number }[] }> {
   const families = new Map<string, { type: string; samples: { labels: Record<string, string>; value: number }[] }>();
   assert.ok(text === "" || text.endsWith("\n"), "exposition must end with a newline");
   const nameRe = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
@@ -35,4 +37,3 @@ export function parseExposition(text: string): Map<string, { type: string; sampl
   }
   return families;
 }
-

@@ -73,7 +73,10 @@ describe("statsd", () => {
       "pghoard.backup_time:12.5|g|#basebackup_mode:local-tar,env:test,marker",
       "pghoard.basebackup_failed:1|c|#env:test",
     ]);
-    const plain = new Metrics({ statsd: { host: "127.0.0.1", port: udp.port, format: "datadog" } }, { siteHealthIntervalMs: 0 });
+    const plain = new Metrics(
+      { statsd: { host: "127.0.0.1", port: udp.port, format: "datadog" } },
+      { siteHealthIntervalMs: 0 },
+    );
     plain.increase(MetricNames.BASEBACKUP_FAILED, 2);
     assert.deepEqual(await udp.next(1), ["pghoard.basebackup_failed:2|c"]);
     await plain.close();
@@ -100,20 +103,26 @@ describe("prometheus", () => {
     const families = parseExposition(response.body);
     const upload = families.get("pghoard_upload_size");
     assert.equal(upload?.type, "counter");
-    assert.deepEqual(
-      upload?.samples.map((s) => [s.labels.result, s.labels.cluster_name, s.value]).sort(),
-      [["failed", "c1", 7], ["ok", "c1", 150]],
-    );
+    assert.deepEqual(upload?.samples.map((s) => [s.labels.result, s.labels.cluster_name, s.value]).sort(), [
+      ["failed", "c1", 7],
+      ["ok", "c1", 150],
+    ]);
     const progress = families.get("pghoard_basebackup_estimated_progress");
     assert.equal(progress?.type, "gauge");
-    assert.deepEqual(progress?.samples.map((s) => s.value), [55.5]);
-    const stalled = families.get("pghoard_seconds_since_backup_progress_stalled");
     assert.deepEqual(
-      stalled?.samples.map((s) => [s.labels.phase ?? "-", s.value]).sort(),
-      [["-", 3], ['snap"shot\n', 4]],
+      progress?.samples.map((s) => s.value),
+      [55.5],
     );
+    const stalled = families.get("pghoard_seconds_since_backup_progress_stalled");
+    assert.deepEqual(stalled?.samples.map((s) => [s.labels.phase ?? "-", s.value]).sort(), [
+      ["-", 3],
+      ['snap"shot\n', 4],
+    ]);
     const exc = families.get("pghoard_exception");
-    assert.deepEqual(exc?.samples.map((s) => [s.labels.exception, s.labels.where, s.value]), [["RangeError", "pghoard_run", 2]]);
+    assert.deepEqual(
+      exc?.samples.map((s) => [s.labels.exception, s.labels.where, s.value]),
+      [["RangeError", "pghoard_run", 2]],
+    );
   });
 
   it("answers 501 when prometheus is not configured", async () => {
@@ -160,7 +169,10 @@ describe("pushgateway", () => {
       });
       const os = await import("node:os");
       assert.equal(posts[1]?.url, `/metrics/job/pghoard/instance/${encodeURIComponent(os.hostname())}`);
-      assert.equal(posts[1]?.body, '# TYPE pghoard_basebackup_completed counter\npghoard_basebackup_completed{env="ci"} 1\n');
+      assert.equal(
+        posts[1]?.body,
+        '# TYPE pghoard_basebackup_completed counter\npghoard_basebackup_completed{env="ci"} 1\n',
+      );
       assert.equal(posts[2]?.url, "/metrics/job/backup%20job/instance/node-1");
       assert.equal(
         posts[2]?.body,
@@ -185,7 +197,10 @@ describe("site health", () => {
     metrics.siteHealth.walUploaded("db1", "000000010000000000000003", new Date(t0 - 30_000));
     metrics.siteHealth.basebackupCompleted("db1", new Date(t0 - 3600_000));
     metrics.siteHealth.backupsListed("db1", [
-      { startTime: new Date(t0 - 7200_000).toISOString(), endTime: new Date(t0 - 7100_000).toISOString().replace("T", " ") },
+      {
+        startTime: new Date(t0 - 7200_000).toISOString(),
+        endTime: new Date(t0 - 7100_000).toISOString().replace("T", " "),
+      },
       { startTime: new Date(t0 - 3600_000) },
     ]);
     // Server at 0/5000100: the archive ends at 0/4000000 (end of segment 3).

@@ -16,7 +16,8 @@ import { repoRoot } from "../helpers/paths.js";
 
 const execFileAsync = promisify(execFile);
 const has = (bin: string) => ["/usr/bin", "/bin", "/usr/local/bin"].some((d) => existsSync(path.join(d, bin)));
-const version = (JSON.parse(await readFile(path.join(repoRoot, "package.json"), "utf8")) as { version: string }).version;
+const version = (JSON.parse(await readFile(path.join(repoRoot, "package.json"), "utf8")) as { version: string })
+  .version;
 const COMMANDS = [
   "pghoard",
   "pghoard_restore",
@@ -34,7 +35,8 @@ async function make(targets: string[]): Promise<Record<string, string>> {
     timeout: 480_000,
   });
   const built: Record<string, string> = {};
-  for (const m of stdout.matchAll(/^built (\S+)$/gm)) built[path.extname(m[1] as string).slice(1)] = path.join(repoRoot, m[1] as string);
+  for (const m of stdout.matchAll(/^built (\S+)$/gm))
+    built[path.extname(m[1] as string).slice(1)] = path.join(repoRoot, m[1] as string);
   for (const t of targets) assert.ok(built[t], `make ${t} printed no package path:\n${stdout}`);
   return built;
 }
@@ -51,7 +53,11 @@ function fileEntries(listing: string, pathColumn: number): string[] {
     .sort();
 }
 
-const skipDeb = !has("dpkg-deb") ? "dpkg-deb not installed (apt-get install dpkg-dev)" : has("make") ? false : "make not installed";
+const skipDeb = !has("dpkg-deb")
+  ? "dpkg-deb not installed (apt-get install dpkg-dev)"
+  : has("make")
+    ? false
+    : "make not installed";
 
 describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
   let deb: string;
@@ -85,7 +91,10 @@ describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
     assert.ok(existsSync(path.join(root, "var", "lib", "pghoard")));
     assert.ok(existsSync(path.join(root, "usr", "lib", "pghoard", "dist", "src", "commands", "pghoard.js")));
     assert.ok(existsSync(path.join(root, "usr", "lib", "pghoard", "node_modules", "pg", "package.json")));
-    assert.ok(!existsSync(path.join(root, "usr", "lib", "pghoard", "node_modules", "typescript")), "no dev dependencies");
+    assert.ok(
+      !existsSync(path.join(root, "usr", "lib", "pghoard", "node_modules", "typescript")),
+      "no dev dependencies",
+    );
     assert.ok(!existsSync(path.join(root, "usr", "lib", "pghoard", "dist", "test")), "no tests");
     assert.ok(existsSync(path.join(root, "usr", "share", "doc", "pghoard-node", "examples", "pghoard.json")));
   });
@@ -99,7 +108,9 @@ describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
       ["--site", "default", "--key-id", "pkgtest", "--bits", "2048"],
       { env },
     );
-    const snippet = JSON.parse(keys.stdout) as { backup_sites: Record<string, { encryption_keys: Record<string, { private: string; public: string }> }> };
+    const snippet = JSON.parse(keys.stdout) as {
+      backup_sites: Record<string, { encryption_keys: Record<string, { private: string; public: string }> }>;
+    };
     const pair = snippet.backup_sites.default?.encryption_keys.pkgtest;
     assert.match(pair?.private ?? "", /BEGIN PRIVATE KEY/);
     assert.match(pair?.public ?? "", /BEGIN PUBLIC KEY/);
@@ -109,7 +120,14 @@ describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
     const config = path.join(root, "pghoard.json");
     await writeFile(
       config,
-      JSON.stringify({ backup_sites: { default: { nodes: [{ host: "127.0.0.1" }], object_storage: { storage_type: "local", directory: path.join(root, "store") } } } }),
+      JSON.stringify({
+        backup_sites: {
+          default: {
+            nodes: [{ host: "127.0.0.1" }],
+            object_storage: { storage_type: "local", directory: path.join(root, "store") },
+          },
+        },
+      }),
     );
     const res = await execFileAsync(path.join(root, "usr", "bin", "pghoard_archive_cleanup"), ["--config", config], {
       env: { ...process.env, NOTIFY_SOCKET: "" },

@@ -74,92 +74,119 @@ async function listen(dir: string): Promise<Listener> {
   };
 }
 
-const which = (bin: string) => ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].map((d) => path.join(d, bin)).find((p) => existsSync(p));
+const which = (bin: string) =>
+  ["/usr/bin", "/bin", "/usr/sbin", "/sbin"].map((d) => path.join(d, bin)).find((p) => existsSync(p));
 
-describe("sd_notify", { skip: hasUnixDgram() ? false : "the optional module unix-dgram is not installed (needed to listen)" }, () => {
-  let dir: string;
-  let listener: Listener;
-  before(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), "pghoard-sdnotify-"));
-    listener = await listen(dir);
-  });
-  after(async () => {
-    listener.close();
-    await rm(dir, { recursive: true, force: true });
-  });
-
-  it("does nothing without NOTIFY_SOCKET", async () => {
-    assert.equal(await sdNotify("READY=1", { env: {} }), null);
-    assert.equal(watchdogIntervalMs({}), null);
-  });
-
-  it("sends READY/STOPPING datagrams from our own pid through unix-dgram", async () => {
-    const env = { NOTIFY_SOCKET: listener.path };
-    const notifier = new SystemdNotifier({ env });
-    assert.equal(await notifier.ready(), "unix-dgram");
-    assert.equal(await listener.next(), `READY=1\nSTATUS=pghoard running\nMAINPID=${process.pid}`);
-    assert.equal(await notifier.stopping(), "unix-dgram");
-    assert.equal(await listener.next(), "STOPPING=1\nSTATUS=stopping");
-  });
-
-  it("pings the watchdog at half of WATCHDOG_USEC while the main loop is alive", async () => {
-    const env = { NOTIFY_SOCKET: listener.path, WATCHDOG_USEC: "200000", WATCHDOG_PID: String(process.pid) };
-    assert.equal(watchdogIntervalMs(env), 100);
-    assert.equal(watchdogIntervalMs({ ...env, WATCHDOG_PID: "1" }), null, "watchdog meant for another pid");
-    const notifier = new SystemdNotifier({ env, heartbeatMaxAgeMs: 300 });
-    await notifier.ready();
-    assert.match(await listener.next(), /^READY=1/);
-    notifier.heartbeat();
-    assert.equal(await listener.next(), "WATCHDOG=1");
-    // Without heartbeats the pings stop, so systemd would restart a hung daemon.
-    await new Promise((r) => setTimeout(r, 500));
-    while ((await listener.poll(250)) !== null) {
-      // drain pings sent before the heartbeat aged out
-    }
-    assert.equal(await listener.poll(400), null);
-    notifier.stopWatchdog();
-  });
-
-  it("falls back to systemd-notify --pid (the unit sets NotifyAccess=all for it)", { skip: which("systemd-notify") ? false : "systemd-notify not installed" }, async () => {
-    const env = { ...process.env, NOTIFY_SOCKET: listener.path };
-    assert.equal(await sdNotify("READY=1\nSTATUS=fallback", { env, transport: "systemd-notify", noBlock: true }), "systemd-notify");
-    const message = await listener.next();
-    assert.match(message, /READY=1/);
-    assert.match(message, /STATUS=fallback/);
-    assert.match(message, new RegExp(`MAINPID=${process.pid}`));
-  });
-
-  it("the daemon sends READY=1 once its main loop runs and STOPPING=1 on SIGTERM, logging in journal format", async () => {
-    const env = await makeDaemonEnv({ notifysite: { pgDataDirectory: await makeFakePgdata() } }, { log_level: "INFO" });
-    const daemon = await DaemonProcess.start(env, { env: { NOTIFY_SOCKET: listener.path } });
-    try {
-      const ready = await listener.next();
-      assert.match(ready, /^READY=1\nSTATUS=pghoard running\nMAINPID=(\d+)$/);
-      assert.equal(Number(/MAINPID=(\d+)/.exec(ready)?.[1]), daemon.child.pid);
-      daemon.child.kill("SIGTERM");
-      assert.match(await listener.next(), /^STOPPING=1/);
-      const exit = await daemon.exited;
-      assert.equal(exit.code, 0);
-      assert.match(daemon.logs(), /^pghoard\S* MainThread INFO: /m);
-    } finally {
-      await daemon.stop("SIGKILL");
-      await rm(env.dir, { recursive: true, force: true });
-    }
-  });
-
-  it("logs in the journal format `logger thread LEVEL: message` when NOTIFY_SOCKET is set", async () => {
-    const script = path.join(repoRoot, "bin", "pghoard_archive_cleanup.js");
-    const configPath = path.join(dir, "pghoard.json");
-    await writeFile(configPath, JSON.stringify({ backup_sites: { default: { nodes: [{ host: "127.0.0.1" }], object_storage: { storage_type: "local", directory: path.join(dir, "store") } } } }));
-    const stderr = await new Promise<string>((resolve) => {
-      const child = spawn(process.execPath, [script, "--config", configPath], { env: { ...process.env, NOTIFY_SOCKET: listener.path } });
-      let err = "";
-      child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-      child.on("close", () => resolve(err));
+describe(
+  "sd_notify",
+  { skip: hasUnixDgram() ? false : "the optional module unix-dgram is not installed (needed to listen)" },
+  () => {
+    let dir: string;
+    let listener: Listener;
+    before(async () => {
+      dir = await mkdtemp(path.join(os.tmpdir(), "pghoard-sdnotify-"));
+      listener = await listen(dir);
     });
-    assert.match(stderr, /^ArchiveCleanup MainThread ERROR: FATAL: NoBasebackupsError: No basebackups found/m);
-  });
-});
+    after(async () => {
+      listener.close();
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    it("does nothing without NOTIFY_SOCKET", async () => {
+      assert.equal(await sdNotify("READY=1", { env: {} }), null);
+      assert.equal(watchdogIntervalMs({}), null);
+    });
+
+    it("sends READY/STOPPING datagrams from our own pid through unix-dgram", async () => {
+      const env = { NOTIFY_SOCKET: listener.path };
+      const notifier = new SystemdNotifier({ env });
+      assert.equal(await notifier.ready(), "unix-dgram");
+      assert.equal(await listener.next(), `READY=1\nSTATUS=pghoard running\nMAINPID=${process.pid}`);
+      assert.equal(await notifier.stopping(), "unix-dgram");
+      assert.equal(await listener.next(), "STOPPING=1\nSTATUS=stopping");
+    });
+
+    it("pings the watchdog at half of WATCHDOG_USEC while the main loop is alive", async () => {
+      const env = { NOTIFY_SOCKET: listener.path, WATCHDOG_USEC: "200000", WATCHDOG_PID: String(process.pid) };
+      assert.equal(watchdogIntervalMs(env), 100);
+      assert.equal(watchdogIntervalMs({ ...env, WATCHDOG_PID: "1" }), null, "watchdog meant for another pid");
+      const notifier = new SystemdNotifier({ env, heartbeatMaxAgeMs: 300 });
+      await notifier.ready();
+      assert.match(await listener.next(), /^READY=1/);
+      notifier.heartbeat();
+      assert.equal(await listener.next(), "WATCHDOG=1");
+      // Without heartbeats the pings stop, so systemd would restart a hung daemon.
+      await new Promise((r) => setTimeout(r, 500));
+      while ((await listener.poll(250)) !== null) {
+        // drain pings sent before the heartbeat aged out
+      }
+      assert.equal(await listener.poll(400), null);
+      notifier.stopWatchdog();
+    });
+
+    it(
+      "falls back to systemd-notify --pid (the unit sets NotifyAccess=all for it)",
+      { skip: which("systemd-notify") ? false : "systemd-notify not installed" },
+      async () => {
+        const env = { ...process.env, NOTIFY_SOCKET: listener.path };
+        assert.equal(
+          await sdNotify("READY=1\nSTATUS=fallback", { env, transport: "systemd-notify", noBlock: true }),
+          "systemd-notify",
+        );
+        const message = await listener.next();
+        assert.match(message, /READY=1/);
+        assert.match(message, /STATUS=fallback/);
+        assert.match(message, new RegExp(`MAINPID=${process.pid}`));
+      },
+    );
+
+    it("the daemon sends READY=1 once its main loop runs and STOPPING=1 on SIGTERM, logging in journal format", async () => {
+      const env = await makeDaemonEnv(
+        { notifysite: { pgDataDirectory: await makeFakePgdata() } },
+        { log_level: "INFO" },
+      );
+      const daemon = await DaemonProcess.start(env, { env: { NOTIFY_SOCKET: listener.path } });
+      try {
+        const ready = await listener.next();
+        assert.match(ready, /^READY=1\nSTATUS=pghoard running\nMAINPID=(\d+)$/);
+        assert.equal(Number(/MAINPID=(\d+)/.exec(ready)?.[1]), daemon.child.pid);
+        daemon.child.kill("SIGTERM");
+        assert.match(await listener.next(), /^STOPPING=1/);
+        const exit = await daemon.exited;
+        assert.equal(exit.code, 0);
+        assert.match(daemon.logs(), /^pghoard\S* MainThread INFO: /m);
+      } finally {
+        await daemon.stop("SIGKILL");
+        await rm(env.dir, { recursive: true, force: true });
+      }
+    });
+
+    it("logs in the journal format `logger thread LEVEL: message` when NOTIFY_SOCKET is set", async () => {
+      const script = path.join(repoRoot, "bin", "pghoard_archive_cleanup.js");
+      const configPath = path.join(dir, "pghoard.json");
+      await writeFile(
+        configPath,
+        JSON.stringify({
+          backup_sites: {
+            default: {
+              nodes: [{ host: "127.0.0.1" }],
+              object_storage: { storage_type: "local", directory: path.join(dir, "store") },
+            },
+          },
+        }),
+      );
+      const stderr = await new Promise<string>((resolve) => {
+        const child = spawn(process.execPath, [script, "--config", configPath], {
+          env: { ...process.env, NOTIFY_SOCKET: listener.path },
+        });
+        let err = "";
+        child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+        child.on("close", () => resolve(err));
+      });
+      assert.match(stderr, /^ArchiveCleanup MainThread ERROR: FATAL: NoBasebackupsError: No basebackups found/m);
+    });
+  },
+);
 
 describe("systemd unit", () => {
   const unitPath = path.join(repoRoot, "systemd", "pghoard.service");
@@ -182,29 +209,40 @@ describe("systemd unit", () => {
     }
   });
 
-  it("passes systemd-analyze verify", { skip: which("systemd-analyze") ? false : "systemd-analyze not installed" }, async () => {
-    // verify wants ExecStart's binary to exist: point a copy of the unit at a stand-in in a temp root.
-    const tmp = await mkdtemp(path.join(os.tmpdir(), "pghoard-unit-"));
-    try {
-      await mkdir(path.join(tmp, "bin"));
-      const fakeBin = path.join(tmp, "bin", "pghoard");
-      await copyFile(path.join(repoRoot, "bin", "pghoard.js"), fakeBin);
-      const unit = (await readFile(unitPath, "utf8")).replace("ExecStart=/usr/bin/pghoard", `ExecStart=${fakeBin}`);
-      const copy = path.join(tmp, "pghoard.service");
-      await writeFile(copy, unit);
-      await execFileAsync("chmod", ["+x", fakeBin]);
-      let stderr = "";
+  it(
+    "passes systemd-analyze verify",
+    { skip: which("systemd-analyze") ? false : "systemd-analyze not installed" },
+    async () => {
+      // verify wants ExecStart's binary to exist: point a copy of the unit at a stand-in in a temp root.
+      const tmp = await mkdtemp(path.join(os.tmpdir(), "pghoard-unit-"));
       try {
-        ({ stderr } = await execFileAsync("systemd-analyze", ["verify", "--man=no", copy], { env: { ...process.env, SYSTEMD_LOG_LEVEL: "warning" } }));
-      } catch (err) {
-        const e = err as { stderr?: string; message: string };
-        // Without a running systemd (containers, CI) verify may fail to connect to the manager; the unit's own lines are what we check.
-        stderr = e.stderr ?? e.message;
+        await mkdir(path.join(tmp, "bin"));
+        const fakeBin = path.join(tmp, "bin", "pghoard");
+        await copyFile(path.join(repoRoot, "bin", "pghoard.js"), fakeBin);
+        const unit = (await readFile(unitPath, "utf8")).replace("ExecStart=/usr/bin/pghoard", `ExecStart=${fakeBin}`);
+        const copy = path.join(tmp, "pghoard.service");
+        await writeFile(copy, unit);
+        await execFileAsync("chmod", ["+x", fakeBin]);
+        let stderr = "";
+        try {
+          ({ stderr } = await execFileAsync("systemd-analyze", ["verify", "--man=no", copy], {
+            env: { ...process.env, SYSTEMD_LOG_LEVEL: "warning" },
+          }));
+        } catch (err) {
+          const e = err as { stderr?: string; message: string };
+          // Without a running systemd (containers, CI) verify may fail to connect to the manager; the unit's own lines are what we check.
+          stderr = e.stderr ?? e.message;
+        }
+        const about = stderr
+          .split("\n")
+          .filter(
+            (l) =>
+              l.includes("pghoard.service") && !/Failed to (connect|create)|bus|System has not been booted/i.test(l),
+          );
+        assert.deepEqual(about, [], stderr);
+      } finally {
+        await rm(tmp, { recursive: true, force: true });
       }
-      const about = stderr.split("\n").filter((l) => l.includes("pghoard.service") && !/Failed to (connect|create)|bus|System has not been booted/i.test(l));
-      assert.deepEqual(about, [], stderr);
-    } finally {
-      await rm(tmp, { recursive: true, force: true });
-    }
-  });
+    },
+  );
 });

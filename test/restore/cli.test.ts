@@ -17,7 +17,8 @@ import { hasShared } from "../helpers/paths.js";
 import { makeTempDir } from "../helpers/pgcluster.js";
 import { pghoardMadeDir, runRestoreCli, writeFixtureConfig } from "./helpers.js";
 
-const skipShared = hasShared && existsSync(pghoardMadeDir) ? false : "shared fixtures (../shared/fixtures/pghoard-made) absent";
+const skipShared =
+  hasShared && existsSync(pghoardMadeDir) ? false : "shared fixtures (../shared/fixtures/pghoard-made) absent";
 
 describe("pghoard_restore command line", () => {
   let work: string;
@@ -31,7 +32,20 @@ describe("pghoard_restore command line", () => {
   it("usage errors exit 2, no sub-command exits 1, --version exits 0", async () => {
     assert.equal((await runRestoreCli(["get-basebackup", "--config", "x"])).code, 2, "missing --target-dir");
     assert.equal((await runRestoreCli(["list-basebackups", "--bogus"])).code, 2);
-    assert.equal((await runRestoreCli(["get-basebackup", "--config", "x", "--target-dir", "y", "--recovery-target-action", "nope"])).code, 2);
+    assert.equal(
+      (
+        await runRestoreCli([
+          "get-basebackup",
+          "--config",
+          "x",
+          "--target-dir",
+          "y",
+          "--recovery-target-action",
+          "nope",
+        ])
+      ).code,
+      2,
+    );
     assert.equal((await runRestoreCli(["list-basebackups-http"])).code, 2, "missing --site");
     assert.equal((await runRestoreCli([])).code, 1);
     const version = await runRestoreCli(["--version"]);
@@ -59,21 +73,36 @@ describe("pghoard_restore command line", () => {
           "snappy-plain-basic/basebackup/2026-11-24_06-21_0         7 MB        38 MB  2026-11-24T06:23:22Z\n",
       );
       const verbose = await runRestoreCli(["list-basebackups", "--config", config, "--verbose"]);
-      assert.match(verbose.stdout, /\n    metadata: \{'backup-decision-time': '2026-11-24T06:21:44.900468\+00:00', 'backup-reason': 'requested', /);
+      assert.match(
+        verbose.stdout,
+        /\n    metadata: \{'backup-decision-time': '2026-11-24T06:21:44.900468\+00:00', 'backup-reason': 'requested', /,
+      );
     });
 
     it("list-basebackups-http shows the daemon's list in the same format", async () => {
       const env = await makeDaemonEnv({ "snappy-plain-basic": { pgDataDirectory: path.join(work, "none") } });
       const site = (env.config.backup_sites as Record<string, Record<string, unknown>>)["snappy-plain-basic"];
-      site.object_storage = { storage_type: "local", directory: path.join(pghoardMadeDir, "snappy-plain-basic", "store") };
+      site.object_storage = {
+        storage_type: "local",
+        directory: path.join(pghoardMadeDir, "snappy-plain-basic", "store"),
+      };
       site.active = false;
       await env.writeConfig();
       const daemon = await DaemonProcess.start(env);
       try {
-        const result = await runRestoreCli(["list-basebackups-http", "--port", String(env.port), "--site", "snappy-plain-basic"]);
+        const result = await runRestoreCli([
+          "list-basebackups-http",
+          "--port",
+          String(env.port),
+          "--site",
+          "snappy-plain-basic",
+        ]);
         assert.equal(result.code, 0, result.stdout + result.stderr);
         assert.match(result.stdout, /^Available 'snappy-plain-basic' basebackups: \n\n/);
-        assert.match(result.stdout, /\nsnappy-plain-basic\/basebackup\/2026-11-24_06-21_0         7 MB        38 MB  2026-11-24T06:23:22Z\n$/);
+        assert.match(
+          result.stdout,
+          /\nsnappy-plain-basic\/basebackup\/2026-11-24_06-21_0         7 MB        38 MB  2026-11-24T06:23:22Z\n$/,
+        );
       } finally {
         await daemon.stop();
         await rm(env.dir, { recursive: true, force: true });
@@ -87,10 +116,22 @@ describe("pghoard_restore command line", () => {
       await writeFile(path.join(target, "keep-me"), "x");
       const result = await runRestoreCli(["get-basebackup", "--config", config, "--target-dir", target]);
       assert.equal(result.code, 1);
-      assert.match(result.stdout, /FATAL: RestoreError: \$PGDATA target directory '.*nonempty' exists, is not empty and --overwrite not specified, aborting\./);
+      assert.match(
+        result.stdout,
+        /FATAL: RestoreError: \$PGDATA target directory '.*nonempty' exists, is not empty and --overwrite not specified, aborting\./,
+      );
       assert.deepEqual(await readdir(target), ["keep-me"]);
       const status = path.join(work, "status.json");
-      const ok = await runRestoreCli(["--status-output-file", status, "get-basebackup", "--config", config, "--target-dir", target, "--overwrite"]);
+      const ok = await runRestoreCli([
+        "--status-output-file",
+        status,
+        "get-basebackup",
+        "--config",
+        config,
+        "--target-dir",
+        target,
+        "--overwrite",
+      ]);
       assert.equal(ok.code, 0, ok.stdout + ok.stderr);
       assert.ok(!existsSync(path.join(target, "keep-me")));
       assert.ok(existsSync(path.join(target, "global", "pg_control")));
@@ -107,11 +148,20 @@ describe("pghoard_restore command line", () => {
       const target = path.join(work, "never");
       const cases: Array<[string[], RegExp]> = [
         [["--basebackup", "2026-11-24_06-21_0"], /FATAL: RestoreError: No applicable basebackup found, exiting/],
-        [["--recovery-target-name", "a", "--recovery-target-xid", "5"], /FATAL: RestoreError: Specify at most one of recovery_target_name, recovery_target_time or recovery_target_xid\n/],
-        [["--recovery-target-lsn", "0/1", "--recovery-target-immediate"], /FATAL: RestoreError: Specify at most one of/],
+        [
+          ["--recovery-target-name", "a", "--recovery-target-xid", "5"],
+          /FATAL: RestoreError: Specify at most one of recovery_target_name, recovery_target_time or recovery_target_xid\n/,
+        ],
+        [
+          ["--recovery-target-lsn", "0/1", "--recovery-target-immediate"],
+          /FATAL: RestoreError: Specify at most one of/,
+        ],
         [["--recovery-target-time", "not a time"], /FATAL: RestoreError: recovery_target_time 'not a time': /],
         [["--recovery-target-time", "2020-01-01"], /FATAL: RestoreError: No applicable basebackups found, exiting/],
-        [["--tablespace-dir", "nosuch=/tmp"], /Tablespace mapping for \['nosuch'\] was requested, but the tablespaces are not present in the backup/],
+        [
+          ["--tablespace-dir", "nosuch=/tmp"],
+          /Tablespace mapping for \['nosuch'\] was requested, but the tablespaces are not present in the backup/,
+        ],
         [["--tablespace-dir", "nosuch"], /Invalid tablespace mapping/],
       ];
       for (const [args, expected] of cases) {
@@ -124,7 +174,9 @@ describe("pghoard_restore command line", () => {
 
     it("a missing private key names the object and the key; nothing is created", async () => {
       const config = await writeFixtureConfig("snappy-enc-localtar", work, {});
-      const raw = JSON.parse(await readFile(config, "utf8")) as { backup_sites: Record<string, { encryption_keys: Record<string, Record<string, string>> }> };
+      const raw = JSON.parse(await readFile(config, "utf8")) as {
+        backup_sites: Record<string, { encryption_keys: Record<string, Record<string, string>> }>;
+      };
       delete raw.backup_sites["snappy-enc-localtar"].encryption_keys["snappy-enc-localtar-key"].private;
       await writeFile(config, JSON.stringify(raw));
       const target = path.join(work, "nokey");
@@ -146,10 +198,17 @@ describe("pghoard_restore command line", () => {
         JSON.stringify({
           backup_location: path.join(work, "moved-spool"),
           backup_sites: {
-            current: { object_storage: { storage_type: "local", directory: newStore }, moved_from: ["zstd-plain-localtar"], nodes: [] },
+            current: {
+              object_storage: { storage_type: "local", directory: newStore },
+              moved_from: ["zstd-plain-localtar"],
+              nodes: [],
+            },
             "zstd-plain-localtar": {
               active: false,
-              object_storage: { storage_type: "local", directory: path.join(pghoardMadeDir, "zstd-plain-localtar", "store") },
+              object_storage: {
+                storage_type: "local",
+                directory: path.join(pghoardMadeDir, "zstd-plain-localtar", "store"),
+              },
               nodes: [],
             },
           },
@@ -158,9 +217,20 @@ describe("pghoard_restore command line", () => {
       const list = await runRestoreCli(["list-basebackups", "--config", config, "--site", "current"]);
       assert.equal(list.code, 0, list.stdout);
       assert.match(list.stdout, /^Available 'current' basebackups: \n/);
-      assert.match(list.stdout, /\nzstd-plain-localtar\/basebackup\/2026-11-24_06-21_0\.00000000\.pghoard +3 MB +39 MB  2026-11-24T06:21:20Z\n$/);
+      assert.match(
+        list.stdout,
+        /\nzstd-plain-localtar\/basebackup\/2026-11-24_06-21_0\.00000000\.pghoard +3 MB +39 MB  2026-11-24T06:21:20Z\n$/,
+      );
       const target = path.join(work, "moved-restore");
-      const result = await runRestoreCli(["get-basebackup", "--config", config, "--site", "current", "--target-dir", target]);
+      const result = await runRestoreCli([
+        "get-basebackup",
+        "--config",
+        config,
+        "--site",
+        "current",
+        "--target-dir",
+        target,
+      ]);
       assert.equal(result.code, 0, result.stdout + result.stderr);
       assert.ok(existsSync(path.join(target, "global", "pg_control")));
       assert.match(await readFile(path.join(target, "postgresql.auto.conf"), "utf8"), /--site current --output %p/);
@@ -170,25 +240,46 @@ describe("pghoard_restore command line", () => {
       const copy = path.join(work, "store-preserve");
       await cp(path.join(pghoardMadeDir, "zstd-plain-localtar", "store"), copy, { recursive: true });
       const config = await writeFixtureConfig("zstd-plain-localtar", work);
-      const raw = JSON.parse(await readFile(config, "utf8")) as { backup_sites: Record<string, { object_storage: { directory: string } }> };
+      const raw = JSON.parse(await readFile(config, "utf8")) as {
+        backup_sites: Record<string, { object_storage: { directory: string } }>;
+      };
       raw.backup_sites["zstd-plain-localtar"].object_storage.directory = copy;
       await writeFile(config, JSON.stringify(raw));
       const requests = path.join(copy, "zstd-plain-localtar", "preservation_request");
       const keep = await runRestoreCli([
-        "get-basebackup", "--config", config, "--target-dir", path.join(work, "preserve-1"),
-        "--preserve-until", "2030-01-02T03:04:05Z", "--no-cancel-preserve-on-success",
+        "get-basebackup",
+        "--config",
+        config,
+        "--target-dir",
+        path.join(work, "preserve-1"),
+        "--preserve-until",
+        "2030-01-02T03:04:05Z",
+        "--no-cancel-preserve-on-success",
       ]);
       assert.equal(keep.code, 0, keep.stdout + keep.stderr);
       const name = "2026-11-24_06-21_0.00000000.pghoard_2030-01-02 03:04:05+00:00";
       assert.deepEqual((await readdir(requests)).sort(), [name, `${name}.metadata`]);
-      const metadata = JSON.parse(await readFile(path.join(requests, `${name}.metadata`), "utf8")) as Record<string, string>;
+      const metadata = JSON.parse(await readFile(path.join(requests, `${name}.metadata`), "utf8")) as Record<
+        string,
+        string
+      >;
       assert.equal(metadata["preserve-backup"], "2026-11-24_06-21_0.00000000.pghoard");
       assert.equal(metadata["preserve-until"], "2030-01-02 03:04:05+00:00");
       const cancel = await runRestoreCli([
-        "get-basebackup", "--config", config, "--target-dir", path.join(work, "preserve-2"), "--preserve-until", "2031-01-01",
+        "get-basebackup",
+        "--config",
+        config,
+        "--target-dir",
+        path.join(work, "preserve-2"),
+        "--preserve-until",
+        "2031-01-01",
       ]);
       assert.equal(cancel.code, 0, cancel.stdout + cancel.stderr);
-      assert.deepEqual((await readdir(requests)).sort(), [name, `${name}.metadata`], "the second request was cancelled");
+      assert.deepEqual(
+        (await readdir(requests)).sort(),
+        [name, `${name}.metadata`],
+        "the second request was cancelled",
+      );
     });
 
     for (const damage of ["truncated", "tampered"] as const) {
@@ -211,7 +302,9 @@ describe("pghoard_restore command line", () => {
           await fh.close();
         }
         const config = await writeFixtureConfig(set, work);
-        const raw = JSON.parse(await readFile(config, "utf8")) as { backup_sites: Record<string, { object_storage: { directory: string } }> };
+        const raw = JSON.parse(await readFile(config, "utf8")) as {
+          backup_sites: Record<string, { object_storage: { directory: string } }>;
+        };
         raw.backup_sites[set].object_storage.directory = copy;
         await writeFile(config, JSON.stringify(raw));
         const target = path.join(work, `damaged-${damage}`);
@@ -219,7 +312,9 @@ describe("pghoard_restore command line", () => {
         assert.equal(result.code, 1, result.stdout);
         const key = `${set}/basebackup_chunk/${backupDir}/${chunk}`;
         assert.ok(
-          result.stdout.includes(`FATAL: RestoreError: Backup download/extraction failed with 1 errors: Object '${key}' is corrupt or was tampered with: `),
+          result.stdout.includes(
+            `FATAL: RestoreError: Backup download/extraction failed with 1 errors: Object '${key}' is corrupt or was tampered with: `,
+          ),
           result.stdout,
         );
         assert.match(result.stderr, /failed\. Removed '.*'.*run pghoard_restore get-basebackup again/s);
@@ -231,14 +326,20 @@ describe("pghoard_restore command line", () => {
   it("v2 backup with a tablespace whose path is gone: --tablespace-base-dir places it in <base>/<oid>", async () => {
     const store = path.join(work, "ts-store");
     const storage = await createStorage({ storage_type: "local", directory: store });
-    const tarOf = async (members: Array<{ name: string; type?: "file" | "directory"; data?: string }>): Promise<Buffer> => {
+    const tarOf = async (
+      members: Array<{ name: string; type?: "file" | "directory"; data?: string }>,
+    ): Promise<Buffer> => {
       const pack = tarStream.pack();
       const chunks: Buffer[] = [];
       pack.on("data", (c: unknown) => {
         chunks.push(c as Buffer);
       });
       const done = new Promise<void>((resolve) => pack.on("end", () => resolve()));
-      for (const m of members) pack.entry({ name: m.name, type: m.type ?? "file", mode: m.type === "directory" ? 0o700 : 0o600 }, m.data ?? "");
+      for (const m of members)
+        pack.entry(
+          { name: m.name, type: m.type ?? "file", mode: m.type === "directory" ? 0o700 : 0o600 },
+          m.data ?? "",
+        );
       pack.finalize();
       await done;
       return Buffer.concat(chunks);
@@ -257,7 +358,9 @@ describe("pghoard_restore command line", () => {
       pgdata: "/old/pgdata",
       pghoard_object: "basebackup",
       tablespaces: { space: { path: path.join(work, "gone", "space"), oid: 16400 } },
-      chunks: [{ chunk_filename: "bb/bb.00000001.pghoard", input_size: chunk.length, result_size: chunk.length, files: [] }],
+      chunks: [
+        { chunk_filename: "bb/bb.00000001.pghoard", input_size: chunk.length, result_size: chunk.length, files: [] },
+      ],
     });
     const control = await tarOf([
       { name: ".pghoard_tar_metadata.json", data: controlJson },
@@ -273,14 +376,28 @@ describe("pghoard_restore command line", () => {
     });
     await storage.close();
     const config = path.join(work, "ts.json");
-    await writeFile(config, JSON.stringify({ backup_location: path.join(work, "ts-spool"), backup_sites: { tssite: { object_storage: { storage_type: "local", directory: store }, nodes: [] } } }));
+    await writeFile(
+      config,
+      JSON.stringify({
+        backup_location: path.join(work, "ts-spool"),
+        backup_sites: { tssite: { object_storage: { storage_type: "local", directory: store }, nodes: [] } },
+      }),
+    );
     const base = path.join(work, "ts-base");
     await mkdir(base);
     const target = path.join(work, "ts-restore");
     const missing = await runRestoreCli(["get-basebackup", "--config", config, "--target-dir", target]);
     assert.equal(missing.code, 1);
     assert.match(missing.stdout, /Tablespace 'space' target directory '.*gone\/space' does not exist, aborting\./);
-    const result = await runRestoreCli(["get-basebackup", "--config", config, "--target-dir", target, "--tablespace-base-dir", base]);
+    const result = await runRestoreCli([
+      "get-basebackup",
+      "--config",
+      config,
+      "--target-dir",
+      target,
+      "--tablespace-base-dir",
+      base,
+    ]);
     assert.equal(result.code, 0, result.stdout + result.stderr);
     assert.match(result.stdout, /Using existing empty directory '.*ts-base\/16400' for tablespace 'space'/);
     assert.equal(await readFile(path.join(base, "16400", "PG_15_202209061", "5", "16401"), "utf8"), "table data");
@@ -295,7 +412,10 @@ describe("pghoard_restore command line", () => {
     let config: string;
     let outside: string;
 
-    async function addBackup(name: string, members: Array<{ header: Partial<tarStream.Header> & { name: string }; data?: string }>): Promise<void> {
+    async function addBackup(
+      name: string,
+      members: Array<{ header: Partial<tarStream.Header> & { name: string }; data?: string }>,
+    ): Promise<void> {
       const pack = tarStream.pack();
       const chunks: Buffer[] = [];
       pack.on("data", (c: unknown) => {
@@ -320,22 +440,38 @@ describe("pghoard_restore command line", () => {
       await mkdir(outside);
       const pgVersion = { header: { name: "PG_VERSION", type: "file" as const, mode: 0o600 }, data: "15\n" };
       const control = { header: { name: "global/pg_control", type: "file" as const, mode: 0o600 }, data: "x" };
-      await addBackup("dotdot", [pgVersion, { header: { name: `../outside/dotdot`, type: "file" }, data: "evil" }, control]);
-      await addBackup("absolute", [pgVersion, { header: { name: `${outside}/absolute`, type: "file" }, data: "evil" }, control]);
+      await addBackup("dotdot", [
+        pgVersion,
+        { header: { name: `../outside/dotdot`, type: "file" }, data: "evil" },
+        control,
+      ]);
+      await addBackup("absolute", [
+        pgVersion,
+        { header: { name: `${outside}/absolute`, type: "file" }, data: "evil" },
+        control,
+      ]);
       await addBackup("symlink-escape", [
         pgVersion,
         { header: { name: "evil", type: "symlink", linkname: outside } },
         { header: { name: "evil/through-link", type: "file" }, data: "evil" },
         control,
       ]);
-      await addBackup("symlink-relative-escape", [pgVersion, { header: { name: "base/evil", type: "symlink", linkname: "../../outside" } }, control]);
+      await addBackup("symlink-relative-escape", [
+        pgVersion,
+        { header: { name: "base/evil", type: "symlink", linkname: "../../outside" } },
+        control,
+      ]);
       await addBackup("symlink-then-write", [
         pgVersion,
         { header: { name: "inner", type: "symlink", linkname: "base" } },
         { header: { name: "inner/file", type: "file" }, data: "x" },
         control,
       ]);
-      await addBackup("hardlink", [pgVersion, { header: { name: "hard", type: "link", linkname: "/etc/passwd" } }, control]);
+      await addBackup("hardlink", [
+        pgVersion,
+        { header: { name: "hard", type: "link", linkname: "/etc/passwd" } },
+        control,
+      ]);
       await addBackup("fifo", [pgVersion, { header: { name: "fifo", type: "fifo" } }, control]);
       config = path.join(work, "crafted.json");
       await writeFile(
@@ -348,9 +484,18 @@ describe("pghoard_restore command line", () => {
     });
 
     const cases: Array<[string, RegExp]> = [
-      ["dotdot", /Refusing to extract '\.\.\/outside\/dotdot' from object 'crafted\/basebackup\/dotdot': '\.\.' in a member name/],
-      ["absolute", /Refusing to extract absolute member name '.*\/outside\/absolute' from object 'crafted\/basebackup\/absolute'/],
-      ["symlink-escape", /Refusing to create symlink 'evil' -> '.*outside' from object 'crafted\/basebackup\/symlink-escape': it points outside the target directory/],
+      [
+        "dotdot",
+        /Refusing to extract '\.\.\/outside\/dotdot' from object 'crafted\/basebackup\/dotdot': '\.\.' in a member name/,
+      ],
+      [
+        "absolute",
+        /Refusing to extract absolute member name '.*\/outside\/absolute' from object 'crafted\/basebackup\/absolute'/,
+      ],
+      [
+        "symlink-escape",
+        /Refusing to create symlink 'evil' -> '.*outside' from object 'crafted\/basebackup\/symlink-escape': it points outside the target directory/,
+      ],
       ["symlink-relative-escape", /Refusing to create symlink 'base\/evil' -> '\.\.\/\.\.\/outside'/],
       ["symlink-then-write", /Refusing to extract 'inner\/file' .*goes through the symlink/],
       ["hardlink", /Refusing to extract hard link 'hard'/],
@@ -359,7 +504,15 @@ describe("pghoard_restore command line", () => {
     for (const [name, expected] of cases) {
       it(`${name}: refused, nothing written outside, target removed`, async () => {
         const target = path.join(work, `crafted-${name}`);
-        const result = await runRestoreCli(["get-basebackup", "--config", config, "--target-dir", target, "--basebackup", `crafted/basebackup/${name}`]);
+        const result = await runRestoreCli([
+          "get-basebackup",
+          "--config",
+          config,
+          "--target-dir",
+          target,
+          "--basebackup",
+          `crafted/basebackup/${name}`,
+        ]);
         assert.equal(result.code, 1, result.stdout);
         assert.match(result.stdout, expected);
         assert.deepEqual(await readdir(outside), []);

@@ -17,7 +17,14 @@ import { describe, it } from "node:test";
 import { DaemonProcess, makeDaemonEnv, postgresCommandBin } from "../daemon/helpers.js";
 import { hasShared } from "../helpers/paths.js";
 import { makeTempDir, startCluster } from "../helpers/pgcluster.js";
-import { directoryManifest, FIXTURE_SETS, pghoardMadeDir, runRestoreCli, sortManifest, type ManifestEntry } from "./helpers.js";
+import {
+  directoryManifest,
+  FIXTURE_SETS,
+  pghoardMadeDir,
+  runRestoreCli,
+  sortManifest,
+  type ManifestEntry,
+} from "./helpers.js";
 
 interface RestoreRecord {
   restore_tag: string;
@@ -42,7 +49,8 @@ const QUERIES: Record<string, string> = {
     "select count(*)::text as a, md5(string_agg(id::text || '|' || label || '|' || val::text || '|' || coalesce(note, ''), ',' order by id)) as b from fixture_known",
 };
 
-const skip = hasShared && existsSync(pghoardMadeDir) ? false : "shared fixtures (../shared/fixtures/pghoard-made) absent";
+const skip =
+  hasShared && existsSync(pghoardMadeDir) ? false : "shared fixtures (../shared/fixtures/pghoard-made) absent";
 
 describe("restoring backups made by upstream pghoard", { skip }, () => {
   for (const set of FIXTURE_SETS) {
@@ -50,7 +58,9 @@ describe("restoring backups made by upstream pghoard", { skip }, () => {
     const restores = existsSync(truthPath) ? (JSON.parse(readFileSync(truthPath, "utf8")) as GroundTruth).restores : [];
     for (const record of restores) {
       it(`${set} ${record.restore_tag}: files as upstream restored them, PostgreSQL reaches '${record.recovery_target_name}'`, async () => {
-        const fixtureConfig = JSON.parse(await readFile(path.join(pghoardMadeDir, set, "pghoard.json"), "utf8")) as FixtureConfig;
+        const fixtureConfig = JSON.parse(
+          await readFile(path.join(pghoardMadeDir, set, "pghoard.json"), "utf8"),
+        ) as FixtureConfig;
         const work = await makeTempDir("restore-fixture");
         const target = path.join(work, "pgdata");
         const env = await makeDaemonEnv({ [set]: { pgDataDirectory: target } }, { restore_prefetch: 2 });
@@ -67,11 +77,16 @@ describe("restoring backups made by upstream pghoard", { skip }, () => {
         const commandBin = `${process.execPath} ${postgresCommandBin}`;
         const result = await runRestoreCli([
           "get-basebackup",
-          "--config", env.configPath,
-          "--target-dir", target,
-          "--recovery-target-name", record.recovery_target_name,
-          "--recovery-target-action", "promote",
-          "--pghoard-postgres-command-bin", commandBin,
+          "--config",
+          env.configPath,
+          "--target-dir",
+          target,
+          "--recovery-target-name",
+          record.recovery_target_name,
+          "--recovery-target-action",
+          "promote",
+          "--pghoard-postgres-command-bin",
+          commandBin,
         ]);
         assert.equal(result.code, 0, result.stdout + result.stderr);
         assert.match(result.stdout, /Basebackup restoration complete\./);
@@ -80,8 +95,12 @@ describe("restoring backups made by upstream pghoard", { skip }, () => {
         const upstreamManifest = JSON.parse(
           await readFile(path.join(pghoardMadeDir, set, `restored-manifest-${record.restore_tag}.json`), "utf8"),
         ) as ManifestEntry[];
-        const withoutAutoConf = (entries: ManifestEntry[]): ManifestEntry[] => entries.filter((e) => e.path !== "postgresql.auto.conf");
-        assert.deepEqual(sortManifest(await directoryManifest(target)).filter((e) => e.path !== "postgresql.auto.conf"), sortManifest(withoutAutoConf(upstreamManifest)));
+        const withoutAutoConf = (entries: ManifestEntry[]): ManifestEntry[] =>
+          entries.filter((e) => e.path !== "postgresql.auto.conf");
+        assert.deepEqual(
+          sortManifest(await directoryManifest(target)).filter((e) => e.path !== "postgresql.auto.conf"),
+          sortManifest(withoutAutoConf(upstreamManifest)),
+        );
         const autoConf = await readFile(path.join(target, "postgresql.auto.conf"), "utf8");
         const upstreamBlock = record.postgresql_auto_conf_written_by_pghoard_restore.replace(
           /restore_command = '\S+ --mode restore --port \d+ /,
@@ -102,7 +121,8 @@ describe("restoring backups made by upstream pghoard", { skip }, () => {
           const log = await cluster.logContents();
           assert.match(log, new RegExp(`recovery stopping at restore point "${record.recovery_target_name}"`));
           assert.match(log, /restored log file "[0-9A-F]{24}" from archive/);
-          if (record.restore_tag === "restore-tl2") assert.match(log, /restored log file "00000002.history" from archive/);
+          if (record.restore_tag === "restore-tl2")
+            assert.match(log, /restored log file "00000002.history" from archive/);
         } finally {
           await cluster.destroy();
           await daemon.stop();

@@ -35,7 +35,10 @@ async function tarOf(members: Member[]): Promise<Buffer> {
   const done = new Promise<void>((resolve) => pack.on("end", () => resolve()));
   for (const m of members) {
     const type = m.type ?? "file";
-    pack.entry({ name: m.name, type, linkname: m.linkname, mode: type === "directory" ? 0o700 : 0o600 }, m.data ?? Buffer.alloc(0));
+    pack.entry(
+      { name: m.name, type, linkname: m.linkname, mode: type === "directory" ? 0o700 : 0o600 },
+      m.data ?? Buffer.alloc(0),
+    );
   }
   pack.finalize();
   await done;
@@ -58,7 +61,11 @@ const files: Record<string, Buffer> = {
 const tablespaceFile = { name: "PG_15_202209061/5/16401", data: randomBytes(20_000) };
 
 function expectedManifest(withSymlink: boolean, tsLink?: string): ManifestEntry[] {
-  const entries: ManifestEntry[] = Object.entries(files).map(([p, d]) => ({ path: p, size: d.length, sha256: sha256(d) }));
+  const entries: ManifestEntry[] = Object.entries(files).map(([p, d]) => ({
+    path: p,
+    size: d.length,
+    sha256: sha256(d),
+  }));
   entries.push({ path: "pg_wal/", empty_dir: true });
   if (withSymlink) entries.push({ path: "base/link", symlink: "1" });
   if (tsLink) entries.push({ path: "pg_tblspc/16400", symlink: tsLink });
@@ -100,10 +107,25 @@ describe("restoring every format, compression and encryption written by this por
     await rm(work, { recursive: true, force: true });
   });
 
-  async function put(key: string, plain: Buffer, algorithm: CompressionAlgorithm | null, encrypted: boolean, extra: Record<string, string>): Promise<number> {
-    const opts = { algorithm, level: 0, encryptionKeyId: encrypted ? keyId : null, publicKeyPem: encrypted ? publicPem : null };
+  async function put(
+    key: string,
+    plain: Buffer,
+    algorithm: CompressionAlgorithm | null,
+    encrypted: boolean,
+    extra: Record<string, string>,
+  ): Promise<number> {
+    const opts = {
+      algorithm,
+      level: 0,
+      encryptionKeyId: encrypted ? keyId : null,
+      publicKeyPem: encrypted ? publicPem : null,
+    };
     const stored = await encodeBuffer(plain, opts);
-    await storage.storeFileFromMemory(`site/${key}`, stored, { ...encodingMetadata(opts), "original-file-size": String(plain.length), ...extra });
+    await storage.storeFileFromMemory(`site/${key}`, stored, {
+      ...encodingMetadata(opts),
+      "original-file-size": String(plain.length),
+      ...extra,
+    });
     return stored.length;
   }
 
@@ -121,7 +143,13 @@ describe("restoring every format, compression and encryption written by this por
     { name: "pgdata/pg_wal", type: "directory" },
   ];
 
-  async function writeBackup(format: string, name: string, algorithm: CompressionAlgorithm | null, encrypted: boolean, tsPath: string): Promise<void> {
+  async function writeBackup(
+    format: string,
+    name: string,
+    algorithm: CompressionAlgorithm | null,
+    encrypted: boolean,
+    tsPath: string,
+  ): Promise<void> {
     const startTime = { "start-time": "2026-01-01T00:00:00+00:00" };
     if (format === "none") {
       const tar = await tarOf([
@@ -139,20 +167,36 @@ describe("restoring every format, compression and encryption written by this por
         { name: `tablespaces/space/${tablespaceFile.name}`, data: tablespaceFile.data },
         ...controlMembers({}).slice(1),
       ]);
-      await put(`basebackup/${name}`, tar, algorithm, encrypted, { ...startTime, format, "tablespace-name-16400": "space", "tablespace-path-16400": tsPath });
+      await put(`basebackup/${name}`, tar, algorithm, encrypted, {
+        ...startTime,
+        format,
+        "tablespace-name-16400": "space",
+        "tablespace-path-16400": tsPath,
+      });
     } else if (format === "pghoard-bb-v2") {
       const members = pgdataMembers("pgdata/");
-      const chunkTars = [await tarOf(members.slice(0, 3)), await tarOf([{ name: "pgdata/base", type: "directory" }, ...members.slice(3)]), await tarOf([
-        { name: "tablespaces/space", type: "directory" },
-        { name: `tablespaces/space/${tablespaceFile.name}`, data: tablespaceFile.data },
-      ])];
+      const chunkTars = [
+        await tarOf(members.slice(0, 3)),
+        await tarOf([{ name: "pgdata/base", type: "directory" }, ...members.slice(3)]),
+        await tarOf([
+          { name: "tablespaces/space", type: "directory" },
+          { name: `tablespaces/space/${tablespaceFile.name}`, data: tablespaceFile.data },
+        ]),
+      ];
       const chunks = [];
       for (const [i, tar] of chunkTars.entries()) {
         const chunkFilename = `${name}/${name}.0000000${i + 1}.pghoard`;
         const resultSize = await put(`basebackup_chunk/${chunkFilename}`, tar, algorithm, encrypted, { format });
         chunks.push({ chunk_filename: chunkFilename, input_size: tar.length, result_size: resultSize, files: [] });
       }
-      const control = await tarOf(controlMembers({ pgdata: "/old", pghoard_object: "basebackup", tablespaces: { space: { path: tsPath, oid: 16400 } }, chunks }));
+      const control = await tarOf(
+        controlMembers({
+          pgdata: "/old",
+          pghoard_object: "basebackup",
+          tablespaces: { space: { path: tsPath, oid: 16400 } },
+          chunks,
+        }),
+      );
       await put(`basebackup/${name}.00000000.pghoard`, control, algorithm, encrypted, { ...startTime, format });
     } else {
       // delta: big files as hash objects, small ones embedded, middle ones in a bundle (v2)
@@ -160,26 +204,53 @@ describe("restoring every format, compression and encryption written by this por
       const bundle: Member[] = [];
       for (const [p, data] of Object.entries(files)) {
         if (p === "global/pg_control" || p === "backup_label") continue;
-        const entry = { relative_path: p, file_size: data.length, stored_file_size: 0, mtime_ns: 0, hexdigest: "", content_b64: null as string | null, should_be_bundled: false, missing_ok: false };
+        const entry = {
+          relative_path: p,
+          file_size: data.length,
+          stored_file_size: 0,
+          mtime_ns: 0,
+          hexdigest: "",
+          content_b64: null as string | null,
+          should_be_bundled: false,
+          missing_ok: false,
+        };
         if (data.length <= 150) entry.content_b64 = data.toString("base64");
         else if (format === "pghoard-delta-v2" && data.length < 100 * 1024) {
           entry.should_be_bundled = true;
           bundle.push({ name: p, data });
         } else {
           entry.hexdigest = blake2s(data);
-          entry.stored_file_size = await put(`basebackup_delta/${entry.hexdigest}`, data, algorithm, encrypted, { format });
+          entry.stored_file_size = await put(`basebackup_delta/${entry.hexdigest}`, data, algorithm, encrypted, {
+            format,
+          });
         }
-        manifestFiles.push(format === "pghoard-delta-v1" ? { ...entry, should_be_bundled: undefined, missing_ok: undefined } : entry);
+        manifestFiles.push(
+          format === "pghoard-delta-v1" ? { ...entry, should_be_bundled: undefined, missing_ok: undefined } : entry,
+        );
       }
       const chunks = [];
       if (bundle.length > 0) {
         const tar = await tarOf(bundle);
         const chunkFilename = `${name}/${name}.00000001.pghoard`;
-        const resultSize = await put(`basebackup_delta_chunk/${chunkFilename}`, tar, algorithm, encrypted, { format: "pghoard-bb-v2" });
+        const resultSize = await put(`basebackup_delta_chunk/${chunkFilename}`, tar, algorithm, encrypted, {
+          format: "pghoard-bb-v2",
+        });
         chunks.push({ chunk_filename: chunkFilename, input_size: tar.length, result_size: resultSize, files: [] });
       }
-      const manifest = { start: "", end: "", snapshot_result: { state: { root_globs: ["**/*"], files: manifestFiles, empty_dirs: [".", "base", "base/1", "global", "pg_wal"] } } };
-      const control = await tarOf(controlMembers({ pgdata: "/old", pghoard_object: "basebackup", tablespaces: {}, manifest, chunks }));
+      const manifest = {
+        start: "",
+        end: "",
+        snapshot_result: {
+          state: {
+            root_globs: ["**/*"],
+            files: manifestFiles,
+            empty_dirs: [".", "base", "base/1", "global", "pg_wal"],
+          },
+        },
+      };
+      const control = await tarOf(
+        controlMembers({ pgdata: "/old", pghoard_object: "basebackup", tablespaces: {}, manifest, chunks }),
+      );
       await put(`basebackup/${name}.00000000.pghoard`, control, algorithm, encrypted, { ...startTime, format });
     }
   }
@@ -190,7 +261,15 @@ describe("restoring every format, compression and encryption written by this por
       format: "pghoard-bb-v9",
     });
     const target = path.join(work, "restore-future");
-    const result = await runRestoreCli(["get-basebackup", "--config", configPath, "--target-dir", target, "--basebackup", "site/basebackup/future"]);
+    const result = await runRestoreCli([
+      "get-basebackup",
+      "--config",
+      configPath,
+      "--target-dir",
+      target,
+      "--basebackup",
+      "site/basebackup/future",
+    ]);
     assert.equal(result.code, 1);
     assert.match(result.stdout, /FATAL: RestoreError: Unrecognized basebackup format 'pghoard-bb-v9'\n/);
     assert.ok(!existsSync(target));
@@ -208,19 +287,36 @@ describe("restoring every format, compression and encryption written by this por
           const target = path.join(work, `restore-${name}`);
           const tsTarget = path.join(work, `ts-${name}`);
           if (hasTablespace) await mkdir(tsTarget);
-          const key = format === "none" || format === "pghoard-bb-v1" ? `site/basebackup/${name}` : `site/basebackup/${name}.00000000.pghoard`;
+          const key =
+            format === "none" || format === "pghoard-bb-v1"
+              ? `site/basebackup/${name}`
+              : `site/basebackup/${name}.00000000.pghoard`;
           const result = await runRestoreCli([
-            "get-basebackup", "--config", configPath, "--target-dir", target, "--basebackup", key,
+            "get-basebackup",
+            "--config",
+            configPath,
+            "--target-dir",
+            target,
+            "--basebackup",
+            key,
             ...(hasTablespace ? ["--tablespace-dir", `space=${tsTarget}`] : []),
           ]);
           assert.equal(result.code, 0, result.stdout + result.stderr);
-          const actual = (await directoryManifest(target)).filter((e) => !["postgresql.auto.conf", "standby.signal"].includes(e.path));
+          const actual = (await directoryManifest(target)).filter(
+            (e) => !["postgresql.auto.conf", "standby.signal"].includes(e.path),
+          );
           const expected = expectedManifest(!format.startsWith("pghoard-delta"), hasTablespace ? tsTarget : undefined);
-          assert.deepEqual(actual, expected.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)));
+          assert.deepEqual(
+            actual,
+            expected.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)),
+          );
           if (hasTablespace) {
             assert.equal(sha256(await readFile(path.join(tsTarget, tablespaceFile.name))), sha256(tablespaceFile.data));
           }
-          assert.match(await readFile(path.join(target, "postgresql.auto.conf"), "utf8"), /^# pghoard created recovery.conf\n/);
+          assert.match(
+            await readFile(path.join(target, "postgresql.auto.conf"), "utf8"),
+            /^# pghoard created recovery.conf\n/,
+          );
           await rm(target, { recursive: true, force: true });
         });
       }

@@ -52,8 +52,15 @@ export const FIXTURE_SETS = ["snappy-enc-localtar", "zstd-plain-localtar", "snap
  * A config for one pghoard-made set: its pghoard.json with `object_storage.directory` pointed at
  * the set's store and the paths of the machine that made it dropped.
  */
-export async function writeFixtureConfig(set: string, dir: string, overrides: Record<string, unknown> = {}): Promise<string> {
-  const config = JSON.parse(await readFile(path.join(pghoardMadeDir, set, "pghoard.json"), "utf8")) as Record<string, unknown>;
+export async function writeFixtureConfig(
+  set: string,
+  dir: string,
+  overrides: Record<string, unknown> = {},
+): Promise<string> {
+  const config = JSON.parse(await readFile(path.join(pghoardMadeDir, set, "pghoard.json"), "utf8")) as Record<
+    string,
+    unknown
+  >;
   const sites = config.backup_sites as Record<string, Record<string, unknown>>;
   for (const site of Object.values(sites)) {
     site.object_storage = { storage_type: "local", directory: path.join(pghoardMadeDir, set, "store") };
@@ -79,10 +86,14 @@ export interface CliResult {
 /** Runs `node bin/pghoard_restore.js ...` as a user would. */
 export async function runRestoreCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   try {
-    const { stdout, stderr } = await execFileAsync(process.execPath, [path.join(repoRoot, "bin", "pghoard_restore.js"), ...args], {
-      env: { ...process.env, ...env },
-      maxBuffer: 64 * 1024 * 1024,
-    });
+    const { stdout, stderr } = await execFileAsync(
+      process.execPath,
+      [path.join(repoRoot, "bin", "pghoard_restore.js"), ...args],
+      {
+        env: { ...process.env, ...env },
+        maxBuffer: 64 * 1024 * 1024,
+      },
+    );
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code?: number; stdout?: string; stderr?: string };

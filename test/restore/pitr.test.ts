@@ -55,7 +55,11 @@ describe("point-in-time recovery of our own backups", { timeout: 900_000 }, () =
     await insert(30_000, "time");
     states.time = (await c.query(STATE_SQL))[0];
     await sleep(1500);
-    targets.time = (await c.query<{ t: string }>("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS t"))[0].t;
+    targets.time = (
+      await c.query<{ t: string }>(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS t",
+      )
+    )[0].t;
     await sleep(1500);
 
     await insert(40_000, "lsn");
@@ -74,13 +78,24 @@ describe("point-in-time recovery of our own backups", { timeout: 900_000 }, () =
 
   it("refuses to restore a tablespace into its original, non-empty directory", async () => {
     const work = await makeTempDir("pitr-ts");
-    const renv = await makeDaemonEnv({ [SITE]: { pgDataDirectory: path.join(work, "data"), keyId: s.keyId, keys: s.keys } });
+    const renv = await makeDaemonEnv({
+      [SITE]: { pgDataDirectory: path.join(work, "data"), keyId: s.keyId, keys: s.keys },
+    });
     const site = (renv.config.backup_sites as Record<string, Record<string, unknown>>)[SITE];
     site.object_storage = { storage_type: "local", directory: s.env.storageDir };
     await renv.writeConfig();
-    const result = await runRestoreCli(["get-basebackup", "--config", renv.configPath, "--target-dir", path.join(work, "data")]);
+    const result = await runRestoreCli([
+      "get-basebackup",
+      "--config",
+      renv.configPath,
+      "--target-dir",
+      path.join(work, "data"),
+    ]);
     assert.equal(result.code, 1);
-    assert.match(result.stdout, /FATAL: RestoreError: Tablespace 'ts1' target directory '.*' exists but is not empty, aborting\./);
+    assert.match(
+      result.stdout,
+      /FATAL: RestoreError: Tablespace 'ts1' target directory '.*' exists but is not empty, aborting\./,
+    );
     await rm(work, { recursive: true, force: true });
   });
 
@@ -107,12 +122,17 @@ describe("point-in-time recovery of our own backups", { timeout: 900_000 }, () =
       await renv.writeConfig();
       const result = await runRestoreCli([
         "get-basebackup",
-        "--config", renv.configPath,
-        "--target-dir", dataDir,
-        "--tablespace-dir", `ts1=${tsDir}`,
+        "--config",
+        renv.configPath,
+        "--target-dir",
+        dataDir,
+        "--tablespace-dir",
+        `ts1=${tsDir}`,
         "--restore-to-primary",
-        "--recovery-target-action", "promote",
-        "--pghoard-postgres-command-bin", `${process.execPath} ${postgresCommandBin}`,
+        "--recovery-target-action",
+        "promote",
+        "--pghoard-postgres-command-bin",
+        `${process.execPath} ${postgresCommandBin}`,
         ...args(),
       ]);
       assert.equal(result.code, 0, result.stdout + result.stderr);
@@ -125,7 +145,10 @@ describe("point-in-time recovery of our own backups", { timeout: 900_000 }, () =
         const log = await cluster.logContents();
         const tail = `\n--- server log ---\n${log.split("\n").slice(-40).join("\n")}\n--- target ${JSON.stringify(targets)}`;
         assert.deepEqual((await cluster.query(STATE_SQL))[0], states[kind], tail);
-        assert.match(log, kind === "immediate" ? /recovery stopping after reaching consistency/ : /recovery stopping (before|after|at)/);
+        assert.match(
+          log,
+          kind === "immediate" ? /recovery stopping after reaching consistency/ : /recovery stopping (before|after|at)/,
+        );
       } finally {
         await cluster.destroy();
         await daemon.stop();

@@ -18,7 +18,9 @@ import { fixturesDir } from "../helpers/paths.js";
 import { directoryManifest, sortManifest, type ManifestEntry } from "./helpers.js";
 
 const dataDir = path.join(fixturesDir, "upstream-testdata");
-const skip = existsSync(path.join(dataDir, "decoded-ground-truth.json")) ? false : "test/fixtures/upstream-testdata is missing";
+const skip = existsSync(path.join(dataDir, "decoded-ground-truth.json"))
+  ? false
+  : "test/fixtures/upstream-testdata is missing";
 
 interface GroundTruthSet {
   config_site: string;
@@ -33,7 +35,10 @@ describe("restore of upstream's test data", { skip }, () => {
   let work: string;
 
   before(async () => {
-    truth = JSON.parse(await readFile(path.join(dataDir, "decoded-ground-truth.json"), "utf8")) as Record<string, GroundTruthSet>;
+    truth = JSON.parse(await readFile(path.join(dataDir, "decoded-ground-truth.json"), "utf8")) as Record<
+      string,
+      GroundTruthSet
+    >;
     pool = new FileFormatPool(2);
     work = await mkdtemp(path.join(os.tmpdir(), "restore-upstream-"));
   });
@@ -47,12 +52,20 @@ describe("restore of upstream's test data", { skip }, () => {
     kind: "tar-object" | "file-object",
     tablespaces: Record<string, { oid: number }> = {},
   ): Promise<{ pgdata: string; tsDirs: Record<string, string> }> {
-    const raw = JSON.parse(await readFile(path.join(dataDir, "data", set, "config.json"), "utf8")) as Record<string, unknown>;
+    const raw = JSON.parse(await readFile(path.join(dataDir, "data", set, "config.json"), "utf8")) as Record<
+      string,
+      unknown
+    >;
     const config = validateConfig(raw, { tool: "restore" });
     const site = truth[set].config_site;
     const keys = privateKeyLookup(config.backup_sites[site]);
-    const storage = await createStorage({ storage_type: "local", directory: path.join(dataDir, "data", set, "chunks") });
-    const files = (await readdir(path.join(dataDir, "data", set, "chunks"))).filter((f) => !f.endsWith(".metadata")).sort();
+    const storage = await createStorage({
+      storage_type: "local",
+      directory: path.join(dataDir, "data", set, "chunks"),
+    });
+    const files = (await readdir(path.join(dataDir, "data", set, "chunks")))
+      .filter((f) => !f.endsWith(".metadata"))
+      .sort();
     const items: RestoreItem[] = files.map((file) =>
       kind === "tar-object"
         ? { kind, key: file, size: 1, storage }

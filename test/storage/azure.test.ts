@@ -58,8 +58,14 @@ describe("azure with a SAS token", { skip: "skip" in server ? server.skip : fals
     const env = running!.env;
     const sas = accountSas(env, "rwdlac");
     const store = await createStorage({
-      storage_type: "azure", account_name: env.AZURE_ACCOUNT_NAME!, sas_token: sas, bucket_name: "pghoard-sas",
-      host: env.AZURE_BLOB_HOST!, port: Number(env.AZURE_BLOB_PORT!), is_secure: false, prefix: "sas",
+      storage_type: "azure",
+      account_name: env.AZURE_ACCOUNT_NAME!,
+      sas_token: sas,
+      bucket_name: "pghoard-sas",
+      host: env.AZURE_BLOB_HOST!,
+      port: Number(env.AZURE_BLOB_PORT!),
+      is_secure: false,
+      prefix: "sas",
     });
     await store.storeFileFromMemory("a/b", Buffer.from("sas"), { "pg-version": "150004" });
     assert.equal((await store.getContentsToMemory("a/b")).data.toString(), "sas");
@@ -69,8 +75,14 @@ describe("azure with a SAS token", { skip: "skip" in server ? server.skip : fals
 
     const readOnly = accountSas(env, "rl");
     const limited = await createStorage({
-      storage_type: "azure", account_name: env.AZURE_ACCOUNT_NAME!, sas_token: readOnly, bucket_name: "pghoard-sas",
-      host: env.AZURE_BLOB_HOST!, port: Number(env.AZURE_BLOB_PORT!), is_secure: false, prefix: "sas",
+      storage_type: "azure",
+      account_name: env.AZURE_ACCOUNT_NAME!,
+      sas_token: readOnly,
+      bucket_name: "pghoard-sas",
+      host: env.AZURE_BLOB_HOST!,
+      port: Number(env.AZURE_BLOB_PORT!),
+      is_secure: false,
+      prefix: "sas",
     });
     await assert.rejects(limited.storeFileFromMemory("a/c", Buffer.from("x"), {}), (err) => {
       assert.ok(err instanceof StorageError, String(err));

@@ -73,7 +73,9 @@ export function runConformance(name: string, options: ConformanceOptions): void 
   const keyCase = (k: string): string => (options.lowerCasesMetadataKeys ? k.toLowerCase() : k);
   /** What the backend returns for metadata we stored. */
   const expectedMetadata = (md: Metadata): Metadata =>
-    Object.fromEntries(Object.entries(md).map(([k, v]) => [keyCase(underscore === "preserved" ? k : k.replaceAll("_", "-")), v]));
+    Object.fromEntries(
+      Object.entries(md).map(([k, v]) => [keyCase(underscore === "preserved" ? k : k.replaceAll("_", "-")), v]),
+    );
 
   describe(`storage conformance: ${name}`, { skip: options.skip || false }, () => {
     const runId = `${Date.now().toString(36)}-${randomBytes(3).toString("hex")}`;
@@ -169,7 +171,10 @@ export function runConformance(name: string, options: ConformanceOptions): void 
       const key = "odd/name with space+plus=eq~tilde.v1.txt";
       await store.storeFileFromMemory(key, Buffer.from("odd"), { k: "v" });
       assert.equal((await store.getContentsToMemory(key)).data.toString(), "odd");
-      assert.deepEqual((await store.list("odd")).map((o) => o.name), [key]);
+      assert.deepEqual(
+        (await store.list("odd")).map((o) => o.name),
+        [key],
+      );
       await store.deleteKey(key);
       await assertNotFound(store.getMetadataForKey(key), "after delete");
     });
@@ -205,12 +210,24 @@ export function runConformance(name: string, options: ConformanceOptions): void 
       );
       for (const o of flat) {
         assert.ok(o.lastModified instanceof Date && !Number.isNaN(o.lastModified.getTime()));
-        assert.ok(o.lastModified.getTime() > before && o.lastModified.getTime() < Date.now() + 5 * 60_000, String(o.lastModified));
+        assert.ok(
+          o.lastModified.getTime() > before && o.lastModified.getTime() < Date.now() + 5 * 60_000,
+          String(o.lastModified),
+        );
       }
-      assert.deepEqual((await store.list("lst/")).map((o) => o.name), ["lst/a", "lst/b"]);
+      assert.deepEqual(
+        (await store.list("lst/")).map((o) => o.name),
+        ["lst/a", "lst/b"],
+      );
       const deep = await store.list("lst", { recursive: true });
-      assert.deepEqual(deep.map((o) => o.name), ["lst/a", "lst/b", "lst/sub/c", "lst/sub/deeper/d"]);
-      assert.deepEqual((await store.list("lst/sub")).map((o) => o.name), ["lst/sub/c"]);
+      assert.deepEqual(
+        deep.map((o) => o.name),
+        ["lst/a", "lst/b", "lst/sub/c", "lst/sub/deeper/d"],
+      );
+      assert.deepEqual(
+        (await store.list("lst/sub")).map((o) => o.name),
+        ["lst/sub/c"],
+      );
     });
 
     it("keeps backends with different prefixes apart", async () => {
@@ -220,7 +237,10 @@ export function runConformance(name: string, options: ConformanceOptions): void 
         await store.storeFileFromMemory("iso/x", Buffer.from("mine"), {});
         assert.equal((await other.getContentsToMemory("iso/x")).data.toString(), "other");
         assert.equal((await store.getContentsToMemory("iso/x")).data.toString(), "mine");
-        assert.deepEqual((await other.list("iso")).map((o) => o.name), ["iso/x"]);
+        assert.deepEqual(
+          (await other.list("iso")).map((o) => o.name),
+          ["iso/x"],
+        );
         await other.deleteTree("");
         assert.equal((await store.getContentsToMemory("iso/x")).data.toString(), "mine");
       } finally {
@@ -236,7 +256,10 @@ export function runConformance(name: string, options: ConformanceOptions): void 
       await store.deleteKey("del/one");
       await assertNotFound(store.getMetadataForKey("del/one"), "deleted key");
       await store.deleteTree("del/tree");
-      assert.deepEqual((await store.list("del", { recursive: true })).map((o) => o.name), ["del/tree-sibling/c"]);
+      assert.deepEqual(
+        (await store.list("del", { recursive: true })).map((o) => o.name),
+        ["del/tree-sibling/c"],
+      );
     });
 
     it("copies with the source metadata or with new metadata", async () => {
@@ -266,81 +289,97 @@ export function runConformance(name: string, options: ConformanceOptions): void 
       );
       const listed = await store.list("many");
       assert.equal(listed.length, count);
-      assert.deepEqual(listed.map((o) => o.name), names);
+      assert.deepEqual(
+        listed.map((o) => o.name),
+        names,
+      );
       assert.equal(listed[count - 1]!.metadata[keyCase("i")], names[count - 1]!.slice(-5));
       await store.deleteTree("many");
       assert.deepEqual(await store.list("many"), []);
     });
 
     it("leaves nothing under the key when a small upload's source fails", async () => {
-      await assert.rejects(store.storeFileObject("fail/small", chunkedStream(makeData(100_000), 70_000), { x: "1" }), (err) => {
-        assert.ok(err instanceof Error);
-        assert.ok(!(err instanceof StorageNotFoundError));
-        return true;
-      });
+      await assert.rejects(
+        store.storeFileObject("fail/small", chunkedStream(makeData(100_000), 70_000), { x: "1" }),
+        (err) => {
+          assert.ok(err instanceof Error);
+          assert.ok(!(err instanceof StorageNotFoundError));
+          return true;
+        },
+      );
       await assertNotFound(store.getMetadataForKey("fail/small"), "after failed upload");
       assert.deepEqual(await store.list("fail", { recursive: true }), []);
     });
 
     const large = options.largeObjectSize;
-    describe("objects larger than the multipart/segment size", { skip: large ? false : "no segment size configured" }, () => {
-      const size = large ?? 0;
-      let data: Buffer;
-      before(() => {
-        data = makeData(size);
-      });
-
-      it("streams a large object of unknown length", { timeout: 120_000 }, async () => {
-        await store.storeFileObject("large/stream", chunkedStream(data), { "original-file-size": String(size) });
-        const got = await store.getContentsToMemory("large/stream");
-        assert.equal(got.data.length, size);
-        assert.equal(sha256(got.data), sha256(data));
-        assert.deepEqual(got.metadata, expectedMetadata({ "original-file-size": String(size) }));
-        const [item] = await store.list("large");
-        assert.equal(item?.name, "large/stream");
-        assert.equal(item?.size, size);
-      });
-
-      it("uploads a large file from disk and from memory", { timeout: 120_000 }, async () => {
-        const src = path.join(tmp, "large.bin");
-        await writeFile(src, data);
-        await store.storeFileFromDisk("large/disk", src, { from: "disk" });
-        await store.storeFileFromMemory("large/memory", data, { from: "memory" });
-        const dst = path.join(tmp, "large-download.bin");
-        assert.deepEqual(await store.getContentsToFile("large/disk", dst), expectedMetadata({ from: "disk" }));
-        assert.equal(sha256(await readFile(dst)), sha256(data));
-        const mem = await store.getContentsToMemory("large/memory");
-        assert.equal(sha256(mem.data), sha256(data));
-        assert.deepEqual(mem.metadata, expectedMetadata({ from: "memory" }));
-      });
-
-      it("copies and overwrites a large object", { timeout: 120_000 }, async () => {
-        await store.copyFile("large/disk", "large/copy", { copied: "yes" });
-        const copy = await store.getContentsToMemory("large/copy");
-        assert.equal(sha256(copy.data), sha256(data));
-        assert.deepEqual(copy.metadata, expectedMetadata({ copied: "yes" }));
-        const smaller = data.subarray(0, Math.floor(size / 2) + 7);
-        await store.storeFileObject("large/disk", chunkedStream(smaller), {});
-        assert.equal(sha256((await store.getContentsToMemory("large/disk")).data), sha256(smaller));
-      });
-
-      it("deletes a large object completely", async () => {
-        for (const key of ["large/stream", "large/disk", "large/memory", "large/copy"]) await store.deleteKey(key);
-        await assertNotFound(store.getMetadataForKey("large/stream"), "deleted large object");
-        // segments (Swift) or parts live below sibling names; nothing may remain anywhere
-        assert.deepEqual((await store.list("", { recursive: true })).filter((o) => o.name.startsWith("large")), []);
-      });
-
-      it("leaves nothing under the key when a large upload's source fails midway", { timeout: 120_000 }, async () => {
-        const failAt = Math.floor(size * 0.75);
-        await assert.rejects(store.storeFileObject("large/failing", chunkedStream(data, failAt), {}), (err) => {
-          assert.ok(err instanceof Error && !(err instanceof StorageNotFoundError), String(err));
-          return true;
+    describe(
+      "objects larger than the multipart/segment size",
+      { skip: large ? false : "no segment size configured" },
+      () => {
+        const size = large ?? 0;
+        let data: Buffer;
+        before(() => {
+          data = makeData(size);
         });
-        await assertNotFound(store.getMetadataForKey("large/failing"), "after failed large upload");
-        assert.deepEqual((await store.list("", { recursive: true })).filter((o) => o.name.startsWith("large")), []);
-      });
-    });
+
+        it("streams a large object of unknown length", { timeout: 120_000 }, async () => {
+          await store.storeFileObject("large/stream", chunkedStream(data), { "original-file-size": String(size) });
+          const got = await store.getContentsToMemory("large/stream");
+          assert.equal(got.data.length, size);
+          assert.equal(sha256(got.data), sha256(data));
+          assert.deepEqual(got.metadata, expectedMetadata({ "original-file-size": String(size) }));
+          const [item] = await store.list("large");
+          assert.equal(item?.name, "large/stream");
+          assert.equal(item?.size, size);
+        });
+
+        it("uploads a large file from disk and from memory", { timeout: 120_000 }, async () => {
+          const src = path.join(tmp, "large.bin");
+          await writeFile(src, data);
+          await store.storeFileFromDisk("large/disk", src, { from: "disk" });
+          await store.storeFileFromMemory("large/memory", data, { from: "memory" });
+          const dst = path.join(tmp, "large-download.bin");
+          assert.deepEqual(await store.getContentsToFile("large/disk", dst), expectedMetadata({ from: "disk" }));
+          assert.equal(sha256(await readFile(dst)), sha256(data));
+          const mem = await store.getContentsToMemory("large/memory");
+          assert.equal(sha256(mem.data), sha256(data));
+          assert.deepEqual(mem.metadata, expectedMetadata({ from: "memory" }));
+        });
+
+        it("copies and overwrites a large object", { timeout: 120_000 }, async () => {
+          await store.copyFile("large/disk", "large/copy", { copied: "yes" });
+          const copy = await store.getContentsToMemory("large/copy");
+          assert.equal(sha256(copy.data), sha256(data));
+          assert.deepEqual(copy.metadata, expectedMetadata({ copied: "yes" }));
+          const smaller = data.subarray(0, Math.floor(size / 2) + 7);
+          await store.storeFileObject("large/disk", chunkedStream(smaller), {});
+          assert.equal(sha256((await store.getContentsToMemory("large/disk")).data), sha256(smaller));
+        });
+
+        it("deletes a large object completely", async () => {
+          for (const key of ["large/stream", "large/disk", "large/memory", "large/copy"]) await store.deleteKey(key);
+          await assertNotFound(store.getMetadataForKey("large/stream"), "deleted large object");
+          // segments (Swift) or parts live below sibling names; nothing may remain anywhere
+          assert.deepEqual(
+            (await store.list("", { recursive: true })).filter((o) => o.name.startsWith("large")),
+            [],
+          );
+        });
+
+        it("leaves nothing under the key when a large upload's source fails midway", { timeout: 120_000 }, async () => {
+          const failAt = Math.floor(size * 0.75);
+          await assert.rejects(store.storeFileObject("large/failing", chunkedStream(data, failAt), {}), (err) => {
+            assert.ok(err instanceof Error && !(err instanceof StorageNotFoundError), String(err));
+            return true;
+          });
+          await assertNotFound(store.getMetadataForKey("large/failing"), "after failed large upload");
+          assert.deepEqual(
+            (await store.list("", { recursive: true })).filter((o) => o.name.startsWith("large")),
+            [],
+          );
+        });
+      },
+    );
 
     it("wraps failures other than not-found in StorageError", async () => {
       // an invalid operation every backend must reject without crashing: reading a "directory"

@@ -32,7 +32,11 @@ describe("storage/errors", () => {
 
   it("ErrorFactory translates failures without naming a secret", async () => {
     const errors = new ErrorFactory("s3", ["topsecretvalue", null, "abc"]);
-    const wrapped = errors.wrap(Object.assign(new Error("denied for topsecretvalue"), { $metadata: { httpStatusCode: 403 } }), "upload", "k/1");
+    const wrapped = errors.wrap(
+      Object.assign(new Error("denied for topsecretvalue"), { $metadata: { httpStatusCode: 403 } }),
+      "upload",
+      "k/1",
+    );
     assert.ok(wrapped instanceof StorageError);
     assert.equal(wrapped.message, "s3: upload k/1 failed: Error: denied for *** (HTTP 403)");
     assert.equal((wrapped as StorageError & { status?: number }).status, 403);
@@ -40,8 +44,14 @@ describe("storage/errors", () => {
     const missing = errors.translate({ $metadata: { httpStatusCode: 404 } }, "copy to b from", "a", "a");
     assert.ok(missing instanceof StorageNotFoundError);
     assert.equal(missing.key, "a");
-    await assert.rejects(errors.translating("download", "k", async () => Promise.reject({ code: "BlobNotFound" })), StorageNotFoundError);
-    await assert.rejects(errors.wrapping("list", "p/", async () => Promise.reject(new Error("boom"))), { message: "s3: list p/ failed: Error: boom" });
+    await assert.rejects(
+      errors.translating("download", "k", async () => Promise.reject({ code: "BlobNotFound" })),
+      StorageNotFoundError,
+    );
+    await assert.rejects(
+      errors.wrapping("list", "p/", async () => Promise.reject(new Error("boom"))),
+      { message: "s3: list p/ failed: Error: boom" },
+    );
     assert.equal(await errors.wrapping("list", "p/", async () => 7), 7);
     const local = new ErrorFactory("local", []);
     const because = local.because("reading k failed", new Error("EIO: i/o error"));

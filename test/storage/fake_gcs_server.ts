@@ -143,7 +143,13 @@ export class FakeGcsServer {
     return bucket;
   }
 
-  private store(bucket: string, name: string, data: Buffer, resource: Record<string, unknown>, contentType?: string): StoredObject {
+  private store(
+    bucket: string,
+    name: string,
+    data: Buffer,
+    resource: Record<string, unknown>,
+    contentType?: string,
+  ): StoredObject {
     const now = new Date();
     const obj: StoredObject = {
       data,
@@ -184,7 +190,8 @@ export class FakeGcsServer {
     // /storage/v1/..., /upload/storage/v1/... and /download/storage/v1/...
     const root = segments[0] === "upload" || segments[0] === "download" ? segments.shift()! : "storage";
     const [api, version, b, bucketName, o, objectName, op, b2, bucket2, o2, object2] = segments;
-    if (api !== "storage" || version !== "v1" || b !== "b") throw new HttpError(501, `not implemented: ${method} ${url.pathname}`);
+    if (api !== "storage" || version !== "v1" || b !== "b")
+      throw new HttpError(501, `not implemented: ${method} ${url.pathname}`);
     if (root === "upload") {
       if (o !== "o" || objectName !== undefined) throw new HttpError(501, `not implemented: ${method} ${url.pathname}`);
       return this.upload(req, res, bucketName!, url);
@@ -195,7 +202,8 @@ export class FakeGcsServer {
       const body = JSON.parse((await readBody(req)).toString() || "{}") as { name?: string };
       this.count("bucket:insert");
       if (!body.name) throw new HttpError(400, "bucket name required");
-      if (this.buckets.has(body.name)) throw new HttpError(409, "You already own this bucket. Please select another name.");
+      if (this.buckets.has(body.name))
+        throw new HttpError(409, "You already own this bucket. Please select another name.");
       this.buckets.set(body.name, new Map());
       return this.json(res, 200, { kind: "storage#bucket", id: body.name, name: body.name, location: "US" });
     }
@@ -215,7 +223,10 @@ export class FakeGcsServer {
       const source = this.bucket(bucketName).get(objectName);
       if (!source) throw new HttpError(404, `No such object: ${bucketName}/${objectName}`);
       // a resource in the body describes the destination; without one the source's metadata is kept
-      const resource = "metadata" in body || "contentType" in body ? body : { metadata: source.metadata, contentType: source.contentType };
+      const resource =
+        "metadata" in body || "contentType" in body
+          ? body
+          : { metadata: source.metadata, contentType: source.contentType };
       const copied = this.store(bucket2, object2, Buffer.from(source.data), resource);
       const result = this.resource(bucket2, object2, copied);
       if (op === "copyTo") return this.json(res, 200, result);
@@ -264,7 +275,11 @@ export class FakeGcsServer {
         res.writeHead(416, { "Content-Range": `bytes */${obj.data.length}` }).end();
         return;
       }
-      res.writeHead(206, { ...headers, "Content-Length": String(end - start + 1), "Content-Range": `bytes ${start}-${end}/${obj.data.length}` });
+      res.writeHead(206, {
+        ...headers,
+        "Content-Length": String(end - start + 1),
+        "Content-Range": `bytes ${start}-${end}/${obj.data.length}`,
+      });
       res.end(obj.data.subarray(start, end + 1));
       return;
     }
@@ -278,7 +293,9 @@ export class FakeGcsServer {
     const prefix = url.searchParams.get("prefix") ?? "";
     const delimiter = url.searchParams.get("delimiter") ?? "";
     const maxResults = Math.min(Number(url.searchParams.get("maxResults") ?? 1000) || 1000, 1000);
-    const after = url.searchParams.get("pageToken") ? Buffer.from(url.searchParams.get("pageToken")!, "base64url").toString() : null;
+    const after = url.searchParams.get("pageToken")
+      ? Buffer.from(url.searchParams.get("pageToken")!, "base64url").toString()
+      : null;
     // objects and common prefixes in one sorted sequence, paged together as GCS does
     const entries = new Map<string, { kind: "object" | "prefix" }>();
     for (const name of bucket.keys()) {
@@ -290,7 +307,9 @@ export class FakeGcsServer {
     const sorted = [...entries.keys()].sort().filter((n) => after === null || n > after);
     const page = sorted.slice(0, maxResults);
     const body: Record<string, unknown> = { kind: "storage#objects" };
-    const items = page.filter((n) => entries.get(n)!.kind === "object").map((n) => this.resource(bucketName, n, bucket.get(n)!));
+    const items = page
+      .filter((n) => entries.get(n)!.kind === "object")
+      .map((n) => this.resource(bucketName, n, bucket.get(n)!));
     const prefixes = page.filter((n) => entries.get(n)!.kind === "prefix");
     if (items.length > 0) body.items = items;
     if (prefixes.length > 0) body.prefixes = prefixes;
@@ -331,7 +350,10 @@ export class FakeGcsServer {
       const name = (url.searchParams.get("name") ?? resource.name) as string | undefined;
       if (!name) throw new HttpError(400, "name required");
       const id = randomBytes(12).toString("hex");
-      const contentType = (req.headers["x-upload-content-type"] as string | undefined) ?? (resource.contentType as string | undefined) ?? "application/octet-stream";
+      const contentType =
+        (req.headers["x-upload-content-type"] as string | undefined) ??
+        (resource.contentType as string | undefined) ??
+        "application/octet-stream";
       this.sessions.set(id, { bucket: bucketName, name, resource, contentType, parts: [], size: 0 });
       const location = `${this.url}/upload/storage/v1/b/${bucketName}/o?uploadType=resumable&name=${encodeURIComponent(name)}&upload_id=${id}`;
       res.writeHead(200, { Location: location, "Content-Length": "0" }).end();
@@ -358,7 +380,13 @@ export class FakeGcsServer {
     };
     const finish = (): void => {
       this.sessions.delete(id);
-      const obj = this.store(session.bucket, session.name, Buffer.concat(session.parts, session.size), session.resource, session.contentType);
+      const obj = this.store(
+        session.bucket,
+        session.name,
+        Buffer.concat(session.parts, session.size),
+        session.resource,
+        session.contentType,
+      );
       this.json(res, 200, this.resource(session.bucket, session.name, obj));
     };
     const range = req.headers["content-range"];

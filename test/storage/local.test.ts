@@ -57,7 +57,10 @@ describe("storage/local", () => {
 
   it("stores from memory with an upstream-style sidecar", async () => {
     const data = Buffer.from("hello world");
-    await storage.storeFileFromMemory("site/xlog/000000010000000000000001", data, { "original-file-size": "11", host: "h" });
+    await storage.storeFileFromMemory("site/xlog/000000010000000000000001", data, {
+      "original-file-size": "11",
+      host: "h",
+    });
     const file = path.join(dir, "pfx", "site", "xlog", "000000010000000000000001");
     assert.deepEqual(await readFile(file), data);
     assert.equal(
@@ -76,7 +79,10 @@ describe("storage/local", () => {
 
   it("round-trips metadata values: strings kept, numbers stringified, null dropped, non-ASCII escaped", async () => {
     // Callers written against upstream sometimes pass numbers; the sidecar holds strings only.
-    const metadata = { "a-b": "x", n: 5, none: null, unicode: "päivää ☃ 𝄞", quote: 'say "hi"\n' } as unknown as Record<string, string>;
+    const metadata = { "a-b": "x", n: 5, none: null, unicode: "päivää ☃ 𝄞", quote: 'say "hi"\n' } as unknown as Record<
+      string,
+      string
+    >;
     await storage.storeFileFromMemory("meta/obj", Buffer.alloc(0), metadata);
     const expected = { "a-b": "x", n: "5", unicode: "päivää ☃ 𝄞", quote: 'say "hi"\n' };
     assert.deepEqual(await storage.getMetadataForKey("meta/obj"), expected);
@@ -117,9 +123,14 @@ describe("storage/local", () => {
     const downloadDir = path.join(dir, "download");
     await mkdir(downloadDir);
     const target = path.join(downloadDir, "bb1");
-    assert.deepEqual(await storage.getContentsToFile("site/basebackup/bb1", target), { "start-time": "2024-01-01T00:00:00+00:00" });
+    assert.deepEqual(await storage.getContentsToFile("site/basebackup/bb1", target), {
+      "start-time": "2024-01-01T00:00:00+00:00",
+    });
     assert.deepEqual(await readFile(target), payload);
-    await assert.rejects(storage.getContentsToFile("site/basebackup/missing", path.join(downloadDir, "x")), StorageNotFoundError);
+    await assert.rejects(
+      storage.getContentsToFile("site/basebackup/missing", path.join(downloadDir, "x")),
+      StorageNotFoundError,
+    );
     assert.deepEqual(await readdir(downloadDir), ["bb1"]);
     const [listed] = await storage.list("site/basebackup");
     assert.equal(listed?.md5, sha256(payload));
@@ -132,20 +143,32 @@ describe("storage/local", () => {
       yield Buffer.alloc(1024 * 1024, 2);
       throw new Error("connection lost");
     }
-    await assert.rejects(storage.storeFileObject("interrupted/obj", Readable.from(failing()), { a: "1" }), /connection lost/);
+    await assert.rejects(
+      storage.storeFileObject("interrupted/obj", Readable.from(failing()), { a: "1" }),
+      /connection lost/,
+    );
     await assert.rejects(storage.getMetadataForKey("interrupted/obj"), StorageNotFoundError);
     assert.deepEqual(await storage.list("interrupted"), []);
     assert.deepEqual(await tree(path.join(dir, "pfx", "interrupted")), []);
 
     // Replacing an existing object with a failing stream keeps the old one intact.
     await storage.storeFileFromMemory("interrupted/kept", Buffer.from("old"), { v: "1" });
-    await assert.rejects(storage.storeFileObject("interrupted/kept", Readable.from(failing()), { v: "2" }), /connection lost/);
-    assert.deepEqual(await storage.getContentsToMemory("interrupted/kept"), { data: Buffer.from("old"), metadata: { v: "1" } });
+    await assert.rejects(
+      storage.storeFileObject("interrupted/kept", Readable.from(failing()), { v: "2" }),
+      /connection lost/,
+    );
+    assert.deepEqual(await storage.getContentsToMemory("interrupted/kept"), {
+      data: Buffer.from("old"),
+      metadata: { v: "1" },
+    });
     assert.deepEqual(await tree(path.join(dir, "pfx", "interrupted")), ["kept", "kept.metadata"]);
   });
 
   it("lists many keys sorted, non-recursively by default, skipping unpublished and temp entries", async () => {
-    const names = Array.from({ length: 300 }, (_, i) => `00000001000000000000${(299 - i).toString(16).toUpperCase().padStart(4, "0")}`);
+    const names = Array.from(
+      { length: 300 },
+      (_, i) => `00000001000000000000${(299 - i).toString(16).toUpperCase().padStart(4, "0")}`,
+    );
     for (const name of names) await storage.storeFileFromMemory(`many/xlog/${name}`, Buffer.from(name), { n: name });
     await storage.storeFileFromMemory("many/xlog/sub/nested", Buffer.from("n"), {});
     const xlogDir = path.join(dir, "pfx", "many", "xlog");
@@ -157,7 +180,10 @@ describe("storage/local", () => {
 
     const listed = await storage.list("many/xlog");
     assert.equal(listed.length, 300);
-    assert.deepEqual(listed.map((o) => o.name), names.map((n) => `many/xlog/${n}`).sort());
+    assert.deepEqual(
+      listed.map((o) => o.name),
+      names.map((n) => `many/xlog/${n}`).sort(),
+    );
     assert.equal(listed[0]?.metadata.n, names.at(-1));
     assert.ok(listed.every((o) => o.lastModified instanceof Date && o.size === 24));
     assert.deepEqual(await storage.list("many/xlog/"), listed, "a trailing slash is implied");
@@ -177,9 +203,15 @@ describe("storage/local", () => {
     await assert.rejects(storage.getMetadataForKey(missing), StorageNotFoundError);
     await assert.rejects(storage.getContentsToMemory(missing), StorageNotFoundError);
     await assert.rejects(storage.getReadStream(missing), StorageNotFoundError);
-    await assert.rejects(storage.deleteKey(missing), (err: unknown) => err instanceof StorageNotFoundError && err.key === missing);
+    await assert.rejects(
+      storage.deleteKey(missing),
+      (err: unknown) => err instanceof StorageNotFoundError && err.key === missing,
+    );
     await assert.rejects(storage.copyFile(missing, "nothing/copy"), StorageNotFoundError);
-    await assert.rejects(storage.getMetadataForKey("site/xlog/000000010000000000000001/below-a-file"), StorageNotFoundError);
+    await assert.rejects(
+      storage.getMetadataForKey("site/xlog/000000010000000000000001/below-a-file"),
+      StorageNotFoundError,
+    );
     await storage.deleteTree("nothing"); // no error
   });
 
@@ -198,7 +230,11 @@ describe("storage/local", () => {
         () => storage.list(key),
         () => storage.copyFile("site/xlog/000000010000000000000001", key),
       ]) {
-        await assert.rejects(op(), (err: unknown) => err instanceof StorageError && !(err instanceof StorageNotFoundError), key);
+        await assert.rejects(
+          op(),
+          (err: unknown) => err instanceof StorageError && !(err instanceof StorageNotFoundError),
+          key,
+        );
       }
     }
     for (const key of ["a/b.metadata", "a/.hidden", "a/x.metadata_tmp1", "a/.concurrent_upload_x"]) {
@@ -218,32 +254,47 @@ describe("storage/local", () => {
     await storage.deleteTree("del/a");
     assert.deepEqual(await tree(path.join(dir, "pfx", "del")), ["b/1", "b/1.metadata"]);
     await storage.deleteTree("del/b/1"); // a key, not a tree: left alone
-    assert.deepEqual((await storage.list("del/b")).map((o) => o.name), ["del/b/1"]);
+    assert.deepEqual(
+      (await storage.list("del/b")).map((o) => o.name),
+      ["del/b/1"],
+    );
     // "" is everything below the backend prefix; the prefix directory itself stays.
     const scoped = new LocalStorage({ directory: path.join(dir, "pfx", "del"), prefix: "scoped" });
     await scoped.storeFileFromMemory("x/y", Buffer.from("y"), {});
     await scoped.deleteTree("");
     assert.deepEqual(await readdir(path.join(dir, "pfx", "del", "scoped")), []);
-    assert.deepEqual((await storage.list("del/b")).map((o) => o.name), ["del/b/1"]);
+    assert.deepEqual(
+      (await storage.list("del/b")).map((o) => o.name),
+      ["del/b/1"],
+    );
   });
 
   it("copies objects with the same or new metadata", async () => {
     await storage.storeFileFromMemory("copy/src", Buffer.from("payload"), { a: "1", b: "2" });
     await storage.copyFile("copy/src", "copy/dst-same");
-    assert.deepEqual(await storage.getContentsToMemory("copy/dst-same"), { data: Buffer.from("payload"), metadata: { a: "1", b: "2" } });
+    assert.deepEqual(await storage.getContentsToMemory("copy/dst-same"), {
+      data: Buffer.from("payload"),
+      metadata: { a: "1", b: "2" },
+    });
     await storage.copyFile("copy/src", "copy/other/dst-new", { c: "3" });
     assert.deepEqual(await storage.getMetadataForKey("copy/other/dst-new"), { c: "3" });
     const [copied] = await storage.list("copy/other");
     assert.equal(copied?.md5, sha256("payload"), "the content hash carries over");
     assert.deepEqual(await tree(path.join(dir, "pfx", "copy")), [
-      "dst-same", "dst-same.metadata", "other/dst-new", "other/dst-new.metadata", "src", "src.metadata",
+      "dst-same",
+      "dst-same.metadata",
+      "other/dst-new",
+      "other/dst-new.metadata",
+      "src",
+      "src.metadata",
     ]);
   });
 });
 
 describe("storage/local reading a store written by upstream pghoard", () => {
   const setDir = path.join(sharedDir, "fixtures", "pghoard-made", "snappy-plain-basic");
-  const skip = !hasShared || !existsSync(setDir) ? "shared fixtures (../shared/fixtures/pghoard-made) not present" : false;
+  const skip =
+    !hasShared || !existsSync(setDir) ? "shared fixtures (../shared/fixtures/pghoard-made) not present" : false;
 
   interface GroundTruthObject {
     key: string;
@@ -254,7 +305,9 @@ describe("storage/local reading a store written by upstream pghoard", () => {
   }
 
   it("lists xlog and basebackup objects with upstream's metadata", { skip }, async () => {
-    const truth = JSON.parse(await readFile(path.join(setDir, "ground-truth.json"), "utf8")) as { objects: GroundTruthObject[] };
+    const truth = JSON.parse(await readFile(path.join(setDir, "ground-truth.json"), "utf8")) as {
+      objects: GroundTruthObject[];
+    };
     const storage = await createStorage({ storage_type: "local", directory: path.join(setDir, "store") });
     const listed = [
       ...(await storage.list("snappy-plain-basic/xlog")),

@@ -8,7 +8,11 @@ describe("storage retry", () => {
     for (const status of [408, 429, 500, 502, 503, 504]) assert.ok(isTransientError({ status }), String(status));
     for (const status of [400, 401, 403, 404, 409]) assert.ok(!isTransientError({ status }), String(status));
     assert.ok(isTransientError(Object.assign(new Error("reset"), { code: "ECONNRESET" })));
-    assert.ok(isTransientError(new TypeError("fetch failed", { cause: Object.assign(new Error("x"), { code: "UND_ERR_SOCKET" }) })));
+    assert.ok(
+      isTransientError(
+        new TypeError("fetch failed", { cause: Object.assign(new Error("x"), { code: "UND_ERR_SOCKET" }) }),
+      ),
+    );
     assert.ok(isTransientError(Object.assign(new Error("t"), { name: "TimeoutError" })));
     assert.ok(!isTransientError(new Error("plain")));
   });

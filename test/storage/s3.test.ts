@@ -39,9 +39,15 @@ describe("s3 request options", { skip: "skip" in server ? server.skip : false },
   const open = (extra: Record<string, unknown>) => {
     const endpoint = new URL(running!.env.S3_ENDPOINT!);
     return createStorage({
-      storage_type: "s3", region: running!.env.S3_REGION!, bucket_name: "pghoard-options",
-      aws_access_key_id: running!.env.S3_ACCESS_KEY!, aws_secret_access_key: running!.env.S3_SECRET_KEY!,
-      host: endpoint.hostname, port: Number(endpoint.port), prefix: "opts", ...extra,
+      storage_type: "s3",
+      region: running!.env.S3_REGION!,
+      bucket_name: "pghoard-options",
+      aws_access_key_id: running!.env.S3_ACCESS_KEY!,
+      aws_secret_access_key: running!.env.S3_SECRET_KEY!,
+      host: endpoint.hostname,
+      port: Number(endpoint.port),
+      prefix: "opts",
+      ...extra,
     });
   };
 
@@ -66,11 +72,14 @@ describe("s3 request options", { skip: "skip" in server ? server.skip : false },
   });
 
   it("fails fast on a wrong secret without naming it", async () => {
-    await assert.rejects(open({ aws_secret_access_key: "wrong-secret-51ab" }).then((s) => s.list("")), (err) => {
-      assert.ok(err instanceof StorageError, String(err));
-      assert.match(err.message, /^s3: /);
-      assert.doesNotMatch(err.message, /wrong-secret-51ab/);
-      return true;
-    });
+    await assert.rejects(
+      open({ aws_secret_access_key: "wrong-secret-51ab" }).then((s) => s.list("")),
+      (err) => {
+        assert.ok(err instanceof StorageError, String(err));
+        assert.match(err.message, /^s3: /);
+        assert.doesNotMatch(err.message, /wrong-secret-51ab/);
+        return true;
+      },
+    );
   });
 });

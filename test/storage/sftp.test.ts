@@ -33,10 +33,16 @@ runConformance("sftp (OpenSSH 9.2 internal-sftp)", {
 describe("sftp files on the server", { skip: "skip" in server ? server.skip : false }, () => {
   it("publishes data then sidecar by rename and leaves no temp files after a failed upload", async () => {
     const store = await createStorage({
-      storage_type: "sftp", server: running!.env.SFTP_HOST!, port: Number(running!.env.SFTP_PORT!),
-      username: running!.env.SFTP_USER!, private_key: running!.env.SFTP_PRIVATE_KEY!, prefix: "files",
+      storage_type: "sftp",
+      server: running!.env.SFTP_HOST!,
+      port: Number(running!.env.SFTP_PORT!),
+      username: running!.env.SFTP_USER!,
+      private_key: running!.env.SFTP_PRIVATE_KEY!,
+      prefix: "files",
     });
-    await store.storeFileFromMemory("site/xlog/000000010000000000000001", Buffer.from("wal"), { "compression-algorithm": "snappy" });
+    await store.storeFileFromMemory("site/xlog/000000010000000000000001", Buffer.from("wal"), {
+      "compression-algorithm": "snappy",
+    });
     const failing = Readable.from(
       (async function* () {
         yield Buffer.alloc(3 * 1024 * 1024);

@@ -42,7 +42,8 @@ function listTs(dir: string): string[] {
 }
 
 // Static imports/re-exports (type-only included) and dynamic imports with a literal specifier.
-const IMPORT_RE = /(?:^|\n)\s*(?:import|export)\s[^;]*?\sfrom\s*"([^"]+)"|(?:^|\n)\s*import\s*"([^"]+)"|\bimport\(\s*"([^"]+)"\s*\)/g;
+const IMPORT_RE =
+  /(?:^|\n)\s*(?:import|export)\s[^;]*?\sfrom\s*"([^"]+)"|(?:^|\n)\s*import\s*"([^"]+)"|\bimport\(\s*"([^"]+)"\s*\)/g;
 
 function importsOf(file: string): string[] {
   const text = readFileSync(file, "utf8")

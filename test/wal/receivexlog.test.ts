@@ -16,7 +16,6 @@ import {
   makeStreamingEnv,
   readState,
   slotRestartLsn,
-  SLOT,
   startDaemon,
   switchWal,
   waitFor,
@@ -39,7 +38,11 @@ async function receivewalPid(env: DaemonEnv): Promise<number | null> {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const cmdline = (await readFile(`/proc/${entry}/cmdline`, "utf8")).split("\0");
-      if (cmdline[0]?.endsWith("pg_receivewal") && cmdline.includes(path.join(env.backupLocation, SITE, "xlog_incoming"))) return Number(entry);
+      if (
+        cmdline[0]?.endsWith("pg_receivewal") &&
+        cmdline.includes(path.join(env.backupLocation, SITE, "xlog_incoming"))
+      )
+        return Number(entry);
     } catch {
       // process went away
     }
@@ -64,15 +67,29 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
 
   it("archives every completed segment byte-for-byte, creates the slot, advances it, and resumes after a restart", async () => {
     daemon = await startDaemon(env);
-    const slot0 = await waitFor("slot creation", () => slotRestartLsn(cluster).then((l) => l ?? undefined), 30_000, () => daemon!.logs());
-    await waitFor("pg_receivewal running", () => receivewalPid(env).then((p) => p ?? undefined), 30_000, () => daemon!.logs());
+    const slot0 = await waitFor(
+      "slot creation",
+      () => slotRestartLsn(cluster).then((l) => l ?? undefined),
+      30_000,
+      () => daemon!.logs(),
+    );
+    await waitFor(
+      "pg_receivewal running",
+      () => receivewalPid(env).then((p) => p ?? undefined),
+      30_000,
+      () => daemon!.logs(),
+    );
     await writeLoad(cluster);
     const last1 = await switchWal(cluster);
     await waitForStored(env, SITE, last1, daemon);
-    await waitFor("pg_receivexlogs state", async () => {
-      const state = await readState(env).catch(() => undefined);
-      return (state?.pg_receivexlogs?.[SITE] as { running?: boolean } | undefined)?.running === true;
-    }, 15_000);
+    await waitFor(
+      "pg_receivexlogs state",
+      async () => {
+        const state = await readState(env).catch(() => undefined);
+        return (state?.pg_receivexlogs?.[SITE] as { running?: boolean } | undefined)?.running === true;
+      },
+      15_000,
+    );
 
     // Stop the daemon (pg_receivewal with it), write more, start again: nothing lost.
     assert.deepEqual(await daemon.stop(), { code: 0, signal: null });
@@ -88,7 +105,9 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
     assert.ok(names.length >= 4, `several segments stored: ${names.join(" ")}`);
     assert.equal(names.at(-1), last2);
     // Local copies are cleaned up: at most the newest (kept for pg_receivewal) plus the one being written.
-    const incoming = (await readdir(path.join(env.backupLocation, SITE, "xlog_incoming"))).filter((n) => /^[0-9A-F]{24}$/.test(n));
+    const incoming = (await readdir(path.join(env.backupLocation, SITE, "xlog_incoming"))).filter((n) =>
+      /^[0-9A-F]{24}$/.test(n),
+    );
     assert.ok(incoming.length <= 2, `xlog_incoming holds ${incoming.join(" ")}`);
     const slot1 = await slotRestartLsn(cluster);
     assert.ok(slot1 && (await lsnGreater(cluster, slot1, slot0)), `slot advanced from ${slot0} to ${slot1}`);
@@ -101,16 +120,30 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
   it("pauses pg_receivewal below min_disk_free_bytes and resumes it after a SIGHUP reload", async () => {
     assert.ok(daemon);
     const sites = env.config.backup_sites as Record<string, Record<string, unknown>>;
-    sites[SITE].pg_receivexlog = { min_disk_free_bytes: 2 ** 60, disk_space_check_interval: 0.2, resume_multiplier: 1.5 };
+    sites[SITE].pg_receivexlog = {
+      min_disk_free_bytes: 2 ** 60,
+      disk_space_check_interval: 0.2,
+      resume_multiplier: 1.5,
+    };
     await env.writeConfig();
     daemon.child.kill("SIGHUP");
     const pid = await waitFor("pg_receivewal pid", () => receivewalPid(env).then((p) => p ?? undefined));
-    await waitFor("pg_receivewal stopped (state T)", async () => procState(pid) === "T", 20_000, () => daemon!.logs().slice(-3000));
+    await waitFor(
+      "pg_receivewal stopped (state T)",
+      async () => procState(pid) === "T",
+      20_000,
+      () => daemon!.logs().slice(-3000),
+    );
     assert.match(daemon.logs(), /below configured minimum .* pausing pg_receivewal/);
     sites[SITE].pg_receivexlog = { min_disk_free_bytes: 1024, disk_space_check_interval: 0.2, resume_multiplier: 1.5 };
     await env.writeConfig();
     daemon.child.kill("SIGHUP");
-    await waitFor("pg_receivewal running again", async () => procState(pid) !== "T", 20_000, () => daemon!.logs().slice(-3000));
+    await waitFor(
+      "pg_receivewal running again",
+      async () => procState(pid) !== "T",
+      20_000,
+      () => daemon!.logs().slice(-3000),
+    );
     assert.match(daemon.logs(), /Resuming pg_receivewal/);
     assert.equal(await receivewalPid(env), pid, "the same pg_receivewal continued");
     // And it still archives.
@@ -133,7 +166,12 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
     await switchWal(cluster);
     assert.ok(existsSync(`/proc/${orphan}`), "pg_receivewal outlived the killed daemon");
     daemon = await startDaemon(env, {}, "daemon3.log");
-    await waitFor("orphan terminated", async () => !existsSync(`/proc/${orphan}`) || procState(orphan) === "Z", 20_000, () => daemon!.logs());
+    await waitFor(
+      "orphan terminated",
+      async () => !existsSync(`/proc/${orphan}`) || procState(orphan) === "Z",
+      20_000,
+      () => daemon!.logs(),
+    );
     assert.match(daemon.logs(), new RegExp(`terminating pg_receivewal PID ${orphan} left over`));
     await writeLoad(cluster, 100);
     const last = await switchWal(cluster);
@@ -170,11 +208,22 @@ describe("pg_receivexlog mode start-up checks", { timeout: 300_000 }, () => {
   }
 
   it("wrong password: authentication_error and a clear log line; the daemon keeps running; fixed password clears it", async () => {
-    const env = await makeStreamingEnv(cluster, SITE, "pg_receivexlog", { user: "md5user", password: "wrong-password" });
+    const env = await makeStreamingEnv(cluster, SITE, "pg_receivexlog", {
+      user: "md5user",
+      password: "wrong-password",
+    });
     const daemon = await startDaemon(env);
     daemons.push(daemon);
-    await waitFor("authentication_error", async () => (await alerts(env)).includes("authentication_error"), 30_000, () => daemon.logs());
-    assert.match(daemon.logs(), /connection to PostgreSQL .* failed: password authentication failed for user "md5user"/);
+    await waitFor(
+      "authentication_error",
+      async () => (await alerts(env)).includes("authentication_error"),
+      30_000,
+      () => daemon.logs(),
+    );
+    assert.match(
+      daemon.logs(),
+      /connection to PostgreSQL .* failed: password authentication failed for user "md5user"/,
+    );
     assert.ok(!daemon.logs().includes("wrong-password"), "the password is not logged");
     assert.equal((await httpRequest(env.port, "GET", "/status")).status, 200, "the daemon keeps running");
     // Fix the password: the next attempt (backoff 5 s) succeeds and removes the alert.
@@ -182,7 +231,12 @@ describe("pg_receivexlog mode start-up checks", { timeout: 300_000 }, () => {
     (sites[SITE].nodes as Array<Record<string, unknown>>)[0].password = "right-password";
     await env.writeConfig();
     daemon.child.kill("SIGHUP");
-    await waitFor("alert removed", async () => !(await alerts(env)).includes("authentication_error"), 40_000, () => daemon.logs().slice(-3000));
+    await waitFor(
+      "alert removed",
+      async () => !(await alerts(env)).includes("authentication_error"),
+      40_000,
+      () => daemon.logs().slice(-3000),
+    );
     await waitFor("pg_receivewal started", async () => /Started: \[.*pg_receivewal/.test(daemon.logs()), 20_000);
     await daemon.stop();
   });
@@ -191,7 +245,12 @@ describe("pg_receivexlog mode start-up checks", { timeout: 300_000 }, () => {
     const env = await makeStreamingEnv(cluster, SITE, "pg_receivexlog", { user: "nohbauser" });
     const daemon = await startDaemon(env);
     daemons.push(daemon);
-    await waitFor("configuration_error", async () => (await alerts(env)).includes("configuration_error"), 30_000, () => daemon.logs());
+    await waitFor(
+      "configuration_error",
+      async () => (await alerts(env)).includes("configuration_error"),
+      30_000,
+      () => daemon.logs(),
+    );
     assert.match(daemon.logs(), /version check failed: pg_hba.conf rejects replication connection/);
     assert.deepEqual(await alerts(env), ["configuration_error"]);
     assert.equal((await httpRequest(env.port, "GET", "/status")).status, 200);
@@ -209,7 +268,12 @@ describe("pg_receivexlog mode start-up checks", { timeout: 300_000 }, () => {
     await env.writeConfig();
     const daemon = await startDaemon(env);
     daemons.push(daemon);
-    await waitFor("version_mismatch_error", async () => (await alerts(env)).includes("version_mismatch_error"), 30_000, () => daemon.logs());
+    await waitFor(
+      "version_mismatch_error",
+      async () => (await alerts(env)).includes("version_mismatch_error"),
+      30_000,
+      () => daemon.logs(),
+    );
     assert.match(daemon.logs(), /pg_receivewal version 140000 .* does not match the server version 15\d{4}/);
     assert.equal((await httpRequest(env.port, "GET", "/status")).status, 200);
     assert.ok(!existsSync(path.join(env.alertDir, "authentication_error")));

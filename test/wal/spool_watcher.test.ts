@@ -49,7 +49,10 @@ describe("SpoolWatcher", () => {
       await rename(path.join(dir, "000000010000000000000002.partial"), path.join(dir, "000000010000000000000002"));
       await rename(path.join(dir, "00000002.history.tmp"), path.join(dir, "00000002.history"));
       await waitUntil(() => seen.length === 2);
-      assert.deepEqual(seen.sort(), [["000000010000000000000002", "xlog"], ["00000002.history", "timeline"]]);
+      assert.deepEqual(seen.sort(), [
+        ["000000010000000000000002", "xlog"],
+        ["00000002.history", "timeline"],
+      ]);
       await watcher.scan();
       assert.equal(seen.length, 2, "reported once");
       // Deleted after compression and written again later: a new file, reported again.
@@ -69,7 +72,11 @@ describe("SpoolWatcher", () => {
     await first.start();
     first.stop();
     await segment(path.join(dir, "000000010000000000000003"));
-    const second = new SpoolWatcher(dir, (p) => seen.push(path.basename(p)), { scanIntervalMs: 50, known, reportExisting: true });
+    const second = new SpoolWatcher(dir, (p) => seen.push(path.basename(p)), {
+      scanIntervalMs: 50,
+      known,
+      reportExisting: true,
+    });
     await second.start();
     second.stop();
     assert.deepEqual(seen, ["000000010000000000000003"], "only the file that appeared between the watchers");
@@ -80,12 +87,22 @@ describe("replication helpers", () => {
   it("classifies connection failures as upstream does", () => {
     assert.equal(connectionFailureAlert('password authentication failed for user "x"'), "authentication_error");
     assert.equal(connectionFailureAlert("FATAL: authentication failed"), "authentication_error");
-    assert.equal(connectionFailureAlert('no pg_hba.conf entry for replication connection from host "1.2.3.4"'), "configuration_error");
+    assert.equal(
+      connectionFailureAlert('no pg_hba.conf entry for replication connection from host "1.2.3.4"'),
+      "configuration_error",
+    );
     assert.equal(connectionFailureAlert("connect ECONNREFUSED 127.0.0.1:1"), "configuration_error");
   });
 
   it("maps libpq keywords to a replication pg.Client config", () => {
-    const config = pgClientConfig({ host: "/run/pg", port: "5433", user: "u", password: "p", dbname: "replication", sslmode: "require" }) as Record<string, unknown>;
+    const config = pgClientConfig({
+      host: "/run/pg",
+      port: "5433",
+      user: "u",
+      password: "p",
+      dbname: "replication",
+      sslmode: "require",
+    }) as Record<string, unknown>;
     assert.equal(config.host, "/run/pg");
     assert.equal(config.port, 5433);
     assert.equal(config.database, "replication");

@@ -4,7 +4,14 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { nextWalName } from "../../src/wal/index.js";
 import type { PgCluster } from "../helpers/pgcluster.js";
-import { DaemonProcess, decodeStoredObject, listStoredNames, makeDaemonEnv, sleep, type DaemonEnv } from "../daemon/helpers.js";
+import {
+  DaemonProcess,
+  decodeStoredObject,
+  listStoredNames,
+  makeDaemonEnv,
+  sleep,
+  type DaemonEnv,
+} from "../daemon/helpers.js";
 
 export const SLOT = "pghoard_test_slot";
 
@@ -33,7 +40,11 @@ export async function makeStreamingEnv(
   });
 }
 
-export function startDaemon(env: DaemonEnv, extraEnv: Record<string, string> = {}, logName?: string): Promise<DaemonProcess> {
+export function startDaemon(
+  env: DaemonEnv,
+  extraEnv: Record<string, string> = {},
+  logName?: string,
+): Promise<DaemonProcess> {
   return DaemonProcess.start(env, { env: { HOME: env.dir, ...extraEnv }, ...(logName ? { logName } : {}) });
 }
 
@@ -41,7 +52,12 @@ export async function storedWal(env: DaemonEnv, site: string): Promise<string[]>
   return await listStoredNames(env.storageDir, site, "xlog");
 }
 
-export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000, details?: () => string): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  fn: () => Promise<T | undefined | false>,
+  timeoutMs = 60_000,
+  details?: () => string,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await fn();
@@ -51,8 +67,19 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
   }
 }
 
-export async function waitForStored(env: DaemonEnv, site: string, name: string, daemon?: DaemonProcess, timeoutMs = 60_000): Promise<void> {
-  await waitFor(`${name} in storage`, async () => (await storedWal(env, site)).includes(name), timeoutMs, () => daemon?.logs().slice(-4000) ?? "");
+export async function waitForStored(
+  env: DaemonEnv,
+  site: string,
+  name: string,
+  daemon?: DaemonProcess,
+  timeoutMs = 60_000,
+): Promise<void> {
+  await waitFor(
+    `${name} in storage`,
+    async () => (await storedWal(env, site)).includes(name),
+    timeoutMs,
+    () => daemon?.logs().slice(-4000) ?? "",
+  );
 }
 
 /** Forces a segment switch and returns the name of the segment that was just completed. */
@@ -62,7 +89,10 @@ export async function switchWal(cluster: PgCluster): Promise<string> {
 }
 
 export async function slotRestartLsn(cluster: PgCluster, slot = SLOT): Promise<string | null> {
-  const rows = await cluster.query<{ restart_lsn: string | null }>("SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1", [slot]);
+  const rows = await cluster.query<{ restart_lsn: string | null }>(
+    "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+    [slot],
+  );
   return rows[0]?.restart_lsn ?? null;
 }
 
@@ -87,7 +117,12 @@ export function assertContiguous(names: string[]): void {
 }
 
 /** Every stored segment in `names` decodes to the bytes of the server's copy in pg_wal. */
-export async function assertStoredMatchPgWal(env: DaemonEnv, site: string, cluster: PgCluster, names: string[]): Promise<void> {
+export async function assertStoredMatchPgWal(
+  env: DaemonEnv,
+  site: string,
+  cluster: PgCluster,
+  names: string[],
+): Promise<void> {
   for (const name of names) {
     const { data } = await decodeStoredObject(env.storageDir, `${site}/xlog/${name}`, {});
     const original = await readFile(path.join(cluster.dataDir, "pg_wal", name));
@@ -98,7 +133,9 @@ export async function assertStoredMatchPgWal(env: DaemonEnv, site: string, clust
 
 /** Some WAL: a pgbench run (initialised on first use). */
 export async function writeLoad(cluster: PgCluster, transactions = 300): Promise<void> {
-  const rows = await cluster.query<{ n: string }>("SELECT count(*) AS n FROM pg_tables WHERE tablename = 'pgbench_accounts'");
+  const rows = await cluster.query<{ n: string }>(
+    "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'pgbench_accounts'",
+  );
   if (rows[0].n === "0") await cluster.pgbench(["-i", "-s", "2", "-q"]);
   await cluster.pgbench(["-c", "2", "-t", String(transactions)]);
 }

@@ -42,13 +42,31 @@ async function waitReplayed(primary: PgCluster, standby: PgCluster): Promise<voi
 }
 
 /** A primary with table `t` and a streaming standby of it (its own data directory below `work`). */
-async function primaryAndStandby(work: string, clusters: PgCluster[]): Promise<{ primary: PgCluster; standby: PgCluster; standbyData: string }> {
+async function primaryAndStandby(
+  work: string,
+  clusters: PgCluster[],
+): Promise<{ primary: PgCluster; standby: PgCluster; standbyData: string }> {
   const primary = await startCluster({ settings: WAL_SETTINGS });
   clusters.push(primary);
   await primary.query("CREATE TABLE t (id int, phase text)");
   await primary.query("INSERT INTO t SELECT i, 'tl1' FROM generate_series(1, 1000) i");
   const standbyData = path.join(work, "standby");
-  await primary.exec("pg_basebackup", ["-h", "127.0.0.1", "-p", String(primary.port), "-U", "postgres", "-D", standbyData, "-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+  await primary.exec("pg_basebackup", [
+    "-h",
+    "127.0.0.1",
+    "-p",
+    String(primary.port),
+    "-U",
+    "postgres",
+    "-D",
+    standbyData,
+    "-R",
+    "-X",
+    "stream",
+    "-c",
+    "fast",
+    "--no-sync",
+  ]);
   const standby = await startCluster({ dataDir: standbyData, settings: WAL_SETTINGS });
   clusters.push(standby);
   return { primary, standby, standbyData };
@@ -59,7 +77,9 @@ async function promote(primary: PgCluster, standby: PgCluster, standbyData: stri
   await primary.stop("fast");
   await standby.exec("pg_ctl", ["-D", standbyData, "promote", "-w"]);
   await standby.waitForRecoveryEnd();
-  const [{ tli }] = await standby.query<{ tli: string }>("SELECT substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) AS tli");
+  const [{ tli }] = await standby.query<{ tli: string }>(
+    "SELECT substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) AS tli",
+  );
   assert.equal(tli, "00000002");
 }
 
@@ -82,11 +102,31 @@ for (const mode of ["pg_receivexlog", "walreceiver"] as const) {
       const env = await makeStreamingEnv(standby, site, mode);
       const daemon = await startDaemon(env, { PGHOARD_TEST_PARTIAL_INTERVAL_MS: "2000" });
       daemons.push(daemon);
-      await waitFor("streaming", async () => STREAMING_LOG[mode].test(daemon.logs()), 30_000, () => daemon.logs());
+      await waitFor(
+        "streaming",
+        async () => STREAMING_LOG[mode].test(daemon.logs()),
+        30_000,
+        () => daemon.logs(),
+      );
 
       // The base backup (timeline 1) whose WAL comes only from our archive.
       const baseDir = path.join(work, "restored");
-      await primary.exec("pg_basebackup", ["-h", "127.0.0.1", "-p", String(primary.port), "-U", "postgres", "-D", baseDir, "-Fp", "-X", "none", "-c", "fast", "--no-sync"]);
+      await primary.exec("pg_basebackup", [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        String(primary.port),
+        "-U",
+        "postgres",
+        "-D",
+        baseDir,
+        "-Fp",
+        "-X",
+        "none",
+        "-c",
+        "fast",
+        "--no-sync",
+      ]);
       await primary.query("INSERT INTO t SELECT i, 'tl1-after-backup' FROM generate_series(1, 1000) i");
       const lastTl1 = await switchWal(primary);
       await waitReplayed(primary, standby);
@@ -98,9 +138,16 @@ for (const mode of ["pg_receivexlog", "walreceiver"] as const) {
       const lastTl2 = await switchWal(standby);
       assert.equal(lastTl2.slice(0, 8), "00000002");
       await waitForStored(env, site, lastTl2, daemon, 90_000);
-      await waitFor("00000002.history stored", async () => (await listStoredNames(env.storageDir, site, "timeline")).includes("00000002.history"), 30_000);
+      await waitFor(
+        "00000002.history stored",
+        async () => (await listStoredNames(env.storageDir, site, "timeline")).includes("00000002.history"),
+        30_000,
+      );
       const { data: history } = await decodeStoredObject(env.storageDir, `${site}/timeline/00000002.history`, {});
-      assert.ok(history.equals(await readFile(path.join(standbyData, "pg_wal", "00000002.history"))), "history file stored byte-for-byte");
+      assert.ok(
+        history.equals(await readFile(path.join(standbyData, "pg_wal", "00000002.history"))),
+        "history file stored byte-for-byte",
+      );
       const tl2 = fullSegments(await storedWal(env, site)).filter((n) => n.startsWith("00000002"));
       assert.ok(tl2.length >= 1, `timeline 2 segments: ${tl2.join(" ")}`);
       await assertStoredMatchPgWal(env, site, standby, tl2);
@@ -125,10 +172,16 @@ for (const mode of ["pg_receivexlog", "walreceiver"] as const) {
       clusters.push(restored);
       await restored.start();
       await restored.waitForRecoveryEnd(120_000);
-      const rows = await restored.query<{ phase: string; n: string }>("SELECT phase, count(*) AS n FROM t GROUP BY phase ORDER BY phase");
+      const rows = await restored.query<{ phase: string; n: string }>(
+        "SELECT phase, count(*) AS n FROM t GROUP BY phase ORDER BY phase",
+      );
       assert.deepEqual(
         rows.map((r) => [r.phase, Number(r.n)]),
-        [["tl1", 1000], ["tl1-after-backup", 1000], ["tl2", 500]],
+        [
+          ["tl1", 1000],
+          ["tl1-after-backup", 1000],
+          ["tl2", 500],
+        ],
       );
       const log = await restored.logContents();
       assert.match(log, /restored log file "00000002.history" from archive/);
@@ -155,7 +208,12 @@ for (const mode of ["pg_receivexlog", "walreceiver"] as const) {
       const env = await makeStreamingEnv(standby, site, mode);
       const first = await startDaemon(env);
       daemons.push(first);
-      await waitFor("streaming", async () => STREAMING_LOG[mode].test(first.logs()), 30_000, () => first.logs());
+      await waitFor(
+        "streaming",
+        async () => STREAMING_LOG[mode].test(first.logs()),
+        30_000,
+        () => first.logs(),
+      );
       await primary.query("INSERT INTO t SELECT i, 'tl1-b' FROM generate_series(1, 20000) i");
       const stored1 = await switchWal(primary);
       await waitReplayed(primary, standby);
@@ -172,7 +230,11 @@ for (const mode of ["pg_receivexlog", "walreceiver"] as const) {
       const second = await startDaemon(env, {}, "daemon2.log");
       daemons.push(second);
       await waitForStored(env, site, lastTl2, second, 90_000);
-      await waitFor("00000002.history stored", async () => (await listStoredNames(env.storageDir, site, "timeline")).includes("00000002.history"), 30_000);
+      await waitFor(
+        "00000002.history stored",
+        async () => (await listStoredNames(env.storageDir, site, "timeline")).includes("00000002.history"),
+        30_000,
+      );
       if (mode === "walreceiver") assert.match(second.logs(), /Timeline 1 ended at .*; following timeline 2/);
       const names = fullSegments(await storedWal(env, site));
       const tl1 = names.filter((n) => n.startsWith("00000001"));

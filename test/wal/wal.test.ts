@@ -186,22 +186,28 @@ describe("wal/verify", () => {
     assert.throws(() => readWalHeader(HEADER_PG95_11_9C.subarray(0, 18)), /need at least 20 bytes/);
     const unknown = Buffer.concat([Buffer.from([0x7f, 0xd0]), HEADER_PG95_11_9C.subarray(2)]);
     assert.throws(() => readWalHeader(unknown), /unknown WAL magic 0xD07F/);
-    assert.throws(() => verifyWalHeader(unknown, "0000002F000000110000009C"), (err: unknown) => {
-      assert.ok(err instanceof WalVerificationError);
-      assert.match((err as Error).message, /verification failed: unknown WAL magic/);
-      return true;
-    });
+    assert.throws(
+      () => verifyWalHeader(unknown, "0000002F000000110000009C"),
+      (err: unknown) => {
+        assert.ok(err instanceof WalVerificationError);
+        assert.match((err as Error).message, /verification failed: unknown WAL magic/);
+        return true;
+      },
+    );
     assert.throws(() => verifyWalHeader(Buffer.alloc(0), "0000002F000000110000009C"), WalVerificationError);
   });
 
   it("reports an LSN mismatch with expected and found LSNs", () => {
-    assert.throws(() => verifyWalHeader(HEADER_PG95_11_9C, "0".repeat(24)), (err: unknown) => {
-      assert.ok(err instanceof LsnMismatchError);
-      assert.match(err.message, /Expected LSN 0\/0 in WAL file "0{24}"; found 11\/9C000000/);
-      assert.equal(err.expectedLsn, 0n);
-      assert.equal(err.foundLsn, 0x119c000000n);
-      return true;
-    });
+    assert.throws(
+      () => verifyWalHeader(HEADER_PG95_11_9C, "0".repeat(24)),
+      (err: unknown) => {
+        assert.ok(err instanceof LsnMismatchError);
+        assert.match(err.message, /Expected LSN 0\/0 in WAL file "0{24}"; found 11\/9C000000/);
+        assert.equal(err.expectedLsn, 0n);
+        assert.equal(err.foundLsn, 0x119c000000n);
+        return true;
+      },
+    );
     // Only the position is compared, not the timeline.
     verifyWalHeader(HEADER_PG95_11_9C, "0000002F000000110000009C");
     verifyWalHeader(HEADER_PG95_11_9C, "00000001000000110000009C");
@@ -209,8 +215,18 @@ describe("wal/verify", () => {
 
   it("knows every supported magic", () => {
     const magics: Array<[number, number]> = [
-      [0xd075, 90300], [0xd07e, 90400], [0xd087, 90500], [0xd093, 90600], [0xd097, 100000], [0xd098, 110000],
-      [0xd101, 120000], [0xd106, 130000], [0xd10d, 140000], [0xd110, 150000], [0xd113, 160000], [0xd116, 170000],
+      [0xd075, 90300],
+      [0xd07e, 90400],
+      [0xd087, 90500],
+      [0xd093, 90600],
+      [0xd097, 100000],
+      [0xd098, 110000],
+      [0xd101, 120000],
+      [0xd106, 130000],
+      [0xd10d, 140000],
+      [0xd110, 150000],
+      [0xd113, 160000],
+      [0xd116, 170000],
       [0xd118, 180000],
     ];
     for (const [magic, version] of magics) {

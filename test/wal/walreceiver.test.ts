@@ -45,11 +45,26 @@ describe("walreceiver mode", { timeout: 300_000 }, () => {
 
   it("stores completed segments byte-for-byte, incomplete ones only as .partial, and resumes after a restart", async () => {
     daemon = await startDaemon(env, PARTIAL_ENV);
-    await waitFor("slot creation", () => slotRestartLsn(cluster).then((l) => l ?? undefined), 30_000, () => daemon!.logs());
-    await waitFor("streaming", async () => daemon!.logs().includes("Starting replication from"), 30_000, () => daemon!.logs());
+    await waitFor(
+      "slot creation",
+      () => slotRestartLsn(cluster).then((l) => l ?? undefined),
+      30_000,
+      () => daemon!.logs(),
+    );
+    await waitFor(
+      "streaming",
+      async () => daemon!.logs().includes("Starting replication from"),
+      30_000,
+      () => daemon!.logs(),
+    );
     const slot0 = (await slotRestartLsn(cluster))!;
-    const senders = await cluster.query<{ application_name: string }>("SELECT application_name FROM pg_stat_replication");
-    assert.deepEqual(senders.map((r) => r.application_name), ["pghoard_walreceiver"]);
+    const senders = await cluster.query<{ application_name: string }>(
+      "SELECT application_name FROM pg_stat_replication",
+    );
+    assert.deepEqual(
+      senders.map((r) => r.application_name),
+      ["pghoard_walreceiver"],
+    );
     await writeLoad(cluster);
     const last1 = await switchWal(cluster);
     await waitForStored(env, SITE, last1, daemon);
@@ -59,18 +74,28 @@ describe("walreceiver mode", { timeout: 300_000 }, () => {
     const [{ lsn }] = await cluster.query<{ lsn: string }>("SELECT pg_current_wal_flush_lsn()::text AS lsn");
     const current = lsnToWalName(parseLsn(lsn), 1);
     await waitForStored(env, SITE, `${current}.partial`, daemon, 30_000);
-    assert.ok(!(await storedWal(env, SITE)).includes(current), "the incomplete segment is not stored under its own name");
+    assert.ok(
+      !(await storedWal(env, SITE)).includes(current),
+      "the incomplete segment is not stored under its own name",
+    );
     const { data: partial } = await decodeStoredObject(env.storageDir, `${SITE}/xlog/${current}.partial`, {});
     assert.ok(partial.length < WAL_SEG_SIZE && partial.length > 0);
     const pgCopy = (await import("node:fs/promises")).readFile(`${cluster.dataDir}/pg_wal/${current}`);
-    assert.ok(partial.equals((await pgCopy).subarray(0, partial.length)), "the .partial holds the segment's first bytes");
+    assert.ok(
+      partial.equals((await pgCopy).subarray(0, partial.length)),
+      "the .partial holds the segment's first bytes",
+    );
     const resPartial = await httpRequest(env.port, "GET", `/${SITE}/archive/${current}.partial`);
     assert.ok(resPartial.status >= 400, `GET .partial → ${resPartial.status}`);
 
     // Completing it replaces the .partial.
     assert.equal(await switchWal(cluster), current);
     await waitForStored(env, SITE, current, daemon);
-    await waitFor(`${current}.partial deleted`, async () => !(await storedWal(env, SITE)).includes(`${current}.partial`), 20_000);
+    await waitFor(
+      `${current}.partial deleted`,
+      async () => !(await storedWal(env, SITE)).includes(`${current}.partial`),
+      20_000,
+    );
 
     // The slot moved, but never past what is stored.
     const slot1 = (await slotRestartLsn(cluster))!;
@@ -97,7 +122,10 @@ describe("walreceiver mode", { timeout: 300_000 }, () => {
     const storedNames = fullSegments(await storedWal(env, SITE));
     // restart_lsn ≤ end of stored WAL: the slot never ran ahead of the archive.
     const storedEnd = BigInt(resumeAt);
-    assert.ok(parseLsn(slotAtStop) <= storedEnd, `slot ${slotAtStop} ≤ stored end ${storedEnd.toString(16)} (${storedNames.at(-1)})`);
+    assert.ok(
+      parseLsn(slotAtStop) <= storedEnd,
+      `slot ${slotAtStop} ≤ stored end ${storedEnd.toString(16)} (${storedNames.at(-1)})`,
+    );
     await writeLoad(cluster);
     await switchWal(cluster);
     daemon = await startDaemon(env, PARTIAL_ENV, "daemon2.log");
@@ -148,8 +176,16 @@ describe("walreceiver mode start-up checks", { timeout: 120_000 }, () => {
     const daemon = await startDaemon(env);
     daemons.push(daemon);
     const alerts = async (): Promise<string[]> => (await readdir(env.alertDir)).sort();
-    await waitFor("authentication_error", async () => (await alerts()).includes("authentication_error"), 30_000, () => daemon.logs());
-    assert.match(daemon.logs(), /connection to PostgreSQL for the walreceiver version check failed: password authentication failed for user "pwuser"/);
+    await waitFor(
+      "authentication_error",
+      async () => (await alerts()).includes("authentication_error"),
+      30_000,
+      () => daemon.logs(),
+    );
+    assert.match(
+      daemon.logs(),
+      /connection to PostgreSQL for the walreceiver version check failed: password authentication failed for user "pwuser"/,
+    );
     assert.ok(!daemon.logs().includes("wrong-password"));
     assert.equal((await httpRequest(env.port, "GET", "/status")).status, 200);
 
@@ -159,12 +195,22 @@ describe("walreceiver mode start-up checks", { timeout: 120_000 }, () => {
     sites[SITE].pg_version = 90224;
     await env.writeConfig();
     daemon.child.kill("SIGHUP");
-    await waitFor("version_unsupported_error", async () => (await alerts()).join() === "version_unsupported_error", 30_000, () => daemon.logs().slice(-3000));
+    await waitFor(
+      "version_unsupported_error",
+      async () => (await alerts()).join() === "version_unsupported_error",
+      30_000,
+      () => daemon.logs().slice(-3000),
+    );
     assert.match(daemon.logs(), /unsupported PostgreSQL server version 90224/);
 
     delete sites[SITE].pg_version;
     await env.writeConfig();
     daemon.child.kill("SIGHUP");
-    await waitFor("alerts cleared and streaming", async () => (await alerts()).length === 0 && daemon.logs().includes("Starting replication from"), 40_000, () => daemon.logs().slice(-3000));
+    await waitFor(
+      "alerts cleared and streaming",
+      async () => (await alerts()).length === 0 && daemon.logs().includes("Starting replication from"),
+      40_000,
+      () => daemon.logs().slice(-3000),
+    );
   });
 });
