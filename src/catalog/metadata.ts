@@ -86,11 +86,9 @@ export function controlObjectMetadata(args: {
   totalSizePlain: number;
   totalSizeEnc: number;
 }): Metadata {
+  // A control object starts with the keys of a data object, in the same order.
   return sanitizeMetadata({
-    ...basebackupEncodingMetadata(args.encoding),
-    format: args.format,
-    "original-file-size": args.originalSize,
-    host: args.host,
+    ...dataObjectMetadata(args),
     ...args.decision,
     "end-time": args.endTime,
     "end-wal-segment": args.endWalSegment,

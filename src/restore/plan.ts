@@ -113,6 +113,17 @@ function chunkItems(input: PlanInput, control: ControlMetadata, typeDirectory: C
   }));
 }
 
+/** basic/pipe and bb-v1 backups: the one tar object the backup is. */
+function singleObjectItem(input: PlanInput): RestoreItem {
+  return {
+    kind: "tar-object",
+    key: input.name,
+    size: input.size,
+    storage: input.storage,
+    storageConfig: input.storageConfig,
+  };
+}
+
 export async function planRestore(input: PlanInput): Promise<RestorePlan> {
   const { format } = parseBasebackupMetadata(input.metadata);
   if (format !== undefined && !(BASEBACKUP_FORMATS as readonly string[]).includes(format)) {
@@ -122,15 +133,7 @@ export async function planRestore(input: PlanInput): Promise<RestorePlan> {
     return {
       format,
       tablespaces: {},
-      items: [
-        {
-          kind: "tar-object",
-          key: input.name,
-          size: input.size,
-          storage: input.storage,
-          storageConfig: input.storageConfig,
-        },
-      ],
+      items: [singleObjectItem(input)],
       emptyDirs: [],
     };
   }
@@ -138,15 +141,7 @@ export async function planRestore(input: PlanInput): Promise<RestorePlan> {
     return {
       format,
       tablespaces: tablespacesFromV1Metadata(input.metadata),
-      items: [
-        {
-          kind: "tar-object",
-          key: input.name,
-          size: input.size,
-          storage: input.storage,
-          storageConfig: input.storageConfig,
-        },
-      ],
+      items: [singleObjectItem(input)],
       emptyDirs: [],
     };
   }
