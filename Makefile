@@ -32,7 +32,8 @@ dist/src/commands/pghoard.js:
 stage: dist/src/commands/pghoard.js
 	rm -rf $(STAGE)
 	mkdir -p $(STAGE)$(LIBDIR)/dist $(STAGE)/usr/bin $(STAGE)/lib/systemd/system $(STAGE)/var/lib/pghoard \
-	         $(STAGE)/usr/share/doc/$(NAME)/examples
+	         $(STAGE)/usr/share/doc/$(NAME)/examples $(STAGE)/usr/share/man/man1 \
+	         $(STAGE)/usr/share/bash-completion/completions
 	cp -a dist/src $(STAGE)$(LIBDIR)/dist/
 	find $(STAGE)$(LIBDIR)/dist -name '*.map' -delete
 	cp -a bin $(STAGE)$(LIBDIR)/
@@ -48,6 +49,12 @@ stage: dist/src/commands/pghoard.js
 	install -m 0644 pghoard.json pghoard-local-minimal.json $(STAGE)/usr/share/doc/$(NAME)/examples/
 	install -m 0644 README.md $(STAGE)/usr/share/doc/$(NAME)/README.md
 	install -m 0644 debian/copyright $(STAGE)/usr/share/doc/$(NAME)/copyright
+	# Man pages and completion are generated from the option definitions (npm run docs) and committed.
+	for page in man/*.1; do gzip -9n < $$page > $(STAGE)/usr/share/man/man1/$$(basename $$page).gz; done
+	install -m 0644 completion/pghoard.bash $(STAGE)/usr/share/bash-completion/completions/pghoard
+	for cmd in $(COMMANDS); do \
+	  [ $$cmd = pghoard ] || ln -s pghoard $(STAGE)/usr/share/bash-completion/completions/$$cmd; \
+	done
 
 deb: stage
 	rm -rf $(PKG_DIR)/deb && mkdir -p $(PKG_DIR)/deb/DEBIAN

@@ -255,6 +255,8 @@ function configure(
   if (spec.subcommands?.length) {
     // argparse: the command's own options must precede the sub-command.
     command.enablePositionalOptions();
+    // argparse has no `help <command>` sub-command; commander would add one.
+    command.helpCommand(false);
     for (const sub of spec.subcommands) {
       const child = command.command(sub.name) as ArgparseCommand;
       configure(child, sub, io, onAction, false);

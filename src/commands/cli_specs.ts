@@ -55,12 +55,25 @@ export const RESTORE_SPEC: CommandSpec = {
       description: "List available basebackups from a HTTP source",
       options: [
         VERBOSE_OPTION,
-        { flags: "--host <HOST>", description: "pghoard repository host", default: "127.0.0.1" },
-        { flags: "--port <PORT>", description: "pghoard repository port", default: "16000" },
-        { flags: "--username <USERNAME>", description: "pghoard repository username" },
-        { flags: "--password <PASSWORD>", description: "pghoard repository password" },
+        {
+          flags: "--host <HOST>",
+          description: "pghoard repository host (default: the config's http_address, else 127.0.0.1)",
+        },
+        {
+          flags: "--port <PORT>",
+          description: "pghoard repository port (default: the config's http_port, else 16000)",
+          type: "int",
+        },
+        {
+          flags: "--username <USERNAME>",
+          description: "pghoard repository username (default: the config's webserver_username)",
+        },
+        {
+          flags: "--password <PASSWORD>",
+          description: "pghoard repository password (default: the config's webserver_password)",
+        },
         { flags: "--site <SITE>", description: "pghoard site", required: true },
-        configOption("pghoard config file (accepted, unused)"),
+        configOption("pghoard config file: where the daemon listens and its credentials"),
       ],
       exitCodes: RESTORE_EXITS,
     },

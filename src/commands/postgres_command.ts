@@ -37,18 +37,11 @@ class CommandError extends Error {
 /** argparse-style usage error: always mapped to EXIT_ABORT (upstream catches SystemExit). */
 class UsageError extends Error {}
 
-/** Thrown for --help / --version, which print and stop. */
-class EarlyExit extends Error {
-  constructor(
-    readonly exitCode: number,
-    readonly output: string,
-  ) {
-    super("early exit");
-  }
-}
-
 /** Thrown for --version: the version module is loaded only then. */
 class VersionRequest extends Error {}
+
+/** Thrown for -h/--help: the option definitions and the help renderer are loaded only then. */
+class HelpRequest extends Error {}
 
 export interface PostgresCommandOptions {
   host: string;
@@ -66,7 +59,7 @@ const USAGE =
   "                                [--password PASSWORD] --site SITE --xlog XLOG [--output OUTPUT]\n" +
   "                                --mode {archive,restore}";
 
-const OPTION_NAMES = [
+export const OPTION_NAMES = [
   "help",
   "version",
   "host",
@@ -97,7 +90,7 @@ export function parseArgs(argv: string[]): PostgresCommandOptions {
   const positional: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
-    if (arg === "-h") throw new EarlyExit(EXIT_OK, `${USAGE}\n`);
+    if (arg === "-h") throw new HelpRequest();
     if (arg === "--") {
       positional.push(...argv.slice(i + 1));
       break;
@@ -108,7 +101,7 @@ export function parseArgs(argv: string[]): PostgresCommandOptions {
     }
     const eq = arg.indexOf("=");
     const name = resolveOptionName(eq >= 0 ? arg.slice(2, eq) : arg.slice(2));
-    if (name === "help") throw new EarlyExit(EXIT_OK, `${USAGE}\n`);
+    if (name === "help") throw new HelpRequest();
     if (name === "version") throw new VersionRequest();
     let value: string;
     if (eq >= 0) {
@@ -300,9 +293,11 @@ export async function main(argv: string[]): Promise<number> {
     }
     return EXIT_OK;
   } catch (err) {
-    if (err instanceof EarlyExit) {
-      process.stdout.write(err.output);
-      return err.exitCode;
+    if (err instanceof HelpRequest) {
+      const { POSTGRES_COMMAND_SPEC } = await import("./postgres_command_spec.js");
+      const { renderPlainHelp } = await import("./cli_help.js");
+      process.stdout.write(renderPlainHelp(POSTGRES_COMMAND_SPEC));
+      return EXIT_OK;
     }
     if (err instanceof VersionRequest) {
       const { packageVersion } = await import("../common/version.js");

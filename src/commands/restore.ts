@@ -53,15 +53,29 @@ function parseTablespaceDirs(values: string[] | undefined): Record<string, strin
 
 interface HttpListOptions {
   verbose?: boolean;
-  host: string;
-  port: string;
+  host?: string;
+  port?: number;
   username?: string;
   password?: string;
   site: string;
+  config?: string;
 }
 
+/**
+ * Upstream accepts --config here and ignores it; we take the daemon's address, port and
+ * credentials from it for whatever the command line leaves out (the defaults stay upstream's).
+ */
 async function listHttp(o: HttpListOptions, io: Io): Promise<number> {
-  const backups = await listBasebackupsHttp(o);
+  const config = resolveConfigPath(o.config) ? await readConfig(o.config) : undefined;
+  const listenAddress = config?.http_address;
+  const backups = await listBasebackupsHttp({
+    site: o.site,
+    // A daemon listening on every address ("" / 0.0.0.0 / ::) is reached on loopback.
+    host: o.host ?? (listenAddress && !["", "0.0.0.0", "::"].includes(listenAddress) ? listenAddress : "127.0.0.1"),
+    port: String(o.port ?? config?.http_port ?? 16000),
+    username: o.username ?? config?.webserver_username ?? undefined,
+    password: o.password ?? config?.webserver_password ?? undefined,
+  });
   io.stdout.write(formatBasebackupList(backups, { caption: availableCaption(o.site), verbose: Boolean(o.verbose) }));
   return 0;
 }

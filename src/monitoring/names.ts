@@ -48,6 +48,46 @@ export const MetricNames = {
 
 export type MetricName = (typeof MetricNames)[keyof typeof MetricNames];
 
+/** What each metric measures: Prometheus' HELP line (and a reference for statsd users). */
+export const METRIC_HELP: Record<MetricName, string> = {
+  "pghoard.backup_stream.basebackup_requested": "Basebackups requested (PUT /<site>/basebackup or archive_sync)",
+  "pghoard.basebackup_completed": "Basebackups completed",
+  "pghoard.basebackup_failed": "Basebackups that failed",
+  "pghoard.backup_time": "Seconds the last basebackup took",
+  "pghoard.basebackup_bytes_uploaded": "Bytes of the running basebackup uploaded so far",
+  "pghoard.basebackup_estimated_progress": "Estimated progress of the running basebackup, in percent",
+  "pghoard.compressed_size_ratio": "Stored size divided by original size of the last compressed file, by type",
+  "pghoard.delta_backup_total_size": "Bytes of the files of the last delta basebackup",
+  "pghoard.delta_backup_upload_size": "Bytes the last delta basebackup uploaded",
+  "pghoard.delta_backup_total_files": "Files in the last delta basebackup",
+  "pghoard.delta_backup_upload_files": "Files the last delta basebackup uploaded",
+  "pghoard.delta_backup_changed_data_files_ratio": "Share of data files the last delta basebackup found changed",
+  "pghoard.delta_backup_changed_data_size_ratio": "Share of data bytes the last delta basebackup found changed",
+  "pghoard.delta_backup_remained_data_size": "Bytes of the last delta basebackup already in storage",
+  "pghoard.planned_delta_backup_changed_data_files_ratio": "Planned share of changed data files (delta stats)",
+  "pghoard.planned_delta_backup_changed_data_size_ratio": "Planned share of changed data bytes (delta stats)",
+  "pghoard.planned_delta_backup_remained_data_size_raw": "Planned bytes already in storage (delta stats)",
+  "pghoard.planned_delta_backup_total_size": "Planned total bytes of a delta backup (delta stats)",
+  "pghoard.planned_delta_backup_upload_size": "Planned bytes to upload for a delta backup (delta stats)",
+  "pghoard.planned_delta_backup_total_files": "Planned files of a delta backup (delta stats)",
+  "pghoard.planned_delta_backup_upload_files": "Planned files to upload for a delta backup (delta stats)",
+  "pghoard.seconds_since_backup_progress_stalled": "Seconds the running basebackup has made no progress",
+  "pghoard.incomplete_partial_wal_segment": "Partial WAL segments found incomplete",
+  "pghoard.unrecoverable_quit_main_loop_failure": "Times the daemon quit its main loop on an unrecoverable failure",
+  "pghoard.last_upload_age": "Seconds since the last successful upload, by type",
+  "pghoard.xlogs_since_basebackup": "WAL segments archived since the last basebackup",
+  "pghoard.total_upload_size": "Bytes uploaded in total, by type",
+  "pghoard.upload_size": "Bytes of the last upload, by type",
+  "pghoard.download_size": "Bytes of the last download, by type",
+  "pghoard.transfer_operation_errors": "Failed storage operations, by operation and type",
+  "pghoard.exception": "Errors caught, by where they happened (the where tag)",
+  "pghoard.seconds_since_last_wal_upload": "Seconds since a WAL segment of the site was last stored",
+  "pghoard.seconds_since_last_basebackup": "Seconds since the site's newest basebackup started",
+  "pghoard.oldest_restorable_point": "Unix time of the oldest point the site can be restored to",
+  "pghoard.oldest_restorable_point_age": "Seconds since the oldest point the site can be restored to",
+  "pghoard.wal_archive_lag_bytes": "Bytes of WAL the server wrote that are not archived yet",
+};
+
 /** Values of the `where` tag of `pghoard.exception` (operations.md §10.2). */
 export const ExceptionWhere = {
   PG_BASE_BACKUP: "PGBaseBackup",

@@ -7,6 +7,7 @@
  * Names get `.` and `-` replaced by `_` as upstream does, plus any other invalid character.
  */
 import { Counter, Gauge, Registry } from "prom-client";
+import { METRIC_HELP } from "./names.js";
 import {
   type MetricsClient,
   type MetricsLogger,
@@ -25,6 +26,8 @@ export function prometheusName(name: string): string {
   if (/^[0-9]/.test(out)) out = `_${out}`;
   return out;
 }
+
+const HELP = new Map(Object.entries(METRIC_HELP).map(([name, help]) => [prometheusName(name), help]));
 
 export function prometheusLabelName(name: string): string {
   let out = name.replace(/[^a-zA-Z0-9_]/g, "_");
@@ -94,7 +97,7 @@ export class PrometheusMetricsClient implements MetricsClient {
     if (old) this.registry.removeSingleMetric(name);
     const options = {
       name,
-      help: `pghoard metric ${name}`,
+      help: HELP.get(name) ?? `pghoard metric ${name}`,
       labelNames: [...labelNames].sort(),
       registers: [this.registry],
     };

@@ -125,6 +125,17 @@ describe("prometheus", () => {
     );
   });
 
+  it("gives every metric a HELP line saying what it measures", async () => {
+    const metrics = new Metrics({ prometheus: {} }, { siteHealthIntervalMs: 0 });
+    for (const name of Object.values(MetricNames)) metrics.gauge(name, 1, { site: "default" });
+    const response = await metrics.httpResponse();
+    await metrics.close();
+    const helps = response.body.split("\n").filter((l) => l.startsWith("# HELP "));
+    assert.equal(helps.length, Object.values(MetricNames).length);
+    for (const line of helps) assert.doesNotMatch(line, /pghoard metric/, line);
+    assert.ok(helps.includes("# HELP pghoard_total_upload_size Bytes uploaded in total, by type"));
+  });
+
   it("answers 501 when prometheus is not configured", async () => {
     const metrics = new Metrics({ statsd: null }, { siteHealthIntervalMs: 0 });
     assert.equal((await metrics.httpResponse()).status, 501);

@@ -97,6 +97,13 @@ describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
     );
     assert.ok(!existsSync(path.join(root, "usr", "lib", "pghoard", "dist", "test")), "no tests");
     assert.ok(existsSync(path.join(root, "usr", "share", "doc", "pghoard-node", "examples", "pghoard.json")));
+    for (const cmd of COMMANDS) {
+      assert.ok(existsSync(path.join(root, "usr", "share", "man", "man1", `${cmd}.1.gz`)), `man page of ${cmd}`);
+      assert.ok(
+        existsSync(path.join(root, "usr", "share", "bash-completion", "completions", cmd)),
+        `completion of ${cmd}`,
+      );
+    }
   });
 
   it("runs pghoard --version and pghoard_create_keys from the unpacked files", async () => {

@@ -103,6 +103,16 @@ describe("pghoard_restore command line", () => {
           result.stdout,
           /\nsnappy-plain-basic\/basebackup\/2026-11-24_06-21_0         7 MB        38 MB  2026-11-24T06:23:22Z\n$/,
         );
+        // Without --port, the daemon's port (and credentials) come from --config.
+        const fromConfig = await runRestoreCli([
+          "list-basebackups-http",
+          "--config",
+          env.configPath,
+          "--site",
+          "snappy-plain-basic",
+        ]);
+        assert.equal(fromConfig.code, 0, fromConfig.stdout + fromConfig.stderr);
+        assert.equal(fromConfig.stdout, result.stdout);
       } finally {
         await daemon.stop();
         await rm(env.dir, { recursive: true, force: true });
