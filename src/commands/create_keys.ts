@@ -3,6 +3,7 @@
  * the configuration snippet or adds it to the configuration file (rewritten atomically).
  */
 import { generateKeyPair } from "node:crypto";
+import { stat } from "node:fs/promises";
 import { promisify } from "node:util";
 import { writeFileAtomic } from "../common/fs.js";
 import { createLogger } from "../common/logger.js";
@@ -85,8 +86,11 @@ async function saveKeys(configPath: string, siteArg: string | undefined, keyId: 
   const keys = await createKeys(bits);
   existing[keyId] = { private: keys.privatePem, public: keys.publicPem };
   siteConfig.encryption_key_id = keyId;
-  // 0600 like upstream's mkstemp-based rewrite: the file now holds a private key.
-  await writeFileAtomic(configPath, pythonJsonDumps(config) + "\n", { mode: 0o600 });
+  // 0600 like upstream's mkstemp-based rewrite: the file now holds a private key. Run as root, keep
+  // the file's owner: the daemon (as postgres) must still be able to read its configuration.
+  const { uid, gid } = await stat(configPath);
+  const owner = process.getuid?.() === 0 ? { uid, gid } : undefined;
+  await writeFileAtomic(configPath, pythonJsonDumps(config) + "\n", { mode: 0o600, owner });
   process.stdout.write(`Saved new key_id ${pyRepr(keyId)} for site ${pyRepr(site)} in ${pyRepr(configPath)}\n`);
   process.stdout.write(
     "NOTE: The pghoard daemon does not require the 'private' key in its configuration file, " +

@@ -18,6 +18,8 @@ export interface AtomicWriteOptions {
    * directory as the destination (rename is only atomic within one filesystem).
    */
   tempPath?: string;
+  /** Owner to give the file before it is published (root rewriting a file another user owns). */
+  owner?: { uid: number; gid: number };
 }
 
 /** Default temp name: hidden (leading dot) so directory listings skip it, random so writers don't collide. */
@@ -99,6 +101,7 @@ export async function writeFileAtomic(
   const handle = await open(tempPath, "wx", options.mode ?? 0o644);
   try {
     await handle.writeFile(data);
+    if (options.owner) await handle.chown(options.owner.uid, options.owner.gid);
     await syncAndPublish(handle, tempPath, finalPath);
   } catch (err) {
     await handle.close().catch(() => undefined);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { constants, createPrivateKey, createPublicKey, privateDecrypt, publicEncrypt, randomBytes } from "node:crypto";
-import { mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { chown, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -157,6 +157,31 @@ describe("pghoard_create_keys", () => {
     assert.equal(again.stdout, `FATAL: key_id 'k2' already defined for site 'only' in '${configPath}'\n`);
     assert.equal(await readFile(configPath, "utf8"), text, "file untouched after an error");
   });
+
+  test(
+    "--config run as root keeps the file's owner (the daemon runs as another user)",
+    {
+      skip: process.getuid?.() === 0 ? false : "needs root to own a file as another user",
+    },
+    async () => {
+      const configPath = path.join(dir, "owned.json");
+      await writeFile(
+        configPath,
+        JSON.stringify({
+          backup_sites: {
+            only: { nodes: [{ host: "127.0.0.1" }], object_storage: { storage_type: "local", directory: dir } },
+          },
+        }),
+      );
+      const owner = { uid: 4242, gid: 4343 };
+      await chown(configPath, owner.uid, owner.gid);
+      const r = await run(["--key-id", "k9", "--bits", "1024", "--config", configPath], noEnvConfig);
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      const st = await stat(configPath);
+      assert.deepEqual({ uid: st.uid, gid: st.gid }, owner);
+      assert.equal(st.mode & 0o777, 0o600);
+    },
+  );
 
   test("--config errors: several sites without --site, unknown site, missing file, bad JSON", async () => {
     const configPath = path.join(dir, "two.json");
