@@ -288,6 +288,9 @@ export class ReplicationConnection {
    */
   async createPhysicalSlot(slot: string): Promise<boolean> {
     if (!/^[a-z0-9_]+$/.test(slot)) throw new ReplicationError(`Invalid replication slot name ${JSON.stringify(slot)}`);
+    // Look first where the server can tell (PG ≥ 15): a failed CREATE puts an ERROR into the
+    // server's log at every daemon start.
+    if ((await this.readSlot(slot))?.slotType) return false;
     try {
       await this.command(`CREATE_REPLICATION_SLOT ${slot} PHYSICAL RESERVE_WAL`);
       return true;

@@ -133,6 +133,8 @@ describe("walreceiver mode", { timeout: 300_000 }, () => {
     const last2 = await switchWal(cluster);
     await waitForStored(env, SITE, last2, daemon);
     assert.match(daemon.logs(), /Starting replication from .* \(from the state file\)/);
+    // The restart found the slot without trying to create it again (no ERROR in the server's log).
+    assert.doesNotMatch(await cluster.logContents(), /replication slot "\w+" already exists/);
 
     const names = await assertArchiveComplete(env, SITE, cluster);
     assert.ok(names.length >= 4, `several segments: ${names.join(" ")}`);
