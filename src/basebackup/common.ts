@@ -2,11 +2,12 @@
  * Pieces shared by the modes: backup names and work directories, encode options from the
  * configuration, the default uploader, and the SQL of a non-exclusive backup on one session.
  */
-import { mkdir, readdir, readlink, rm } from "node:fs/promises";
+import { mkdir, readlink, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { nodeConnectionInfo } from "../config/connection.js";
+import type { PghoardConfig, SiteConfig } from "../config/types.js";
 import type { EncodeOptions } from "../fileformat/index.js";
 import {
   backupNameOf,
@@ -33,8 +34,14 @@ export function hostnameOf(ctx: BasebackupContext): string {
 
 /** `<backup_location>/<prefix>/basebackup_incoming`. */
 export function incomingDir(ctx: BasebackupContext): string {
-  const site = siteConfigOf(ctx);
-  const location = ctx.config.backup_location ?? path.join(os.tmpdir(), "pghoard");
+  return siteIncomingDir(ctx.config, siteConfigOf(ctx));
+}
+
+export function siteIncomingDir(
+  config: Pick<PghoardConfig, "backup_location">,
+  site: Pick<SiteConfig, "prefix">,
+): string {
+  const location = config.backup_location ?? path.join(os.tmpdir(), "pghoard");
   return path.join(location, site.prefix, "basebackup_incoming");
 }
 
@@ -75,15 +82,6 @@ export async function createBackupWorkDir(
 
 export async function removeWorkDir(workDir: string): Promise<void> {
   await rm(workDir, { recursive: true, force: true });
-}
-
-/** Work directories left by an interrupted run (the daemon may call this at start-up). */
-export async function listLeftoverWorkDirs(ctx: BasebackupContext): Promise<string[]> {
-  try {
-    return (await readdir(incomingDir(ctx))).map((n) => path.join(incomingDir(ctx), n));
-  } catch {
-    return [];
-  }
 }
 
 export function encodeOptions(ctx: BasebackupContext): EncodeOptions {

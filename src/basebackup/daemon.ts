@@ -14,6 +14,7 @@ import type { StorageBackend } from "../storage/types.js";
 import { runBasebackup } from "./index.js";
 import type { ProgressState } from "./progress.js";
 import type { BasebackupInfo } from "../catalog/index.js";
+import { removeInterruptedBackupLeftovers } from "./leftovers.js";
 import { basebackupStateEntry, refreshAndApplyRetention, type RetentionSite } from "./retention.js";
 import { decideNewBackup, deltaBackoffAllows, recordBackupResult, type DeltaFailureInfo } from "./schedule.js";
 import type { BasebackupContext, BasebackupLogger, BasebackupUploader, UploadRequest } from "./types.js";
@@ -136,6 +137,8 @@ async function serverVersion(
 
 export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlugin<BasebackupSiteHandle> {
   const sites = new Map<string, SiteRuntime>();
+  /** Store temp files older than this cannot be from an upload of this process. */
+  const startedAt = new Date();
   const runtime = (site: string): SiteRuntime => {
     let r = sites.get(site);
     if (!r) {
@@ -158,6 +161,21 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
 
   async function refresh(handle: BasebackupSiteHandle, r: SiteRuntime): Promise<void> {
     const log = loggerFor(ctx, handle.site);
+    // Never called while a backup of the site runs, so every unfinished backup found is a leftover.
+    try {
+      await removeInterruptedBackupLeftovers({
+        config: ctx.config,
+        site: handle.site,
+        siteConfig: handle.siteConfig,
+        storage: await ctx.getStorage(handle.site),
+        startedAt,
+        log,
+      });
+    } catch (err) {
+      log.warn(
+        `Could not remove what interrupted basebackups left: ${err instanceof Error ? err.message : String(err)}`,
+      );
+    }
     const result = await refreshAndApplyRetention({
       sites: await retentionSites(handle.site, handle.siteConfig),
       deps: {

@@ -359,6 +359,8 @@ export async function runCli(
   options: RunOptions = {},
 ): Promise<number> {
   const io = options.io ?? { stdout: process.stdout, stderr: process.stderr };
+  ignoreOutputErrors(io.stdout);
+  ignoreOutputErrors(io.stderr);
   const inv = await parseCommandLine(spec, argv, io);
   if (typeof inv === "number") return inv;
   const removeSigint = options.exitOnInterrupt ? exitOnKeyboardInterrupt(io) : () => undefined;
@@ -385,6 +387,18 @@ export async function runCli(
   } finally {
     removeSigint();
   }
+}
+
+const guardedOutputs = new WeakSet<NodeJS.WritableStream>();
+
+/**
+ * A closed output (`… | head -1`: EPIPE) must not abort the work: without a listener the stream's
+ * 'error' event would be an uncaught exception. Once errored, the stream drops further writes.
+ */
+export function ignoreOutputErrors(stream: NodeJS.WritableStream): void {
+  if (guardedOutputs.has(stream)) return;
+  guardedOutputs.add(stream);
+  stream.on("error", () => undefined);
 }
 
 /** Ctrl-C prints upstream's message and exits 1; returns the function that removes the handler. */

@@ -3,6 +3,7 @@
  *   pghoard [-h] [-D] [--version] [-s] [--config CONFIG] [config_file]
  */
 import { existsSync } from "node:fs";
+import { LockHeldError } from "../common/pid_lock.js";
 import { createLogger, getLogger, setLogLevel } from "../common/logger.js";
 import { ConfigError, resolveConfigPath } from "../config/index.js";
 import { createBasebackupPlugin } from "../basebackup/daemon.js";
@@ -49,6 +50,10 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stdout.write(`pghoard: failed to load config ${configPath}: ${err.message}\n`);
+      return 1;
+    }
+    if (err instanceof LockHeldError) {
+      log.error(`pghoard refuses to start: ${err.message}`);
       return 1;
     }
     log.error({ err }, `pghoard failed to start: ${err instanceof Error ? err.message : String(err)}`);

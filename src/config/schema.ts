@@ -40,6 +40,8 @@ export interface KeySpec {
   description: string;
   allowed?: readonly (string | null)[];
   min?: number;
+  /** Why values below `min` are refused; appended to the error message. */
+  minReason?: string;
   max?: number;
   /** Element type of an array. */
   elements?: ValueType;
@@ -599,8 +601,12 @@ export const siteSection: SectionSpec = {
     {
       key: "basebackup_count",
       types: ["integer", "null"],
+      min: 1,
+      minReason: "retention would delete every basebackup, the one just taken included",
+      onInvalid: "writer",
       default: { value: 2 },
-      description: "Maximum number of basebackups kept; null = unlimited.",
+      description:
+        "Maximum number of basebackups kept; null = unlimited. At least 1 (0 or less would make retention delete the backup just taken).",
     },
     {
       key: "basebackup_count_min",

@@ -185,7 +185,8 @@ function checkValue(raw: unknown, spec: KeySpec, path: string, ctx: Ctx, section
   if (typeof value === "number") {
     if (spec.min !== undefined && value < spec.min) {
       const limit = spec.min === Number.MIN_VALUE ? "must be greater than 0" : `must be at least ${spec.min}`;
-      return handleInvalid(`${path}: ${value} ${limit}`, spec, value, ctx, current);
+      const reason = spec.minReason ? ` (${spec.minReason})` : "";
+      return handleInvalid(`${path}: ${value} ${limit}${reason}`, spec, value, ctx, current);
     }
     if (spec.max !== undefined && value > spec.max) {
       return handleInvalid(`${path}: ${value} must be at most ${spec.max}`, spec, value, ctx, current);

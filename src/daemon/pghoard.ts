@@ -7,8 +7,10 @@
  * SIGTERM drains the compression and upload queues (graceful_shutdown_*_timeout) and exits 0;
  * a second SIGTERM, or SIGINT, stops at once.
  */
+import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir, readFile, realpath } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import type { Logger } from "pino";
 import { loadConfig } from "../config/index.js";
@@ -16,6 +18,7 @@ import type { PghoardConfig } from "../config/types.js";
 import { FileFormatPool } from "../fileformat/index.js";
 import { Metrics } from "../monitoring/index.js";
 import { writeFileAtomic } from "../common/fs.js";
+import { PidLock } from "../common/pid_lock.js";
 import { Compressors } from "./compressor.js";
 import { DaemonContext } from "./context.js";
 import { pyNaiveIsoformatUtc } from "../common/pycompat.js";
@@ -54,6 +57,8 @@ export class PGHoard {
   private signalHandlers: Array<[NodeJS.Signals, () => void]> = [];
   private exitCode = 0;
   private stateWrite: Promise<void> = Promise.resolve();
+  /** Single-daemon locks (per config file, per backup_location); taken before anything else. */
+  private locks: PidLock[] = [];
   /** sd_notify under systemd (no-op otherwise): READY=1 after the first main-loop round, STOPPING=1, watchdog. */
   private readonly systemd = new SystemdNotifier({ warn: (m) => this.log.warn(m) });
 
@@ -68,10 +73,18 @@ export class PGHoard {
 
   /** Loads the config and starts everything; throws ConfigError when the config is invalid. */
   async init(): Promise<void> {
+    await this.lockConfigFile();
     const config = await loadConfig(this.configPath, { tool: "daemon", warn: (m) => this.log.warn(m) });
     this.options.onLogLevel?.(config.log_level);
     if (!config.backup_location) throw new Error("backup_location must be set for the daemon");
     await mkdir(config.backup_location, { recursive: true });
+    // Before any plugin runs: a second daemon must not touch the first one's children or spool.
+    this.locks.push(
+      await PidLock.acquire(
+        path.join(config.backup_location, ".pghoard.lock"),
+        `backup_location ${config.backup_location}`,
+      ),
+    );
 
     const pool = new FileFormatPool(Math.max(1, config.compression.thread_count));
     const metrics = new Metrics(config, { log: this.log });
@@ -101,6 +114,17 @@ export class PGHoard {
     this.log.info(`pghoard initialized, HTTP server on ${address.address}:${address.port}, cwd: ${process.cwd()}`);
     this.installSignalHandlers();
     for (const site of Object.keys(config.backup_sites)) await recoverSpool(this.ctx, site);
+  }
+
+  /**
+   * The config file's lock lives in the temp directory (the config's own directory is often not
+   * writable by the daemon), named after the file's real path.
+   */
+  private async lockConfigFile(): Promise<void> {
+    const real = await realpath(this.configPath);
+    const digest = createHash("sha256").update(real).digest("hex").slice(0, 16);
+    const file = path.join(os.tmpdir(), `pghoard-config-${digest}.lock`);
+    this.locks.push(await PidLock.acquire(file, `config file ${real}`));
   }
 
   private installSignalHandlers(): void {
@@ -328,5 +352,6 @@ export class PGHoard {
     await this.ctx.pool.close();
     await this.ctx.closeStorages();
     await this.ctx.metrics.close();
+    for (const lock of this.locks) lock.release();
   }
 }

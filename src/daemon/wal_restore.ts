@@ -17,6 +17,7 @@ import { isErrno } from "../common/errors.js";
 import { pyRepr } from "../common/pycompat.js";
 import { HttpResponse, nowSeconds, relatedSites, REQUEST_TIMEOUT_MS, type FileType } from "./http.js";
 import type { TransferResult } from "./types.js";
+import { checkRestoreTarget } from "./restore_target.js";
 
 const NEGATIVE_CACHE_SIZE = 32;
 const SERVED_FROM_DISK_SIZE = 10;
@@ -163,6 +164,7 @@ export class WalRestoreHandler {
   private async getFileForSite(site: string, filetype: FileType, name: string, target: string): Promise<HttpResponse> {
     await this.validateTargetPath(site, target);
     const walDir = pgWalDirectory(this.ctx.site(site));
+    await checkRestoreTarget(target, walDir, name);
     const prefetchPath = path.join(walDir, `${name}.pghoard.prefetch`);
 
     if ((await this.servePrefetchFile(filetype, name, prefetchPath, target)) === "served") {

@@ -8,7 +8,7 @@
  * sidecar's appearance publishes the object, and a file without one is invisible.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { lstat, open, readdir, readFile, rm, stat, unlink } from "node:fs/promises";
+import { lstat, open, readdir, readFile, rm, rmdir, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -46,9 +46,12 @@ export const HASH_METADATA_KEY = "_hash";
 const SIDECAR_SUFFIX = ".metadata";
 const LIST_CONCURRENCY = 32;
 
+const DATA_TEMP_PREFIX = ".concurrent_upload_";
+const SIDECAR_TEMP_SUFFIX = ".metadata_tmp";
+
 /** Names rohmu's listing ignores (`_skip_file_name`): temp files, sidecars, hidden entries. */
 export function isSkippedName(name: string): boolean {
-  return name.startsWith(".") || name.endsWith(SIDECAR_SUFFIX) || name.includes(".metadata_tmp");
+  return name.startsWith(".") || name.endsWith(SIDECAR_SUFFIX) || name.includes(SIDECAR_TEMP_SUFFIX);
 }
 
 function pythonJsonString(value: string): string {
@@ -161,11 +164,13 @@ export class LocalStorage implements StorageBackend {
 
   private async writeSidecar(objectPath: string, raw: Metadata): Promise<void> {
     const sidecar = objectPath + SIDECAR_SUFFIX;
-    await writeFileAtomic(sidecar, encodeSidecar(raw), { tempPath: `${sidecar}${randomSuffix()}.metadata_tmp` });
+    await writeFileAtomic(sidecar, encodeSidecar(raw), {
+      tempPath: `${sidecar}${randomSuffix()}${SIDECAR_TEMP_SUFFIX}`,
+    });
   }
 
   private dataTempPath(objectPath: string): string {
-    return path.join(path.dirname(objectPath), `.concurrent_upload_${randomSuffix()}`);
+    return path.join(path.dirname(objectPath), `${DATA_TEMP_PREFIX}${randomSuffix()}`);
   }
 
   private async prepareWrite(key: string): Promise<string> {
@@ -376,6 +381,42 @@ export class LocalStorage implements StorageBackend {
     const newRaw =
       metadata === undefined ? raw : { ...sanitizeMetadata(metadata), ...(hash ? { [HASH_METADATA_KEY]: hash } : {}) };
     await this.writeSidecar(destinationPath, newRaw);
+  }
+
+  async removeInterruptedWrites(prefix: string, olderThan: Date): Promise<string[]> {
+    const removed: string[] = [];
+    const walk = async (parts: string[]): Promise<void> => {
+      let entries;
+      try {
+        entries = await readdir(path.join(this.root, ...parts), { withFileTypes: true });
+      } catch (err) {
+        if (isErrno(err, "ENOENT", "ENOTDIR")) return;
+        throw errors.because(`listing ${parts.join("/") || "/"} failed`, err);
+      }
+      let removedHere = false;
+      for (const entry of entries) {
+        const full = path.join(this.root, ...parts, entry.name);
+        if (entry.isDirectory()) {
+          await walk([...parts, entry.name]);
+          continue;
+        }
+        if (!entry.name.startsWith(DATA_TEMP_PREFIX) && !entry.name.endsWith(SIDECAR_TEMP_SUFFIX)) continue;
+        const st = await lstat(full).catch(() => null);
+        if (!st || st.mtimeMs >= olderThan.getTime()) continue;
+        if (await removeIfExists(full)) {
+          removed.push([...parts, entry.name].join("/"));
+          removedHere = true;
+        }
+      }
+      // A directory that held nothing but leftovers (a chunk directory of an interrupted backup) goes
+      // too; the prefix's own type directories (`<prefix>/xlog`) stay.
+      if (removedHere && parts.length > top.length + 1) {
+        await rmdir(path.join(this.root, ...parts)).catch(() => undefined);
+      }
+    };
+    const top = this.keyParts(prefix, { allowEmpty: true });
+    await walk(top);
+    return removed;
   }
 
   async close(): Promise<void> {

@@ -45,6 +45,12 @@ export interface StorageBackend {
   /** Deletes every object below `prefix`; no error when nothing is there. */
   deleteTree(prefix: string): Promise<void>;
   copyFile(sourceKey: string, destinationKey: string, metadata?: Metadata): Promise<void>;
+  /**
+   * Removes the temp files that writes interrupted by a crash left below `prefix`, if modified
+   * before `olderThan` (newer ones may belong to a write in progress); returns their keys. Only
+   * backends whose writes can leave such files (local) implement it.
+   */
+  removeInterruptedWrites?(prefix: string, olderThan: Date): Promise<string[]>;
   close(): Promise<void>;
 }
 

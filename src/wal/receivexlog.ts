@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { readdir, readFile, statfs } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
+import { processExists } from "../common/pid_lock.js";
 
 export interface DiskGuardConfig {
   minDiskFreeBytes: number | null;
@@ -70,15 +71,6 @@ export async function findReceiversWritingTo(directory: string): Promise<number[
   return pids;
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Continues, terminates and (after `killAfterMs`) kills a leftover receiver. */
 export async function terminateLeftoverReceiver(pid: number, killAfterMs = 5000): Promise<void> {
   try {
@@ -88,8 +80,8 @@ export async function terminateLeftoverReceiver(pid: number, killAfterMs = 5000)
     return;
   }
   const deadline = Date.now() + killAfterMs;
-  while (isAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  if (isAlive(pid)) {
+  while (processExists(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  if (processExists(pid)) {
     try {
       process.kill(pid, "SIGKILL");
     } catch {

@@ -132,6 +132,47 @@ describe("loadConfig", () => {
   });
 });
 
+describe("basebackup_count", () => {
+  async function siteConfigFile(name: string, count: unknown): Promise<string> {
+    const pgdata = path.join(dir, `pgdata-${name}`);
+    await mkdir(pgdata, { recursive: true });
+    await writeFile(path.join(pgdata, "PG_VERSION"), "15\n");
+    return await writeJson(`${name}.json`, {
+      backup_location: path.join(dir, "spool"),
+      backup_sites: {
+        s: {
+          pg_data_directory: pgdata,
+          nodes: [{ host: "127.0.0.1" }],
+          basebackup_count: count,
+          object_storage: { storage_type: "local", directory: path.join(dir, "store") },
+        },
+      },
+    });
+  }
+
+  test("0 or below is refused at daemon load, naming the key and why", async () => {
+    for (const count of [0, -1, -100]) {
+      const file = await siteConfigFile(`count${count}`, count);
+      await rejectsWith(
+        loadConfig(file, { tool: "daemon" }),
+        `backup_sites.s.basebackup_count: ${count} must be at least 1 (retention would delete every basebackup, the one just taken included)`,
+      );
+      // Tools that never delete backups only warn, so a restore still works with such a file.
+      const warnings: string[] = [];
+      await loadConfig(file, { tool: "restore", warn: (m) => warnings.push(m) });
+      assert.equal(warnings.length, 1);
+      assert.match(warnings[0], /basebackup_count: .* must be at least 1/);
+    }
+  });
+
+  test("1, larger values and null (unlimited) load", async () => {
+    for (const count of [1, 2, 30, null]) {
+      const cfg = await loadConfig(await siteConfigFile(`ok${String(count)}`, count), { tool: "daemon" });
+      assert.equal(cfg.backup_sites.s?.basebackup_count, count);
+    }
+  });
+});
+
 /** Every key of the file comes back unchanged (defaults only add keys). */
 function assertPreserved(raw: unknown, resolved: unknown, where = ""): void {
   if (raw !== null && typeof raw === "object" && !Array.isArray(raw)) {

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
-import { chmod, readdir, readFile, writeFile } from "node:fs/promises";
+import { chmod, readdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { startCluster, type PgCluster } from "../helpers/pgcluster.js";
@@ -15,6 +15,7 @@ import {
   lsnGreater,
   makeStreamingEnv,
   readState,
+  receivewalPid,
   slotRestartLsn,
   startDaemon,
   switchWal,
@@ -30,24 +31,6 @@ function procState(pid: number): string {
   // /proc/<pid>/stat: "pid (comm) S ..." — the state letter follows the closing parenthesis.
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-}
-
-async function receivewalPid(env: DaemonEnv): Promise<number | null> {
-  // The daemon's child: find the pg_receivewal whose command line names this spool directory.
-  for (const entry of await readdir("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmdline = (await readFile(`/proc/${entry}/cmdline`, "utf8")).split("\0");
-      if (
-        cmdline[0]?.endsWith("pg_receivewal") &&
-        cmdline.includes(path.join(env.backupLocation, SITE, "xlog_incoming"))
-      )
-        return Number(entry);
-    } catch {
-      // process went away
-    }
-  }
-  return null;
 }
 
 describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
@@ -75,7 +58,7 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
     );
     await waitFor(
       "pg_receivewal running",
-      () => receivewalPid(env).then((p) => p ?? undefined),
+      () => receivewalPid(env, SITE).then((p) => p ?? undefined),
       30_000,
       () => daemon!.logs(),
     );
@@ -93,7 +76,7 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
 
     // Stop the daemon (pg_receivewal with it), write more, start again: nothing lost.
     assert.deepEqual(await daemon.stop(), { code: 0, signal: null });
-    assert.equal(await receivewalPid(env), null, "pg_receivewal stopped with the daemon");
+    assert.equal(await receivewalPid(env, SITE), null, "pg_receivewal stopped with the daemon");
     await writeLoad(cluster);
     await switchWal(cluster);
     daemon = await startDaemon(env, {}, "daemon2.log");
@@ -127,7 +110,7 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
     };
     await env.writeConfig();
     daemon.child.kill("SIGHUP");
-    const pid = await waitFor("pg_receivewal pid", () => receivewalPid(env).then((p) => p ?? undefined));
+    const pid = await waitFor("pg_receivewal pid", () => receivewalPid(env, SITE).then((p) => p ?? undefined));
     await waitFor(
       "pg_receivewal stopped (state T)",
       async () => procState(pid) === "T",
@@ -145,7 +128,7 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
       () => daemon!.logs().slice(-3000),
     );
     assert.match(daemon.logs(), /Resuming pg_receivewal/);
-    assert.equal(await receivewalPid(env), pid, "the same pg_receivewal continued");
+    assert.equal(await receivewalPid(env, SITE), pid, "the same pg_receivewal continued");
     // And it still archives.
     await writeLoad(cluster, 50);
     const last = await switchWal(cluster);
@@ -154,7 +137,7 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
 
   it("after the daemon is SIGKILLed under load, a restart stops the orphaned (paused) pg_receivewal and loses nothing", async () => {
     assert.ok(daemon);
-    const orphan = await waitFor("pg_receivewal pid", () => receivewalPid(env).then((p) => p ?? undefined));
+    const orphan = await waitFor("pg_receivewal pid", () => receivewalPid(env, SITE).then((p) => p ?? undefined));
     const load = writeLoad(cluster, 400);
     await sleep(300);
     daemon.child.kill("SIGKILL");

@@ -1,6 +1,6 @@
 /** Shared helpers of the WAL streaming tests (pg_receivexlog and walreceiver modes). */
 import assert from "node:assert/strict";
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { nextWalName } from "../../src/wal/index.js";
 import type { PgCluster } from "../helpers/pgcluster.js";
@@ -150,4 +150,22 @@ export async function assertArchiveComplete(env: DaemonEnv, site: string, cluste
   assertContiguous(names);
   await assertStoredMatchPgWal(env, site, cluster, names);
   return names;
+}
+
+/** PID of the daemon's pg_receivewal child: the one whose command line names this site's spool directory. */
+export async function receivewalPid(env: DaemonEnv, site: string): Promise<number | null> {
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmdline = (await readFile(`/proc/${entry}/cmdline`, "utf8")).split("\0");
+      if (
+        cmdline[0]?.endsWith("pg_receivewal") &&
+        cmdline.includes(path.join(env.backupLocation, site, "xlog_incoming"))
+      )
+        return Number(entry);
+    } catch {
+      // process went away
+    }
+  }
+  return null;
 }

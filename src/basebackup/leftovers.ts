@@ -1,0 +1,69 @@
+/**
+ * What an interrupted basebackup (a crash, SIGKILL, power loss) leaves behind, removed again: its
+ * work directory in the spool (`basebackup_incoming/<NAME>/`, chunks waiting for upload), its
+ * uploaded chunks with no control object in the store, and temp files of writes the crash cut
+ * off in a local store. Backups cannot be resumed, so none of it is of use.
+ *
+ * Only call it while no backup of the site runs in this process: every work directory and every
+ * chunk directory without a control object is then a leftover (the daemon's lock guarantees no
+ * other daemon uses this spool).
+ */
+import { readdir, rm } from "node:fs/promises";
+import path from "node:path";
+import { findOrphanChunkDirectories, type OrphanChunkDirectory } from "../catalog/orphans.js";
+import { isErrno } from "../common/errors.js";
+import type { PghoardConfig, SiteConfig } from "../config/types.js";
+import type { StorageBackend } from "../storage/types.js";
+import { siteIncomingDir } from "./common.js";
+import type { BasebackupLogger } from "./types.js";
+
+export interface LeftoverCleanup {
+  /** Work directories removed from the spool. */
+  workDirs: string[];
+  /** Chunk directories removed from the store. */
+  chunkDirectories: OrphanChunkDirectory[];
+  /** Temp files removed from a local store (keys). */
+  tempFiles: string[];
+}
+
+async function removeWorkDirs(dir: string, log: BasebackupLogger): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    if (isErrno(err, "ENOENT")) return [];
+    throw err;
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const full = path.join(dir, name);
+    await rm(full, { recursive: true, force: true });
+    log.info(`Removed ${full} left by an interrupted basebackup`);
+    removed.push(full);
+  }
+  return removed;
+}
+
+export async function removeInterruptedBackupLeftovers(args: {
+  config: Pick<PghoardConfig, "backup_location">;
+  site: string;
+  siteConfig: SiteConfig;
+  storage: StorageBackend;
+  /** Store temp files modified since then may belong to an upload of this process and are kept. */
+  startedAt: Date;
+  log: BasebackupLogger;
+}): Promise<LeftoverCleanup> {
+  const { siteConfig, storage, log } = args;
+  const workDirs = await removeWorkDirs(siteIncomingDir(args.config, siteConfig), log);
+  const store = { site: args.site, prefix: siteConfig.prefix, storage };
+  const chunkDirectories = await findOrphanChunkDirectories(store);
+  for (const orphan of chunkDirectories) {
+    await storage.deleteTree(orphan.key);
+    log.info(
+      `Deleted ${orphan.key} (${orphan.objects} chunks, ${orphan.bytes} bytes) of basebackup ${orphan.backupName}, which was never completed`,
+    );
+  }
+  const tempFiles = (await storage.removeInterruptedWrites?.(siteConfig.prefix, args.startedAt)) ?? [];
+  for (const key of tempFiles) log.info(`Deleted ${key}, left in the store by an interrupted upload`);
+  return { workDirs, chunkDirectories, tempFiles };
+}

@@ -1,0 +1,165 @@
+/**
+ * A daemon SIGKILLed in the middle of a real local-tar backup: the next start removes the work
+ * directory with its chunks from the spool, the uploaded chunks that have no control object from
+ * the store, and temp files that crashed writes left in the local store, without touching the
+ * completed backup before it.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { readdir, readFile, utimes, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { DaemonProcess, httpRequest, sleep } from "../daemon/helpers.js";
+import { listStore, requestBackup, startScenario, type Scenario } from "./helpers.js";
+
+const SITE = "crashbb";
+
+/** Every file below `dir` (relative path → sha256). */
+async function treeDigest(dir: string): Promise<Map<string, string>> {
+  const result = new Map<string, string>();
+  const walk = async (rel: string): Promise<void> => {
+    for (const entry of await readdir(path.join(dir, rel), { withFileTypes: true })) {
+      const child = path.join(rel, entry.name);
+      if (entry.isDirectory()) await walk(child);
+      else
+        result.set(
+          child,
+          createHash("sha256")
+            .update(await readFile(path.join(dir, child)))
+            .digest("hex"),
+        );
+    }
+  };
+  await walk("");
+  return result;
+}
+
+async function entries(dir: string): Promise<string[]> {
+  try {
+    return (await readdir(dir)).sort();
+  } catch {
+    return [];
+  }
+}
+
+async function waitUntil(what: string, condition: () => Promise<boolean>, logs: () => string): Promise<void> {
+  const deadline = Date.now() + 120_000;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}:\n${logs().slice(-4000)}`);
+    await sleep(200);
+  }
+}
+
+describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
+  let s: Scenario;
+  let daemon: DaemonProcess | undefined;
+
+  before(async () => {
+    s = await startScenario({
+      site: SITE,
+      siteExtra: {
+        basebackup_mode: "local-tar",
+        basebackup_chunk_size: 4 * 1024 * 1024,
+        basebackup_chunks_in_progress: 2,
+        basebackup_count: 3,
+      },
+    });
+    daemon = s.daemon;
+    await s.cluster.pgbench(["-i", "-s", "8", "-q"]);
+    await s.cluster.query("CHECKPOINT");
+  });
+
+  after(async () => {
+    await daemon?.stop("SIGKILL");
+    await s?.cleanup();
+  });
+
+  it("the next start removes the spool work directory, the orphan chunks and store temp files", async () => {
+    const completed = await requestBackup(s);
+    const completedName = completed.name.replace(/\.00000000\.pghoard$/, "");
+    const siteStore = path.join(s.env.storageDir, SITE);
+    const chunkRoot = path.join(siteStore, "basebackup_chunk");
+    const incoming = path.join(s.env.backupLocation, SITE, "basebackup_incoming");
+
+    // Leftovers of writes cut off in the local store's sidecar and data steps, from "an earlier crash".
+    const xlogDir = path.join(siteStore, "xlog");
+    const oldTemps = [
+      path.join(xlogDir, "000000010000000000000099.metadata0123456789abcdef.metadata_tmp"),
+      path.join(xlogDir, ".concurrent_upload_0123456789abcdef"),
+    ];
+    const past = new Date(Date.now() - 3600_000);
+    for (const file of oldTemps) {
+      await writeFile(file, "partial");
+      await utimes(file, past, past);
+    }
+    // A temp file newer than the daemon's start could be an upload in progress: kept.
+    const recentTemp = path.join(xlogDir, ".concurrent_upload_fedcba9876543210");
+    await writeFile(recentTemp, "in progress");
+    const future = new Date(Date.now() + 3600_000);
+    await utimes(recentTemp, future, future);
+
+    const res = await httpRequest(s.env.port, "PUT", `/${SITE}/archive/basebackup`);
+    assert.equal(res.status, 201);
+    // Kill once a chunk of the new backup is in the store (and before its control object is).
+    let killedName = "";
+    await waitUntil(
+      "a chunk of the second backup in the store",
+      async () => {
+        for (const name of await entries(chunkRoot)) {
+          if (name === completedName) continue;
+          if ((await listStore(s.env, SITE, "basebackup_chunk", name)).length > 0) {
+            killedName = name;
+            return true;
+          }
+        }
+        return false;
+      },
+      () => daemon!.logs(),
+    );
+    await daemon!.stop("SIGKILL");
+    const completedFiles = new Map(
+      [...(await treeDigest(siteStore))].filter(
+        ([p]) => p.includes(completedName) && !p.includes(".metadata_tmp") && !p.includes(".concurrent_upload"),
+      ),
+    );
+    assert.ok(completedFiles.size > 2, "the completed backup has a control object and chunks");
+
+    // What the crash left: the work directory, chunks without a control object.
+    assert.deepEqual(await entries(incoming), [killedName]);
+    assert.ok((await listStore(s.env, SITE, "basebackup_chunk", killedName)).length > 0);
+    assert.ok(
+      !(await listStore(s.env, SITE, "basebackup")).some((e) => e.name.startsWith(killedName)),
+      "no control object for the killed backup",
+    );
+
+    daemon = await DaemonProcess.start(s.env, { logName: "daemon-restarted.log" });
+    await waitUntil(
+      "the leftovers to be removed",
+      async () => !existsSync(path.join(chunkRoot, killedName)) && (await entries(incoming)).length === 0,
+      () => daemon!.logs(),
+    );
+    await waitUntil(
+      "temp files removed",
+      async () => oldTemps.every((f) => !existsSync(f)),
+      () => daemon!.logs(),
+    );
+    assert.ok(existsSync(recentTemp), "a temp file newer than the daemon's start is kept");
+    assert.match(daemon.logs(), new RegExp(`Deleted ${SITE}/basebackup_chunk/${killedName} \\(\\d+ chunks`));
+    assert.match(daemon.logs(), /Removed .*basebackup_incoming.* left by an interrupted basebackup/);
+
+    // The completed backup is untouched, byte for byte.
+    const after = await treeDigest(siteStore);
+    for (const [file, digest] of completedFiles) assert.equal(after.get(file), digest, `${file} changed`);
+    assert.deepEqual(
+      (await listStore(s.env, SITE, "basebackup")).map((e) => e.name),
+      [completed.name],
+    );
+    assert.deepEqual(await entries(chunkRoot), [completedName]);
+
+    // And a new backup still works after the clean-up.
+    s.daemon = daemon;
+    await requestBackup(s);
+    assert.equal((await listStore(s.env, SITE, "basebackup")).length, 2);
+  });
+});
