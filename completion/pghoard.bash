@@ -10,7 +10,7 @@ _pghoard_node() {
     pghoard_archive_cleanup) valued="--site --config"; subs="" ;;
     pghoard_archive_sync) valued="--site --config --max-hash-checks"; subs="" ;;
     pghoard_create_keys) valued="--site --key-id --bits --config"; subs="" ;;
-    pghoard_postgres_command) valued="--host --port --username --password --site --xlog --output --mode"; subs="" ;;
+    pghoard_postgres_command) valued="--host --port --username --password --config --site --xlog --output --mode"; subs="" ;;
     *) return 0 ;;
   esac
   # The sub-command is the first word that is neither an option nor an option's value.
@@ -45,6 +45,7 @@ _pghoard_node() {
     "pghoard_restore get-basebackup:--recovery-target-lsn") COMPREPLY=(); return 0 ;;
     "pghoard_restore get-basebackup:--preserve-until") COMPREPLY=(); return 0 ;;
     "pghoard_restore get-basebackup:--pghoard-postgres-command-bin") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
+    "pghoard_restore get-basebackup:--restore-command-mode") COMPREPLY=($(compgen -W "direct daemon" -- "$cur")); return 0 ;;
     "pghoard_restore get-basebackup:--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
     "pghoard_archive_cleanup :--site") COMPREPLY=(); return 0 ;;
     "pghoard_archive_cleanup :--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
@@ -59,21 +60,22 @@ _pghoard_node() {
     "pghoard_postgres_command :--port") COMPREPLY=(); return 0 ;;
     "pghoard_postgres_command :--username") COMPREPLY=(); return 0 ;;
     "pghoard_postgres_command :--password") COMPREPLY=(); return 0 ;;
+    "pghoard_postgres_command :--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
     "pghoard_postgres_command :--site") COMPREPLY=(); return 0 ;;
     "pghoard_postgres_command :--xlog") COMPREPLY=(); return 0 ;;
     "pghoard_postgres_command :--output") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
-    "pghoard_postgres_command :--mode") COMPREPLY=($(compgen -W "archive restore" -- "$cur")); return 0 ;;
+    "pghoard_postgres_command :--mode") COMPREPLY=($(compgen -W "archive restore cleanup" -- "$cur")); return 0 ;;
   esac
   case "$cmd $sub" in
     "pghoard ") opts="-h --help -D --debug --version -s --short-log --config" ;;
     "pghoard_restore ") opts="-h --help -D --debug --status-output-file --version list-basebackups-http list-basebackups get-basebackup" ;;
     "pghoard_restore list-basebackups-http") opts="-h --help -v --verbose --host --port --username --password --site --config" ;;
     "pghoard_restore list-basebackups") opts="-h --help -v --verbose --site --config" ;;
-    "pghoard_restore get-basebackup") opts="-h --help -v --verbose --site --basebackup --primary-conninfo --target-dir --overwrite --tablespace-dir --tablespace-base-dir --recovery-end-command --recovery-target-action --recovery-target-name --recovery-target-time --recovery-target-xid --recovery-target-lsn --recovery-target-immediate --restore-to-primary --restore-to-master --preserve-until --cancel-preserve-on-success --no-cancel-preserve-on-success --pghoard-postgres-command-bin --config" ;;
+    "pghoard_restore get-basebackup") opts="-h --help -v --verbose --site --basebackup --primary-conninfo --target-dir --overwrite --tablespace-dir --tablespace-base-dir --recovery-end-command --recovery-target-action --recovery-target-name --recovery-target-time --recovery-target-xid --recovery-target-lsn --recovery-target-immediate --restore-to-primary --restore-to-master --preserve-until --cancel-preserve-on-success --no-cancel-preserve-on-success --pghoard-postgres-command-bin --restore-command-mode --config" ;;
     "pghoard_archive_cleanup ") opts="-h --help --version --site --config --dry-run" ;;
     "pghoard_archive_sync ") opts="-h --help -D --debug --version --site --config --max-hash-checks --no-verify --create-new-backup-on-failure" ;;
     "pghoard_create_keys ") opts="-h --help -D --debug --version --site --key-id --bits --config" ;;
-    "pghoard_postgres_command ") opts="-h --help --version --host --port --username --password --site --xlog --output --mode" ;;
+    "pghoard_postgres_command ") opts="-h --help --version --host --port --username --password --config --site --xlog --output --mode" ;;
   esac
   COMPREPLY=($(compgen -W "$opts" -- "$cur"))
 }

@@ -16,7 +16,11 @@ export const POSTGRES_COMMAND_SPEC: CommandSpec = {
     { flags: "--port <PORT>", description: "pghoard daemon port", type: "int", default: 16000 },
     { flags: "--username <USERNAME>", description: "HTTP Basic user of the daemon (sent with --password)" },
     { flags: "--password <PASSWORD>", description: "HTTP Basic password of the daemon (sent with --username)" },
-    { flags: "--site <SITE>", description: "backup site", required: true },
+    {
+      flags: "--config <CONFIG>",
+      description: "restore mode: read the site's object storage directly with this configuration (no daemon needed)",
+    },
+    { flags: "--site <SITE>", description: "backup site (not needed with --mode cleanup)", required: true },
     { flags: "--xlog <XLOG>", description: "file name PostgreSQL asks for (%f)", required: true },
     {
       flags: "--output <OUTPUT>",
@@ -24,8 +28,10 @@ export const POSTGRES_COMMAND_SPEC: CommandSpec = {
     },
     {
       flags: "--mode <MODE>",
-      description: "what PostgreSQL runs the command as",
-      choices: ["archive", "restore"],
+      description:
+        "archive_command, restore_command, or cleanup (as recovery_end_command: remove leftover " +
+        "*.pghoard.prefetch files from pg_wal, or from the directory --output names)",
+      choices: ["archive", "restore", "cleanup"],
       required: true,
     },
   ],
