@@ -56,8 +56,8 @@ async function timed(cmd: string, args: string[]): Promise<{ seconds: number; rs
 
 /**
  * A 1% change of a restored data directory, as files of a diverged replica differ: one 8 KiB page
- * rewritten in each of every n-th relation file until 1% of the bytes under base/ lie in changed
- * files, one relation file removed, one new file. Returns a description.
+ * rewritten in relation files spread over base/ (every 7th that still fits) until 1% of the bytes
+ * lie in changed files, one relation file removed, one new file. Returns a description.
  */
 async function changeOnePercent(pgdata: string): Promise<string> {
   const files: Array<{ file: string; size: number }> = [];
@@ -72,8 +72,9 @@ async function changeOnePercent(pgdata: string): Promise<string> {
   const total = files.reduce((n, f) => n + f.size, 0);
   let changedBytes = 0;
   let changed = 0;
-  for (let i = 0; i < files.length && changedBytes < total / 100; i += 37) {
+  for (let i = 0; i < files.length && changedBytes < total / 100; i += 7) {
     const { file, size } = files[i];
+    if (changedBytes + size > total / 100) continue;
     const handle = await open(file, "r+");
     await handle.write(randomBytes(8192), 0, 8192, Math.floor(size / 8192 / 2) * 8192);
     await handle.close();
