@@ -363,7 +363,10 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       if (opts.signal?.aborted) throw opts.signal.reason ?? new RestoreError("Restore interrupted");
       if (opts.delta) {
         const removed = await pruneDeltaTarget(target);
-        if (removed > 0) print(`Delta restore removed ${removed} files and directories the backup does not have`);
+        const { written, unchanged } = target.deltaStats;
+        print(
+          `Delta restore: ${unchanged} files unchanged, ${written} written, ${removed} files and directories the backup does not have removed`,
+        );
       }
       await target.finish();
       const webUser = opts.config.webserver_username;

@@ -78,6 +78,8 @@ export class RestoreTarget {
   readonly delta: boolean;
   /** Delta mode: every file and directory path the backup supplied (the rest gets pruned). */
   private readonly produced = new Set<string>();
+  /** Delta mode: files whose content had to be written (created, patched or cut) and files kept as they were. */
+  private deltaCounts = { written: 0, unchanged: 0 };
 
   constructor(pgdata: string, tablespaces: TablespaceTarget[] = [], options: { delta?: boolean } = {}) {
     this.delta = options.delta ?? false;
@@ -310,6 +312,7 @@ export class RestoreTarget {
       let scratch = Buffer.alloc(0);
       let batch: Uint8Array[] = [];
       let batchBytes = 0;
+      let wrote = false;
       const flush = async (): Promise<void> => {
         if (batchBytes === 0) return;
         let same = position + batchBytes <= st.size;
@@ -318,7 +321,10 @@ export class RestoreTarget {
           const { bytesRead } = await handle.read(scratch, 0, batchBytes, position);
           same = bytesRead === batchBytes && sameBytes(batch, scratch);
         }
-        if (!same) await writeAll(handle, batch, position);
+        if (!same) {
+          await writeAll(handle, batch, position);
+          wrote = true;
+        }
         position += batchBytes;
         batch = [];
         batchBytes = 0;
@@ -329,7 +335,12 @@ export class RestoreTarget {
         if (batchBytes >= WRITE_BATCH_BYTES) await flush();
       }
       await flush();
-      if (st.size !== position) await handle.truncate(position);
+      if (st.size !== position) {
+        await handle.truncate(position);
+        wrote = true;
+      }
+      if (wrote) this.deltaCounts.written += 1;
+      else this.deltaCounts.unchanged += 1;
       if ((st.mode & 0o7777) !== (mode & 0o7777)) await handle.chmod(mode & 0o7777);
       if (mtime !== undefined) await handle.utimes(mtime, mtime);
     } finally {
@@ -346,7 +357,13 @@ export class RestoreTarget {
     const st = await lstat(absolute);
     if ((st.mode & 0o7777) !== (mode & 0o7777)) await chmod(absolute, mode & 0o7777);
     this.produced.add(absolute);
+    this.deltaCounts.unchanged += 1;
     await this.ensureDirectory(path.dirname(absolute));
+  }
+
+  /** Delta mode: how many files were written and how many already had the backup's content. */
+  get deltaStats(): { written: number; unchanged: number } {
+    return { ...this.deltaCounts };
   }
 
   /** Delta mode: true when `absolute` was supplied by the backup (file, directory or symlink). */
@@ -412,12 +429,14 @@ export class RestoreTarget {
     directories: Array<[string, number, number]>;
     pgControl: boolean;
     produced: string[];
+    deltaCounts: { written: number; unchanged: number };
   } {
     return {
       symlinks: [...this.pendingSymlinks.entries()],
       directories: [...this.directoryAttributes.entries()].map(([dir, a]) => [dir, a.mode, a.mtime]),
       pgControl: this.pgControlWritten,
       produced: [...this.produced],
+      deltaCounts: this.deltaCounts,
     };
   }
 
@@ -435,6 +454,8 @@ export class RestoreTarget {
     }
     if (deferred.pgControl) this.pgControlWritten = true;
     for (const produced of deferred.produced) this.produced.add(produced);
+    this.deltaCounts.written += deferred.deltaCounts.written;
+    this.deltaCounts.unchanged += deferred.deltaCounts.unchanged;
   }
 
   /** True when the backup supplied `global/pg_control` (every complete backup does). */

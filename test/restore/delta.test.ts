@@ -173,7 +173,14 @@ for (const { mode, extra } of MODES) {
       const delta = await runRestoreCli(restoreArgs(dataDir(), tsDir(), "--delta"));
       assert.equal(delta.code, 0, delta.stdout + delta.stderr);
       assert.match(delta.stdout, /Delta restoring tablespace 'ts1' into existing directory/);
-      assert.match(delta.stdout, /Delta restore removed \d+ files and directories the backup does not have/);
+      const stats =
+        /Delta restore: (\d+) files unchanged, (\d+) written, (\d+) files and directories the backup does not have removed/.exec(
+          delta.stdout,
+        );
+      assert.ok(stats, delta.stdout);
+      // Most files are as in the backup; the changed relations, configuration files and the rest are written.
+      assert.ok(Number(stats[1]) > 5 * Number(stats[2]), delta.stdout);
+      assert.ok(Number(stats[2]) > 0 && Number(stats[3]) >= 5, delta.stdout);
       assert.deepEqual(await restoredTree(dataDir(), tsDir()), fresh);
 
       const again = await recover();
@@ -186,7 +193,7 @@ for (const { mode, extra } of MODES) {
       }
     });
 
-    it("a failed delta restore leaves no pg_control; running it again finishes the restore", async () => {
+    it("identical files of delta backups are not downloaded; a failed delta restore leaves no pg_control; running it again finishes", async () => {
       // A copy of the store with one data object cut short.
       const brokenStore = path.join(work, "broken-store");
       await cp(s.env.storageDir, brokenStore, { recursive: true });
@@ -207,12 +214,22 @@ for (const { mode, extra } of MODES) {
         directory: brokenStore,
       };
       await writeFile(brokenConfig, JSON.stringify(config));
+      const args = restoreArgs(dataDir(), tsDir(), "--delta");
+      const brokenArgs = args.map((a) => (a === renv.configPath ? brokenConfig : a));
+      const unchanged = await runRestoreCli(brokenArgs);
+      if (mode === "delta") {
+        // The directory already has the broken object's file: it is hashed, not downloaded.
+        assert.equal(unchanged.code, 0, unchanged.stdout + unchanged.stderr);
+        assert.match(unchanged.stdout, /Delta restore: \d+ files unchanged, \d+ written, /);
+        assert.deepEqual(await restoredTree(dataDir(), tsDir()), fresh);
+      } else {
+        assert.equal(unchanged.code, 1, "tar chunks are always downloaded");
+      }
       // Local files to replace, so the broken object is needed (identical ones are not downloaded).
       await rm(path.join(dataDir(), "base"), { recursive: true });
       for (const name of await readdir(tsDir())) await rm(path.join(tsDir(), name), { recursive: true });
 
-      const args = restoreArgs(dataDir(), tsDir(), "--delta");
-      const failed = await runRestoreCli(args.map((a) => (a === renv.configPath ? brokenConfig : a)));
+      const failed = await runRestoreCli(brokenArgs);
       assert.equal(failed.code, 1, failed.stdout + failed.stderr);
       assert.match(failed.stdout, /FATAL: RestoreError: .*(corrupt|truncated)/);
       assert.match(failed.stderr, /partly delta restored and has no global\/pg_control/);
