@@ -227,11 +227,11 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     // Destination checks (nothing is changed until all of them passed).
     let pgdataState: "create" | "wipe" | "existing-empty" | "delta";
     if (!(await exists(pgdata, { noFollow: true }))) pgdataState = "create";
-    else if ((await meaningfulEntries(pgdata)).length === 0) pgdataState = "existing-empty";
-    else if (opts.delta) {
+    else if (opts.delta && (await meaningfulEntries(pgdata)).length > 0) {
       await checkDeltaTarget(pgdata, opts.targetDir);
       pgdataState = "delta";
     } else if (opts.overwrite) pgdataState = "wipe";
+    else if ((await meaningfulEntries(pgdata)).length === 0) pgdataState = "existing-empty";
     else
       throw new RestoreError(
         `$PGDATA target directory '${opts.targetDir}' exists, is not empty and --overwrite not specified, aborting.`,
