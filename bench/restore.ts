@@ -181,7 +181,7 @@ async function main(): Promise<void> {
         if (deltaBench) {
           console.log(`# ${combo} run ${run}: ${await changeOnePercent(target)}`);
           const d = await restore("--delta");
-          const what = `pghoard_restore --delta ${mode} ${algorithm}+enc after 1% change (${(r.seconds / d.seconds).toFixed(1)}x faster)`;
+          const what = `pghoard_restore --delta ${mode} ${algorithm}+enc after the change printed above (${(r.seconds / d.seconds).toFixed(1)}x faster)`;
           rows.push({ what, plainBytes, storedBytes, ...d });
         }
         await rm(target, { recursive: true, force: true });
