@@ -10,9 +10,15 @@
  * command (a child process, timed with /usr/bin/time for the peak RSS). MB/s = plaintext bytes
  * (`total-size-plain`, else `original-file-size`) / wall time. Upstream pghoard's published
  * figures for comparison: 171 MiB/s (snappy), 222 MiB/s (zstd).
+ *
+ * `--delta` also times `get-basebackup --delta` over each fresh restore after a 1% change (see
+ * changeOnePercent), next to the full restore of the same backup. `--partitions N` passes
+ * `--partitions N` to `pgbench -i`, so a change can stay inside some files as it does in a real
+ * database with many relations (a 1 GB pgbench_accounts segment touched anywhere is one changed file).
  */
 import { execFile } from "node:child_process";
-import { readFile, rm, stat } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { open, readdir, readFile, rm, stat, unlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -48,6 +54,38 @@ async function timed(cmd: string, args: string[]): Promise<{ seconds: number; rs
   return { seconds: Number(m[1]), rssMb: Number(m[2]) / 1024, cpuSeconds: Number(m[3]) + Number(m[4]) };
 }
 
+/**
+ * A 1% change of a restored data directory, as files of a diverged replica differ: one 8 KiB page
+ * rewritten in relation files spread over base/ (every 7th that still fits) until 1% of the bytes
+ * lie in changed files, one relation file removed, one new file. Returns a description.
+ */
+async function changeOnePercent(pgdata: string): Promise<string> {
+  const files: Array<{ file: string; size: number }> = [];
+  for (const db of await readdir(path.join(pgdata, "base"))) {
+    for (const name of await readdir(path.join(pgdata, "base", db))) {
+      const file = path.join(pgdata, "base", db, name);
+      const st = await stat(file);
+      if (st.isFile() && st.size >= 8192) files.push({ file, size: st.size });
+    }
+  }
+  files.sort((a, b) => (a.file < b.file ? -1 : 1));
+  const total = files.reduce((n, f) => n + f.size, 0);
+  let changedBytes = 0;
+  let changed = 0;
+  for (let i = 0; i < files.length && changedBytes < total / 100; i += 7) {
+    const { file, size } = files[i];
+    if (changedBytes + size > total / 100) continue;
+    const handle = await open(file, "r+");
+    await handle.write(randomBytes(8192), 0, 8192, Math.floor(size / 8192 / 2) * 8192);
+    await handle.close();
+    changedBytes += size;
+    changed += 1;
+  }
+  await unlink(files[files.length - 1].file);
+  await writeFile(path.join(pgdata, "base", "1", "999999"), randomBytes(100_000));
+  return `${changed} of ${files.length} relation files (${((changedBytes / total) * 100).toFixed(1)}% of ${(total / MiB).toFixed(0)} MiB) changed, 1 removed, 1 added`;
+}
+
 async function main(): Promise<void> {
   const scale = Number(arg("--scale", "70"));
   const runs = Number(arg("--runs", "1"));
@@ -56,6 +94,8 @@ async function main(): Promise<void> {
     .split(" ")
     .filter((a) => a !== "");
   const combos = arg("--combos", "local-tar:snappy,local-tar:zstd,basic:snappy,delta:zstd").split(",");
+  const deltaBench = process.argv.includes("--delta");
+  const partitions = Number(arg("--partitions", "0"));
   const site = "bench";
   const keys = makeKeyPair();
   const work = await makeTempDir("bench-restore");
@@ -73,7 +113,13 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   try {
     const t0 = Date.now();
-    await cluster.pgbench(["-i", "-s", String(scale), "-q"]);
+    await cluster.pgbench([
+      "-i",
+      "-s",
+      String(scale),
+      "-q",
+      ...(partitions ? ["--partitions", String(partitions)] : []),
+    ]);
     await cluster.query("CHECKPOINT");
     const dbBytes = Number((await cluster.query<{ s: string }>("SELECT pg_database_size('postgres')::text AS s"))[0].s);
     console.log(
@@ -119,16 +165,25 @@ async function main(): Promise<void> {
       );
       for (let run = 0; run < runs; run++) {
         const target = path.join(work, `restore-${mode}-${algorithm}`);
-        const r = await timed(process.execPath, [
-          ...nodeArgs,
-          path.join(repoRoot, "bin", "pghoard_restore.js"),
-          "get-basebackup",
-          "--config",
-          env.configPath,
-          "--target-dir",
-          target,
-        ]);
+        const restore = (...extra: string[]): ReturnType<typeof timed> =>
+          timed(process.execPath, [
+            ...nodeArgs,
+            path.join(repoRoot, "bin", "pghoard_restore.js"),
+            "get-basebackup",
+            "--config",
+            env.configPath,
+            "--target-dir",
+            target,
+            ...extra,
+          ]);
+        const r = await restore();
         rows.push({ what: `pghoard_restore ${mode} ${algorithm}+enc`, plainBytes, storedBytes, ...r });
+        if (deltaBench) {
+          console.log(`# ${combo} run ${run}: ${await changeOnePercent(target)}`);
+          const d = await restore("--delta");
+          const what = `pghoard_restore --delta ${mode} ${algorithm}+enc after the change printed above (${(r.seconds / d.seconds).toFixed(1)}x faster)`;
+          rows.push({ what, plainBytes, storedBytes, ...d });
+        }
         await rm(target, { recursive: true, force: true });
       }
       await rm(env.dir, { recursive: true, force: true });

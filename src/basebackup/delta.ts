@@ -16,6 +16,7 @@ import { createHash } from "node:crypto";
 import { lstat, open } from "node:fs/promises";
 import path from "node:path";
 import { removeIfExists } from "../common/fs.js";
+import { hashLocalFile } from "../fileformat/hash.js";
 import type { StorageBackend } from "../storage/types.js";
 import { StorageNotFoundError } from "../storage/types.js";
 import {
@@ -87,22 +88,8 @@ export function comparePaths(a: string, b: string): number {
 }
 
 /** Reads at most `size` bytes and returns their BLAKE2s-256 (upstream's SizeLimitedFile + hash). */
-async function hashFile(localPath: string, size: number): Promise<string> {
-  const hash = createHash("blake2s256");
-  const handle = await open(localPath, "r");
-  try {
-    const buf = Buffer.allocUnsafe(Math.min(1024 * 1024, Math.max(size, 1)));
-    let position = 0;
-    while (position < size) {
-      const { bytesRead } = await handle.read(buf, 0, Math.min(buf.length, size - position), position);
-      if (bytesRead === 0) break;
-      hash.update(buf.subarray(0, bytesRead));
-      position += bytesRead;
-    }
-  } finally {
-    await handle.close();
-  }
-  return hash.digest("hex");
+function hashFile(localPath: string, size: number): Promise<string> {
+  return hashLocalFile(localPath, "blake2s256", size);
 }
 
 async function readSmallFile(localPath: string, size: number): Promise<Buffer> {

@@ -25,6 +25,9 @@ export interface ChunkRecord {
 }
 
 /** One file of a delta manifest (rohmu `SnapshotFile` plus upload fields). */
+/** Hash of `hexdigest` in delta manifests (hashlib name, as upstream's delta backups use). */
+export const DELTA_FILE_HASH_ALGORITHM = "blake2s";
+
 export interface DeltaManifestFile {
   relative_path: string;
   file_size: number;

@@ -102,6 +102,11 @@ export const RESTORE_SPEC: CommandSpec = {
         { flags: "--target-dir <DIR>", description: "pghoard restore target 'pgdata' dir", required: true },
         { flags: "--overwrite", description: "overwrite existing target directory" },
         {
+          flags: "--delta",
+          description:
+            "restore over an existing stopped data directory, rewriting only files that differ from the backup and removing the rest",
+        },
+        {
           flags: "--tablespace-dir <NAME=DIRECTORY>",
           description: "map the given tablespace to an existing empty directory",
           repeatable: true,

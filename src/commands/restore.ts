@@ -106,6 +106,7 @@ async function restoreBasebackup(
         targetDir: o.targetDir as string,
         basebackup: o.basebackup as string,
         overwrite: Boolean(o.overwrite),
+        delta: Boolean(o.delta),
         tablespaceDirs,
         tablespaceBaseDir: o.tablespaceBaseDir as string | undefined,
         primaryConninfo: o.primaryConninfo as string,

@@ -1,4 +1,5 @@
-import { getHashes } from "node:crypto";
+import { createHash, getHashes } from "node:crypto";
+import { open } from "node:fs/promises";
 import { FileFormatError } from "./errors.js";
 
 // Python hashlib spellings (written verbatim into `hash-algorithm` metadata) → Node names.
@@ -26,4 +27,26 @@ export function nodeHashName(pythonName: string): string {
     throw new FileFormatError(`unsupported hash algorithm '${pythonName}'`);
   }
   return nodeName;
+}
+
+/**
+ * Digest (hex) of the first `size` bytes of a local file, read in 1 MiB pieces; `algorithm` is a
+ * Node hash name. Callers run it in a worker thread when the file is large.
+ */
+export async function hashLocalFile(localPath: string, algorithm: string, size: number): Promise<string> {
+  const hash = createHash(algorithm);
+  const handle = await open(localPath, "r");
+  try {
+    const buf = Buffer.allocUnsafe(Math.min(1024 * 1024, Math.max(size, 1)));
+    let position = 0;
+    while (position < size) {
+      const { bytesRead } = await handle.read(buf, 0, Math.min(buf.length, size - position), position);
+      if (bytesRead === 0) break;
+      hash.update(buf.subarray(0, bytesRead));
+      position += bytesRead;
+    }
+  } finally {
+    await handle.close();
+  }
+  return hash.digest("hex");
 }

@@ -34,7 +34,7 @@ export {
   type DecodePlan,
 } from "./pipeline.js";
 export { createEncodeStream, createDecodeStream, encodeBuffer, decodeBuffer, CodecDuplex } from "./streams.js";
-export { nodeHashName } from "./hash.js";
+export { hashLocalFile, nodeHashName } from "./hash.js";
 export { FileFormatPool, type PoolEncodeStream } from "./pool.js";
 export { maskedCrc32c, STREAM_IDENTIFIER as SNAPPY_STREAM_IDENTIFIER } from "./snappy.js";
 export { MAGIC as ENCRYPTION_MAGIC, loadPrivateKey, loadPublicKey } from "./crypto.js";

@@ -141,7 +141,13 @@ async function processItem(item: RestoreItem, index: number, opts: FetchOptions,
       const job: ObjectJob =
         item.kind === "tar-object"
           ? { kind: item.kind, key: item.key }
-          : { kind: item.kind, key: item.key, relativePath: item.relativePath };
+          : {
+              kind: item.kind,
+              key: item.key,
+              relativePath: item.relativePath,
+              hexdigest: item.hexdigest,
+              fileSize: item.fileSize,
+            };
       if (opts.workers && item.storageConfig) {
         await opts.workers.run({ job, storageConfig: item.storageConfig, onBytes, signal });
       } else {

@@ -6,7 +6,11 @@
  * only after everything else succeeded, so an interrupted or failed restore never leaves a
  * directory PostgreSQL would start. On a failure that we catch, everything restored is removed
  * again: a target directory we created (or wiped with --overwrite) is deleted, an existing empty
- * one is emptied again; the same for tablespace directories.
+ * one is emptied again; the same for tablespace directories. A delta restore (`--delta`) keeps
+ * the directory and leaves it without `global/pg_control` instead (delta_restore.ts).
+ *
+ * Targets in use by a running PostgreSQL or configured as an active site's `pg_data_directory`
+ * are refused before anything is touched (target_safety.ts).
  */
 import { mkdir, readdir, rm, chmod, access, constants as fsConstants } from "node:fs/promises";
 import { mkdtemp } from "node:fs/promises";
@@ -34,6 +38,8 @@ import {
 import { selectBasebackup } from "./select.js";
 import { meaningfulEntries, RestoreTarget, type TablespaceTarget } from "./target.js";
 import { ObjectWorkers } from "./workers.js";
+import { abandonDeltaRestore, checkDeltaTarget, prepareDeltaTarget, pruneDeltaTarget } from "./delta_restore.js";
+import { TargetSafety } from "./target_safety.js";
 
 export type PrivateKeyLookup = (keyId: string) => string | undefined;
 
@@ -58,6 +64,8 @@ export interface GetBasebackupOptions {
   targetDir: string;
   basebackup?: string;
   overwrite?: boolean;
+  /** Restore over an existing stopped data directory, rewriting only what differs (delta_restore.ts). */
+  delta?: boolean;
   /** `--tablespace-dir NAME=DIR` values. */
   tablespaceDirs?: Record<string, string>;
   tablespaceBaseDir?: string;
@@ -179,6 +187,8 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
   const preserveUntil = parseOptionTime("preserve_until", opts.preserveUntil);
 
   const pgdata = path.resolve(opts.targetDir);
+  const safety = await TargetSafety.load(opts.config);
+  await safety.check(pgdata, "$PGDATA");
   const { backups, stores } = await listSiteBasebackups(opts.config, opts.site, deps);
   try {
     const { backup, output } = selectBasebackup(backups, {
@@ -225,9 +235,12 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     }
 
     // Destination checks (nothing is changed until all of them passed).
-    let pgdataState: "create" | "wipe" | "existing-empty";
+    let pgdataState: "create" | "wipe" | "existing-empty" | "delta";
     if (!(await exists(pgdata, { noFollow: true }))) pgdataState = "create";
-    else if (opts.overwrite) pgdataState = "wipe";
+    else if (opts.delta && (await meaningfulEntries(pgdata)).length > 0) {
+      await checkDeltaTarget(pgdata, opts.targetDir);
+      pgdataState = "delta";
+    } else if (opts.overwrite) pgdataState = "wipe";
     else if ((await meaningfulEntries(pgdata)).length === 0) pgdataState = "existing-empty";
     else
       throw new RestoreError(
@@ -260,31 +273,49 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     const mapping = new Map(Object.entries(opts.tablespaceDirs ?? {}));
     const tablespaces: TablespaceTarget[] = [];
     const createdTablespaceDirs: string[] = [];
-    for (const [name, info] of Object.entries(plan.tablespaces)) {
-      let tsPath = mapping.get(name) ?? info.path;
-      mapping.delete(name);
-      if (opts.tablespaceBaseDir && !(await exists(tsPath, { noFollow: true }))) {
-        tsPath = path.join(opts.tablespaceBaseDir, String(info.oid));
-        if (!(await exists(tsPath, { noFollow: true }))) {
-          await mkdir(tsPath, { recursive: true, mode: 0o700 });
-          createdTablespaceDirs.push(path.resolve(tsPath));
+    /** Tablespace directories a delta restore works on (their files stay if it fails). */
+    const deltaTablespaceDirs: string[] = [];
+    try {
+      for (const [name, info] of Object.entries(plan.tablespaces)) {
+        let tsPath = mapping.get(name) ?? info.path;
+        mapping.delete(name);
+        await safety.check(tsPath, `Tablespace '${name}'`);
+        if (opts.tablespaceBaseDir && !(await exists(tsPath, { noFollow: true }))) {
+          tsPath = path.join(opts.tablespaceBaseDir, String(info.oid));
+          await safety.check(tsPath, `Tablespace '${name}'`);
+          if (!(await exists(tsPath, { noFollow: true }))) {
+            await mkdir(tsPath, { recursive: true, mode: 0o700 });
+            createdTablespaceDirs.push(path.resolve(tsPath));
+          }
         }
-      }
-      if (!(await exists(tsPath, { noFollow: true }))) {
-        throw new RestoreError(`Tablespace '${name}' target directory '${tsPath}' does not exist, aborting.`);
-      }
-      if ((await meaningfulEntries(tsPath)).length > 0) {
-        throw new RestoreError(`Tablespace '${name}' target directory '${tsPath}' exists but is not empty, aborting.`);
-      }
-      const absolute = path.resolve(tsPath);
-      if (absolute === pgdata || absolute.startsWith(pgdata + path.sep) || pgdata.startsWith(absolute + path.sep)) {
-        throw new RestoreError(
-          `Tablespace '${name}' target directory '${tsPath}' overlaps the target directory '${pgdata}', aborting.`,
+        if (!(await exists(tsPath, { noFollow: true }))) {
+          throw new RestoreError(`Tablespace '${name}' target directory '${tsPath}' does not exist, aborting.`);
+        }
+        const tsInUse = (await meaningfulEntries(tsPath)).length > 0;
+        if (tsInUse && opts.delta) deltaTablespaceDirs.push(path.resolve(tsPath));
+        else if (tsInUse) {
+          throw new RestoreError(
+            `Tablespace '${name}' target directory '${tsPath}' exists but is not empty, aborting.`,
+          );
+        }
+        const absolute = path.resolve(tsPath);
+        if (absolute === pgdata || absolute.startsWith(pgdata + path.sep) || pgdata.startsWith(absolute + path.sep)) {
+          throw new RestoreError(
+            `Tablespace '${name}' target directory '${tsPath}' overlaps the target directory '${pgdata}', aborting.`,
+          );
+        }
+        print(
+          tsInUse
+            ? `Delta restoring tablespace '${name}' into existing directory '${tsPath}'`
+            : `Using existing empty directory '${tsPath}' for tablespace '${name}'`,
         );
+        await checkWritable(tsPath, `Tablespace '${name}'`);
+        tablespaces.push({ name, oid: info.oid, path: absolute });
       }
-      print(`Using existing empty directory '${tsPath}' for tablespace '${name}'`);
-      await checkWritable(tsPath, `Tablespace '${name}'`);
-      tablespaces.push({ name, oid: info.oid, path: absolute });
+    } catch (err) {
+      // A later tablespace failed its checks: directories made for earlier ones go again.
+      for (const dir of createdTablespaceDirs) await rm(dir, { recursive: true, force: true });
+      throw err;
     }
     if (mapping.size > 0) {
       const names = [...mapping.keys()].sort().map((n) => `'${n}'`);
@@ -298,7 +329,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     if (pgdataState === "wipe") await rm(pgdata, { recursive: true, force: true });
     if (pgdataState !== "existing-empty") await mkdir(pgdata, { recursive: true, mode: 0o700 });
     await chmod(pgdata, 0o700);
-    const target = new RestoreTarget(pgdata, tablespaces);
+    const target = new RestoreTarget(pgdata, tablespaces, { delta: Boolean(opts.delta) });
     const tracker = new ProgressTracker(plan.items);
     const reporter = new ProgressReporter({
       tracker,
@@ -308,6 +339,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     });
     let recovery: RecoveryConfig;
     try {
+      if (opts.delta) await prepareDeltaTarget(target);
       for (const dir of plan.emptyDirs) {
         const absolute = target.resolve(dir, "the delta manifest");
         await target.addDirectory(absolute, 0o700, undefined);
@@ -339,6 +371,13 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
         await reporter.stop();
       }
       if (opts.signal?.aborted) throw opts.signal.reason ?? new RestoreError("Restore interrupted");
+      if (opts.delta) {
+        const removed = await pruneDeltaTarget(target);
+        const { written, unchanged } = target.deltaStats;
+        print(
+          `Delta restore: ${unchanged} files unchanged, ${written} written, ${removed} files and directories the backup does not have removed`,
+        );
+      }
       await target.finish();
       const webUser = opts.config.webserver_username;
       const webPassword = opts.config.webserver_password;
@@ -366,9 +405,15 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       }
       await target.publishPgControl();
     } catch (err) {
-      await undoRestore(pgdata, pgdataState, tablespaces, createdTablespaceDirs);
-      const removed = pgdataState === "existing-empty" ? `Emptied '${pgdata}' again` : `Removed '${pgdata}'`;
-      const what = `${removed}${tablespaces.length ? " and the tablespace directories" : ""}, so nothing half-restored is left behind.`;
+      let what: string;
+      if (pgdataState === "delta" || deltaTablespaceDirs.length > 0) {
+        await abandonDeltaRestore(pgdata);
+        what = `'${pgdata}' is partly delta restored and has no global/pg_control, so PostgreSQL will not start from it; run the same get-basebackup --delta again to finish.`;
+      } else {
+        await undoRestore(pgdata, pgdataState, tablespaces, createdTablespaceDirs);
+        const removed = pgdataState === "existing-empty" ? `Emptied '${pgdata}' again` : `Removed '${pgdata}'`;
+        what = `${removed}${tablespaces.length ? " and the tablespace directories" : ""}, so nothing half-restored is left behind.`;
+      }
       process.stderr.write(
         opts.signal?.aborted
           ? `Restore of '${backup.name}' interrupted. ${what}\n`
@@ -422,7 +467,7 @@ function privateKeysOf(
 
 async function undoRestore(
   pgdata: string,
-  state: "create" | "wipe" | "existing-empty",
+  state: "create" | "wipe" | "existing-empty" | "delta",
   tablespaces: TablespaceTarget[],
   createdTablespaceDirs: string[],
 ): Promise<void> {

@@ -10,9 +10,12 @@ import type { Metadata, StorageBackend } from "../storage/types.js";
 import { RestoreError } from "./errors.js";
 import { createTarExtractor, tarRulesForFormat } from "./tar_extract.js";
 import type { RestoreTarget } from "./target.js";
+import { hasContent } from "./delta_restore.js";
 
 export type ObjectJob =
-  { kind: "tar-object"; key: string } | { kind: "file-object"; key: string; relativePath: string };
+  | { kind: "tar-object"; key: string }
+  /** `hexdigest`/`fileSize` (delta manifests) let a delta restore keep an identical local file. */
+  | { kind: "file-object"; key: string; relativePath: string; hexdigest?: string; fileSize?: number };
 
 export interface ObjectJobContext {
   storage: StorageBackend;
@@ -34,6 +37,14 @@ function checkDecodedSize(metadata: Metadata, decoded: number, label: string): v
 }
 
 export async function restoreObject(job: ObjectJob, ctx: ObjectJobContext): Promise<void> {
+  if (job.kind === "file-object" && ctx.target.delta && job.hexdigest && job.fileSize !== undefined) {
+    const destination = ctx.target.resolve(job.relativePath, `object '${job.key}'`);
+    if (await hasContent(destination, job.fileSize, job.hexdigest)) {
+      // Same content as the backup: nothing to download (a fresh restore writes these files 0600).
+      await ctx.target.keepFile(destination, 0o600);
+      return;
+    }
+  }
   const { stream, metadata } = await ctx.storage.getReadStream(job.key);
   const counter = new Transform({
     highWaterMark: 1024 * 1024,

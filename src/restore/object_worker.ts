@@ -23,6 +23,8 @@ export interface WorkerJobMessage {
   keys: Record<string, string>;
   pgdata: string;
   tablespaces: Array<{ name: string; oid: number; path: string }>;
+  /** `--delta`: compare with the existing files (see RestoreTarget). */
+  delta: boolean;
 }
 
 export type WorkerReply =
@@ -49,7 +51,7 @@ function storageFor(config: ObjectStorageConfig): Promise<StorageBackend> {
 const PROGRESS_STEP = 1024 * 1024;
 
 async function runJob(message: WorkerJobMessage): Promise<void> {
-  const target = new RestoreTarget(message.pgdata, message.tablespaces);
+  const target = new RestoreTarget(message.pgdata, message.tablespaces, { delta: message.delta });
   let unreported = 0;
   const onBytes = (bytes: number): void => {
     unreported += bytes;

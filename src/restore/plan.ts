@@ -30,6 +30,9 @@ export type RestoreItem =
       key: string;
       size: number;
       relativePath: string;
+      /** The manifest's plaintext digest and size, so a delta restore can keep an identical file. */
+      hexdigest?: string;
+      fileSize?: number;
       storage: StorageBackend;
       storageConfig?: ObjectStorageConfig;
     }
@@ -169,7 +172,10 @@ export async function planRestore(input: PlanInput): Promise<RestorePlan> {
           key: deltaObjectKey(input.sitePrefix, file.hexdigest),
           size: Number(file.stored_file_size) || 0,
           relativePath: file.relative_path,
+          hexdigest: file.hexdigest,
+          fileSize: Number(file.file_size),
           storage: input.storage,
+          storageConfig: input.storageConfig,
         });
       } else if (file.content_b64 !== null && file.content_b64 !== undefined && !file.should_be_bundled) {
         items.push({

@@ -5,6 +5,11 @@
  * the deferred work: symlinks, directory modes and mtimes, and `global/pg_control`, which is
  * written under a temporary name and renamed into place last, so an interrupted restore never
  * leaves a directory PostgreSQL would start from.
+ *
+ * In delta mode (`--delta`) files are written in place: each batch is compared with what the
+ * existing file holds at that offset and only differing batches are written, then the file is
+ * cut to the member's length, so identical files cost a read instead of a write. Every path the
+ * backup supplies is remembered, so the rest can be pruned afterwards (delta_restore.ts).
  */
 import { constants as fsConstants } from "node:fs";
 import {
@@ -14,6 +19,7 @@ import {
   readdir,
   readlink,
   rename,
+  rm,
   rmdir,
   symlink,
   chmod,
@@ -40,6 +46,8 @@ const WRITES_IN_FLIGHT = 4;
  */
 export const SMALL_FILE_BYTES = 256 * 1024;
 const WRITE_FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW;
+/** Delta mode: read and write the existing file, keep its content until a batch differs. */
+const PATCH_FLAGS = fsConstants.O_RDWR | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW;
 
 export interface TablespaceTarget {
   name: string;
@@ -66,8 +74,15 @@ export class RestoreTarget {
   private readonly pendingSymlinks = new Map<string, string>();
   private readonly directoryAttributes = new Map<string, DeferredAttributes>();
   private pgControlWritten = false;
+  /** Delta mode: compare with existing files and write only what differs. */
+  readonly delta: boolean;
+  /** Delta mode: every file and directory path the backup supplied (the rest gets pruned). */
+  private readonly produced = new Set<string>();
+  /** Delta mode: files whose content had to be written (created, patched or cut) and files kept as they were. */
+  private deltaCounts = { written: 0, unchanged: 0 };
 
-  constructor(pgdata: string, tablespaces: TablespaceTarget[] = []) {
+  constructor(pgdata: string, tablespaces: TablespaceTarget[] = [], options: { delta?: boolean } = {}) {
+    this.delta = options.delta ?? false;
     this.pgdata = path.resolve(pgdata);
     this.tablespaces = tablespaces.map((ts) => ({ ...ts, path: path.resolve(ts.path) }));
     this.roots = [this.pgdata, ...this.tablespaces.map((ts) => ts.path)];
@@ -134,10 +149,31 @@ export class RestoreTarget {
   /** mkdir -p, remembering what exists so the hot path makes no syscalls. */
   async ensureDirectory(absolute: string): Promise<void> {
     if (this.knownDirs.has(absolute)) return;
-    await mkdir(absolute, { recursive: true, mode: 0o700 });
+    try {
+      await mkdir(absolute, { recursive: true, mode: 0o700 });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (!this.delta || (code !== "EEXIST" && code !== "ENOTDIR")) throw err;
+      // An old file where the backup has a directory: replace it.
+      await this.clearNonDirectories(absolute);
+      await mkdir(absolute, { recursive: true, mode: 0o700 });
+    }
     for (let dir = absolute; !this.knownDirs.has(dir); dir = path.dirname(dir)) {
       this.knownDirs.add(dir);
+      if (this.delta) this.produced.add(dir);
       if (path.dirname(dir) === dir) break;
+    }
+  }
+
+  /** Delta mode: removes whatever non-directory lies on the way from a root down to `absolute`. */
+  private async clearNonDirectories(absolute: string): Promise<void> {
+    const root = this.roots.find((r) => within(r, absolute)) ?? this.pgdata;
+    let dir = root;
+    for (const part of path.relative(root, absolute).split(path.sep)) {
+      dir = path.join(dir, part);
+      const st = await lstat(dir).catch(() => undefined);
+      if (st === undefined) return;
+      if (!st.isDirectory()) await rm(dir, { force: true });
     }
   }
 
@@ -177,6 +213,7 @@ export class RestoreTarget {
       throw new RestoreError(`Refusing to write '${absolute}': the archive also has a symlink of that name`);
     }
     await this.ensureDirectory(path.dirname(absolute));
+    if (this.delta) return this.patchFile(absolute, source as AsyncIterable<Uint8Array>, mode, mtime);
     const handle = await open(absolute, WRITE_FLAGS, 0o600);
     let written = 0;
     // Several positional writes in flight, so the disk works while the next batch is decoded.
@@ -230,6 +267,10 @@ export class RestoreTarget {
       throw new RestoreError(`Refusing to write '${absolute}': the archive also has a symlink of that name`);
     }
     await this.ensureDirectory(path.dirname(absolute));
+    if (this.delta) {
+      await this.patchFile(absolute, chunks, mode, mtime);
+      return;
+    }
     const handle = await open(absolute, WRITE_FLAGS, 0o600);
     try {
       if (chunks.length > 0) await writeAll(handle, chunks);
@@ -242,6 +283,97 @@ export class RestoreTarget {
 
   async writeBuffer(absolute: string, data: Uint8Array, mode = 0o600, mtime?: number): Promise<void> {
     await this.writeChunks(absolute, [data], mode, mtime);
+  }
+
+  /**
+   * Delta mode: makes the existing file (if any) equal to `source`, writing only the batches that
+   * differ, then the length, mode and mtime a fresh restore gives. Returns the byte count.
+   */
+  private async patchFile(
+    absolute: string,
+    source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+    mode: number,
+    mtime: number | undefined,
+  ): Promise<number> {
+    let handle: FileHandle;
+    try {
+      handle = await open(absolute, PATCH_FLAGS, 0o600);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== "EISDIR" && code !== "ELOOP") throw err;
+      // An old directory (or symlink) where the backup has a file.
+      await rm(absolute, { recursive: true, force: true });
+      handle = await open(absolute, PATCH_FLAGS, 0o600);
+    }
+    this.produced.add(absolute);
+    let position = 0;
+    try {
+      const st = await handle.stat();
+      let scratch = Buffer.alloc(0);
+      let batch: Uint8Array[] = [];
+      let batchBytes = 0;
+      let wrote = false;
+      const flush = async (): Promise<void> => {
+        if (batchBytes === 0) return;
+        let same = position + batchBytes <= st.size;
+        if (same) {
+          if (scratch.byteLength < batchBytes) scratch = Buffer.allocUnsafe(Math.max(batchBytes, WRITE_BATCH_BYTES));
+          const { bytesRead } = await handle.read(scratch, 0, batchBytes, position);
+          same = bytesRead === batchBytes && sameBytes(batch, scratch);
+        }
+        if (!same) {
+          await writeAll(handle, batch, position);
+          wrote = true;
+        }
+        position += batchBytes;
+        batch = [];
+        batchBytes = 0;
+      };
+      for await (const chunk of source) {
+        batch.push(chunk);
+        batchBytes += chunk.byteLength;
+        if (batchBytes >= WRITE_BATCH_BYTES) await flush();
+      }
+      await flush();
+      if (st.size !== position) {
+        await handle.truncate(position);
+        wrote = true;
+      }
+      if (wrote) this.deltaCounts.written += 1;
+      else this.deltaCounts.unchanged += 1;
+      if ((st.mode & 0o7777) !== (mode & 0o7777)) await handle.chmod(mode & 0o7777);
+      if (mtime !== undefined) await handle.utimes(mtime, mtime);
+    } finally {
+      await handle.close();
+    }
+    return position;
+  }
+
+  /**
+   * Delta mode: records a file that already has the backup's content (checked by hash) and gives
+   * it the mode a fresh restore would.
+   */
+  async keepFile(absolute: string, mode: number): Promise<void> {
+    const st = await lstat(absolute);
+    if ((st.mode & 0o7777) !== (mode & 0o7777)) await chmod(absolute, mode & 0o7777);
+    this.produced.add(absolute);
+    this.deltaCounts.unchanged += 1;
+    await this.ensureDirectory(path.dirname(absolute));
+  }
+
+  /** Delta mode: how many files were written and how many already had the backup's content. */
+  get deltaStats(): { written: number; unchanged: number } {
+    return { ...this.deltaCounts };
+  }
+
+  /** Delta mode: true when `absolute` was supplied by the backup (file, directory or symlink). */
+  supplies(absolute: string): boolean {
+    return this.produced.has(absolute) || this.knownDirs.has(absolute) || this.pendingSymlinks.has(absolute);
+  }
+
+  /** Delta mode: true when the archive gave `absolute` a directory mode (else a fresh restore made it 0700). */
+  hasDirectoryMode(absolute: string): boolean {
+    return this.directoryAttributes.has(absolute);
   }
 
   /**
@@ -296,11 +428,15 @@ export class RestoreTarget {
     symlinks: Array<[string, string]>;
     directories: Array<[string, number, number]>;
     pgControl: boolean;
+    produced: string[];
+    deltaCounts: { written: number; unchanged: number };
   } {
     return {
       symlinks: [...this.pendingSymlinks.entries()],
       directories: [...this.directoryAttributes.entries()].map(([dir, a]) => [dir, a.mode, a.mtime]),
       pgControl: this.pgControlWritten,
+      produced: [...this.produced],
+      deltaCounts: this.deltaCounts,
     };
   }
 
@@ -317,6 +453,9 @@ export class RestoreTarget {
       this.knownDirs.add(dir);
     }
     if (deferred.pgControl) this.pgControlWritten = true;
+    for (const produced of deferred.produced) this.produced.add(produced);
+    this.deltaCounts.written += deferred.deltaCounts.written;
+    this.deltaCounts.unchanged += deferred.deltaCounts.unchanged;
   }
 
   /** True when the backup supplied `global/pg_control` (every complete backup does). */
@@ -343,6 +482,16 @@ export class RestoreTarget {
       await dir.close();
     }
   }
+}
+
+/** Whether the chunks equal the start of `existing` (their total length is known to fit). */
+function sameBytes(chunks: Uint8Array[], existing: Buffer): boolean {
+  let offset = 0;
+  for (const chunk of chunks) {
+    if (existing.compare(chunk, 0, chunk.byteLength, offset, offset + chunk.byteLength) !== 0) return false;
+    offset += chunk.byteLength;
+  }
+  return true;
 }
 
 function dropBytes(chunks: Uint8Array[], count: number): Uint8Array[] {

@@ -135,6 +135,7 @@ export class ObjectWorkers {
           keys: this.keys,
           pgdata: this.target.pgdata,
           tablespaces: this.target.tablespaces,
+          delta: this.target.delta,
         };
         worker.postMessage(message);
       });

@@ -15,10 +15,17 @@ export interface ManifestEntry {
   sha256?: string;
   empty_dir?: boolean;
   symlink?: string;
+  /** Permission bits in octal, with `{ modes: true }`. */
+  mode?: string;
+  /** With `{ modes: true }`: every directory is listed (path with a trailing `/`). */
+  dir?: boolean;
 }
 
-/** Same shape as the fixtures' restored manifests: files, empty dirs (trailing `/`), symlinks. */
-export async function directoryManifest(root: string): Promise<ManifestEntry[]> {
+/**
+ * Same shape as the fixtures' restored manifests: files, empty dirs (trailing `/`), symlinks.
+ * `modes` adds permission bits and lists every directory.
+ */
+export async function directoryManifest(root: string, options: { modes?: boolean } = {}): Promise<ManifestEntry[]> {
   const entries: ManifestEntry[] = [];
   async function walk(rel: string): Promise<void> {
     const names = (await readdir(path.join(root, rel))).sort();
@@ -27,11 +34,15 @@ export async function directoryManifest(root: string): Promise<ManifestEntry[]> 
       const childRel = rel ? `${rel}/${name}` : name;
       const abs = path.join(root, childRel);
       const st = await lstat(abs);
+      const mode = options.modes ? { mode: (st.mode & 0o7777).toString(8) } : {};
       if (st.isSymbolicLink()) entries.push({ path: childRel, symlink: await readlink(abs) });
-      else if (st.isDirectory()) await walk(childRel);
-      else {
+      else if (st.isDirectory()) {
+        if (options.modes) entries.push({ path: childRel + "/", dir: true, ...mode });
+        await walk(childRel);
+      } else {
         const data = await readFile(abs);
-        entries.push({ path: childRel, size: data.length, sha256: createHash("sha256").update(data).digest("hex") });
+        const sha256 = createHash("sha256").update(data).digest("hex");
+        entries.push({ path: childRel, size: data.length, sha256, ...mode });
       }
     }
   }

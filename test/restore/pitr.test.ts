@@ -83,6 +83,7 @@ describe("point-in-time recovery of our own backups", { timeout: 900_000 }, () =
     });
     const site = (renv.config.backup_sites as Record<string, Record<string, unknown>>)[SITE];
     site.object_storage = { storage_type: "local", directory: s.env.storageDir };
+    site.active = false; // an active site's pg_data_directory is refused as a target before any tablespace check
     await renv.writeConfig();
     const result = await runRestoreCli([
       "get-basebackup",

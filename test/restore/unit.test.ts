@@ -71,6 +71,42 @@ describe("backup selection", () => {
     assert.throws(() => pick("2024-05-01 10:00"), /No applicable basebackups found, exiting/);
   });
 
+  it("no applicable backup: the line names the backups, newest first (at most 10), and the name format", () => {
+    const message = (fn: () => unknown): string => {
+      try {
+        fn();
+      } catch (err) {
+        return (err as Error).message;
+      }
+      throw new Error("did not throw");
+    };
+    assert.equal(
+      message(() => selectBasebackup(backups, { name: "2024-05-01_10-00_0" })),
+      "No applicable basebackup found, exiting. Existing basebackups, newest first: " +
+        "site/basebackup/2024-05-02_10-00_0.00000000.pghoard (started 2024-05-02T10:00:00Z), " +
+        "site/basebackup/2024-05-01_10-00_0 (started 2024-05-01T10:00:00Z). " +
+        "--basebackup takes a name exactly as list-basebackups prints it (e.g. 'site/basebackup/2024-05-02_10-00_0.00000000.pghoard') or 'latest'.",
+    );
+    const many: BasebackupEntry[] = Array.from({ length: 12 }, (_, i) => ({
+      name: `site/basebackup/2024-06-${String(i + 1).padStart(2, "0")}_00-00_0`,
+      size: 1,
+      metadata: { "start-time": `2024-06-${String(i + 1).padStart(2, "0")}T00:00:00+00:00` },
+    }));
+    const text = message(() =>
+      selectBasebackup(many, { name: "latest", recoveryTargetTime: parseTimestamp("2024-01-01") }),
+    );
+    assert.match(
+      text,
+      /^No applicable basebackups found, exiting\. Existing basebackups, newest first: site\/basebackup\/2024-06-12_00-00_0 \(started 2024-06-12T00:00:00Z\), /,
+    );
+    assert.match(text, /2024-06-03_00-00_0 \(started 2024-06-03T00:00:00Z\) and 2 older\. /);
+    assert.doesNotMatch(text, /2024-06-02_/);
+    assert.equal(
+      message(() => selectBasebackup([], { name: "latest" })),
+      "No applicable basebackups found, exiting. The site has no basebackups.",
+    );
+  });
+
   it("by exact name only", () => {
     assert.equal(selectBasebackup(backups, { name: backups[1].name }).backup, backups[1]);
     assert.throws(
