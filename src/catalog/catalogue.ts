@@ -28,6 +28,8 @@ export interface BasebackupEntry {
   /** Site whose store holds it (the site itself or one of its `moved_from` sites). */
   site?: string;
   lastModified?: Date;
+  /** The backend's checksum of the stored bytes, when it keeps one (`StoredObject.md5`). */
+  md5?: string;
 }
 
 /** A listed backup with its schedule and preservation fields parsed (retention, scheduling, state). */
@@ -60,6 +62,7 @@ export async function listBasebackups(
         metadata: obj.metadata,
         site: store.site,
         lastModified: obj.lastModified,
+        ...(obj.md5 ? { md5: obj.md5 } : {}),
       });
     }
   }

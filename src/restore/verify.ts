@@ -6,12 +6,17 @@
  */
 import {
   BASEBACKUP_FORMATS,
+  backupNameOf,
+  basebackupKey,
   chunkKey,
+  controlObjectName,
   deltaObjectKey,
   manifestFiles,
   objectKey,
   type SiteStore,
 } from "../catalog/index.js";
+import { createHash } from "node:crypto";
+
 import type { PghoardConfig } from "../config/types.js";
 import { decodeBuffer } from "../fileformat/index.js";
 import { historyFileName, walNameToSegmentNumber, isWalName } from "../wal/index.js";
@@ -20,7 +25,13 @@ import { ProgressTracker } from "./fetch.js";
 import { readControlMetadata } from "./plan.js";
 import { ProgressReporter } from "./progress.js";
 import { loadSiteArchive, type SiteArchive } from "./site_archive.js";
-import type { VerifyJob, VerifyObjectResult } from "./verify_object.js";
+import {
+  checkStoredDigest,
+  ObjectCorruptError,
+  storedDigestAlgorithm,
+  type VerifyJob,
+  type VerifyObjectResult,
+} from "./verify_object.js";
 import { VerifyWorkers } from "./verify_workers.js";
 
 export interface VerifyProblem {
@@ -68,21 +79,34 @@ export interface VerifyTask {
   backups: Set<string>;
 }
 
-function selectBackups(archive: SiteArchive, which: string): SiteArchive["backups"] {
+async function selectBackups(
+  archive: SiteArchive,
+  which: string,
+  problems: VerifyProblem[],
+): Promise<SiteArchive["backups"]> {
   const backups = archive.backups.filter((b) => b.metadata["start-time"] !== undefined);
   if (which === "all") return backups;
   if (which === "latest") {
     if (backups.length === 0) throw new RestoreError("No basebackups found, nothing to verify");
     return [backups[backups.length - 1]];
   }
-  const base = (n: string): string =>
-    n
-      .split("/")
-      .pop()!
-      .replace(/\.00000000\.pghoard$/, "");
-  const found = archive.backups.find((b) => b.name === which || base(b.name) === base(which));
-  if (!found) throw new RestoreError(`Basebackup '${which}' not found`);
-  return [found];
+  const found = archive.backups.find((b) => b.name === which || backupNameOf(b.name) === backupNameOf(which));
+  if (found) return [found];
+  // A chunked backup whose control object is gone is not listed, but its chunks still are.
+  const name = backupNameOf(which);
+  for (const store of archive.stores) {
+    for (const dir of ["basebackup_chunk", "basebackup_delta_chunk"] as const) {
+      const chunks = await store.storage.list(objectKey(store.prefix, dir, name)).catch(() => []);
+      if (chunks.length > 0) {
+        problems.push({
+          object: basebackupKey(store.prefix, controlObjectName(name)),
+          problem: `missing from the object store (${chunks.length} chunks of the backup are stored)`,
+        });
+        return [];
+      }
+    }
+  }
+  throw new RestoreError(`Basebackup '${which}' not found`);
 }
 
 function problemText(err: unknown): string {
@@ -93,6 +117,14 @@ function problemText(err: unknown): string {
   if (name === "ObjectCorruptError" || name === "WalVerificationError" || name === "LsnMismatchError")
     return `corrupt: ${(err as Error).message}`;
   return describeError(err);
+}
+
+/** key → backend checksum of the objects below a directory (none when it does not exist). */
+async function digestsBelow(store: SiteStore, dir: string): Promise<Map<string, string>> {
+  const result = new Map<string, string>();
+  const objects = await store.storage.list(dir).catch(() => []);
+  for (const obj of objects) if (obj.md5) result.set(obj.name, obj.md5);
+  return result;
 }
 
 /** Adds a backup's own objects (main object, or control + chunks + delta objects) to `tasks`. */
@@ -114,33 +146,37 @@ async function planBackup(
     return 0;
   }
   if (format === undefined || format === "pghoard-bb-v1") {
-    add({ kind: "tar", key: backup.name, storedSize: backup.size }, backup.size);
+    add({ kind: "tar", key: backup.name, storedSize: backup.size, storedDigest: backup.md5 }, backup.size);
     return 1;
   }
   let objects = 1;
   let control;
   try {
     const { data, metadata } = await store.storage.getContentsToMemory(backup.name);
-    if (data.length !== backup.size) throw new Error(`stored size ${data.length}, listed as ${backup.size}`);
+    if (data.length !== backup.size)
+      throw new ObjectCorruptError(`stored size ${data.length}, listed as ${backup.size}`);
+    const algorithm = storedDigestAlgorithm(backup.md5);
+    if (algorithm) checkStoredDigest(createHash(algorithm).update(data).digest("hex"), backup.md5!);
     const decoded = await decodeBuffer(data, metadata, archive.keys);
     const expected = metadata["original-file-size"];
     if (expected !== undefined && Number(expected) !== decoded.length)
-      throw Object.assign(new Error(`decoded control is ${decoded.length} bytes, expected ${expected}`), {
-        name: "ObjectCorruptError",
-      });
+      throw new ObjectCorruptError(`decoded control is ${decoded.length} bytes, expected ${expected}`);
     control = await readControlMetadata(decoded, backup.name);
   } catch (err) {
     problems.push({ object: backup.name, problem: problemText(err) });
     return objects;
   }
   const chunkDir = format === "pghoard-bb-v2" ? "basebackup_chunk" : "basebackup_delta_chunk";
+  const chunkDigests = await digestsBelow(store, objectKey(store.prefix, chunkDir, backupNameOf(backup.name)));
   for (const chunk of control.chunks ?? []) {
+    const key = chunkKey(store.prefix, chunkDir, chunk.chunk_filename);
     objects += 1;
     add(
       {
         kind: "tar",
-        key: chunkKey(store.prefix, chunkDir, chunk.chunk_filename),
+        key,
         storedSize: Number(chunk.result_size),
+        storedDigest: chunkDigests.get(key),
         plainSize: chunk.input_size === undefined ? undefined : Number(chunk.input_size),
       },
       Number(chunk.result_size) || 0,
@@ -149,13 +185,16 @@ async function planBackup(
   if (format.startsWith("pghoard-delta-")) {
     if (!control.manifest?.snapshot_result?.state)
       problems.push({ object: backup.name, problem: "delta backup without a manifest in its control object" });
+    const deltaDigests = await digestsBelow(store, objectKey(store.prefix, "basebackup_delta"));
     for (const file of manifestFiles(control)) {
       if (!file.hexdigest) continue;
       objects += 1;
+      const key = deltaObjectKey(store.prefix, file.hexdigest);
       add(
         {
           kind: "delta-file",
-          key: deltaObjectKey(store.prefix, file.hexdigest),
+          key,
+          storedDigest: deltaDigests.get(key),
           hexdigest: file.hexdigest,
           fileSize: Number(file.file_size),
           storedSize: Number(file.stored_file_size) || undefined,
@@ -197,7 +236,7 @@ function planWal(
       names.add(name);
       const store = archive.storeOf.get(object) ?? main;
       tasks.set(object.name, {
-        job: { kind: "wal", key: object.name, name },
+        job: { kind: "wal", key: object.name, name, storedDigest: object.md5 },
         store,
         size: object.size,
         backups: new Set(),
@@ -216,7 +255,7 @@ function planWal(
     }
     const store = archive.storeOf.get(history) ?? main;
     tasks.set(history.name, {
-      job: { kind: "history", key: history.name, name: historyFileName(tli) },
+      job: { kind: "history", key: history.name, name: historyFileName(tli), storedDigest: history.md5 },
       store,
       size: history.size,
       backups: new Set(),
@@ -272,7 +311,7 @@ export async function verifyBasebackups(opts: VerifyOptions): Promise<VerifyRepo
   const archive = await loadSiteArchive(opts.config, opts.site);
   try {
     const problems: VerifyProblem[] = [...archive.problems];
-    const selected = selectBackups(archive, opts.basebackup);
+    const selected = await selectBackups(archive, opts.basebackup, problems);
     const tasks = new Map<string, VerifyTask>();
     const objectCounts: number[] = [];
     for (const backup of selected) objectCounts.push(await planBackup(archive, backup, tasks, problems));

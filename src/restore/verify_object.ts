@@ -16,11 +16,33 @@ import { parseTimelineHistory, WalSegmentChecker, type SegmentCheckResult } from
 
 export type VerifyJob =
   /** A tar: single-object backup, data chunk or delta bundle. Sizes from the control object when known. */
-  | { kind: "tar"; key: string; storedSize?: number; plainSize?: number }
-  /** A delta hash object: decodes to `fileSize` bytes whose blake2s256 is `hexdigest`. */
-  | { kind: "delta-file"; key: string; hexdigest: string; fileSize: number; storedSize?: number }
-  | { kind: "wal"; key: string; name: string }
-  | { kind: "history"; key: string; name: string };
+  (
+    | { kind: "tar"; key: string; storedSize?: number; plainSize?: number }
+    /** A delta hash object: decodes to `fileSize` bytes whose blake2s256 is `hexdigest`. */
+    | { kind: "delta-file"; key: string; hexdigest: string; fileSize: number; storedSize?: number }
+    | { kind: "wal"; key: string; name: string }
+    | { kind: "history"; key: string; name: string }
+  ) & {
+    /** The backend's checksum of the stored bytes from its listing (`StoredObject.md5`), if any. */
+    storedDigest?: string;
+  };
+
+/**
+ * The hash a backend checksum is: local storage keeps a SHA-256, the cloud stores an MD5 (an S3
+ * multipart ETag, `<md5>-<parts>`, is not a hash of the bytes and is not checked).
+ */
+export function storedDigestAlgorithm(digest: string | undefined): "sha256" | "md5" | null {
+  if (!digest) return null;
+  if (/^[0-9a-f]{64}$/i.test(digest)) return "sha256";
+  if (/^[0-9a-f]{32}$/i.test(digest)) return "md5";
+  return null;
+}
+
+/** Throws ObjectCorruptError when `digest` (a backend checksum) does not match. */
+export function checkStoredDigest(actualHex: string, digest: string): void {
+  if (actualHex !== digest.toLowerCase())
+    throw new ObjectCorruptError(`stored bytes hash to ${actualHex}, the object store recorded ${digest}`);
+}
 
 export interface VerifyObjectResult {
   storedBytes: number;
@@ -42,6 +64,8 @@ const MAX_HISTORY_BYTES = 1024 * 1024;
 function tarWalker(): Writable {
   const extract = tarStream.extract();
   extract.on("entry", (_header, stream, next) => {
+    // A member cut short fails the whole extract, which reports it; nothing to add here.
+    stream.on("error", () => undefined);
     stream.on("end", () => next());
     stream.resume();
   });
@@ -91,10 +115,13 @@ export async function verifyObject(
   const { stream, metadata } = await ctx.storage.getReadStream(job.key);
   let storedBytes = 0;
   let plainBytes = 0;
+  const digestAlgorithm = storedDigestAlgorithm(job.storedDigest);
+  const storedHash = digestAlgorithm ? createHash(digestAlgorithm) : null;
   const counter = new Transform({
     highWaterMark: 1024 * 1024,
     transform(chunk: Buffer, _encoding, callback) {
       storedBytes += chunk.byteLength;
+      storedHash?.update(chunk);
       ctx.onBytes?.(chunk.byteLength);
       callback(null, chunk);
     },
@@ -148,6 +175,7 @@ export async function verifyObject(
   } finally {
     stream.destroy();
   }
+  if (storedHash) checkStoredDigest(storedHash.digest("hex"), job.storedDigest!);
   const extra = finishSink();
   checkSize("decoded content", plainBytes, metadata["original-file-size"]);
   if (job.kind === "tar") checkSize("decoded content", plainBytes, job.plainSize);

@@ -1,6 +1,6 @@
 /**
- * Main-thread side of the verify workers: `size` threads, each verifying up to two objects at a
- * time (one downloading while the other decodes); jobs queue when all are busy.
+ * Main-thread side of the verify workers: `size` threads, jobs handed out round robin (callers
+ * bound how many run at once). A worker that dies fails only its own jobs and is replaced.
  */
 import { Worker } from "node:worker_threads";
 
@@ -16,36 +16,43 @@ interface Pending {
   onBytes: (bytes: number) => void;
 }
 
+interface Slot {
+  worker: Worker;
+  pending: Map<number, Pending>;
+}
+
 export class VerifyWorkers {
-  private readonly workers: Worker[] = [];
-  private readonly pending = new Map<number, Pending>();
+  private readonly slots: Slot[] = [];
   private nextId = 1;
   private next = 0;
+  private closed = false;
 
   constructor(
     size: number,
     private readonly keys: Record<string, string>,
   ) {
-    for (let i = 0; i < Math.max(1, size); i += 1) {
-      const worker = new Worker(WORKER_URL);
-      worker.on("message", (reply: VerifyWorkerReply) => this.onReply(reply));
-      const fail = (err: Error): void => {
-        for (const p of this.pending.values()) p.reject(err);
-        this.pending.clear();
-      };
-      worker.on("error", fail);
-      worker.on("exit", (code) => {
-        if (code !== 0) fail(new Error(`verify worker exited with code ${code}`));
-      });
-      this.workers.push(worker);
-    }
+    for (let i = 0; i < Math.max(1, size); i += 1) this.slots.push(this.spawn());
   }
 
-  private onReply(reply: VerifyWorkerReply): void {
-    const p = this.pending.get(reply.id);
+  private spawn(): Slot {
+    const slot: Slot = { worker: new Worker(WORKER_URL), pending: new Map() };
+    slot.worker.on("message", (reply: VerifyWorkerReply) => this.onReply(slot, reply));
+    const die = (err: Error): void => {
+      for (const p of slot.pending.values()) p.reject(err);
+      slot.pending.clear();
+      const index = this.slots.indexOf(slot);
+      if (index >= 0 && !this.closed) this.slots[index] = this.spawn();
+    };
+    slot.worker.on("error", die);
+    slot.worker.on("exit", (code) => die(new Error(`verify worker exited with code ${code}`)));
+    return slot;
+  }
+
+  private onReply(slot: Slot, reply: VerifyWorkerReply): void {
+    const p = slot.pending.get(reply.id);
     if (!p) return;
     if (reply.type === "progress") return p.onBytes(reply.bytes);
-    this.pending.delete(reply.id);
+    slot.pending.delete(reply.id);
     if (reply.type === "done") p.resolve(reply.result);
     else {
       const err = new Error(reply.error.message);
@@ -54,21 +61,21 @@ export class VerifyWorkers {
     }
   }
 
-  /** Runs one job on the next worker (round robin; callers bound how many run at once). */
   run(
     job: VerifyJob,
     storageConfig: ObjectStorageConfig,
     onBytes: (bytes: number) => void,
   ): Promise<VerifyObjectResult> {
     const id = this.nextId++;
-    const worker = this.workers[this.next++ % this.workers.length];
+    const slot = this.slots[this.next++ % this.slots.length];
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, onBytes });
-      worker.postMessage({ id, job, storageConfig, keys: this.keys } satisfies VerifyJobMessage);
+      slot.pending.set(id, { resolve, reject, onBytes });
+      slot.worker.postMessage({ id, job, storageConfig, keys: this.keys } satisfies VerifyJobMessage);
     });
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.workers.splice(0).map((w) => w.terminate()));
+    this.closed = true;
+    await Promise.all(this.slots.splice(0).map((s) => s.worker.terminate()));
   }
 }
