@@ -15,6 +15,9 @@
  * changeOnePercent), next to the full restore of the same backup. `--partitions N` passes
  * `--partitions N` to `pgbench -i`, so a change can stay inside some files as it does in a real
  * database with many relations (a 1 GB pgbench_accounts segment touched anywhere is one changed file).
+ *
+ * Each restore is followed by `pghoard_restore verify` of the same backup (MiB/s = decoded bytes,
+ * WAL included / wall time).
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -45,13 +48,34 @@ interface Row {
   cpuSeconds: number;
 }
 
-async function timed(cmd: string, args: string[]): Promise<{ seconds: number; rssMb: number; cpuSeconds: number }> {
-  const { stderr } = await execFileAsync("/usr/bin/time", ["-f", "BENCH %e %M %U %S", cmd, ...args], {
-    maxBuffer: 64 * MiB,
-  });
+async function timed(
+  cmd: string,
+  args: string[],
+  opts: { allowFailure?: boolean } = {},
+): Promise<{ seconds: number; rssMb: number; cpuSeconds: number; stdout: string; failed: boolean }> {
+  let stdout: string;
+  let stderr: string;
+  let failed = false;
+  try {
+    ({ stdout, stderr } = await execFileAsync("/usr/bin/time", ["-f", "BENCH %e %M %U %S", cmd, ...args], {
+      maxBuffer: 64 * MiB,
+    }));
+  } catch (err) {
+    // `verify` exits 1 when something is missing; its timing is still worth showing.
+    const e = err as { stdout?: string; stderr?: string };
+    if (!opts.allowFailure || e.stderr === undefined) throw err;
+    ({ stdout = "", stderr } = e as { stdout?: string; stderr: string });
+    failed = true;
+  }
   const m = /BENCH ([\d.]+) (\d+) ([\d.]+) ([\d.]+)/.exec(stderr);
   if (!m) throw new Error(`no timing in: ${stderr}`);
-  return { seconds: Number(m[1]), rssMb: Number(m[2]) / 1024, cpuSeconds: Number(m[3]) + Number(m[4]) };
+  return {
+    seconds: Number(m[1]),
+    rssMb: Number(m[2]) / 1024,
+    cpuSeconds: Number(m[3]) + Number(m[4]),
+    stdout,
+    failed,
+  };
 }
 
 /**
@@ -185,6 +209,26 @@ async function main(): Promise<void> {
           rows.push({ what, plainBytes, storedBytes, ...d });
         }
         await rm(target, { recursive: true, force: true });
+        // verify of the same backup (and the WAL archived since its start), decoded bytes per second
+        const v = await timed(
+          process.execPath,
+          [
+            ...nodeArgs,
+            path.join(repoRoot, "bin", "pghoard_restore.js"),
+            "verify",
+            "--config",
+            env.configPath,
+            "--json",
+          ],
+          { allowFailure: true },
+        );
+        const report = JSON.parse(v.stdout) as { decoded_bytes: number; stored_bytes: number; objects: number };
+        rows.push({
+          what: `pghoard_restore verify ${mode} ${algorithm}+enc (${report.objects} objects${v.failed ? ", problems found" : ""})`,
+          plainBytes: report.decoded_bytes,
+          storedBytes: report.stored_bytes,
+          ...v,
+        });
       }
       await rm(env.dir, { recursive: true, force: true });
     }

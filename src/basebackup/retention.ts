@@ -11,6 +11,7 @@ import {
   DELTA_FORMATS,
   entryBasename,
   listBasebackups as listStoredBasebackups,
+  latestPreservations,
   listPreservationRequests,
   parseBasebackupMetadata,
   readControlMetadata,
@@ -41,16 +42,7 @@ export function parseStoredTime(text: string): Date {
 
 /** Preservation requests: backup basename → latest `preserve-until`. */
 export function parsePreservationRequests(requests: ReadonlyArray<{ metadata: Metadata }>): Map<string, Date> {
-  const result = new Map<string, Date>();
-  for (const request of requests) {
-    const name = request.metadata["preserve-backup"];
-    const until = request.metadata["preserve-until"];
-    if (!name || !until) continue;
-    const date = parseStoredTime(until);
-    const existing = result.get(name);
-    if (!existing || existing < date) result.set(name, date);
-  }
-  return result;
+  return latestPreservations(requests, parseStoredTime);
 }
 
 /** `get_remote_basebackups_info` for one site: sorted by start-time. */

@@ -28,6 +28,8 @@ export interface BasebackupEntry {
   /** Site whose store holds it (the site itself or one of its `moved_from` sites). */
   site?: string;
   lastModified?: Date;
+  /** The backend's checksum of the stored bytes, when it keeps one (`StoredObject.md5`). */
+  md5?: string;
 }
 
 /** A listed backup with its schedule and preservation fields parsed (retention, scheduling, state). */
@@ -60,6 +62,7 @@ export async function listBasebackups(
         metadata: obj.metadata,
         site: store.site,
         lastModified: obj.lastModified,
+        ...(obj.md5 ? { md5: obj.md5 } : {}),
       });
     }
   }
@@ -73,10 +76,50 @@ export function entryBasename(entry: Pick<BasebackupEntry, "name">): string {
 
 /** `<prefix>/preservation_request/` objects; none when the directory does not exist. */
 export async function listPreservationRequests(store: Pick<SiteStore, "prefix" | "storage">): Promise<StoredObject[]> {
+  return listOrEmpty(store.storage, objectKey(store.prefix, "preservation_request"));
+}
+
+/**
+ * Preservation requests (`preserve-backup`, `preserve-until` metadata): backup basename → the
+ * latest `preserve-until`; `parseTime` is the caller's timestamp reader.
+ */
+export function latestPreservations(
+  requests: ReadonlyArray<{ metadata: Metadata }>,
+  parseTime: (text: string) => Date,
+): Map<string, Date> {
+  const result = new Map<string, Date>();
+  for (const request of requests) {
+    const name = request.metadata["preserve-backup"];
+    const until = request.metadata["preserve-until"];
+    if (!name || !until) continue;
+    const date = parseTime(until);
+    const existing = result.get(name);
+    if (!existing || existing < date) result.set(name, date);
+  }
+  return result;
+}
+
+/** The WAL archive of one store: `xlog/` (segments, `.partial` files) and `timeline/` (history files). */
+export interface WalArchiveListing {
+  site: string;
+  xlog: StoredObject[];
+  timeline: StoredObject[];
+}
+
+async function listOrEmpty(storage: StorageBackend, key: string): Promise<StoredObject[]> {
   try {
-    return await store.storage.list(objectKey(store.prefix, "preservation_request"));
+    return await storage.list(key);
   } catch (err) {
     if (err instanceof StorageNotFoundError) return [];
     throw err;
   }
+}
+
+/** Lists `<prefix>/xlog/` and `<prefix>/timeline/` of a store (empty when a directory does not exist). */
+export async function listWalArchive(store: SiteStore): Promise<WalArchiveListing> {
+  return {
+    site: store.site,
+    xlog: await listOrEmpty(store.storage, objectKey(store.prefix, "xlog")),
+    timeline: await listOrEmpty(store.storage, objectKey(store.prefix, "timeline")),
+  };
 }

@@ -31,6 +31,7 @@ export const PGHOARD_SPEC: CommandSpec = {
   ],
 };
 
+const JSON_OPTION = { flags: "--json", description: "print JSON instead of text" };
 const VERBOSE_OPTION = { flags: "-v, --verbose", description: "verbose output" };
 const RESTORE_EXITS: readonly ExitCodeSpec[] = [
   { code: 0, meaning: "success" },
@@ -84,8 +85,39 @@ export const RESTORE_SPEC: CommandSpec = {
         VERBOSE_OPTION,
         { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
         configOption("pghoard config file", "unless-env"),
+        JSON_OPTION,
       ],
       exitCodes: RESTORE_EXITS,
+    },
+    {
+      name: "info",
+      description:
+        "Show basebackups, the WAL archive per timeline and the recoverable window (not in upstream pghoard)",
+      options: [
+        { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
+        configOption("pghoard config file", "unless-env"),
+        JSON_OPTION,
+      ],
+      exitCodes: RESTORE_EXITS,
+    },
+    {
+      name: "verify",
+      description: "Download and fully decode a backup and its WAL without restoring it (not in upstream pghoard)",
+      options: [
+        { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
+        {
+          flags: "--basebackup <NAME>",
+          description: "basebackup to verify: full name as listed, 'latest' or 'all'",
+          default: "latest",
+        },
+        configOption("pghoard config file", "unless-env"),
+        JSON_OPTION,
+      ],
+      exitCodes: [
+        { code: 0, meaning: "every object checks" },
+        { code: 1, meaning: "a bad or missing object (each one named), a configuration error, or Ctrl-C" },
+        USAGE_EXIT,
+      ],
     },
     {
       name: "get-basebackup",

@@ -16,6 +16,8 @@ import { createStorage } from "../storage/index.js";
 import { RestoreError, describeError } from "../restore/errors.js";
 import { getBasebackup, listSiteBasebackups, closeStores, type RestoreDeps } from "../restore/get_basebackup.js";
 import { availableCaption, formatBasebackupList, listBasebackupsHttp } from "../restore/list.js";
+import { formatSiteInfo, siteInfo } from "../restore/info.js";
+import { formatVerifyReport, verifyBasebackups, verifyReportJson } from "../restore/verify.js";
 import { KeyboardInterrupt, abortOnKeyboardInterrupt, runCli, type Io } from "./cli.js";
 import { RESTORE_SPEC } from "./cli_specs.js";
 
@@ -80,13 +82,51 @@ async function listHttp(o: HttpListOptions, io: Io): Promise<number> {
   return 0;
 }
 
-async function listStore(o: { verbose?: boolean; site?: string; config?: string }, io: Io): Promise<number> {
+interface SiteOptions {
+  site?: string;
+  config?: string;
+  json?: boolean;
+}
+
+function writeJson(io: Io, value: unknown): void {
+  io.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+async function listStore(o: SiteOptions & { verbose?: boolean }, io: Io): Promise<number> {
   const config = await readConfig(o.config);
   const site = getSiteFromConfig(config, o.site);
   const { backups, stores } = await listSiteBasebackups(config, site, restoreDeps(config));
   await closeStores(stores);
-  io.stdout.write(formatBasebackupList(backups, { caption: availableCaption(site), verbose: Boolean(o.verbose) }));
+  if (o.json) {
+    const sorted = [...backups].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    writeJson(io, { site, basebackups: sorted.map((b) => ({ name: b.name, size: b.size, metadata: b.metadata })) });
+  } else {
+    io.stdout.write(formatBasebackupList(backups, { caption: availableCaption(site), verbose: Boolean(o.verbose) }));
+  }
   return 0;
+}
+
+async function info(o: SiteOptions, io: Io): Promise<number> {
+  const config = await readConfig(o.config);
+  const result = await siteInfo(config, getSiteFromConfig(config, o.site));
+  if (o.json) writeJson(io, result);
+  else io.stdout.write(formatSiteInfo(result));
+  return 0;
+}
+
+async function verify(o: SiteOptions & { basebackup: string }, io: Io): Promise<number> {
+  const config = await readConfig(o.config);
+  const report = await verifyBasebackups({
+    config,
+    site: getSiteFromConfig(config, o.site),
+    basebackup: o.basebackup,
+    // Progress goes to stderr, so stdout stays the report (or clean JSON).
+    out: io.stderr,
+    quiet: Boolean(o.json) && !(io.stderr as NodeJS.WriteStream).isTTY,
+  });
+  if (o.json) writeJson(io, verifyReportJson(report));
+  else io.stdout.write(formatVerifyReport(report));
+  return report.ok ? 0 : 1;
 }
 
 async function restoreBasebackup(
@@ -148,6 +188,8 @@ export async function main(
     async (inv) => {
       if (inv.command === "list-basebackups-http") return listHttp(inv.opts as unknown as HttpListOptions, io);
       if (inv.command === "list-basebackups") return listStore(inv.opts, io);
+      if (inv.command === "info") return info(inv.opts, io);
+      if (inv.command === "verify") return verify(inv.opts as unknown as SiteOptions & { basebackup: string }, io);
       return restoreBasebackup(inv.opts, inv.globals, io);
     },
     {

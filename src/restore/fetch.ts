@@ -30,7 +30,7 @@ export class ProgressTracker {
   private downloaded = 0;
   lastChange = Date.now();
 
-  constructor(items: RestoreItem[]) {
+  constructor(items: ReadonlyArray<{ size: number }>) {
     this.perItem = items.map(() => 0);
     this.total = items.reduce((n, item) => n + item.size, 0);
   }

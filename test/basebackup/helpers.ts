@@ -172,7 +172,8 @@ export async function runRestore(args: string[]): Promise<string> {
  */
 export async function restoreAndRecover(
   s: Scenario,
-  restorePoint: string,
+  /** A restore point name, or other target options (e.g. `["--recovery-target-time", T]`). */
+  restorePoint: string | string[],
 ): Promise<{ cluster: PgCluster; daemon: DaemonProcess }> {
   const workDir = await makeTempDir("bb-restore");
   const dataDir = path.join(workDir, "data");
@@ -196,8 +197,7 @@ export async function restoreAndRecover(
     s.site,
     "--target-dir",
     dataDir,
-    "--recovery-target-name",
-    restorePoint,
+    ...(typeof restorePoint === "string" ? ["--recovery-target-name", restorePoint] : restorePoint),
     "--recovery-target-action",
     "promote",
     "--restore-to-primary",

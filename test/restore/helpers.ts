@@ -5,6 +5,7 @@ import { lstat, readdir, readFile, readlink, writeFile } from "node:fs/promises"
 import path from "node:path";
 import { promisify } from "node:util";
 
+import { main } from "../../src/commands/restore.js";
 import { repoRoot, sharedDir } from "../helpers/paths.js";
 
 const execFileAsync = promisify(execFile);
@@ -111,4 +112,16 @@ export async function runRestoreCli(args: string[], env: Record<string, string> 
     if (typeof e.code !== "number") throw err;
     return { code: e.code, stdout: e.stdout ?? "", stderr: e.stderr ?? "" };
   }
+}
+
+/** Runs `pghoard_restore <args>` in-process, capturing stdout. */
+export async function restoreCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = "";
+  let stderr = "";
+  const io = {
+    stdout: { write: (s: string) => ((stdout += s), true) } as unknown as NodeJS.WritableStream,
+    stderr: { write: (s: string) => ((stderr += s), true) } as unknown as NodeJS.WritableStream,
+  };
+  const code = await main(args, io);
+  return { code, stdout, stderr };
 }
