@@ -3,6 +3,7 @@
  * 1 on restore/configuration errors (`FATAL: <ErrorClass>: <message>` on stdout) or Ctrl-C,
  * 2 on usage errors.
  */
+import path from "node:path";
 import {
   ConfigError,
   getSiteFromConfig,
@@ -16,6 +17,7 @@ import { createStorage } from "../storage/index.js";
 import { RestoreError, describeError } from "../restore/errors.js";
 import { getBasebackup, listSiteBasebackups, closeStores, type RestoreDeps } from "../restore/get_basebackup.js";
 import { availableCaption, formatBasebackupList, listBasebackupsHttp } from "../restore/list.js";
+import { formatDrillReport, runDrill } from "../restore/drill.js";
 import { KeyboardInterrupt, abortOnKeyboardInterrupt, runCli, type Io } from "./cli.js";
 import { RESTORE_SPEC } from "./cli_specs.js";
 
@@ -121,6 +123,43 @@ async function restoreBasebackup(
   return 0;
 }
 
+/** `drill`: exit 0 when the backup restored and recovered, 1 with the reason otherwise. */
+async function drill(o: Record<string, unknown>, io: Io): Promise<number> {
+  const configPath = resolveConfigPath(o.config as string | undefined);
+  const config = await readConfig(configPath ?? undefined);
+  const site = getSiteFromConfig(config, o.site as string | undefined);
+  const json = Boolean(o.json);
+  // The daemon stops a running drill with SIGTERM: clean up as for Ctrl-C.
+  const interrupt = abortOnKeyboardInterrupt(["SIGINT", "SIGTERM"]);
+  try {
+    const report = await runDrill(
+      {
+        config,
+        configPath: path.resolve(configPath as string),
+        site,
+        basebackup: o.basebackup as string,
+        target: {
+          name: o.recoveryTargetName as string | undefined,
+          time: o.recoveryTargetTime as string | undefined,
+          xid: o.recoveryTargetXid as string | undefined,
+          lsn: o.recoveryTargetLsn as string | undefined,
+          immediate: Boolean(o.recoveryTargetImmediate),
+        },
+        scratchDir: o.scratchDir as string | undefined,
+        signal: interrupt.signal,
+        progress: json ? undefined : (line) => io.stdout.write(`${line}\n`),
+      },
+      restoreDeps(config),
+    );
+    if (json) io.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+    else io.stdout.write(formatDrillReport(report));
+    if (!report.success && !json) throw new RestoreError(report.error ?? "drill failed");
+    return report.success ? 0 : 1;
+  } finally {
+    interrupt.dispose();
+  }
+}
+
 export async function main(
   argv: string[],
   io: Io = { stdout: process.stdout, stderr: process.stderr },
@@ -131,6 +170,7 @@ export async function main(
     async (inv) => {
       if (inv.command === "list-basebackups-http") return listHttp(inv.opts as unknown as HttpListOptions, io);
       if (inv.command === "list-basebackups") return listStore(inv.opts, io);
+      if (inv.command === "drill") return drill(inv.opts, io);
       return restoreBasebackup(inv.opts, inv.globals, io);
     },
     {

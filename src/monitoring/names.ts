@@ -44,6 +44,13 @@ export const MetricNames = {
   OLDEST_RESTORABLE_POINT: "pghoard.oldest_restorable_point",
   OLDEST_RESTORABLE_POINT_AGE: "pghoard.oldest_restorable_point_age",
   WAL_ARCHIVE_LAG_BYTES: "pghoard.wal_archive_lag_bytes",
+  // Scheduled restore drills, not in upstream (1/0, seconds of the last drill, segments it replayed)
+  RESTORE_DRILL_SUCCESS: "pghoard.restore_drill_success",
+  RESTORE_DRILL_SECONDS: "pghoard.restore_drill_seconds",
+  RESTORE_DRILL_DOWNLOAD_SECONDS: "pghoard.restore_drill_download_seconds",
+  RESTORE_DRILL_WAL_REPLAY_SECONDS: "pghoard.restore_drill_wal_replay_seconds",
+  RESTORE_DRILL_WAL_SEGMENTS: "pghoard.restore_drill_wal_segments",
+  RESTORE_DRILL_LAST_RUN: "pghoard.restore_drill_last_run",
 } as const;
 
 export type MetricName = (typeof MetricNames)[keyof typeof MetricNames];

@@ -55,6 +55,8 @@ export interface GetBasebackupOptions {
   /** `--tablespace-dir NAME=DIR` values. */
   tablespaceDirs?: Record<string, string>;
   tablespaceBaseDir?: string;
+  /** Every tablespace goes to `DIR/<oid>` (created), whatever its original path: a drill must never touch the live ones. */
+  tablespaceRelocateDir?: string;
   primaryConninfo?: string;
   recoveryEndCommand?: string;
   recoveryTargetAction?: "pause" | "promote" | "shutdown";
@@ -253,8 +255,9 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     for (const [name, info] of Object.entries(plan.tablespaces)) {
       let tsPath = mapping.get(name) ?? info.path;
       mapping.delete(name);
-      if (opts.tablespaceBaseDir && !(await exists(tsPath, { noFollow: true }))) {
-        tsPath = path.join(opts.tablespaceBaseDir, String(info.oid));
+      const baseDir = opts.tablespaceRelocateDir ?? opts.tablespaceBaseDir;
+      if (baseDir && (opts.tablespaceRelocateDir || !(await exists(tsPath, { noFollow: true })))) {
+        tsPath = path.join(baseDir, String(info.oid));
         if (!(await exists(tsPath, { noFollow: true }))) {
           await mkdir(tsPath, { recursive: true, mode: 0o700 });
           createdTablespaceDirs.push(path.resolve(tsPath));
