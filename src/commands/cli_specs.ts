@@ -173,6 +173,10 @@ export const RESTORE_SPEC: CommandSpec = {
             "directory the scratch directory is created in (default: beside backup_location, else the system temp dir)",
         },
         { flags: "--json", description: "print the report as JSON" },
+        {
+          flags: "--pghoard-postgres-command-bin <PATH>",
+          description: "pghoard_postgres_command script the restore_command runs (default: the one of this installation)",
+        },
         configOption("pghoard config file", "unless-env"),
       ],
       exitCodes: [

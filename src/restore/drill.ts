@@ -228,16 +228,21 @@ export function parseServerLog(text: string): ServerLog {
   return { restored, redoDoneLsn, lastTransactionTime, lines };
 }
 
-/** The log lines that say why `segment` could not be used (restore_command output, server errors). */
-function reasonFor(log: ServerLog, segment: string | null): string | null {
-  const relevant = log.lines.filter(
-    (l) =>
-      (segment !== null && l.includes(segment) && !/restored log file/.test(l)) ||
-      /\b(FATAL|PANIC|ERROR):/.test(l) ||
-      /invalid (record|magic|resource manager|checksum|page)|incorrect resource manager/.test(l),
-  );
-  const line = relevant.find((l) => /FATAL|PANIC|ERROR|corrupt|integrity|fail|invalid|mismatch/i.test(l));
-  return (line ?? relevant[0] ?? null)?.replace(/^\S+ \S+ \S+ \[\d+\] /, "").trim() ?? null;
+/** Connection attempts while the server starts are logged as FATAL too; they explain nothing. */
+const NOISE = /database system is (starting up|shutting down|in recovery mode)|connection (received|authorized)/;
+
+/** The log line that best says why `segment` could not be used (restore_command output, server errors). */
+export function reasonFor(log: ServerLog, segment: string | null): string | null {
+  const lines = log.lines.filter((l) => l.trim() !== "" && !NOISE.test(l) && !/restored log file/.test(l));
+  const strip = (l: string): string => l.replace(/^\S+ \S+ \S+ \[\d+\] /, "").trim();
+  const aboutSegment = segment ? lines.filter((l) => l.includes(segment)) : [];
+  const serious = (l: string): boolean => /corrupt|integrity|mismatch|invalid|fail|error|fatal|panic/i.test(l);
+  const line =
+    aboutSegment.find(serious) ??
+    lines.find((l) => /\b(PANIC|FATAL):/.test(l)) ??
+    lines.find((l) => /\bERROR:/.test(l)) ??
+    aboutSegment[0];
+  return line ? strip(line) : null;
 }
 
 function tail(text: string, lines = 8): string {
@@ -283,7 +288,7 @@ async function connect(server: Server, users: string[], databases: string[]): Pr
         lastError = err;
         await client.end().catch(() => undefined);
         // starting up / shutting down: the same for every role; wait and retry
-        if (/starting up|shutting down|ECONNREFUSED|ENOENT|not yet accepting/.test(String(err))) throw err;
+        if (/starting up|shutting down|ECONNREFUSED|ENOENT|not (yet )?accepting connections/.test(String(err))) throw err;
       }
     }
   }
@@ -497,7 +502,7 @@ export async function runDrill(opts: DrillOptions, deps: RestoreDeps): Promise<D
     const databases = [...new Set([siteConfig.nodes?.[0]?.dbname, "postgres", "template1"])].filter(
       (d): d is string => typeof d === "string" && d !== "",
     );
-    client = await waitForRecoveryEnd(server, users, databases, opts.signal);
+    client = await waitForRecoveryEnd(server, users, databases, opts.signal, startSegment);
     replaying = false;
     report.timings.wal_replay_seconds = seconds(Date.now() - replayStart);
 
@@ -622,6 +627,7 @@ async function waitForRecoveryEnd(
   users: string[],
   databases: string[],
   signal: AbortSignal | undefined,
+  startSegment: string | undefined,
 ): Promise<pg.Client> {
   let exitedWith: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   void server.exited.then((e) => (exitedWith = e));
@@ -630,7 +636,8 @@ async function waitForRecoveryEnd(
     if (exitedWith) {
       const text = await readFile(server.logFile, "utf8").catch(() => "");
       const log = parseServerLog(text);
-      const why = reasonFor(log, log.restored.length ? nextWalName(log.restored.at(-1) as string) : null);
+      const last = log.restored.at(-1);
+      const why = reasonFor(log, last ? nextWalName(last) : (startSegment ?? null));
       const how = exitedWith.signal ? `signal ${exitedWith.signal}` : `exit code ${exitedWith.code}`;
       throw new RestoreError(`PostgreSQL exited before recovery ended (${how}): ${why ?? tail(text)}`);
     }
@@ -640,11 +647,11 @@ async function waitForRecoveryEnd(
       if (!rows.rows[0].r) return client;
       await client.end().catch(() => undefined);
     } catch (err) {
-      if (!/starting up|ECONNREFUSED|ENOENT|not yet accepting|hot standby/.test(String(err))) {
+      if (!/starting up|ECONNREFUSED|ENOENT|not (yet )?accepting connections|hot standby/.test(String(err))) {
         throw new RestoreError(`Cannot connect to the restored cluster: ${describeError(err)}`);
       }
     }
-    await new Promise((r) => setTimeout(r, 250));
+    await new Promise((r) => setTimeout(r, 400));
   }
 }
 
