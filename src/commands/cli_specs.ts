@@ -175,7 +175,8 @@ export const RESTORE_SPEC: CommandSpec = {
         { flags: "--json", description: "print the report as JSON" },
         {
           flags: "--pghoard-postgres-command-bin <PATH>",
-          description: "pghoard_postgres_command script the restore_command runs (default: the one of this installation)",
+          description:
+            "pghoard_postgres_command script the restore_command runs (default: the one of this installation)",
         },
         configOption("pghoard config file", "unless-env"),
       ],

@@ -288,7 +288,8 @@ async function connect(server: Server, users: string[], databases: string[]): Pr
         lastError = err;
         await client.end().catch(() => undefined);
         // starting up / shutting down: the same for every role; wait and retry
-        if (/starting up|shutting down|ECONNREFUSED|ENOENT|not (yet )?accepting connections/.test(String(err))) throw err;
+        if (/starting up|shutting down|ECONNREFUSED|ENOENT|not (yet )?accepting connections/.test(String(err)))
+          throw err;
       }
     }
   }
