@@ -210,6 +210,8 @@ async function main(): Promise<void> {
           "--recovery-target-action",
           "promote",
           "--restore-to-primary",
+          "--restore-command-mode",
+          "daemon",
           "--pghoard-postgres-command-bin",
           `${process.execPath} ${bin("pghoard_postgres_command")}`,
         ]),

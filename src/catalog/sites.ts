@@ -19,3 +19,15 @@ export function siteEncodeOptions(
     publicKeyPem: keyId ? sitePublicKey(site, keyId) : null,
   };
 }
+
+/**
+ * http-api.md §5: where a site's WAL and backups may be stored: the site itself plus the sites
+ * it was moved from (or, asked for an old name, the site that moved from it and its old names).
+ */
+export function relatedSites(config: Pick<PghoardConfig, "backup_sites">, site: string): string[] {
+  const sites = config.backup_sites;
+  for (const [other, otherConfig] of Object.entries(sites)) {
+    if ((otherConfig.moved_from ?? []).includes(site)) return [other, ...otherConfig.moved_from];
+  }
+  return [site, ...(sites[site].moved_from ?? [])];
+}

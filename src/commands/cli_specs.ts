@@ -148,8 +148,15 @@ export const RESTORE_SPEC: CommandSpec = {
         },
         {
           flags: "--pghoard-postgres-command-bin <PATH>",
-          description: "program written into restore_command",
-          default: "pghoard_postgres_command",
+          description:
+            "program written into restore_command (default: node and the installed pghoard_postgres_command, absolute paths)",
+        },
+        {
+          flags: "--restore-command-mode <MODE>",
+          description:
+            "restore_command fetches WAL 'direct'ly from the object storage with this config (default) or through the pghoard 'daemon' (upstream's)",
+          choices: ["direct", "daemon"],
+          default: "direct",
         },
         configOption("pghoard config file", "unless-env"),
       ],

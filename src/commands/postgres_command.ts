@@ -3,7 +3,8 @@
  * http-api.md §9). PostgreSQL starts it once per WAL segment, so start-up time matters: this file
  * imports node built-ins only (no commander, config, logger, compression or SDKs), and only ones
  * Node's bootstrap has loaded already (node:fs, node:path, node:net), so they cost nothing; the
- * version module is loaded only for --version.
+ * version module is loaded only for --version. The direct mode (`--config`: no daemon) and its
+ * helper modes load restore/wal_direct.js with a dynamic import, only when asked for.
  */
 import { existsSync, renameSync } from "node:fs";
 import path from "node:path";
@@ -50,21 +51,27 @@ class EarlyExit extends Error {
 /** Thrown for --version: the version module is loaded only then. */
 class VersionRequest extends Error {}
 
+const MODES = ["archive", "restore", "prefetch", "cleanup"] as const;
+type Mode = (typeof MODES)[number];
+
 export interface PostgresCommandOptions {
   host: string;
   port: number;
   username?: string;
   password?: string;
+  /** Direct mode: read the site's object storage with this config instead of asking the daemon. */
+  config?: string;
   site: string;
   xlog: string;
   output?: string;
-  mode: "archive" | "restore";
+  /** prefetch: internal, started by the direct mode; cleanup: recovery_end_command of the direct mode. */
+  mode: Mode;
 }
 
 const USAGE =
   "usage: pghoard_postgres_command [-h] [--version] [--host HOST] [--port PORT] [--username USERNAME]\n" +
-  "                                [--password PASSWORD] --site SITE --xlog XLOG [--output OUTPUT]\n" +
-  "                                --mode {archive,restore}";
+  "                                [--password PASSWORD] [--config CONFIG] --site SITE --xlog XLOG\n" +
+  "                                [--output OUTPUT] --mode {archive,restore,cleanup}";
 
 const OPTION_NAMES = [
   "help",
@@ -73,6 +80,7 @@ const OPTION_NAMES = [
   "port",
   "username",
   "password",
+  "config",
   "site",
   "xlog",
   "output",
@@ -125,13 +133,23 @@ export function parseArgs(argv: string[]): PostgresCommandOptions {
     values[name] = value;
   }
   if (positional.length > 0) throw new UsageError(`unrecognized arguments: ${positional.join(" ")}`);
-  const missing = (["site", "xlog", "mode"] as const).filter((n) => values[n] === undefined);
+  const mode = values.mode as Mode | undefined;
+  const required = mode === "cleanup" ? (["mode"] as const) : (["site", "xlog", "mode"] as const);
+  const missing = required.filter((n) => values[n] === undefined);
   if (missing.length > 0) {
     throw new UsageError(`the following arguments are required: ${missing.map((m) => `--${m}`).join(", ")}`);
   }
-  const mode = values.mode;
-  if (mode !== "archive" && mode !== "restore") {
-    throw new UsageError(`argument --mode: invalid choice: '${mode}' (choose from 'archive', 'restore')`);
+  if (mode === undefined || !MODES.includes(mode)) {
+    throw new UsageError(`argument --mode: invalid choice: '${mode}' (choose from 'archive', 'restore', 'cleanup')`);
+  }
+  if (values.config !== undefined && mode === "archive") {
+    throw new UsageError("argument --config: archive mode always goes through the daemon (--config is for restore)");
+  }
+  if ((mode === "prefetch" || (mode === "restore" && values.config !== undefined)) && values.output === undefined) {
+    throw new UsageError("argument --output: required in the direct restore mode (--config)");
+  }
+  if (mode === "prefetch" && values.config === undefined) {
+    throw new UsageError("argument --config: required with --mode prefetch");
   }
   let port = DEFAULT_PORT;
   if (values.port !== undefined) {
@@ -144,6 +162,7 @@ export function parseArgs(argv: string[]): PostgresCommandOptions {
     port,
     username: values.username,
     password: values.password,
+    config: values.config,
     site: values.site as string,
     xlog: values.xlog as string,
     output: values.output,
@@ -159,9 +178,34 @@ const DISALLOWED_TARGET_CHARS = /[\x00-\x20\x7f-\uffff]/;
 /** Header values must be latin-1 without control characters (no header injection). */
 const DISALLOWED_HEADER_CHARS = /[^\t\x20-\x7e\x80-\xff]/;
 
+/** Bytes of a response body kept: the daemon's error bodies are one short reason. */
+const MAX_BODY = 4096;
+
+interface HttpResult {
+  status: number;
+  /** The daemon's reason for an error status (one line, trimmed), "" when none. */
+  body: string;
+}
+
+/** Parses a complete response head plus whatever body bytes arrived; null while incomplete. */
+function parseResponse(received: Buffer, isHead: boolean, ended: boolean): HttpResult | null {
+  const headEnd = received.indexOf("\r\n\r\n");
+  if (headEnd < 0) return null;
+  const lines = received.subarray(0, headEnd).toString("latin1").split("\r\n");
+  const match = /^HTTP\/\d\.\d (\d{3})(?: |$)/.exec(lines[0]);
+  if (!match) throw new ConnectionFailure(`BadStatusLine: ${JSON.stringify(lines[0])}`);
+  const lengthLine = lines.find((l) => /^content-length:/i.test(l));
+  const length = lengthLine ? Number.parseInt(lengthLine.slice(lengthLine.indexOf(":") + 1), 10) : NaN;
+  const body = received.subarray(headEnd + 4);
+  const wanted = isHead ? 0 : Math.min(Number.isFinite(length) ? length : MAX_BODY, MAX_BODY);
+  if (body.length < wanted && !ended) return null;
+  const text = body.subarray(0, wanted).toString("utf8").replace(/\s+/g, " ").trim();
+  return { status: Number(match[1]), body: text };
+}
+
 /**
- * One HTTP/1.1 request over a plain TCP socket; resolves to the response status. Only the
- * status line is needed (the daemon's answers to these requests carry no meaningful body).
+ * One HTTP/1.1 request over a plain TCP socket; resolves to the status and the (short) body,
+ * which for errors carries the daemon's reason.
  * node:net is used instead of node:http because node:http alone costs ~6 ms of CPU to load, a
  * tenth of this process's whole life, once per WAL segment; node:net is loaded at bootstrap.
  */
@@ -170,7 +214,7 @@ async function httpRequest(
   method: string,
   requestPath: string,
   headers: Record<string, string>,
-): Promise<number> {
+): Promise<HttpResult> {
   if (DISALLOWED_TARGET_CHARS.test(requestPath))
     throw new Error(`URL can't contain control characters or non-ASCII: ${JSON.stringify(requestPath)}`);
   const allHeaders: Record<string, string> = {
@@ -193,29 +237,31 @@ async function httpRequest(
   return new Promise((resolve, reject) => {
     let received = Buffer.alloc(0);
     let settled = false;
-    const finish = (err: Error | null, status?: number): void => {
+    const finish = (err: Error | null, result?: HttpResult): void => {
       if (settled) return;
       settled = true;
       socket.destroy();
       if (err) reject(err);
-      else resolve(status as number);
+      else resolve(result as HttpResult);
+    };
+    const check = (ended: boolean): void => {
+      try {
+        const result = parseResponse(received, method === "HEAD", ended);
+        if (result) finish(null, result);
+        else if (ended)
+          finish(new ConnectionFailure("RemoteDisconnected: Remote end closed connection without response"));
+        else if (received.length > 16384 + MAX_BODY)
+          finish(new ConnectionFailure("BadStatusLine: response head too long"));
+      } catch (err) {
+        finish(err as Error);
+      }
     };
     const socket = net.connect({ host: opts.host, port: opts.port }, () => socket.write(request));
     socket.on("data", (chunk: Buffer) => {
       received = Buffer.concat([received, chunk]);
-      const eol = received.indexOf("\r\n");
-      if (eol < 0) {
-        if (received.length > 8192) finish(new ConnectionFailure("BadStatusLine: status line too long"));
-        return;
-      }
-      const line = received.subarray(0, eol).toString("latin1");
-      const match = /^HTTP\/\d\.\d (\d{3})(?: |$)/.exec(line);
-      if (match) finish(null, Number(match[1]));
-      else finish(new ConnectionFailure(`BadStatusLine: ${JSON.stringify(line)}`));
+      check(false);
     });
-    socket.on("end", () =>
-      finish(new ConnectionFailure("RemoteDisconnected: Remote end closed connection without response")),
-    );
+    socket.on("end", () => check(true));
     socket.on("error", (err: NodeJS.ErrnoException) =>
       finish(new ConnectionFailure(`${err.code ?? err.name}: ${err.message}`)),
     );
@@ -240,9 +286,9 @@ async function archiveCommand(opts: PostgresCommandOptions): Promise<void> {
     process.stdout.write(`Ignoring request to archive backup label '${opts.xlog}': PGHoard does not use them\n`);
     return;
   }
-  const status = await httpRequest(opts, "PUT", `/${opts.site}/archive/${opts.xlog}`, {});
+  const { status, body } = await httpRequest(opts, "PUT", `/${opts.site}/archive/${opts.xlog}`, {});
   if (status === 201) return;
-  throw new CommandError(`Archival failed with HTTP status ${status}`, EXIT_ARCHIVE_FAIL);
+  throw new CommandError(`Archival failed with HTTP status ${status}${reasonSuffix(body)}`, EXIT_ARCHIVE_FAIL);
 }
 
 async function restoreCommand(opts: PostgresCommandOptions): Promise<void> {
@@ -269,9 +315,10 @@ async function restoreCommand(opts: PostgresCommandOptions): Promise<void> {
   const requestPath = `/${opts.site}/archive/${opts.xlog}`;
   const interval = retryIntervalSeconds();
   let status = 0;
+  let body = "";
   for (let retries = RETRY_COUNT - 1; retries >= 0; retries--) {
     try {
-      status = await httpRequest(opts, method, requestPath, headers);
+      ({ status, body } = await httpRequest(opts, method, requestPath, headers));
       break;
     } catch (err) {
       if (!(err instanceof ConnectionFailure)) throw err;
@@ -283,8 +330,53 @@ async function restoreCommand(opts: PostgresCommandOptions): Promise<void> {
   }
   if (status === 201 && method === "GET") return;
   if (status === 200 && method === "HEAD") return;
+  if (status === 404 && UNKNOWN_SITE_RE.test(body)) {
+    // Exit 4 would tell PostgreSQL the archive ends here: a wrong site must stop recovery instead.
+    throw new CommandError(
+      `Restore failed: the daemon at ${opts.host}:${opts.port} has no site '${opts.site}' (${body})`,
+      EXIT_ABORT,
+    );
+  }
   if (status === 404) throw new CommandError(`'${opts.xlog}' not found from archive`, EXIT_NOT_FOUND);
-  throw new CommandError(`Restore failed with HTTP status ${status}`, EXIT_ABORT);
+  throw new CommandError(`Restore failed with HTTP status ${status}${reasonSuffix(body)}`, EXIT_ABORT);
+}
+
+/** The daemon's 404 body for a site it does not have (http-api.md §3; upstream's wording too). */
+const UNKNOWN_SITE_RE = /^Site: .* not found for path /;
+
+function reasonSuffix(body: string): string {
+  return body ? `: ${body.length > 300 ? `${body.slice(0, 300)}…` : body}` : "";
+}
+
+/** Direct mode and its helper modes: no daemon, the heavy modules loaded only now. */
+async function directCommand(opts: PostgresCommandOptions): Promise<void> {
+  const direct = await import("../restore/wal_direct.js");
+  const where = (p: string): string => (path.isAbsolute(p) ? p : path.join(process.cwd(), p));
+  if (opts.mode === "cleanup") {
+    // recovery_end_command runs in $PGDATA; pg_xlog before PostgreSQL 10.
+    const walDir = opts.output ? where(opts.output) : existsSync("pg_wal") ? where("pg_wal") : where("pg_xlog");
+    const removed = await direct.cleanupPrefetch(walDir);
+    if (removed > 0) process.stdout.write(`Removed ${removed} leftover prefetch files from ${walDir}\n`);
+    return;
+  }
+  const directOpts = {
+    configPath: where(opts.config as string),
+    site: opts.site,
+    xlog: opts.xlog,
+    output: where(opts.output as string),
+    warn: (line: string) => process.stdout.write(`${line}\n`),
+  };
+  if (opts.mode === "prefetch") {
+    await direct.runPrefetch(directOpts);
+    return;
+  }
+  try {
+    if ((await direct.restoreWalDirect(directOpts)) === "restored") return;
+  } catch (err) {
+    if (err instanceof direct.DirectRestoreError) throw new CommandError(`Restore failed: ${err.message}`, EXIT_ABORT);
+    throw err;
+  }
+  throw new CommandError(`'${opts.xlog}' not found from archive`, EXIT_NOT_FOUND);
 }
 
 /** Runs the command; resolves to the process exit code (never throws). */
@@ -295,6 +387,8 @@ export async function main(argv: string[]): Promise<number> {
     if (opts.mode === "archive") {
       failExitCode = EXIT_UNEXPECTED; // PostgreSQL simply retries archive_command later
       await archiveCommand(opts);
+    } else if (opts.config !== undefined || opts.mode !== "restore") {
+      await directCommand(opts);
     } else {
       await restoreCommand(opts);
     }

@@ -1,9 +1,8 @@
 /**
- * What the parts of the daemon's HTTP API share (http-api.md): the response-as-exception, the
- * request timeout and the related-sites rule (§5). The router is webserver.ts; the WAL archive
- * (PUT) and restore (GET) handlers are wal_archive.ts and wal_restore.ts.
+ * What the parts of the daemon's HTTP API share (http-api.md): the response-as-exception and the
+ * request timeout (the related-sites rule, §5, is catalog/sites.ts). The router is webserver.ts;
+ * the WAL archive (PUT) and restore (GET) handlers are wal_archive.ts and wal_restore.ts.
  */
-import type { PghoardConfig } from "../config/types.js";
 
 /** How long a request waits for its storage operation (upstream's 30 s). */
 export const REQUEST_TIMEOUT_MS = 30_000;
@@ -24,13 +23,4 @@ export class HttpResponse extends Error {
 /** Seconds on a monotonic clock. */
 export function nowSeconds(): number {
   return Number(process.hrtime.bigint()) / 1e9;
-}
-
-/** http-api.md §5: the site itself plus the sites it was moved from (or the site that moved from it). */
-export function relatedSites(config: PghoardConfig, site: string): string[] {
-  const sites = config.backup_sites;
-  for (const [other, otherConfig] of Object.entries(sites)) {
-    if ((otherConfig.moved_from ?? []).includes(site)) return [other, ...otherConfig.moved_from];
-  }
-  return [site, ...(sites[site].moved_from ?? [])];
 }

@@ -99,6 +99,14 @@ export class PGHoard {
     this.transferAgents.start(Math.max(1, config.transfer.thread_count));
     const address = await this.webserver.start();
     this.log.info(`pghoard initialized, HTTP server on ${address.address}:${address.port}, cwd: ${process.cwd()}`);
+    for (const [site, siteConfig] of Object.entries(config.backup_sites)) {
+      // GET /<site>/archive/<name> writes only inside pg_data_directory: without one, every restore request fails.
+      if (!siteConfig.pg_data_directory) {
+        this.log.warn(
+          `Site '${site}' has no pg_data_directory: this daemon cannot serve restore_command for it (use pghoard_postgres_command --config instead)`,
+        );
+      }
+    }
     this.installSignalHandlers();
     for (const site of Object.keys(config.backup_sites)) await recoverSpool(this.ctx, site);
   }

@@ -5,14 +5,12 @@
  * `upload_retries_warning_limit` failures the `upload_retries_warning` alert file is created, and it
  * is removed again once no upload is over that limit and one succeeds.
  */
-import { createWriteStream } from "node:fs";
 import { readFile, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
-import { pipeline } from "node:stream/promises";
 import { StorageNotFoundError, type Metadata, type StorageBackend } from "../storage/types.js";
 import { objectKey } from "../catalog/index.js";
-import { sitePrivateKey } from "../config/sites.js";
+import { downloadObjectTo, siteDecoder } from "../restore/wal_file.js";
 import { createAlertFile, removeAlertFile } from "./alerts.js";
 import type { DaemonContext } from "./context.js";
 import type { SpoolMetadata } from "./spool.js";
@@ -252,18 +250,11 @@ export class TransferAgents {
   ): Promise<{ result: TransferResult; size: number }> {
     let size = 0;
     const result = await this.guarded("handle_download", site, key, async (storage) => {
-      const { stream, metadata, size: storedSize } = await storage.getReadStream(key);
+      const decoder = siteDecoder(this.ctx.site(site), (metadata, pem) =>
+        this.ctx.pool.createDecodeStream(metadata, pem),
+      );
+      const { metadata, storedSize } = await downloadObjectTo(storage, key, targetPath, decoder);
       size = storedSize;
-      const keyId = metadata["encryption-key-id"];
-      let privateKeyPem: string | null = null;
-      if (keyId) {
-        privateKeyPem = sitePrivateKey(this.ctx.site(site), keyId);
-        if (!privateKeyPem) {
-          stream.destroy();
-          throw new Error(`File is encrypted with key '${keyId}' but key not found`);
-        }
-      }
-      await pipeline(stream, this.ctx.pool.createDecodeStream(metadata, privateKeyPem), createWriteStream(targetPath));
       return { success: true, metadata, targetPath };
     });
     return { result, size };

@@ -68,7 +68,7 @@ export class WalArchiveHandler {
       );
       throw new HttpResponse(500, "TIMEOUT");
     }
-    if (!result.success) throw new HttpResponse(500);
+    if (!result.success) throw new HttpResponse(500, `Archival of ${name} failed (see the daemon log)`);
     this.log.info(`Archived ${site} ${filetype} ${name}, took ${took}s`);
     return new HttpResponse(201);
   }

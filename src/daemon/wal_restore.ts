@@ -2,7 +2,9 @@
  * The restore_command side of the HTTP API (http-api.md §4.7, §6, §7): GET /<site>/archive/<name>
  * with `x-pghoard-target-path` serves a WAL or history file at the target path, from a prefetched
  * download, from the WAL directory on disk, or from the store; after a WAL segment the next
- * `restore_prefetch` segments are downloaded ahead into `<name>.pghoard.prefetch` files.
+ * `restore_prefetch` segments are downloaded ahead into `<name>.pghoard.prefetch` files. The file
+ * names, checks and prefetch candidates are restore/wal_file.ts (shared with the direct mode);
+ * this file adds the daemon's side: target validation, the transfer queue, the caches.
  */
 import { randomBytes } from "node:crypto";
 import { constants as fsConstants, existsSync } from "node:fs";
@@ -11,11 +13,19 @@ import path from "node:path";
 import type { Logger } from "pino";
 import { withTimeout } from "../common/async.js";
 import { pgWalDirectory } from "../config/index.js";
-import { nextWalName, verifyWalFile } from "../wal/index.js";
+import { relatedSites } from "../catalog/index.js";
+import {
+  downloadTempPathFor,
+  invalidWalFileReason,
+  prefetchCandidates,
+  prefetchPathFor,
+  publishPrefetch,
+  servePrefetchFile,
+} from "../restore/wal_file.js";
 import type { DaemonContext } from "./context.js";
 import { isErrno } from "../common/errors.js";
 import { pyRepr } from "../common/pycompat.js";
-import { HttpResponse, nowSeconds, relatedSites, REQUEST_TIMEOUT_MS, type FileType } from "./http.js";
+import { HttpResponse, nowSeconds, REQUEST_TIMEOUT_MS, type FileType } from "./http.js";
 import type { TransferResult } from "./types.js";
 
 const NEGATIVE_CACHE_SIZE = 32;
@@ -91,7 +101,7 @@ export class WalRestoreHandler {
       const resp = await this.getFileForSite(related, filetype, name, target);
       if (resp.status !== 404) return resp;
     }
-    return new HttpResponse(404);
+    return new HttpResponse(404, `'${name}' not found from archive`);
   }
 
   private fileKey(site: string, filetype: FileType, name: string): string {
@@ -104,12 +114,20 @@ export class WalRestoreHandler {
       throw new HttpResponse(400, `Invalid xlog file path ${target}, an absolute path expected`);
     }
     const dataDir = this.ctx.site(site).pg_data_directory;
-    if (!dataDir) throw new HttpResponse(400, `Invalid xlog file path ${target}, it should be in data directory`);
+    if (!dataDir) {
+      throw new HttpResponse(
+        400,
+        `Invalid xlog file path ${target}, it should be in data directory (site '${site}' has no pg_data_directory)`,
+      );
+    }
     const resolvedData = await realpathLoose(path.resolve(dataDir));
     const resolvedTarget = await realpathLoose(path.resolve(target));
     const relative = path.relative(resolvedData, resolvedTarget);
     if (!relative || relative === ".." || relative.startsWith(`..${path.sep}`) || path.isAbsolute(relative)) {
-      throw new HttpResponse(400, `Invalid xlog file path ${target}, it should be in data directory`);
+      throw new HttpResponse(
+        400,
+        `Invalid xlog file path ${target}, it should be in data directory ${dataDir} of site '${site}'`,
+      );
     }
     try {
       const parent = await stat(path.dirname(resolvedTarget));
@@ -120,40 +138,28 @@ export class WalRestoreHandler {
   }
 
   private async isValidFile(filetype: FileType, name: string, filePath: string): Promise<boolean> {
-    if (filetype !== "xlog") return true;
-    try {
-      await verifyWalFile(filePath, name);
-      return true;
-    } catch (err) {
-      this.log.warn(`Verification of ${filePath} failed: ${err instanceof Error ? err.message : String(err)}`);
-      return false;
-    }
+    const reason = await invalidWalFileReason(filetype, name, filePath);
+    if (reason !== null) this.log.warn(`Verification of ${filePath} failed: ${reason}`);
+    return reason === null;
   }
 
-  /**
-   * Moves a `.pghoard.prefetch` file to the target. "served" when done, "missing" when it is not
-   * there (anymore), "invalid" when it failed verification (it is then deleted).
-   */
+  /** Moves a checked `.pghoard.prefetch` file to the target (the client's fast path may take it first). */
   private async servePrefetchFile(
     filetype: FileType,
     name: string,
     prefetchPath: string,
     target: string,
   ): Promise<"served" | "missing" | "invalid"> {
-    if (!existsSync(prefetchPath)) return "missing";
-    if (!(await this.isValidFile(filetype, name, prefetchPath))) {
-      await unlink(prefetchPath).catch(() => undefined);
-      return "invalid";
-    }
+    let result: "served" | "missing" | "invalid";
     try {
-      await rename(prefetchPath, target);
+      result = await servePrefetchFile(filetype, name, prefetchPath, target, (reason) =>
+        this.log.warn(`Verification of ${prefetchPath} failed: ${reason}`),
+      );
     } catch (err) {
-      // The client's own fast path may have taken it in the meantime.
-      if (isErrno(err, "ENOENT")) return "missing";
       throw new HttpResponse(409, `Unable to write final file to requested location ${pyRepr(target)}: ${String(err)}`);
     }
-    this.log.info(`Renamed ${prefetchPath} to ${target}`);
-    return "served";
+    if (result === "served") this.log.info(`Renamed ${prefetchPath} to ${target}`);
+    return result;
   }
 
   private recordServed(filetype: FileType, name: string): void {
@@ -163,7 +169,7 @@ export class WalRestoreHandler {
   private async getFileForSite(site: string, filetype: FileType, name: string, target: string): Promise<HttpResponse> {
     await this.validateTargetPath(site, target);
     const walDir = pgWalDirectory(this.ctx.site(site));
-    const prefetchPath = path.join(walDir, `${name}.pghoard.prefetch`);
+    const prefetchPath = prefetchPathFor(walDir, name);
 
     if ((await this.servePrefetchFile(filetype, name, prefetchPath, target)) === "served") {
       this.createPrefetchOperations(site, filetype, name);
@@ -209,9 +215,10 @@ export class WalRestoreHandler {
         if (retries === 0) throw new HttpResponse(500, `Downloaded ${name} failed verification`);
         retries--;
       }
-      if (this.prefetch404.includes(key)) return new HttpResponse(404);
+      if (this.prefetch404.includes(key)) return new HttpResponse(404, `'${name}' not found from archive`);
       if (!this.pendingDownloads.has(key)) {
-        if (retries === 0) throw new HttpResponse(500);
+        if (retries === 0)
+          throw new HttpResponse(500, `Fetching ${name} from the object storage failed (see the daemon log)`);
         retries--;
         await this.createFetchOperation(key, site, filetype, name, { suppressError: false });
       }
@@ -249,21 +256,12 @@ export class WalRestoreHandler {
     if (!(count > 0)) return;
     const walDir = pgWalDirectory(this.ctx.site(site));
     void (async () => {
-      let current = name;
-      for (let i = 0; i < count; i++) {
-        current = nextWalName(current);
-        const onDisk = path.join(walDir, current);
-        if (existsSync(onDisk)) {
-          try {
-            await verifyWalFile(onDisk, current);
-            continue;
-          } catch {
-            // present but invalid: fetch it
-          }
-        }
-        const key = this.fileKey(site, filetype, current);
-        if (this.prefetch404.includes(key)) continue;
-        await this.createFetchOperation(key, site, filetype, current, { maxAge: -1, suppressError: true });
+      const candidates = await prefetchCandidates(walDir, name, count, (candidate) =>
+        this.prefetch404.includes(this.fileKey(site, filetype, candidate)),
+      );
+      for (const candidate of candidates) {
+        const key = this.fileKey(site, filetype, candidate);
+        await this.createFetchOperation(key, site, filetype, candidate, { maxAge: -1, suppressError: true });
       }
     })().catch((err: unknown) => this.log.error({ err }, `Problem creating prefetch operations after ${name}`));
   }
@@ -278,9 +276,9 @@ export class WalRestoreHandler {
     const existing = this.pendingDownloads.get(key);
     if (existing && (maxAge === undefined || maxAge < 0 || nowSeconds() - existing.startedAt <= maxAge)) return;
     const walDir = pgWalDirectory(this.ctx.site(site));
-    const prefetchPath = path.join(walDir, `${name}.pghoard.prefetch`);
+    const prefetchPath = prefetchPathFor(walDir, name);
     if (existsSync(prefetchPath)) return;
-    const tmpPath = path.join(walDir, `${name}.${randomBytes(6).toString("hex")}.pghoard.tmp`);
+    const tmpPath = downloadTempPathFor(walDir, name);
     try {
       const handle = await open(tmpPath, "wx", 0o600);
       await handle.close();
@@ -323,12 +321,11 @@ export class WalRestoreHandler {
         }
         return;
       }
-      if (existsSync(op.prefetchPath)) {
-        this.log.warn(`Target path for ${key} already exists, skipping`);
-        return;
-      }
-      if (!(await this.isValidFile(filetype, name, tmpPath))) return;
-      await rename(tmpPath, op.prefetchPath);
+      const published = await publishPrefetch(filetype, name, tmpPath, op.prefetchPath, (reason) =>
+        this.log.warn(`Verification of ${tmpPath} failed: ${reason}`),
+      );
+      if (published === "exists") this.log.warn(`Target path for ${key} already exists, skipping`);
+      if (published !== "published") return;
       const metadata = result.metadata ?? {};
       this.log.info(
         `Renamed ${tmpPath} to ${op.prefetchPath}. Original upload from ${metadata.host}, hash ${metadata["hash-algorithm"]}:${metadata.hash}`,

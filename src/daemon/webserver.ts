@@ -15,7 +15,8 @@ import type { Logger } from "pino";
 import { isHistoryName, isWalName } from "../wal/index.js";
 import type { DaemonContext, TransferRequest } from "./context.js";
 import { isErrno } from "../common/errors.js";
-import { HttpResponse, relatedSites, REQUEST_TIMEOUT_MS, type FileType } from "./http.js";
+import { relatedSites } from "../catalog/index.js";
+import { HttpResponse, REQUEST_TIMEOUT_MS, type FileType } from "./http.js";
 import { pyJsonUtc, pyRepr, pyReprList } from "../common/pycompat.js";
 import { packageVersion } from "../common/version.js";
 import { stringifySorted } from "./json.js";
@@ -235,7 +236,9 @@ export class WebServer {
       if (result?.success) return result;
       if (result?.notFound)
         throw new HttpResponse(404, `FileNotFoundFromStorageError: ${String((result.error as Error)?.message ?? "")}`);
-      if (retries === 0) throw new HttpResponse(500, result ? "" : "TIMEOUT");
+      if (retries === 0) {
+        throw new HttpResponse(500, result ? "Object storage operation failed (see the daemon log)" : "TIMEOUT");
+      }
       this.log.warn(`Transfer operation failed, retrying (${retries} retries left)`);
     }
   }

@@ -24,7 +24,13 @@ import { listBasebackups, type BasebackupEntry, type SiteStore } from "./list.js
 import { planRestore, type RestorePlan } from "./plan.js";
 import { ProgressReporter } from "./progress.js";
 import { parseTimestamp, pyStrDatetime, type ParsedTimestamp } from "../common/pycompat.js";
-import { RECOVERY_TARGET_CONFLICT, writeRecoveryConfig, type RecoveryConfig } from "./recovery.js";
+import {
+  RECOVERY_TARGET_CONFLICT,
+  restoreCommandHint,
+  writeRecoveryConfig,
+  type RecoveryConfig,
+  type RestoreCommandMode,
+} from "./recovery.js";
 import { selectBasebackup } from "./select.js";
 import { meaningfulEntries, RestoreTarget, type TablespaceTarget } from "./target.js";
 import { ObjectWorkers } from "./workers.js";
@@ -69,6 +75,10 @@ export interface GetBasebackupOptions {
   preserveUntil?: string;
   cancelPreserveOnSuccess?: boolean;
   pghoardPostgresCommandBin?: string;
+  /** restore_command: "direct" (default, reads `configPath`'s storage) or "daemon" (upstream's). */
+  restoreCommandMode?: RestoreCommandMode;
+  /** The config file restored with, written into the direct restore_command. */
+  configPath?: string;
   statusOutputFile?: string;
   /** Where messages go (stdout). */
   out: NodeJS.WritableStream;
@@ -339,6 +349,8 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
         site: opts.site,
         port: opts.config.http_port,
         commandBin: opts.pghoardPostgresCommandBin,
+        restoreCommandMode: opts.restoreCommandMode,
+        configPath: opts.configPath,
         username: webUser,
         password: webPassword,
         primaryConninfo: opts.primaryConninfo,
@@ -387,9 +399,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
     print(`You can start PostgreSQL by running pg_ctl -D ${pgdata} start`);
     print("On systemd based systems you can run systemctl start postgresql");
     print("On SYSV Init based systems you can run /etc/init.d/postgresql start");
-    print(
-      `WAL is served by the pghoard daemon: make sure it runs with site '${opts.site}' on port ${opts.config.http_port} while PostgreSQL recovers.`,
-    );
+    print(restoreCommandHint(opts));
     return { backup, plan, recovery, tablespaces };
   } finally {
     await closeStores(stores);

@@ -11,11 +11,16 @@
  *   and recovery targets take effect. Upstream writes no signal file (PostgreSQL would then start
  *   without replaying the archive).
  * Also supported beyond upstream: `recovery_target_lsn` and `recovery_target = 'immediate'`.
+ *
+ * restore_command: by default the direct mode (no daemon needed), with the absolute paths of
+ * node, the installed pghoard_postgres_command and the config, plus a recovery_end_command that
+ * removes the read-ahead files it leaves; `restoreCommandMode: "daemon"` writes upstream's.
  */
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 
 import { writeFileAtomic } from "../common/fs.js";
+import { installedCommandLine, shellQuote } from "../common/install_paths.js";
 import { RestoreError } from "./errors.js";
 
 export interface RecoveryOptions {
@@ -24,7 +29,11 @@ export interface RecoveryOptions {
   site: string;
   /** `http_port` of the restore-time config. */
   port: number;
-  /** Program written into restore_command (default `pghoard_postgres_command`). */
+  /** "direct" (default): WAL straight from the object storage; "daemon": through the daemon's HTTP API. */
+  restoreCommandMode?: RestoreCommandMode;
+  /** Direct mode: the config file restored with (made absolute here). */
+  configPath?: string;
+  /** Program written into restore_command (default: node + the installed pghoard_postgres_command). */
   commandBin?: string;
   /** Daemon HTTP credentials; added to restore_command only when both are set. */
   username?: string | null;
@@ -39,6 +48,46 @@ export interface RecoveryOptions {
   targetLsn?: string | null;
   targetImmediate?: boolean;
   restoreToPrimary?: boolean;
+}
+
+export type RestoreCommandMode = "direct" | "daemon";
+export const RESTORE_COMMAND_MODES: readonly RestoreCommandMode[] = ["direct", "daemon"];
+
+/** restore_command and the recovery_end_command it needs (null: none), as shell command lines. */
+export function restoreCommands(
+  opts: Pick<
+    RecoveryOptions,
+    "restoreCommandMode" | "configPath" | "commandBin" | "site" | "port" | "username" | "password"
+  >,
+): { restoreCommand: string; recoveryEndCommand: string | null } {
+  const command = (args: string[]): string =>
+    opts.commandBin
+      ? [opts.commandBin, ...args.map(shellQuote)].join(" ")
+      : installedCommandLine("pghoard_postgres_command", args);
+  // Each mode's way to its WAL, then the same file arguments.
+  const files = ["--site", opts.site, "--output", "%p", "--xlog", "%f"];
+  if ((opts.restoreCommandMode ?? "direct") === "daemon") {
+    const args = ["--mode", "restore", "--port", String(opts.port), ...files];
+    if (opts.username && opts.password) args.push("--username", opts.username, "--password", opts.password);
+    return { restoreCommand: command(args), recoveryEndCommand: null };
+  }
+  if (!opts.configPath) throw new RestoreError("The direct restore_command needs the path of the configuration file");
+  return {
+    restoreCommand: command(["--mode", "restore", "--config", path.resolve(opts.configPath), ...files]),
+    recoveryEndCommand: command(["--mode", "cleanup"]),
+  };
+}
+
+/** The closing line of get-basebackup: what PostgreSQL needs to fetch WAL while it recovers. */
+export function restoreCommandHint(opts: {
+  restoreCommandMode?: RestoreCommandMode;
+  site: string;
+  config: { http_port: number };
+}): string {
+  if (opts.restoreCommandMode === "daemon") {
+    return `WAL is served by the pghoard daemon: make sure it runs with site '${opts.site}' on port ${opts.config.http_port} and that site's pg_data_directory is the restored directory while PostgreSQL recovers.`;
+  }
+  return `restore_command reads WAL of site '${opts.site}' straight from the object storage (no pghoard daemon needed); PostgreSQL's OS user must be able to read the configuration file.`;
 }
 
 export interface RecoveryConfig {
@@ -90,25 +139,14 @@ export function buildRecoveryConfig(opts: RecoveryOptions): RecoveryConfig {
     );
   }
   const warnings: string[] = [];
-  const restoreCommand = [
-    opts.commandBin || "pghoard_postgres_command",
-    "--mode",
-    "restore",
-    "--port",
-    String(opts.port),
-    "--site",
-    opts.site,
-    "--output",
-    "%p",
-    "--xlog",
-    "%f",
-  ];
-  if (opts.username && opts.password) restoreCommand.push("--username", opts.username, "--password", opts.password);
+  const commands = restoreCommands(opts);
+  // Ours first: the user's command's exit status is the one PostgreSQL reports.
+  const recoveryEndCommand = [commands.recoveryEndCommand, opts.recoveryEndCommand].filter(Boolean).join("; ");
 
   const lines = [
     "# pghoard created recovery.conf",
     "recovery_target_timeline = 'latest'",
-    `restore_command = ${quotePlain(restoreCommand.join(" "))}`,
+    `restore_command = ${quotePlain(commands.restoreCommand)}`,
   ];
   const useRecoveryConf = version < 12;
   if (useRecoveryConf) lines.push("trigger_file = 'trigger_file'");
@@ -121,7 +159,7 @@ export function buildRecoveryConfig(opts: RecoveryOptions): RecoveryConfig {
     signalFiles.push("recovery.signal");
   }
   if (opts.primaryConninfo) lines.push(`primary_conninfo = ${quoteLiteral(opts.primaryConninfo)}`);
-  if (opts.recoveryEndCommand) lines.push(`recovery_end_command = ${quoteLiteral(opts.recoveryEndCommand)}`);
+  if (recoveryEndCommand) lines.push(`recovery_end_command = ${quoteLiteral(recoveryEndCommand)}`);
   if (opts.targetAction) {
     if (version >= 9.5) lines.push(`recovery_target_action = '${opts.targetAction}'`);
     else if (opts.targetAction === "pause") lines.push("pause_at_recovery_target = True");

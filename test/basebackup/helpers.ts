@@ -201,6 +201,8 @@ export async function restoreAndRecover(
     "--recovery-target-action",
     "promote",
     "--restore-to-primary",
+    "--restore-command-mode",
+    "daemon",
     "--pghoard-postgres-command-bin",
     `${process.execPath} ${postgresCommandBin}`,
   ];

@@ -85,6 +85,8 @@ describe("restoring backups made by upstream pghoard", { skip }, () => {
           record.recovery_target_name,
           "--recovery-target-action",
           "promote",
+          "--restore-command-mode",
+          "daemon",
           "--pghoard-postgres-command-bin",
           commandBin,
         ]);

@@ -131,6 +131,8 @@ describe("point-in-time recovery of our own backups", { timeout: 900_000 }, () =
         "--restore-to-primary",
         "--recovery-target-action",
         "promote",
+        "--restore-command-mode",
+        "daemon",
         "--pghoard-postgres-command-bin",
         `${process.execPath} ${postgresCommandBin}`,
         ...args(),

@@ -1,6 +1,8 @@
 /** Pure parts of restore: output formats, timestamps, selection, recovery configuration, member mapping. */
 import assert from "node:assert/strict";
+import path from "node:path";
 import { describe, it } from "node:test";
+import { repoRoot } from "../helpers/paths.js";
 
 import {
   appendToAutoConf,
@@ -78,9 +80,40 @@ describe("backup selection", () => {
   });
 });
 
+/** Upstream's restore_command (through the daemon), as these upstream-text comparisons expect. */
+const DAEMON = { restoreCommandMode: "daemon", commandBin: "pghoard_postgres_command" } as const;
+
 describe("recovery configuration (operations.md §12)", () => {
+  it("default: the direct restore_command with absolute paths and the prefetch cleanup at recovery end", () => {
+    const config = buildRecoveryConfig({
+      pgVersion: "15",
+      site: "my site",
+      port: 1,
+      configPath: "relative/pghoard.json",
+      recoveryEndCommand: "echo done",
+      restoreToPrimary: true,
+    });
+    const command = `${process.execPath} ${path.join(repoRoot, "bin", "pghoard_postgres_command.js")}`;
+    const config_ = path.resolve("relative/pghoard.json");
+    assert.ok(
+      config.content.includes(
+        `\nrestore_command = '${command} --mode restore --config ${config_} --site ''my site'' --output %p --xlog %f'\n`,
+      ),
+      config.content,
+    );
+    assert.ok(
+      config.content.includes(`\nrecovery_end_command = '${command} --mode cleanup; echo done'\n`),
+      config.content,
+    );
+    assert.throws(
+      () => buildRecoveryConfig({ pgVersion: "15", site: "s", port: 1 }),
+      /needs the path of the configuration/,
+    );
+  });
+
   it("PG 15: same text upstream wrote for the fixture restore", () => {
     const config = buildRecoveryConfig({
+      ...DAEMON,
       pgVersion: "15\n",
       site: "snappy-enc-localtar",
       port: 16101,
@@ -98,6 +131,7 @@ describe("recovery configuration (operations.md §12)", () => {
 
   it("restore to primary writes recovery.signal; credentials, conninfo quoting, LSN and immediate targets", () => {
     const config = buildRecoveryConfig({
+      ...DAEMON,
       pgVersion: "16",
       site: "s",
       port: 1,
@@ -114,12 +148,12 @@ describe("recovery configuration (operations.md §12)", () => {
     assert.match(config.content, /\nprimary_conninfo = 'host=x password=''a\\\\b'''\n/);
     assert.match(config.content, /\nrecovery_end_command = 'echo done'\n/);
     assert.match(config.content, /\nrecovery_target_lsn = '0\/1000000'\n$/);
-    const immediate = buildRecoveryConfig({ pgVersion: "15", site: "s", port: 1, targetImmediate: true });
+    const immediate = buildRecoveryConfig({ ...DAEMON, pgVersion: "15", site: "s", port: 1, targetImmediate: true });
     assert.match(immediate.content, /\nrecovery_target = 'immediate'\n$/);
   });
 
   it("PG < 12: recovery.conf with trigger_file and standby_mode; 9.4 action mapping", () => {
-    const config = buildRecoveryConfig({ pgVersion: "11", site: "s", port: 16000, targetXid: "1234" });
+    const config = buildRecoveryConfig({ ...DAEMON, pgVersion: "11", site: "s", port: 16000, targetXid: "1234" });
     assert.equal(config.fileName, "recovery.conf");
     assert.deepEqual(config.signalFiles, []);
     assert.equal(
@@ -127,6 +161,7 @@ describe("recovery configuration (operations.md §12)", () => {
       "# pghoard created recovery.conf\nrecovery_target_timeline = 'latest'\nrestore_command = 'pghoard_postgres_command --mode restore --port 16000 --site s --output %p --xlog %f'\ntrigger_file = 'trigger_file'\nstandby_mode = 'on'\nrecovery_target_xid = '1234'\n",
     );
     const old = buildRecoveryConfig({
+      ...DAEMON,
       pgVersion: "9.4",
       site: "s",
       port: 1,
@@ -135,18 +170,21 @@ describe("recovery configuration (operations.md §12)", () => {
     });
     assert.ok(old.content.includes("pause_at_recovery_target = True\n"));
     assert.ok(!old.content.includes("standby_mode"));
-    const shutdown = buildRecoveryConfig({ pgVersion: "9.4", site: "s", port: 1, targetAction: "shutdown" });
+    const shutdown = buildRecoveryConfig({ ...DAEMON, pgVersion: "9.4", site: "s", port: 1, targetAction: "shutdown" });
     assert.equal(shutdown.warnings.length, 1);
     assert.throws(
-      () => buildRecoveryConfig({ pgVersion: "9.6", site: "s", port: 1, targetLsn: "0/1" }),
+      () => buildRecoveryConfig({ ...DAEMON, pgVersion: "9.6", site: "s", port: 1, targetLsn: "0/1" }),
       /PostgreSQL 10/,
     );
   });
 
   it("at most one target, with upstream's message", () => {
-    assert.throws(() => buildRecoveryConfig({ pgVersion: "15", site: "s", port: 1, targetName: "a", targetXid: "1" }), {
-      message: "Specify at most one of recovery_target_name, recovery_target_time or recovery_target_xid",
-    });
+    assert.throws(
+      () => buildRecoveryConfig({ ...DAEMON, pgVersion: "15", site: "s", port: 1, targetName: "a", targetXid: "1" }),
+      {
+        message: "Specify at most one of recovery_target_name, recovery_target_time or recovery_target_xid",
+      },
+    );
   });
 
   it("appending keeps ALTER SYSTEM settings and disables earlier recovery settings", () => {

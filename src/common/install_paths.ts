@@ -1,0 +1,25 @@
+/**
+ * Where the installed commands are, found from the running code: `bin/` sits next to `dist/`
+ * in the checkout, in an npm install and under /usr/lib/pghoard in the .deb/.rpm, so the path
+ * does not depend on PATH (PostgreSQL runs restore_command with its own, often minimal, PATH).
+ */
+import { fileURLToPath } from "node:url";
+
+/** Absolute path of `bin/<command>.js` (this file is dist/src/common/install_paths.js). */
+export function installedCommandPath(command: string): string {
+  return fileURLToPath(new URL(`../../../bin/${command}.js`, import.meta.url));
+}
+
+/** POSIX shell word: unchanged when it is plainly safe, else single-quoted. */
+export function shellQuote(word: string): string {
+  if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(word)) return word;
+  return `'${word.replace(/'/g, `'"'"'`)}'`;
+}
+
+/**
+ * A shell command line running an installed command with the node binary running now
+ * (`process.execPath`: the bin's `#!/usr/bin/env node` would need node on PostgreSQL's PATH).
+ */
+export function installedCommandLine(command: string, args: string[]): string {
+  return [process.execPath, installedCommandPath(command), ...args].map(shellQuote).join(" ");
+}
