@@ -183,7 +183,7 @@ export const RESTORE_SPEC: CommandSpec = {
         {
           flags: "--pghoard-postgres-command-bin <PATH>",
           description:
-            "pghoard_postgres_command script the restore_command runs (default: the one of this installation)",
+            "program written into restore_command (default: node and the installed pghoard_postgres_command, absolute paths)",
         },
         configOption("pghoard config file", "unless-env"),
       ],

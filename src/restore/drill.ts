@@ -19,7 +19,6 @@ import { existsSync, openSync, closeSync, readFileSync, statSync } from "node:fs
 import { chmod, mkdir, mkdtemp, readFile, rm, statfs, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import pg from "pg";
 
@@ -59,7 +58,7 @@ export interface DrillOptions {
   target?: DrillTarget;
   /** Directory the scratch directory is created in; default beside backup_location, else the system temp dir. */
   scratchDir?: string;
-  /** The pghoard_postgres_command script written into restore_command. */
+  /** Program written into restore_command (default: node and the installed pghoard_postgres_command). */
   postgresCommandBin?: string;
   signal?: AbortSignal;
   /** Progress lines (human output). */
@@ -127,28 +126,6 @@ export function defaultScratchBase(config: PghoardConfig): string {
     }
   }
   return os.tmpdir();
-}
-
-/** `bin/pghoard_postgres_command.js` of this installation. */
-export function installedPostgresCommand(): string {
-  return fileURLToPath(new URL("../../../bin/pghoard_postgres_command.js", import.meta.url));
-}
-
-function shellQuote(value: string): string {
-  return `'${value.replace(/'/g, "'\\''")}'`;
-}
-
-/** restore_command of the daemonless direct mode (WAL straight from the object store). */
-export function directRestoreCommand(configPath: string, site: string, commandBin: string): string {
-  return [
-    shellQuote(process.execPath),
-    shellQuote(commandBin),
-    "--mode restore --config",
-    shellQuote(configPath),
-    "--site",
-    shellQuote(site),
-    "--xlog %f --output %p",
-  ].join(" ");
 }
 
 function passwdEntry(name: string): PgUser | null {
@@ -407,6 +384,10 @@ export async function runDrill(opts: DrillOptions, deps: RestoreDeps): Promise<D
         recoveryTargetLsn: target?.lsn,
         recoveryTargetImmediate: target?.immediate,
         cancelPreserveOnSuccess: true,
+        // WAL straight from the object store, exactly as a restore by get-basebackup would fetch it.
+        restoreCommandMode: "direct",
+        configPath: opts.configPath,
+        pghoardPostgresCommandBin: opts.postgresCommandBin,
         out: sink,
         isTTY: false,
         signal: opts.signal,
@@ -446,11 +427,6 @@ export async function runDrill(opts: DrillOptions, deps: RestoreDeps): Promise<D
     if (opts.signal?.aborted) throw abortError(opts.signal);
 
     // 5. Start PostgreSQL and wait until recovery has ended.
-    const restoreCommand = directRestoreCommand(
-      opts.configPath,
-      opts.site,
-      opts.postgresCommandBin ?? installedPostgresCommand(),
-    );
     const settings: Record<string, string> = {
       config_file: confFile,
       hba_file: hbaFile,
@@ -462,7 +438,6 @@ export async function runDrill(opts: DrillOptions, deps: RestoreDeps): Promise<D
       archive_mode: "off",
       archive_command: "",
       archive_cleanup_command: "",
-      restore_command: restoreCommand,
       recovery_target_timeline: "latest",
       hot_standby: "off",
       ssl: "off",

@@ -13,9 +13,9 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { setPriority } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import type { DaemonPlugin } from "../common/plugin.js";
+import { installedCommandPath } from "../common/install_paths.js";
 import { MetricNames, type Metrics } from "../monitoring/index.js";
 import type { DrillReport } from "./drill.js";
 
@@ -90,7 +90,7 @@ export function createRestoreDrillPlugin(
   ctx: DrillDaemonContext,
   options: DrillPluginOptions,
 ): DaemonPlugin<DrillSiteHandle> {
-  const restoreBin = options.restoreBin ?? fileURLToPath(new URL("../../../bin/pghoard_restore.js", import.meta.url));
+  const restoreBin = options.restoreBin ?? installedCommandPath("pghoard_restore");
   const states = new Map<string, DrillState>();
   let running: Running | undefined;
   let stopping = false;
