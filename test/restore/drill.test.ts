@@ -7,28 +7,15 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { readdir, readFile, writeFile } from "node:fs/promises";
-import path from "node:path";
+import { readdir } from "node:fs/promises";
 import { after, before, describe, it } from "node:test";
 
 import { prepareData, requestBackup, restoreBin, startScenario, type Scenario } from "../basebackup/helpers.js";
-import { listStoredNames, switchWal, waitArchived } from "../daemon/helpers.js";
+import { listStoredNames } from "../daemon/helpers.js";
 import { makeTempDir } from "../helpers/pgcluster.js";
 import { newestSegment, parseServerLog, type DrillReport } from "../../src/restore/drill.js";
+import { archiveMore, corruptSegmentBefore } from "./drill_helpers.js";
 import { runRestoreCli } from "./helpers.js";
-
-/** Writes, then completes and archives `count` more segments; returns the newest archived one. */
-async function archiveMore(s: Scenario, count: number): Promise<string> {
-  let last = "";
-  for (let i = 0; i < count; i++) {
-    await s.cluster.query(
-      `INSERT INTO marker SELECT i, 'after-${i}' FROM generate_series(${100_000 * (i + 1)}, ${100_000 * (i + 1) + 99}) i`,
-    );
-    last = await switchWal(s.cluster);
-  }
-  await waitArchived(s.cluster, last);
-  return last;
-}
 
 async function drill(
   s: Scenario,
@@ -108,13 +95,7 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
     });
 
     it("fails with exit 1 and names the segment when a WAL segment it needs is corrupt", async () => {
-      const names = await listStoredNames(s.env.storageDir, s.site, "xlog");
-      const victim = names[names.indexOf(newest) - 1];
-      const file = path.join(s.env.storageDir, s.site, "xlog", victim);
-      const original = await readFile(file);
-      const damaged = Buffer.from(original);
-      damaged[Math.floor(damaged.length / 2)] ^= 0xff;
-      await writeFile(file, damaged);
+      const { victim, repair } = await corruptSegmentBefore(s, newest);
       try {
         const scratch = await makeTempDir("drill-scratch");
         const { code, report, stdout } = await drill(s, scratch);
@@ -139,7 +120,7 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
         assert.match(human.stdout, new RegExp(`FATAL: RestoreError: .*${victim}`));
         await assertEmpty(scratch);
       } finally {
-        await writeFile(file, original);
+        await repair();
       }
     });
 
