@@ -15,7 +15,7 @@
  * OS user, and hands the scratch directory to that user; without either it refuses.
  */
 import { spawn, execFile, type ChildProcess } from "node:child_process";
-import { existsSync, openSync, closeSync, readFileSync, statSync } from "node:fs";
+import { accessSync, constants as fsConstants, existsSync, openSync, closeSync, readFileSync, statSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readFile, rm, statfs, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -115,15 +115,23 @@ interface PgUser {
 
 const seconds = (ms: number): number => Math.round(ms) / 1000;
 
-/** The directory drills create their scratch directory in. */
+/**
+ * The directory drills create their scratch directory in: beside `backup_location` (the disk
+ * sized for backups), else inside it when its parent is not ours to write (e.g. /var/lib for the
+ * `postgres` user), else the system temp dir.
+ */
 export function defaultScratchBase(config: PghoardConfig): string {
-  if (config.backup_location) {
-    const parent = path.dirname(path.resolve(config.backup_location));
+  const writable = (dir: string): boolean => {
     try {
-      if (statSync(parent).isDirectory()) return parent;
+      accessSync(dir, fsConstants.W_OK | fsConstants.X_OK);
+      return statSync(dir).isDirectory();
     } catch {
-      // parent missing: fall back to the temp dir
+      return false;
     }
+  };
+  if (config.backup_location) {
+    const location = path.resolve(config.backup_location);
+    for (const dir of [path.dirname(location), location]) if (writable(dir)) return dir;
   }
   return os.tmpdir();
 }

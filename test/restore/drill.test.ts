@@ -6,7 +6,8 @@
  * left in the scratch directory either way.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
+import { promisify } from "node:util";
 import { readdir } from "node:fs/promises";
 import { after, before, describe, it } from "node:test";
 
@@ -16,6 +17,8 @@ import { makeTempDir } from "../helpers/pgcluster.js";
 import { newestSegment, parseServerLog, type DrillReport } from "../../src/restore/drill.js";
 import { archiveMore, corruptSegmentBefore } from "./drill_helpers.js";
 import { runRestoreCli } from "./helpers.js";
+
+const execFileAsync = promisify(execFile);
 
 async function drill(
   s: Scenario,
@@ -121,6 +124,28 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
         await assertEmpty(scratch);
       } finally {
         await repair();
+      }
+    });
+
+    it("refuses, touching nothing, when the scratch file system has no room for the backup", async (t) => {
+      const small = await makeTempDir("drill-small");
+      try {
+        await execFileAsync("mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", small]);
+      } catch (err) {
+        t.skip(`cannot mount a small tmpfs here: ${(err as Error).message.split("\n")[0]}`);
+        return;
+      }
+      try {
+        const { code, report } = await drill(s, small);
+        assert.equal(code, 1);
+        assert.match(
+          report.error ?? "",
+          /^Not enough free space in '.*' for a drill of .*: \d+ MiB needed, \d+ MiB free/,
+        );
+        assert.equal(report.timings.download_extract_seconds, null);
+        await assertEmpty(small);
+      } finally {
+        await execFileAsync("umount", [small]);
       }
     });
 
