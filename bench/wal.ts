@@ -10,6 +10,8 @@
  *               (the daemon compresses, encrypts and stores it durably before answering 201)
  *   restore/prefetched  `--mode restore` when `<seg>.pghoard.prefetch` is already next to %p
  *   restore/on-demand   `--mode restore` for a segment the daemon must fetch and decode first
+ *   direct/prefetched, direct/on-demand   the same with `--config` (the direct mode, no daemon:
+ *               the command reads the store itself; its detached read-ahead made the prefetch file)
  * Targets (differences to the floor measured in the same run): archive ≤ +50 ms,
  * prefetched restore ≤ +15 ms. Each measured process is paired with a floor sample taken right
  * before it; the verdict uses the median of those paired differences, which is robust against
@@ -153,26 +155,27 @@ async function main(): Promise<void> {
     while ((await request(port, "/status")) !== 200) await sleep(50);
 
     const floor: number[] = [];
-    const samples: Record<"archive" | "archiveHttp" | "prefetched" | "onDemand", number[]> = {
+    type Kind = "archive" | "prefetched" | "onDemand" | "directPrefetched" | "directOnDemand";
+    const samples: Record<Kind | "archiveHttp", number[]> = {
       archive: [],
       archiveHttp: [],
       prefetched: [],
       onDemand: [],
+      directPrefetched: [],
+      directOnDemand: [],
     };
     // Paired differences: a fresh floor sample right before each measured process, so that load
     // from elsewhere on the machine affects both sides of a difference alike.
-    const paired: Record<"archive" | "prefetched" | "onDemand", number[]> = {
+    const paired: Record<Kind, number[]> = {
       archive: [],
       prefetched: [],
       onDemand: [],
+      directPrefetched: [],
+      directOnDemand: [],
     };
     const restoreWal = path.join(restoreData, "pg_wal");
     const common = ["--port", String(port)];
-    const measure = async (
-      kind: "archive" | "prefetched" | "onDemand",
-      args: string[],
-      cwd?: string,
-    ): Promise<void> => {
+    const measure = async (kind: Kind, args: string[], cwd?: string): Promise<void> => {
       const f0 = (await runProcess(["-e", "0"])).ms;
       floor.push(f0);
       const r = await runProcess(args, cwd);
@@ -201,9 +204,10 @@ async function main(): Promise<void> {
       const seg = segments[index];
       const next = segments[index + 1];
       for (const f of readdirSync(restoreWal)) unlinkSync(path.join(restoreWal, f));
-      const restoreArgs = (xlog: string): string[] => [
+      // `via`: how the command reaches the WAL (the daemon's port, or --config for the direct mode).
+      const restoreArgs = (xlog: string, via = common): string[] => [
         commandBin,
-        ...common,
+        ...via,
         "--site",
         "benchrestore",
         "--mode",
@@ -217,6 +221,21 @@ async function main(): Promise<void> {
       // That request prefetched the next segment; restore it the way PostgreSQL would.
       await waitFor(() => existsSync(path.join(restoreWal, `${next}.pghoard.prefetch`)), 30_000);
       await measure("prefetched", restoreArgs(next), restoreData);
+
+      // The direct mode on the same segments: no daemon involved, the command's own read-ahead.
+      for (const f of readdirSync(restoreWal)) unlinkSync(path.join(restoreWal, f));
+      const directArgs = (xlog: string): string[] => restoreArgs(xlog, ["--config", configPath]);
+      // A read-ahead process still running would load the next measurement: wait until it is done.
+      // (A short pause first: a just-spawned one has not written its marker yet.)
+      const readAheadDone = async (): Promise<void> => {
+        await sleep(300);
+        await waitFor(() => !readdirSync(restoreWal).some((f) => f.endsWith(".pghoard.prefetcher")), 30_000);
+      };
+      await measure("directOnDemand", directArgs(seg), restoreData);
+      await waitFor(() => existsSync(path.join(restoreWal, `${next}.pghoard.prefetch`)), 30_000);
+      await readAheadDone();
+      await measure("directPrefetched", directArgs(next), restoreData);
+      await readAheadDone();
     }
 
     const f = stats(floor);
@@ -226,6 +245,8 @@ async function main(): Promise<void> {
       ["  daemon share (PUT, no spawn)", samples.archiveHttp, null, null],
       ["restore, prefetched", samples.prefetched, paired.prefetched, 15],
       ["restore, on demand", samples.onDemand, paired.onDemand, null],
+      ["direct restore, prefetched", samples.directPrefetched, paired.directPrefetched, null],
+      ["direct restore, on demand", samples.directOnDemand, paired.directOnDemand, null],
     ];
     process.stdout.write(
       `\n${runs} runs each, ${os.cpus().length} CPUs, load average ${os.loadavg()[0].toFixed(1)}, node ${process.version}, storage ${storage.directory}\n`,

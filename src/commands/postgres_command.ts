@@ -355,7 +355,12 @@ async function directCommand(opts: PostgresCommandOptions): Promise<void> {
   if (opts.mode === "cleanup") {
     // recovery_end_command runs in $PGDATA; pg_xlog before PostgreSQL 10.
     const walDir = opts.output ? where(opts.output) : existsSync("pg_wal") ? where("pg_wal") : where("pg_xlog");
-    const removed = await direct.cleanupPrefetch(walDir);
+    let removed: number;
+    try {
+      removed = await direct.cleanupPrefetch(walDir);
+    } catch (err) {
+      throw new CommandError(`Removing prefetch files from ${walDir} failed: ${(err as Error).message}`, EXIT_FAIL);
+    }
     if (removed > 0) process.stdout.write(`Removed ${removed} leftover prefetch files from ${walDir}\n`);
     return;
   }

@@ -9,7 +9,6 @@
  */
 import { createPublicKey } from "node:crypto";
 import os from "node:os";
-import { getLogger } from "../common/logger.js";
 import { parseNodeEntry } from "./connection.js";
 import { pyRepr } from "../common/pycompat.js";
 import { ConfigError, describeValue } from "./errors.js";
@@ -410,8 +409,13 @@ function checkCompressionLevel(config: Json, ctx: Ctx): void {
 /** Validates a parsed pghoard.json and returns it with every default filled in. */
 export function validateConfig(raw: unknown, options: ValidateOptions = {}): PghoardConfig {
   const prefix = options.configPath ? `${options.configPath}: ` : "";
-  // Without a callback, warnings still reach the log rather than vanishing.
-  const warnSink = options.warn ?? ((message: string) => getLogger("pghoard.config").warn(message));
+  // Without a callback, warnings still reach the log rather than vanishing. The logger (pino, ~70 ms
+  // of CPU to load) is imported only then: pghoard_postgres_command's direct mode reads the config
+  // once per WAL segment.
+  const warnSink =
+    options.warn ??
+    ((message: string) =>
+      void import("../common/logger.js").then(({ getLogger }) => getLogger("pghoard.config").warn(message)));
   if (!isPlainObject(raw)) {
     throw new ConfigError(`configuration must be a JSON object, got ${describeValue(raw)}`);
   }

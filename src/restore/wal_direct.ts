@@ -11,6 +11,7 @@
  * are imported only when something has to be downloaded.
  */
 import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { readdir, readFile, rename, stat, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 
@@ -20,6 +21,7 @@ import { isErrno } from "../common/errors.js";
 import { relatedSites } from "../catalog/sites.js";
 import { objectKey } from "../catalog/keys.js";
 import { getSiteFromConfig } from "../config/sites.js";
+import { nextWalName } from "../wal/names.js";
 import { loadConfig } from "../config/load.js";
 import type { PghoardConfig } from "../config/types.js";
 import {
@@ -70,10 +72,10 @@ function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-async function loadSite(configPath: string, site: string): Promise<PghoardConfig> {
+async function loadSite(configPath: string, site: string, warn: (line: string) => void): Promise<PghoardConfig> {
   let config: PghoardConfig;
   try {
-    config = await loadConfig(configPath, { tool: "postgres_command" });
+    config = await loadConfig(configPath, { tool: "postgres_command", warn });
     getSiteFromConfig(config, site);
   } catch (err) {
     throw new DirectRestoreError(describe(err), { cause: err });
@@ -164,7 +166,10 @@ async function startPrefetch(opts: DirectRestoreOptions, config: PghoardConfig, 
   if (!(count > 0) || walFileTypeOf(opts.xlog) !== "xlog") return;
   const pending = await activeDownloads(walDir);
   const candidates = await prefetchCandidates(walDir, opts.xlog, count, (c) => pending.has(c));
-  if (candidates.length === 0) return;
+  // One process per half window rather than per call (each costs a Node start-up): start one when
+  // the very next segment is missing or half of the read-ahead is used up.
+  const nextMissing = candidates[0] === nextWalName(opts.xlog);
+  if (!nextMissing && candidates.length < Math.ceil(count / 2)) return;
   const child = spawn(
     process.execPath,
     [
@@ -193,7 +198,7 @@ async function startPrefetch(opts: DirectRestoreOptions, config: PghoardConfig, 
  */
 export async function restoreWalDirect(opts: DirectRestoreOptions): Promise<"restored" | "not-found"> {
   const filetype = fileTypeOf(opts.xlog);
-  const config = await loadSite(opts.configPath, opts.site);
+  const config = await loadSite(opts.configPath, opts.site, opts.warn);
   const walDir = path.dirname(opts.output);
   const prefetchPath = prefetchPathFor(walDir, opts.xlog);
   const warnInvalid = (reason: string): void => opts.warn(`Discarded invalid ${prefetchPath}: ${reason}`);
@@ -240,7 +245,7 @@ async function renameInto(tmpPath: string, target: string): Promise<void> {
  * Errors are not reported anywhere: the call that needs the segment fetches it itself.
  */
 export async function runPrefetch(opts: DirectRestoreOptions): Promise<void> {
-  const config = await loadSite(opts.configPath, opts.site);
+  const config = await loadSite(opts.configPath, opts.site, opts.warn);
   const walDir = path.dirname(opts.output);
   const marker = path.join(walDir, `${process.pid}${PREFETCHER_SUFFIX}`);
   let currentTemp: string | null = null;
@@ -257,6 +262,8 @@ export async function runPrefetch(opts: DirectRestoreOptions): Promise<void> {
     const pending = await activeDownloads(walDir);
     const candidates = await prefetchCandidates(walDir, opts.xlog, config.restore_prefetch, (c) => pending.has(c));
     for (const name of candidates) {
+      // Another read-ahead process (started by a later call) may have taken this one meanwhile.
+      if (existsSync(prefetchPathFor(walDir, name)) || (await pendingDownloadNames(walDir)).has(name)) continue;
       const tmpPath = await downloadChecked(config, opts.site, "xlog", name, walDir, (t) => (currentTemp = t));
       if (tmpPath === null) break;
       await publishPrefetch("xlog", name, tmpPath, prefetchPathFor(walDir, name), () => undefined);
