@@ -68,9 +68,10 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
       await s?.cleanup();
     });
 
-    it("restores, recovers to the newest archived segment, checks and reports its timings", async () => {
+    it("restores, recovers to the newest archived segment, checks and reports its timings", async (t) => {
       const scratch = await makeTempDir("drill-scratch");
       const { code, report, stdout } = await drill(s, scratch);
+      t.diagnostic(`timings ${JSON.stringify(report.timings)} wal ${JSON.stringify(report.wal)}`);
       assert.equal(code, 0, stdout);
       assert.equal(report.success, true, report.error ?? "");
       assert.equal(report.basebackup, backupName);
@@ -95,6 +96,18 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
       assert.equal(row.n, "5000");
       const timelines = await listStoredNames(s.env.storageDir, s.site, "timeline");
       assert.deepEqual(timelines, [], "the drill must not archive its new timeline");
+    });
+
+    it("recovers to a recovery target and promotes there", async () => {
+      const scratch = await makeTempDir("drill-scratch");
+      const { code, report, stdout } = await drill(s, scratch, ["--recovery-target-immediate"]);
+      assert.equal(code, 0, stdout);
+      assert.equal(report.success, true, report.error ?? "");
+      assert.deepEqual(report.recovery_target?.immediate, true);
+      assert.equal(report.recovered.in_recovery, false);
+      // Consistent right after the backup: far from the newest archived segment.
+      assert.ok((report.wal.last_segment ?? "") < newest, `${report.wal.last_segment} < ${newest}`);
+      await assertEmpty(scratch);
     });
 
     it("fails with exit 1 and names the segment when a WAL segment it needs is corrupt", async () => {
