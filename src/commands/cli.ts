@@ -412,17 +412,20 @@ function exitOnKeyboardInterrupt(io: Io): () => void {
 }
 
 /**
- * Ctrl-C aborts `signal` with a KeyboardInterrupt (the work winds down, runCli reports it); a
- * second Ctrl-C exits 1 at once. Returns the function that removes the handler.
+ * Ctrl-C (and any other of `signals`) aborts `signal` with a KeyboardInterrupt (the work winds
+ * down, runCli reports it); a second one exits 1 at once. Returns the function that removes the handler.
  */
-export function abortOnKeyboardInterrupt(): { signal: AbortSignal; dispose(): void } {
+export function abortOnKeyboardInterrupt(signals: readonly NodeJS.Signals[] = ["SIGINT"]): {
+  signal: AbortSignal;
+  dispose(): void;
+} {
   const controller = new AbortController();
   const onSigint = (): void => {
     if (controller.signal.aborted) process.exit(EXIT_FAIL);
     controller.abort(new KeyboardInterrupt());
   };
-  process.on("SIGINT", onSigint);
-  return { signal: controller.signal, dispose: () => process.off("SIGINT", onSigint) };
+  for (const name of signals) process.on(name, onSigint);
+  return { signal: controller.signal, dispose: () => signals.forEach((name) => process.off(name, onSigint)) };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,14 @@
  * bash completion are all built from these. Flags and their spellings are upstream's.
  * pghoard_postgres_command parses its own (it must start without commander).
  */
-import { DEBUG_OPTION, VERSION_OPTION, configOption, type CommandSpec, type ExitCodeSpec } from "./cli.js";
+import {
+  DEBUG_OPTION,
+  VERSION_OPTION,
+  configOption,
+  type CommandSpec,
+  type ExitCodeSpec,
+  type OptionSpec,
+} from "./cli.js";
 
 const USAGE_EXIT: ExitCodeSpec = { code: 2, meaning: "usage error" };
 const INTERRUPT_EXIT = "Ctrl-C";
@@ -40,6 +47,24 @@ const RESTORE_EXITS: readonly ExitCodeSpec[] = [
     meaning: `restore or configuration error (FATAL: <Error>: <message> on stdout), ${INTERRUPT_EXIT}, or no sub-command`,
   },
   USAGE_EXIT,
+];
+
+/** The recovery targets get-basebackup writes and drill recovers to. */
+const RECOVERY_TARGET_OPTIONS: readonly OptionSpec[] = [
+  { flags: "--recovery-target-name <RESTOREPOINT>", description: "PostgreSQL recovery_target_name" },
+  {
+    flags: "--recovery-target-time <ISO_TIMESTAMP>",
+    description: "PostgreSQL recovery_target_time (also selects the basebackup)",
+  },
+  { flags: "--recovery-target-xid <XID>", description: "PostgreSQL recovery_target_xid" },
+  {
+    flags: "--recovery-target-lsn <LSN>",
+    description: "PostgreSQL recovery_target_lsn (not in upstream pghoard)",
+  },
+  {
+    flags: "--recovery-target-immediate",
+    description: "recovery_target = 'immediate': stop as soon as consistent (not in upstream pghoard)",
+  },
 ];
 
 export const RESTORE_SPEC: CommandSpec = {
@@ -153,20 +178,7 @@ export const RESTORE_SPEC: CommandSpec = {
           description: "PostgreSQL recovery_target_action",
           choices: ["pause", "promote", "shutdown"],
         },
-        { flags: "--recovery-target-name <RESTOREPOINT>", description: "PostgreSQL recovery_target_name" },
-        {
-          flags: "--recovery-target-time <ISO_TIMESTAMP>",
-          description: "PostgreSQL recovery_target_time (also selects the basebackup)",
-        },
-        { flags: "--recovery-target-xid <XID>", description: "PostgreSQL recovery_target_xid" },
-        {
-          flags: "--recovery-target-lsn <LSN>",
-          description: "PostgreSQL recovery_target_lsn (not in upstream pghoard)",
-        },
-        {
-          flags: "--recovery-target-immediate",
-          description: "recovery_target = 'immediate': stop as soon as consistent (not in upstream pghoard)",
-        },
+        ...RECOVERY_TARGET_OPTIONS,
         {
           flags: "--restore-to-primary",
           description: "Restore the database to a PG primary (no standby; archive recovery via recovery.signal)",
@@ -199,6 +211,37 @@ export const RESTORE_SPEC: CommandSpec = {
         configOption("pghoard config file", "unless-env"),
       ],
       exitCodes: RESTORE_EXITS,
+    },
+    {
+      name: "drill",
+      description:
+        "Restore a basebackup into a scratch directory, recover it with WAL from the archive, check it, remove it, and report the recovery time",
+      options: [
+        { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
+        {
+          flags: "--basebackup <NAME>",
+          description: "pghoard basebackup (full name as listed, or 'latest')",
+          default: "latest",
+        },
+        ...RECOVERY_TARGET_OPTIONS,
+        {
+          flags: "--scratch-dir <DIR>",
+          description:
+            "directory the scratch directory is created in (default: beside backup_location, else the system temp dir)",
+        },
+        { flags: "--json", description: "print the report as JSON" },
+        {
+          flags: "--pghoard-postgres-command-bin <PATH>",
+          description:
+            "program written into restore_command (default: node and the installed pghoard_postgres_command, absolute paths)",
+        },
+        configOption("pghoard config file", "unless-env"),
+      ],
+      exitCodes: [
+        { code: 0, meaning: "the backup restored, recovered and passed the checks" },
+        { code: 1, meaning: `the drill failed (the reason is reported), configuration error, or ${INTERRUPT_EXIT}` },
+        USAGE_EXIT,
+      ],
     },
   ],
   exitCodes: RESTORE_EXITS,

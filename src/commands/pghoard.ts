@@ -4,11 +4,13 @@
  */
 import { existsSync } from "node:fs";
 import { LockHeldError } from "../common/pid_lock.js";
+import path from "node:path";
 import { createLogger, getLogger, setLogLevel } from "../common/logger.js";
 import { ConfigError, resolveConfigPath } from "../config/index.js";
 import { createBasebackupPlugin } from "../basebackup/daemon.js";
 import { PGHoard } from "../daemon/pghoard.js";
 import { createMonitoringPlugin } from "../monitoring/daemon_plugin.js";
+import { createRestoreDrillPlugin } from "../restore/drill_daemon.js";
 import { createWalStreamingPlugin } from "../wal/streaming.js";
 import { NO_CONFIG_MESSAGE, parseCommandLine } from "./cli.js";
 import { PGHOARD_SPEC } from "./cli_specs.js";
@@ -41,8 +43,14 @@ export async function main(argv: string[]): Promise<number> {
   });
   const daemon = new PGHoard(configPath, {
     log,
-    // Streaming first, then basebackups, then the WAL-position probe (operations.md §2).
-    plugins: [createWalStreamingPlugin, createBasebackupPlugin, createMonitoringPlugin],
+    // Streaming first, then basebackups, then the WAL-position probe (operations.md §2), then
+    // restore drills (they read the basebackup listing the basebackup plugin keeps in the state).
+    plugins: [
+      createWalStreamingPlugin,
+      createBasebackupPlugin,
+      createMonitoringPlugin,
+      (ctx) => createRestoreDrillPlugin(ctx, { configPath: path.resolve(configPath) }),
+    ],
     onLogLevel: (level) => void setLogLevel(level),
   });
   try {

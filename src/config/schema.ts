@@ -668,6 +668,14 @@ export const siteSection: SectionSpec = {
       description: "Target size (bytes) of a delta bundle.",
     },
     {
+      key: "restore_drill_interval_hours",
+      types: ["number", "null"],
+      default: { value: null },
+      min: Number.MIN_VALUE,
+      description:
+        "Hours between scheduled restore drills (`pghoard_restore drill` run by the daemon at low priority; fractions allowed); null disables them. Not in upstream pghoard.",
+    },
+    {
       key: "pg_receivexlog",
       types: ["object"],
       default: { value: {} },

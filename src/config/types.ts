@@ -198,6 +198,7 @@ export interface SiteConfig {
   basebackup_delta_mode_max_retries: number;
   basebackup_delta_mode_min_delta_file_size: number;
   basebackup_delta_mode_chunk_size: number;
+  restore_drill_interval_hours: number | null;
   pg_receivexlog: PgReceivexlogConfig;
   moved_from: string[];
   pg_version?: number;

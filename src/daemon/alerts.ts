@@ -1,7 +1,8 @@
 /**
  * Alert files (operations.md §8): `<alert_file_dir>/<name>` containing `alert`. Upstream never
  * removes them; we additionally remove `upload_retries_warning` once uploads succeed again, since
- * that condition clears itself (the others need an operator to fix the cause).
+ * that condition clears itself (the others need an operator to fix the cause), and
+ * `restore_drill_error` once a later restore drill succeeds.
  */
 import { existsSync } from "node:fs";
 import path from "node:path";
@@ -12,7 +13,8 @@ export type AlertName =
   | "configuration_error"
   | "version_unsupported_error"
   | "version_mismatch_error"
-  | "upload_retries_warning";
+  | "upload_retries_warning"
+  | "restore_drill_error";
 
 export function alertFilePath(alertFileDir: string, name: AlertName): string {
   return path.join(alertFileDir, name);

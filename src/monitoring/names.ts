@@ -44,6 +44,13 @@ export const MetricNames = {
   OLDEST_RESTORABLE_POINT: "pghoard.oldest_restorable_point",
   OLDEST_RESTORABLE_POINT_AGE: "pghoard.oldest_restorable_point_age",
   WAL_ARCHIVE_LAG_BYTES: "pghoard.wal_archive_lag_bytes",
+  // Scheduled restore drills, not in upstream (1/0, seconds of the last drill, segments it replayed)
+  RESTORE_DRILL_SUCCESS: "pghoard.restore_drill_success",
+  RESTORE_DRILL_SECONDS: "pghoard.restore_drill_seconds",
+  RESTORE_DRILL_DOWNLOAD_SECONDS: "pghoard.restore_drill_download_seconds",
+  RESTORE_DRILL_WAL_REPLAY_SECONDS: "pghoard.restore_drill_wal_replay_seconds",
+  RESTORE_DRILL_WAL_SEGMENTS: "pghoard.restore_drill_wal_segments",
+  RESTORE_DRILL_LAST_RUN: "pghoard.restore_drill_last_run",
 } as const;
 
 export type MetricName = (typeof MetricNames)[keyof typeof MetricNames];
@@ -86,6 +93,12 @@ export const METRIC_HELP: Record<MetricName, string> = {
   "pghoard.oldest_restorable_point": "Unix time of the oldest point the site can be restored to",
   "pghoard.oldest_restorable_point_age": "Seconds since the oldest point the site can be restored to",
   "pghoard.wal_archive_lag_bytes": "Bytes of WAL the server wrote that are not archived yet",
+  "pghoard.restore_drill_success": "1 when the site's last restore drill recovered and checked out, else 0",
+  "pghoard.restore_drill_seconds": "Seconds the last restore drill took in all (the measured recovery time)",
+  "pghoard.restore_drill_download_seconds": "Seconds the last restore drill spent downloading and extracting",
+  "pghoard.restore_drill_wal_replay_seconds": "Seconds the last restore drill spent replaying WAL",
+  "pghoard.restore_drill_wal_segments": "WAL segments the last restore drill replayed",
+  "pghoard.restore_drill_last_run": "Unix time the last restore drill finished",
 };
 
 /** Values of the `where` tag of `pghoard.exception` (operations.md §10.2). */

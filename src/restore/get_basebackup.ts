@@ -69,6 +69,8 @@ export interface GetBasebackupOptions {
   /** `--tablespace-dir NAME=DIR` values. */
   tablespaceDirs?: Record<string, string>;
   tablespaceBaseDir?: string;
+  /** Every tablespace goes to `DIR/<oid>` (created), whatever its original path: a drill must never touch the live ones. */
+  tablespaceRelocateDir?: string;
   primaryConninfo?: string;
   recoveryEndCommand?: string;
   recoveryTargetAction?: "pause" | "promote" | "shutdown";
@@ -279,9 +281,11 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       for (const [name, info] of Object.entries(plan.tablespaces)) {
         let tsPath = mapping.get(name) ?? info.path;
         mapping.delete(name);
-        await safety.check(tsPath, `Tablespace '${name}'`);
-        if (opts.tablespaceBaseDir && !(await exists(tsPath, { noFollow: true }))) {
-          tsPath = path.join(opts.tablespaceBaseDir, String(info.oid));
+        const baseDir = opts.tablespaceRelocateDir ?? opts.tablespaceBaseDir;
+        // A relocating restore (the drill) never writes to the original path, which may be the live cluster's.
+        if (!opts.tablespaceRelocateDir) await safety.check(tsPath, `Tablespace '${name}'`);
+        if (baseDir && (opts.tablespaceRelocateDir || !(await exists(tsPath, { noFollow: true })))) {
+          tsPath = path.join(baseDir, String(info.oid));
           await safety.check(tsPath, `Tablespace '${name}'`);
           if (!(await exists(tsPath, { noFollow: true }))) {
             await mkdir(tsPath, { recursive: true, mode: 0o700 });

@@ -18,6 +18,9 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import pg from "pg";
+import { findFreePort } from "../../src/common/net.js";
+
+export { findFreePort };
 
 const execFileAsync = promisify(execFile);
 
@@ -94,19 +97,6 @@ export async function makeTempDir(prefix: string): Promise<string> {
 export async function chownToPostgres(target: string): Promise<void> {
   if (!runAsPostgres) return;
   await execFileAsync("chown", ["-R", "postgres:postgres", target]);
-}
-
-export async function findFreePort(): Promise<number> {
-  return await new Promise<number>((resolve, reject) => {
-    const server = net.createServer();
-    server.unref();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** True when nothing listens on 127.0.0.1:`port`. */
