@@ -56,7 +56,7 @@ describe("generated man pages and completion", () => {
     };
     assert.deepEqual(complete(["pghoard_restore", "get-"]), ["get-basebackup"]);
     assert.ok(complete(["pghoard_restore", "get-basebackup", "--target"]).includes("--target-dir"));
-    assert.deepEqual(complete(["pghoard_postgres_command", "--mode", ""]), ["archive", "restore"]);
+    assert.deepEqual(complete(["pghoard_postgres_command", "--mode", ""]), ["archive", "restore", "cleanup"]);
     assert.deepEqual(complete(["pghoard_restore", "get-basebackup", "--recovery-target-action", "pr"]), ["promote"]);
     assert.ok(complete(["pghoard_archive_sync", "--"]).includes("--max-hash-checks"));
   });
