@@ -56,7 +56,7 @@ export const RESTORE_SPEC: CommandSpec = {
       options: [
         VERBOSE_OPTION,
         { flags: "--host <HOST>", description: "pghoard repository host", default: "127.0.0.1" },
-        { flags: "--port <PORT>", description: "pghoard repository port", default: "16000" },
+        { flags: "--port <PORT>", description: "pghoard repository port", type: "port", default: 16000 },
         { flags: "--username <USERNAME>", description: "pghoard repository username" },
         { flags: "--password <PASSWORD>", description: "pghoard repository password" },
         { flags: "--site <SITE>", description: "pghoard site", required: true },
