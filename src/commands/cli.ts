@@ -31,8 +31,8 @@ export interface OptionSpec {
   env?: string;
   /** Must be given; `"unless-env"`: only when `env` is unset or empty (argparse `required=not default`). */
   required?: boolean | "unless-env";
-  /** Value type; `int` parses like argparse `type=int`. */
-  type?: "string" | "int";
+  /** Value type; `int` parses like argparse `type=int`, `port` is an int in 0–65535. */
+  type?: "string" | "int" | "port";
   /** Allowed values (argparse `choices`). */
   choices?: readonly string[];
   /** May be given several times; the values are collected in a list. */
@@ -81,6 +81,13 @@ export const DEBUG_OPTION: OptionSpec = { flags: "-D, --debug", description: "En
 export function parseInteger(value: string): number {
   if (!/^[+-]?\d+$/.test(value.trim())) throw new InvalidArgumentError(`invalid int value: '${value}'`);
   return Number.parseInt(value, 10);
+}
+
+/** A TCP port number; anything else is a usage error (not a failed connection later). */
+export function parsePort(value: string): number {
+  const port = parseInteger(value);
+  if (port < 0 || port > 65535) throw new InvalidArgumentError(`${port} is not a port number (0-65535)`);
+  return port;
 }
 
 function collect(value: string, previous: unknown): string[] {
@@ -221,6 +228,7 @@ function addOption(command: Command, spec: OptionSpec): void {
   const option = new Option(spec.flags, optionHelp(spec));
   if (spec.choices) option.choices(spec.choices).argParser(choiceParser(spec.choices));
   else if (spec.type === "int") option.argParser(parseInteger);
+  else if (spec.type === "port") option.argParser(parsePort);
   else if (spec.repeatable) option.argParser(collect);
   const fromEnv = envValue(spec);
   if (fromEnv !== undefined) option.default(fromEnv);

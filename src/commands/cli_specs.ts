@@ -88,7 +88,7 @@ export const RESTORE_SPEC: CommandSpec = {
         {
           flags: "--port <PORT>",
           description: "pghoard repository port (default: the config's http_port, else 16000)",
-          type: "int",
+          type: "port",
         },
         {
           flags: "--username <USERNAME>",

@@ -149,6 +149,8 @@ export function parseArgs(argv: string[]): PostgresCommandOptions {
     const trimmed = values.port.trim();
     if (!/^[+-]?\d+$/.test(trimmed)) throw new UsageError(`argument --port: invalid int value: '${values.port}'`);
     port = Number.parseInt(trimmed, 10);
+    // argparse would take it; the connection would then fail with a RangeError stack trace.
+    if (port < 0 || port > 65535) throw new UsageError(`argument --port: ${port} is not a port number (0-65535)`);
   }
   return {
     host: values.host ?? DEFAULT_HOST,

@@ -7,7 +7,7 @@
  * Strictness follows config.md §1: a ConfigError only where upstream fails too (at load or as
  * soon as the value is used); where upstream tolerates a value, a warning.
  */
-import { createPublicKey } from "node:crypto";
+import { createPrivateKey, createPublicKey } from "node:crypto";
 import os from "node:os";
 import { parseNodeEntry } from "./connection.js";
 import { pyRepr } from "../common/pycompat.js";
@@ -333,6 +333,18 @@ function checkEncryption(site: Json, path: string, ctx: Ctx): void {
     for (const part of ["public", "private"]) {
       if (entry[part] !== undefined && entry[part] !== null && typeof entry[part] !== "string") {
         throw new ConfigError(`${keyPath(keyPath(`${path}.encryption_keys`, keyId), part)}: expected a PEM string`);
+      }
+    }
+    // Checked here so a broken key is reported as such, not later as a corrupt backup object.
+    if (typeof entry.private === "string") {
+      try {
+        const key = createPrivateKey(entry.private);
+        if (key.asymmetricKeyType !== "rsa") throw new Error(`not an RSA key (${key.asymmetricKeyType})`);
+      } catch (err) {
+        // OpenSSL's reason only; the PEM itself never goes into a message.
+        throw new ConfigError(
+          `${keyPath(keyPath(`${path}.encryption_keys`, keyId), "private")}: not a usable RSA private key PEM: ${(err as Error).message}`,
+        );
       }
     }
   }

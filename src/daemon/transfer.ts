@@ -234,7 +234,8 @@ export class TransferAgents {
       return await fn(await this.ctx.getStorage(site));
     } catch (err) {
       if (err instanceof StorageNotFoundError) {
-        this.log.warn(`'${key}' not found from storage`);
+        // Expected (a HEAD or restore_command probing for the end of the archive): no warning.
+        this.log.debug(`'${key}' not found from storage`);
         return { success: false, notFound: true, error: err };
       }
       this.log.error({ err }, `Problem with ${where} of ${key}`);
@@ -297,12 +298,14 @@ export class TransferAgents {
     } catch (err) {
       const retryNumber = (op.retryNumber ?? 0) + 1;
       op.retryNumber = retryNumber;
-      const what = `Problem uploading ${op.localPath} to ${key}, need to retry`;
+      // One line per retry: during an outage a stack trace per attempt would bury everything else.
+      const reason = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+      const line = `Problem uploading ${op.localPath} to ${key}, need to retry (attempt ${retryNumber}): ${reason}`;
       if (retryNumber > 1) {
-        this.log.error({ err }, what);
+        this.log.error(line);
         this.ctx.metrics.unexpectedException(err, "handle_upload");
       } else {
-        this.log.warn(`${what} (${err instanceof Error ? `${err.name}: ${err.message}` : String(err)})`);
+        this.log.warn(line);
       }
       if (retryNumber > this.ctx.config.upload_retries_warning_limit) {
         this.overLimit.add(op);

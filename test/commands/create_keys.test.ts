@@ -102,6 +102,15 @@ describe("pghoard_create_keys", () => {
     }
   });
 
+  test("an unusable --bits is one clear FATAL line, not an OpenSSL error (and is refused at once)", async () => {
+    for (const bits of ["12", "1023", "100000000"]) {
+      const r = await run(["--site", "s", "--key-id", "k", "--bits", bits], noEnvConfig);
+      assert.equal(r.code, 1, r.stdout + r.stderr);
+      assert.equal(r.stdout, `FATAL: --bits ${bits}: the RSA key size must be between 1024 and 16384 bits\n`);
+      assert.equal(r.stderr, "");
+    }
+  });
+
   test("--version and --help exit 0", async () => {
     assert.equal((await run(["--version"])).code, 0);
     const help = await run(["--help"]);
