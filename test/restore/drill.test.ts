@@ -13,7 +13,7 @@ import { after, before, describe, it } from "node:test";
 
 import { prepareData, requestBackup, restoreBin, startScenario, type Scenario } from "../basebackup/helpers.js";
 import { listStoredNames } from "../daemon/helpers.js";
-import { makeTempDir } from "../helpers/pgcluster.js";
+import { makeTempDir, runAsPostgres } from "../helpers/pgcluster.js";
 import { newestSegment, parseServerLog, type DrillReport } from "../../src/restore/drill.js";
 import { archiveMore, corruptSegmentBefore } from "./drill_helpers.js";
 import { runRestoreCli } from "./helpers.js";
@@ -208,6 +208,26 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
       assert.equal(report.success, true);
       assert.equal(report.wal.last_segment, newest);
       assert.ok((report.recovered.pg_class_rows ?? 0) > 300);
+      await assertEmpty(scratch);
+    });
+
+    it("runs as a non-root user (PostgreSQL as that user)", async (t) => {
+      if (!runAsPostgres) {
+        t.skip("the tests already run as a non-root user");
+        return;
+      }
+      const scratch = await makeTempDir("drill-scratch");
+      const args = ["drill", "--config", s.env.configPath, "--site", s.site, "--scratch-dir", scratch, "--json"];
+      const { stdout } = await execFileAsync(
+        "runuser",
+        ["-u", "postgres", "--", process.execPath, restoreBin, ...args],
+        {
+          maxBuffer: 16 * 1024 * 1024,
+        },
+      );
+      const report = JSON.parse(stdout) as DrillReport;
+      assert.equal(report.success, true, report.error ?? "");
+      assert.equal(report.wal.last_segment, newest);
       await assertEmpty(scratch);
     });
   });
