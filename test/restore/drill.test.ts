@@ -211,6 +211,15 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
       await assertEmpty(scratch);
     });
 
+    it("gives up after --timeout, stops PostgreSQL and removes everything", async () => {
+      const scratch = await makeTempDir("drill-scratch");
+      const { code, report, stdout } = await drill(s, scratch, ["--timeout", "4"]);
+      assert.equal(code, 1, stdout);
+      assert.equal(report.error, "The drill did not finish within --timeout 4 s");
+      assert.equal(report.failed_segment, null);
+      await assertEmpty(scratch);
+    });
+
     it("runs as a non-root user (PostgreSQL as that user)", async (t) => {
       if (!runAsPostgres) {
         t.skip("the tests already run as a non-root user");
