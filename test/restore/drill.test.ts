@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { promisify } from "node:util";
-import { readdir } from "node:fs/promises";
+import { readdir, rmdir } from "node:fs/promises";
 import { after, before, describe, it } from "node:test";
 
 import { prepareData, requestBackup, restoreBin, startScenario, type Scenario } from "../basebackup/helpers.js";
@@ -45,8 +45,10 @@ async function drill(
   return { code: res.code, report, stdout: res.stdout + res.stderr };
 }
 
-async function assertEmpty(dir: string): Promise<void> {
+/** The drill left nothing in `dir`; then the test removes `dir` itself. */
+async function assertEmpty(dir: string, remove = true): Promise<void> {
   assert.deepEqual(await readdir(dir), [], `scratch directory ${dir} is not empty`);
+  if (remove) await rmdir(dir);
 }
 
 describe("pghoard_restore drill", { timeout: 900_000 }, () => {
@@ -119,7 +121,7 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
         assert.equal(report.success, false);
         assert.equal(report.failed_segment, victim);
         assert.match(report.error ?? "", new RegExp(victim));
-        await assertEmpty(scratch);
+        await assertEmpty(scratch, false);
 
         // Human output: the report, then upstream's FATAL line with the reason.
         const human = await runRestoreCli([
@@ -156,9 +158,10 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
           /^Not enough free space in '.*' for a drill of .*: \d+ MiB needed, \d+ MiB free/,
         );
         assert.equal(report.timings.download_extract_seconds, null);
-        await assertEmpty(small);
+        await assertEmpty(small, false);
       } finally {
         await execFileAsync("umount", [small]);
+        await rmdir(small);
       }
     });
 
