@@ -229,6 +229,12 @@ export const RESTORE_SPEC: CommandSpec = {
           description:
             "directory the scratch directory is created in (default: beside backup_location, else the system temp dir)",
         },
+        {
+          flags: "--timeout <SECONDS>",
+          description: "give up after this many seconds (the drill fails and cleans up); 0: no limit",
+          type: "int",
+          default: 0,
+        },
         { flags: "--json", description: "print the report as JSON" },
         {
           flags: "--pghoard-postgres-command-bin <PATH>",

@@ -203,6 +203,7 @@ async function drill(o: Record<string, unknown>, io: Io): Promise<number> {
           immediate: Boolean(o.recoveryTargetImmediate),
         },
         scratchDir: o.scratchDir as string | undefined,
+        timeoutSeconds: o.timeout as number,
         postgresCommandBin: o.pghoardPostgresCommandBin as string | undefined,
         signal: interrupt.signal,
         progress: json ? undefined : (line) => io.stdout.write(`${line}\n`),

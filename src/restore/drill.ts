@@ -61,6 +61,8 @@ export interface DrillOptions {
   /** Program written into restore_command (default: node and the installed pghoard_postgres_command). */
   postgresCommandBin?: string;
   signal?: AbortSignal;
+  /** Give up (stop, clean up, report the failure) after this many seconds; 0/absent: no limit. */
+  timeoutSeconds?: number;
   /** Progress lines (human output). */
   progress?(line: string): void;
 }
@@ -331,6 +333,8 @@ export async function runDrill(opts: DrillOptions, deps: RestoreDeps): Promise<D
   let server: Server | undefined;
   let client: pg.Client | undefined;
   let interrupted: unknown;
+  const timeout = opts.timeoutSeconds ? AbortSignal.timeout(opts.timeoutSeconds * 1000) : undefined;
+  const signal = AbortSignal.any([opts.signal, timeout].filter((x): x is AbortSignal => x !== undefined));
   let startSegment: string | undefined;
   /** Between the server's start and the end of recovery: a failure there is a WAL problem. */
   let replaying = false;
@@ -371,7 +375,7 @@ export async function runDrill(opts: DrillOptions, deps: RestoreDeps): Promise<D
     report.scratch_dir = scratch;
     const dataDir = path.join(scratch, "data");
     if (user) await chmod(scratch, 0o700);
-    if (opts.signal?.aborted) throw abortError(opts.signal);
+    if (signal.aborted) throw abortError(signal);
 
     // 1. Download and extract.
     progress(`Restoring ${selected.name} into ${dataDir}`);
@@ -398,7 +402,7 @@ export async function runDrill(opts: DrillOptions, deps: RestoreDeps): Promise<D
         pghoardPostgresCommandBin: opts.postgresCommandBin,
         out: sink,
         isTTY: false,
-        signal: opts.signal,
+        signal,
       },
       deps,
     );
@@ -432,7 +436,7 @@ export async function runDrill(opts: DrillOptions, deps: RestoreDeps): Promise<D
 
     // 4. The newest archived WAL: recovery must get there.
     report.wal.newest_archived_segment = await newestArchivedSegment(opts, deps, selected.site ?? opts.site);
-    if (opts.signal?.aborted) throw abortError(opts.signal);
+    if (signal.aborted) throw abortError(signal);
 
     // 5. Start PostgreSQL and wait until recovery has ended.
     const settings: Record<string, string> = {
@@ -486,7 +490,7 @@ export async function runDrill(opts: DrillOptions, deps: RestoreDeps): Promise<D
     const databases = [...new Set([siteConfig.nodes?.[0]?.dbname, "postgres", "template1"])].filter(
       (d): d is string => typeof d === "string" && d !== "",
     );
-    client = await waitForRecoveryEnd(server, users, databases, opts.signal, startSegment);
+    client = await waitForRecoveryEnd(server, users, databases, signal, startSegment);
     replaying = false;
     report.timings.wal_replay_seconds = seconds(Date.now() - replayStart);
 
@@ -534,10 +538,14 @@ export async function runDrill(opts: DrillOptions, deps: RestoreDeps): Promise<D
     report.success = true;
   } catch (err) {
     if (opts.signal?.aborted) interrupted = abortError(opts.signal);
-    report.error = err instanceof RestoreError ? err.message : describeError(err);
+    report.error = timeout?.aborted
+      ? `The drill did not finish within --timeout ${opts.timeoutSeconds} s`
+      : err instanceof RestoreError
+        ? err.message
+        : describeError(err);
     if (server) {
       applyLog(report, parseServerLog(await readFile(server.logFile, "utf8").catch(() => "")), startSegment);
-      if (replaying && !interrupted && !report.failed_segment) {
+      if (replaying && !interrupted && !timeout?.aborted && !report.failed_segment) {
         const last = report.wal.last_segment;
         report.failed_segment = last ? nextWalName(last) : (startSegment ?? null);
       }

@@ -117,18 +117,19 @@ async function downloadChecked(
   walDir: string,
   registerTemp: (tmpPath: string | null) => void = () => undefined,
 ): Promise<string | null> {
-  // The heavy parts (SDKs, compression, crypto) only now that a download is needed.
-  const [{ createStorage, StorageNotFoundError }, { FileFormatPool }] = await Promise.all([
+  // The heavy parts (SDKs, compression, crypto) only now that a download is needed. The object is
+  // decoded on this thread: this one-shot process has nothing else to do meanwhile, and a worker
+  // thread would load the codecs a second time and copy every batch (measured: bench/wal).
+  const [{ createStorage, StorageNotFoundError }, { createDecodeStream }] = await Promise.all([
     import("../storage/index.js"),
-    import("../fileformat/pool.js"),
+    import("../fileformat/streams.js"),
   ]);
-  const pool = new FileFormatPool(1);
-  try {
+  {
     for (const related of relatedSites(config, site)) {
       const siteConfig = config.backup_sites[related];
       const storage = await createStorage(siteConfig.object_storage);
       const key = objectKey(siteConfig.prefix, filetype, name);
-      const decoder = siteDecoder(siteConfig, (metadata, pem) => pool.createDecodeStream(metadata, pem));
+      const decoder = siteDecoder(siteConfig, (metadata, pem) => createDecodeStream(metadata, () => pem ?? undefined));
       try {
         let lastError: unknown;
         for (let attempt = 1; attempt <= DOWNLOAD_ATTEMPTS; attempt++) {
@@ -155,8 +156,6 @@ async function downloadChecked(
       }
     }
     return null;
-  } finally {
-    await pool.close();
   }
 }
 

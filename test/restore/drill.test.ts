@@ -8,12 +8,12 @@
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { promisify } from "node:util";
-import { readdir } from "node:fs/promises";
+import { readdir, rmdir } from "node:fs/promises";
 import { after, before, describe, it } from "node:test";
 
 import { prepareData, requestBackup, restoreBin, startScenario, type Scenario } from "../basebackup/helpers.js";
 import { listStoredNames } from "../daemon/helpers.js";
-import { makeTempDir } from "../helpers/pgcluster.js";
+import { makeTempDir, runAsPostgres } from "../helpers/pgcluster.js";
 import { newestSegment, parseServerLog, type DrillReport } from "../../src/restore/drill.js";
 import { archiveMore, corruptSegmentBefore } from "./drill_helpers.js";
 import { runRestoreCli } from "./helpers.js";
@@ -45,8 +45,10 @@ async function drill(
   return { code: res.code, report, stdout: res.stdout + res.stderr };
 }
 
-async function assertEmpty(dir: string): Promise<void> {
+/** The drill left nothing in `dir`; then the test removes `dir` itself. */
+async function assertEmpty(dir: string, remove = true): Promise<void> {
   assert.deepEqual(await readdir(dir), [], `scratch directory ${dir} is not empty`);
+  if (remove) await rmdir(dir);
 }
 
 describe("pghoard_restore drill", { timeout: 900_000 }, () => {
@@ -119,7 +121,7 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
         assert.equal(report.success, false);
         assert.equal(report.failed_segment, victim);
         assert.match(report.error ?? "", new RegExp(victim));
-        await assertEmpty(scratch);
+        await assertEmpty(scratch, false);
 
         // Human output: the report, then upstream's FATAL line with the reason.
         const human = await runRestoreCli([
@@ -156,9 +158,10 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
           /^Not enough free space in '.*' for a drill of .*: \d+ MiB needed, \d+ MiB free/,
         );
         assert.equal(report.timings.download_extract_seconds, null);
-        await assertEmpty(small);
+        await assertEmpty(small, false);
       } finally {
         await execFileAsync("umount", [small]);
+        await rmdir(small);
       }
     });
 
@@ -208,6 +211,35 @@ describe("pghoard_restore drill", { timeout: 900_000 }, () => {
       assert.equal(report.success, true);
       assert.equal(report.wal.last_segment, newest);
       assert.ok((report.recovered.pg_class_rows ?? 0) > 300);
+      await assertEmpty(scratch);
+    });
+
+    it("gives up after --timeout, stops PostgreSQL and removes everything", async () => {
+      const scratch = await makeTempDir("drill-scratch");
+      const { code, report, stdout } = await drill(s, scratch, ["--timeout", "4"]);
+      assert.equal(code, 1, stdout);
+      assert.equal(report.error, "The drill did not finish within --timeout 4 s");
+      assert.equal(report.failed_segment, null);
+      await assertEmpty(scratch);
+    });
+
+    it("runs as a non-root user (PostgreSQL as that user)", async (t) => {
+      if (!runAsPostgres) {
+        t.skip("the tests already run as a non-root user");
+        return;
+      }
+      const scratch = await makeTempDir("drill-scratch");
+      const args = ["drill", "--config", s.env.configPath, "--site", s.site, "--scratch-dir", scratch, "--json"];
+      const { stdout } = await execFileAsync(
+        "runuser",
+        ["-u", "postgres", "--", process.execPath, restoreBin, ...args],
+        {
+          maxBuffer: 16 * 1024 * 1024,
+        },
+      );
+      const report = JSON.parse(stdout) as DrillReport;
+      assert.equal(report.success, true, report.error ?? "");
+      assert.equal(report.wal.last_segment, newest);
       await assertEmpty(scratch);
     });
   });
