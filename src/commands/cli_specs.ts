@@ -115,36 +115,6 @@ export const RESTORE_SPEC: CommandSpec = {
       exitCodes: RESTORE_EXITS,
     },
     {
-      name: "info",
-      description:
-        "Show basebackups, the WAL archive per timeline and the recoverable window (not in upstream pghoard)",
-      options: [
-        { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
-        configOption("pghoard config file", "unless-env"),
-        JSON_OPTION,
-      ],
-      exitCodes: RESTORE_EXITS,
-    },
-    {
-      name: "verify",
-      description: "Download and fully decode a backup and its WAL without restoring it (not in upstream pghoard)",
-      options: [
-        { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
-        {
-          flags: "--basebackup <NAME>",
-          description: "basebackup to verify: full name as listed, 'latest' or 'all'",
-          default: "latest",
-        },
-        configOption("pghoard config file", "unless-env"),
-        JSON_OPTION,
-      ],
-      exitCodes: [
-        { code: 0, meaning: "every object checks" },
-        { code: 1, meaning: "a bad or missing object (each one named), a configuration error, or Ctrl-C" },
-        USAGE_EXIT,
-      ],
-    },
-    {
       name: "get-basebackup",
       description: "Download a basebackup from an object store",
       options: [
@@ -211,6 +181,36 @@ export const RESTORE_SPEC: CommandSpec = {
         configOption("pghoard config file", "unless-env"),
       ],
       exitCodes: RESTORE_EXITS,
+    },
+    {
+      name: "info",
+      description:
+        "Show basebackups, the WAL archive per timeline and the recoverable window (not in upstream pghoard)",
+      options: [
+        { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
+        configOption("pghoard config file", "unless-env"),
+        JSON_OPTION,
+      ],
+      exitCodes: RESTORE_EXITS,
+    },
+    {
+      name: "verify",
+      description: "Download and fully decode a backup and its WAL without restoring it (not in upstream pghoard)",
+      options: [
+        { flags: "--site <SITE>", description: "pghoard site (needed when the configuration has several)" },
+        {
+          flags: "--basebackup <NAME>",
+          description: "basebackup to verify: full name as listed, 'latest' or 'all'",
+          default: "latest",
+        },
+        configOption("pghoard config file", "unless-env"),
+        JSON_OPTION,
+      ],
+      exitCodes: [
+        { code: 0, meaning: "every object checks" },
+        { code: 1, meaning: "a bad or missing object (each one named), a configuration error, or Ctrl-C" },
+        USAGE_EXIT,
+      ],
     },
     {
       name: "drill",

@@ -118,14 +118,21 @@ async function info(o: SiteOptions, io: Io): Promise<number> {
 
 async function verify(o: SiteOptions & { basebackup: string }, io: Io): Promise<number> {
   const config = await readConfig(o.config);
-  const report = await verifyBasebackups({
-    config,
-    site: getSiteFromConfig(config, o.site),
-    basebackup: o.basebackup,
-    // Progress goes to stderr, so stdout stays the report (or clean JSON).
-    out: io.stderr,
-    quiet: Boolean(o.json) && !(io.stderr as NodeJS.WriteStream).isTTY,
-  });
+  const interrupt = abortOnKeyboardInterrupt();
+  let report;
+  try {
+    report = await verifyBasebackups({
+      config,
+      site: getSiteFromConfig(config, o.site),
+      basebackup: o.basebackup,
+      // Progress goes to stderr, so stdout stays the report (or clean JSON).
+      out: io.stderr,
+      quiet: Boolean(o.json) && !(io.stderr as NodeJS.WriteStream).isTTY,
+      signal: interrupt.signal,
+    });
+  } finally {
+    interrupt.dispose();
+  }
   if (o.json) writeJson(io, verifyReportJson(report));
   else io.stdout.write(formatVerifyReport(report));
   return report.ok ? 0 : 1;

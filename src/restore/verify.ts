@@ -70,6 +70,8 @@ export interface VerifyOptions {
   isTTY?: boolean;
   /** No progress output at all (JSON output, library callers). */
   quiet?: boolean;
+  /** Aborts the verification (rejects with the signal's reason). */
+  signal?: AbortSignal;
 }
 
 export interface VerifyTask {
@@ -275,6 +277,7 @@ export async function runVerifyTasks(
   concurrency: number,
   tracker: ProgressTracker,
   reporter: ProgressReporter | null,
+  signal?: AbortSignal,
 ): Promise<{ results: Map<string, VerifyObjectResult>; problems: VerifyProblem[] }> {
   const workers = new VerifyWorkers(Math.min(concurrency, Math.max(1, tasks.length)), archive.privateKeys);
   const results = new Map<string, VerifyObjectResult>();
@@ -283,7 +286,7 @@ export async function runVerifyTasks(
   reporter?.start();
   try {
     const lane = async (): Promise<void> => {
-      while (next < tasks.length) {
+      while (next < tasks.length && !signal?.aborted) {
         const index = next++;
         const task = tasks[index];
         try {
@@ -298,7 +301,14 @@ export async function runVerifyTasks(
       }
     };
     // Two objects per worker: one downloads while the other decodes.
-    await Promise.all(Array.from({ length: Math.max(1, concurrency * 2) }, () => lane()));
+    const lanes = Promise.all(Array.from({ length: Math.max(1, concurrency * 2) }, () => lane()));
+    // On abort (Ctrl-C) stop at once: closing the workers below ends whatever they were doing.
+    const aborted = new Promise<never>((_, reject) => {
+      if (signal?.aborted) reject(signal.reason);
+      signal?.addEventListener("abort", () => reject(signal.reason), { once: true });
+    });
+    aborted.catch(() => undefined);
+    await Promise.race([lanes, aborted]);
   } finally {
     await workers.close();
     await reporter?.stop();
@@ -320,7 +330,7 @@ export async function verifyBasebackups(opts: VerifyOptions): Promise<VerifyRepo
     const tracker = new ProgressTracker(list);
     const reporter = opts.quiet ? null : new ProgressReporter({ tracker, out: opts.out, isTTY: opts.isTTY });
     const concurrency = Math.max(1, opts.config.restore_process_count ?? 1);
-    const run = await runVerifyTasks(archive, list, concurrency, tracker, reporter);
+    const run = await runVerifyTasks(archive, list, concurrency, tracker, reporter, opts.signal);
     problems.push(...run.problems);
     let lastXactTimeUs: bigint | null = null;
     let stored = 0;

@@ -6,7 +6,7 @@
  * is confirmed by point-in-time recoveries just inside both of its ends.
  */
 import assert from "node:assert/strict";
-import { readFile, readdir, stat, truncate, unlink, writeFile } from "node:fs/promises";
+import { readFile, readdir, stat, truncate, unlink, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 
@@ -127,14 +127,24 @@ describe("verify and info on daemon-made backups of every mode", { timeout: 1_80
   async function damaged(key: string, damage: string, backupName: string): Promise<void> {
     const file = fileOf(key);
     const original = await readFile(file);
+    // The stored time of a single-object backup is its end in `info`: keep it.
+    const { atime, mtime } = await stat(file);
     await damages[damage](file);
     try {
+      if (damage === "missing" && key.endsWith(backupName)) {
+        // Nothing is left of a deleted single-object backup: asked for by name, it is not found.
+        const { code, stdout } = await restoreCli(["verify", "--config", s.env.configPath, "--basebackup", backupName]);
+        assert.equal(code, 1);
+        assert.match(stdout, new RegExp(`^FATAL: RestoreError: Basebackup '${backupName}' not found`, "m"));
+        return;
+      }
       const { code, problems } = await verify(["--basebackup", backupName]);
       assert.equal(code, 1);
       const named = problems.filter((p) => p.object === key);
       assert.equal(named.length, 1, `${key} not named in ${JSON.stringify(problems)}`);
     } finally {
       await writeFile(file, original);
+      await utimes(file, atime, mtime);
     }
   }
 
