@@ -15,7 +15,7 @@ import { makeRestorePoint, prepareData, requestBackup, startScenario, type Scena
 import { SNAPSHOT_SQL } from "../basebackup/helpers.js";
 import { makeTempDir, startCluster, type PgCluster } from "../helpers/pgcluster.js";
 import { repoRoot } from "../helpers/paths.js";
-import { runRestoreCli } from "./helpers.js";
+import { restoreToRestorePoint } from "./helpers.js";
 
 const SITE = "live";
 
@@ -42,21 +42,7 @@ describe("get-basebackup's default restore_command: recovery with no other step"
   /** get-basebackup with the production config, as the README tells an operator to. */
   async function restore(site = SITE): Promise<{ dataDir: string; stdout: string }> {
     const dataDir = path.join(await makeTempDir("direct-recovery"), "data");
-    const result = await runRestoreCli([
-      "get-basebackup",
-      "--config",
-      s.env.configPath,
-      "--site",
-      site,
-      "--target-dir",
-      dataDir,
-      "--recovery-target-name",
-      "rp1",
-      "--recovery-target-action",
-      "promote",
-      "--restore-to-primary",
-    ]);
-    assert.equal(result.code, 0, result.stdout + result.stderr);
+    const result = await restoreToRestorePoint(s.env.configPath, site, dataDir, "rp1");
     return { dataDir, stdout: result.stdout };
   }
 

@@ -125,3 +125,31 @@ export async function restoreCli(args: string[]): Promise<{ code: number; stdout
   const code = await main(args, io);
   return { code, stdout, stderr };
 }
+
+/**
+ * `get-basebackup` of a site's latest backup with the given config and the default (direct)
+ * restore_command, recovering to a restore point and promoting; fails the test on a non-zero exit.
+ */
+export async function restoreToRestorePoint(
+  config: string,
+  site: string,
+  targetDir: string,
+  restorePoint: string,
+): Promise<CliResult> {
+  const result = await runRestoreCli([
+    "get-basebackup",
+    "--config",
+    config,
+    "--site",
+    site,
+    "--target-dir",
+    targetDir,
+    "--recovery-target-name",
+    restorePoint,
+    "--recovery-target-action",
+    "promote",
+    "--restore-to-primary",
+  ]);
+  if (result.code !== 0) throw new Error(`get-basebackup exited ${result.code}:\n${result.stdout}${result.stderr}`);
+  return result;
+}
