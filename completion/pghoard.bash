@@ -6,7 +6,7 @@ _pghoard_node() {
   local valued subs opts
   case "$cmd" in
     pghoard) valued="--config"; subs="" ;;
-    pghoard_restore) valued="--status-output-file"; subs="list-basebackups-http list-basebackups info verify get-basebackup drill" ;;
+    pghoard_restore) valued="--status-output-file"; subs="list-basebackups-http list-basebackups get-basebackup info verify drill" ;;
     pghoard_archive_cleanup) valued="--site --config"; subs="" ;;
     pghoard_archive_sync) valued="--site --config --max-hash-checks"; subs="" ;;
     pghoard_create_keys) valued="--site --key-id --bits --config"; subs="" ;;
@@ -31,11 +31,6 @@ _pghoard_node() {
     "pghoard_restore list-basebackups-http:--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
     "pghoard_restore list-basebackups:--site") COMPREPLY=(); return 0 ;;
     "pghoard_restore list-basebackups:--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
-    "pghoard_restore info:--site") COMPREPLY=(); return 0 ;;
-    "pghoard_restore info:--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
-    "pghoard_restore verify:--site") COMPREPLY=(); return 0 ;;
-    "pghoard_restore verify:--basebackup") COMPREPLY=(); return 0 ;;
-    "pghoard_restore verify:--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
     "pghoard_restore get-basebackup:--site") COMPREPLY=(); return 0 ;;
     "pghoard_restore get-basebackup:--basebackup") COMPREPLY=(); return 0 ;;
     "pghoard_restore get-basebackup:--primary-conninfo") COMPREPLY=(); return 0 ;;
@@ -52,6 +47,11 @@ _pghoard_node() {
     "pghoard_restore get-basebackup:--pghoard-postgres-command-bin") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
     "pghoard_restore get-basebackup:--restore-command-mode") COMPREPLY=($(compgen -W "direct daemon" -- "$cur")); return 0 ;;
     "pghoard_restore get-basebackup:--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
+    "pghoard_restore info:--site") COMPREPLY=(); return 0 ;;
+    "pghoard_restore info:--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
+    "pghoard_restore verify:--site") COMPREPLY=(); return 0 ;;
+    "pghoard_restore verify:--basebackup") COMPREPLY=(); return 0 ;;
+    "pghoard_restore verify:--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
     "pghoard_restore drill:--site") COMPREPLY=(); return 0 ;;
     "pghoard_restore drill:--basebackup") COMPREPLY=(); return 0 ;;
     "pghoard_restore drill:--recovery-target-name") COMPREPLY=(); return 0 ;;
@@ -59,6 +59,7 @@ _pghoard_node() {
     "pghoard_restore drill:--recovery-target-xid") COMPREPLY=(); return 0 ;;
     "pghoard_restore drill:--recovery-target-lsn") COMPREPLY=(); return 0 ;;
     "pghoard_restore drill:--scratch-dir") COMPREPLY=($(compgen -d -- "$cur")); return 0 ;;
+    "pghoard_restore drill:--timeout") COMPREPLY=(); return 0 ;;
     "pghoard_restore drill:--pghoard-postgres-command-bin") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
     "pghoard_restore drill:--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
     "pghoard_archive_cleanup :--site") COMPREPLY=(); return 0 ;;
@@ -82,13 +83,13 @@ _pghoard_node() {
   esac
   case "$cmd $sub" in
     "pghoard ") opts="-h --help -D --debug --version -s --short-log --config" ;;
-    "pghoard_restore ") opts="-h --help -D --debug --status-output-file --version list-basebackups-http list-basebackups info verify get-basebackup drill" ;;
+    "pghoard_restore ") opts="-h --help -D --debug --status-output-file --version list-basebackups-http list-basebackups get-basebackup info verify drill" ;;
     "pghoard_restore list-basebackups-http") opts="-h --help -v --verbose --host --port --username --password --site --config" ;;
     "pghoard_restore list-basebackups") opts="-h --help -v --verbose --site --config --json" ;;
+    "pghoard_restore get-basebackup") opts="-h --help -v --verbose --site --basebackup --primary-conninfo --target-dir --overwrite --delta --tablespace-dir --tablespace-base-dir --recovery-end-command --recovery-target-action --recovery-target-name --recovery-target-time --recovery-target-xid --recovery-target-lsn --recovery-target-immediate --restore-to-primary --restore-to-master --preserve-until --cancel-preserve-on-success --no-cancel-preserve-on-success --pghoard-postgres-command-bin --restore-command-mode --config" ;;
     "pghoard_restore info") opts="-h --help --site --config --json" ;;
     "pghoard_restore verify") opts="-h --help --site --basebackup --config --json" ;;
-    "pghoard_restore get-basebackup") opts="-h --help -v --verbose --site --basebackup --primary-conninfo --target-dir --overwrite --delta --tablespace-dir --tablespace-base-dir --recovery-end-command --recovery-target-action --recovery-target-name --recovery-target-time --recovery-target-xid --recovery-target-lsn --recovery-target-immediate --restore-to-primary --restore-to-master --preserve-until --cancel-preserve-on-success --no-cancel-preserve-on-success --pghoard-postgres-command-bin --restore-command-mode --config" ;;
-    "pghoard_restore drill") opts="-h --help --site --basebackup --recovery-target-name --recovery-target-time --recovery-target-xid --recovery-target-lsn --recovery-target-immediate --scratch-dir --json --pghoard-postgres-command-bin --config" ;;
+    "pghoard_restore drill") opts="-h --help --site --basebackup --recovery-target-name --recovery-target-time --recovery-target-xid --recovery-target-lsn --recovery-target-immediate --scratch-dir --timeout --json --pghoard-postgres-command-bin --config" ;;
     "pghoard_archive_cleanup ") opts="-h --help --version --site --config --dry-run" ;;
     "pghoard_archive_sync ") opts="-h --help -D --debug --version --site --config --max-hash-checks --no-verify --create-new-backup-on-failure" ;;
     "pghoard_create_keys ") opts="-h --help -D --debug --version --site --key-id --bits --config" ;;
