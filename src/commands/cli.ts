@@ -406,7 +406,8 @@ const guardedOutputs = new WeakSet<NodeJS.WritableStream>();
 export function ignoreOutputErrors(stream: NodeJS.WritableStream): void {
   if (guardedOutputs.has(stream)) return;
   guardedOutputs.add(stream);
-  stream.on("error", () => undefined);
+  // Embedders and tests may pass a bare { write } sink: nothing to guard there.
+  if (typeof stream.on === "function") stream.on("error", () => undefined);
 }
 
 /** Ctrl-C prints upstream's message and exits 1; returns the function that removes the handler. */
