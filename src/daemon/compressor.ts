@@ -9,7 +9,7 @@ import { unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import { writeFileAtomic } from "../common/fs.js";
-import { verifyWalFile, verifyWalHeader } from "../wal/index.js";
+import { isPartialName, verifyWalFile, verifyWalHeader } from "../wal/index.js";
 import type { EncodeOptions } from "../fileformat/index.js";
 import { siteEncodeOptions, walObjectMetadata } from "../catalog/index.js";
 import type { DaemonContext } from "./context.js";
@@ -145,10 +145,15 @@ export class Compressors {
     const started = process.hrtime.bigint();
     const name = path.basename(event.fullPath);
     const opts = this.encodeOptions(site);
-    const hashAlgorithm = filetype === "xlog" && !event.partial ? this.ctx.config.hash_algorithm : undefined;
+    // A `<SEG>.partial` PostgreSQL archives at promotion: a whole segment file of the old timeline,
+    // stored under its own name without a hash, as the walreceiver's partial segments are.
+    const promotionPartial = isPartialName(name);
+    const hashAlgorithm =
+      filetype === "xlog" && !event.partial && !promotionPartial ? this.ctx.config.hash_algorithm : undefined;
     if (filetype === "xlog" && !event.partial) {
-      if (event.inputData) verifyWalHeader(event.inputData, name);
-      else await verifyWalFile(event.fullPath, name);
+      const segment = promotionPartial ? name.slice(0, -".partial".length) : name;
+      if (event.inputData) verifyWalHeader(event.inputData, segment);
+      else await verifyWalFile(event.fullPath, segment);
     }
 
     let blob: Buffer | undefined;

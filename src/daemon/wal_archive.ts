@@ -7,7 +7,7 @@ import path from "node:path";
 import type { Logger } from "pino";
 import { withTimeout } from "../common/async.js";
 import { pgWalDirectory } from "../config/index.js";
-import { verifyWalFile } from "../wal/index.js";
+import { isPartialName, verifyWalFile } from "../wal/index.js";
 import type { DaemonContext } from "./context.js";
 import { HttpResponse, nowSeconds, REQUEST_TIMEOUT_MS, type FileType } from "./http.js";
 import type { TransferResult } from "./types.js";
@@ -38,7 +38,8 @@ export class WalArchiveHandler {
     }
     if (filetype === "xlog") {
       try {
-        await verifyWalFile(filePath, name);
+        // A promotion's `<SEG>.partial` holds that segment's pages.
+        await verifyWalFile(filePath, isPartialName(name) ? name.slice(0, -".partial".length) : name);
       } catch (err) {
         throw new HttpResponse(412, err instanceof Error ? err.message : String(err));
       }

@@ -12,7 +12,7 @@ import { readFile } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
-import { isHistoryName, isWalName } from "../wal/index.js";
+import { isHistoryName, isPartialName, isWalName } from "../wal/index.js";
 import type { DaemonContext, TransferRequest } from "./context.js";
 import { isErrno } from "../common/errors.js";
 import { relatedSites } from "../catalog/index.js";
@@ -178,6 +178,9 @@ export class WebServer {
       if (isWalName(name) && obtype !== "timeline") return { kind: "file", site, filetype: "xlog", name };
       if (isHistoryName(name) && obtype !== "xlog") return { kind: "file", site, filetype: "timeline", name };
       if (obtype === "archive" && name === "basebackup") return { kind: "basebackup", site };
+      // PostgreSQL archives the old timeline's last segment as `<SEG>.partial` when it promotes;
+      // refusing it (as upstream does) stalls archive_command for good. Archived only, never served.
+      if (obtype === "archive" && isPartialName(name)) return { kind: "file", site, filetype: "xlog", name };
       if (obtype === "archive") throw new HttpResponse(400, `Unrecognized file ${pyRepr(name)} for archiving`);
       throw new HttpResponse(400, `Invalid ${obtype} name ${pyRepr(name)}`);
     }
@@ -215,6 +218,7 @@ export class WebServer {
       case "file": {
         const { site, filetype, name } = parsed as Required<ParsedRequest> & { filetype: FileType };
         if (method === "PUT") return this.archiver.handle(site, filetype, name);
+        if (isPartialName(name)) throw new HttpResponse(400, `${pyRepr(name)} is only accepted for archiving`);
         if (req.headers["x-pghoard-target-path"] !== undefined && method === "HEAD") {
           throw new HttpResponse(400, "x-pghoard-target-path header is only valid for downloads");
         }

@@ -6,9 +6,11 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { copyFile, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { promisify } from "node:util";
 import { findFreePort, startCluster, type PgCluster } from "../helpers/pgcluster.js";
 import {
   DaemonProcess,
@@ -25,6 +27,7 @@ import {
   type DaemonEnv,
 } from "./helpers.js";
 
+const execFileAsync = promisify(execFile);
 const SITE = "archtest";
 const KEY_ID = "archtest-key";
 
@@ -88,6 +91,40 @@ describe("archive_command through the daemon", () => {
       assert.equal(metadata.hash, createHash("sha1").update(original).digest("hex"));
       assert.equal(metadata["encryption-key-id"], KEY_ID);
       assert.equal(metadata["Content-Length"], String(storedBytes.length));
+    }
+  });
+
+  it("archives the <SEG>.partial PostgreSQL offers at promotion under its own name, without a hash", async () => {
+    // What PostgreSQL leaves in pg_wal when it promotes: the old timeline's last segment, renamed.
+    const [segment] = (await doneSegments(cluster)).filter((n) => /^[0-9A-F]{24}$/.test(n));
+    const original = await readFile(path.join(cluster.dataDir, "pg_wal", segment));
+    const partial = `${segment}.partial`;
+    await copyFile(path.join(cluster.dataDir, "pg_wal", segment), path.join(cluster.dataDir, "pg_wal", partial));
+    try {
+      const result = await execFileAsync(process.execPath, [
+        postgresCommandBin,
+        "--mode",
+        "archive",
+        "--port",
+        String(env.port),
+        "--site",
+        SITE,
+        "--xlog",
+        partial,
+      ]);
+      assert.equal(result.stdout, "");
+      const { data, metadata } = await decodeStoredObject(env.storageDir, `${SITE}/xlog/${partial}`, {
+        [KEY_ID]: keys.privatePem,
+      });
+      assert.ok(data.equals(original));
+      assert.equal(metadata.hash, undefined);
+      // Never served back: recovery only ever asks for segment and history names.
+      const get = await httpRequest(env.port, "GET", `/${SITE}/archive/${partial}`, {
+        "x-pghoard-target-path": path.join(cluster.dataDir, "pg_wal", "RECOVERYXLOG"),
+      });
+      assert.equal(get.status, 400);
+    } finally {
+      await rm(path.join(cluster.dataDir, "pg_wal", partial), { force: true });
     }
   });
 

@@ -64,7 +64,14 @@ describe("webserver", () => {
         "Site: 'nosuchsite' not found for path ['nosuchsite', 'archive', '000000010000000000000011']",
       ],
       ["PUT", `/${SITE}/archive/foo`, 400, "Unrecognized file 'foo' for archiving"],
-      ["PUT", `/${SITE}/archive/${SEG1}.partial`, 400],
+      // A promotion's `<SEG>.partial` is archived (404 here: there is no such file in pg_wal) but never served.
+      ["PUT", `/${SITE}/archive/${SEG1}.partial`, 404],
+      [
+        "GET",
+        `/${SITE}/archive/${SEG1}.partial`,
+        400,
+        "'000000010000000000000011.partial' is only accepted for archiving",
+      ],
       ["PUT", `/${SITE}/xlog/${SEG1}.partial`, 400],
       ["PUT", `/${SITE}/xlog/..`, 400],
       ["PUT", `/${SITE}/xlog/../../etc/passwd`, 400],
