@@ -66,20 +66,21 @@ export async function startScenario(opts: {
     },
     { http_port: port, log_level: "INFO", ...opts.configExtra },
   );
-  const daemon = await DaemonProcess.start(env);
-  return {
+  const scenario: Scenario = {
     site: opts.site,
     cluster,
     env,
-    daemon,
+    daemon: await DaemonProcess.start(env),
     keys,
     keyId,
     tablespaceDir,
     async cleanup() {
-      await daemon.stop().catch(() => undefined);
+      // The daemon of now: tests restart it with other settings and replace `daemon`.
+      await scenario.daemon.stop().catch(() => undefined);
       await cluster.destroy().catch(() => undefined);
     },
   };
+  return scenario;
 }
 
 export interface StoredEntry {
