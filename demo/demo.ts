@@ -7,14 +7,15 @@
  *  3. some data, then a basebackup requested over the daemon's HTTP API (PUT /<site>/basebackup)
  *  4. more data, a named restore point, and changes after it that must NOT come back
  *  5. pghoard_restore get-basebackup into a new directory, recovery target = the restore point
- *  6. PostgreSQL started on it, WAL served by a recovery-only pghoard daemon; the data is checked
+ *  6. PostgreSQL started on it, WAL fetched from the object store by the restore_command that
+ *     get-basebackup wrote (no second daemon); the data is checked
  *
  * Everything lives in one temp directory, removed at the end (`--keep` leaves it, and the
  * clusters stopped, for inspection). Needs PostgreSQL 15 binaries (/usr/lib/postgresql/15/bin
  * or PG_BIN_DIR); as root, PostgreSQL runs as the `postgres` OS user.
  */
 import { execFile } from "node:child_process";
-import { readFile, rm, writeFile } from "node:fs/promises";
+import { rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 
@@ -80,7 +81,6 @@ async function main(): Promise<void> {
   let source: PgCluster | undefined;
   let restored: PgCluster | undefined;
   let daemon: DaemonProcess | undefined;
-  let restoreDaemon: DaemonProcess | undefined;
   const t0 = Date.now();
   console.log(`pghoard for Node.js demo — working directory ${work}`);
   try {
@@ -181,20 +181,8 @@ async function main(): Promise<void> {
       ),
     );
 
-    // The restored server gets WAL from a recovery-only daemon whose site points at the new
-    // directory (the daemon writes WAL only into its site's pg_data_directory).
-    const restorePort = await findFreePort();
-    const restoreConfigPath = path.join(work, "pghoard-restore.json");
-    const restoreConfig = JSON.parse(await readFile(configPath, "utf8")) as Record<string, unknown> & {
-      backup_sites: Record<string, Record<string, unknown>>;
-    };
-    restoreConfig.http_port = restorePort;
-    restoreConfig.json_state_file_path = path.join(work, "pghoard_restore_state.json");
-    restoreConfig.backup_location = path.join(work, "spool-restore");
-    restoreConfig.backup_sites[SITE].pg_data_directory = restoredDir;
-    restoreConfig.backup_sites[SITE].active = false;
-    await writeFile(restoreConfigPath, JSON.stringify(restoreConfig, null, 4));
-
+    // The restored server fetches its WAL straight from the object store (the default direct
+    // restore_command): no second daemon; the production daemon keeps running for the live cluster.
     const restoreOutput = await step(
       "Restore: pghoard_restore get-basebackup --recovery-target-name before-mistake",
       () =>
@@ -202,7 +190,7 @@ async function main(): Promise<void> {
           bin("pghoard_restore"),
           "get-basebackup",
           "--config",
-          restoreConfigPath,
+          configPath,
           "--target-dir",
           restoredDir,
           "--recovery-target-name",
@@ -210,10 +198,6 @@ async function main(): Promise<void> {
           "--recovery-target-action",
           "promote",
           "--restore-to-primary",
-          "--restore-command-mode",
-          "daemon",
-          "--pghoard-postgres-command-bin",
-          `${process.execPath} ${bin("pghoard_postgres_command")}`,
         ]),
     );
     console.log(
@@ -225,10 +209,9 @@ async function main(): Promise<void> {
       ),
     );
 
-    restored = await step("Start PostgreSQL on the restored directory; WAL comes from pghoard", async () => {
-      restoreDaemon = await DaemonProcess.start(daemonEnv(work, restoreConfigPath, restorePort), {
-        logName: "pghoard-restore.log",
-      });
+    restored = await step("Start PostgreSQL on the restored directory; WAL comes from the object store", async () => {
+      // restore_command runs as PostgreSQL's user, which must read the config (as the daemon's user does).
+      await chownToPostgres(configPath);
       await chownToPostgres(restoredDir);
       const cluster = await startCluster({ dataDir: restoredDir, settings: { archive_mode: "off" } });
       await cluster.waitForRecoveryEnd(300_000);
@@ -249,7 +232,7 @@ async function main(): Promise<void> {
     console.log("\nWhere things are:");
     console.log(`  config            ${configPath}`);
     console.log(`  object store      ${storeDir}/${SITE}/{basebackup,basebackup_chunk,xlog,timeline}`);
-    console.log(`  daemon logs       ${path.join(work, "pghoard.log")}, ${path.join(work, "pghoard-restore.log")}`);
+    console.log(`  daemon log        ${path.join(work, "pghoard.log")}`);
     console.log(`  restored PGDATA   ${restoredDir} (recovery settings appended to postgresql.auto.conf)`);
     console.log("\nTimings:");
     for (const [title, seconds] of timings) console.log(`  ${seconds.toFixed(1).padStart(6)} s  ${title}`);
@@ -257,7 +240,6 @@ async function main(): Promise<void> {
     if (!ok) process.exitCode = 1;
   } finally {
     await restored?.stop().catch(() => undefined);
-    await restoreDaemon?.stop().catch(() => undefined);
     await daemon?.stop().catch(() => undefined);
     await source?.stop().catch(() => undefined);
     if (keep) {
