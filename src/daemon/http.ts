@@ -20,7 +20,7 @@ export class HttpResponse extends Error {
   }
 }
 
-/** Seconds on a monotonic clock. */
+/** Seconds on a monotonic clock (upstream stores time.monotonic() values in the state file). */
 export function nowSeconds(): number {
   return Number(process.hrtime.bigint()) / 1e9;
 }

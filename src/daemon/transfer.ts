@@ -13,6 +13,7 @@ import { objectKey } from "../catalog/index.js";
 import { downloadObjectTo, siteDecoder } from "../restore/wal_file.js";
 import { createAlertFile, removeAlertFile } from "./alerts.js";
 import type { DaemonContext } from "./context.js";
+import { nowSeconds } from "./http.js";
 import type { SpoolMetadata } from "./spool.js";
 import type { ObjectFileType, TransferOp, TransferResult, UploadOp } from "./types.js";
 
@@ -36,11 +37,6 @@ const FILE_TYPES: ObjectFileType[] = [
   "timeline",
   "xlog",
 ];
-
-/** Seconds on a monotonic clock (upstream stores time.monotonic() values). */
-export function monotonicSeconds(): number {
-  return Number(process.hrtime.bigint()) / 1e9;
-}
 
 /** Store-side metadata: values as strings, null/undefined dropped, Content-Length added (storage-layout.md §4.1). */
 export function storeMetadata(metadata: SpoolMetadata, storedSize: number): Metadata {
@@ -141,7 +137,7 @@ export class TransferAgents {
   }
 
   private async handle(op: TransferOp): Promise<void> {
-    const start = monotonicSeconds();
+    const start = nowSeconds();
     const prefix = this.ctx.site(op.site).prefix;
     let result: TransferResult;
     let size = 0;
@@ -201,10 +197,10 @@ export class TransferAgents {
         this.ctx.metrics.gauge("pghoard.xlogs_since_basebackup", xlogEntry.xlogs_since_basebackup, { site: op.site });
         if (op.filetype === "xlog") this.ctx.metrics.siteHealth.walUploaded(op.site, path.basename(name));
       }
-      entry.last_success = monotonicSeconds();
+      entry.last_success = nowSeconds();
       entry.count += 1;
       entry.data += size;
-      entry.time_taken += monotonicSeconds() - start;
+      entry.time_taken += nowSeconds() - start;
       entry.latest_filename = path.basename(name);
       this.ctx.metrics.gauge("pghoard.total_upload_size", entry.data, { type: op.filetype, site: op.site });
     } else {
@@ -218,7 +214,7 @@ export class TransferAgents {
       });
     }
     op.callback?.resolve(result);
-    const took = (monotonicSeconds() - start).toFixed(3);
+    const took = (nowSeconds() - start).toFixed(3);
     const line = `${op.type} ${result.success ? "" : "FAILED "}transfer of key: ${key}, size: ${size}, took ${took}s`;
     if (result.success || result.notFound) this.log.info(line);
     else this.log.warn(line);
