@@ -40,6 +40,8 @@ export async function startScenario(opts: {
   siteExtra: Record<string, unknown>;
   configExtra?: Record<string, unknown>;
   tablespace?: boolean;
+  /** Server binaries of another PostgreSQL version (test/versions/). */
+  binDir?: string;
 }): Promise<Scenario> {
   const port = await findFreePort();
   const keys = makeKeyPair();
@@ -47,6 +49,7 @@ export async function startScenario(opts: {
   const cluster = await startCluster({
     archiveCommand: `${process.execPath} ${postgresCommandBin} --mode archive --port ${port} --site ${opts.site} --xlog %f`,
     settings: { checkpoint_timeout: "30s" },
+    binDir: opts.binDir,
   });
   let tablespaceDir: string | undefined;
   if (opts.tablespace) {
@@ -217,7 +220,12 @@ export async function restoreAndRecover(
   if (tsTarget) await chownToPostgres(tsTarget);
   await writeFile(path.join(dataDir, "recovery.signal"), "");
   const daemon = await DaemonProcess.start(renv);
-  const cluster = await startCluster({ dataDir, noStart: true, settings: { archive_mode: "off" } });
+  const cluster = await startCluster({
+    dataDir,
+    noStart: true,
+    settings: { archive_mode: "off" },
+    binDir: s.cluster.binDir,
+  });
   try {
     await cluster.start();
     await cluster.waitForRecoveryEnd(180_000);

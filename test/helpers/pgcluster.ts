@@ -46,6 +46,11 @@ export interface PgClusterOptions {
   initdbArgs?: string[];
   /** Do not start the server yet (call `start()`). */
   noStart?: boolean;
+  /**
+   * Server binaries (initdb, pg_ctl, postgres) of another version (default `PG_BIN_DIR` or
+   * Debian's 15); client programs missing there (pgbench, pg_basebackup) come from the default.
+   */
+  binDir?: string;
 }
 
 export interface ExecOptions {
@@ -233,7 +238,9 @@ class ClusterImpl implements PgCluster {
   }
 
   private binary(bin: string): string {
-    return path.isAbsolute(bin) ? bin : path.join(this.binDir, bin);
+    if (path.isAbsolute(bin)) return bin;
+    const own = path.join(this.binDir, bin);
+    return existsSync(own) ? own : path.join(defaultPgBinDir, bin);
   }
 
   async exec(bin: string, args: string[], opts: ExecOptions = {}): Promise<{ stdout: string; stderr: string }> {
@@ -353,12 +360,13 @@ async function runInitdb(cluster: ClusterImpl, extraArgs: string[]): Promise<voi
   }
 }
 
-function configBlock(options: PgClusterOptions): string {
+function configBlock(options: PgClusterOptions, major: number): string {
   const settings: Record<string, string> = {
     wal_level: "replica",
     max_wal_senders: "10",
     max_replication_slots: "10",
-    wal_keep_size: "256MB",
+    // wal_keep_size replaced wal_keep_segments in 13
+    ...(major >= 13 ? { wal_keep_size: "256MB" } : { wal_keep_segments: "16" }),
     archive_mode: options.archiveCommand ? "on" : "off",
     fsync: "off",
     shared_buffers: "32MB",
@@ -386,7 +394,7 @@ function hbaContents(extra: string[] = []): string {
 export async function startCluster(options: PgClusterOptions = {}): Promise<PgCluster> {
   const baseDir = await makeTempDir("pghoard-pgcluster-");
   const dataDir = options.dataDir ?? path.join(baseDir, "data");
-  const cluster = new ClusterImpl(baseDir, dataDir, defaultPgBinDir, options.logToFile ?? true);
+  const cluster = new ClusterImpl(baseDir, dataDir, options.binDir ?? defaultPgBinDir, options.logToFile ?? true);
   try {
     await mkdir(cluster.socketDir, { mode: 0o700 });
     await chownToPostgres(baseDir);
@@ -397,7 +405,8 @@ export async function startCluster(options: PgClusterOptions = {}): Promise<PgCl
       await chownToPostgres(dataDir);
       await chmod(dataDir, 0o700);
     }
-    await appendFile(path.join(dataDir, "postgresql.conf"), configBlock(options));
+    const major = Number.parseInt(await readFile(path.join(dataDir, "PG_VERSION"), "utf8"), 10);
+    await appendFile(path.join(dataDir, "postgresql.conf"), configBlock(options, major));
     await writeFile(path.join(dataDir, "pg_hba.conf"), hbaContents(options.hba));
     await chownToPostgres(path.join(dataDir, "pg_hba.conf"));
     await chownToPostgres(path.join(dataDir, "postgresql.conf"));
