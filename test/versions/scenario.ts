@@ -14,6 +14,7 @@
  */
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, describe, it } from "node:test";
@@ -28,8 +29,8 @@ import {
   type StoredEntry,
 } from "../basebackup/helpers.js";
 import { runBin } from "../commands/archive_fixtures.js";
-import type { DaemonProcess } from "../daemon/helpers.js";
-import type { PgCluster } from "../helpers/pgcluster.js";
+import { decodeStoredObject, type DaemonProcess } from "../daemon/helpers.js";
+import { defaultPgBinDir, type PgCluster } from "../helpers/pgcluster.js";
 import {
   assertArchiveComplete,
   makeStreamingEnv,
@@ -45,8 +46,9 @@ export const pgCacheDir =
   process.env.PGHOARD_PG_CACHE ??
   (process.getuid?.() === 0 ? "/var/cache/pghoard-test-pg" : path.join(os.homedir(), ".cache", "pghoard-test-pg"));
 
-/** Major of the only client programs (pg_basebackup, pg_receivewal) installed here. */
+/** The only client programs (pg_basebackup, pg_receivewal) installed here: Debian's 15. */
 const CLIENT_MAJOR = 15;
+const clientBinDir = defaultPgBinDir;
 
 const clientSkip = (program: string, major: number): string =>
   `needs ${program} ${major}: pghoard runs only the server's own major of it (as upstream) and only PostgreSQL ${CLIENT_MAJOR}'s client programs are installed`;
@@ -130,6 +132,11 @@ export function versionMatrix(major: number): void {
         restored.push(r);
         assert.deepEqual((await r.cluster.query(SNAPSHOT_SQL))[0], expected);
         assert.match(await r.cluster.logContents(), /recovery stopping at restore point "rp1"/);
+        // pghoard_restore writes promote_trigger_file for 12-15; 16 removed it (the server would refuse it).
+        const [{ trigger }] = await r.cluster.query<{ trigger: string | null }>(
+          "SELECT (SELECT setting FROM pg_settings WHERE name = 'promote_trigger_file') AS trigger",
+        );
+        assert.equal(trigger, major < 16 ? "trigger_file" : null);
       });
     }
 
@@ -160,6 +167,38 @@ export function versionMatrix(major: number): void {
       await waitForStored(env, site, last, streamer);
       const names = await assertArchiveComplete(env, site, source);
       assert.ok(names.includes(first) && names.includes(last), names.join(" "));
+      // TIMELINE_HISTORY answers bytea before 14, text after: either way the stored file is the server's.
+      const { data } = await decodeStoredObject(env.storageDir, `${site}/timeline/00000002.history`, {});
+      assert.deepEqual(data, await readFile(path.join(source.dataDir, "pg_wal", "00000002.history")));
+    });
+
+    it(`pg_receivexlog mode refuses pg_receivewal ${CLIENT_MAJOR} with version_mismatch_error`, async () => {
+      assert.ok(s);
+      const site = `pg${major}-rx`;
+      const env = await makeStreamingEnv(
+        s.cluster,
+        site,
+        "pg_receivexlog",
+        {},
+        {
+          pg_receivexlog_path: path.join(clientBinDir, "pg_receivewal"),
+        },
+      );
+      const daemon = await startDaemon(env);
+      try {
+        await waitFor(
+          "version_mismatch_error alert",
+          async () => existsSync(path.join(env.alertDir, "version_mismatch_error")),
+          30_000,
+          () => daemon.logs().slice(-3000),
+        );
+        assert.match(
+          daemon.logs(),
+          new RegExp(`pg_receivewal version ${CLIENT_MAJOR}\\d+ .* does not match the server version ${major}\\d+`),
+        );
+      } finally {
+        await daemon.stop();
+      }
     });
 
     // Reported as skipped cells, so the matrix shows them with the reason.
