@@ -14,7 +14,7 @@
  */
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, describe, it } from "node:test";
@@ -66,13 +66,18 @@ export function versionMatrix(major: number): void {
     let localTar: StoredEntry | undefined;
     let delta: StoredEntry | undefined;
     let expected: Record<string, unknown> | undefined;
+    // Stores, spools and restored data directories: about 200 MB a version, removed after.
+    const dirs: string[] = [];
     after(async () => {
       await streamer?.stop().catch(() => undefined);
       for (const r of restored) {
         await r.cluster.destroy().catch(() => undefined);
         await r.daemon.stop().catch(() => undefined);
+        dirs.push(path.dirname(r.cluster.dataDir), path.dirname(r.daemon.logPath));
       }
       await s?.cleanup();
+      if (s) dirs.push(s.env.dir);
+      for (const dir of dirs) await rm(dir, { recursive: true, force: true });
     });
 
     it("archive_command archiving and a local-tar basebackup", async () => {
@@ -145,6 +150,7 @@ export function versionMatrix(major: number): void {
       assert.ok(source);
       const site = `pg${major}-wr`;
       const env = await makeStreamingEnv(source, site, "walreceiver");
+      dirs.push(env.dir);
       streamer = await startDaemon(env);
       await waitFor(
         "slot creation",
@@ -184,6 +190,7 @@ export function versionMatrix(major: number): void {
           pg_receivexlog_path: path.join(clientBinDir, "pg_receivewal"),
         },
       );
+      dirs.push(env.dir);
       const daemon = await startDaemon(env);
       try {
         await waitFor(
