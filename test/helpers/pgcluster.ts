@@ -360,13 +360,14 @@ async function runInitdb(cluster: ClusterImpl, extraArgs: string[]): Promise<voi
   }
 }
 
+/** `major`: of the data directory's PG_VERSION (NaN when unreadable: today's settings). */
 function configBlock(options: PgClusterOptions, major: number): string {
   const settings: Record<string, string> = {
     wal_level: "replica",
     max_wal_senders: "10",
     max_replication_slots: "10",
     // wal_keep_size replaced wal_keep_segments in 13
-    ...(major >= 13 ? { wal_keep_size: "256MB" } : { wal_keep_segments: "16" }),
+    ...(major < 13 ? { wal_keep_segments: "16" } : { wal_keep_size: "256MB" }),
     archive_mode: options.archiveCommand ? "on" : "off",
     fsync: "off",
     shared_buffers: "32MB",
@@ -405,7 +406,7 @@ export async function startCluster(options: PgClusterOptions = {}): Promise<PgCl
       await chownToPostgres(dataDir);
       await chmod(dataDir, 0o700);
     }
-    const major = Number.parseInt(await readFile(path.join(dataDir, "PG_VERSION"), "utf8"), 10);
+    const major = Number.parseInt(await readFile(path.join(dataDir, "PG_VERSION"), "utf8").catch(() => ""), 10);
     await appendFile(path.join(dataDir, "postgresql.conf"), configBlock(options, major));
     await writeFile(path.join(dataDir, "pg_hba.conf"), hbaContents(options.hba));
     await chownToPostgres(path.join(dataDir, "pg_hba.conf"));
