@@ -354,7 +354,7 @@ export const topLevelSection: SectionSpec = {
       types: ["string"],
       default: { value: "pghoard_gnutaremu" },
       description:
-        "Command `pghoard_restore` extracts tar streams with (GNU tar options); `pghoard_gnutaremu` is the bundled emulator.",
+        "Accepted for compatibility and not used: `pghoard_restore` extracts tar streams in-process with its own checked tar reader (upstream runs this command, default its `pghoard_gnutaremu` emulator; see Differences from upstream).",
     },
     {
       key: "hash_algorithm",
@@ -747,6 +747,48 @@ const proxyInfo: KeySpec = {
   description: 'Proxy: `{"type": "socks5"|"http", "host", "port", "user"?, "pass"?}`.',
 };
 
+const storageStatsdSection: SectionSpec = {
+  id: "statsd_info",
+  title: "statsd_info",
+  path: "backup_sites.<site>.object_storage.statsd_info",
+  pydanticCoercion: true,
+  keys: [
+    { key: "host", types: ["string"], default: { value: "127.0.0.1" }, description: "statsd host." },
+    { key: "port", types: ["integer"], min: 1, max: 65535, default: { value: 8125 }, description: "statsd UDP port." },
+    {
+      key: "message_format",
+      types: ["string"],
+      allowed: ["telegraf", "datadog"],
+      default: { value: "telegraf" },
+      description: "Tag syntax: telegraf `name,k=v:1|c` or datadog `name:1|c|#k:v`.",
+    },
+    { key: "tags", types: ["object"], default: { value: {} }, description: "Tags added to every metric." },
+    {
+      key: "operation_map",
+      types: ["object"],
+      default: { value: {} },
+      description: "Renames `operation` tag values (e.g. `store_file`, `get_file`, `delete_key`).",
+    },
+  ],
+};
+
+const notifierSection: SectionSpec = {
+  id: "notifier",
+  title: "notifier",
+  path: "backup_sites.<site>.object_storage.notifier",
+  pydanticCoercion: true,
+  keys: [
+    {
+      key: "notifier_type",
+      types: ["string"],
+      allowed: ["http"],
+      required: "yes",
+      description: "Only `http` (rohmu's `BackgroundHTTPNotifier`).",
+    },
+    { key: "url", types: ["string"], required: "yes", description: "Where each event is POSTed as JSON." },
+  ],
+};
+
 export const storageCommonSection: SectionSpec = {
   id: "object_storage",
   title: "object_storage (all types)",
@@ -765,12 +807,16 @@ export const storageCommonSection: SectionSpec = {
     {
       key: "statsd_info",
       types: ["object"],
-      description: "Driver-level statsd (`host`, `port`, `message_format`, `tags`, `operation_map`).",
+      section: storageStatsdSection,
+      description:
+        "Driver-level statsd: counters `rohmu_operation_count` and `rohmu_operation_size` (tag `operation`) over UDP.",
     },
     {
       key: "notifier",
       types: ["object"],
-      description: '`{"notifier_type": "http", "url": "..."}`: POST a JSON event per object created/deleted/copied.',
+      section: notifierSection,
+      description:
+        '`{"notifier_type": "http", "url": "..."}`: POST a JSON event per object created, copied or deleted (in the background, retried, dropped with a warning after 5 retries).',
     },
   ],
 };

@@ -4,6 +4,7 @@
  * upload leaves nothing under the key), metadata names with `-` stored as `_` and every `_` read
  * back as `-` (Azure metadata names must be C# identifiers).
  */
+import type { Agent as HttpAgent } from "node:http";
 import os from "node:os";
 import type { Readable } from "node:stream";
 import {
@@ -19,7 +20,7 @@ import {
 import { ErrorFactory, statusOf } from "./errors.js";
 import { byName, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
 import type { ListOptions, Metadata, StoredObject } from "./types.js";
-import type { ProxyInfo } from "./s3.js";
+import { createProxyAgents, type ProxyInfo } from "./proxy.js";
 
 export interface AzureConfig {
   storage_type?: "azure";
@@ -215,6 +216,35 @@ export class AzureBackend extends RemoteBackend {
   }
 }
 
+/**
+ * The SDK's own `proxyOptions` speak only HTTP CONNECT; socks5 needs our agent on every request.
+ * Its node HTTP client uses `request.agent` when set, so this client sets it and sends through it.
+ */
+async function agentHttpClient(agent: HttpAgent): Promise<NonNullable<StoragePipelineOptions["httpClient"]>> {
+  const { createDefaultHttpClient, createHttpHeaders, createPipelineRequest } =
+    await import("@azure/core-rest-pipeline");
+  const { toCompatResponse } = await import("@azure/core-http-compat");
+  const client = createDefaultHttpClient();
+  return {
+    async sendRequest(web) {
+      const request = createPipelineRequest({
+        url: web.url,
+        method: web.method,
+        headers: createHttpHeaders(web.headers.toJson({ preserveCase: true })),
+        body: web.body,
+        abortSignal: web.abortSignal,
+        timeout: web.timeout,
+        requestId: web.requestId,
+        onUploadProgress: web.onUploadProgress,
+        onDownloadProgress: web.onDownloadProgress,
+        streamResponseStatusCodes: web.streamResponseStatusCodes,
+        agent,
+      });
+      return toCompatResponse(await client.sendRequest(request));
+    },
+  };
+}
+
 export async function createBackend(config: AzureConfig): Promise<AzureBackend> {
   const errors = new ErrorFactory("azure", [config.account_key, config.sas_token, config.proxy_info?.pass]);
   if (!config.account_name) throw errors.error("object_storage.account_name is required");
@@ -235,15 +265,8 @@ export async function createBackend(config: AzureConfig): Promise<AzureBackend> 
     retryOptions: { maxTries: 6, retryDelayInMs: 500, maxRetryDelayInMs: 10_000 },
   };
   if (config.proxy_info) {
-    if (config.proxy_info.type && config.proxy_info.type !== "http") {
-      throw errors.error(`proxy_info type ${config.proxy_info.type} is not supported for azure (only http)`);
-    }
-    options.proxyOptions = {
-      host: `http://${config.proxy_info.host}`,
-      port: Number(config.proxy_info.port),
-      username: config.proxy_info.user,
-      password: config.proxy_info.pass,
-    };
+    const agents = await createProxyAgents(config.proxy_info);
+    options.httpClient = await agentHttpClient(scheme === "https" ? agents.https : agents.http);
   }
   let service: BlobServiceClient;
   if (config.account_key) {

@@ -18,7 +18,7 @@ import { OAuth2Client } from "google-auth-library";
 import { ErrorFactory, statusOf } from "./errors.js";
 import { byName, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
 import type { ListOptions, Metadata, StoredObject } from "./types.js";
-import type { ProxyInfo } from "./s3.js";
+import { createProxyAgents, proxyUrl, type ProxyInfo } from "./proxy.js";
 
 export interface GoogleConfig {
   storage_type?: "google";
@@ -205,6 +205,8 @@ export class GoogleBackend extends RemoteBackend {
   }
 }
 
+type InterceptedOptions = ReturnType<Storage["interceptors"][number]["request"]>;
+
 export async function createBackend(config: GoogleConfig): Promise<GoogleBackend> {
   const credentials = config.credentials ?? undefined;
   const errors = new ErrorFactory("google", [
@@ -240,8 +242,20 @@ export async function createBackend(config: GoogleConfig): Promise<GoogleBackend
       throw errors.error(`unsupported credentials type ${String(type)}`);
     }
   }
+  const storage = new Storage(options);
   if (config.proxy_info) {
-    throw errors.error("proxy_info is not supported for google yet");
+    if (config.proxy_info.type !== undefined && config.proxy_info.type !== "http") {
+      // The JSON API requests go through teeny-request, which takes only an HTTP proxy URL and
+      // ignores any agent given to it; see README "Differences from upstream pghoard".
+      throw errors.error(`proxy_info type ${config.proxy_info.type} is not supported for google (only http)`);
+    }
+    const url = proxyUrl(config.proxy_info);
+    const agent = (await createProxyAgents(config.proxy_info)).https;
+    // teeny-request (JSON API calls, downloads) honours `proxy`; gaxios (resumable uploads) `agent`.
+    storage.interceptors.push({
+      // The interceptor type says teeny-request options in and DecorateRequestOptions out; it is the same object.
+      request: (reqOpts) => Object.assign(reqOpts, { proxy: url, agent }) as unknown as InterceptedOptions,
+    });
   }
-  return new GoogleBackend(config, errors, new Storage(options)).init();
+  return new GoogleBackend(config, errors, storage).init();
 }

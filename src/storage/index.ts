@@ -48,5 +48,13 @@ export async function createStorage(config: ObjectStorageConfig): Promise<Storag
   if (typeof module.createBackend !== "function") {
     throw new StorageError(`storage type '${type}' is not available in this build`);
   }
-  return await module.createBackend(config);
+  const backend = await module.createBackend(config);
+  if (config.statsd_info == null && config.notifier == null) return backend;
+  const { observeStorage } = await import("./observed.js");
+  try {
+    return observeStorage(backend, config);
+  } catch (err) {
+    await backend.close().catch(() => undefined);
+    throw err;
+  }
 }

@@ -30,16 +30,11 @@ import {
 } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import { ErrorFactory, isNotFound, statusOf } from "./errors.js";
+import { createProxyAgents, type ProxyInfo } from "./proxy.js";
 import { byName, KeyMapper, mapLimit, RemoteBackend, sanitizeMetadata } from "./shared.js";
 import type { ListOptions, Metadata, StoredObject } from "./types.js";
 
-export interface ProxyInfo {
-  type?: "http" | "socks5" | "socks5h";
-  host: string;
-  port: number;
-  user?: string;
-  pass?: string;
-}
+export type { ProxyInfo } from "./proxy.js";
 
 export interface S3Config {
   storage_type?: "s3";
@@ -317,13 +312,12 @@ export class S3Backend extends RemoteBackend {
   }
 }
 
-function proxyUrl(proxy: ProxyInfo): string {
-  const auth = proxy.user && proxy.pass ? `${encodeURIComponent(proxy.user)}:${encodeURIComponent(proxy.pass)}@` : "";
-  return `http://${auth}${proxy.host}:${proxy.port}`;
-}
-
 export async function createBackend(config: S3Config): Promise<S3Backend> {
-  const errors = new ErrorFactory("s3", [config.aws_secret_access_key, config.aws_session_token]);
+  const errors = new ErrorFactory("s3", [
+    config.aws_secret_access_key,
+    config.aws_session_token,
+    config.proxy_info?.pass,
+  ]);
   if (!config.bucket_name) throw errors.error("object_storage.bucket_name is required");
   if (config.region === undefined || config.region === null) throw errors.error("object_storage.region is required");
   if (config.cert_path && !config.is_verify_tls)
@@ -367,15 +361,15 @@ export async function createBackend(config: S3Config): Promise<S3Backend> {
     if (config.region && config.region !== "us-east-1") location = config.region;
   }
   let httpsAgent: HttpsAgent = new HttpsAgent(agentOptions);
+  let httpAgent = new HttpAgent({ keepAlive: true, maxSockets: 50 });
   if (config.proxy_info) {
-    if (config.proxy_info.type && config.proxy_info.type !== "http") {
-      throw errors.error(`proxy_info type ${config.proxy_info.type} is not supported for s3 (only http)`);
-    }
-    const { HttpsProxyAgent } = await import("https-proxy-agent");
-    httpsAgent = new HttpsProxyAgent(proxyUrl(config.proxy_info), agentOptions) as unknown as HttpsAgent;
+    // Both schemes: a custom endpoint is often plain http (is_secure false).
+    const agents = await createProxyAgents(config.proxy_info, agentOptions);
+    httpsAgent = agents.https;
+    httpAgent = agents.http;
   }
   clientConfig.requestHandler = {
-    httpAgent: new HttpAgent({ keepAlive: true, maxSockets: 50 }),
+    httpAgent,
     httpsAgent,
     ...(config.connect_timeout ? { connectionTimeout: config.connect_timeout * 1000 } : {}),
     ...(config.read_timeout ? { requestTimeout: config.read_timeout * 1000 } : {}),
