@@ -4,17 +4,20 @@
  * retention (never while a backup runs), decides whether to start a new backup and starts it in
  * the background. Uploads go through the daemon's transfer agents (retries, statistics).
  */
-import pg from "pg";
 import type { Logger } from "pino";
 import type { DaemonPlugin } from "../common/plugin.js";
-import { nodeConnectionInfo } from "../config/connection.js";
+import { replicationConnectionInfo } from "../config/connection.js";
+import { findPgBinary, pgMajorFromNumber } from "../config/pgbinary.js";
 import type { PghoardConfig, SiteConfig } from "../config/types.js";
-import type { Metrics } from "../monitoring/index.js";
+import { ExceptionWhere, MetricNames, type Metrics } from "../monitoring/index.js";
 import type { StorageBackend } from "../storage/types.js";
-import { runBasebackup } from "./index.js";
+import { connectionFailureAlert, ReplicationConnection, ReplicationError } from "../wal/replication.js";
+import { ConfigError } from "../config/errors.js";
+import { BackupFailure, runBasebackup } from "./index.js";
 import type { ProgressState } from "./progress.js";
 import type { BasebackupInfo } from "../catalog/index.js";
 import { removeInterruptedBackupLeftovers } from "./leftovers.js";
+import { PersistedProgress, PROGRESS_FILE, type ProgressKey } from "./persisted_progress.js";
 import { basebackupStateEntry, refreshAndApplyRetention, type RetentionSite } from "./retention.js";
 import { decideNewBackup, deltaBackoffAllows, recordBackupResult, type DeltaFailureInfo } from "./schedule.js";
 import type { BasebackupContext, BasebackupLogger, BasebackupUploader, UploadRequest } from "./types.js";
@@ -35,7 +38,9 @@ export interface BasebackupDaemonContext {
   upload(
     request: Omit<UploadRequest, "onProgress"> & { site: string; deleteAfterUpload: boolean },
   ): Promise<{ success: boolean; error?: unknown }>;
-  createAlert(name: "authentication_error" | "configuration_error" | "version_unsupported_error"): Promise<void>;
+  createAlert(
+    name: "authentication_error" | "configuration_error" | "version_unsupported_error" | "version_mismatch_error",
+  ): Promise<void>;
 }
 
 /** The parts of the daemon's per-site handle this plugin uses. */
@@ -49,8 +54,11 @@ export interface BasebackupSiteHandle {
 }
 
 interface RunningBackup {
-  /** When bytes done/uploaded last grew (pghoard.seconds_since_backup_progress_stalled). */
+  /** When bytes done/uploaded last grew (pghoard.seconds_since_backup_progress_stalled before any persisted progress). */
   lastProgressAt: number;
+  /** What the stall gauge measures: uploads, or (delta, before uploads start) the snapshot, tagged with its phase. */
+  stallKey: ProgressKey;
+  phaseTag?: string;
   promise: Promise<void>;
   done: boolean;
   success: boolean;
@@ -99,7 +107,11 @@ function loggerFor(ctx: BasebackupDaemonContext, site: string): BasebackupLogger
   };
 }
 
-/** operations.md §3.4: server version from site `pg_version`, else queried and cached. */
+/**
+ * operations.md §3.4: server version from site `pg_version`, else queried over a replication
+ * connection (as pg_basebackup connects: a replication-only pg_hba.conf must work) and cached.
+ * Null when the server cannot be reached (alert file raised) or the check failed unexpectedly.
+ */
 async function serverVersion(
   ctx: BasebackupDaemonContext,
   site: string,
@@ -107,38 +119,139 @@ async function serverVersion(
   node: SiteConfig["nodes"][number],
 ): Promise<number | null> {
   if (typeof siteConfig.pg_version === "number" && siteConfig.pg_version) return siteConfig.pg_version;
-  const info = nodeConnectionInfo(node);
-  const client = new pg.Client({
-    host: info.host ?? info.hostaddr,
-    port: info.port ? Number(info.port) : undefined,
-    user: info.user,
-    password: info.password,
-    database: info.dbname ?? "postgres",
-    application_name: "pghoard",
-  });
+  let conn: ReplicationConnection | undefined;
   try {
-    await client.connect();
-    const res = await client.query<{ server_version_num: string }>("SHOW server_version_num");
-    const version = Number(res.rows[0].server_version_num);
+    conn = await ReplicationConnection.connect({ connect_timeout: "10", ...replicationConnectionInfo(node) });
+    const version = conn.serverVersion;
     siteConfig.pg_version = version;
     return version;
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
-    ctx.log.warn(`${(err as Error).name} (${message}) connecting to DB of site ${site}`);
-    const alert = /password authentication|authentication failed/.test(message)
-      ? "authentication_error"
-      : "configuration_error";
-    await ctx.createAlert(alert).catch(() => undefined);
+    if (err instanceof ReplicationError) {
+      ctx.log.warn(`${err.name} (${message}) connecting to DB of site ${site}`);
+      await ctx.createAlert(connectionFailureAlert(message)).catch(() => undefined);
+    } else {
+      ctx.log.error({ err }, `Problem in getting PG server version of site ${site}`);
+      ctx.metrics.unexpectedException(err, ExceptionWhere.CHECK_PG_SERVER_VERSION);
+    }
     return null;
   } finally {
-    await client.end().catch(() => undefined);
+    await conn?.close().catch(() => undefined);
   }
+}
+
+/**
+ * operations.md §3.4: the pg_basebackup binary's major version must match the server's, else
+ * alert `version_mismatch_error` and no backup. Checked for the modes that run pg_basebackup and
+ * whenever `pg_basebackup_path` is set; returns the binary's path, null to skip the backup, or
+ * undefined when the mode does not need the binary.
+ */
+async function checkPgBasebackupVersion(
+  ctx: BasebackupDaemonContext,
+  site: string,
+  siteConfig: SiteConfig,
+  serverVersionNum: number,
+): Promise<string | null | undefined> {
+  const needed = siteConfig.basebackup_mode === "basic" || siteConfig.basebackup_mode === "pipe";
+  if (!needed && !siteConfig.pg_basebackup_path) return undefined;
+  let binary: { path: string; version: number };
+  try {
+    binary = await findPgBinary(siteConfig, "pg_basebackup", {
+      wantedMajor: pgMajorFromNumber(serverVersionNum),
+      siteName: site,
+    });
+  } catch (err) {
+    if (!needed) return undefined;
+    ctx.log.error(`${(err as Error).message}; created alert file configuration_error`);
+    await ctx.createAlert("configuration_error").catch(() => undefined);
+    return null;
+  }
+  if (Math.floor(binary.version / 100) !== Math.floor(serverVersionNum / 100)) {
+    ctx.log.error(
+      `Site ${site}: server version ${serverVersionNum} does not match pg_basebackup version ${binary.version} (${binary.path}); created alert file version_mismatch_error`,
+    );
+    await ctx.createAlert("version_mismatch_error").catch(() => undefined);
+    return null;
+  }
+  return binary.path;
 }
 
 export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlugin<BasebackupSiteHandle> {
   const sites = new Map<string, SiteRuntime>();
   /** Store temp files older than this cannot be from an upload of this process. */
   const startedAt = new Date();
+  let persisted: PersistedProgress | null = null;
+  let persistDirty = false;
+  let lastPersistWrite = 0;
+
+  async function progressStore(): Promise<PersistedProgress> {
+    persisted ??= await PersistedProgress.read(PersistedProgress.path(), (err) => {
+      ctx.log.warn(`Could not read ${PROGRESS_FILE}: ${err instanceof Error ? err.message : String(err)}`);
+      ctx.metrics.unexpectedException(err, ExceptionWhere.READ_PERSISTED_PROGRESS);
+    });
+    return persisted;
+  }
+
+  /** Writes the progress file when it changed, at most once a second unless forced. */
+  async function persistProgress(force: boolean): Promise<void> {
+    if (!persisted || !(persistDirty || force)) return;
+    if (!force && Date.now() - lastPersistWrite < 1000) return;
+    persistDirty = false;
+    lastPersistWrite = Date.now();
+    try {
+      await persisted.write();
+    } catch (err) {
+      ctx.log.warn(`Could not write ${PROGRESS_FILE}: ${err instanceof Error ? err.message : String(err)}`);
+      ctx.metrics.unexpectedException(err, ExceptionWhere.WRITE_PERSISTED_PROGRESS);
+    }
+  }
+
+  /** Feeds the persisted progress from the running backup's progress (upstream's upload progress tracker). */
+  function trackProgress(running: RunningBackup, p: ProgressState): void {
+    const store = persisted;
+    if (!store) return;
+    const prev = running.progress;
+    const uploadedGrowth = p.bytes_uploaded - (prev?.bytes_uploaded ?? 0);
+    if (uploadedGrowth > 0) {
+      running.stallKey = "total_bytes_uploaded";
+      running.phaseTag = undefined;
+      const info = store.get("total_bytes_uploaded");
+      if (store.advance("total_bytes_uploaded", info.current_progress + uploadedGrowth)) {
+        persistDirty = true;
+        ctx.metrics.gauge(MetricNames.SECONDS_SINCE_BACKUP_PROGRESS_STALLED, 0);
+      }
+    } else if (p.mode === "delta" && p.bytes_uploaded === 0) {
+      // Before a delta backup uploads anything it snapshots and hashes the files (upstream's snapshot progress).
+      running.stallKey = "snapshot_progress";
+      running.phaseTag = p.phase;
+      if (store.advance("snapshot_progress", p.bytes_done)) {
+        persistDirty = true;
+        ctx.metrics.gauge(MetricNames.SECONDS_SINCE_BACKUP_PROGRESS_STALLED, 0, { phase: p.phase });
+      }
+    }
+  }
+
+  /** pghoard.seconds_since_backup_progress_stalled for the running backup, or for one a restart interrupted. */
+  function emitStalled(running: RunningBackup | undefined): void {
+    const store = persisted;
+    if (running) {
+      const fromStore = store?.stalledSeconds(running.stallKey) ?? null;
+      const seconds = fromStore ?? (Date.now() - running.lastProgressAt) / 1000;
+      const tags =
+        running.stallKey === "snapshot_progress" && running.phaseTag ? { phase: running.phaseTag } : undefined;
+      ctx.metrics.gauge(MetricNames.SECONDS_SINCE_BACKUP_PROGRESS_STALLED, Math.floor(seconds), tags);
+      return;
+    }
+    // Progress left by a backup that did not complete (success resets it): its stall keeps counting.
+    const latest = store?.latest();
+    if (latest) {
+      ctx.metrics.gauge(
+        MetricNames.SECONDS_SINCE_BACKUP_PROGRESS_STALLED,
+        Math.floor(store!.stalledSeconds(latest.key) ?? 0),
+      );
+    }
+  }
+
   const runtime = (site: string): SiteRuntime => {
     let r = sites.get(site);
     if (!r) {
@@ -203,11 +316,13 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
     decision: Record<string, string>,
     pgVersion: number,
     node: SiteConfig["nodes"][number],
+    pgBasebackupPath: string | undefined,
   ): void {
     const site = handle.site;
     const abort = new AbortController();
     const running: RunningBackup = {
       lastProgressAt: Date.now(),
+      stallKey: "total_bytes_uploaded",
       promise: Promise.resolve(),
       done: false,
       success: false,
@@ -220,12 +335,20 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       site,
       node,
       pgVersion,
+      ...(pgBasebackupPath ? { pgBasebackupPath } : {}),
       storage: undefined as never, // replaced below once the storage client exists
       pool: ctx.pool,
       decision,
       log: loggerFor(ctx, site),
       metrics: { gauge: (n, v, t) => ctx.metrics.gauge(n, v, t), increase: (n, v, t) => ctx.metrics.increase(n, v, t) },
       onProgress: (p) => {
+        try {
+          trackProgress(running, p);
+        } catch (err) {
+          // The progress tracking failed, not the backup (upstream's progress tracker thread failure).
+          ctx.log.error({ err }, "Failed to track basebackup progress");
+          ctx.metrics.increase(MetricNames.TRANSFER_OPERATION_ERRORS);
+        }
         if (
           !running.progress ||
           p.bytes_done > running.progress.bytes_done ||
@@ -241,15 +364,26 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       listBasebackups: async () => r.backups,
       hostname: ctx.hostname,
     };
-    ctx.metrics.gauge("pghoard.backup_stream.basebackup_requested", 1, { site });
+    ctx.metrics.gauge(MetricNames.BASEBACKUP_REQUESTED, 1, { site });
+    // A new backup snapshots from scratch; uploaded bytes keep adding up (as upstream).
+    if (persisted?.progress.snapshot_progress) {
+      delete persisted.progress.snapshot_progress;
+      persistDirty = true;
+    }
     running.promise = (async () => {
       try {
         bctx.storage = await ctx.getStorage(site);
         await runBasebackup(bctx);
         running.success = true;
       } catch (err) {
-        ctx.log.error({ err }, `Basebackup of site ${site} failed`);
         running.success = false;
+        if (err instanceof BackupFailure || err instanceof ConfigError || abort.signal.aborted) {
+          // An expected failure (already logged by runBasebackup): no stack trace, no exception metric.
+          ctx.log.error(`Basebackup of site ${site} failed: ${err instanceof Error ? err.message : String(err)}`);
+        } else {
+          ctx.log.error({ err }, `Basebackup of site ${site} unexpectedly failed`);
+          ctx.metrics.unexpectedException(err, ExceptionWhere.PG_BASE_BACKUP);
+        }
       } finally {
         running.done = true;
         running.latestActivity = new Date();
@@ -264,13 +398,19 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
     async handleSite(handle: BasebackupSiteHandle): Promise<void> {
       const { site, siteConfig } = handle;
       const r = runtime(site);
+      await progressStore();
+      try {
+        emitStalled(r.running && !r.running.done ? r.running : undefined);
+        await persistProgress(false);
+      } catch (err) {
+        ctx.log.error({ err }, "Failed to check basebackup progress");
+        ctx.metrics.increase(MetricNames.TRANSFER_OPERATION_ERRORS);
+      }
       if (r.running) {
-        if (!r.running.done) {
-          ctx.metrics.gauge(
-            "pghoard.seconds_since_backup_progress_stalled",
-            Math.floor((Date.now() - r.running.lastProgressAt) / 1000),
-          );
-          return;
+        if (!r.running.done) return;
+        if (r.running.success && persisted) {
+          persisted.resetAll();
+          await persistProgress(true);
         }
         r.deltaFailure = recordBackupResult(r.deltaFailure, r.running.success, siteConfig.basebackup_mode, new Date());
         r.latestActivity = r.running.latestActivity;
@@ -307,7 +447,9 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
         await ctx.createAlert("version_unsupported_error").catch(() => undefined);
         return;
       }
-      start(handle, r, decision.metadata as unknown as Record<string, string>, pgVersion, node);
+      const pgBasebackupPath = await checkPgBasebackupVersion(ctx, site, siteConfig, pgVersion);
+      if (pgBasebackupPath === null) return;
+      start(handle, r, decision.metadata as unknown as Record<string, string>, pgVersion, node, pgBasebackupPath);
     },
 
     writeState(state: Record<string, unknown>): void {
@@ -331,6 +473,7 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       for (const b of running) b.abort.abort();
       const wait = Promise.all(running.map((b) => b.promise));
       await Promise.race([wait, new Promise((resolve) => setTimeout(resolve, graceful ? 10_000 : 1000).unref())]);
+      if (persistDirty) await persistProgress(true);
     },
   };
 }

@@ -33,6 +33,16 @@ export class WalFileDeleter {
   constructor(private readonly ctx: DaemonContext) {}
 
   async add(filePath: string): Promise<void> {
+    try {
+      await this.deleteUnneeded(filePath);
+    } catch (err) {
+      // Upstream's WALFileDeleter keeps running; at worst files accumulate.
+      this.ctx.log.error({ err }, `Problem handling WAL file deletion of ${filePath}`);
+      this.ctx.metrics.unexpectedException(err, "wal_file_deleter_run");
+    }
+  }
+
+  private async deleteUnneeded(filePath: string): Promise<void> {
     const dir = path.dirname(filePath);
     let files = this.pending.get(dir);
     if (!files) {

@@ -68,6 +68,7 @@ export class TransferAgents {
   /** Uploads waiting in a backoff sleep: counted as pending work during a graceful drain. */
   private backingOff = 0;
   private readonly log: Logger;
+  private metricsTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly ctx: DaemonContext,
@@ -79,6 +80,21 @@ export class TransferAgents {
 
   start(count: number): void {
     for (let i = 0; i < count; i++) this.workers.push(this.workerLoop());
+    // operations.md §10.2: pghoard.last_upload_age at most every 10 s (upstream's transmit_metrics).
+    this.metricsTimer = setInterval(() => this.transmitMetrics(), 10_000);
+    this.metricsTimer.unref();
+  }
+
+  /** `pghoard.last_upload_age{site,type}` for every type that had a successful upload. */
+  transmitMetrics(): void {
+    const now = nowSeconds();
+    for (const [site, byOper] of Object.entries(this.state)) {
+      for (const [filetype, entry] of Object.entries(byOper.upload ?? {})) {
+        // last_success is on this process's monotonic clock; one restored from an older state file is not.
+        if (entry.last_success === null || entry.last_success > now) continue;
+        this.ctx.metrics.gauge("pghoard.last_upload_age", now - entry.last_success, { site, type: filetype });
+      }
+    }
   }
 
   /** Work not finished yet: queued, running, or sleeping before a retry. */
@@ -88,6 +104,7 @@ export class TransferAgents {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.metricsTimer) clearInterval(this.metricsTimer);
     this.ctx.transferQueue.close();
     for (const timer of this.backoffTimers) clearTimeout(timer);
     this.backoffTimers.clear();

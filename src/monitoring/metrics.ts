@@ -46,7 +46,10 @@ export class Metrics {
     config: MonitoringConfig = {},
     private readonly options: MetricsOptions = {},
   ) {
-    this.siteHealth = new SiteHealth({ gauge: (name, value, tags) => this.gauge(name, value, tags) });
+    this.siteHealth = new SiteHealth({
+      gauge: (name, value, tags) => this.gauge(name, value, tags),
+      increase: (name, inc, tags) => this.increase(name, inc, tags),
+    });
     this.configure(config);
     const interval = options.siteHealthIntervalMs ?? 10_000;
     if (interval > 0) this.siteHealth.start(interval);

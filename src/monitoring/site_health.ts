@@ -5,14 +5,18 @@
  *   pghoard.oldest_restorable_point{site}       (unix seconds; end of the oldest kept basebackup)
  *   pghoard.oldest_restorable_point_age{site}   (seconds)
  *   pghoard.wal_archive_lag_bytes{site}         (server WAL position minus end of the last archived segment)
- * The daemon reports events; `emit()` (called from a timer or the main loop) turns them into gauges,
- * so the "seconds since" values keep growing while nothing happens.
+ *   pghoard.site_server_reachable{site}         (1 when the last probe of the server succeeded, else 0)
+ *   pghoard.site_server_probe_failures{site}    (counter of failed probes)
+ * The daemon reports events; `emit()` (called from a timer) turns them into gauges, so the "seconds
+ * since" values keep growing while nothing happens. A registered site and every event emit that
+ * site's gauges at once, so a scrape right after start already shows each site (and a failing probe).
  */
 import { MetricNames } from "./names.js";
 import { WAL_SEG_SIZE, isWalName, walNameToLsn } from "../wal/index.js";
 
 export interface SiteHealthSink {
   gauge(name: string, value: number, tags?: Record<string, string>): void;
+  increase?(name: string, inc: number, tags?: Record<string, string>): void;
 }
 
 interface SiteState {
@@ -22,6 +26,8 @@ interface SiteState {
   lastBasebackupMs?: number;
   oldestRestorableMs?: number | null;
   serverLsn?: bigint;
+  /** Whether the last probe of the server succeeded; undefined = the site is not probed (not registered). */
+  reachable?: boolean;
 }
 
 /** A backup as the daemon lists it; times are Dates or ISO / Python str(datetime) strings. */
@@ -64,6 +70,7 @@ export class SiteHealth {
       const end = walNameToLsn(name, segSize) + BigInt(segSize);
       if (s.archivedUpTo === undefined || end > s.archivedUpTo) s.archivedUpTo = end;
     }
+    this.emitSite(site, s, this.now());
   }
 
   basebackupCompleted(site: string, at?: Date): void {
@@ -88,6 +95,7 @@ export class SiteHealth {
       if (!Number.isNaN(start) && start > (s.lastBasebackupMs ?? 0)) s.lastBasebackupMs = start;
     }
     s.oldestRestorableMs = oldest;
+    this.emitSite(site, s, this.now());
   }
 
   /** The server's current WAL write (or receive) position. */
@@ -95,10 +103,35 @@ export class SiteHealth {
     this.state(site).serverLsn = lsn;
   }
 
+  /**
+   * A site the daemon backs up: its gauges exist from now on, `site_server_reachable` is 0 until a
+   * probe succeeds and `site_server_probe_failures` starts at 0.
+   */
+  registerSite(site: string): void {
+    const s = this.state(site);
+    if (s.reachable !== undefined) return;
+    s.reachable = false;
+    this.sink.increase?.(MetricNames.SITE_SERVER_PROBE_FAILURES, 0, { site });
+    this.emitSite(site, s, this.now());
+  }
+
+  /** Outcome of one probe of the site's server. */
+  probeResult(site: string, ok: boolean): void {
+    const s = this.state(site);
+    s.reachable = ok;
+    if (!ok) this.sink.increase?.(MetricNames.SITE_SERVER_PROBE_FAILURES, 1, { site });
+    this.emitSite(site, s, this.now());
+  }
+
   emit(): void {
     const now = this.now();
-    for (const [site, s] of this.sites) {
+    for (const [site, s] of this.sites) this.emitSite(site, s, now);
+  }
+
+  private emitSite(site: string, s: SiteState, now: number): void {
+    {
       const tags = { site };
+      if (s.reachable !== undefined) this.sink.gauge(MetricNames.SITE_SERVER_REACHABLE, s.reachable ? 1 : 0, tags);
       if (s.lastWalUploadMs !== undefined) {
         this.sink.gauge(MetricNames.SECONDS_SINCE_LAST_WAL_UPLOAD, Math.max(0, (now - s.lastWalUploadMs) / 1000), tags);
       }

@@ -25,7 +25,7 @@ describe("monitoring daemon plugin", { timeout: 120_000 }, () => {
 
   it("reports WAL archive lag in bytes from IDENTIFY_SYSTEM and the last uploaded segment", async () => {
     const metrics = new Metrics({ prometheus: {} }, { siteHealthIntervalMs: 0 });
-    const plugin = createMonitoringPlugin({ metrics, log: getLogger("test") }, { probeIntervalMs: 60_000 });
+    const plugin = await createMonitoringPlugin({ metrics, log: getLogger("test") }, { probeIntervalMs: 60_000 });
     await cluster.query("CREATE TABLE t AS SELECT generate_series(1, 20000) AS i");
     const [row] = await cluster.query<{ lsn: string }>("SELECT pg_current_wal_flush_lsn()::text AS lsn");
     const flushed = parseLsn(row!.lsn);
@@ -53,7 +53,7 @@ describe("monitoring daemon plugin", { timeout: 120_000 }, () => {
 
   it("skips the sample quietly when the server cannot be reached", async () => {
     const metrics = new Metrics({ prometheus: {} }, { siteHealthIntervalMs: 0 });
-    const plugin = createMonitoringPlugin({ metrics, log: getLogger("test") });
+    const plugin = await createMonitoringPlugin({ metrics, log: getLogger("test") });
     metrics.siteHealth.walUploaded("gone", "000000010000000000000001");
     await plugin.handleSite({
       site: "gone",
