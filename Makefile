@@ -42,9 +42,12 @@ stage: dist/src/commands/pghoard.js
 	npm ls --omit=dev --all --parseable 2>/dev/null | sed "s|^$$PWD/||" | grep '^node_modules/' \
 	  | grep -v '^node_modules/.*/node_modules/' | sort -u > $(PKG_DIR)/modules.txt
 	tar -cf - -T $(PKG_DIR)/modules.txt | tar -C $(STAGE)$(LIBDIR) -xf -
-	for cmd in $(COMMANDS); do \
+	# pghoard_postgres_command is a bash client (no Node.js start-up per WAL file) that finds its
+	# Node.js fallback next to itself: a link, not a wrapper.
+	for cmd in $(filter-out pghoard_postgres_command,$(COMMANDS)); do \
 	  sed "s/@COMMAND@/$$cmd/" debian/wrapper.sh > $(STAGE)/usr/bin/$$cmd; chmod 0755 $(STAGE)/usr/bin/$$cmd; \
 	done
+	ln -s ../lib/pghoard/bin/pghoard_postgres_command $(STAGE)/usr/bin/pghoard_postgres_command
 	install -m 0644 systemd/pghoard.service $(STAGE)/lib/systemd/system/pghoard.service
 	install -m 0644 pghoard.json pghoard-local-minimal.json $(STAGE)/usr/share/doc/$(NAME)/examples/
 	install -m 0644 README.md $(STAGE)/usr/share/doc/$(NAME)/README.md

@@ -379,6 +379,14 @@ async function directCommand(opts: PostgresCommandOptions): Promise<void> {
   throw new CommandError(`'${opts.xlog}' not found from archive`, EXIT_NOT_FOUND);
 }
 
+/**
+ * How messages name the command: the shell client (bin/pghoard_postgres_command) hands unusual cases
+ * to this one and passes its own name, so both print the same lines.
+ */
+function commandName(): string {
+  return process.env.PGHOARD_POSTGRES_COMMAND_ARGV0 || process.argv[1] || "pghoard_postgres_command";
+}
+
 /** Runs the command; resolves to the process exit code (never throws). */
 export async function main(argv: string[]): Promise<number> {
   let failExitCode = EXIT_ABORT;
@@ -410,11 +418,11 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT_ABORT;
     }
     if (err instanceof CommandError) {
-      process.stdout.write(`${process.argv[1] ?? "pghoard_postgres_command"}: ERROR: ${err.message}\n`);
+      process.stdout.write(`${commandName()}: ERROR: ${err.message}\n`);
       return err.exitCode;
     }
     if (err instanceof ConnectionFailure) {
-      process.stderr.write(`${process.argv[1] ?? "pghoard_postgres_command"}: ERROR: ${err.message}\n`);
+      process.stderr.write(`${commandName()}: ERROR: ${err.message}\n`);
       return failExitCode;
     }
     process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);

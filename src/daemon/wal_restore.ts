@@ -7,7 +7,7 @@
  * this file adds the daemon's side: target validation, the transfer queue, the caches.
  */
 import { randomBytes } from "node:crypto";
-import { constants as fsConstants, existsSync } from "node:fs";
+import { constants as fsConstants, existsSync, watch, type FSWatcher } from "node:fs";
 import { chown, copyFile, lstat, open, readlink, realpath, rename, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
@@ -19,6 +19,7 @@ import {
   invalidWalFileReason,
   prefetchCandidates,
   prefetchPathFor,
+  PREFETCH_SUFFIX,
   publishPrefetch,
   servePrefetchFile,
 } from "../restore/wal_file.js";
@@ -90,6 +91,8 @@ export class WalRestoreHandler {
   /** Names recently served from the WAL directory on disk; a second request goes to the store. */
   private servedFromDisk: string[] = [];
   readonly mostRecentlyServedFiles: Partial<Record<FileType, ServedFile>> = {};
+  /** WAL directories watched for prefetch files the client took itself (its fast path skips us). */
+  private prefetchWatchers = new Map<string, FSWatcher>();
 
   constructor(
     private readonly ctx: DaemonContext,
@@ -251,12 +254,48 @@ export class WalRestoreHandler {
     }
   }
 
+  /** Stops following prefetch files (daemon shutdown). */
+  stop(): void {
+    for (const watcher of this.prefetchWatchers.values()) watcher.close();
+    this.prefetchWatchers.clear();
+  }
+
+  /**
+   * The client renames `<name>.pghoard.prefetch` to its target without asking the daemon; the window
+   * must still move on, so a prefetch file that disappears during recovery (a signal file present)
+   * queues the segments after it as a served request would.
+   */
+  private followPrefetchWindow(site: string, walDir: string): void {
+    if (this.prefetchWatchers.has(walDir)) return;
+    const dataDir = this.ctx.site(site).pg_data_directory;
+    try {
+      const watcher = watch(walDir, { persistent: false }, (event, filename) => {
+        const file = filename?.toString();
+        if (event !== "rename" || !file?.endsWith(PREFETCH_SUFFIX)) return;
+        const name = file.slice(0, -PREFETCH_SUFFIX.length);
+        if (!/^[0-9A-F]{24}$/.test(name) || existsSync(path.join(walDir, file))) return;
+        const recovering =
+          dataDir &&
+          ["recovery.signal", "standby.signal", "recovery.conf"].some((f) => existsSync(path.join(dataDir, f)));
+        if (recovering) this.createPrefetchOperations(site, "xlog", name);
+      });
+      watcher.on("error", () => {
+        watcher.close();
+        this.prefetchWatchers.delete(walDir);
+      });
+      this.prefetchWatchers.set(walDir, watcher);
+    } catch (err) {
+      this.log.debug(`Cannot watch ${walDir} for taken prefetch files: ${String(err)}`);
+    }
+  }
+
   /** http-api.md §7: queue downloads of the next `restore_prefetch` segments (true next names). */
   private createPrefetchOperations(site: string, filetype: FileType, name: string): void {
     if (filetype !== "xlog") return;
     const count = this.ctx.config.restore_prefetch;
     if (!(count > 0)) return;
     const walDir = pgWalDirectory(this.ctx.site(site));
+    this.followPrefetchWindow(site, walDir);
     void (async () => {
       const candidates = await prefetchCandidates(walDir, name, count, (candidate) =>
         this.prefetch404.includes(this.fileKey(site, filetype, candidate)),

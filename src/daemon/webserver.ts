@@ -69,11 +69,14 @@ export class WebServer {
       });
     });
     server.on("error", (err) => this.log.error({ err }, "HTTP server error"));
+    this.archiver.workAhead.start();
     return server.address() as AddressInfo;
   }
 
   /** Stops accepting connections; in-flight requests finish (graceful shutdown). */
   async stop(): Promise<void> {
+    this.archiver.workAhead.stop();
+    this.restorer.stop();
     const server = this.server;
     if (!server) return;
     this.server = undefined;

@@ -1,0 +1,396 @@
+/**
+ * The bash client (bin/pghoard_postgres_command) against the Node.js client
+ * (bin/pghoard_postgres_command.js), case by case (cli.md §6), with a real daemon: same exit
+ * code, same stdout and stderr, same file effects. The cases the bash client must answer itself
+ * are run a second time with PGHOARD_NODE=/bin/false, so a hand-over to Node.js would fail them.
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { findFreePort } from "../helpers/pgcluster.js";
+import { repoRoot } from "../helpers/paths.js";
+import {
+  DaemonProcess,
+  makeDaemonEnv,
+  makeFakePgdata,
+  postgresCommandBin,
+  syntheticSegment,
+  type DaemonEnv,
+} from "../daemon/helpers.js";
+
+const shellBin = path.join(repoRoot, "bin", "pghoard_postgres_command");
+const SITE = "shellcmd";
+const SEG = "000000010000000000000005";
+const HISTORY = "00000002.history";
+const FAST_RETRY = { PGHOARD_POSTGRES_COMMAND_RETRY_INTERVAL: "0.05" };
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function run(cmd: string, args: string[], cwd: string, env: Record<string, string>): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.once("error", reject);
+    child.once("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+interface Case {
+  name: string;
+  args: () => string[];
+  /** Answered by bash alone (no Node.js start-up). */
+  shellOnly: boolean;
+  code: number;
+  /** Puts the files in place before each run (both clients see the same state). */
+  setup?: () => Promise<void>;
+  /** Checks the files after each run. */
+  check?: () => Promise<void>;
+  env?: Record<string, string>;
+}
+
+describe("pghoard_postgres_command: the bash client agrees with the Node.js client", () => {
+  let env: DaemonEnv;
+  let daemon: DaemonProcess;
+  let pgdata: string;
+  let downPort: string;
+  const seg = syntheticSegment(SEG);
+  const history = "1\t0/3000000\tno recovery target specified\n";
+
+  before(async () => {
+    pgdata = await makeFakePgdata();
+    await writeFile(path.join(pgdata, "pg_wal", SEG), seg);
+    await writeFile(path.join(pgdata, "pg_wal", HISTORY), history);
+    env = await makeDaemonEnv(
+      { [SITE]: { pgDataDirectory: pgdata } },
+      { webserver_username: "u", webserver_password: "p" },
+    );
+    daemon = await DaemonProcess.start(env);
+    downPort = String(await findFreePort());
+    recovered = walPath("RECOVERYXLOG");
+    // The daemon serves a file from pg_wal only once, then from the store: archive the history file.
+    const archived = await run(
+      process.execPath,
+      [postgresCommandBin, ...auth(), "--mode", "archive", "--xlog", HISTORY],
+      pgdata,
+      {},
+    );
+    assert.equal(archived.code, 0, JSON.stringify(archived));
+  });
+
+  after(async () => {
+    await daemon?.stop();
+  });
+
+  const auth = (): string[] => ["--port", String(env.port), "--site", SITE, "--username", "u", "--password", "p"];
+  const walPath = (name: string): string => path.join(pgdata, "pg_wal", name);
+  let recovered = "";
+  const removeRecovered = async (): Promise<void> => {
+    await rm(recovered, { force: true });
+  };
+  const expectRecovered = (want: Buffer | string) => async (): Promise<void> => {
+    assert.ok((await readFile(recovered)).equals(Buffer.isBuffer(want) ? want : Buffer.from(want)));
+  };
+
+  const cases: Case[] = [
+    { name: "archive 201", args: () => [...auth(), "--mode", "archive", "--xlog", SEG], shellOnly: true, code: 0 },
+    {
+      name: "archive, --opt=value forms",
+      args: () => [
+        `--port=${env.port}`,
+        `--site=${SITE}`,
+        "--username=u",
+        "--password=p",
+        "--mode=archive",
+        `--xlog=${SEG}`,
+      ],
+      shellOnly: true,
+      code: 0,
+    },
+    {
+      name: "archive of a missing file: 404 → 3 with the daemon's reason",
+      args: () => [...auth(), "--mode", "archive", "--xlog", "000000010000000000000006"],
+      shellOnly: true,
+      code: 3,
+    },
+    {
+      name: "archive without credentials: 401 → 3",
+      args: () => ["--port", String(env.port), "--site", SITE, "--mode", "archive", "--xlog", SEG],
+      shellOnly: true,
+      code: 3,
+    },
+    {
+      name: "archive of a .backup label: 0 without the daemon",
+      args: () => [
+        "--port",
+        downPort,
+        "--site",
+        SITE,
+        "--mode",
+        "archive",
+        "--xlog",
+        "000000010000000000000002.00000028.backup",
+      ],
+      shellOnly: true,
+      code: 0,
+    },
+    {
+      name: "archive, daemon down → 2",
+      args: () => ["--port", downPort, "--site", SITE, "--mode", "archive", "--xlog", SEG],
+      shellOnly: false,
+      code: 2,
+    },
+    {
+      name: "archive with a space in --site → 2 (refused before sending)",
+      args: () => ["--port", String(env.port), "--site", "a b", "--mode", "archive", "--xlog", SEG],
+      shellOnly: false,
+      code: 2,
+    },
+    {
+      name: "restore HEAD 200 → 0",
+      args: () => [...auth(), "--mode", "restore", "--xlog", SEG],
+      shellOnly: true,
+      code: 0,
+    },
+    {
+      name: "restore HEAD 404 → 4",
+      args: () => [...auth(), "--mode", "restore", "--xlog", "0000000100000000000000A0"],
+      shellOnly: true,
+      code: 4,
+    },
+    {
+      name: "restore GET, relative --output → 0",
+      args: () => [...auth(), "--mode", "restore", "--xlog", SEG, "--output", "pg_wal/RECOVERYXLOG"],
+      shellOnly: true,
+      code: 0,
+      setup: removeRecovered,
+      check: expectRecovered(seg),
+    },
+    {
+      name: "restore GET of a history file, absolute --output → 0",
+      args: () => [...auth(), "--mode", "restore", "--xlog", HISTORY, "--output", recovered],
+      shellOnly: true,
+      code: 0,
+      setup: removeRecovered,
+      check: expectRecovered(history),
+    },
+    {
+      name: "restore GET 404 → 4",
+      args: () => [
+        ...auth(),
+        "--mode",
+        "restore",
+        "--xlog",
+        "0000000100000000000000A0",
+        "--output",
+        "pg_wal/RECOVERYXLOG",
+      ],
+      shellOnly: true,
+      code: 4,
+    },
+    {
+      name: "restore GET outside the data directory: 400 → 5 with the reason",
+      args: () => [...auth(), "--mode", "restore", "--xlog", SEG, "--output", "/etc/passwd"],
+      shellOnly: true,
+      code: 5,
+    },
+    {
+      name: "restore of a prefetched segment: renamed without the daemon",
+      args: () => [
+        "--port",
+        downPort,
+        "--site",
+        SITE,
+        "--mode",
+        "restore",
+        "--xlog",
+        "000000010000000000000009",
+        "--output",
+        "pg_wal/RECOVERYXLOG",
+      ],
+      shellOnly: true,
+      code: 0,
+      setup: async () => {
+        await removeRecovered();
+        await writeFile(walPath("000000010000000000000009.pghoard.prefetch"), "prefetched");
+      },
+      check: async () => {
+        await expectRecovered("prefetched")();
+        assert.ok(!existsSync(walPath("000000010000000000000009.pghoard.prefetch")));
+      },
+    },
+    {
+      name: "restore of a prefetched history file",
+      args: () => [
+        "--port",
+        downPort,
+        "--site",
+        SITE,
+        "--mode",
+        "restore",
+        "--xlog",
+        "00000003.history",
+        "--output",
+        recovered,
+      ],
+      shellOnly: true,
+      code: 0,
+      setup: async () => {
+        await removeRecovered();
+        await writeFile(walPath("00000003.history.pghoard.prefetch"), "prefetched history");
+      },
+      check: expectRecovered("prefetched history"),
+    },
+    {
+      name: "restore from an unknown site → 5 (not 4: recovery must stop)",
+      args: () => [
+        ...auth().slice(0, 2),
+        "--site",
+        "nosuchsite",
+        "--username",
+        "u",
+        "--password",
+        "p",
+        "--mode",
+        "restore",
+        "--xlog",
+        SEG,
+        "--output",
+        recovered,
+      ],
+      shellOnly: false,
+      code: 5,
+    },
+    {
+      name: "restore, daemon down → 5 after 3 attempts",
+      args: () => ["--port", downPort, "--site", SITE, "--mode", "restore", "--xlog", SEG, "--output", recovered],
+      shellOnly: false,
+      code: 5,
+      env: FAST_RETRY,
+    },
+    {
+      name: "restore, header injection in --output → 5",
+      args: () => [
+        ...auth(),
+        "--mode",
+        "restore",
+        "--xlog",
+        SEG,
+        "--output",
+        "x\r\nx-pghoard-target-path: /etc/passwd",
+      ],
+      shellOnly: false,
+      code: 5,
+    },
+    {
+      name: "restore, --output with ../ (normalized by Node.js)",
+      args: () => [...auth(), "--mode", "restore", "--xlog", SEG, "--output", "pg_wal/../pg_wal/RECOVERYXLOG"],
+      shellOnly: false,
+      code: 0,
+      setup: removeRecovered,
+      check: expectRecovered(seg),
+    },
+    { name: "missing --site → 5", args: () => ["--mode", "archive", "--xlog", SEG], shellOnly: false, code: 5 },
+    { name: "missing --xlog → 5", args: () => ["--mode", "restore", "--site", SITE], shellOnly: false, code: 5 },
+    {
+      name: "bad --mode → 5",
+      args: () => ["--mode", "bogus", "--site", SITE, "--xlog", SEG],
+      shellOnly: false,
+      code: 5,
+    },
+    {
+      name: "bad --port → 5",
+      args: () => ["--mode", "archive", "--site", SITE, "--xlog", SEG, "--port", "notanint"],
+      shellOnly: false,
+      code: 5,
+    },
+    {
+      name: "port out of range → 5",
+      args: () => ["--mode", "archive", "--site", SITE, "--xlog", SEG, "--port", "70000"],
+      shellOnly: false,
+      code: 5,
+    },
+    {
+      name: "unknown option → 5",
+      args: () => ["--mode", "archive", "--site", SITE, "--xlog", SEG, "--unknown", "x"],
+      shellOnly: false,
+      code: 5,
+    },
+    {
+      name: "positional argument → 5",
+      args: () => ["--mode", "archive", "--site", SITE, "--xlog", SEG, "extra"],
+      shellOnly: false,
+      code: 5,
+    },
+    {
+      name: "option value missing → 5",
+      args: () => ["--mode", "archive", "--site", SITE, "--xlog"],
+      shellOnly: false,
+      code: 5,
+    },
+    {
+      name: "option abbreviation (argparse prefix)",
+      args: () => ["--po", String(env.port), "--si", SITE, "--use", "u", "--pas", "p", "--mo", "restore", "--xl", SEG],
+      shellOnly: false,
+      code: 0,
+    },
+    {
+      name: "--config with archive → 5",
+      args: () => ["--mode", "archive", "--site", SITE, "--xlog", SEG, "--config", "/nonexistent.json"],
+      shellOnly: false,
+      code: 5,
+    },
+    {
+      name: "cleanup mode (the direct mode's recovery_end_command)",
+      args: () => ["--mode", "cleanup", "--output", path.join(pgdata, "cleanupdir")],
+      shellOnly: false,
+      code: 0,
+      setup: async () => {
+        await mkdir(path.join(pgdata, "cleanupdir"), { recursive: true });
+        await writeFile(path.join(pgdata, "cleanupdir", `${SEG}.pghoard.prefetch`), "x");
+      },
+      check: async () => assert.ok(!existsSync(path.join(pgdata, "cleanupdir", `${SEG}.pghoard.prefetch`))),
+    },
+    { name: "--help → 0", args: () => ["--help"], shellOnly: false, code: 0 },
+    { name: "-h → 0", args: () => ["-h"], shellOnly: false, code: 0 },
+    { name: "--version → 0", args: () => ["--version"], shellOnly: false, code: 0 },
+  ];
+
+  for (const c of cases) {
+    it(c.name, async () => {
+      const env = { ...(c.env ?? {}) };
+      // The Node.js client names itself as the bash client does when it hands a case over.
+      await c.setup?.();
+      const viaNode = await run(process.execPath, [postgresCommandBin, ...c.args()], pgdata, {
+        ...env,
+        PGHOARD_POSTGRES_COMMAND_ARGV0: shellBin,
+      });
+      if (viaNode.code !== c.code) assert.fail(`Node.js client: ${JSON.stringify(viaNode)}`);
+      await c.check?.();
+      await c.setup?.();
+      const viaShell = await run(shellBin, c.args(), pgdata, env);
+      await c.check?.();
+      assert.equal(viaNode.code, c.code, `Node.js client: ${JSON.stringify(viaNode)}`);
+      assert.deepEqual(viaShell, viaNode);
+      if (c.shellOnly) {
+        await c.setup?.();
+        const bashAlone = await run(shellBin, c.args(), pgdata, { ...env, PGHOARD_NODE: "/bin/false" });
+        await c.check?.();
+        assert.deepEqual(bashAlone, viaNode, "answered by bash without Node.js");
+      } else {
+        await c.setup?.();
+        const handedOver = await run(shellBin, c.args(), pgdata, { ...env, PGHOARD_NODE: "/bin/false" });
+        assert.deepEqual(handedOver, { code: 1, stdout: "", stderr: "" }, "handed over to Node.js untouched");
+      }
+    });
+  }
+});
