@@ -25,6 +25,7 @@ import {
   type TablespaceInfo,
 } from "../catalog/index.js";
 import { buildControlTar } from "./control.js";
+import { endSegmentCheckOf, waitForEndSegment } from "./end_segment.js";
 import { parseBackupLabel } from "./label.js";
 import { BackupProgress } from "./progress.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupResult } from "./types.js";
@@ -75,6 +76,8 @@ interface ControlUpload {
   endWalSegment: string | null;
   endTime: { metadata: string; json: string };
   data: ChunkedBackupData;
+  /** The backup is complete only once this resolved (its end segment is stored). */
+  beforeUpload: () => Promise<void>;
 }
 
 /** Builds, encodes and uploads `basebackup/NAME.00000000.pghoard`. */
@@ -120,6 +123,7 @@ async function uploadControlObject(
     totalSizePlain: c.data.totalSizePlain,
     totalSizeEnc: c.data.totalSizeEnc,
   });
+  await c.beforeUpload();
   await uploaderOf(ctx).upload({
     filetype: "basebackup",
     objectName: fileName,
@@ -147,6 +151,8 @@ export async function runChunkedBackup(
     let pgControl = Buffer.alloc(0);
     let tablespaces: Record<string, TablespaceInfo> = {};
     let end: Awaited<ReturnType<BackupSession["endSegmentAndTime"]>>;
+    let endStored: Promise<void> = Promise.resolve();
+    let endSegment: string | undefined;
     try {
       progress.setPhase("starting backup (checkpoint)");
       await session.startBackup();
@@ -169,12 +175,20 @@ export async function runChunkedBackup(
         });
         session.checkAlive();
         progress.setPhase("stopping backup");
+        const check = await endSegmentCheckOf(ctx, async (sql) => (await session.client.query(sql)).rows);
         // the newest pg_control, read after every data file
         pgControl = await readFile(path.join(pgdata, "global", "pg_control"));
-        backupLabel = await session.stopBackup();
+        const stop = await session.stopBackup({ waitForArchive: check.kind === "server" });
+        backupLabel = stop.labelfile;
         stopped = true;
+        if (check.kind === "storage") {
+          endSegment = await session.segmentBefore(stop.lsn);
+          endStored = waitForEndSegment(ctx, endSegment);
+          // awaited before the control object goes up; a failure meanwhile is not unhandled
+          endStored.catch(() => undefined);
+        }
       } finally {
-        if (!stopped && session.alive) await session.stopBackup().catch(() => undefined);
+        if (!stopped && session.alive) await session.stopBackup({ waitForArchive: false }).catch(() => undefined);
       }
       end = await session.endSegmentAndTime();
     } finally {
@@ -191,6 +205,11 @@ export async function runChunkedBackup(
       endWalSegment: end.endWalSegment,
       endTime: end.endTime,
       data,
+      beforeUpload: async () => {
+        if (endSegment) progress.setPhase(`waiting for WAL segment ${endSegment} to be stored`);
+        await endStored;
+        progress.setPhase("uploading control object");
+      },
     });
     success = true;
     progress.finish();

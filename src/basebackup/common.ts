@@ -172,14 +172,28 @@ export class BackupSession {
     else await this.client.query("SELECT pg_start_backup($1, true, false)", [label]);
   }
 
-  /** Returns backup_label's content. */
-  async stopBackup(): Promise<string> {
-    const sql =
-      this.pgVersion >= 150000
-        ? "SELECT labelfile FROM pg_backup_stop()"
-        : "SELECT labelfile FROM pg_stop_backup(false)";
-    const res = await this.client.query<{ labelfile: string }>(sql);
-    return res.rows[0].labelfile;
+  /**
+   * Returns backup_label's content and the stop LSN. `waitForArchive: false` returns as soon as
+   * the end segment is switched (PostgreSQL ≥ 10); the caller then checks the archive itself
+   * (end_segment.ts). 9.6 has no such parameter and always waits.
+   */
+  async stopBackup(opts: { waitForArchive: boolean } = { waitForArchive: true }): Promise<{
+    labelfile: string;
+    lsn: string;
+  }> {
+    const wait = opts.waitForArchive;
+    let sql: string;
+    if (this.pgVersion >= 150000) sql = `SELECT lsn::text AS lsn, labelfile FROM pg_backup_stop(${wait})`;
+    else if (this.pgVersion >= 100000) sql = `SELECT lsn::text AS lsn, labelfile FROM pg_stop_backup(false, ${wait})`;
+    else sql = "SELECT lsn::text AS lsn, labelfile FROM pg_stop_backup(false)";
+    const res = await this.client.query<{ labelfile: string; lsn: string }>(sql);
+    return res.rows[0];
+  }
+
+  /** The WAL segment holding the last byte before `lsn` (what pg_backup_stop waits for). */
+  async segmentBefore(lsn: string): Promise<string> {
+    const res = await this.client.query<{ seg: string }>("SELECT pg_walfile_name($1::pg_lsn) AS seg", [lsn]);
+    return res.rows[0].seg;
   }
 
   async tablespaces(pgdata: string): Promise<Record<string, { path: string; oid: number }>> {
@@ -219,8 +233,9 @@ export class BackupSession {
     if (row.is_superuser) {
       await this.client.query(this.pgVersion >= 100000 ? "SELECT pg_switch_wal()" : "SELECT pg_switch_xlog()");
     } else {
+      // only for the switch: nothing needs this segment archived before we go on
       await this.startBackup("pghoard_end_of_backup");
-      await this.stopBackup();
+      await this.stopBackup({ waitForArchive: false });
     }
     return { endWalSegment: seg, endTime };
   }

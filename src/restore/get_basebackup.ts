@@ -407,6 +407,8 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       if (!target.hasPgControl) {
         throw new RestoreError(`Basebackup '${backup.name}' contains no global/pg_control; it is incomplete`);
       }
+      // Durable before startable: every file was fsync'd as written, now every directory.
+      await target.syncDirectories();
       await target.publishPgControl();
     } catch (err) {
       let what: string;

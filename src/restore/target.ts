@@ -29,6 +29,7 @@ import {
 import path from "node:path";
 import type { Readable } from "node:stream";
 
+import { fsyncDirectory } from "../common/fs.js";
 import { RestoreError } from "./errors.js";
 
 /** Name `global/pg_control` is written under until the restore has fully succeeded. */
@@ -45,6 +46,8 @@ const WRITES_IN_FLIGHT = 4;
  * round trips (open, write, chmod, utimes, close) that are slow on busy disks when done serially.
  */
 export const SMALL_FILE_BYTES = 256 * 1024;
+/** Directory fsyncs in flight at the end of a restore (each is a thread-pool round trip). */
+const DIRECTORY_SYNCS_IN_FLIGHT = 16;
 const WRITE_FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW;
 /** Delta mode: read and write the existing file, keep its content until a batch differs. */
 const PATCH_FLAGS = fsConstants.O_RDWR | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW;
@@ -254,6 +257,7 @@ export class RestoreTarget {
       if (writeError) throw writeError;
       await handle.chmod(mode & 0o7777);
       if (mtime !== undefined) await handle.utimes(mtime, mtime);
+      await handle.sync();
     } finally {
       await Promise.all(inFlight);
       await handle.close();
@@ -276,6 +280,7 @@ export class RestoreTarget {
       if (chunks.length > 0) await writeAll(handle, chunks);
       if ((mode & 0o7777) !== 0o600) await handle.chmod(mode & 0o7777);
       if (mtime !== undefined) await handle.utimes(mtime, mtime);
+      await handle.sync();
     } finally {
       await handle.close();
     }
@@ -343,6 +348,8 @@ export class RestoreTarget {
       else this.deltaCounts.unchanged += 1;
       if ((st.mode & 0o7777) !== (mode & 0o7777)) await handle.chmod(mode & 0o7777);
       if (mtime !== undefined) await handle.utimes(mtime, mtime);
+      // also when unchanged: an earlier, interrupted run may have left it only in the page cache
+      await handle.sync();
     } finally {
       await handle.close();
     }
@@ -356,6 +363,7 @@ export class RestoreTarget {
   async keepFile(absolute: string, mode: number): Promise<void> {
     const st = await lstat(absolute);
     if ((st.mode & 0o7777) !== (mode & 0o7777)) await chmod(absolute, mode & 0o7777);
+    await syncPath(absolute, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
     this.produced.add(absolute);
     this.deltaCounts.unchanged += 1;
     await this.ensureDirectory(path.dirname(absolute));
@@ -430,8 +438,11 @@ export class RestoreTarget {
     pgControl: boolean;
     produced: string[];
     deltaCounts: { written: number; unchanged: number };
+    /** Every directory this thread created or wrote into (fsync'd by `syncDirectories()`). */
+    knownDirs: string[];
   } {
     return {
+      knownDirs: [...this.knownDirs],
       symlinks: [...this.pendingSymlinks.entries()],
       directories: [...this.directoryAttributes.entries()].map(([dir, a]) => [dir, a.mode, a.mtime]),
       pgControl: this.pgControlWritten,
@@ -452,6 +463,7 @@ export class RestoreTarget {
       this.directoryAttributes.set(dir, { mode, mtime });
       this.knownDirs.add(dir);
     }
+    for (const dir of deferred.knownDirs) this.knownDirs.add(dir);
     if (deferred.pgControl) this.pgControlWritten = true;
     for (const produced of deferred.produced) this.produced.add(produced);
     this.deltaCounts.written += deferred.deltaCounts.written;
@@ -463,24 +475,52 @@ export class RestoreTarget {
     return this.pgControlWritten;
   }
 
+  /**
+   * Makes every restored directory entry durable: each directory that was created or written into
+   * (and the roots' parents, which may have gained the root) is fsync'd, several at a time. Files
+   * are fsync'd as they are written; so after this, and before `publishPgControl()`, everything
+   * the restore wrote is on disk (pgBackRest fsyncs likewise), not only in the page cache.
+   */
+  async syncDirectories(): Promise<void> {
+    const dirs = new Set(this.knownDirs);
+    for (const link of this.pendingSymlinks.keys()) dirs.add(path.dirname(link));
+    const parents = new Set(this.roots.map((root) => path.dirname(root)).filter((p) => !dirs.has(p)));
+    const queue = [...dirs].map((dir) => ({ dir, optional: false }));
+    for (const dir of parents) queue.push({ dir, optional: true });
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < queue.length) {
+        const { dir, optional } = queue[next++];
+        try {
+          await fsyncDirectory(dir);
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code;
+          // A directory removed since (leftover pgdata/, tablespaces/), or a parent we may not open.
+          if (code === "ENOENT" || (optional && code === "EACCES")) continue;
+          throw err;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(DIRECTORY_SYNCS_IN_FLIGHT, queue.length) }, () => worker()));
+  }
+
   /** Renames the held-back `global/pg_control` into place: from now on the directory is startable. */
   async publishPgControl(): Promise<void> {
     if (!this.pgControlWritten) return;
     const held = path.join(this.pgdata, PG_CONTROL_INCOMPLETE);
     const final = path.join(this.pgdata, PG_CONTROL);
-    const handle = await open(held, "r");
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await syncPath(held, fsConstants.O_RDONLY);
     await rename(held, final);
-    const dir = await open(path.dirname(final), "r");
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+    await fsyncDirectory(path.dirname(final));
+  }
+}
+
+async function syncPath(absolute: string, flags: number): Promise<void> {
+  const handle = await open(absolute, flags);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 
