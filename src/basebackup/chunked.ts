@@ -148,7 +148,7 @@ export async function runChunkedBackup(
     let tablespaces: Record<string, TablespaceInfo> = {};
     let end: Awaited<ReturnType<BackupSession["endSegmentAndTime"]>>;
     try {
-      progress.setPhase("starting backup (checkpoint)");
+      progress.setPhase("waiting for checkpoint (fast)");
       await session.startBackup();
       let stopped = false;
       try {
@@ -168,7 +168,7 @@ export async function runChunkedBackup(
           onFailure: (cleanup) => cleanups.push(cleanup),
         });
         session.checkAlive();
-        progress.setPhase("stopping backup");
+        progress.setPhase("stopping backup (waiting for the WAL end segment to be archived)");
         // the newest pg_control, read after every data file
         pgControl = await readFile(path.join(pgdata, "global", "pg_control"));
         backupLabel = await session.stopBackup();

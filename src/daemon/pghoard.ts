@@ -199,6 +199,7 @@ export class PGHoard {
     this.running = this.shutdownMode === "none";
     let readySent = false;
     this.ctx.criticalFailure.signal.addEventListener("abort", () => this.wake.abort(), { once: true });
+    this.ctx.wakeMainLoop = () => this.wake.abort();
     while (this.running) {
       try {
         for (const site of Object.keys(this.ctx.config.backup_sites)) {
