@@ -284,7 +284,7 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
         running.success = true;
         recordRequests(r, request.ids, { status: "done", basebackup: result.name });
       } catch (err) {
-        ctx.log.error({ err, site }, `Basebackup of site ${site} failed`);
+        ctx.log.error({ err }, `Basebackup of site ${site} failed`);
         running.success = false;
         recordRequests(r, request.ids, {
           status: "failed",

@@ -252,7 +252,7 @@ export class WebServer {
    */
   private requestBasebackup(site: string): HttpResponse {
     const requestId = `${new Date().toISOString().replace(/[-:.]/g, "")}-${randomBytes(4).toString("hex")}`;
-    this.log.info({ site }, `Requesting a new basebackup for site ${site} to be made (request ${requestId})`);
+    this.log.info(`Requesting a new basebackup for site ${site} to be made (request ${requestId})`);
     this.ctx.requestedBasebackupSites.add(site);
     const ids = this.ctx.basebackupRequestIds.get(site) ?? [];
     ids.push(requestId);
