@@ -6,7 +6,7 @@ _pghoard_node() {
   local valued subs opts
   case "$cmd" in
     pghoard) valued="--config"; subs="" ;;
-    pghoard_restore) valued="--status-output-file"; subs="list-basebackups-http list-basebackups get-basebackup info verify drill" ;;
+    pghoard_restore) valued="--status-output-file"; subs="list-basebackups-http list-basebackups get-basebackup info verify drill request-basebackup" ;;
     pghoard_archive_cleanup) valued="--site --config"; subs="" ;;
     pghoard_archive_sync) valued="--site --config --max-hash-checks"; subs="" ;;
     pghoard_create_keys) valued="--site --key-id --bits --config"; subs="" ;;
@@ -62,6 +62,13 @@ _pghoard_node() {
     "pghoard_restore drill:--timeout") COMPREPLY=(); return 0 ;;
     "pghoard_restore drill:--pghoard-postgres-command-bin") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
     "pghoard_restore drill:--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
+    "pghoard_restore request-basebackup:--host") COMPREPLY=(); return 0 ;;
+    "pghoard_restore request-basebackup:--port") COMPREPLY=(); return 0 ;;
+    "pghoard_restore request-basebackup:--username") COMPREPLY=(); return 0 ;;
+    "pghoard_restore request-basebackup:--password") COMPREPLY=(); return 0 ;;
+    "pghoard_restore request-basebackup:--site") COMPREPLY=(); return 0 ;;
+    "pghoard_restore request-basebackup:--timeout") COMPREPLY=(); return 0 ;;
+    "pghoard_restore request-basebackup:--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
     "pghoard_archive_cleanup :--site") COMPREPLY=(); return 0 ;;
     "pghoard_archive_cleanup :--config") COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
     "pghoard_archive_sync :--site") COMPREPLY=(); return 0 ;;
@@ -83,13 +90,14 @@ _pghoard_node() {
   esac
   case "$cmd $sub" in
     "pghoard ") opts="-h --help -D --debug --version -s --short-log --config" ;;
-    "pghoard_restore ") opts="-h --help -D --debug --status-output-file --version list-basebackups-http list-basebackups get-basebackup info verify drill" ;;
+    "pghoard_restore ") opts="-h --help -D --debug --status-output-file --version list-basebackups-http list-basebackups get-basebackup info verify drill request-basebackup" ;;
     "pghoard_restore list-basebackups-http") opts="-h --help -v --verbose --host --port --username --password --site --config" ;;
     "pghoard_restore list-basebackups") opts="-h --help -v --verbose --site --config --json" ;;
     "pghoard_restore get-basebackup") opts="-h --help -v --verbose --site --basebackup --primary-conninfo --target-dir --overwrite --delta --tablespace-dir --tablespace-base-dir --recovery-end-command --recovery-target-action --recovery-target-name --recovery-target-time --recovery-target-xid --recovery-target-lsn --recovery-target-immediate --restore-to-primary --restore-to-master --preserve-until --cancel-preserve-on-success --no-cancel-preserve-on-success --pghoard-postgres-command-bin --restore-command-mode --config" ;;
     "pghoard_restore info") opts="-h --help --site --config --json" ;;
     "pghoard_restore verify") opts="-h --help --site --basebackup --config --json" ;;
     "pghoard_restore drill") opts="-h --help --site --basebackup --recovery-target-name --recovery-target-time --recovery-target-xid --recovery-target-lsn --recovery-target-immediate --scratch-dir --timeout --json --pghoard-postgres-command-bin --config" ;;
+    "pghoard_restore request-basebackup") opts="-h --help --host --port --username --password --site --wait --timeout --config" ;;
     "pghoard_archive_cleanup ") opts="-h --help --version --site --config --dry-run" ;;
     "pghoard_archive_sync ") opts="-h --help -D --debug --version --site --config --max-hash-checks --no-verify --create-new-backup-on-failure" ;;
     "pghoard_create_keys ") opts="-h --help -D --debug --version --site --key-id --bits --config" ;;

@@ -154,7 +154,7 @@ export async function runChunkedBackup(
     let endStored: Promise<void> = Promise.resolve();
     let endSegment: string | undefined;
     try {
-      progress.setPhase("starting backup (checkpoint)");
+      progress.setPhase("waiting for checkpoint (fast)");
       await session.startBackup();
       let stopped = false;
       try {
@@ -174,8 +174,12 @@ export async function runChunkedBackup(
           onFailure: (cleanup) => cleanups.push(cleanup),
         });
         session.checkAlive();
-        progress.setPhase("stopping backup");
         const check = await endSegmentCheckOf(ctx, async (sql) => (await session.client.query(sql)).rows);
+        progress.setPhase(
+          check.kind === "server"
+            ? "stopping backup (waiting for the WAL end segment to be archived)"
+            : "stopping backup",
+        );
         // the newest pg_control, read after every data file
         pgControl = await readFile(path.join(pgdata, "global", "pg_control"));
         const stop = await session.stopBackup({ waitForArchive: check.kind === "server" });

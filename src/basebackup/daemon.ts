@@ -33,6 +33,10 @@ export interface BasebackupDaemonContext {
   readonly hostname: string;
   /** Sites whose basebackup was requested over HTTP; this plugin consumes them. */
   readonly requestedBasebackupSites: Set<string>;
+  /** Ids the HTTP PUT gave the pending requests of each site; this plugin reports their outcome. */
+  readonly basebackupRequestIds?: Map<string, string[]>;
+  /** Runs the main loop's next round now: a finished backup is collected and reported at once. */
+  wakeMainLoop?: () => void;
   getStorage(site: string): Promise<StorageBackend>;
   /** Upload through the daemon's transfer agents; resolves once stored or failed. */
   upload(
@@ -65,7 +69,20 @@ interface RunningBackup {
   abort: AbortController;
   latestActivity: Date;
   progress: ProgressState | null;
+  /** The HTTP requests this backup answers. */
+  requestIds: string[];
 }
+
+/** A request's outcome in the state file (`pg_basebackups.<site>.requests.<id>`), read by `request-basebackup --wait`. */
+interface RequestRecord {
+  status: "running" | "done" | "failed" | "not started";
+  basebackup?: string;
+  error?: string;
+  updated_at: string;
+}
+
+/** Requests remembered per site (the oldest are dropped). */
+const REQUESTS_KEPT = 20;
 
 interface SiteRuntime {
   running?: RunningBackup;
@@ -73,6 +90,18 @@ interface SiteRuntime {
   backups: BasebackupInfo[];
   deltaFailure?: DeltaFailureInfo;
   latestActivity?: Date;
+  requests: Map<string, RequestRecord>;
+}
+
+function recordRequests(r: SiteRuntime, ids: readonly string[], record: Omit<RequestRecord, "updated_at">): void {
+  for (const id of ids) {
+    r.requests.delete(id);
+    r.requests.set(id, { ...record, updated_at: new Date().toISOString() });
+  }
+  for (const id of r.requests.keys()) {
+    if (r.requests.size <= REQUESTS_KEPT) break;
+    r.requests.delete(id);
+  }
 }
 
 /** Routes basebackup files through the daemon's transfer queue and waits for the upload. */
@@ -255,7 +284,7 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
   const runtime = (site: string): SiteRuntime => {
     let r = sites.get(site);
     if (!r) {
-      r = { backups: [] };
+      r = { backups: [], requests: new Map() };
       sites.set(site, r);
     }
     return r;
@@ -317,6 +346,7 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
     pgVersion: number,
     node: SiteConfig["nodes"][number],
     pgBasebackupPath: string | undefined,
+    request: { requested: boolean; ids: string[] },
   ): void {
     const site = handle.site;
     const abort = new AbortController();
@@ -329,6 +359,7 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       abort,
       latestActivity: new Date(),
       progress: null,
+      requestIds: request.ids,
     };
     const bctx: BasebackupContext = {
       config: ctx.config,
@@ -339,6 +370,8 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       storage: undefined as never, // replaced below once the storage client exists
       pool: ctx.pool,
       decision,
+      // Whoever asked waits for it: no spread checkpoint (up to checkpoint_timeout) first.
+      fastCheckpoint: request.requested,
       log: loggerFor(ctx, site),
       metrics: { gauge: (n, v, t) => ctx.metrics.gauge(n, v, t), increase: (n, v, t) => ctx.metrics.increase(n, v, t) },
       onProgress: (p) => {
@@ -358,6 +391,8 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
         }
         running.progress = p;
         running.latestActivity = new Date();
+        if (request.ids.length && !r.requests.get(request.ids[0])?.basebackup)
+          recordRequests(r, request.ids, { status: "running", basebackup: p.name });
       },
       signal: abort.signal,
       uploader: new TransferQueueUploader(ctx, site),
@@ -373,8 +408,9 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
     running.promise = (async () => {
       try {
         bctx.storage = await ctx.getStorage(site);
-        await runBasebackup(bctx);
+        const result = await runBasebackup(bctx);
         running.success = true;
+        recordRequests(r, request.ids, { status: "done", basebackup: result.name });
       } catch (err) {
         running.success = false;
         if (err instanceof BackupFailure || err instanceof ConfigError || abort.signal.aborted) {
@@ -384,12 +420,19 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
           ctx.log.error({ err }, `Basebackup of site ${site} unexpectedly failed`);
           ctx.metrics.unexpectedException(err, ExceptionWhere.PG_BASE_BACKUP);
         }
+        recordRequests(r, request.ids, {
+          status: "failed",
+          basebackup: running.progress?.name,
+          error: err instanceof Error ? err.message : String(err),
+        });
       } finally {
         running.done = true;
         running.latestActivity = new Date();
+        ctx.wakeMainLoop?.();
       }
     })();
     r.running = running;
+    recordRequests(r, request.ids, { status: "running" });
   }
 
   return {
@@ -424,16 +467,19 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       const now = new Date();
       const decision = decideNewBackup({ site, settings: siteConfig, backups: r.backups, now, requested });
       if (requested) ctx.requestedBasebackupSites.delete(site);
-      if (!decision.metadata) return;
+      const requestIds = ctx.basebackupRequestIds?.get(site) ?? [];
+      ctx.basebackupRequestIds?.delete(site);
+      const notStarted = (error: string): void => recordRequests(r, requestIds, { status: "not started", error });
+      if (!decision.metadata) return notStarted(decision.message);
       const log = loggerFor(ctx, site);
       if (handle.maintenanceMode()) {
         log.info("Maintenance mode file exists, not starting a basebackup");
-        return;
+        return notStarted("maintenance mode file exists");
       }
       const backoff = deltaBackoffAllows({ failure: r.deltaFailure, settings: siteConfig, now, requested });
       if (!backoff.allowed) {
         log.info(backoff.message);
-        return;
+        return notStarted(backoff.message);
       }
       log.info(decision.message);
       if (siteConfig.nodes.length === 0) throw new Error(`Site ${site} has no nodes`);
@@ -441,26 +487,30 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       const pgVersion = await serverVersion(ctx, site, siteConfig, node);
       if (pgVersion === null) {
         ctx.metrics.increase("pghoard.basebackup_failed");
-        return;
+        return notStarted("could not connect to PostgreSQL to read its version (see the daemon log)");
       }
       if (!pgVersion) {
         await ctx.createAlert("version_unsupported_error").catch(() => undefined);
-        return;
+        return notStarted("unsupported PostgreSQL version");
       }
       const pgBasebackupPath = await checkPgBasebackupVersion(ctx, site, siteConfig, pgVersion);
-      if (pgBasebackupPath === null) return;
-      start(handle, r, decision.metadata as unknown as Record<string, string>, pgVersion, node, pgBasebackupPath);
+      if (pgBasebackupPath === null) return notStarted("pg_basebackup version mismatch");
+      start(handle, r, decision.metadata as unknown as Record<string, string>, pgVersion, node, pgBasebackupPath, {
+        requested,
+        ids: requestIds,
+      });
     },
 
     writeState(state: Record<string, unknown>): void {
       const entries: Record<string, unknown> = {};
       for (const [site, r] of sites) {
         const activity = r.running?.latestActivity ?? r.latestActivity;
-        if (!activity && !r.running) continue;
+        if (!activity && !r.running && !r.requests.size) continue;
         entries[site] = {
           latest_activity: (activity ?? new Date()).toISOString(),
           running: r.running !== undefined,
           ...(r.running?.progress ? { progress: r.running.progress } : {}),
+          ...(r.requests.size ? { requests: Object.fromEntries(r.requests) } : {}),
         };
       }
       state.pg_basebackups = entries;

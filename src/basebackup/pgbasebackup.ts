@@ -61,8 +61,19 @@ export async function pgBasebackupCommand(ctx: BasebackupContext, output: string
   }
   // As upstream: the password goes to ~/.pgpass, never onto the command line (visible in `ps`).
   const { connectionString } = await connectionStringUsingPgpass(ctx.node, { replication: true });
+  if (fastCheckpoint(ctx)) command.push("--checkpoint=fast");
   command.push("--progress", "--dbname", connectionString);
   return command;
+}
+
+/** A requested backup, or `basebackup_fast_checkpoint`: else PostgreSQL's spread checkpoint (upstream). */
+function fastCheckpoint(ctx: BasebackupContext): boolean {
+  return ctx.fastCheckpoint === true || siteConfigOf(ctx).basebackup_fast_checkpoint === true;
+}
+
+/** The first phase: pg_basebackup waits for the checkpoint before it sends a byte. */
+function checkpointPhase(ctx: BasebackupContext): string {
+  return `waiting for checkpoint (${fastCheckpoint(ctx) ? "fast" : "spread"})`;
 }
 
 /** Secrets out of a command line before it is logged. */
@@ -83,6 +94,12 @@ function watchStderr(proc: ChildProcess, ctx: BasebackupContext, progress: Backu
     for (const line of parts) {
       if (!line.trim()) continue;
       const m = /^\s*(\d+)\/(\d+) kB/.exec(line);
+      // pg_basebackup --verbose announces the phases it waits in; each becomes the backup's phase.
+      if (m || /checkpoint completed/.test(line)) {
+        if (progress.snapshot.phase.startsWith("waiting for checkpoint")) progress.setPhase("streaming");
+      } else if (/(write-ahead|transaction) log end point/.test(line)) {
+        progress.setPhase("ending backup (pg_basebackup writes the end of the archive)");
+      }
       if (m) {
         const done = Number(m[1]) * 1024;
         progress.setTotal(Number(m[2]) * 1024);
@@ -189,6 +206,7 @@ export async function runBasicBasebackup(ctx: BasebackupContext): Promise<Baseba
     ctx.log.info(
       `Started: ${redactCommand(command)}, running as PID: ${proc.pid}, basebackup_location: ${workDir}/base.tar`,
     );
+    progress.setPhase(checkpointPhase(ctx));
     const stderr = watchStderr(proc, ctx, progress);
     const unhook = killOnAbort(ctx, proc);
     const code = await waitForExit(proc).finally(unhook);
@@ -248,6 +266,7 @@ export async function runPipeBasebackup(ctx: BasebackupContext): Promise<Basebac
     const command = await pgBasebackupCommand(ctx, "-");
     const proc = spawn(command[0], command.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
     ctx.log.info(`Started: ${redactCommand(command)}, running as PID: ${proc.pid}, basebackup_location: ${name}`);
+    progress.setPhase(checkpointPhase(ctx));
     const stderr = watchStderr(proc, ctx, progress);
     const unhook = killOnAbort(ctx, proc);
     const exited = waitForExit(proc).finally(unhook);

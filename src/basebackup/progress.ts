@@ -84,7 +84,12 @@ export class BackupProgress {
   }
 
   finish(): void {
-    this.state.phase = "done";
+    const s = this.state;
+    const seconds = (Date.now() - Date.parse(s.started_at)) / 1000;
+    this.setPhase(
+      `done: ${(s.bytes_done / 1048576).toFixed(1)} MiB read, ${(s.bytes_uploaded / 1048576).toFixed(1)} MiB uploaded in ${seconds.toFixed(1)} s`,
+    );
+    s.phase = "done";
     this.emit(true);
   }
 }

@@ -68,6 +68,8 @@ export interface BasebackupContext {
   pool: FileFormatPool;
   /** Scheduling metadata from `decideNewBackup` (backup-decision-time, backup-reason, ...). */
   decision: NewBackupMetadata | Record<string, string>;
+  /** `pg_basebackup --checkpoint=fast` (a requested backup; scheduled ones follow `basebackup_fast_checkpoint`). */
+  fastCheckpoint?: boolean;
   log: BasebackupLogger;
   metrics?: BasebackupMetrics;
   /** Receives the running backup's progress (the daemon puts it into its state). */

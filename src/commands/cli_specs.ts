@@ -67,6 +67,27 @@ const RECOVERY_TARGET_OPTIONS: readonly OptionSpec[] = [
   },
 ];
 
+/** Where the daemon's HTTP API is and how to log in (list-basebackups-http, request-basebackup). */
+const DAEMON_HTTP_OPTIONS: readonly OptionSpec[] = [
+  {
+    flags: "--host <HOST>",
+    description: "pghoard repository host (default: the config's http_address, else 127.0.0.1)",
+  },
+  {
+    flags: "--port <PORT>",
+    description: "pghoard repository port (default: the config's http_port, else 16000)",
+    type: "port",
+  },
+  {
+    flags: "--username <USERNAME>",
+    description: "pghoard repository username (default: the config's webserver_username)",
+  },
+  {
+    flags: "--password <PASSWORD>",
+    description: "pghoard repository password (default: the config's webserver_password)",
+  },
+];
+
 export const RESTORE_SPEC: CommandSpec = {
   name: "pghoard_restore",
   description: "List basebackups and restore one",
@@ -81,23 +102,7 @@ export const RESTORE_SPEC: CommandSpec = {
       description: "List available basebackups from a HTTP source",
       options: [
         VERBOSE_OPTION,
-        {
-          flags: "--host <HOST>",
-          description: "pghoard repository host (default: the config's http_address, else 127.0.0.1)",
-        },
-        {
-          flags: "--port <PORT>",
-          description: "pghoard repository port (default: the config's http_port, else 16000)",
-          type: "port",
-        },
-        {
-          flags: "--username <USERNAME>",
-          description: "pghoard repository username (default: the config's webserver_username)",
-        },
-        {
-          flags: "--password <PASSWORD>",
-          description: "pghoard repository password (default: the config's webserver_password)",
-        },
+        ...DAEMON_HTTP_OPTIONS,
         { flags: "--site <SITE>", description: "pghoard site", required: true },
         configOption("pghoard config file: where the daemon listens and its credentials"),
       ],
@@ -246,6 +251,34 @@ export const RESTORE_SPEC: CommandSpec = {
       exitCodes: [
         { code: 0, meaning: "the backup restored, recovered and passed the checks" },
         { code: 1, meaning: `the drill failed (the reason is reported), configuration error, or ${INTERRUPT_EXIT}` },
+        USAGE_EXIT,
+      ],
+    },
+    {
+      name: "request-basebackup",
+      description:
+        "Ask the running daemon for a basebackup now (fast checkpoint) and optionally wait for it (not in upstream pghoard)",
+      options: [
+        ...DAEMON_HTTP_OPTIONS,
+        { flags: "--site <SITE>", description: "pghoard site", required: true },
+        {
+          flags: "--wait",
+          description: "print each phase and the progress until the backup is stored, and report its name",
+        },
+        {
+          flags: "--timeout <SECONDS>",
+          description: "with --wait: give up after this many seconds (the backup goes on); 0: no limit",
+          type: "int",
+          default: 0,
+        },
+        configOption("pghoard config file: where the daemon listens and its credentials"),
+      ],
+      exitCodes: [
+        { code: 0, meaning: "requested (with --wait: the backup is stored; its name is printed)" },
+        {
+          code: 1,
+          meaning: `the daemon refused or is unreachable, the backup failed or was not started (the reason is printed), --timeout, or ${INTERRUPT_EXIT}`,
+        },
         USAGE_EXIT,
       ],
     },

@@ -22,6 +22,7 @@ import { formatVerifyReport, verifyBasebackups, verifyReportJson } from "../rest
 import { formatDrillReport, runDrill } from "../restore/drill.js";
 import { KeyboardInterrupt, abortOnKeyboardInterrupt, runCli, type Io } from "./cli.js";
 import { RESTORE_SPEC } from "./cli_specs.js";
+import { daemonEndpoint, requestBasebackup } from "./daemon_client.js";
 
 async function readConfig(configPath: string | undefined): Promise<PghoardConfig> {
   const resolved = resolveConfigPath(configPath);
@@ -71,16 +72,21 @@ interface HttpListOptions {
  */
 async function listHttp(o: HttpListOptions, io: Io): Promise<number> {
   const config = resolveConfigPath(o.config) ? await readConfig(o.config) : undefined;
-  const listenAddress = config?.http_address;
-  const backups = await listBasebackupsHttp({
-    site: o.site,
-    // A daemon listening on every address ("" / 0.0.0.0 / ::) is reached on loopback.
-    host: o.host ?? (listenAddress && !["", "0.0.0.0", "::"].includes(listenAddress) ? listenAddress : "127.0.0.1"),
-    port: String(o.port ?? config?.http_port ?? 16000),
-    username: o.username ?? config?.webserver_username ?? undefined,
-    password: o.password ?? config?.webserver_password ?? undefined,
-  });
+  const endpoint = daemonEndpoint(o, config);
+  const backups = await listBasebackupsHttp({ site: o.site, ...endpoint });
   io.stdout.write(formatBasebackupList(backups, { caption: availableCaption(o.site), verbose: Boolean(o.verbose) }));
+  return 0;
+}
+
+/** `request-basebackup`: exit 0 once requested (with --wait: once stored), 1 when it failed. */
+async function requestHttp(o: HttpListOptions & { wait?: boolean; timeout: number }, io: Io): Promise<number> {
+  const config = resolveConfigPath(o.config) ? await readConfig(o.config) : undefined;
+  await requestBasebackup(daemonEndpoint(o, config), {
+    site: o.site,
+    wait: Boolean(o.wait),
+    timeoutSeconds: o.timeout,
+    print: (line) => io.stdout.write(`${line}\n`),
+  });
   return 0;
 }
 
@@ -235,6 +241,8 @@ export async function main(
     argv,
     async (inv) => {
       if (inv.command === "list-basebackups-http") return listHttp(inv.opts as unknown as HttpListOptions, io);
+      if (inv.command === "request-basebackup")
+        return requestHttp(inv.opts as unknown as HttpListOptions & { wait?: boolean; timeout: number }, io);
       if (inv.command === "list-basebackups") return listStore(inv.opts, io);
       if (inv.command === "info") return info(inv.opts, io);
       if (inv.command === "verify") return verify(inv.opts as unknown as SiteOptions & { basebackup: string }, io);

@@ -579,6 +579,13 @@ export const siteSection: SectionSpec = {
       description: "How basebackups are taken.",
     },
     {
+      key: "basebackup_fast_checkpoint",
+      types: ["boolean"],
+      default: { value: false },
+      description:
+        "`basic`/`pipe` modes: scheduled backups start with a fast checkpoint (`pg_basebackup --checkpoint=fast`) instead of PostgreSQL's spread one, which can take up to `checkpoint_timeout` × `checkpoint_completion_target`. Requested backups (`PUT /<site>/basebackup`) always use a fast one; `local-tar`/`delta` always do (as upstream). Not in upstream pghoard.",
+    },
+    {
       key: "basebackup_interval_hours",
       types: ["number", "null"],
       default: { value: 24 },

@@ -185,6 +185,7 @@ export interface SiteConfig {
   encryption_key_id: string | null;
   encryption_keys: Record<string, EncryptionKey>;
   basebackup_mode: BasebackupMode;
+  basebackup_fast_checkpoint: boolean;
   basebackup_interval_hours: number | null;
   basebackup_hour?: number;
   basebackup_minute?: number;

@@ -40,6 +40,10 @@ export class DaemonContext {
   readonly transferQueue = new AsyncQueue<TransferOp>();
   /** Sites whose basebackup was requested over HTTP; consumed by the basebackup scheduler hook. */
   readonly requestedBasebackupSites = new Set<string>();
+  /** Ids the PUT answered for the pending requests of each site (several PUTs before a round share one backup). */
+  readonly basebackupRequestIds = new Map<string, string[]>();
+  /** Runs the main loop's next round now (a requested basebackup starts without waiting up to 5 s). */
+  wakeMainLoop: () => void = () => undefined;
   readonly hostname = hostname();
   /** Aborted when a worker hits an unrecoverable failure; the main loop then quits (operations.md §1). */
   readonly criticalFailure = new AbortController();

@@ -9,11 +9,11 @@
  */
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, realpath } from "node:fs/promises";
+import { access, constants, mkdir, readFile, realpath, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import type { Logger } from "pino";
-import { loadConfig } from "../config/index.js";
+import { ConfigError, loadConfig } from "../config/index.js";
 import type { PghoardConfig } from "../config/types.js";
 import { FileFormatPool } from "../fileformat/index.js";
 import { Metrics } from "../monitoring/index.js";
@@ -41,6 +41,24 @@ export interface PGHoardOptions {
   onLogLevel?: (level: string) => void;
   /** Compressor retry interval (tests). */
   compressionRetryIntervalMs?: number;
+}
+
+/** A directory the daemon writes into must exist and be writable; the error names the config key. */
+async function requireWritableDirectory(dir: string, key: string): Promise<void> {
+  let isDirectory: boolean;
+  try {
+    isDirectory = (await stat(dir)).isDirectory();
+  } catch {
+    throw new ConfigError(
+      `${key}: directory ${dir} does not exist (create it for the daemon's user, or change ${key})`,
+    );
+  }
+  if (!isDirectory) throw new ConfigError(`${key}: ${dir} is not a directory`);
+  try {
+    await access(dir, constants.W_OK);
+  } catch {
+    throw new ConfigError(`${key}: directory ${dir} is not writable by this user (uid ${process.getuid?.()})`);
+  }
 }
 
 export class PGHoard {
@@ -78,6 +96,9 @@ export class PGHoard {
     this.options.onLogLevel?.(config.log_level);
     if (!config.backup_location) throw new Error("backup_location must be set for the daemon");
     await mkdir(config.backup_location, { recursive: true });
+    // Refused here in one line, not an ERROR with a stack trace at every main-loop round.
+    await requireWritableDirectory(path.dirname(path.resolve(config.json_state_file_path)), "json_state_file_path");
+    await requireWritableDirectory(path.resolve(config.alert_file_dir), "alert_file_dir");
     // Before any plugin runs: a second daemon must not touch the first one's children or spool.
     this.locks.push(
       await PidLock.acquire(
@@ -199,6 +220,7 @@ export class PGHoard {
     this.running = this.shutdownMode === "none";
     let readySent = false;
     this.ctx.criticalFailure.signal.addEventListener("abort", () => this.wake.abort(), { once: true });
+    this.ctx.wakeMainLoop = () => this.wake.abort();
     while (this.running) {
       try {
         for (const site of Object.keys(this.ctx.config.backup_sites)) {

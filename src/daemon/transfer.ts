@@ -23,7 +23,10 @@ export interface TransferTypeState {
   time_taken: number;
   failures: number;
   xlogs_since_basebackup: number;
+  /** Monotonic seconds, as upstream (comparable only within one daemon run). */
   last_success: number | null;
+  /** Wall-clock time of the last success (ISO 8601 UTC); not in upstream. */
+  last_success_time?: string;
   latest_filename?: string;
 }
 type Operation = "upload" | "download" | "metadata" | "list";
@@ -215,11 +218,14 @@ export class TransferAgents {
         if (op.filetype === "xlog") this.ctx.metrics.siteHealth.walUploaded(op.site, path.basename(name));
       }
       entry.last_success = nowSeconds();
+      entry.last_success_time = new Date().toISOString();
       entry.count += 1;
       entry.data += size;
       entry.time_taken += nowSeconds() - start;
       entry.latest_filename = path.basename(name);
-      this.ctx.metrics.gauge("pghoard.total_upload_size", entry.data, { type: op.filetype, site: op.site });
+      // Uploads only: a listing's or a metadata read's size is no upload.
+      if (oper === "upload")
+        this.ctx.metrics.gauge("pghoard.total_upload_size", entry.data, { type: op.filetype, site: op.site });
     } else {
       entry.failures += 1;
     }
@@ -232,8 +238,13 @@ export class TransferAgents {
     }
     op.callback?.resolve(result);
     const took = (nowSeconds() - start).toFixed(3);
+    if (result.notFound) {
+      // Expected: restore_command probes for history files and for the end of the archive.
+      this.log.debug(`${op.type} of key: ${key}: not in storage, took ${took}s`);
+      return;
+    }
     const line = `${op.type} ${result.success ? "" : "FAILED "}transfer of key: ${key}, size: ${size}, took ${took}s`;
-    if (result.success || result.notFound) this.log.info(line);
+    if (result.success) this.log.info(line);
     else this.log.warn(line);
   }
 

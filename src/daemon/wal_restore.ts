@@ -368,7 +368,8 @@ export class WalRestoreHandler {
       if (published === "exists") this.log.warn(`Target path for ${key} already exists, skipping`);
       if (published !== "published") return;
       const metadata = result.metadata ?? {};
-      this.log.info(
+      // One INFO line per segment: the one serving it to PostgreSQL (servePrefetchFile).
+      this.log.debug(
         `Renamed ${tmpPath} to ${op.prefetchPath}. Original upload from ${metadata.host}, hash ${metadata["hash-algorithm"]}:${metadata.hash}`,
       );
     } catch (err) {

@@ -8,6 +8,7 @@
  * descendant of the site's data directory, and the daemon only ever writes inside the site's
  * WAL directory (temp/prefetch files) and at validated target paths.
  */
+import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -213,9 +214,7 @@ export class WebServer {
       case "basebackup":
         if (method === "GET") return this.listBasebackups(parsed.site!);
         if (method === "PUT") {
-          this.log.info(`Requesting a new basebackup for site ${parsed.site} to be made`);
-          this.ctx.requestedBasebackupSites.add(parsed.site!);
-          return new HttpResponse(201);
+          return this.requestBasebackup(parsed.site!);
         }
         break;
       case "file": {
@@ -248,6 +247,21 @@ export class WebServer {
       }
       this.log.warn(`Transfer operation failed, retrying (${retries} retries left)`);
     }
+  }
+
+  /**
+   * Upstream answers an empty 201; the body naming the request (its clients ignore it) lets
+   * `pghoard_restore request-basebackup --wait` follow it in /status (`pg_basebackups.<site>.requests`).
+   */
+  private requestBasebackup(site: string): HttpResponse {
+    const requestId = `${new Date().toISOString().replace(/[-:.]/g, "")}-${randomBytes(4).toString("hex")}`;
+    this.log.info(`Requesting a new basebackup for site ${site} to be made (request ${requestId})`);
+    this.ctx.requestedBasebackupSites.add(site);
+    const ids = this.ctx.basebackupRequestIds.get(site) ?? [];
+    ids.push(requestId);
+    this.ctx.basebackupRequestIds.set(site, ids);
+    this.ctx.wakeMainLoop();
+    return new HttpResponse(201, { request_id: requestId, site, requested_at: new Date().toISOString() });
   }
 
   private async listBasebackups(site: string): Promise<HttpResponse> {

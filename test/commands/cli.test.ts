@@ -21,7 +21,7 @@ describe("commands/cli", () => {
     assert.equal(usageLine(PGHOARD_SPEC), "[-h] [-D] [--version] [-s] [--config CONFIG] [config_file]");
     assert.equal(
       usageLine(RESTORE_SPEC),
-      "[-h] [-D] [--status-output-file FILE] [--version] {list-basebackups-http,list-basebackups,get-basebackup,info,verify,drill} ...",
+      "[-h] [-D] [--status-output-file FILE] [--version] {list-basebackups-http,list-basebackups,get-basebackup,info,verify,drill,request-basebackup} ...",
     );
   });
 

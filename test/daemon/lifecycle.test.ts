@@ -212,4 +212,26 @@ describe("pghoard command line", () => {
     assert.equal(version.code, 0);
     assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);
   });
+
+  it("refuses a missing state-file or alert directory with one line naming the key", async () => {
+    const env = await makeDaemonEnv({ [SITE]: { pgDataDirectory: await makeFakePgdata() } });
+    const missing = path.join(env.dir, "missing");
+    env.config.json_state_file_path = path.join(missing, "pghoard_state.json");
+    await env.writeConfig();
+    const state = await run(["--config", env.configPath]);
+    assert.equal(state.code, 1);
+    assert.equal(
+      state.stdout,
+      `pghoard: failed to load config ${env.configPath}: json_state_file_path: directory ${missing} does not exist (create it for the daemon's user, or change json_state_file_path)\n`,
+    );
+    env.config.json_state_file_path = env.statePath;
+    env.config.alert_file_dir = missing;
+    await env.writeConfig();
+    const alerts = await run(["--config", env.configPath]);
+    assert.equal(alerts.code, 1);
+    assert.match(
+      alerts.stdout,
+      /^pghoard: failed to load config .*: alert_file_dir: directory .*missing does not exist .*\n$/,
+    );
+  });
 });
