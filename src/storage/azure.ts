@@ -10,7 +10,9 @@ import type { Readable } from "node:stream";
 import {
   AnonymousCredential,
   BlobServiceClient,
+  newPipeline,
   StorageSharedKeyCredential,
+  type RequestPolicyFactory,
   type BlobItem,
   type BlockBlobClient,
   type BlockBlobParallelUploadOptions,
@@ -218,30 +220,16 @@ export class AzureBackend extends RemoteBackend {
 
 /**
  * The SDK's own `proxyOptions` speak only HTTP CONNECT; socks5 needs our agent on every request.
- * Its node HTTP client uses `request.agent` when set, so this client sets it and sends through it.
+ * A request policy sets `agent` on each request (the SDK's node HTTP client uses it when set).
  */
-async function agentHttpClient(agent: HttpAgent): Promise<NonNullable<StoragePipelineOptions["httpClient"]>> {
-  const { createDefaultHttpClient, createHttpHeaders, createPipelineRequest } =
-    await import("@azure/core-rest-pipeline");
-  const { toCompatResponse } = await import("@azure/core-http-compat");
-  const client = createDefaultHttpClient();
+function agentPolicy(agent: HttpAgent): RequestPolicyFactory {
   return {
-    async sendRequest(web) {
-      const request = createPipelineRequest({
-        url: web.url,
-        method: web.method,
-        headers: createHttpHeaders(web.headers.toJson({ preserveCase: true })),
-        body: web.body,
-        abortSignal: web.abortSignal,
-        timeout: web.timeout,
-        requestId: web.requestId,
-        onUploadProgress: web.onUploadProgress,
-        onDownloadProgress: web.onDownloadProgress,
-        streamResponseStatusCodes: web.streamResponseStatusCodes,
-        agent,
-      });
-      return toCompatResponse(await client.sendRequest(request));
-    },
+    create: (next) => ({
+      sendRequest(request) {
+        request.agent = agent;
+        return next.sendRequest(request);
+      },
+    }),
   };
 }
 
@@ -264,20 +252,16 @@ export async function createBackend(config: AzureConfig): Promise<AzureBackend> 
   const options: StoragePipelineOptions = {
     retryOptions: { maxTries: 6, retryDelayInMs: 500, maxRetryDelayInMs: 10_000 },
   };
-  if (config.proxy_info) {
-    const agents = await createProxyAgents(config.proxy_info);
-    options.httpClient = await agentHttpClient(scheme === "https" ? agents.https : agents.http);
-  }
-  let service: BlobServiceClient;
+  const agents = config.proxy_info ? await createProxyAgents(config.proxy_info) : null;
+  let credential: StorageSharedKeyCredential | AnonymousCredential;
   if (config.account_key) {
-    service = new BlobServiceClient(
-      url,
-      new StorageSharedKeyCredential(config.account_name, config.account_key),
-      options,
-    );
+    credential = new StorageSharedKeyCredential(config.account_name, config.account_key);
   } else {
     url += `?${config.sas_token!.replace(/^\?/, "")}`;
-    service = new BlobServiceClient(url, new AnonymousCredential(), options);
+    credential = new AnonymousCredential();
   }
+  const pipeline = newPipeline(credential, options);
+  if (agents) pipeline.factories.push(agentPolicy(scheme === "https" ? agents.https : agents.http));
+  const service = new BlobServiceClient(url, pipeline);
   return new AzureBackend(config, errors, service).init();
 }
