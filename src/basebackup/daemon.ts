@@ -193,6 +193,7 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
   }
 
   let persistWriting: Promise<void> = Promise.resolve();
+  let persistWarned = false;
 
   /** Writes the progress file when it changed, at most once a second unless forced; writes never overlap. */
   function persistProgress(force: boolean): Promise<void> {
@@ -205,7 +206,11 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       try {
         await store.write();
       } catch (err) {
-        ctx.log.warn(`Could not write ${PROGRESS_FILE}: ${err instanceof Error ? err.message : String(err)}`);
+        // Once as a warning (e.g. an unwritable working directory repeats every second), then debug.
+        const message = `Could not write ${PROGRESS_FILE}: ${err instanceof Error ? err.message : String(err)}`;
+        if (persistWarned) ctx.log.debug(message);
+        else ctx.log.warn(message);
+        persistWarned = true;
         ctx.metrics.unexpectedException(err, ExceptionWhere.WRITE_PERSISTED_PROGRESS);
       }
     });
