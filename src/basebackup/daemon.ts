@@ -221,18 +221,29 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
     return persisted;
   }
 
-  /** Writes the progress file when it changed, at most once a second unless forced. */
-  async function persistProgress(force: boolean): Promise<void> {
-    if (!persisted || !(persistDirty || force)) return;
-    if (!force && Date.now() - lastPersistWrite < 1000) return;
+  let persistWriting: Promise<void> = Promise.resolve();
+  let persistWarned = false;
+
+  /** Writes the progress file when it changed, at most once a second unless forced; writes never overlap. */
+  function persistProgress(force: boolean): Promise<void> {
+    const store = persisted;
+    if (!store || !(persistDirty || force)) return persistWriting;
+    if (!force && Date.now() - lastPersistWrite < 1000) return persistWriting;
     persistDirty = false;
     lastPersistWrite = Date.now();
-    try {
-      await persisted.write();
-    } catch (err) {
-      ctx.log.warn(`Could not write ${PROGRESS_FILE}: ${err instanceof Error ? err.message : String(err)}`);
-      ctx.metrics.unexpectedException(err, ExceptionWhere.WRITE_PERSISTED_PROGRESS);
-    }
+    persistWriting = persistWriting.then(async () => {
+      try {
+        await store.write();
+      } catch (err) {
+        // Once as a warning (e.g. an unwritable working directory repeats every second), then debug.
+        const message = `Could not write ${PROGRESS_FILE}: ${err instanceof Error ? err.message : String(err)}`;
+        if (persistWarned) ctx.log.debug(message);
+        else ctx.log.warn(message);
+        persistWarned = true;
+        ctx.metrics.unexpectedException(err, ExceptionWhere.WRITE_PERSISTED_PROGRESS);
+      }
+    });
+    return persistWriting;
   }
 
   /** Feeds the persisted progress from the running backup's progress (upstream's upload progress tracker). */
@@ -247,6 +258,7 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       const info = store.get("total_bytes_uploaded");
       if (store.advance("total_bytes_uploaded", info.current_progress + uploadedGrowth)) {
         persistDirty = true;
+        void persistProgress(false);
         ctx.metrics.gauge(MetricNames.SECONDS_SINCE_BACKUP_PROGRESS_STALLED, 0);
       }
     } else if (p.mode === "delta" && p.bytes_uploaded === 0) {
@@ -255,6 +267,7 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
       running.phaseTag = p.phase;
       if (store.advance("snapshot_progress", p.bytes_done)) {
         persistDirty = true;
+        void persistProgress(false);
         ctx.metrics.gauge(MetricNames.SECONDS_SINCE_BACKUP_PROGRESS_STALLED, 0, { phase: p.phase });
       }
     }

@@ -10,7 +10,7 @@ import path from "node:path";
 import { after, describe, it } from "node:test";
 import { decodeStoredObject, switchWal, waitArchived } from "../daemon/helpers.js";
 import { findTarMember, TAR_METADATA_FILENAME } from "../../src/catalog/index.js";
-import { listStore, requestBackup, startScenario, type Scenario, type StoredEntry } from "./helpers.js";
+import { listStore, reloadSite, requestBackup, startScenario, type Scenario, type StoredEntry } from "./helpers.js";
 
 const only = process.env.BB_MODES?.split(",");
 
@@ -101,6 +101,28 @@ describe(
       for (const f of [...m1.snapshot_result.state.files, ...m2.snapshot_result.state.files]) {
         if (f.hexdigest) assert.ok(stored.has(f.hexdigest), `${f.relative_path} -> ${f.hexdigest}`);
       }
+
+      // Retention down to one backup: deleting the first two removes only the hash objects the kept
+      // third backup does not reference (small_t changed again), never a shared one (pgbench_accounts).
+      const small1 = m1.snapshot_result.state.files.find((f) => f.relative_path === smallFile);
+      assert.ok(small1?.hexdigest && small1.hexdigest !== small2.hexdigest);
+      await reloadSite(s.env, s.daemon, s.site, (c) => {
+        c.basebackup_count = 1;
+      });
+      await s.cluster.query("INSERT INTO small_t SELECT i, repeat('w', 200) FROM generate_series(2101, 2200) i");
+      await s.cluster.query("CHECKPOINT");
+      const third = await requestBackup(s);
+      assert.deepEqual(
+        (await listStore(s.env, s.site, "basebackup")).map((e) => e.name),
+        [third.name],
+      );
+      const m3 = (await controlJson(s, third)).manifest as Manifest;
+      const referenced = new Set(m3.snapshot_result.state.files.map((f) => f.hexdigest).filter(Boolean));
+      const storedAfter = new Set((await listStore(s.env, s.site, "basebackup_delta")).map((o) => o.name));
+      assert.ok(storedAfter.has(accounts1.hexdigest), "the shared object stays");
+      for (const digest of referenced) assert.ok(storedAfter.has(digest), `referenced ${digest} kept`);
+      for (const digest of storedAfter) assert.ok(referenced.has(digest), `unreferenced ${digest} deleted`);
+      assert.ok(!storedAfter.has(small1.hexdigest) && !storedAfter.has(small2.hexdigest));
     });
   },
 );

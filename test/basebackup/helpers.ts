@@ -86,6 +86,24 @@ export async function startScenario(opts: {
   return scenario;
 }
 
+/** Changes `backup_sites.<site>` of the config, sends SIGHUP and waits until the daemon applied it. */
+export async function reloadSite(
+  env: DaemonEnv,
+  daemon: DaemonProcess,
+  site: string,
+  change: (siteConfig: Record<string, unknown>) => void,
+): Promise<void> {
+  const before = daemon.logs().split("Configuration reloaded").length;
+  change((env.config.backup_sites as Record<string, Record<string, unknown>>)[site]!);
+  await env.writeConfig();
+  daemon.child.kill("SIGHUP");
+  const deadline = Date.now() + 30_000;
+  while (daemon.logs().split("Configuration reloaded").length === before) {
+    if (Date.now() > deadline) throw new Error(`config not reloaded: ${daemon.logs().slice(-3000)}`);
+    await sleep(100);
+  }
+}
+
 export interface StoredEntry {
   name: string;
   metadata: Record<string, string>;

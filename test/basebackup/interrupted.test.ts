@@ -2,7 +2,8 @@
  * A daemon SIGKILLed in the middle of a real local-tar backup: the next start removes the work
  * directory with its chunks from the spool, the uploaded chunks that have no control object from
  * the store, and temp files that crashed writes left in the local store, without touching the
- * completed backup before it.
+ * completed backup before it. `persisted_progress_file.json` (working directory) keeps the killed
+ * backup's upload progress across the restart: the restarted daemon reports the stall since then.
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -64,6 +65,7 @@ describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
         basebackup_chunks_in_progress: 2,
         basebackup_count: 3,
       },
+      configExtra: { prometheus: {} },
     });
     daemon = s.daemon;
     await s.cluster.pgbench(["-i", "-s", "8", "-q"]);
@@ -77,6 +79,12 @@ describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
 
   it("the next start removes the spool work directory, the orphan chunks and store temp files", async () => {
     const completed = await requestBackup(s);
+    const progressFile = path.join(s.env.dir, "persisted_progress_file.json");
+    const readProgress = async (): Promise<{
+      progress: Record<string, { current_progress: number; last_updated_time: number }>;
+    }> => JSON.parse(await readFile(progressFile, "utf8"));
+    // A completed backup resets it.
+    assert.deepEqual(await readProgress(), { progress: {} });
     const completedName = completed.name.replace(/\.00000000\.pghoard$/, "");
     const siteStore = path.join(s.env.storageDir, SITE);
     const chunkRoot = path.join(siteStore, "basebackup_chunk");
@@ -101,11 +109,13 @@ describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
 
     const res = await httpRequest(s.env.port, "PUT", `/${SITE}/archive/basebackup`);
     assert.equal(res.status, 201);
-    // Kill once a chunk of the new backup is in the store (and before its control object is).
+    // Kill once a chunk of the new backup is in the store and in the progress file (and before its control object is).
     let killedName = "";
     await waitUntil(
       "a chunk of the second backup in the store",
       async () => {
+        const uploaded = await readProgress().catch(() => null);
+        if (!uploaded?.progress.total_bytes_uploaded?.current_progress) return false;
         for (const name of await entries(chunkRoot)) {
           if (name === completedName) continue;
           if ((await listStore(s.env, SITE, "basebackup_chunk", name)).length > 0) {
@@ -118,6 +128,9 @@ describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
       () => daemon!.logs(),
     );
     await daemon!.stop("SIGKILL");
+    const killedProgress = (await readProgress()).progress.total_bytes_uploaded!;
+    assert.ok(killedProgress.current_progress > 0);
+    assert.ok(Math.abs(killedProgress.last_updated_time - Date.now() / 1000) < 120, JSON.stringify(killedProgress));
     const completedFiles = new Map(
       [...(await treeDigest(siteStore))].filter(
         ([p]) => p.includes(completedName) && !p.includes(".metadata_tmp") && !p.includes(".concurrent_upload"),
@@ -133,7 +146,26 @@ describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
       "no control object for the killed backup",
     );
 
+    // Down for a while: a stall counted from the restart would be at least this much smaller.
+    await sleep(8000);
     daemon = await DaemonProcess.start(s.env, { logName: "daemon-restarted.log" });
+    // The restarted daemon reports how long the killed backup's uploads have not progressed.
+    let stalled = NaN;
+    let scrapedAt = 0;
+    await waitUntil(
+      "the stall gauge after the restart",
+      async () => {
+        const body = (await httpRequest(s.env.port, "GET", "/metrics")).body;
+        scrapedAt = Date.now() / 1000;
+        const m = /^pghoard_seconds_since_backup_progress_stalled(?:\{\})? (\d+)/m.exec(body);
+        if (m) stalled = Number(m[1]);
+        return m !== null;
+      },
+      () => daemon!.logs(),
+    );
+    // The gauge is refreshed every main-loop iteration (5 s).
+    const expected = scrapedAt - killedProgress.last_updated_time;
+    assert.ok(stalled >= expected - 6 && stalled <= expected + 1, `${stalled} vs ${expected}`);
     await waitUntil(
       "the leftovers to be removed",
       async () => !existsSync(path.join(chunkRoot, killedName)) && (await entries(incoming)).length === 0,
@@ -161,5 +193,6 @@ describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
     s.daemon = daemon;
     await requestBackup(s);
     assert.equal((await listStore(s.env, SITE, "basebackup")).length, 2);
+    assert.deepEqual(await readProgress(), { progress: {} });
   });
 });

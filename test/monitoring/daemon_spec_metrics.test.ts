@@ -3,7 +3,7 @@
  * cluster archives through archive_command, the daemon takes local-tar-delta-stats, delta and pipe
  * basebackups on request (twice for the two delta flavours, so the ratios of a non-first backup
  * appear), serves a WAL download, recovers a truncated `.partial` at start and fails one backup
- * (its data directory is gone).
+ * (its role does not exist).
  * A second site points at a server that does not answer: its gauges and the failing probe are in
  * the very first `GET /metrics`. Values are read back from the statsd packets (every emission) and
  * from the Prometheus exposition (what a scraper sees).
@@ -14,20 +14,23 @@ import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { findTarMember, TAR_METADATA_FILENAME } from "../../src/catalog/index.js";
 import {
   DaemonProcess,
+  decodeStoredObject,
   httpRequest,
   makeDaemonEnv,
   makeFakePgdata,
   postgresCommandBin,
   sleep,
   switchWal,
+  syntheticSegment,
   waitArchived,
   type DaemonEnv,
 } from "../daemon/helpers.js";
 import { findFreePort, startCluster, type PgCluster } from "../helpers/pgcluster.js";
 import { parseExposition } from "./exposition.js";
-import { requestBackup, type Scenario } from "../basebackup/helpers.js";
+import { reloadSite, requestBackup, type Scenario } from "../basebackup/helpers.js";
 
 interface StatsdLine {
   name: string;
@@ -55,22 +58,14 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
   let udp: dgram.Socket;
   const lines: StatsdLine[] = [];
   let firstScrape = "";
+  let downPgdata = "";
   const site = "m";
 
   const seen = (name: string, match: (l: StatsdLine) => boolean = () => true): StatsdLine[] =>
     lines.filter((l) => l.name === name && match(l));
 
-  async function reload(change: (siteConfig: Record<string, unknown>) => void): Promise<void> {
-    const before = daemon!.logs().split("Configuration reloaded").length;
-    change((env.config.backup_sites as Record<string, Record<string, unknown>>)[site]!);
-    await env.writeConfig();
-    daemon!.child.kill("SIGHUP");
-    const deadline = Date.now() + 30_000;
-    while (daemon!.logs().split("Configuration reloaded").length === before) {
-      if (Date.now() > deadline) throw new Error(`config not reloaded: ${daemon!.logs().slice(-3000)}`);
-      await sleep(100);
-    }
-  }
+  const reload = (change: (siteConfig: Record<string, unknown>) => void): Promise<void> =>
+    reloadSite(env, daemon!, site, change);
 
   before(async () => {
     udp = dgram.createSocket("udp4");
@@ -83,6 +78,7 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
       archiveCommand: `${process.execPath} ${postgresCommandBin} --mode archive --port ${port} --site ${site} --xlog %f`,
     });
     const deadPort = await findFreePort();
+    downPgdata = await makeFakePgdata();
     env = await makeDaemonEnv(
       {
         [site]: {
@@ -91,10 +87,12 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
             nodes: [cluster.connectionInfo()],
             basebackup_mode: "local-tar-delta-stats",
             basebackup_chunk_size: 4 * 1024 * 1024,
+            // relation files of a fresh cluster are small: hash (delta-stats) / store apart (delta) from 64 KiB
+            basebackup_delta_mode_min_delta_file_size: 64 * 1024,
           },
         },
         down: {
-          pgDataDirectory: await makeFakePgdata(),
+          pgDataDirectory: downPgdata,
           extra: { nodes: [{ host: "127.0.0.1", port: deadPort, user: "postgres" }] },
         },
       },
@@ -139,10 +137,17 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
     // local-tar-delta-stats twice (the second compares with the first), then delta twice, then pipe
     await requestBackup(s);
     await cluster.query("CREATE TABLE grow AS SELECT generate_series(1, 50000) AS i");
-    await requestBackup(s);
+    const stats = await requestBackup(s);
+    // local-tar-delta-stats' delta_stats in the control object: hashes of the files, compared with the first backup
+    const { data } = await decodeStoredObject(env.storageDir, path.join(site, "basebackup", stats.name), {});
+    const control = JSON.parse(findTarMember(data, TAR_METADATA_FILENAME)!.toString("utf8")) as {
+      delta_stats?: { hashes?: Record<string, number> };
+    };
+    const hashes = Object.entries(control.delta_stats?.hashes ?? {});
+    assert.ok(hashes.length > 10, JSON.stringify(control.delta_stats).slice(0, 500));
+    for (const [digest, size] of hashes) assert.ok(/^[0-9a-f]{64}$/.test(digest) && size >= 0, `${digest} ${size}`);
     await reload((c) => {
       c.basebackup_mode = "delta";
-      c.basebackup_delta_mode_min_delta_file_size = 64 * 1024;
     });
     await requestBackup(s);
     await cluster.query("INSERT INTO grow SELECT generate_series(1, 50000)");
@@ -152,15 +157,18 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
       c.basebackup_mode = "pipe";
     });
     await requestBackup(s);
-    // A WAL download as restore_command makes it
-    const target = path.join(cluster.dataDir, "pg_wal", "RECOVERYXLOG");
-    const got = await httpRequest(env.port, "GET", `/${site}/archive/${seg}`, { "x-pghoard-target-path": target });
+    // A WAL download as restore_command makes it (site `down`: the segment is only in the store)
+    const walName = "000000010000000000000001";
+    await writeFile(path.join(downPgdata, "pg_wal", walName), syntheticSegment(walName));
+    assert.equal((await httpRequest(env.port, "PUT", `/down/archive/${walName}`)).status, 201);
+    await rm(path.join(downPgdata, "pg_wal", walName));
+    const target = path.join(downPgdata, "pg_wal", "RECOVERYXLOG");
+    const got = await httpRequest(env.port, "GET", `/down/archive/${walName}`, { "x-pghoard-target-path": target });
     assert.equal(got.status, 201, got.body);
-    await rm(target, { force: true });
-    // A backup that fails: the data directory is gone
+    // A backup that cannot start: the configured role does not exist
     await reload((c) => {
-      c.basebackup_mode = "local-tar";
-      c.pg_data_directory = path.join(env.dir, "no-such-pgdata");
+      c.basebackup_mode = "basic";
+      c.nodes = [{ ...cluster.connectionInfo(), user: "no_such_role" }];
     });
     await httpRequest(env.port, "PUT", `/${site}/archive/basebackup`);
     const deadline = Date.now() + 60_000;
@@ -217,7 +225,7 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
     tagged("pghoard.xlogs_since_basebackup", ["site"]);
     has("pghoard.total_upload_size", (l) => l.tags.type === "xlog" && l.tags.site === site);
     has("pghoard.upload_size", (l) => l.tags.result === "ok" && l.tags.type === "xlog" && l.tags.site === site);
-    has("pghoard.download_size", (l) => l.tags.result === "ok" && l.tags.type === "xlog" && l.tags.site === site);
+    has("pghoard.download_size", (l) => l.tags.result === "ok" && l.tags.type === "xlog" && l.tags.site === "down");
 
     // The scraper sees the same names (sanitised) and tags.
     const families = parseExposition((await httpRequest(env.port, "GET", "/metrics")).body);
