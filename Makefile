@@ -2,7 +2,7 @@
 #   make deb   → dist/pkg/pghoard-node_<version>_<arch>.deb   (dpkg-deb)
 #   make rpm   → dist/pkg/pghoard-node-<version>-1.<arch>.rpm (rpmbuild)
 # Both install the compiled dist/ and the production node_modules under /usr/lib/pghoard, the six
-# commands as /usr/bin wrappers, the systemd unit and /var/lib/pghoard owned by postgres; they depend
+# commands as /usr/bin wrappers (a link for pghoard_postgres_command), the systemd unit and /var/lib/pghoard owned by postgres; they depend
 # on the system's nodejs >= 20. An existing dist/ is used as is (`make build` recompiles).
 
 SHELL := /bin/bash

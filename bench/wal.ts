@@ -17,7 +17,12 @@
  * before it; the verdict uses the median of those paired differences, which is robust against
  * other load on the machine. "daemon share" is the same archive PUT sent without a new process.
  *
- * The WAL comes from a throwaway PostgreSQL 15 cluster (`pgbench -i -s 4`).
+ * The WAL comes from a throwaway PostgreSQL 15 cluster (`pgbench -i -s 12`).
+ *
+ * Then (unless `--no-pgbackrest`) bench/wal_compare.ts: our bash client (bin/pghoard_postgres_command,
+ * no Node.js start-up; the daemon works ahead on `.ready` files) against pgBackRest archive-push /
+ * archive-get, sync and async, lz4 and zst, aes-256-cbc, process-max 2: per-call medians and
+ * ours ÷ pgBackRest, for one segment at a time, a burst of ready segments, and restores.
  *
  * `--streaming [--seconds N]` adds the sustained-rate section (`streamingSection`, see
  * bench/wal_streaming.ts): segments/s and lag of archive_command, pg_receivexlog and walreceiver
@@ -25,17 +30,28 @@
  */
 import { spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  rmSync,
+  unlinkSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { findFreePort, makeTempDir, startCluster } from "../test/helpers/pgcluster.js";
+import { findFreePort, makeTempDir, startCluster, type PgCluster } from "../test/helpers/pgcluster.js";
+import { compareWithPgBackRest } from "./wal_compare.js";
 import { benchStreamingArchiving } from "./wal_streaming.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const pghoardBin = path.join(repoRoot, "bin", "pghoard.js");
 const commandBin = path.join(repoRoot, "bin", "pghoard_postgres_command.js");
+const shellBin = path.join(repoRoot, "bin", "pghoard_postgres_command");
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(name);
@@ -83,10 +99,11 @@ function stats(values: number[]): { median: number; p90: number; min: number } {
   return { median: at(0.5), p90: at(0.9), min: sorted[0] };
 }
 
-async function makeSegments(dir: string): Promise<string[]> {
-  const cluster = await startCluster({ settings: { wal_recycle: "off" } });
+/** The cluster stays up: pgBackRest (bench/wal_compare.ts) reads its pg_control and pg_wal. */
+async function makeSegments(dir: string): Promise<{ names: string[]; cluster: PgCluster }> {
+  const cluster = await startCluster({ settings: { wal_recycle: "off", wal_keep_size: "4GB", max_wal_size: "4GB" } });
   try {
-    await cluster.pgbench(["-i", "-s", "4"]);
+    await cluster.pgbench(["-i", "-s", String(SCALE)]);
     const rows = await cluster.query<{ name: string }>("SELECT pg_walfile_name(pg_switch_wal()) AS name");
     const last = rows[0].name;
     const walDir = path.join(cluster.dataDir, "pg_wal");
@@ -94,11 +111,15 @@ async function makeSegments(dir: string): Promise<string[]> {
       .filter((n) => /^[0-9A-F]{24}$/.test(n) && n <= last)
       .sort();
     for (const name of names) copyFileSync(path.join(walDir, name), path.join(dir, name));
-    return names;
-  } finally {
+    return { names, cluster };
+  } catch (err) {
     await cluster.destroy();
+    throw err;
   }
 }
+
+/** pgbench scale: enough WAL for a burst of at least 10 full segments. */
+const SCALE = 12;
 
 async function main(): Promise<void> {
   const runs = arg("--runs", 20);
@@ -109,8 +130,8 @@ async function main(): Promise<void> {
     mkdirSync(path.join(d, "pg_wal"), { recursive: true });
     writeFileSync(path.join(d, "PG_VERSION"), "15\n");
   }
-  process.stdout.write("creating WAL with pgbench -i -s 4 ...\n");
-  const segments = await makeSegments(path.join(archiveData, "pg_wal"));
+  process.stdout.write(`creating WAL with pgbench -i -s ${SCALE} ...\n`);
+  const { names: segments, cluster } = await makeSegments(path.join(archiveData, "pg_wal"));
   if (segments.length < 3) throw new Error(`need at least 3 segments, got ${segments.length}`);
 
   const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 3072 });
@@ -193,8 +214,12 @@ async function main(): Promise<void> {
 
     for (let i = 0; i < runs; i++) {
       const name = segments[i % segments.length];
+      // A new mtime: the daemon must not answer from its work-ahead entry for the unchanged file.
+      const touch = (): void => utimesSync(path.join(archiveData, "pg_wal", name), new Date(), new Date());
+      touch();
       await measure("archive", [commandBin, ...common, "--site", "bench", "--mode", "archive", "--xlog", name]);
       // The daemon's share: the same PUT without starting a process.
+      touch();
       const t0 = process.hrtime.bigint();
       if ((await request(port, `/bench/archive/${name}`, "PUT")) !== 201) throw new Error("PUT failed");
       samples.archiveHttp.push(Number(process.hrtime.bigint() - t0) / 1e6);
@@ -265,9 +290,31 @@ async function main(): Promise<void> {
           `${(pairedMedian === null ? "" : `+${pairedMedian.toFixed(1)}`).padStart(10)}  ${verdict}\n`,
       );
     }
+    if (process.argv.includes("--no-pgbackrest")) return;
+    await compareWithPgBackRest({
+      work,
+      port,
+      site: "bench",
+      siteDataDir: archiveData,
+      restoreSite: "benchrestore",
+      restoreDataDir: restoreData,
+      clusterDataDir: cluster.dataDir,
+      clusterPort: cluster.port,
+      clusterSocketDir: cluster.socketDir,
+      segments,
+      shellBin,
+      runs,
+    });
+    process.stdout.write(
+      `load average after: ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(" ")}\n`,
+    );
   } finally {
     daemon.kill("SIGTERM");
     await new Promise((r) => daemon.once("exit", r));
+    await cluster.destroy();
     rmSync(work, { recursive: true, force: true });
   }
 }

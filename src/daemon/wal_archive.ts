@@ -38,7 +38,7 @@ export class WalArchiveHandler {
     // is still retrying): wait for that upload instead of queueing another copy.
     let entry = this.workAhead.take(site, name, identity);
     if (entry) {
-      if (!entry.settled) this.log.debug(`Archival of ${site} ${name} is already in progress, waiting for it`);
+      if (!entry.settled) this.log.info(`Archival of ${site} ${name} is already in progress, waiting for it`);
     } else {
       if (filetype === "xlog") {
         try {

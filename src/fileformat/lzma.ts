@@ -21,8 +21,13 @@ interface LzmaNative {
   CONCATENATED: number;
 }
 
+// Loaded on first use: only xz sites pay for the native module's start-up.
 const require = createRequire(import.meta.url);
-const lzma = require("lzma-native") as LzmaNative;
+let loaded: LzmaNative | undefined;
+function native(): LzmaNative {
+  loaded ??= require("lzma-native") as LzmaNative;
+  return loaded;
+}
 
 /** Decoder input slice: xz of zeros expands ~7000x, so feed small pieces to bound each output batch. */
 const DECODE_SLICE = 16 * 1024;
@@ -68,9 +73,9 @@ export class LzmaEncoder implements Codec {
 
   constructor(level: number) {
     if (!Number.isInteger(level) || level < 0 || level > 9) throw new FileFormatError(`invalid lzma preset ${level}`);
-    const stream = new lzma.Stream();
+    const stream = new (native().Stream)();
     // threads:1 selects the MT encoder, the only path that honours preset 0 (easyEncoder turns 0 into 6).
-    stream.mtEncoder_({ preset: level, filters: null, check: lzma.CHECK_CRC64, threads: 1 });
+    stream.mtEncoder_({ preset: level, filters: null, check: native().CHECK_CRC64, threads: 1 });
     this.lz = new SyncLzma(stream);
   }
 
@@ -88,9 +93,9 @@ export class LzmaDecoder implements Codec {
   private sawInput = false;
 
   constructor() {
-    const stream = new lzma.Stream();
+    const stream = new (native().Stream)();
     // CONCATENATED: liblzma itself reads concatenated xz streams and stream padding.
-    stream.autoDecoder_(null, lzma.CONCATENATED);
+    stream.autoDecoder_(null, native().CONCATENATED);
     this.lz = new SyncLzma(stream);
   }
 

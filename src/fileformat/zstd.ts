@@ -5,48 +5,55 @@ import type { Codec } from "./types.js";
 
 // The raw binding gives synchronous, incremental compressStream2/decompressStream, which the
 // lazy Codec interface needs; zstd-napi's own Transforms push everything eagerly.
+// Loaded on first use: a process that never touches zstd (a snappy site's restore_command in the
+// direct mode, say) does not pay for the native module.
 const require = createRequire(import.meta.url);
-const binding = require("zstd-napi/binding") as typeof import("zstd-napi/binding.js");
+type Binding = typeof import("zstd-napi/binding.js");
+let loaded: Binding | undefined;
+function native(): Binding {
+  loaded ??= require("zstd-napi/binding") as Binding;
+  return loaded;
+}
 
 const DEFAULT_LEVEL = 3;
-const C_OUT_SIZE = binding.cStreamOutSize();
-const D_OUT_SIZE = binding.dStreamOutSize();
+const cOutSize = (): number => native().cStreamOutSize();
+const dOutSize = (): number => native().dStreamOutSize();
 /** Decompressor output piece; bounded so that a highly compressed input cannot balloon memory. */
-const D_PIECE = Math.max(D_OUT_SIZE, 256 * 1024);
+const dPiece = (): number => Math.max(dOutSize(), 256 * 1024);
 
 export function zstdLevel(level: number): number {
   if (!Number.isInteger(level)) throw new FileFormatError(`invalid zstd level ${level}`);
   if (level === 0) return DEFAULT_LEVEL; // upstream: level 0 means "zstd default"
-  const bounds = binding.cParamGetBounds(binding.CParameter.compressionLevel);
+  const bounds = native().cParamGetBounds(native().CParameter.compressionLevel);
   if (level < bounds.lowerBound || level > bounds.upperBound) throw new FileFormatError(`invalid zstd level ${level}`);
   return level;
 }
 
 export class ZstdEncoder implements Codec {
-  private readonly cctx = new binding.CCtx();
+  private readonly cctx = new (native().CCtx)();
   /** Reused while results are copied out of it (the common case: output is much smaller). */
   private scratch: Buffer | null = null;
 
   constructor(level: number, threads = 0) {
-    this.cctx.setParameter(binding.CParameter.compressionLevel, zstdLevel(level));
-    this.cctx.setParameter(binding.CParameter.contentSizeFlag, 0);
-    this.cctx.setParameter(binding.CParameter.checksumFlag, 0);
-    if (threads > 0) this.cctx.setParameter(binding.CParameter.nbWorkers, threads);
+    this.cctx.setParameter(native().CParameter.compressionLevel, zstdLevel(level));
+    this.cctx.setParameter(native().CParameter.contentSizeFlag, 0);
+    this.cctx.setParameter(native().CParameter.checksumFlag, 0);
+    if (threads > 0) this.cctx.setParameter(native().CParameter.nbWorkers, threads);
   }
 
   *update(chunk: Buffer): Iterable<Buffer> {
-    yield* this.run(chunk, binding.EndDirective.continue);
+    yield* this.run(chunk, native().EndDirective.continue);
   }
 
   *final(): Iterable<Buffer> {
-    yield* this.run(Buffer.alloc(0), binding.EndDirective.end);
+    yield* this.run(Buffer.alloc(0), native().EndDirective.end);
   }
 
   private *run(input: Buffer, directive: number): Iterable<Buffer> {
     let src = input;
     for (;;) {
       // Sized so one call usually takes a whole 1 MiB input; the result is trimmed below.
-      const size = Math.max(C_OUT_SIZE, src.length);
+      const size = Math.max(cOutSize(), src.length);
       const dst = this.scratch !== null && this.scratch.length >= size ? this.scratch : Buffer.allocUnsafe(size);
       this.scratch = dst;
       const [remaining, produced, consumed] = this.cctx.compressStream2(dst, src, directive);
@@ -59,19 +66,19 @@ export class ZstdEncoder implements Codec {
           yield dst.subarray(0, produced);
         }
       }
-      if (src.length === 0 && (directive === binding.EndDirective.continue || remaining === 0)) return;
+      if (src.length === 0 && (directive === native().EndDirective.continue || remaining === 0)) return;
     }
   }
 }
 
 export class ZstdDecoder implements Codec {
-  private readonly dctx = new binding.DCtx();
+  private readonly dctx = new (native().DCtx)();
   private inFrame = false;
 
   *update(chunk: Buffer): Iterable<Buffer> {
     let src = chunk;
     while (src.length > 0) {
-      const dst = Buffer.allocUnsafe(D_PIECE);
+      const dst = Buffer.allocUnsafe(dPiece());
       let ret: number, produced: number, consumed: number;
       try {
         [ret, produced, consumed] = this.dctx.decompressStream(dst, src);
@@ -86,7 +93,7 @@ export class ZstdDecoder implements Codec {
       if (src.length === 0 && produced === dst.length && ret !== 0) {
         // Output buffer was full inside a frame: the decoder may hold more output for this input.
         for (;;) {
-          const more = Buffer.allocUnsafe(D_PIECE);
+          const more = Buffer.allocUnsafe(dPiece());
           const [ret2, produced2] = this.dctx.decompressStream(more, src);
           this.inFrame = ret2 !== 0;
           if (produced2 > 0)

@@ -110,6 +110,15 @@ describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
     const env = { ...process.env, PGHOARD_CONFIG: "" };
     const { stdout } = await execFileAsync(path.join(root, "usr", "bin", "pghoard"), ["--version"], { env });
     assert.equal(stdout.trim(), version);
+    // The bash client (a link in /usr/bin) hands --version to the Node.js client beside its target.
+    const pgCommand = path.join(root, "usr", "bin", "pghoard_postgres_command");
+    assert.equal((await execFileAsync(pgCommand, ["--version"], { env })).stdout.trim(), version);
+    const label = await execFileAsync(
+      pgCommand,
+      ["--mode", "archive", "--site", "s", "--xlog", "000000010000000000000002.00000028.backup"],
+      { env: { ...env, PGHOARD_NODE: "/bin/false" } },
+    );
+    assert.match(label.stdout, /^Ignoring request to archive backup label/);
     const keys = await execFileAsync(
       path.join(root, "usr", "bin", "pghoard_create_keys"),
       ["--site", "default", "--key-id", "pkgtest", "--bits", "2048"],
