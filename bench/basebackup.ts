@@ -2,13 +2,13 @@
  * Basebackup throughput and memory, every mode side by side on one pgbench database.
  *
  *   node dist/bench/basebackup.js [--scale 70] [--modes local-tar,delta,basic,pipe] [--algorithms snappy,zstd]
- *                                 [--threads 2] [--pgbackrest] [--keep]
+ *                                 [--threads 2] [--keep]
+ *   node dist/bench/basebackup.js --compare [--scale 50] [--runs 3] [--algorithms snappy,zstd]
  *
  * Creates a throwaway PostgreSQL 15 cluster, `pgbench -i -s <scale>` (70 ≈ 1.05 GB), then in the
  * same run: the read floor `pg_basebackup -Ft -D - -X none > /dev/null`, each mode × algorithm with
  * encryption (each backup in a child process so its peak RSS is its own; basic/pipe's
- * pg_basebackup child is not included), and, with --pgbackrest, a full pgBackRest backup (lz4,
- * process-max = threads) of the same database. Output goes to a local store in /tmp.
+ * pg_basebackup child is not included). Output goes to a local store in /tmp.
  *
  * Measured 2026-11-26 on the 2-core dev VM, scale 70 (1069 MiB PGDATA), while other jobs shared
  * the machine (load average 5.7; figures swing ±50 % between runs, so compare within one run):
@@ -16,10 +16,16 @@
  *   zstd+enc 396 MiB/s (97 %, 3.00 CPU-s/GiB, RSS 226 MiB); delta 174/151, basic 185/165,
  *   pipe 212/202 MiB/s (snappy/zstd); pgBackRest 2.45 lz4 process-max=2 (unencrypted) 329 MiB/s,
  *   1.93 CPU-s/GiB.
+ *
+ * `--compare`: ours against pgBackRest on a cluster with WAL archiving on (ours archiving through
+ * a running daemon, pgBackRest through its archive-push; archive_command switched before each
+ * backup), both encrypted (ours rohmu RSA+AES, pgBackRest aes-256-cbc, lz4, process-max 2), each
+ * backup a fresh process timed from spawn to exit, A/B/A/B so machine load hits both; prints the
+ * medians and ours ÷ pgBackRest. No upstream pghoard here: Debian 12 does not package it.
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,7 +33,9 @@ import { FileFormatPool } from "../src/fileformat/index.js";
 import { createStorage } from "../src/storage/index.js";
 import { runBasebackup } from "../src/basebackup/index.js";
 import type { PghoardConfig } from "../src/config/types.js";
-import { makeTempDir, runAsPostgres, startCluster, type PgCluster } from "../test/helpers/pgcluster.js";
+import { makeTempDir, startCluster, type PgCluster } from "../test/helpers/pgcluster.js";
+import { DaemonProcess, makeDaemonEnv, makeKeyPair, postgresCommandBin } from "../test/daemon/helpers.js";
+import { median, pgbackrestInstalled, setArchiveCommand, setupPgBackRest } from "./pgbackrest.js";
 
 const MiB = 1024 * 1024;
 
@@ -92,6 +100,7 @@ async function child(spec: ChildSpec): Promise<void> {
     error: (m: string) => process.stderr.write(`${m}\n`),
   };
   const started = process.hrtime.bigint();
+  let lastPhase = "";
   const result = await runBasebackup({
     config,
     site: "bench",
@@ -101,6 +110,16 @@ async function child(spec: ChildSpec): Promise<void> {
     pool,
     decision: { "backup-reason": "requested" },
     log: quiet,
+    // --phases: where a backup's time goes
+    onProgress: process.env.BENCH_PHASES
+      ? (state) => {
+          if (state.phase === lastPhase) return;
+          lastPhase = state.phase;
+          process.stderr.write(
+            `    ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(2)} s ${state.phase}\n`,
+          );
+        }
+      : undefined,
   });
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   await pool.close();
@@ -130,6 +149,25 @@ function runChild(spec: ChildSpec): Promise<ChildResult> {
   });
 }
 
+/** `pgbench -i -s scale`, a checkpoint; PGDATA's size without pg_wal and the server version. */
+async function loadPgbench(cluster: PgCluster, scale: number): Promise<{ pgdataBytes: number; pgVersion: number }> {
+  process.stdout.write(`pgbench -i -s ${scale} ...\n`);
+  await cluster.pgbench(["-i", "-s", String(scale), "-q"]);
+  await cluster.query("CHECKPOINT");
+  const pgdataBytes = duBytes(cluster.dataDir) - duBytes(path.join(cluster.dataDir, "pg_wal"));
+  const pgVersion = Number(
+    (await cluster.query<{ server_version_num: string }>("SHOW server_version_num"))[0].server_version_num,
+  );
+  return { pgdataBytes, pgVersion };
+}
+
+function loadAverage(): string {
+  return os
+    .loadavg()
+    .map((l) => l.toFixed(1))
+    .join(" ");
+}
+
 function duBytes(dir: string): number {
   return Number(execFileSync("du", ["-sb", dir], { encoding: "utf8" }).split("\t")[0]);
 }
@@ -147,77 +185,90 @@ function readFloor(cluster: PgCluster): { seconds: number; bytes: number } {
   return { seconds, bytes: Number(res.stdout.trim()) };
 }
 
-function pgbackrest(
-  cluster: PgCluster,
-  threads: number,
-  workDir: string,
-): { seconds: number; repoBytes: number; cpuSeconds: number } | string {
-  if (spawnSync("sh", ["-c", "command -v pgbackrest"]).status !== 0) {
-    const install = spawnSync("sh", ["-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest"], {
-      encoding: "utf8",
-    });
-    if (install.status !== 0) return `pgbackrest not installable: ${install.stderr.slice(-300)}`;
-  }
-  const repo = path.join(workDir, "pgbackrest-repo");
-  const conf = path.join(workDir, "pgbackrest.conf");
-  mkdirSync(repo, { recursive: true });
-  mkdirSync(path.join(workDir, "pgbackrest-log"), { recursive: true });
-  mkdirSync(path.join(workDir, "pgbackrest-lock"), { recursive: true });
-  writeFileSync(
-    conf,
-    [
-      "[global]",
-      `repo1-path=${repo}`,
-      `log-path=${workDir}/pgbackrest-log`,
-      `lock-path=${workDir}/pgbackrest-lock`,
-      "compress-type=lz4",
-      `process-max=${threads}`,
-      "start-fast=y",
-      "archive-check=n",
-      "log-level-console=warn",
-      "",
-      "[bench]",
-      `pg1-path=${cluster.dataDir}`,
-      `pg1-port=${cluster.port}`,
-      `pg1-socket-path=${cluster.socketDir}`,
-      "",
-    ].join("\n"),
+/** See the header: ours vs pgBackRest on an archiving cluster, interleaved, medians and ratios. */
+async function compare(): Promise<void> {
+  const scale = Number(arg("scale", "50"));
+  const runs = Number(arg("runs", "3"));
+  const threads = Number(arg("threads", "2"));
+  const algorithms = arg("algorithms", "snappy,zstd").split(",");
+  if (!pgbackrestInstalled()) throw new Error("pgbackrest is not installed (apt-get install -y pgbackrest)");
+  const workDir = await makeTempDir("bench-basebackup-compare");
+  const cluster = await startCluster({
+    archiveCommand: "/bin/true",
+    settings: { max_wal_size: "4GB", checkpoint_timeout: "30min" },
+  });
+  const keys = makeKeyPair();
+  const env = await makeDaemonEnv(
+    {
+      bench: {
+        pgDataDirectory: cluster.dataDir,
+        keyId: "benchkey",
+        keys,
+        extra: { prefix: "bench", nodes: [cluster.connectionInfo()] },
+      },
+    },
+    { log_level: "WARNING" },
   );
-  execFileSync("chown", [
-    "-R",
-    "postgres:postgres",
-    repo,
-    conf,
-    `${workDir}/pgbackrest-log`,
-    `${workDir}/pgbackrest-lock`,
-  ]);
-  // /usr/bin/time adds the CPU seconds of pgBackRest and its worker processes (last stderr line)
-  const run = (args: string[]): ReturnType<typeof spawnSync> =>
-    spawnSync(
-      "/usr/bin/time",
-      [
-        "-f",
-        "%U %S",
-        ...(runAsPostgres ? ["runuser", "-u", "postgres", "--"] : []),
-        "pgbackrest",
-        `--config=${conf}`,
-        ...args,
-      ],
-      { encoding: "utf8" },
+  const daemon = await DaemonProcess.start(env);
+  try {
+    const { pgdataBytes, pgVersion } = await loadPgbench(cluster, scale);
+    const pgbr = setupPgBackRest(cluster, workDir, { processMax: threads });
+    pgbr.run(["stanza-create"]);
+    const ours = `${process.execPath} ${postgresCommandBin} --mode archive --port ${env.port} --site bench --xlog %f`;
+    readFloor(cluster); // page cache warm for every contender
+    const times: Record<string, number[]> = {};
+    const record = (label: string, seconds: number): void => {
+      (times[label] ??= []).push(seconds);
+      process.stdout.write(`  ${label.padEnd(36)} ${seconds.toFixed(2)} s\n`);
+    };
+    const pgbrLabel = `pgBackRest full lz4+aes-256-cbc p${threads}`;
+    for (let run = 0; run < runs; run++) {
+      for (const algorithm of algorithms) {
+        await setArchiveCommand(cluster, ours);
+        const started = process.hrtime.bigint();
+        await runChild({
+          mode: "local-tar",
+          algorithm,
+          threads,
+          pgdata: cluster.dataDir,
+          node: cluster.connectionInfo(),
+          storeDir: env.storageDir,
+          spoolDir: path.join(workDir, "spool"),
+          publicKey: keys.publicPem,
+          pgVersion,
+        });
+        record(`ours local-tar ${algorithm}+enc`, Number(process.hrtime.bigint() - started) / 1e9);
+        await setArchiveCommand(cluster, pgbr.archiveCommand);
+        record(pgbrLabel, pgbr.run(["--type=full", "backup"]).seconds);
+      }
+    }
+    const theirs = median(times[pgbrLabel]);
+    process.stdout.write(
+      `\nPGDATA ${(pgdataBytes / MiB).toFixed(0)} MiB (pgbench -s ${scale}), archive_mode on, ${runs} runs each, interleaved; medians:\n`,
     );
-  const create = run(["--stanza=bench", "stanza-create"]);
-  if (create.status !== 0) return `stanza-create failed: ${String(create.stderr)}${String(create.stdout)}`;
-  const started = process.hrtime.bigint();
-  const backup = run(["--stanza=bench", "--type=full", "backup"]);
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  if (backup.status !== 0) return `backup failed: ${String(backup.stderr)}${String(backup.stdout)}`;
-  const [user, sys] = String(backup.stderr).trim().split("\n").pop()!.split(" ").map(Number);
-  return { seconds, repoBytes: duBytes(repo), cpuSeconds: user + sys };
+    for (const [label, values] of Object.entries(times)) {
+      const m = median(values);
+      const ratio = label === pgbrLabel ? "" : `  ours ÷ pgBackRest ${(m / theirs).toFixed(2)}× (target ≤ 0.60×)`;
+      process.stdout.write(`${label.padEnd(36)} ${m.toFixed(2)} s${ratio}\n`);
+    }
+    process.stdout.write(`load average during the run: ${loadAverage()}\n`);
+  } finally {
+    await daemon.stop().catch(() => undefined);
+    if (!process.argv.includes("--keep")) {
+      await cluster.destroy();
+      rmSync(workDir, { recursive: true, force: true });
+      rmSync(env.dir, { recursive: true, force: true });
+    }
+  }
 }
 
 async function main(): Promise<void> {
   if (process.argv[2] === "--child") {
     await child(JSON.parse(process.argv[3]) as ChildSpec);
+    return;
+  }
+  if (process.argv.includes("--compare")) {
+    await compare();
     return;
   }
   const scale = Number(arg("scale", "70"));
@@ -227,13 +278,7 @@ async function main(): Promise<void> {
   const workDir = await makeTempDir("bench-basebackup");
   const cluster = await startCluster({ settings: { max_wal_size: "4GB", checkpoint_timeout: "30min" } });
   try {
-    process.stdout.write(`pgbench -i -s ${scale} ...\n`);
-    await cluster.pgbench(["-i", "-s", String(scale), "-q"]);
-    await cluster.query("CHECKPOINT");
-    const pgdataBytes = duBytes(cluster.dataDir) - duBytes(path.join(cluster.dataDir, "pg_wal"));
-    const pgVersion = Number(
-      (await cluster.query<{ server_version_num: string }>("SHOW server_version_num"))[0].server_version_num,
-    );
+    const { pgdataBytes, pgVersion } = await loadPgbench(cluster, scale);
     process.stdout.write(
       `PGDATA without pg_wal: ${(pgdataBytes / MiB).toFixed(0)} MiB; ${os.cpus().length} CPUs; Node ${process.version}\n\n`,
     );
@@ -279,25 +324,8 @@ async function main(): Promise<void> {
         rmSync(spoolDir, { recursive: true, force: true });
       }
     }
-    if (process.argv.includes("--pgbackrest")) {
-      const res = pgbackrest(cluster, threads, workDir);
-      if (typeof res === "string") process.stdout.write(`pgbackrest: ${res}\n`);
-      else {
-        line(
-          `pgbackrest full lz4 (process-max=${threads})`,
-          res.seconds,
-          pgdataBytes,
-          `CPU ${((res.cpuSeconds * 1024 * MiB) / pgdataBytes).toFixed(2)} s/GiB, repo ${(res.repoBytes / MiB).toFixed(0)} MiB (rate over PGDATA size)`,
-        );
-      }
-    }
     process.stdout.write(`\nupstream pghoard local-tar reference (2 cores): 221 MiB/s snappy, 290 MiB/s zstd\n`);
-    process.stdout.write(
-      `load average during the run: ${os
-        .loadavg()
-        .map((l) => l.toFixed(1))
-        .join(" ")}\n`,
-    );
+    process.stdout.write(`load average during the run: ${loadAverage()}\n`);
   } finally {
     if (!process.argv.includes("--keep")) {
       await cluster.destroy();

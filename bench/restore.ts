@@ -18,6 +18,11 @@
  *
  * Each restore is followed by `pghoard_restore verify` of the same backup (MiB/s = decoded bytes,
  * WAL included / wall time).
+ *
+ * `--pgbackrest`: a pgBackRest full backup of the same database (lz4, aes-256-cbc, process-max 2)
+ * is restored right after each of ours (A/B/A/B, so machine load hits both), and the medians are
+ * printed with ours ÷ pgBackRest. Both restores are durable: pgBackRest fsyncs every file and
+ * directory, ours too before global/pg_control goes in place. `--no-verify` skips the verify runs.
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -29,7 +34,8 @@ import { promisify } from "node:util";
 import { requestBackup, type Scenario } from "../test/basebackup/helpers.js";
 import { DaemonProcess, makeDaemonEnv, makeKeyPair, postgresCommandBin } from "../test/daemon/helpers.js";
 import { repoRoot } from "../test/helpers/paths.js";
-import { makeTempDir, startCluster } from "../test/helpers/pgcluster.js";
+import { chownToPostgres, makeTempDir, startCluster } from "../test/helpers/pgcluster.js";
+import { median, pgbackrestInstalled, setArchiveCommand, setupPgBackRest, type PgBackRest } from "./pgbackrest.js";
 
 const execFileAsync = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -150,6 +156,17 @@ async function main(): Promise<void> {
       `# pgbench -i -s ${scale}: ${(dbBytes / MiB).toFixed(0)} MiB in ${((Date.now() - t0) / 1000).toFixed(0)} s`,
     );
 
+    let pgbr: PgBackRest | undefined;
+    if (process.argv.includes("--pgbackrest")) {
+      if (!pgbackrestInstalled()) throw new Error("pgbackrest is not installed (apt-get install -y pgbackrest)");
+      pgbr = setupPgBackRest(cluster, work);
+      pgbr.run(["stanza-create"]);
+      await setArchiveCommand(cluster, pgbr.archiveCommand);
+      const b = pgbr.run(["--type=full", "backup"]);
+      console.log(`# pgBackRest full backup (lz4, aes-256-cbc, process-max 2) in ${b.seconds.toFixed(1)} s`);
+    }
+    const ratios: string[] = [];
+
     for (const combo of combos) {
       const [mode, algorithm] = combo.split(":");
       const env = await makeDaemonEnv(
@@ -187,6 +204,8 @@ async function main(): Promise<void> {
       console.log(
         `# ${combo}: backup ${(plainBytes / MiB).toFixed(0)} MiB → ${(storedBytes / MiB).toFixed(0)} MiB stored in ${((Date.now() - b0) / 1000).toFixed(0)} s`,
       );
+      const oursSeconds: number[] = [];
+      const theirSeconds: number[] = [];
       for (let run = 0; run < runs; run++) {
         const target = path.join(work, `restore-${mode}-${algorithm}`);
         const restore = (...extra: string[]): ReturnType<typeof timed> =>
@@ -202,6 +221,24 @@ async function main(): Promise<void> {
           ]);
         const r = await restore();
         rows.push({ what: `pghoard_restore ${mode} ${algorithm}+enc`, plainBytes, storedBytes, ...r });
+        oursSeconds.push(r.seconds);
+        if (pgbr) {
+          const theirs = path.join(work, "restore-pgbackrest");
+          await rm(theirs, { recursive: true, force: true });
+          await execFileAsync("mkdir", ["-m", "700", theirs]);
+          await chownToPostgres(theirs);
+          const t = pgbr.run([`--pg1-path=${theirs}`, "restore"]);
+          theirSeconds.push(t.seconds);
+          rows.push({
+            what: "pgbackrest restore (lz4, aes-256-cbc, process-max 2)",
+            plainBytes,
+            storedBytes: 0,
+            seconds: t.seconds,
+            rssMb: 0,
+            cpuSeconds: t.cpuSeconds,
+          });
+          await rm(theirs, { recursive: true, force: true });
+        }
         if (deltaBench) {
           console.log(`# ${combo} run ${run}: ${await changeOnePercent(target)}`);
           const d = await restore("--delta");
@@ -209,6 +246,7 @@ async function main(): Promise<void> {
           rows.push({ what, plainBytes, storedBytes, ...d });
         }
         await rm(target, { recursive: true, force: true });
+        if (process.argv.includes("--no-verify")) continue;
         // verify of the same backup (and the WAL archived since its start), decoded bytes per second
         const v = await timed(
           process.execPath,
@@ -231,7 +269,15 @@ async function main(): Promise<void> {
         });
       }
       await rm(env.dir, { recursive: true, force: true });
+      if (pgbr) {
+        const ours = median(oursSeconds);
+        const theirs = median(theirSeconds);
+        ratios.push(
+          `${combo}: ours ${ours.toFixed(2)} s, pgBackRest ${theirs.toFixed(2)} s (medians of ${runs}, interleaved): ours ÷ pgBackRest ${(ours / theirs).toFixed(2)}× (target ≤ 1.00×)`,
+        );
+      }
     }
+    for (const ratio of ratios) console.log(`# ${ratio}`);
 
     // Baseline: GNU tar extracting the same data, uncompressed.
     const tarFile = path.join(work, "base.tar");
@@ -257,6 +303,12 @@ async function main(): Promise<void> {
     await rm(work, { recursive: true, force: true });
   }
 
+  console.log(
+    `# load average at the end ${os
+      .loadavg()
+      .map((l) => l.toFixed(1))
+      .join(" ")}`,
+  );
   console.log("");
   // CPU seconds (user + sys) say more than wall time on a shared, busy machine.
   console.log("| what | data MiB | stored MiB | seconds | MiB/s | CPU s | peak RSS MB |");

@@ -144,6 +144,7 @@ export async function runChunkedBackup(
   const progress = new BackupProgress(name, site.basebackup_mode, ctx.log, ctx.onProgress);
   const cleanups: Array<() => Promise<void>> = [];
   let success = false;
+  const endWait = new AbortController();
   try {
     const session = await BackupSession.connect(ctx);
     let data: ChunkedBackupData;
@@ -187,7 +188,7 @@ export async function runChunkedBackup(
         stopped = true;
         if (check.kind === "storage") {
           endSegment = await session.segmentBefore(stop.lsn);
-          endStored = waitForEndSegment(ctx, endSegment);
+          endStored = waitForEndSegment(ctx, endSegment, endWait.signal);
           // awaited before the control object goes up; a failure meanwhile is not unhandled
           endStored.catch(() => undefined);
         }
@@ -225,6 +226,7 @@ export async function runChunkedBackup(
       plainBytes: data.totalSizePlain,
     };
   } finally {
+    endWait.abort();
     if (!success) {
       for (const cleanup of cleanups)
         await cleanup().catch((err: unknown) => ctx.log.warn(`Cleanup after a failed backup failed: ${String(err)}`));

@@ -66,8 +66,11 @@ async function stored(ctx: BasebackupContext, key: string): Promise<boolean> {
 export async function waitForEndSegment(
   ctx: BasebackupContext,
   segment: string,
+  /** Ends the polling when the backup failed otherwise meanwhile. */
+  cancel: AbortSignal,
   timeoutMs = ctx.endSegmentTimeoutMs ?? DEFAULT_END_SEGMENT_TIMEOUT_MS,
 ): Promise<void> {
+  const signal = ctx.signal ? AbortSignal.any([ctx.signal, cancel]) : cancel;
   const prefix = siteConfigOf(ctx).prefix;
   const history = historyName(segment);
   const missing = [walKey(prefix, segment), ...(history ? [timelineKey(prefix, history)] : [])];
@@ -77,7 +80,7 @@ export async function waitForEndSegment(
   for (;;) {
     while (missing.length > 0 && (await stored(ctx, missing[0]))) missing.shift();
     if (missing.length === 0) return;
-    if (ctx.signal?.aborted) throw new BackupFailure("thread termination requested");
+    if (signal.aborted) throw new BackupFailure("thread termination requested");
     if (Date.now() >= deadline) {
       throw new BackupFailure(
         `The backup's end WAL segment ${segment}${history ? ` (with ${history})` : ""} was not in storage after ${Math.round(timeoutMs / 1000)} s ` +
@@ -89,7 +92,7 @@ export async function waitForEndSegment(
       ctx.log.info(`Waiting for the backup's end WAL segment ${segment} to be stored`);
       logged = true;
     }
-    await sleep(Math.min(delay, Math.max(1, deadline - Date.now())), ctx.signal).catch(() => undefined);
+    await sleep(Math.min(delay, Math.max(1, deadline - Date.now())), signal).catch(() => undefined);
     delay = Math.min(MAX_POLL_MS, Math.ceil(delay * 1.5));
   }
 }

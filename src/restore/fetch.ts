@@ -184,7 +184,11 @@ export async function fetchAll(opts: FetchOptions): Promise<void> {
   let errors: RestoreError[] = [];
 
   for (let round = 0; round < maxRounds; round += 1) {
-    const pending = opts.items.map((_, i) => i).filter((i) => !done[i]);
+    // Largest first: a big object started last would leave the other workers idle at the end.
+    const pending = opts.items
+      .map((_, i) => i)
+      .filter((i) => !done[i])
+      .sort((a, b) => opts.items[b].size - opts.items[a].size);
     if (pending.length === 0) break;
     const controller = new AbortController();
     const onOuterAbort = (): void => controller.abort(opts.signal?.reason);

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -51,6 +51,8 @@ describe("restore of upstream's test data", { skip }, () => {
     set: string,
     kind: "tar-object" | "file-object",
     tablespaces: Record<string, { oid: number }> = {},
+    /** `sizes`: each object's size for scheduling (default 1); `started`: receives keys as objects are opened. */
+    opts: { concurrency?: number; sizes?: Map<string, number>; started?: string[] } = {},
   ): Promise<{ pgdata: string; tsDirs: Record<string, string> }> {
     const raw = JSON.parse(await readFile(path.join(dataDir, "data", set, "config.json"), "utf8")) as Record<
       string,
@@ -63,13 +65,19 @@ describe("restore of upstream's test data", { skip }, () => {
       storage_type: "local",
       directory: path.join(dataDir, "data", set, "chunks"),
     });
+    const getReadStream = storage.getReadStream.bind(storage);
+    // the real local store, recording the order in which objects are opened
+    storage.getReadStream = (key: string) => {
+      opts.started?.push(key);
+      return getReadStream(key);
+    };
     const files = (await readdir(path.join(dataDir, "data", set, "chunks")))
       .filter((f) => !f.endsWith(".metadata"))
       .sort();
     const items: RestoreItem[] = files.map((file) =>
       kind === "tar-object"
-        ? { kind, key: file, size: 1, storage }
-        : { kind, key: file, size: 1, storage, relativePath: file },
+        ? { kind, key: file, size: opts.sizes?.get(file) ?? 1, storage }
+        : { kind, key: file, size: opts.sizes?.get(file) ?? 1, storage, relativePath: file },
     );
     const pgdata = path.join(work, set, "pgdata");
     const tsDirs: Record<string, string> = {};
@@ -82,7 +90,7 @@ describe("restore of upstream's test data", { skip }, () => {
     await fetchAll({
       target,
       items,
-      concurrency: 3,
+      concurrency: opts.concurrency ?? 3,
       progress: new ProgressTracker(items),
       createDecodeStream: (metadata) => {
         const keyId = metadata["encryption-key-id"];
@@ -100,6 +108,22 @@ describe("restore of upstream's test data", { skip }, () => {
       assert.deepEqual(await directoryManifest(pgdata), sortManifest(truth[set].restored_pgdata_manifest));
     });
   }
+
+  it("basebackup: the largest object is started first, so no worker is left alone with it at the end", async () => {
+    const chunks = path.join(dataDir, "data", "basebackup", "chunks");
+    const files = (await readdir(chunks)).filter((f) => !f.endsWith(".metadata"));
+    const sizes = new Map(
+      await Promise.all(files.map(async (f) => [f, (await stat(path.join(chunks, f))).size] as const)),
+    );
+    assert.ok(new Set(sizes.values()).size > 1, "chunks of different sizes");
+    const started: string[] = [];
+    const { pgdata } = await restoreSet("basebackup", "tar-object", {}, { concurrency: 1, sizes, started });
+    assert.deepEqual(
+      started,
+      [...files].sort((x, y) => sizes.get(y)! - sizes.get(x)!),
+    );
+    assert.deepEqual(await directoryManifest(pgdata), sortManifest(truth.basebackup.restored_pgdata_manifest));
+  });
 
   it("basebackup_delta: delta-v1 hash objects restore as files", async () => {
     const { pgdata } = await restoreSet("basebackup_delta", "file-object");
