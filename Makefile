@@ -52,6 +52,13 @@ stage: dist/src/commands/pghoard.js
 	install -m 0644 pghoard.json pghoard-local-minimal.json $(STAGE)/usr/share/doc/$(NAME)/examples/
 	install -m 0644 README.md $(STAGE)/usr/share/doc/$(NAME)/README.md
 	install -m 0644 debian/copyright $(STAGE)/usr/share/doc/$(NAME)/copyright
+	# Debian policy wants a changelog (changelog.gz: the version has no Debian revision, a native
+	# package); one entry for this build, from the package version and git. The rpm ships it too.
+	{ echo "$(NAME) ($(VERSION)) unstable; urgency=medium"; echo; \
+	  echo "  * Build of pghoard for Node.js $(VERSION)$$(git rev-parse --short HEAD 2>/dev/null | sed 's/^/ from git commit /')."; \
+	  git log -5 --format='  * %s' 2>/dev/null | cut -c1-100; echo; \
+	  echo " -- $$(sed -n 's/^Maintainer: //p' debian/control)  $$(LC_ALL=C date -R)"; } \
+	  | gzip -9n > $(STAGE)/usr/share/doc/$(NAME)/changelog.gz
 	# Man pages and completion are generated from the option definitions (npm run docs) and committed.
 	for page in man/*.1; do gzip -9n < $$page > $(STAGE)/usr/share/man/man1/$$(basename $$page).gz; done
 	install -m 0644 completion/pghoard.bash $(STAGE)/usr/share/bash-completion/completions/pghoard

@@ -250,7 +250,12 @@ function configure(
     .usage(command.usageText)
     .helpOption("-h, --help", "show this help message and exit")
     .exitOverride()
-    .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
+    .configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      // Usage errors are thrown (error() above), so what comes here is the help commander prints when
+      // a sub-command is missing: on stdout, as upstream's print_help().
+      writeErr: (s) => (spec.subcommands?.length ? io.stdout : io.stderr).write(s),
+    })
     // Defaults are part of each option's text already (optionHelp).
     .configureHelp({ optionDescription: (o) => o.description })
     .showSuggestionAfterError(false)
@@ -313,7 +318,7 @@ export async function parseCommandLine(spec: CommandSpec, argv: string[], io: Io
       return EXIT_USAGE;
     }
     if (err instanceof CommanderError) {
-      // --help/--version: 0; no sub-command: commander printed the help (stderr), 1 like upstream.
+      // --help/--version: 0; no sub-command: commander printed the help (stdout), 1 like upstream.
       return err.code === "commander.helpDisplayed" || err.code === "commander.version" ? EXIT_OK : err.exitCode;
     }
     throw err;

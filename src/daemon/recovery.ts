@@ -2,6 +2,8 @@
  * Start-up walk of the spool (operations.md §6.6): files a crash left behind are queued again, so
  * nothing that was received or compressed is lost.
  */
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
 import { copyFile, readdir, stat, truncate, unlink } from "node:fs/promises";
 import path from "node:path";
 import { exists } from "../common/fs.js";
@@ -22,6 +24,26 @@ async function listFiles(dir: string): Promise<string[]> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
     throw err;
+  }
+}
+
+/**
+ * pg_receivewal resumes from the newest completed segment, so it stays in xlog_incoming after its
+ * upload and the start-up walk finds it again: true when storage already holds it with the same
+ * plaintext hash (then it is not compressed and uploaded again at every restart).
+ */
+async function alreadyStored(ctx: DaemonContext, site: string, name: string, fullPath: string): Promise<boolean> {
+  try {
+    const storage = await ctx.getStorage(site);
+    const metadata = await storage.getMetadataForKey(objectKey(ctx.site(site).prefix, "xlog", name));
+    const algorithm = metadata["hash-algorithm"];
+    if (!metadata.hash || !algorithm) return false;
+    const hash = createHash(algorithm);
+    for await (const chunk of createReadStream(fullPath)) hash.update(chunk as Buffer);
+    return hash.digest("hex") === metadata.hash;
+  } catch {
+    // Not stored, unreadable, or an unknown algorithm: upload it (the safe side).
+    return false;
   }
 }
 
@@ -60,6 +82,11 @@ export async function recoverSpool(ctx: DaemonContext, site: string): Promise<vo
       continue;
     }
     if (hasCompressed) await unlink(compressedPath).catch(() => undefined);
+    if (filetype === "xlog" && (await alreadyStored(ctx, site, name, fullPath))) {
+      log.info(`${fullPath} is already in storage with the same hash, not uploading it again`);
+      ctx.compressionDeleter?.(fullPath);
+      continue;
+    }
     log.debug(`Found ${fullPath} when starting up, adding to compression queue`);
     ctx.compressionQueue.put({ site, filetype, fullPath, compressToMemory: false, deleteFileAfterCompression: true });
   }

@@ -12,6 +12,33 @@ export function formatProgress(p: ProgressSnapshot): string {
   return `Download progress: ${(p.fraction * 100).toFixed(2)}% (${(p.downloaded / MIB).toFixed(0)} / ${(p.total / MIB).toFixed(0)} MiB)`;
 }
 
+/** `1:02:03` / `2:03`. */
+function duration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = String(s % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${sec}` : `${m}:${sec}`;
+}
+
+/**
+ * The terminal's line: upstream's text plus the average rate and the time left, e.g.
+ * `Download progress: 12.50% (5 / 40 MiB), 2.5 MiB/s, ETA 0:14`.
+ */
+export function formatTerminalProgress(p: ProgressSnapshot, elapsedSeconds: number): string {
+  const base = formatProgress(p);
+  if (elapsedSeconds <= 0 || p.downloaded <= 0) return base;
+  const rate = p.downloaded / elapsedSeconds;
+  const eta = p.total > p.downloaded ? `, ETA ${duration((p.total - p.downloaded) / rate)}` : "";
+  return `${base}, ${(rate / MIB).toFixed(1)} MiB/s${eta}`;
+}
+
+/** The closing summary: `Downloaded 40.0 MiB in 0:16 (2.5 MiB/s)`. */
+export function formatSummary(p: ProgressSnapshot, elapsedSeconds: number): string {
+  const rate = elapsedSeconds > 0 ? p.downloaded / elapsedSeconds : 0;
+  return `Downloaded ${(p.downloaded / MIB).toFixed(1)} MiB in ${duration(elapsedSeconds)} (${(rate / MIB).toFixed(1)} MiB/s)`;
+}
+
 /** Python `repr(float)` for the fractions we write (never huge, never negative). */
 function pyFloat(value: number): string {
   if (Number.isInteger(value)) return `${value}.0`;
@@ -38,12 +65,14 @@ export class ProgressReporter {
   private lastPlain = 0;
   private writingStatus: Promise<void> = Promise.resolve();
   private readonly isTTY: boolean;
+  private startedAt = Date.now();
 
   constructor(private readonly opts: ProgressReporterOptions) {
     this.isTTY = opts.isTTY ?? Boolean((opts.out as NodeJS.WriteStream).isTTY);
   }
 
   start(): void {
+    this.startedAt = Date.now();
     this.tick();
     this.timer = setInterval(() => this.tick(), 1000);
     this.timer.unref();
@@ -52,7 +81,8 @@ export class ProgressReporter {
   private tick(): void {
     const snapshot = this.opts.tracker.snapshot();
     if (this.isTTY) {
-      this.opts.out.write(`\r${formatProgress(snapshot)}\r`);
+      // Padded: a shorter line (the ETA shrinks) must not leave the end of the previous one.
+      this.opts.out.write(`\r${formatTerminalProgress(snapshot, this.elapsed()).padEnd(79)}\r`);
     } else if (Date.now() - this.lastPlain >= 10_000) {
       this.lastPlain = Date.now();
       this.opts.out.write(`${formatProgress(snapshot)}\n`);
@@ -71,11 +101,20 @@ export class ProgressReporter {
       });
   }
 
-  /** Stops the timer and prints the final state (with a newline). */
+  private elapsed(): number {
+    return (Date.now() - this.startedAt) / 1000;
+  }
+
+  /** Stops the timer and prints the final state (with a newline); on a terminal, also the summary. */
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     const snapshot = this.opts.tracker.snapshot();
-    this.opts.out.write(this.isTTY ? `\r${formatProgress(snapshot)}\r\n` : `${formatProgress(snapshot)}\n`);
+    // Non-terminal output stays upstream's lines (scripts parse them).
+    this.opts.out.write(
+      this.isTTY
+        ? `\r${formatProgress(snapshot).padEnd(79)}\r\n${formatSummary(snapshot, this.elapsed())}\n`
+        : `${formatProgress(snapshot)}\n`,
+    );
     this.writeStatus(snapshot);
     await this.writingStatus;
   }

@@ -3,7 +3,8 @@
  * seconds) has a wall-clock `last_success_time` beside it; `pghoard_total_upload_size` counts
  * uploads only (not the size of a basebackup listing); restore_command's probe for a history file
  * that is not in the archive (normal during recovery) logs no WARNING and no `FAILED`; a served
- * segment is one `Renamed` line at INFO.
+ * segment is one `Renamed` line at INFO; the segment pg_receivewal keeps in xlog_incoming is not
+ * uploaded again at each restart.
  */
 import assert from "node:assert/strict";
 import { rm, writeFile } from "node:fs/promises";
@@ -22,6 +23,7 @@ import {
 
 const SITE = "fields";
 const SEG = "000000010000000000000003";
+const SEG_DATA = syntheticSegment(SEG);
 
 describe("status fields and quiet probes", { timeout: 120_000 }, () => {
   let env: DaemonEnv;
@@ -31,7 +33,7 @@ describe("status fields and quiet probes", { timeout: 120_000 }, () => {
   before(async () => {
     pgdata = await makeFakePgdata();
     env = await makeDaemonEnv({ [SITE]: { pgDataDirectory: pgdata } }, { prometheus: {} });
-    await writeFile(path.join(pgdata, "pg_wal", SEG), syntheticSegment(SEG));
+    await writeFile(path.join(pgdata, "pg_wal", SEG), SEG_DATA);
     daemon = await DaemonProcess.start(env);
     const put = await httpRequest(env.port, "PUT", `/${SITE}/archive/${SEG}`);
     assert.equal(put.status, 201, put.body);
@@ -100,5 +102,18 @@ describe("status fields and quiet probes", { timeout: 120_000 }, () => {
       .split("\n")
       .filter((l) => /\tINFO\t.*Renamed/.test(l));
     assert.equal(renamed.length, 1, renamed.join("\n"));
+  });
+
+  it("a segment left in xlog_incoming that storage already holds is not uploaded again at restart", async () => {
+    // pg_receivexlog mode keeps the newest completed segment there for pg_receivewal to resume from.
+    await daemon!.stop();
+    await writeFile(path.join(env.backupLocation, SITE, "xlog_incoming", SEG), SEG_DATA);
+    daemon = await DaemonProcess.start(env, { logName: "daemon2.log" });
+    // The start-up walk runs after the HTTP server answers: wait for its verdict on the segment.
+    const verdict = new RegExp(`${SEG} (is already in storage with the same hash|when starting up)|UPLOAD transfer`);
+    for (let i = 0; i < 100 && !verdict.test(daemon.logs()); i++) await sleep(100);
+    assert.match(daemon.logs(), new RegExp(`${SEG} is already in storage with the same hash, not uploading it again`));
+    await sleep(1000);
+    assert.doesNotMatch(daemon.logs(), new RegExp(`UPLOAD transfer of key: \\S*${SEG}`));
   });
 });

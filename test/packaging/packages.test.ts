@@ -12,6 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
+import { gunzipSync } from "node:zlib";
 import { repoRoot } from "../helpers/paths.js";
 
 const execFileAsync = promisify(execFile);
@@ -97,6 +98,17 @@ describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
     );
     assert.ok(!existsSync(path.join(root, "usr", "lib", "pghoard", "dist", "test")), "no tests");
     assert.ok(existsSync(path.join(root, "usr", "share", "doc", "pghoard-node", "examples", "pghoard.json")));
+    // Debian policy: a changelog, generated at build time (entry for this version, maintainer, date).
+    const changelog = gunzipSync(
+      await readFile(path.join(root, "usr", "share", "doc", "pghoard-node", "changelog.gz")),
+    ).toString();
+    const version = (JSON.parse(await readFile(path.join(repoRoot, "package.json"), "utf8")) as { version: string })
+      .version;
+    assert.match(
+      changelog,
+      new RegExp(`^pghoard-node \\(${version.replace(/\./g, "\\.")}\\) unstable; urgency=medium\n\n  \\* `),
+    );
+    assert.match(changelog, /\n -- pghoard for Node\.js developers <pghoard-node@localhost>  \w{3}, \d\d \w{3} \d{4} /);
     for (const cmd of COMMANDS) {
       assert.ok(existsSync(path.join(root, "usr", "share", "man", "man1", `${cmd}.1.gz`)), `man page of ${cmd}`);
       assert.ok(

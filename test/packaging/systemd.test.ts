@@ -204,6 +204,10 @@ describe("systemd unit", () => {
       "ReadWritePaths=/var/lib/pghoard",
       "PrivateTmp=true",
       "NoNewPrivileges=true",
+      // A missing config is one failed condition, a broken one stops restarting after a few tries.
+      "ConditionPathExists=/var/lib/pghoard/pghoard.json",
+      "StartLimitIntervalSec=120",
+      "StartLimitBurst=5",
     ]) {
       assert.ok(unit.split("\n").includes(line), `missing ${line}`);
     }

@@ -47,7 +47,12 @@ describe("pghoard_restore command line", () => {
       2,
     );
     assert.equal((await runRestoreCli(["list-basebackups-http"])).code, 2, "missing --site");
-    assert.equal((await runRestoreCli([])).code, 1);
+    // As upstream's parser.print_help(): the help on stdout (not stderr), exit 1.
+    const none = await runRestoreCli([]);
+    assert.equal(none.code, 1);
+    assert.match(none.stdout, /^Usage: pghoard_restore /);
+    assert.match(none.stdout, /request-basebackup/);
+    assert.equal(none.stderr, "");
     const version = await runRestoreCli(["--version"]);
     assert.equal(version.code, 0);
     assert.match(version.stdout, /^\d+\.\d+\.\d+\n$/);

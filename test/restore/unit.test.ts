@@ -1,7 +1,10 @@
 /** Pure parts of restore: output formats, timestamps, selection, recovery configuration, member mapping. */
 import assert from "node:assert/strict";
 import path from "node:path";
+import { Writable } from "node:stream";
 import { describe, it } from "node:test";
+import { ProgressTracker } from "../../src/restore/fetch.js";
+import { ProgressReporter, formatSummary, formatTerminalProgress } from "../../src/restore/progress.js";
 import { repoRoot } from "../helpers/paths.js";
 
 import {
@@ -243,6 +246,34 @@ describe("progress output", () => {
       '{\n    "downloaded_bytes": 5242880,\n    "progress_percent": 0.125,\n    "total_bytes": 41943040\n}\n',
     );
     assert.match(formatStatusJson({ downloaded: 1, total: 1, fraction: 1 }), /"progress_percent": 1.0,/);
+  });
+
+  it("on a terminal: rate and ETA on the line, and a closing summary", async () => {
+    const snap = { downloaded: 5 * 1024 * 1024, total: 40 * 1024 * 1024, fraction: 0.125 };
+    assert.equal(formatTerminalProgress(snap, 2), "Download progress: 12.50% (5 / 40 MiB), 2.5 MiB/s, ETA 0:14");
+    assert.equal(
+      formatSummary({ ...snap, downloaded: snap.total, fraction: 1 }, 16),
+      "Downloaded 40.0 MiB in 0:16 (2.5 MiB/s)",
+    );
+    const tracker = new ProgressTracker([{ size: 4 * 1024 * 1024 }]);
+    let written = "";
+    const out = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        written += chunk.toString();
+        cb();
+      },
+    });
+    const reporter = new ProgressReporter({ tracker, out, isTTY: true });
+    reporter.start();
+    tracker.add(0, 4 * 1024 * 1024);
+    await reporter.stop();
+    assert.match(written, /\r\nDownloaded 4\.0 MiB in \d+:\d\d \([\d.]+ MiB\/s\)\n$/);
+    // Piped output stays upstream's lines, without a summary.
+    written = "";
+    const plain = new ProgressReporter({ tracker, out, isTTY: false });
+    plain.start();
+    await plain.stop();
+    assert.doesNotMatch(written, /Downloaded|MiB\/s/);
   });
 });
 
