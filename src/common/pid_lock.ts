@@ -1,13 +1,34 @@
 /**
  * Exclusive lock files holding the owner's PID (and its start time, so a reused PID does not keep a
  * dead owner's lock alive). Node has no flock(2); instead the lock file is created complete via
- * link(2) (atomic, fails when the name exists), and a lock whose owner is gone is taken over.
+ * link(2) (atomic, fails when the name exists), and a lock whose owner is gone is taken over. On a
+ * full disk, where no file with content can be created, the lock is a symlink whose target is the
+ * owner token (also atomic; a short symlink needs no data block), so a daemon can still start.
  */
 import { randomBytes } from "node:crypto";
-import { readFileSync, unlinkSync } from "node:fs";
-import { link, readFile, rename, unlink, writeFile } from "node:fs/promises";
+import { readFileSync, readlinkSync, unlinkSync } from "node:fs";
+import { link, readFile, readlink, rename, symlink, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { isErrno } from "./errors.js";
+import { isDiskFull, isErrno } from "./errors.js";
+
+/** A lock file's owner token: the file's content, or the target of the full-disk symlink form. */
+async function readLock(file: string): Promise<string> {
+  try {
+    return `${await readlink(file)}\n`;
+  } catch (err) {
+    if (!isErrno(err, "EINVAL")) throw err; // EINVAL: a regular file
+    return await readFile(file, "utf8");
+  }
+}
+
+function readLockSync(file: string): string {
+  try {
+    return `${readlinkSync(file)}\n`;
+  } catch (err) {
+    if (!isErrno(err, "EINVAL")) throw err;
+    return readFileSync(file, "utf8");
+  }
+}
 
 /** The lock is held by a live process; the message is one line naming the holder and the lock file. */
 export class LockHeldError extends Error {
@@ -78,18 +99,25 @@ export class PidLock {
       path.dirname(file),
       `.${path.basename(file)}.${process.pid}-${randomBytes(4).toString("hex")}`,
     );
-    await writeFile(temp, token, { mode: 0o644 });
+    let asSymlink = false;
+    try {
+      await writeFile(temp, token, { mode: 0o644 });
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+      asSymlink = true;
+    }
     try {
       for (let attempt = 0; attempt < 5; attempt++) {
         try {
-          await link(temp, file);
+          if (asSymlink) await symlink(token.trim(), file);
+          else await link(temp, file);
           return new PidLock(file, token);
         } catch (err) {
           if (!isErrno(err, "EEXIST")) throw err;
         }
         let content: string;
         try {
-          content = await readFile(file, "utf8");
+          content = await readLock(file);
         } catch (err) {
           if (isErrno(err, "ENOENT")) continue; // released meanwhile
           throw err;
@@ -122,7 +150,7 @@ export class PidLock {
       throw err;
     }
     try {
-      if ((await readFile(aside, "utf8")) !== staleContent) await link(aside, file).catch(() => undefined);
+      if ((await readLock(aside)) !== staleContent) await link(aside, file).catch(() => undefined);
     } finally {
       await unlink(aside).catch(() => undefined);
     }
@@ -138,7 +166,7 @@ export class PidLock {
     this.released = true;
     process.off("exit", this.onExit);
     try {
-      if (readFileSync(this.file, "utf8") === this.token) unlinkSync(this.file);
+      if (readLockSync(this.file) === this.token) unlinkSync(this.file);
     } catch {
       // already gone
     }

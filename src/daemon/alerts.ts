@@ -2,7 +2,8 @@
  * Alert files (operations.md §8): `<alert_file_dir>/<name>` containing `alert`. Upstream never
  * removes them; we additionally remove `upload_retries_warning` once uploads succeed again, since
  * that condition clears itself (the others need an operator to fix the cause), and
- * `restore_drill_error` once a later restore drill succeeds.
+ * `restore_drill_error` once a later restore drill succeeds, and `disk_full_error` (ours) once the
+ * spool has room again.
  */
 import { existsSync } from "node:fs";
 import path from "node:path";
@@ -14,7 +15,8 @@ export type AlertName =
   | "version_unsupported_error"
   | "version_mismatch_error"
   | "upload_retries_warning"
-  | "restore_drill_error";
+  | "restore_drill_error"
+  | "disk_full_error";
 
 export function alertFilePath(alertFileDir: string, name: AlertName): string {
   return path.join(alertFileDir, name);

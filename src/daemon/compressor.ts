@@ -3,6 +3,8 @@
  * loops take CompressionEvents, verify WAL headers, compress+encrypt in the FileFormatPool's
  * worker threads (to memory or to the spool with a `.metadata` sidecar) and queue the upload.
  * A failing event is retried 3 times 3 s apart, then the daemon is told to stop (critical failure).
+ * A full spool disk is not a failure of the event: it is retried until space returns, with the
+ * `disk_full_error` alert file present meanwhile, so the daemon stays up and resumes by itself.
  */
 import { existsSync } from "node:fs";
 import { unlink } from "node:fs/promises";
@@ -13,9 +15,10 @@ import { isPartialName, verifyWalFile, verifyWalHeader } from "../wal/index.js";
 import type { EncodeOptions } from "../fileformat/index.js";
 import { siteEncodeOptions, walObjectMetadata } from "../catalog/index.js";
 import type { DaemonContext } from "./context.js";
-import { sleep } from "../common/async.js";
+import { deferred, sleep } from "../common/async.js";
+import { isDiskFull } from "../common/errors.js";
 import { compressedDir, writeSpoolMetadata, type SpoolMetadata, type WalFileType } from "./spool.js";
-import type { CompressionEvent, UploadOp } from "./types.js";
+import type { CompressionEvent, TransferResult, UploadOp } from "./types.js";
 
 export interface CompressorTypeState {
   original_data: number;
@@ -122,8 +125,21 @@ export class Compressors {
     for (let attempt = 1; ; attempt++) {
       try {
         await this.handleEvent(event, state);
+        if (this.diskFull) await this.diskSpaceBack();
         return;
       } catch (err) {
+        if (isDiskFull(err)) {
+          attempt--; // waiting for space is not a failed attempt
+          // pg_receivewal takes any space freed for its next segment: wait for space, and the spool
+          // may stay full for ever. Compressing in memory needs none, and the upload frees some.
+          if (await this.storeFromMemory(event, state, err)) return;
+          await this.waitForDiskSpace(event, err);
+          if (this.ctx.criticalFailure.signal.aborted || this.stopped) {
+            event.callback?.resolve({ success: false, error: err });
+            return;
+          }
+          continue;
+        }
         const suffix = attempt < MAX_FAILED_ATTEMPTS ? ` (attempt ${attempt} of ${MAX_FAILED_ATTEMPTS})` : "";
         this.log.error({ err }, `Problem handling${suffix}: ${event.site} ${event.filetype} ${event.fullPath}`);
         this.ctx.metrics.unexpectedException(err, "compressor_run");
@@ -141,6 +157,61 @@ export class Compressors {
         }
       }
     }
+  }
+
+  /** True while the last compression failed on a full disk (the alert file is then present). */
+  private diskFull = false;
+
+  private async waitForDiskSpace(event: CompressionEvent, err: unknown): Promise<void> {
+    const message = err instanceof Error ? err.message : String(err);
+    if (!this.diskFull) {
+      this.diskFull = true;
+      this.log.error(
+        `Disk full while compressing ${event.site} ${event.filetype} ${event.fullPath}: ${message}; created alert file disk_full_error, retrying until space returns`,
+      );
+      this.ctx.metrics.increase("pghoard.disk_full");
+      // The alert directory may be on the full disk itself: best effort.
+      await this.ctx.createAlert("disk_full_error").catch((alertErr: unknown) => {
+        this.log.error(`Could not create alert file disk_full_error: ${(alertErr as Error).message}`);
+      });
+    } else {
+      this.log.warn(`Disk still full, retrying ${event.fullPath}: ${message}`);
+    }
+    await sleep(this.retryIntervalMs, this.ctx.criticalFailure.signal);
+  }
+
+  /**
+   * A spool file that cannot be compressed into the full spool: compressed in memory and uploaded
+   * from there; the source is deleted only once the upload succeeded. False when that failed too.
+   */
+  private async storeFromMemory(event: CompressionEvent, state: CompressorState, err: unknown): Promise<boolean> {
+    if (event.compressToMemory || event.inputData || this.stopped) return false;
+    const message = err instanceof Error ? err.message : String(err);
+    this.log.warn(`No space in the spool for ${event.fullPath} (${message}); compressing it in memory instead`);
+    const uploaded = deferred<TransferResult>();
+    try {
+      await this.handleEvent(
+        { ...event, compressToMemory: true, deleteFileAfterCompression: false, callback: uploaded },
+        state,
+      );
+    } catch (memoryErr) {
+      this.log.error(`Compressing ${event.fullPath} in memory failed too: ${(memoryErr as Error).message}`);
+      return false;
+    }
+    const result = await uploaded.promise;
+    if (!result.success) return false;
+    if (event.deleteFileAfterCompression) {
+      if (event.filetype === "xlog") await this.walDeleter.add(event.fullPath);
+      else await unlink(event.fullPath).catch(() => undefined);
+    }
+    event.callback?.resolve(result);
+    return true;
+  }
+
+  private async diskSpaceBack(): Promise<void> {
+    this.diskFull = false;
+    this.log.info("Compression succeeds again after a full disk, removing alert file disk_full_error");
+    await this.ctx.removeAlert("disk_full_error").catch(() => false);
   }
 
   private encodeOptions(site: string): EncodeOptions {

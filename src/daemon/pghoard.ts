@@ -18,6 +18,7 @@ import type { PghoardConfig } from "../config/types.js";
 import { FileFormatPool } from "../fileformat/index.js";
 import { Metrics } from "../monitoring/index.js";
 import { writeFileAtomic } from "../common/fs.js";
+import { isDiskFull } from "../common/errors.js";
 import { PidLock } from "../common/pid_lock.js";
 import { Compressors } from "./compressor.js";
 import { DaemonContext } from "./context.js";
@@ -321,7 +322,9 @@ export class PGHoard {
       try {
         await writeFileAtomic(file, text, { tempPath });
       } catch (err) {
-        this.log.error({ err }, `Problem writing state file ${file}`);
+        // A full disk is an expected condition: one line, no stack trace, every time it happens.
+        if (isDiskFull(err)) this.log.error(`Problem writing state file ${file}: ${(err as Error).message}`);
+        else this.log.error({ err }, `Problem writing state file ${file}`);
       }
     };
     this.stateWrite = this.stateWrite.then(write, write);

@@ -4,10 +4,11 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { copyFile, readdir, stat, truncate, unlink } from "node:fs/promises";
+import { readdir, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import { exists } from "../common/fs.js";
-import { isHistoryName, isPartialName, isWalName, WAL_SEG_SIZE } from "../wal/index.js";
+import { isHistoryName, isPartialName, isWalName } from "../wal/index.js";
+import { repairPartialFiles } from "../wal/receivexlog.js";
 import type { DaemonContext } from "./context.js";
 import { objectKey } from "../catalog/index.js";
 import { createSiteSpoolDirs, readSpoolMetadata, type WalFileType } from "./spool.js";
@@ -52,21 +53,11 @@ export async function recoverSpool(ctx: DaemonContext, site: string): Promise<vo
   await createSiteSpoolDirs(paths);
   const log = ctx.log;
 
+  const repaired = await repairPartialFiles(paths.xlogIncoming, log);
+  for (let i = 0; i < repaired.length; i++) ctx.metrics.increase("pghoard.incomplete_partial_wal_segment");
   for (const name of await listFiles(paths.xlogIncoming)) {
     const fullPath = path.join(paths.xlogIncoming, name);
-    if (isPartialName(name)) {
-      // pg_receivewal continues a 0 or full-size .partial; anything else would stall it.
-      const size = (await stat(fullPath)).size;
-      if (size === 0 || size === WAL_SEG_SIZE) {
-        log.info(`Found partial file ${fullPath}, size ${size} bytes`);
-      } else {
-        log.warn(`Found partial file ${fullPath} with unexpected size ${size}, truncating to zero bytes`);
-        await copyFile(fullPath, `${fullPath}_incomplete`);
-        ctx.metrics.increase("pghoard.incomplete_partial_wal_segment");
-        await truncate(fullPath, 0);
-      }
-      continue;
-    }
+    if (isPartialName(name) || name.endsWith(".partial_incomplete")) continue;
     const filetype = fileTypeOf(name);
     if (!filetype) {
       log.warn(`Found invalid file ${fullPath} from incoming xlog directory`);

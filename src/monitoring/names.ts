@@ -29,6 +29,7 @@ export const MetricNames = {
   // Progress, daemon health
   SECONDS_SINCE_BACKUP_PROGRESS_STALLED: "pghoard.seconds_since_backup_progress_stalled",
   INCOMPLETE_PARTIAL_WAL_SEGMENT: "pghoard.incomplete_partial_wal_segment",
+  DISK_FULL: "pghoard.disk_full",
   UNRECOVERABLE_QUIT_MAIN_LOOP_FAILURE: "pghoard.unrecoverable_quit_main_loop_failure",
   // Transfers
   LAST_UPLOAD_AGE: "pghoard.last_upload_age",
@@ -82,6 +83,7 @@ export const METRIC_HELP: Record<MetricName, string> = {
   "pghoard.planned_delta_backup_upload_files": "Planned files to upload for a delta backup (delta stats)",
   "pghoard.seconds_since_backup_progress_stalled": "Seconds the running basebackup has made no progress",
   "pghoard.incomplete_partial_wal_segment": "Partial WAL segments found incomplete",
+  "pghoard.disk_full": "Times compression into the spool found the disk full (it waits for space)",
   "pghoard.unrecoverable_quit_main_loop_failure": "Times the daemon quit its main loop on an unrecoverable failure",
   "pghoard.last_upload_age": "Seconds since the last successful upload, by type",
   "pghoard.xlogs_since_basebackup": "WAL segments archived since the last basebackup",

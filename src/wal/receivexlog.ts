@@ -6,10 +6,12 @@
  * before it is terminated, otherwise SIGTERM would stay pending forever.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { readdir, readFile, statfs } from "node:fs/promises";
+import { copyFile, readdir, readFile, stat, statfs, truncate, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
+import { isDiskFull } from "../common/errors.js";
 import { processExists } from "../common/pid_lock.js";
+import { isPartialName, WAL_SEG_SIZE } from "./names.js";
 
 export interface DiskGuardConfig {
   minDiskFreeBytes: number | null;
@@ -29,7 +31,16 @@ export interface PgReceiveXlogOptions {
   /** Read at every check so a SIGHUP reload takes effect on the running child. */
   diskGuard: () => DiskGuardConfig;
   env?: NodeJS.ProcessEnv;
+  /** Each line pg_receivewal prints (after it is logged). */
+  onOutputLine?: (line: string) => void;
 }
+
+/**
+ * pg_receivewal retries in-process for ever on a `.partial` of the wrong size (left by a failed
+ * pre-padding on a full disk): only stopping it and truncating the file gets it going again.
+ */
+export const STUCK_PARTIAL_LINE = /write-ahead log file "[^"]+\.partial" has \d+ bytes, should be 0 or \d+/;
+export const NO_SPACE_LINE = /No space left on device|Disk quota exceeded/i;
 
 export interface ExitStatus {
   code: number | null;
@@ -90,6 +101,56 @@ export async function terminateLeftoverReceiver(pid: number, killAfterMs = 5000)
   }
 }
 
+/**
+ * pg_receivewal only continues a `.partial` of 0 bytes or a full segment; any other size (left by a
+ * crash, or by a full disk while it pre-pads the file) makes every start fail. Such a file is kept
+ * as `<name>_incomplete` for inspection and truncated to 0 bytes. On a full disk the copy is
+ * skipped and earlier copies are removed: the space is needed more than the forensic copy, and a
+ * half-written copy would turn every start-up into an ENOSPC failure. Copies of segments
+ * pg_receivewal has completed since are removed. Returns the files repaired.
+ */
+export async function repairPartialFiles(directory: string, log: Logger): Promise<string[]> {
+  let names: string[];
+  try {
+    names = (await readdir(directory)).sort();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw err;
+  }
+  const repaired: string[] = [];
+  for (const name of names) {
+    if (!isPartialName(name)) continue;
+    const fullPath = path.join(directory, name);
+    const size = (await stat(fullPath)).size;
+    if (size === 0 || size === WAL_SEG_SIZE) {
+      log.info(`Found partial file ${fullPath}, size ${size} bytes`);
+      continue;
+    }
+    log.warn(`Found partial file ${fullPath} with unexpected size ${size}, truncating to zero bytes`);
+    const copy = `${fullPath}_incomplete`;
+    try {
+      await copyFile(fullPath, copy);
+    } catch (err) {
+      if (!isDiskFull(err)) throw err;
+      log.warn(`No space to keep a copy of ${fullPath} (${(err as Error).message}); removing partial copies instead`);
+      for (const other of names.filter((n) => n.endsWith(".partial_incomplete")).concat(path.basename(copy))) {
+        await unlink(path.join(directory, other)).catch(() => undefined);
+      }
+    }
+    await truncate(fullPath, 0);
+    repaired.push(fullPath);
+  }
+  // A copy is kept only while pg_receivewal has not moved past its segment: once a later segment
+  // is being received, the segment itself arrived complete and the copy is of no further use.
+  const current = names.filter(isPartialName).sort().at(-1);
+  for (const name of names) {
+    if (name.endsWith(".partial_incomplete") && current && name < current) {
+      await unlink(path.join(directory, name)).catch(() => undefined);
+    }
+  }
+  return repaired;
+}
+
 export class PgReceiveXlog {
   latestActivity = new Date();
   paused = false;
@@ -139,7 +200,11 @@ export class PgReceiveXlog {
         pending += chunk.toString("utf8");
         const lines = pending.split("\n");
         pending = lines.pop() ?? "";
-        for (const line of lines) if (line.trim()) log.info(line);
+        for (const line of lines) {
+          if (!line.trim()) continue;
+          log.info(line);
+          options.onOutputLine?.(line);
+        }
       });
       stream?.on("end", () => {
         if (pending.trim()) log.info(pending);

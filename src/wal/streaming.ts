@@ -9,6 +9,7 @@
  * `version_mismatch_error`. Unlike upstream, an alert this plugin raised is removed again once the
  * same check passes, so the alert directory reflects the current state.
  */
+import { unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import type { DaemonPlugin } from "../common/plugin.js";
@@ -25,15 +26,26 @@ import {
 } from "../config/index.js";
 import { walKey } from "../catalog/index.js";
 import { StorageNotFoundError, type StorageBackend } from "../storage/types.js";
-import { findReceiversWritingTo, PgReceiveXlog, terminateLeftoverReceiver } from "./receivexlog.js";
+import {
+  findReceiversWritingTo,
+  NO_SPACE_LINE,
+  PgReceiveXlog,
+  repairPartialFiles,
+  STUCK_PARTIAL_LINE,
+  terminateLeftoverReceiver,
+} from "./receivexlog.js";
 import { connectionFailureAlert, ReplicationConnection } from "./replication.js";
 import { SpoolWatcher } from "./spool_watcher.js";
 import { verifyWalHeader } from "./verify.js";
 import { WalReceiver, type WalSink } from "./walreceiver.js";
 
-/** The alerts the server checks raise (and remove again). */
+/** The alerts the server checks and pg_receivewal's full-disk messages raise (and remove again). */
 type AlertName =
-  "authentication_error" | "configuration_error" | "version_unsupported_error" | "version_mismatch_error";
+  | "authentication_error"
+  | "configuration_error"
+  | "version_unsupported_error"
+  | "version_mismatch_error"
+  | "disk_full_error";
 
 /** A WAL or history file for the daemon's compressors (its CompressionEvent without the callback). */
 export interface WalArchiveRequest {
@@ -287,6 +299,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
         (fullPath) => {
           this.log.debug(`pg_receivewal completed ${fullPath}, queueing it for compression`);
           state.latestActivity = new Date();
+          void this.clearAlerts(state, ["disk_full_error"]).catch(() => undefined);
+          // The segment arrived complete: a copy of an earlier short .partial of it is of no use.
+          void unlink(`${fullPath}.partial_incomplete`).catch(() => undefined);
           state.handle?.queueIncomingFile(fullPath);
         },
         {
@@ -357,6 +372,8 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
       await terminateLeftoverReceiver(pid);
     }
     if (!this.wanted(state, "pg_receivexlog")) return;
+    // A full disk while pg_receivewal pre-pads a segment leaves a .partial it refuses to continue.
+    await repairPartialFiles(handle.spool.xlogIncoming, this.log);
     const pgConfig = siteConfig.pg_receivexlog;
     state.receivexlog = new PgReceiveXlog({
       site: state.site,
@@ -366,6 +383,7 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
       slot,
       serverVersion,
       log: this.log.child({ name: "PGReceiveXLog" }),
+      onOutputLine: (line) => this.receiverSaid(state, line),
       diskGuard: () => {
         const current = this.ctx.config.backup_sites[state.site]?.pg_receivexlog ?? pgConfig;
         return {
@@ -377,6 +395,21 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     });
     void state.receivexlog.exited.then(() => state.watcher?.scan());
     void state.receivexlog.checkDiskSpace(true);
+  }
+
+  /** Reacts to pg_receivewal's full-disk messages: an alert, and a restart where it would loop for ever. */
+  private receiverSaid(state: SiteStreaming, line: string): void {
+    if (NO_SPACE_LINE.test(line) && !state.raisedAlerts.has("disk_full_error")) {
+      this.log.error(`Site ${state.site}: pg_receivewal found the disk full; created alert file disk_full_error`);
+      void this.raise(state, "disk_full_error").catch((err: unknown) => {
+        this.log.error(`Could not create alert file disk_full_error: ${(err as Error).message}`);
+      });
+    }
+    if (STUCK_PARTIAL_LINE.test(line) && state.receivexlog?.isRunning) {
+      this.log.warn(`Site ${state.site}: stopping pg_receivewal to truncate its incomplete .partial file`);
+      state.failures = 0; // an intended restart: back in 5 s, not after a growing back-off
+      void state.receivexlog.stop();
+    }
   }
 
   /** pg_receivewal only uses a slot; create it (reserving WAL) when it is missing. */

@@ -1,0 +1,147 @@
+/**
+ * A full spool disk in each WAL mode: `backup_location` (and the state file) on a small tmpfs that
+ * is filled up while PostgreSQL writes WAL. The daemon must stay up, survive a SIGKILL and a
+ * restart while the disk is still full, and once space returns store every segment byte for byte,
+ * with no partial copies or temp files left in the spool.
+ */
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { after, describe, it } from "node:test";
+import { findFreePort, startCluster, type PgCluster } from "../helpers/pgcluster.js";
+import {
+  DaemonProcess,
+  doneSegments,
+  listStoredNames,
+  makeDaemonEnv,
+  postgresCommandBin,
+  sleep,
+  type DaemonEnv,
+} from "../daemon/helpers.js";
+import {
+  assertArchiveComplete,
+  assertStoredMatchPgWal,
+  makeStreamingEnv,
+  startDaemon,
+  switchWal,
+  waitFor,
+  waitForStored,
+} from "../wal/streaming.js";
+import { leftovers } from "./kill_loop.js";
+import { mountTmpfs, type Tmpfs } from "./tmpfs.js";
+
+const WAL_SETTINGS = { wal_keep_size: "2GB", wal_recycle: "off", max_wal_size: "4GB" };
+type Mode = "archive_command" | "pg_receivexlog" | "walreceiver";
+
+/** Figures printed at the end (the README quotes them). */
+const recoveries: string[] = [];
+after(() => {
+  if (recoveries.length) console.log(`# full-disk recoveries: ${recoveries.length} (${recoveries.join(", ")})`);
+});
+
+// The three modes run side by side: most of each test is waiting for PostgreSQL and the daemon.
+describe("full spool disk", { concurrency: 3, timeout: 300_000 }, () => {
+  for (const mode of ["archive_command", "pg_receivexlog", "walreceiver"] as Mode[]) {
+    it(`${mode}: stays up, survives a restart while full, and stores every segment once space returns`, async (t) => {
+      const mounted = await mountTmpfs(48);
+      if ("skip" in mounted) return t.skip(mounted.skip);
+      const tmpfs: Tmpfs = mounted;
+      let cluster: PgCluster | undefined;
+      let daemon: DaemonProcess | undefined;
+      const site = `full_${mode}`;
+      t.after(async () => {
+        await daemon?.stop("SIGKILL");
+        await cluster?.destroy();
+        await tmpfs.unmount();
+      });
+      let env: DaemonEnv;
+      if (mode === "archive_command") {
+        const port = await findFreePort();
+        cluster = await startCluster({
+          archiveCommand: `${process.execPath} ${postgresCommandBin} --mode archive --port ${port} --site ${site} --xlog %f`,
+          settings: WAL_SETTINGS,
+        });
+        env = await makeDaemonEnv({ [site]: { pgDataDirectory: cluster.dataDir } }, { http_port: port });
+      } else {
+        cluster = await startCluster({ settings: WAL_SETTINGS });
+        env = await makeStreamingEnv(cluster, site, mode);
+      }
+      env.backupLocation = path.join(tmpfs.dir, "spool");
+      env.statePath = path.join(tmpfs.dir, "pghoard_state.json");
+      env.config.backup_location = env.backupLocation;
+      env.config.json_state_file_path = env.statePath;
+      await env.writeConfig();
+      const start = (logName: string): Promise<DaemonProcess> =>
+        mode === "archive_command" ? DaemonProcess.start(env, { logName }) : startDaemon(env, {}, logName);
+
+      daemon = await start("daemon1.log");
+      await cluster.pgbench(["-i", "-s", "1", "-q"]);
+      const first = await switchWal(cluster);
+      await waitForStored(env, site, first, daemon, 120_000);
+
+      // Fill the disk, then write WAL: compression into the spool, pg_receivewal's pre-padding of
+      // the next segment and the state file all hit ENOSPC.
+      await tmpfs.fill(256 * 1024);
+      await cluster.pgbench(["-c", "2", "-t", "400"]);
+      await switchWal(cluster);
+      await cluster.pgbench(["-c", "2", "-t", "200"]);
+      await switchWal(cluster);
+      if (mode === "pg_receivexlog") {
+        // The segments land in the spool first: the full disk must show (alert).
+        await waitFor(
+          "disk_full_error alert",
+          async () => existsSync(path.join(env.alertDir, "disk_full_error")),
+          60_000,
+          () => daemon!.logs().slice(-3000),
+        );
+        // pg_receivewal's pre-padding failed: it would loop for ever on the short .partial.
+        await waitFor(
+          "pg_receivewal restarted to truncate its .partial",
+          async () => /stopping pg_receivewal to truncate/.test(daemon!.logs()),
+          60_000,
+        );
+      } else {
+        await sleep(5000);
+      }
+      assert.equal(daemon.child.exitCode, null, `daemon exited on a full disk: ${daemon.logs().slice(-3000)}`);
+
+      // A crash while the disk is full, and a restart that must not fail on it.
+      await daemon.stop("SIGKILL");
+      daemon = await start("daemon2.log");
+      await sleep(2000);
+      assert.equal(
+        daemon.child.exitCode,
+        null,
+        `restarted daemon exited on a full disk: ${daemon.logs().slice(-3000)}`,
+      );
+
+      // Space returns: everything resumes by itself.
+      await tmpfs.release();
+      await cluster.pgbench(["-c", "2", "-t", "100"]);
+      const last = await switchWal(cluster);
+      await waitForStored(env, site, last, daemon, 180_000);
+      if (mode === "archive_command") {
+        const done = (await doneSegments(cluster)).filter((n) => /^[0-9A-F]{24}$/.test(n));
+        const stored = new Set(await listStoredNames(env.storageDir, site, "xlog"));
+        for (const name of done) assert.ok(stored.has(name), `${name} is .done but not stored`);
+        await assertStoredMatchPgWal(env, site, cluster, done);
+      } else {
+        const names = await assertArchiveComplete(env, site, cluster);
+        assert.ok(names.includes(first) && names.includes(last), `stored: ${names.join(" ")}`);
+      }
+      await waitFor(
+        "disk_full_error alert removed",
+        async () => !existsSync(path.join(env.alertDir, "disk_full_error")),
+        60_000,
+      );
+      let left: string[] = [];
+      await waitFor(
+        "a clean spool",
+        async () => (left = await leftovers(tmpfs.dir)).length === 0,
+        60_000,
+        () => `left in the spool: ${left.join(", ")}`,
+      );
+      recoveries.push(mode);
+    });
+  }
+});
