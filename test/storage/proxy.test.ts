@@ -157,6 +157,26 @@ describe("proxy_info", { skip }, () => {
     assert.ok((socks!.log().match(/dynamic-tcpip/g) ?? []).length > before, "ssh opened no tunnel");
   });
 
+  it("azure through an HTTP proxy with credentials", async () => {
+    http!.seen.length = 0;
+    const store = await createStorage({
+      storage_type: "azure",
+      account_name: azurite!.env.AZURE_ACCOUNT_NAME!,
+      account_key: azurite!.env.AZURE_ACCOUNT_KEY!,
+      bucket_name: "proxy-http",
+      host: azurite!.env.AZURE_BLOB_HOST!,
+      port: Number(azurite!.env.AZURE_BLOB_PORT!),
+      is_secure: false,
+      proxy_info: { type: "http", host: "127.0.0.1", port: http!.port, user: PROXY_USER, pass: PROXY_PASS },
+    });
+    await roundTrip(store, "p/k4");
+    const blob = `http://${azurite!.env.AZURE_BLOB_HOST!}:${azurite!.env.AZURE_BLOB_PORT!}/${azurite!.env.AZURE_ACCOUNT_NAME!}/proxy-http/p/k4`;
+    assert.ok(
+      http!.seen.some((line) => line.startsWith(`PUT ${blob}`)),
+      String(http!.seen),
+    );
+  });
+
   it("google: the JSON API request goes to the HTTP proxy (CONNECT storage.googleapis.com:443)", async () => {
     http!.seen.length = 0;
     // Wrong credentials: the proxy answers 407 (not retried), so no connection leaves the machine.
