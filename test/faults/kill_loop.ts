@@ -139,7 +139,10 @@ export async function runKillLoop(
       if (basebackups && k % 3 === 1) {
         // Kill this time while a basebackup runs: request one and wait until it writes.
         await httpRequest(env.port, "PUT", `/${site}/archive/basebackup`);
-        await waitFor("a basebackup running", async () => (await entries(incoming)).length > 0, 60_000).catch(
+        // The backup starts with a spread checkpoint; an immediate one makes it start now.
+        await sleep(200);
+        await c.query("CHECKPOINT").catch(() => undefined);
+        await waitFor("a basebackup running", async () => (await entries(incoming)).length > 0, 20_000).catch(
           () => undefined,
         );
         await sleep(Math.floor(Math.random() * 1000));
