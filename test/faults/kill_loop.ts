@@ -100,6 +100,7 @@ export async function runKillLoop(
           [site]: {
             pgDataDirectory: cluster.dataDir,
             extra: {
+              nodes: [{ host: "127.0.0.1", port: cluster.port, user: "postgres" }],
               basebackup_mode: "local-tar",
               basebackup_chunk_size: 2 * 1024 * 1024,
               basebackup_chunks_in_progress: 2,
