@@ -12,6 +12,7 @@ import { Agent as HttpsAgent } from "node:https";
 import os from "node:os";
 import { Readable } from "node:stream";
 import {
+  AbortMultipartUploadCommand,
   CopyObjectCommand,
   CreateBucketCommand,
   DeleteObjectCommand,
@@ -19,6 +20,7 @@ import {
   GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
@@ -221,6 +223,38 @@ export class S3Backend extends RemoteBackend {
     await this.getMetadataForKey(key); // S3 deletes silently; rohmu checks existence first
     await this.errors.wrapping("delete", key, async () => {
       await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.keys.key(key) }));
+    });
+  }
+
+  /**
+   * Aborts multipart uploads below `prefix` started before `olderThan`: a process killed mid
+   * upload leaves them, invisible in listings, their parts stored (and billed) for ever.
+   */
+  async removeInterruptedWrites(prefix: string, olderThan: Date): Promise<string[]> {
+    return await this.errors.wrapping("abort interrupted uploads", prefix, async () => {
+      const aborted: string[] = [];
+      let keyMarker: string | undefined;
+      let uploadIdMarker: string | undefined;
+      for (;;) {
+        const res = await this.client.send(
+          new ListMultipartUploadsCommand({
+            Bucket: this.bucket,
+            Prefix: this.keys.directory(prefix),
+            KeyMarker: keyMarker,
+            UploadIdMarker: uploadIdMarker,
+          }),
+        );
+        for (const upload of res.Uploads ?? []) {
+          if (!upload.Key || !upload.UploadId || !upload.Initiated || upload.Initiated >= olderThan) continue;
+          await this.client.send(
+            new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: upload.Key, UploadId: upload.UploadId }),
+          );
+          aborted.push(this.keys.fromBackend(upload.Key));
+        }
+        if (!res.IsTruncated) return aborted;
+        keyMarker = res.NextKeyMarker;
+        uploadIdMarker = res.NextUploadIdMarker;
+      }
     });
   }
 

@@ -100,6 +100,7 @@ export async function runKillLoop(
           [site]: {
             pgDataDirectory: cluster.dataDir,
             extra: {
+              nodes: [{ host: "127.0.0.1", port: cluster.port, user: "postgres" }],
               basebackup_mode: "local-tar",
               basebackup_chunk_size: 2 * 1024 * 1024,
               basebackup_chunks_in_progress: 2,
@@ -139,7 +140,10 @@ export async function runKillLoop(
       if (basebackups && k % 3 === 1) {
         // Kill this time while a basebackup runs: request one and wait until it writes.
         await httpRequest(env.port, "PUT", `/${site}/archive/basebackup`);
-        await waitFor("a basebackup running", async () => (await entries(incoming)).length > 0, 60_000).catch(
+        // The backup starts with a spread checkpoint; an immediate one makes it start now.
+        await sleep(200);
+        await c.query("CHECKPOINT").catch(() => undefined);
+        await waitFor("a basebackup running", async () => (await entries(incoming)).length > 0, 20_000).catch(
           () => undefined,
         );
         await sleep(Math.floor(Math.random() * 1000));

@@ -13,7 +13,12 @@ import os from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { after, describe, it } from "node:test";
-import { ListMultipartUploadsCommand, S3Client } from "@aws-sdk/client-s3";
+import {
+  CreateMultipartUploadCommand,
+  ListMultipartUploadsCommand,
+  S3Client,
+  UploadPartCommand,
+} from "@aws-sdk/client-s3";
 import { createStorage } from "../../src/storage/index.js";
 import { StorageNotFoundError, type StorageBackend } from "../../src/storage/types.js";
 import { FaultProxy, type Fault } from "../helpers/fault_proxy.js";
@@ -53,14 +58,18 @@ interface Setup {
   prefix: string;
 }
 
-/** Multipart uploads started and never completed or aborted (each holds its parts' storage). */
-async function incompleteMultipartUploads(server: TestServer, prefix: string): Promise<string[]> {
-  const s3 = new S3Client({
+function s3Client(server: TestServer): S3Client {
+  return new S3Client({
     endpoint: server.env.S3_ENDPOINT,
     region: server.env.S3_REGION,
     forcePathStyle: true,
     credentials: { accessKeyId: server.env.S3_ACCESS_KEY!, secretAccessKey: server.env.S3_SECRET_KEY! },
   });
+}
+
+/** Multipart uploads started and never completed or aborted (each holds its parts' storage). */
+async function incompleteMultipartUploads(server: TestServer, prefix: string): Promise<string[]> {
+  const s3 = s3Client(server);
   try {
     const res = await s3.send(new ListMultipartUploadsCommand({ Bucket: "pghoard-faults", Prefix: prefix }));
     return (res.Uploads ?? []).map((u) => `${u.Key} ${u.UploadId}`);
@@ -274,6 +283,36 @@ describe("network faults between pghoard and the object stores", { concurrency: 
       );
     });
   }
+});
+
+describe("an upload interrupted by a crash", () => {
+  it("s3: the start-up clean-up aborts multipart uploads started before the daemon, and only those", async (t) => {
+    const started = await server("swift");
+    if ("skip" in started) return t.skip(started.skip);
+    const prefix = `crashed-${Date.now()}`;
+    const setup = await open("s3", started, prefix);
+    t.after(async () => {
+      await setup.proxy.stop();
+      await setup.faulty.close();
+      await setup.clean.close();
+    });
+    // What a SIGKILLed basebackup upload leaves: an upload with a part and no completion.
+    const s3 = s3Client(started);
+    const key = `${prefix}/site/basebackup_chunk/b1/chunk.pghoard`;
+    const { UploadId } = await s3.send(new CreateMultipartUploadCommand({ Bucket: "pghoard-faults", Key: key }));
+    await s3.send(
+      new UploadPartCommand({ Bucket: "pghoard-faults", Key: key, UploadId, PartNumber: 1, Body: randomBytes(1000) }),
+    );
+    s3.destroy();
+    assert.equal((await incompleteMultipartUploads(started, prefix)).length, 1);
+    // An upload newer than the daemon's start may be in progress: kept.
+    assert.deepEqual(await setup.clean.removeInterruptedWrites?.("site", new Date(Date.now() - 3600_000)), []);
+    assert.equal((await incompleteMultipartUploads(started, prefix)).length, 1);
+    assert.deepEqual(await setup.clean.removeInterruptedWrites?.("site", new Date(Date.now() + 3600_000)), [
+      "site/basebackup_chunk/b1/chunk.pghoard",
+    ]);
+    assert.deepEqual(await incompleteMultipartUploads(started, prefix), []);
+  });
 });
 
 function* splitInto(data: Buffer, size: number): Generator<Buffer> {
