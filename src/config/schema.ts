@@ -507,6 +507,13 @@ export const siteSection: SectionSpec = {
         "WAL archiving mode. `pg_receivexlog` also covers PostgreSQL ≥ 10's `pg_receivewal`. Other values: no WAL archiving (upstream raises no error).",
     },
     {
+      key: "archive_work_ahead",
+      types: ["boolean"],
+      default: { value: true },
+      description:
+        "`archive_command` mode: the daemon compresses, encrypts and uploads the segments PostgreSQL marks ready (`pg_wal/archive_status/*.ready`) before archive_command asks for them, so the call only waits for a stored copy. `false` archives each file only when archive_command sends it (upstream's behaviour). Needs `pg_data_directory` readable by the daemon. Not in upstream pghoard.",
+    },
+    {
       key: "nodes",
       types: ["array"],
       secret: "contains",

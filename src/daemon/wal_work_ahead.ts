@@ -122,6 +122,7 @@ export class WalWorkAhead {
     const dirs: Array<{ site: string; walDir: string }> = [];
     for (const [site, siteConfig] of Object.entries(this.ctx.config.backup_sites)) {
       if (!siteConfig.active || siteConfig.active_backup_mode !== "archive_command") continue;
+      if (siteConfig.archive_work_ahead === false) continue;
       if (!siteConfig.pg_data_directory) continue;
       try {
         dirs.push({ site, walDir: pgWalDirectory(siteConfig) });

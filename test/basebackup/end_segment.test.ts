@@ -42,7 +42,8 @@ describe("basebackup end segment check", { timeout: 300_000 }, () => {
   let s: Scenario;
   let gate: string;
   before(async () => {
-    s = await startScenario({ site: "endseg", siteExtra: { basebackup_mode: "local-tar" } });
+    // Without the work-ahead the gate in archive_command is the only way the segment reaches storage.
+    s = await startScenario({ site: "endseg", siteExtra: { basebackup_mode: "local-tar", archive_work_ahead: false } });
     const gateDir = await makeTempDir("bb-gate");
     await chownToPostgres(gateDir);
     gate = path.join(gateDir, "open");
