@@ -8,10 +8,11 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { readdir, readFile, utimes, writeFile } from "node:fs/promises";
+import { readdir, readFile, rm, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { DaemonProcess, httpRequest, sleep } from "../daemon/helpers.js";
+import { chownToPostgres, makeTempDir } from "../helpers/pgcluster.js";
 import { listStore, requestBackup, startScenario, type Scenario } from "./helpers.js";
 
 const SITE = "crashbb";
@@ -55,6 +56,7 @@ async function waitUntil(what: string, condition: () => Promise<boolean>, logs: 
 describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
   let s: Scenario;
   let daemon: DaemonProcess | undefined;
+  let gate: string;
 
   before(async () => {
     s = await startScenario({
@@ -64,10 +66,22 @@ describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
         basebackup_chunk_size: 4 * 1024 * 1024,
         basebackup_chunks_in_progress: 2,
         basebackup_count: 3,
+        // archive_command (below) is then the only way WAL reaches the store: closing it holds a
+        // backup after its chunks are uploaded, before its control object (the end-segment check).
+        archive_work_ahead: false,
       },
       configExtra: { prometheus: {} },
     });
     daemon = s.daemon;
+    const gateDir = await makeTempDir("bb-kill-gate");
+    await chownToPostgres(gateDir);
+    gate = path.join(gateDir, "open");
+    await writeFile(gate, "");
+    const [{ archive_command: command }] = await s.cluster.query<{ archive_command: string }>("SHOW archive_command");
+    await s.cluster.query(
+      `ALTER SYSTEM SET archive_command = '${`test -f ${gate} && ${command}`.replace(/'/g, "''")}'`,
+    );
+    await s.cluster.query("SELECT pg_reload_conf()");
     await s.cluster.pgbench(["-i", "-s", "8", "-q"]);
     await s.cluster.query("CHECKPOINT");
   });
@@ -107,6 +121,8 @@ describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
     const future = new Date(Date.now() + 3600_000);
     await utimes(recentTemp, future, future);
 
+    // A backup takes well under a second here: hold it at its end segment so the kill lands mid-backup.
+    await rm(gate);
     const res = await httpRequest(s.env.port, "PUT", `/${SITE}/archive/basebackup`);
     assert.equal(res.status, 201);
     // Kill once a chunk of the new backup is in the store and in the progress file (and before its control object is).
@@ -128,6 +144,7 @@ describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
       () => daemon!.logs(),
     );
     await daemon!.stop("SIGKILL");
+    await writeFile(gate, "");
     const killedProgress = (await readProgress()).progress.total_bytes_uploaded!;
     assert.ok(killedProgress.current_progress > 0);
     assert.ok(Math.abs(killedProgress.last_updated_time - Date.now() / 1000) < 120, JSON.stringify(killedProgress));
