@@ -183,7 +183,12 @@ describe("archive_command work-ahead: a changed file", () => {
     const key = `${SITE}/xlog/${SEG}`;
     const decode = async (): Promise<Buffer> =>
       (await decodeStoredObject(env.storageDir, key, { [KEY_ID]: keys.privatePem })).data;
-    await waitFor("the work-ahead to store the segment", async () => existsSync(path.join(env.storageDir, key)));
+    // The local store writes the object, then its metadata sidecar: wait for both.
+    await waitFor(
+      "the work-ahead to store the segment",
+      async () =>
+        existsSync(path.join(env.storageDir, key)) && existsSync(path.join(env.storageDir, `${key}.metadata`)),
+    );
     assert.ok((await decode()).equals(first));
     // Same size, same name, new bytes (syntheticSegment's random half differs).
     const second = syntheticSegment(SEG);
