@@ -6,6 +6,7 @@
  */
 import type { Logger } from "pino";
 import type { DaemonPlugin } from "../common/plugin.js";
+import { siteLogger } from "../common/logger.js";
 import { replicationConnectionInfo } from "../config/connection.js";
 import { findPgBinary, pgMajorFromNumber } from "../config/pgbinary.js";
 import type { PghoardConfig, SiteConfig } from "../config/types.js";
@@ -157,10 +158,10 @@ async function serverVersion(
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     if (err instanceof ReplicationError) {
-      ctx.log.warn(`${err.name} (${message}) connecting to DB of site ${site}`);
+      siteLogger(ctx.log, site).warn(`${err.name} (${message}) connecting to DB of site ${site}`);
       await ctx.createAlert(connectionFailureAlert(message)).catch(() => undefined);
     } else {
-      ctx.log.error({ err }, `Problem in getting PG server version of site ${site}`);
+      siteLogger(ctx.log, site).error({ err }, `Problem in getting PG server version of site ${site}`);
       ctx.metrics.unexpectedException(err, ExceptionWhere.CHECK_PG_SERVER_VERSION);
     }
     return null;
@@ -191,12 +192,12 @@ async function checkPgBasebackupVersion(
     });
   } catch (err) {
     if (!needed) return undefined;
-    ctx.log.error(`${(err as Error).message}; created alert file configuration_error`);
+    siteLogger(ctx.log, site).error(`${(err as Error).message}; created alert file configuration_error`);
     await ctx.createAlert("configuration_error").catch(() => undefined);
     return null;
   }
   if (Math.floor(binary.version / 100) !== Math.floor(serverVersionNum / 100)) {
-    ctx.log.error(
+    siteLogger(ctx.log, site).error(
       `Site ${site}: server version ${serverVersionNum} does not match pg_basebackup version ${binary.version} (${binary.path}); created alert file version_mismatch_error`,
     );
     await ctx.createAlert("version_mismatch_error").catch(() => undefined);
