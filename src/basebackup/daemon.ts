@@ -7,6 +7,7 @@
 import type { Logger } from "pino";
 import type { DaemonPlugin } from "../common/plugin.js";
 import { siteLogger } from "../common/logger.js";
+import { RateLimitedLog } from "../common/rate_limited_log.js";
 import { replicationConnectionInfo } from "../config/connection.js";
 import { findPgBinary, pgMajorFromNumber } from "../config/pgbinary.js";
 import type { PghoardConfig, SiteConfig } from "../config/types.js";
@@ -137,6 +138,9 @@ function loggerFor(ctx: BasebackupDaemonContext, site: string): BasebackupLogger
   };
 }
 
+/** A server that stays unreachable: its connection error once a minute, with a count. */
+const repeatedConnectErrors = new RateLimitedLog();
+
 /**
  * operations.md §3.4: server version from site `pg_version`, else queried over a replication
  * connection (as pg_basebackup connects: a replication-only pg_hba.conf must work) and cached.
@@ -153,12 +157,17 @@ async function serverVersion(
   try {
     conn = await ReplicationConnection.connect({ connect_timeout: "10", ...replicationConnectionInfo(node) });
     const version = conn.serverVersion;
+    repeatedConnectErrors.clearPrefix(`${site}:`);
     siteConfig.pg_version = version;
     return version;
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     if (err instanceof ReplicationError) {
-      siteLogger(ctx.log, site).warn(`${err.name} (${message}) connecting to DB of site ${site}`);
+      repeatedConnectErrors.log(
+        `${site}:${message}`,
+        `${err.name} (${message}) connecting to DB of site ${site}`,
+        (text) => siteLogger(ctx.log, site).warn(text),
+      );
       await ctx.createAlert(connectionFailureAlert(message)).catch(() => undefined);
     } else {
       siteLogger(ctx.log, site).error({ err }, `Problem in getting PG server version of site ${site}`);

@@ -9,6 +9,7 @@ import { readFile, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import { siteLogger } from "../common/logger.js";
+import { RateLimitedLog } from "../common/rate_limited_log.js";
 import { StorageNotFoundError, type Metadata, type StorageBackend } from "../storage/types.js";
 import { objectKey } from "../catalog/index.js";
 import { downloadObjectTo, siteDecoder } from "../restore/wal_file.js";
@@ -72,6 +73,8 @@ export class TransferAgents {
   /** Uploads waiting in a backoff sleep: counted as pending work during a graceful drain. */
   private backingOff = 0;
   private readonly log: Logger;
+  /** Upload retry errors: the first logged, then one line a minute with a count. */
+  private readonly repeatedErrors = new RateLimitedLog();
   private metricsTimer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -312,6 +315,7 @@ export class TransferAgents {
           this.ctx.metrics.unexpectedException(err, "handle_upload_unlink");
         }
       }
+      this.repeatedErrors.clearPrefix(`upload:${op.site}:`);
       if (this.overLimit.delete(op) || this.overLimit.size === 0) {
         if (
           this.overLimit.size === 0 &&
@@ -324,21 +328,25 @@ export class TransferAgents {
     } catch (err) {
       const retryNumber = (op.retryNumber ?? 0) + 1;
       op.retryNumber = retryNumber;
-      // One line per retry: during an outage a stack trace per attempt would bury everything else.
+      // No stack trace, and the same error (per site) at most once a minute with a count: during an
+      // outage a line per attempt would bury everything else.
       const reason = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
       const line = `Problem uploading ${op.localPath} to ${key}, need to retry (attempt ${retryNumber}): ${reason}`;
-      if (retryNumber > 1) {
-        log.error(line);
-        this.ctx.metrics.unexpectedException(err, "handle_upload");
-      } else {
-        log.warn(line);
-      }
+      const kind = err instanceof Error ? `${err.name}:${(err as NodeJS.ErrnoException).code ?? ""}` : "unknown";
+      if (retryNumber > 1) this.ctx.metrics.unexpectedException(err, "handle_upload");
+      this.repeatedErrors.log(`upload:${op.site}:${kind}`, line, (text) =>
+        retryNumber > 1 ? log.error(text) : log.warn(text),
+      );
       if (retryNumber > this.ctx.config.upload_retries_warning_limit) {
         this.overLimit.add(op);
         try {
           await createAlertFile(this.ctx.config.alert_file_dir, "upload_retries_warning");
         } catch (alertErr) {
-          log.error({ err: alertErr }, "Could not create alert file upload_retries_warning");
+          this.repeatedErrors.log(
+            "alert:upload_retries_warning",
+            "Could not create alert file upload_retries_warning",
+            (text) => log.error({ err: alertErr }, text),
+          );
         }
       }
       // Re-queue after the backoff without holding a worker, so other uploads keep flowing.

@@ -13,6 +13,7 @@ import { unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import { siteLogger } from "../common/logger.js";
+import { RateLimitedLog } from "../common/rate_limited_log.js";
 import type { DaemonPlugin } from "../common/plugin.js";
 import {
   ConfigError,
@@ -123,6 +124,8 @@ class CheckFailed extends Error {}
 export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> {
   readonly name = "wal-streaming";
   private readonly sites = new Map<string, SiteStreaming>();
+  /** A server that stays unreachable: its connection error once a minute, with a count. */
+  private readonly repeatedErrors = new RateLimitedLog();
   private stopped = false;
 
   constructor(
@@ -270,8 +273,10 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     } catch (err) {
       const message = (err as Error).message;
       const alert = connectionFailureAlert(message);
-      siteLogger(this.log, state.site).error(
+      this.repeatedErrors.log(
+        `${state.site}:connect:${message}`,
         `Site ${state.site}: connection to PostgreSQL for the ${state.mode} version check failed: ${message}; created alert file ${alert}`,
+        (text) => siteLogger(this.log, state.site).error(text),
       );
       await this.raise(state, alert);
       throw new CheckFailed(message);
@@ -283,6 +288,7 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
       await conn.close();
     }
     await this.clearAlerts(state, ["authentication_error", "configuration_error"]);
+    this.repeatedErrors.clearPrefix(`${state.site}:connect:`);
     if (!version || version < 90300) {
       siteLogger(this.log, state.site).error(
         `Site ${state.site}: unsupported PostgreSQL server version ${version}; created alert file version_unsupported_error`,
@@ -490,7 +496,11 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     state.walreceiverRun = null;
     if (this.stopped) return;
     if (err) {
-      siteLogger(this.log, state.site).error(`Site ${state.site}: walreceiver failed: ${err.message}`);
+      this.repeatedErrors.log(
+        `${state.site}:walreceiver:${err.message}`,
+        `Site ${state.site}: walreceiver failed: ${err.message}`,
+        (text) => siteLogger(this.log, state.site).error(text),
+      );
       this.ctx.metrics.unexpectedException(err, "walreceiver_run");
       // The resume position is gone from the server: start over from what it still has (a gap in the archive).
       if (/has already been removed/.test(err.message)) {
