@@ -94,6 +94,8 @@ for (const m of MODES) {
       const env = { ...process.env, HOME: dir, PGHOARD_CONFIG: "" };
       daemon = spawn(process.execPath, [path.join(repoRoot, "bin", "pghoard.js"), ...startArgs.slice(1)], {
         env,
+        // The daemon writes persisted_progress_file.json into its working directory (as upstream).
+        cwd: dir,
         stdio: ["ignore", "pipe", "pipe"],
       });
       daemon.stdout!.on("data", (d: Buffer) => (daemonLog += d.toString()));
