@@ -6,6 +6,8 @@
  */
 import type { Logger } from "pino";
 import type { DaemonPlugin } from "../common/plugin.js";
+import { siteLogger } from "../common/logger.js";
+import { RateLimitedLog } from "../common/rate_limited_log.js";
 import { replicationConnectionInfo } from "../config/connection.js";
 import { findPgBinary, pgMajorFromNumber } from "../config/pgbinary.js";
 import type { PghoardConfig, SiteConfig } from "../config/types.js";
@@ -136,6 +138,9 @@ function loggerFor(ctx: BasebackupDaemonContext, site: string): BasebackupLogger
   };
 }
 
+/** A server that stays unreachable: its connection error once a minute, with a count. */
+const repeatedConnectErrors = new RateLimitedLog();
+
 /**
  * operations.md §3.4: server version from site `pg_version`, else queried over a replication
  * connection (as pg_basebackup connects: a replication-only pg_hba.conf must work) and cached.
@@ -152,15 +157,20 @@ async function serverVersion(
   try {
     conn = await ReplicationConnection.connect({ connect_timeout: "10", ...replicationConnectionInfo(node) });
     const version = conn.serverVersion;
+    repeatedConnectErrors.clearPrefix(`${site}:`);
     siteConfig.pg_version = version;
     return version;
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     if (err instanceof ReplicationError) {
-      ctx.log.warn(`${err.name} (${message}) connecting to DB of site ${site}`);
+      repeatedConnectErrors.log(
+        `${site}:${message}`,
+        `${err.name} (${message}) connecting to DB of site ${site}`,
+        (text) => siteLogger(ctx.log, site).warn(text),
+      );
       await ctx.createAlert(connectionFailureAlert(message)).catch(() => undefined);
     } else {
-      ctx.log.error({ err }, `Problem in getting PG server version of site ${site}`);
+      siteLogger(ctx.log, site).error({ err }, `Problem in getting PG server version of site ${site}`);
       ctx.metrics.unexpectedException(err, ExceptionWhere.CHECK_PG_SERVER_VERSION);
     }
     return null;
@@ -191,12 +201,12 @@ async function checkPgBasebackupVersion(
     });
   } catch (err) {
     if (!needed) return undefined;
-    ctx.log.error(`${(err as Error).message}; created alert file configuration_error`);
+    siteLogger(ctx.log, site).error(`${(err as Error).message}; created alert file configuration_error`);
     await ctx.createAlert("configuration_error").catch(() => undefined);
     return null;
   }
   if (Math.floor(binary.version / 100) !== Math.floor(serverVersionNum / 100)) {
-    ctx.log.error(
+    siteLogger(ctx.log, site).error(
       `Site ${site}: server version ${serverVersionNum} does not match pg_basebackup version ${binary.version} (${binary.path}); created alert file version_mismatch_error`,
     );
     await ctx.createAlert("version_mismatch_error").catch(() => undefined);

@@ -10,6 +10,7 @@ import { existsSync } from "node:fs";
 import { unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
+import { siteLogger } from "../common/logger.js";
 import { writeFileAtomic } from "../common/fs.js";
 import { isPartialName, verifyWalFile, verifyWalHeader } from "../wal/index.js";
 import type { EncodeOptions } from "../fileformat/index.js";
@@ -141,7 +142,10 @@ export class Compressors {
           continue;
         }
         const suffix = attempt < MAX_FAILED_ATTEMPTS ? ` (attempt ${attempt} of ${MAX_FAILED_ATTEMPTS})` : "";
-        this.log.error({ err }, `Problem handling${suffix}: ${event.site} ${event.filetype} ${event.fullPath}`);
+        siteLogger(this.log, event.site).error(
+          { err },
+          `Problem handling${suffix}: ${event.site} ${event.filetype} ${event.fullPath}`,
+        );
         this.ctx.metrics.unexpectedException(err, "compressor_run");
         if (attempt >= MAX_FAILED_ATTEMPTS) {
           // Continuing could lose or corrupt WAL: stop the daemon (upstream's critical failure).
@@ -166,7 +170,7 @@ export class Compressors {
     const message = err instanceof Error ? err.message : String(err);
     if (!this.diskFull) {
       this.diskFull = true;
-      this.log.error(
+      siteLogger(this.log, event.site).error(
         `Disk full while compressing ${event.site} ${event.filetype} ${event.fullPath}: ${message}; created alert file disk_full_error, retrying until space returns`,
       );
       this.ctx.metrics.increase("pghoard.disk_full");
@@ -175,7 +179,7 @@ export class Compressors {
         this.log.error(`Could not create alert file disk_full_error: ${(alertErr as Error).message}`);
       });
     } else {
-      this.log.warn(`Disk still full, retrying ${event.fullPath}: ${message}`);
+      siteLogger(this.log, event.site).warn(`Disk still full, retrying ${event.fullPath}: ${message}`);
     }
     await sleep(this.retryIntervalMs, this.ctx.criticalFailure.signal);
   }
@@ -187,7 +191,9 @@ export class Compressors {
   private async storeFromMemory(event: CompressionEvent, state: CompressorState, err: unknown): Promise<boolean> {
     if (event.compressToMemory || event.inputData || this.stopped) return false;
     const message = err instanceof Error ? err.message : String(err);
-    this.log.warn(`No space in the spool for ${event.fullPath} (${message}); compressing it in memory instead`);
+    siteLogger(this.log, event.site).warn(
+      `No space in the spool for ${event.fullPath} (${message}); compressing it in memory instead`,
+    );
     const uploaded = deferred<TransferResult>();
     try {
       await this.handleEvent(
@@ -195,7 +201,9 @@ export class Compressors {
         state,
       );
     } catch (memoryErr) {
-      this.log.error(`Compressing ${event.fullPath} in memory failed too: ${(memoryErr as Error).message}`);
+      siteLogger(this.log, event.site).error(
+        `Compressing ${event.fullPath} in memory failed too: ${(memoryErr as Error).message}`,
+      );
       return false;
     }
     const result = await uploaded.promise;
@@ -250,7 +258,7 @@ export class Compressors {
       compressedPath = path.join(compressedDir(this.ctx.spoolPaths(site), filetype), name);
       if (existsSync(compressedPath)) {
         // The same file arrived twice; wait until the earlier copy is uploaded (upstream re-queues).
-        this.log.info(`Compressed file ${compressedPath} already exists, retrying after its upload`);
+        siteLogger(this.log, site).info(`Compressed file ${compressedPath} already exists, retrying after its upload`);
         await sleep(1000);
         this.ctx.compressionQueue.put(event);
         return;
@@ -287,7 +295,7 @@ export class Compressors {
         type: filetype,
       });
     }
-    this.log.info(
+    siteLogger(this.log, site).info(
       `Compressed ${result.originalSize} byte ${filetype} ${name} of site ${site} to ${result.storedSize} bytes` +
         (compressedPath ? ` in ${compressedPath}` : " in memory") +
         `, took ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(3)}s`,

@@ -8,6 +8,8 @@
 import { readFile, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
+import { siteLogger } from "../common/logger.js";
+import { RateLimitedLog } from "../common/rate_limited_log.js";
 import { StorageNotFoundError, type Metadata, type StorageBackend } from "../storage/types.js";
 import { objectKey } from "../catalog/index.js";
 import { downloadObjectTo, siteDecoder } from "../restore/wal_file.js";
@@ -71,6 +73,8 @@ export class TransferAgents {
   /** Uploads waiting in a backoff sleep: counted as pending work during a graceful drain. */
   private backingOff = 0;
   private readonly log: Logger;
+  /** Upload retry errors: the first logged, then one line a minute with a count. */
+  private readonly repeatedErrors = new RateLimitedLog();
   private metricsTimer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -240,12 +244,12 @@ export class TransferAgents {
     const took = (nowSeconds() - start).toFixed(3);
     if (result.notFound) {
       // Expected: restore_command probes for history files and for the end of the archive.
-      this.log.debug(`${op.type} of key: ${key}: not in storage, took ${took}s`);
+      siteLogger(this.log, op.site).debug(`${op.type} of key: ${key}: not in storage, took ${took}s`);
       return;
     }
     const line = `${op.type} ${result.success ? "" : "FAILED "}transfer of key: ${key}, size: ${size}, took ${took}s`;
-    if (result.success) this.log.info(line);
-    else this.log.warn(line);
+    if (result.success) siteLogger(this.log, op.site).info(line);
+    else siteLogger(this.log, op.site).warn(line);
   }
 
   private async guarded(
@@ -259,10 +263,10 @@ export class TransferAgents {
     } catch (err) {
       if (err instanceof StorageNotFoundError) {
         // Expected (a HEAD or restore_command probing for the end of the archive): no warning.
-        this.log.debug(`'${key}' not found from storage`);
+        siteLogger(this.log, site).debug(`'${key}' not found from storage`);
         return { success: false, notFound: true, error: err };
       }
-      this.log.error({ err }, `Problem with ${where} of ${key}`);
+      siteLogger(this.log, site).error({ err }, `Problem with ${where} of ${key}`);
       this.ctx.metrics.unexpectedException(err, where);
       return { success: false, error: err };
     }
@@ -287,6 +291,7 @@ export class TransferAgents {
 
   /** "done", or "retrying" when the op was re-queued after a failure. */
   private async handleUpload(op: UploadOp, key: string): Promise<"done" | "retrying"> {
+    const log = siteLogger(this.log, op.site);
     try {
       const storage = await this.ctx.getStorage(op.site);
       const metadata = storeMetadata(op.metadata, op.fileSize);
@@ -306,37 +311,42 @@ export class TransferAgents {
           await unlink(op.localPath);
           await unlink(`${op.localPath}.metadata`).catch(() => undefined);
         } catch (err) {
-          this.log.error({ err }, `Problem deleting ${op.localPath} after upload`);
+          log.error({ err }, `Problem deleting ${op.localPath} after upload`);
           this.ctx.metrics.unexpectedException(err, "handle_upload_unlink");
         }
       }
+      this.repeatedErrors.clearPrefix(`upload:${op.site}:`);
       if (this.overLimit.delete(op) || this.overLimit.size === 0) {
         if (
           this.overLimit.size === 0 &&
           (await removeAlertFile(this.ctx.config.alert_file_dir, "upload_retries_warning"))
         ) {
-          this.log.info("Uploads succeed again, removed alert file upload_retries_warning");
+          log.info("Uploads succeed again, removed alert file upload_retries_warning");
         }
       }
       return "done";
     } catch (err) {
       const retryNumber = (op.retryNumber ?? 0) + 1;
       op.retryNumber = retryNumber;
-      // One line per retry: during an outage a stack trace per attempt would bury everything else.
+      // No stack trace, and the same error (per site) at most once a minute with a count: during an
+      // outage a line per attempt would bury everything else.
       const reason = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
       const line = `Problem uploading ${op.localPath} to ${key}, need to retry (attempt ${retryNumber}): ${reason}`;
-      if (retryNumber > 1) {
-        this.log.error(line);
-        this.ctx.metrics.unexpectedException(err, "handle_upload");
-      } else {
-        this.log.warn(line);
-      }
+      const kind = err instanceof Error ? `${err.name}:${(err as NodeJS.ErrnoException).code ?? ""}` : "unknown";
+      if (retryNumber > 1) this.ctx.metrics.unexpectedException(err, "handle_upload");
+      this.repeatedErrors.log(`upload:${op.site}:${kind}`, line, (text) =>
+        retryNumber > 1 ? log.error(text) : log.warn(text),
+      );
       if (retryNumber > this.ctx.config.upload_retries_warning_limit) {
         this.overLimit.add(op);
         try {
           await createAlertFile(this.ctx.config.alert_file_dir, "upload_retries_warning");
         } catch (alertErr) {
-          this.log.error({ err: alertErr }, "Could not create alert file upload_retries_warning");
+          this.repeatedErrors.log(
+            "alert:upload_retries_warning",
+            "Could not create alert file upload_retries_warning",
+            (text) => log.error({ err: alertErr }, text),
+          );
         }
       }
       // Re-queue after the backoff without holding a worker, so other uploads keep flowing.

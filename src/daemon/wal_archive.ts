@@ -6,6 +6,7 @@
  */
 import path from "node:path";
 import type { Logger } from "pino";
+import { siteLogger } from "../common/logger.js";
 import { withTimeout } from "../common/async.js";
 import { pgWalDirectory } from "../config/index.js";
 import { isPartialName, verifyWalFile } from "../wal/index.js";
@@ -26,19 +27,20 @@ export class WalArchiveHandler {
 
   /** http-api.md §4.5: compress and upload `<pg_wal>/<name>`; 201 only once it is stored. */
   async handle(site: string, filetype: FileType, name: string): Promise<HttpResponse> {
+    const log = siteLogger(this.log, site);
     const started = nowSeconds();
     const walDir = pgWalDirectory(this.ctx.site(site));
     const filePath = path.join(walDir, name);
     const identity = await fileIdentity(filePath);
     if (!identity) {
-      this.log.debug(`${filePath} is not a regular file, cannot archive`);
+      log.debug(`${filePath} is not a regular file, cannot archive`);
       throw new HttpResponse(404, "N/A");
     }
     // Worked ahead (or PostgreSQL re-runs archive_command after a TIMEOUT while the first upload
     // is still retrying): wait for that upload instead of queueing another copy.
     let entry = this.workAhead.take(site, name, identity);
     if (entry) {
-      if (!entry.settled) this.log.info(`Archival of ${site} ${name} is already in progress, waiting for it`);
+      if (!entry.settled) log.info(`Archival of ${site} ${name} is already in progress, waiting for it`);
     } else {
       if (filetype === "xlog") {
         try {
@@ -53,19 +55,17 @@ export class WalArchiveHandler {
     const result = await withTimeout(entry.result, REQUEST_TIMEOUT_MS, null);
     const took = (nowSeconds() - started).toFixed(3);
     if (!result) {
-      this.log.error(
-        `Archival of ${site} ${name} did not finish in time (${took}s), upload continues in the background`,
-      );
+      log.error(`Archival of ${site} ${name} did not finish in time (${took}s), upload continues in the background`);
       throw new HttpResponse(500, "TIMEOUT");
     }
     if (!result.success) throw new HttpResponse(500, `Archival of ${name} failed (see the daemon log)`);
     // What was stored is what PostgreSQL asked for only if the file did not change while it was read.
     if ((await fileIdentity(filePath)) !== identity) {
       this.workAhead.forget(site, name, entry);
-      this.log.warn(`${filePath} changed while it was being archived; not acknowledging the stored copy`);
+      log.warn(`${filePath} changed while it was being archived; not acknowledging the stored copy`);
       throw new HttpResponse(500, `${name} changed while it was being archived`);
     }
-    this.log.info(`Archived ${site} ${filetype} ${name}, took ${took}s`);
+    log.info(`Archived ${site} ${filetype} ${name}, took ${took}s`);
     return new HttpResponse(201);
   }
 }

@@ -11,6 +11,7 @@ import { constants as fsConstants, existsSync, watch, type FSWatcher } from "nod
 import { chown, copyFile, lstat, open, readlink, realpath, rename, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
+import { siteLogger } from "../common/logger.js";
 import { withTimeout } from "../common/async.js";
 import { pgWalDirectory } from "../config/index.js";
 import { relatedSites } from "../catalog/index.js";
@@ -141,14 +142,15 @@ export class WalRestoreHandler {
     }
   }
 
-  private async isValidFile(filetype: FileType, name: string, filePath: string): Promise<boolean> {
+  private async isValidFile(site: string, filetype: FileType, name: string, filePath: string): Promise<boolean> {
     const reason = await invalidWalFileReason(filetype, name, filePath);
-    if (reason !== null) this.log.warn(`Verification of ${filePath} failed: ${reason}`);
+    if (reason !== null) siteLogger(this.log, site).warn(`Verification of ${filePath} failed: ${reason}`);
     return reason === null;
   }
 
   /** Moves a checked `.pghoard.prefetch` file to the target (the client's fast path may take it first). */
   private async servePrefetchFile(
+    site: string,
     filetype: FileType,
     name: string,
     prefetchPath: string,
@@ -157,12 +159,12 @@ export class WalRestoreHandler {
     let result: "served" | "missing" | "invalid";
     try {
       result = await servePrefetchFile(filetype, name, prefetchPath, target, (reason) =>
-        this.log.warn(`Verification of ${prefetchPath} failed: ${reason}`),
+        siteLogger(this.log, site).warn(`Verification of ${prefetchPath} failed: ${reason}`),
       );
     } catch (err) {
       throw new HttpResponse(409, `Unable to write final file to requested location ${pyRepr(target)}: ${String(err)}`);
     }
-    if (result === "served") this.log.info(`Renamed ${prefetchPath} to ${target}`);
+    if (result === "served") siteLogger(this.log, site).info(`Renamed ${prefetchPath} to ${target}`);
     return result;
   }
 
@@ -176,7 +178,7 @@ export class WalRestoreHandler {
     await checkRestoreTarget(target, walDir, name);
     const prefetchPath = prefetchPathFor(walDir, name);
 
-    if ((await this.servePrefetchFile(filetype, name, prefetchPath, target)) === "served") {
+    if ((await this.servePrefetchFile(site, filetype, name, prefetchPath, target)) === "served") {
       this.createPrefetchOperations(site, filetype, name);
       this.recordServed(filetype, name);
       return new HttpResponse(201);
@@ -187,19 +189,21 @@ export class WalRestoreHandler {
     const diskPath = path.join(walDir, name);
     const onDisk = existsSync(diskPath);
     if (onDisk && !this.servedFromDisk.includes(name)) {
-      if (await this.isValidFile(filetype, name, diskPath)) {
+      if (await this.isValidFile(site, filetype, name, diskPath)) {
         const resolvedSource = await realpathLoose(diskPath);
         const resolvedTarget = await realpathLoose(target);
         if (resolvedSource !== resolvedTarget) await this.copyToTarget(diskPath, target);
         this.servedFromDisk.push(name);
         if (this.servedFromDisk.length > SERVED_FROM_DISK_SIZE) this.servedFromDisk.shift();
         this.recordServed(filetype, name);
-        this.log.info(`Requested ${name}, found it in ${walDir}, returning directly`);
+        siteLogger(this.log, site).info(`Requested ${name}, found it in ${walDir}, returning directly`);
         return new HttpResponse(201);
       }
-      this.log.warn(`Found ${diskPath} but it was invalid, fetching from the archive`);
+      siteLogger(this.log, site).warn(`Found ${diskPath} but it was invalid, fetching from the archive`);
     } else if (onDisk) {
-      this.log.info(`Found ${diskPath} but it was recently served from disk already, fetching from the archive`);
+      siteLogger(this.log, site).info(
+        `Found ${diskPath} but it was recently served from disk already, fetching from the archive`,
+      );
     }
 
     const key = this.fileKey(site, filetype, name);
@@ -211,7 +215,7 @@ export class WalRestoreHandler {
     let lastSchedule = start;
     let retries = 2;
     while (nowSeconds() - start <= REQUEST_TIMEOUT_MS / 1000) {
-      const served = await this.servePrefetchFile(filetype, name, prefetchPath, target);
+      const served = await this.servePrefetchFile(site, filetype, name, prefetchPath, target);
       if (served === "served") {
         this.recordServed(filetype, name);
         return new HttpResponse(201);
@@ -285,7 +289,7 @@ export class WalRestoreHandler {
       });
       this.prefetchWatchers.set(walDir, watcher);
     } catch (err) {
-      this.log.debug(`Cannot watch ${walDir} for taken prefetch files: ${String(err)}`);
+      siteLogger(this.log, site).debug(`Cannot watch ${walDir} for taken prefetch files: ${String(err)}`);
     }
   }
 
@@ -304,7 +308,9 @@ export class WalRestoreHandler {
         const key = this.fileKey(site, filetype, candidate);
         await this.createFetchOperation(key, site, filetype, candidate, { maxAge: -1, suppressError: true });
       }
-    })().catch((err: unknown) => this.log.error({ err }, `Problem creating prefetch operations after ${name}`));
+    })().catch((err: unknown) =>
+      siteLogger(this.log, site).error({ err }, `Problem creating prefetch operations after ${name}`),
+    );
   }
 
   private async createFetchOperation(
@@ -325,20 +331,21 @@ export class WalRestoreHandler {
       await handle.close();
       await chownLikeDirectory(tmpPath, walDir);
     } catch (err) {
-      this.log.error(`Unable to create temporary file to fetch ${name}: ${String(err)}`);
+      siteLogger(this.log, site).error(`Unable to create temporary file to fetch ${name}: ${String(err)}`);
       if (suppressError) return;
       throw new HttpResponse(400, `Unable to create temporary file for ${pyRepr(key)}: ${String(err)}`);
     }
     const id = this.nextDownloadId++;
-    this.log.debug(`Fetching ${site} ${filetype} ${name} to ${tmpPath}`);
+    siteLogger(this.log, site).debug(`Fetching ${site} ${filetype} ${name} to ${tmpPath}`);
     const done = this.ctx
       .transfer({ type: "DOWNLOAD", site, filetype, name, targetPath: tmpPath })
-      .then((result) => this.processDownloadResult(key, id, filetype, name, tmpPath, result));
+      .then((result) => this.processDownloadResult(site, key, id, filetype, name, tmpPath, result));
     this.pendingDownloads.set(key, { id, startedAt: nowSeconds(), prefetchPath, tmpPath, done });
   }
 
   /** Upstream's DownloadResultsProcessor: verify, then publish as `<name>.pghoard.prefetch`. */
   private async processDownloadResult(
+    site: string,
     key: string,
     id: number,
     filetype: FileType,
@@ -350,7 +357,7 @@ export class WalRestoreHandler {
     const current = op?.id === id;
     try {
       if (!current) {
-        this.log.warn(`Orphaned download operation ${key} completed`);
+        siteLogger(this.log, site).warn(`Orphaned download operation ${key} completed`);
         return;
       }
       if (!result.success) {
@@ -358,22 +365,22 @@ export class WalRestoreHandler {
           this.prefetch404.push(key);
           if (this.prefetch404.length > NEGATIVE_CACHE_SIZE) this.prefetch404.shift();
         } else {
-          this.log.warn(`Fetching ${key} failed: ${String(result.error)}`);
+          siteLogger(this.log, site).warn(`Fetching ${key} failed: ${String(result.error)}`);
         }
         return;
       }
       const published = await publishPrefetch(filetype, name, tmpPath, op.prefetchPath, (reason) =>
-        this.log.warn(`Verification of ${tmpPath} failed: ${reason}`),
+        siteLogger(this.log, site).warn(`Verification of ${tmpPath} failed: ${reason}`),
       );
-      if (published === "exists") this.log.warn(`Target path for ${key} already exists, skipping`);
+      if (published === "exists") siteLogger(this.log, site).warn(`Target path for ${key} already exists, skipping`);
       if (published !== "published") return;
       const metadata = result.metadata ?? {};
       // One INFO line per segment: the one serving it to PostgreSQL (servePrefetchFile).
-      this.log.debug(
+      siteLogger(this.log, site).debug(
         `Renamed ${tmpPath} to ${op.prefetchPath}. Original upload from ${metadata.host}, hash ${metadata["hash-algorithm"]}:${metadata.hash}`,
       );
     } catch (err) {
-      this.log.error({ err }, `Problem processing download of ${key}`);
+      siteLogger(this.log, site).error({ err }, `Problem processing download of ${key}`);
     } finally {
       await unlink(tmpPath).catch(() => undefined);
       if (current) this.pendingDownloads.delete(key);

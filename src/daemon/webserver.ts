@@ -13,6 +13,7 @@ import { readFile } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
+import { siteLogger } from "../common/logger.js";
 import { isHistoryName, isPartialName, isWalName } from "../wal/index.js";
 import type { DaemonContext, TransferRequest } from "./context.js";
 import { isErrno } from "../common/errors.js";
@@ -117,12 +118,14 @@ export class WebServer {
     // Request bodies are ignored (clients send none); drain so the socket can be reused.
     req.resume();
     let resp: HttpResponse;
+    let log = this.log;
     try {
       this.checkAuthentication(req);
       if (method !== "GET" && method !== "PUT" && method !== "HEAD") {
         throw new HttpResponse(501, `Unsupported method (${pyRepr(method)})`);
       }
       const parsed = this.parseRequest(req.url ?? "/");
+      if (parsed.site !== undefined) log = siteLogger(this.log, parsed.site);
       resp = await this.dispatch(method, parsed, req);
     } catch (err) {
       if (err instanceof HttpResponse) {
@@ -130,13 +133,13 @@ export class WebServer {
       } else {
         const e = err instanceof Error ? err : new Error(String(err));
         const msg = `server failure: ${e.name}: ${e.message}`;
-        this.log.error({ err }, msg);
+        log.error({ err }, msg);
         resp = new HttpResponse(503, msg);
       }
     }
     const logLine = `${method} ${req.url} -> ${resp.status}${typeof resp.body === "string" && resp.body && resp.status >= 300 ? `: ${resp.body}` : ""}`;
-    if (resp.status >= 300 && resp.status !== 404) this.log.warn(logLine);
-    else this.log.debug(logLine);
+    if (resp.status >= 300 && resp.status !== 404) log.warn(logLine);
+    else log.debug(logLine);
     this.send(res, resp, isHead);
   }
 
@@ -245,7 +248,7 @@ export class WebServer {
       if (retries === 0) {
         throw new HttpResponse(500, result ? "Object storage operation failed (see the daemon log)" : "TIMEOUT");
       }
-      this.log.warn(`Transfer operation failed, retrying (${retries} retries left)`);
+      siteLogger(this.log, request.site).warn(`Transfer operation failed, retrying (${retries} retries left)`);
     }
   }
 
@@ -255,7 +258,7 @@ export class WebServer {
    */
   private requestBasebackup(site: string): HttpResponse {
     const requestId = `${new Date().toISOString().replace(/[-:.]/g, "")}-${randomBytes(4).toString("hex")}`;
-    this.log.info(`Requesting a new basebackup for site ${site} to be made (request ${requestId})`);
+    siteLogger(this.log, site).info(`Requesting a new basebackup for site ${site} to be made (request ${requestId})`);
     this.ctx.requestedBasebackupSites.add(site);
     const ids = this.ctx.basebackupRequestIds.get(site) ?? [];
     ids.push(requestId);

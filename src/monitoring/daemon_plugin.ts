@@ -9,6 +9,7 @@
  * The command that composes the daemon passes `createMonitoringPlugin` in its plugin list.
  */
 import type { Logger } from "pino";
+import { siteLogger } from "../common/logger.js";
 import { replicationConnectionInfo } from "../config/index.js";
 import type { NodeConfig } from "../config/types.js";
 import { ReplicationConnection } from "../wal/replication.js";
@@ -54,8 +55,8 @@ export async function createMonitoringPlugin(
       ctx.metrics.siteHealth.probeResult(site, false);
       // Once at warning level, then debug: the same cause (e.g. no replication access) repeats every probe.
       const message = `WAL position probe for site ${site} failed: ${(err as Error).message}`;
-      if (warned) ctx.log.debug(message);
-      else ctx.log.warn(message);
+      if (warned) siteLogger(ctx.log, site).debug(message);
+      else siteLogger(ctx.log, site).warn(message);
       warned = true;
     } finally {
       await conn?.close();

@@ -12,6 +12,8 @@
 import { unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
+import { siteLogger } from "../common/logger.js";
+import { RateLimitedLog } from "../common/rate_limited_log.js";
 import type { DaemonPlugin } from "../common/plugin.js";
 import {
   ConfigError,
@@ -122,6 +124,8 @@ class CheckFailed extends Error {}
 export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> {
   readonly name = "wal-streaming";
   private readonly sites = new Map<string, SiteStreaming>();
+  /** A server that stays unreachable: its connection error once a minute, with a count. */
+  private readonly repeatedErrors = new RateLimitedLog();
   private stopped = false;
 
   constructor(
@@ -235,7 +239,7 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     state.failures += 1;
     const delay = Math.min(5000 * 2 ** (state.failures - 1), MAX_BACKOFF_MS);
     state.nextStartAt = Date.now() + delay;
-    this.log.info(`Site ${state.site}: restarting ${state.mode} in ${delay / 1000} s`);
+    siteLogger(this.log, state.site).info(`Site ${state.site}: restarting ${state.mode} in ${delay / 1000} s`);
   }
 
   private pickNode(siteConfig: SiteConfig, site: string): NodeConfig {
@@ -254,7 +258,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
       if (!state.raisedAlerts.has(alert)) continue;
       state.raisedAlerts.delete(alert);
       if (await this.ctx.removeAlert(alert)) {
-        this.log.info(`Site ${state.site}: the condition behind alert ${alert} is gone, removed the alert file`);
+        siteLogger(this.log, state.site).info(
+          `Site ${state.site}: the condition behind alert ${alert} is gone, removed the alert file`,
+        );
       }
     }
   }
@@ -267,8 +273,10 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     } catch (err) {
       const message = (err as Error).message;
       const alert = connectionFailureAlert(message);
-      this.log.error(
+      this.repeatedErrors.log(
+        `${state.site}:connect:${message}`,
         `Site ${state.site}: connection to PostgreSQL for the ${state.mode} version check failed: ${message}; created alert file ${alert}`,
+        (text) => siteLogger(this.log, state.site).error(text),
       );
       await this.raise(state, alert);
       throw new CheckFailed(message);
@@ -280,8 +288,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
       await conn.close();
     }
     await this.clearAlerts(state, ["authentication_error", "configuration_error"]);
+    this.repeatedErrors.clearPrefix(`${state.site}:connect:`);
     if (!version || version < 90300) {
-      this.log.error(
+      siteLogger(this.log, state.site).error(
         `Site ${state.site}: unsupported PostgreSQL server version ${version}; created alert file version_unsupported_error`,
       );
       await this.raise(state, "version_unsupported_error");
@@ -297,7 +306,7 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
       const watcher = new SpoolWatcher(
         handle.spool.xlogIncoming,
         (fullPath) => {
-          this.log.debug(`pg_receivewal completed ${fullPath}, queueing it for compression`);
+          siteLogger(this.log, state.site).debug(`pg_receivewal completed ${fullPath}, queueing it for compression`);
           state.latestActivity = new Date();
           void this.clearAlerts(state, ["disk_full_error"]).catch(() => undefined);
           // The segment arrived complete: a copy of an earlier short .partial of it is of no use.
@@ -305,9 +314,12 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
           state.handle?.queueIncomingFile(fullPath);
         },
         {
-          onError: (err) => this.log.warn(`Watching ${handle.spool.xlogIncoming}: ${String(err)}`),
+          onError: (err) =>
+            siteLogger(this.log, state.site).warn(`Watching ${handle.spool.xlogIncoming}: ${String(err)}`),
           onWrongSize: (file, size) =>
-            this.log.error(`Ignoring ${file}: ${size} bytes, but only 16 MiB WAL segments are supported`),
+            siteLogger(this.log, state.site).error(
+              `Ignoring ${file}: ${size} bytes, but only 16 MiB WAL segments are supported`,
+            ),
           known: state.reportedIncoming,
           // Only the first watcher may assume the start-up walk queued what is there.
           reportExisting: state.watcherStarted,
@@ -329,7 +341,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     void this.startReceiveXlog(state, handle)
       .catch((err: unknown) => {
         if (!(err instanceof CheckFailed)) {
-          this.log.error(`Site ${state.site}: could not start pg_receivewal: ${(err as Error).message}`);
+          siteLogger(this.log, state.site).error(
+            `Site ${state.site}: could not start pg_receivewal: ${(err as Error).message}`,
+          );
         }
         this.scheduleRestart(state, 0);
       })
@@ -349,12 +363,14 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
         siteName: state.site,
       });
     } catch (err) {
-      this.log.error(`Site ${state.site}: ${(err as Error).message}; created alert file configuration_error`);
+      siteLogger(this.log, state.site).error(
+        `Site ${state.site}: ${(err as Error).message}; created alert file configuration_error`,
+      );
       await this.raise(state, "configuration_error");
       throw new CheckFailed((err as Error).message);
     }
     if (Math.floor(binary.version / 100) !== Math.floor(serverVersion / 100)) {
-      this.log.error(
+      siteLogger(this.log, state.site).error(
         `Site ${state.site}: pg_receivewal version ${binary.version} (${binary.path}) does not match the server version ${serverVersion}; created alert file version_mismatch_error`,
       );
       await this.raise(state, "version_mismatch_error");
@@ -366,14 +382,14 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     if (slot && serverVersion >= 90400) await this.ensureSlot(state, node, slot);
     const { connectionString } = await connectionStringUsingPgpass(node, { replication: true });
     for (const pid of await findReceiversWritingTo(handle.spool.xlogIncoming)) {
-      this.log.warn(
+      siteLogger(this.log, state.site).warn(
         `Site ${state.site}: terminating pg_receivewal PID ${pid} left over from an earlier run in ${handle.spool.xlogIncoming}`,
       );
       await terminateLeftoverReceiver(pid);
     }
     if (!this.wanted(state, "pg_receivexlog")) return;
     // A full disk while pg_receivewal pre-pads a segment leaves a .partial it refuses to continue.
-    await repairPartialFiles(handle.spool.xlogIncoming, this.log);
+    await repairPartialFiles(handle.spool.xlogIncoming, siteLogger(this.log, state.site));
     const pgConfig = siteConfig.pg_receivexlog;
     state.receivexlog = new PgReceiveXlog({
       site: state.site,
@@ -382,7 +398,7 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
       directory: handle.spool.xlogIncoming,
       slot,
       serverVersion,
-      log: this.log.child({ name: "PGReceiveXLog" }),
+      log: siteLogger(this.log, state.site).child({ name: "PGReceiveXLog" }),
       onOutputLine: (line) => this.receiverSaid(state, line),
       diskGuard: () => {
         const current = this.ctx.config.backup_sites[state.site]?.pg_receivexlog ?? pgConfig;
@@ -400,13 +416,19 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
   /** Reacts to pg_receivewal's full-disk messages: an alert, and a restart where it would loop for ever. */
   private receiverSaid(state: SiteStreaming, line: string): void {
     if (NO_SPACE_LINE.test(line) && !state.raisedAlerts.has("disk_full_error")) {
-      this.log.error(`Site ${state.site}: pg_receivewal found the disk full; created alert file disk_full_error`);
+      siteLogger(this.log, state.site).error(
+        `Site ${state.site}: pg_receivewal found the disk full; created alert file disk_full_error`,
+      );
       void this.raise(state, "disk_full_error").catch((err: unknown) => {
-        this.log.error(`Could not create alert file disk_full_error: ${(err as Error).message}`);
+        siteLogger(this.log, state.site).error(
+          `Could not create alert file disk_full_error: ${(err as Error).message}`,
+        );
       });
     }
     if (STUCK_PARTIAL_LINE.test(line) && state.receivexlog?.isRunning) {
-      this.log.warn(`Site ${state.site}: stopping pg_receivewal to truncate its incomplete .partial file`);
+      siteLogger(this.log, state.site).warn(
+        `Site ${state.site}: stopping pg_receivewal to truncate its incomplete .partial file`,
+      );
       state.failures = 0; // an intended restart: back in 5 s, not after a growing back-off
       void state.receivexlog.stop();
     }
@@ -418,9 +440,11 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     try {
       conn = await ReplicationConnection.connect(replicationConnectionInfo(node));
       if (await conn.createPhysicalSlot(slot))
-        this.log.info(`Site ${state.site}: created physical replication slot ${slot}`);
+        siteLogger(this.log, state.site).info(`Site ${state.site}: created physical replication slot ${slot}`);
     } catch (err) {
-      this.log.warn(`Site ${state.site}: could not create replication slot ${slot}: ${(err as Error).message}`);
+      siteLogger(this.log, state.site).warn(
+        `Site ${state.site}: could not create replication slot ${slot}: ${(err as Error).message}`,
+      );
     } finally {
       await conn?.close();
     }
@@ -446,7 +470,7 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
         slot: nodeSlot(node),
         startLsn: state.lastFlushedLsn,
         sink: new DaemonWalSink(this.ctx, state.site),
-        log: this.log.child({ name: "WALReceiver" }),
+        log: siteLogger(this.log, state.site).child({ name: "WALReceiver" }),
         partialIntervalMs: this.hooks.partialIntervalMs,
       });
       state.walreceiver = receiver;
@@ -457,7 +481,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
       );
     } catch (err) {
       if (!(err instanceof CheckFailed))
-        this.log.error(`Site ${state.site}: could not start the walreceiver: ${(err as Error).message}`);
+        siteLogger(this.log, state.site).error(
+          `Site ${state.site}: could not start the walreceiver: ${(err as Error).message}`,
+        );
       this.scheduleRestart(state, 0);
     }
   }
@@ -470,17 +496,21 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     state.walreceiverRun = null;
     if (this.stopped) return;
     if (err) {
-      this.log.error(`Site ${state.site}: walreceiver failed: ${err.message}`);
+      this.repeatedErrors.log(
+        `${state.site}:walreceiver:${err.message}`,
+        `Site ${state.site}: walreceiver failed: ${err.message}`,
+        (text) => siteLogger(this.log, state.site).error(text),
+      );
       this.ctx.metrics.unexpectedException(err, "walreceiver_run");
       // The resume position is gone from the server: start over from what it still has (a gap in the archive).
       if (/has already been removed/.test(err.message)) {
-        this.log.error(
+        siteLogger(this.log, state.site).error(
           `Site ${state.site}: WAL from ${state.lastFlushedLsn} is no longer on the server; resuming from the server's position`,
         );
         state.lastFlushedLsn = null;
       }
     } else {
-      this.log.warn(`Site ${state.site}: walreceiver stopped`);
+      siteLogger(this.log, state.site).warn(`Site ${state.site}: walreceiver stopped`);
     }
     this.scheduleRestart(state, Date.now() - state.walreceiverStartedAt);
   }
@@ -535,7 +565,9 @@ export class DaemonWalSink implements WalSink {
     const storage = await this.ctx.getStorage(this.site);
     try {
       await storage.deleteKey(walKey(this.ctx.site(this.site).prefix, `${name}.partial`));
-      this.ctx.log.info(`Deleted ${name}.partial of site ${this.site}: the complete segment is stored`);
+      siteLogger(this.ctx.log, this.site).info(
+        `Deleted ${name}.partial of site ${this.site}: the complete segment is stored`,
+      );
     } catch (err) {
       if (!(err instanceof StorageNotFoundError)) throw err;
     }
@@ -552,7 +584,9 @@ export async function createWalStreamingPlugin(ctx: WalStreamingContext): Promis
     if (siteConfig.active_backup_mode !== "pg_receivexlog") continue;
     const dir = ctx.spoolPaths(site).xlogIncoming;
     for (const pid of await findReceiversWritingTo(dir)) {
-      ctx.log.warn(`Site ${site}: terminating pg_receivewal PID ${pid} left over from an earlier run in ${dir}`);
+      siteLogger(ctx.log, site).warn(
+        `Site ${site}: terminating pg_receivewal PID ${pid} left over from an earlier run in ${dir}`,
+      );
       await terminateLeftoverReceiver(pid);
     }
   }
