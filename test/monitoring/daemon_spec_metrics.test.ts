@@ -3,12 +3,15 @@
  * cluster archives through archive_command, the daemon takes local-tar-delta-stats, delta and pipe
  * basebackups on request (twice for the two delta flavours, so the ratios of a non-first backup
  * appear), serves a WAL download, recovers a truncated `.partial` at start and fails one backup
- * (its role does not exist).
+ * (its role does not exist), archives a timeline history file through the archive PUT, fails a
+ * download whose stored segment was damaged and reads a progress file cut short at start (both
+ * counted in `pghoard.exception`).
  * A second site points at a server that does not answer: its gauges and the failing probe are in
  * the very first `GET /metrics`. Values are read back from the statsd packets (every emission) and
  * from the Prometheus exposition (what a scraper sees).
  */
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
@@ -107,6 +110,8 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
     const incoming = path.join(env.backupLocation, "down", "xlog_incoming");
     await mkdir(incoming, { recursive: true });
     await writeFile(path.join(incoming, "000000010000000000000003.partial"), Buffer.alloc(8192));
+    // A progress file cut short (a crash mid-write by another tool): read at start, reported, ignored.
+    await writeFile(path.join(env.dir, "persisted_progress_file.json"), '{"progress": {"total_bytes_up');
     daemon = await DaemonProcess.start(env);
     firstScrape = (await httpRequest(env.port, "GET", "/metrics")).body;
   });
@@ -165,6 +170,19 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
     const target = path.join(downPgdata, "pg_wal", "RECOVERYXLOG");
     const got = await httpRequest(env.port, "GET", `/down/archive/${walName}`, { "x-pghoard-target-path": target });
     assert.equal(got.status, 201, got.body);
+    // A timeline history file through the archive PUT, as archive_command sends it after a promotion
+    const history = "00000002.history";
+    await writeFile(path.join(downPgdata, "pg_wal", history), "1\t0/3000000\tno recovery target specified\n");
+    assert.equal((await httpRequest(env.port, "PUT", `/down/archive/${history}`)).status, 201);
+    // A stored segment that no longer decodes (damaged in the store): its download fails unexpectedly
+    const damaged = "000000010000000000000002";
+    await writeFile(path.join(downPgdata, "pg_wal", damaged), syntheticSegment(damaged));
+    assert.equal((await httpRequest(env.port, "PUT", `/down/archive/${damaged}`)).status, 201);
+    await rm(path.join(downPgdata, "pg_wal", damaged));
+    await writeFile(path.join(env.storageDir, "down", "xlog", damaged), randomBytes(4096));
+    const bad = await httpRequest(env.port, "GET", `/down/archive/${damaged}`, { "x-pghoard-target-path": target });
+    assert.notEqual(bad.status, 201, bad.body);
+    assert.notEqual(bad.status, 404, bad.body);
     // A backup that cannot start: the configured role does not exist
     await reload((c) => {
       c.basebackup_mode = "basic";
@@ -203,6 +221,22 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
         type,
       );
     }
+    has(
+      "pghoard.compressed_size_ratio",
+      (l) => l.tags.type === "timeline" && l.tags.site === "down" && typeof l.tags.algorithm === "string",
+      "timeline",
+    );
+    // Unexpected failures count by where they happened: the damaged segment's download.
+    has(
+      "pghoard.exception",
+      (l) => l.tags.where === "handle_download" && typeof l.tags.exception === "string" && l.value === 1,
+      "{where=handle_download}",
+    );
+    has(
+      "pghoard.exception",
+      (l) => l.tags.where === "read_persisted_progress" && l.tags.exception === "SyntaxError",
+      "{where=read_persisted_progress}",
+    );
     for (const suffix of ["total_size", "upload_size", "total_files", "upload_files"]) {
       tagged(`pghoard.delta_backup_${suffix}`, []);
       tagged(`pghoard.planned_delta_backup_${suffix}`, []);
