@@ -4,8 +4,8 @@
  * basebackups on request (twice for the two delta flavours, so the ratios of a non-first backup
  * appear), serves a WAL download, recovers a truncated `.partial` at start and fails one backup
  * (its role does not exist), archives a timeline history file through the archive PUT, fails a
- * download whose stored segment was damaged and reads a progress file cut short at start (both
- * counted in `pghoard.exception`).
+ * download whose stored segment was damaged, reads a progress file cut short at start and retries
+ * chunk uploads the store refuses for a while (each counted in `pghoard.exception`).
  * A second site points at a server that does not answer: its gauges and the failing probe are in
  * the very first `GET /metrics`. Values are read back from the statsd packets (every emission) and
  * from the Prometheus exposition (what a scraper sees).
@@ -140,7 +140,20 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
     const seg = await switchWal(cluster);
     await waitArchived(cluster, seg);
     // local-tar-delta-stats twice (the second compares with the first), then delta twice, then pipe
-    await requestBackup(s);
+    // The first backup's chunk uploads fail while a file stands where the store's chunk directory
+    // goes (a store refusing writes): retried, counted (where=handle_upload), then they go through.
+    const chunkDir = path.join(env.storageDir, site, "basebackup_chunk");
+    await writeFile(chunkDir, "not a directory");
+    const first = requestBackup(s);
+    for (
+      const deadline = Date.now() + 60_000;
+      !seen("pghoard.exception", (l) => l.tags.where === "handle_upload").length;
+    ) {
+      if (Date.now() > deadline) assert.fail(`no handle_upload exception: ${daemon!.logs().slice(-3000)}`);
+      await sleep(100);
+    }
+    await rm(chunkDir);
+    await first;
     await cluster.query("CREATE TABLE grow AS SELECT generate_series(1, 50000) AS i");
     const stats = await requestBackup(s);
     // local-tar-delta-stats' delta_stats in the control object: hashes of the files, compared with the first backup
@@ -237,6 +250,7 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
       (l) => l.tags.where === "read_persisted_progress" && l.tags.exception === "SyntaxError",
       "{where=read_persisted_progress}",
     );
+    has("pghoard.exception", (l) => l.tags.where === "handle_upload" && typeof l.tags.exception === "string");
     for (const suffix of ["total_size", "upload_size", "total_files", "upload_files"]) {
       tagged(`pghoard.delta_backup_${suffix}`, []);
       tagged(`pghoard.planned_delta_backup_${suffix}`, []);
