@@ -6,6 +6,12 @@
  * (its role does not exist), archives a timeline history file through the archive PUT, fails a
  * download whose stored segment was damaged, reads a progress file cut short at start and retries
  * chunk uploads the store refuses for a while (each counted in `pghoard.exception`).
+ * Not provoked here, as no real fault reaches them (the tests run as root, so permissions cannot
+ * fail a read): `PGBaseBackup` (an upload failure is retried, a server/role failure is an expected
+ * BackupFailure), `check_pg_server_version` (every connection failure is an expected
+ * ReplicationError), `wal_file_deleter_run` (its one failing call, unlink, is caught inside and
+ * counted as wal_file_deleter_delete_unneeded_files) and `pghoard.transfer_operation_errors`
+ * (in-memory progress bookkeeping).
  * A second site points at a server that does not answer: its gauges and the failing probe are in
  * the very first `GET /metrics`. Values are read back from the statsd packets (every emission) and
  * from the Prometheus exposition (what a scraper sees).
