@@ -25,6 +25,8 @@ export class FaultProxy {
   private server: net.Server;
   private sockets = new Set<net.Socket>();
   private fixed: Fault | null = null;
+  /** Pending stall/slow delays: stop() ends them, so a long stall does not keep the process alive. */
+  private delays = new Map<NodeJS.Timeout, () => void>();
   port = 0;
 
   constructor(
@@ -53,6 +55,11 @@ export class FaultProxy {
 
   async stop(): Promise<void> {
     this.dropAll();
+    for (const [timer, resolve] of this.delays) {
+      clearTimeout(timer);
+      resolve();
+    }
+    this.delays.clear();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
@@ -99,7 +106,14 @@ export class FaultProxy {
         if (!client.write(data)) client.once("drain", resolve);
         else resolve();
       });
-    const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+    const sleep = (ms: number): Promise<void> =>
+      new Promise((resolve) => {
+        const timer = setTimeout(() => {
+          this.delays.delete(timer);
+          resolve();
+        }, ms);
+        this.delays.set(timer, resolve);
+      });
     upstream.on("data", (data: Buffer) => {
       upstream.pause();
       queue = queue.then(async () => {

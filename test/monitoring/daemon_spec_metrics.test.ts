@@ -3,12 +3,21 @@
  * cluster archives through archive_command, the daemon takes local-tar-delta-stats, delta and pipe
  * basebackups on request (twice for the two delta flavours, so the ratios of a non-first backup
  * appear), serves a WAL download, recovers a truncated `.partial` at start and fails one backup
- * (its role does not exist).
+ * (its role does not exist), archives a timeline history file through the archive PUT, fails a
+ * download whose stored segment was damaged, reads a progress file cut short at start and retries
+ * chunk uploads the store refuses for a while (each counted in `pghoard.exception`).
+ * Not provoked here, as no real fault reaches them (the tests run as root, so permissions cannot
+ * fail a read): `PGBaseBackup` (an upload failure is retried, a server/role failure is an expected
+ * BackupFailure), `check_pg_server_version` (every connection failure is an expected
+ * ReplicationError), `wal_file_deleter_run` (its one failing call, unlink, is caught inside and
+ * counted as wal_file_deleter_delete_unneeded_files) and `pghoard.transfer_operation_errors`
+ * (in-memory progress bookkeeping).
  * A second site points at a server that does not answer: its gauges and the failing probe are in
  * the very first `GET /metrics`. Values are read back from the statsd packets (every emission) and
  * from the Prometheus exposition (what a scraper sees).
  */
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
@@ -107,6 +116,8 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
     const incoming = path.join(env.backupLocation, "down", "xlog_incoming");
     await mkdir(incoming, { recursive: true });
     await writeFile(path.join(incoming, "000000010000000000000003.partial"), Buffer.alloc(8192));
+    // A progress file cut short (a crash mid-write by another tool): read at start, reported, ignored.
+    await writeFile(path.join(env.dir, "persisted_progress_file.json"), '{"progress": {"total_bytes_up');
     daemon = await DaemonProcess.start(env);
     firstScrape = (await httpRequest(env.port, "GET", "/metrics")).body;
   });
@@ -135,7 +146,20 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
     const seg = await switchWal(cluster);
     await waitArchived(cluster, seg);
     // local-tar-delta-stats twice (the second compares with the first), then delta twice, then pipe
-    await requestBackup(s);
+    // The first backup's chunk uploads fail while a file stands where the store's chunk directory
+    // goes (a store refusing writes): retried, counted (where=handle_upload), then they go through.
+    const chunkDir = path.join(env.storageDir, site, "basebackup_chunk");
+    await writeFile(chunkDir, "not a directory");
+    const first = requestBackup(s);
+    for (
+      const deadline = Date.now() + 60_000;
+      !seen("pghoard.exception", (l) => l.tags.where === "handle_upload").length;
+    ) {
+      if (Date.now() > deadline) assert.fail(`no handle_upload exception: ${daemon!.logs().slice(-3000)}`);
+      await sleep(100);
+    }
+    await rm(chunkDir);
+    await first;
     await cluster.query("CREATE TABLE grow AS SELECT generate_series(1, 50000) AS i");
     const stats = await requestBackup(s);
     // local-tar-delta-stats' delta_stats in the control object: hashes of the files, compared with the first backup
@@ -165,6 +189,19 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
     const target = path.join(downPgdata, "pg_wal", "RECOVERYXLOG");
     const got = await httpRequest(env.port, "GET", `/down/archive/${walName}`, { "x-pghoard-target-path": target });
     assert.equal(got.status, 201, got.body);
+    // A timeline history file through the archive PUT, as archive_command sends it after a promotion
+    const history = "00000002.history";
+    await writeFile(path.join(downPgdata, "pg_wal", history), "1\t0/3000000\tno recovery target specified\n");
+    assert.equal((await httpRequest(env.port, "PUT", `/down/archive/${history}`)).status, 201);
+    // A stored segment that no longer decodes (damaged in the store): its download fails unexpectedly
+    const damaged = "000000010000000000000002";
+    await writeFile(path.join(downPgdata, "pg_wal", damaged), syntheticSegment(damaged));
+    assert.equal((await httpRequest(env.port, "PUT", `/down/archive/${damaged}`)).status, 201);
+    await rm(path.join(downPgdata, "pg_wal", damaged));
+    await writeFile(path.join(env.storageDir, "down", "xlog", damaged), randomBytes(4096));
+    const bad = await httpRequest(env.port, "GET", `/down/archive/${damaged}`, { "x-pghoard-target-path": target });
+    assert.notEqual(bad.status, 201, bad.body);
+    assert.notEqual(bad.status, 404, bad.body);
     // A backup that cannot start: the configured role does not exist
     await reload((c) => {
       c.basebackup_mode = "basic";
@@ -203,6 +240,23 @@ describe("daemon metrics of the spec from a real run", { timeout: 600_000 }, () 
         type,
       );
     }
+    has(
+      "pghoard.compressed_size_ratio",
+      (l) => l.tags.type === "timeline" && l.tags.site === "down" && typeof l.tags.algorithm === "string",
+      "timeline",
+    );
+    // Unexpected failures count by where they happened: the damaged segment's download.
+    has(
+      "pghoard.exception",
+      (l) => l.tags.where === "handle_download" && typeof l.tags.exception === "string" && l.value === 1,
+      "{where=handle_download}",
+    );
+    has(
+      "pghoard.exception",
+      (l) => l.tags.where === "read_persisted_progress" && l.tags.exception === "SyntaxError",
+      "{where=read_persisted_progress}",
+    );
+    has("pghoard.exception", (l) => l.tags.where === "handle_upload" && typeof l.tags.exception === "string");
     for (const suffix of ["total_size", "upload_size", "total_files", "upload_files"]) {
       tagged(`pghoard.delta_backup_${suffix}`, []);
       tagged(`pghoard.planned_delta_backup_${suffix}`, []);
