@@ -86,6 +86,8 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
 
     const names = await assertArchiveComplete(env, SITE, cluster);
     assert.ok(names.length >= 4, `several segments stored: ${names.join(" ")}`);
+    // The restart found the slot instead of trying to create it again (an ERROR in the server's log).
+    assert.doesNotMatch(await cluster.logContents(), /replication slot "[a-z0-9_]+" already exists/);
     assert.equal(names.at(-1), last2);
     // Local copies are cleaned up: at most the newest (kept for pg_receivewal) plus the one being written.
     const incoming = (await readdir(path.join(env.backupLocation, SITE, "xlog_incoming"))).filter((n) =>
