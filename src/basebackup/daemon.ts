@@ -18,6 +18,7 @@ import { ConfigError } from "../config/errors.js";
 import { BackupFailure, runBasebackup } from "./index.js";
 import type { ProgressState } from "./progress.js";
 import type { BasebackupInfo } from "../catalog/index.js";
+import type { DeltaReferenceCache } from "../catalog/orphans.js";
 import { removeInterruptedBackupLeftovers } from "./leftovers.js";
 import { PersistedProgress, PROGRESS_FILE, type ProgressKey } from "./persisted_progress.js";
 import { basebackupStateEntry, refreshAndApplyRetention, type RetentionSite } from "./retention.js";
@@ -93,6 +94,8 @@ interface SiteRuntime {
   deltaFailure?: DeltaFailureInfo;
   latestActivity?: Date;
   requests: Map<string, RequestRecord>;
+  /** Delta manifests already read by the leftover clean-up. */
+  deltaReferences: DeltaReferenceCache;
 }
 
 function recordRequests(r: SiteRuntime, ids: readonly string[], record: Omit<RequestRecord, "updated_at">): void {
@@ -307,7 +310,7 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
   const runtime = (site: string): SiteRuntime => {
     let r = sites.get(site);
     if (!r) {
-      r = { backups: [], requests: new Map() };
+      r = { backups: [], requests: new Map(), deltaReferences: new Map() };
       sites.set(site, r);
     }
     return r;
@@ -326,16 +329,26 @@ export function createBasebackupPlugin(ctx: BasebackupDaemonContext): DaemonPlug
 
   async function refresh(handle: BasebackupSiteHandle, r: SiteRuntime): Promise<void> {
     const log = loggerFor(ctx, handle.site);
-    // Never called while a backup of the site runs, so every unfinished backup found is a leftover.
+    // Never called while a backup of the site runs, so every unfinished backup found is a leftover;
+    // a backup of another site with the same prefix (same spool and store directories) defers it.
+    const sharedBusy = [...sites].some(
+      ([name, other]) =>
+        name !== handle.site &&
+        other.running !== undefined &&
+        !other.running.done &&
+        ctx.config.backup_sites[name]?.prefix === handle.siteConfig.prefix,
+    );
     try {
-      await removeInterruptedBackupLeftovers({
-        config: ctx.config,
-        site: handle.site,
-        siteConfig: handle.siteConfig,
-        storage: await ctx.getStorage(handle.site),
-        startedAt,
-        log,
-      });
+      if (!sharedBusy)
+        await removeInterruptedBackupLeftovers({
+          config: ctx.config,
+          site: handle.site,
+          siteConfig: handle.siteConfig,
+          storage: await ctx.getStorage(handle.site),
+          startedAt,
+          deltaReferenceCache: r.deltaReferences,
+          log,
+        });
     } catch (err) {
       log.warn(
         `Could not remove what interrupted basebackups left: ${err instanceof Error ? err.message : String(err)}`,

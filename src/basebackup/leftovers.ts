@@ -1,19 +1,30 @@
 /**
  * What an interrupted basebackup (a crash, SIGKILL, power loss) leaves behind, removed again: its
- * work directory in the spool (`basebackup_incoming/<NAME>/`, chunks waiting for upload), its
- * uploaded chunks with no control object in the store, and temp files of writes the crash cut
- * off in a local store. Backups cannot be resumed, so none of it is of use.
+ * work directory in the spool (`basebackup_incoming/<NAME>/`, chunks, bundles and delta files
+ * waiting for upload), its uploaded chunks with no control object in the store, the delta hash
+ * objects it uploaded that no completed backup references, and temp files of writes the crash
+ * cut off in a local store. Backups cannot be resumed, so none of it is of use.
  *
- * Only call it while no backup of the site runs in this process: every work directory and every
- * chunk directory without a control object is then a leftover (the daemon's lock guarantees no
- * other daemon uses this spool).
+ * Only call it while no backup of the site (nor of another site with the same prefix) runs in
+ * this process: every work directory and every chunk directory without a control object is then
+ * a leftover (the daemon's lock guarantees no other daemon uses this spool). Delta hash objects
+ * are shared between backups: a delta backup skips uploading the hashes that completed backups
+ * reference, so an unreferenced one is never reused, and the next backup that needs its content
+ * uploads it again. Only objects last modified before `startedAt` go, so an upload of this
+ * process is never taken for a leftover.
  */
 import { readdir, rm } from "node:fs/promises";
 import path from "node:path";
-import { findOrphanChunkDirectories, type OrphanChunkDirectory } from "../catalog/orphans.js";
+import {
+  findOrphanChunkDirectories,
+  findOrphanDeltaObjects,
+  type DeltaReferenceCache,
+  type OrphanChunkDirectory,
+} from "../catalog/orphans.js";
 import { isErrno } from "../common/errors.js";
+import { privateKeyLookup } from "../config/sites.js";
 import type { PghoardConfig, SiteConfig } from "../config/types.js";
-import type { StorageBackend } from "../storage/types.js";
+import { StorageNotFoundError, type StorageBackend } from "../storage/types.js";
 import { siteIncomingDir } from "./common.js";
 import type { BasebackupLogger } from "./types.js";
 
@@ -24,6 +35,35 @@ export interface LeftoverCleanup {
   chunkDirectories: OrphanChunkDirectory[];
   /** Temp files removed from a local store (keys). */
   tempFiles: string[];
+  /** Delta hash objects no completed backup references, removed from the store. */
+  deltaObjects: { count: number; bytes: number };
+}
+
+async function removeOrphanDeltaObjects(
+  store: { site: string; prefix: string; storage: StorageBackend },
+  siteConfig: SiteConfig,
+  olderThan: Date,
+  cache: DeltaReferenceCache | undefined,
+  log: BasebackupLogger,
+): Promise<{ count: number; bytes: number }> {
+  const orphans = await findOrphanDeltaObjects(store, { olderThan, keys: privateKeyLookup(siteConfig), cache });
+  let count = 0;
+  let bytes = 0;
+  for (const obj of orphans) {
+    try {
+      await store.storage.deleteKey(obj.name);
+    } catch (err) {
+      if (err instanceof StorageNotFoundError) continue;
+      throw err;
+    }
+    count += 1;
+    bytes += obj.size;
+  }
+  if (count > 0)
+    log.info(
+      `Deleted ${count} delta objects (${bytes} bytes) from ${path.posix.join(store.prefix, "basebackup_delta")} that no completed basebackup references, left by interrupted delta basebackups`,
+    );
+  return { count, bytes };
 }
 
 async function removeWorkDirs(dir: string, log: BasebackupLogger): Promise<string[]> {
@@ -49,8 +89,10 @@ export async function removeInterruptedBackupLeftovers(args: {
   site: string;
   siteConfig: SiteConfig;
   storage: StorageBackend;
-  /** Store temp files modified since then may belong to an upload of this process and are kept. */
+  /** Store temp files and delta objects modified since then may belong to an upload of this process and are kept. */
   startedAt: Date;
+  /** Manifests read on an earlier call (the daemon keeps one per site). */
+  deltaReferenceCache?: DeltaReferenceCache;
   log: BasebackupLogger;
 }): Promise<LeftoverCleanup> {
   const { siteConfig, storage, log } = args;
@@ -63,7 +105,8 @@ export async function removeInterruptedBackupLeftovers(args: {
       `Deleted ${orphan.key} (${orphan.objects} chunks, ${orphan.bytes} bytes) of basebackup ${orphan.backupName}, which was never completed`,
     );
   }
+  const deltaObjects = await removeOrphanDeltaObjects(store, siteConfig, args.startedAt, args.deltaReferenceCache, log);
   const tempFiles = (await storage.removeInterruptedWrites?.(siteConfig.prefix, args.startedAt)) ?? [];
   for (const key of tempFiles) log.info(`Deleted ${key}, left in the store by an interrupted upload`);
-  return { workDirs, chunkDirectories, tempFiles };
+  return { workDirs, chunkDirectories, tempFiles, deltaObjects };
 }

@@ -4,6 +4,7 @@
  * restored cluster recovering to a named restore point with WAL served by the daemon.
  */
 import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, readdir, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
@@ -283,6 +284,63 @@ export async function prepareData(s: Scenario, scale: number, withTablespace: bo
     await c.query("INSERT INTO ts_t SELECT i, repeat(md5(i::text), 10) FROM generate_series(1, 5000) i");
   }
   await c.query("CHECKPOINT");
+}
+
+/**
+ * Makes the cluster's archive_command store a segment only while a gate file exists (created
+ * open); returns its path. Without the work-ahead, removing it holds a backup after its uploads,
+ * before its control object (the end-segment check).
+ */
+export async function installArchiveGate(s: Scenario, name: string): Promise<string> {
+  const gateDir = await makeTempDir(name);
+  await chownToPostgres(gateDir);
+  const gate = path.join(gateDir, "open");
+  await writeFile(gate, "");
+  const [{ archive_command: command }] = await s.cluster.query<{ archive_command: string }>("SHOW archive_command");
+  await s.cluster.query(`ALTER SYSTEM SET archive_command = '${`test -f ${gate} && ${command}`.replace(/'/g, "''")}'`);
+  await s.cluster.query("SELECT pg_reload_conf()");
+  return gate;
+}
+
+/** Relative path → sha256 of every file below `dir` (whose relative path passes `keep`). */
+export async function treeDigest(
+  dir: string,
+  keep: (rel: string) => boolean = () => true,
+): Promise<Map<string, string>> {
+  const result = new Map<string, string>();
+  const walk = async (rel: string): Promise<void> => {
+    for (const entry of await readdir(path.join(dir, rel), { withFileTypes: true })) {
+      const child = path.join(rel, entry.name);
+      if (entry.isDirectory()) await walk(child);
+      else if (keep(child))
+        result.set(
+          child,
+          createHash("sha256")
+            .update(await readFile(path.join(dir, child)))
+            .digest("hex"),
+        );
+    }
+  };
+  await walk("");
+  return result;
+}
+
+/** Sorted names in `dir`; none when it does not exist. */
+export async function dirEntries(dir: string): Promise<string[]> {
+  try {
+    return (await readdir(dir)).sort();
+  } catch {
+    return [];
+  }
+}
+
+/** Polls `condition` for up to 2 minutes; the error shows the end of `logs()`. */
+export async function waitUntil(what: string, condition: () => Promise<boolean>, logs: () => string): Promise<void> {
+  const deadline = Date.now() + 120_000;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}:\n${logs().slice(-4000)}`);
+    await sleep(200);
+  }
 }
 
 export { makeKeyPair };

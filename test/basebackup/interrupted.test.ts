@@ -6,52 +6,23 @@
  * backup's upload progress across the restart: the restarted daemon reports the stall since then.
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { readdir, readFile, rm, utimes, writeFile } from "node:fs/promises";
+import { readFile, rm, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { DaemonProcess, httpRequest, sleep } from "../daemon/helpers.js";
-import { chownToPostgres, makeTempDir } from "../helpers/pgcluster.js";
-import { listStore, requestBackup, startScenario, type Scenario } from "./helpers.js";
+import {
+  dirEntries as entries,
+  installArchiveGate,
+  listStore,
+  requestBackup,
+  startScenario,
+  treeDigest,
+  waitUntil,
+  type Scenario,
+} from "./helpers.js";
 
 const SITE = "crashbb";
-
-/** Every file below `dir` (relative path → sha256). */
-async function treeDigest(dir: string): Promise<Map<string, string>> {
-  const result = new Map<string, string>();
-  const walk = async (rel: string): Promise<void> => {
-    for (const entry of await readdir(path.join(dir, rel), { withFileTypes: true })) {
-      const child = path.join(rel, entry.name);
-      if (entry.isDirectory()) await walk(child);
-      else
-        result.set(
-          child,
-          createHash("sha256")
-            .update(await readFile(path.join(dir, child)))
-            .digest("hex"),
-        );
-    }
-  };
-  await walk("");
-  return result;
-}
-
-async function entries(dir: string): Promise<string[]> {
-  try {
-    return (await readdir(dir)).sort();
-  } catch {
-    return [];
-  }
-}
-
-async function waitUntil(what: string, condition: () => Promise<boolean>, logs: () => string): Promise<void> {
-  const deadline = Date.now() + 120_000;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}:\n${logs().slice(-4000)}`);
-    await sleep(200);
-  }
-}
 
 describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
   let s: Scenario;
@@ -73,15 +44,7 @@ describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
       configExtra: { prometheus: {} },
     });
     daemon = s.daemon;
-    const gateDir = await makeTempDir("bb-kill-gate");
-    await chownToPostgres(gateDir);
-    gate = path.join(gateDir, "open");
-    await writeFile(gate, "");
-    const [{ archive_command: command }] = await s.cluster.query<{ archive_command: string }>("SHOW archive_command");
-    await s.cluster.query(
-      `ALTER SYSTEM SET archive_command = '${`test -f ${gate} && ${command}`.replace(/'/g, "''")}'`,
-    );
-    await s.cluster.query("SELECT pg_reload_conf()");
+    gate = await installArchiveGate(s, "bb-kill-gate");
     await s.cluster.pgbench(["-i", "-s", "8", "-q"]);
     await s.cluster.query("CHECKPOINT");
   });
