@@ -105,8 +105,9 @@ export async function removeInterruptedBackupLeftovers(args: {
       `Deleted ${orphan.key} (${orphan.objects} chunks, ${orphan.bytes} bytes) of basebackup ${orphan.backupName}, which was never completed`,
     );
   }
-  const deltaObjects = await removeOrphanDeltaObjects(store, siteConfig, args.startedAt, args.deltaReferenceCache, log);
   const tempFiles = (await storage.removeInterruptedWrites?.(siteConfig.prefix, args.startedAt)) ?? [];
   for (const key of tempFiles) log.info(`Deleted ${key}, left in the store by an interrupted upload`);
+  // last: an unreadable manifest stops only this step
+  const deltaObjects = await removeOrphanDeltaObjects(store, siteConfig, args.startedAt, args.deltaReferenceCache, log);
   return { workDirs, chunkDirectories, tempFiles, deltaObjects };
 }
