@@ -18,6 +18,7 @@ import path from "node:path";
 import {
   findOrphanChunkDirectories,
   findOrphanDeltaObjects,
+  HASH_OBJECT_NAME,
   type DeltaReferenceCache,
   type OrphanChunkDirectory,
 } from "../catalog/orphans.js";
@@ -58,6 +59,15 @@ async function removeOrphanDeltaObjects(
     }
     count += 1;
     bytes += obj.size;
+  }
+  // a local store's hash objects whose sidecar the crash cut off: never listed, so never referenced
+  for (const file of (await store.storage.removeUnpublishedObjects?.(
+    path.posix.join(store.prefix, "basebackup_delta"),
+    olderThan,
+    (name) => HASH_OBJECT_NAME.test(name),
+  )) ?? []) {
+    count += 1;
+    bytes += file.size;
   }
   if (count > 0)
     log.info(

@@ -67,7 +67,7 @@ export async function findOrphanChunkDirectories(
 export type DeltaReferenceCache = Map<string, ReadonlySet<string>>;
 
 /** A BLAKE2s-256 hexdigest: the only names a delta backup gives its hash objects. */
-const HASH_OBJECT_NAME = /^[0-9a-f]{64}$/;
+export const HASH_OBJECT_NAME = /^[0-9a-f]{64}$/;
 
 /**
  * Hash objects of `store` that no delta control object of its `basebackup/` references and that

@@ -419,6 +419,34 @@ export class LocalStorage implements StorageBackend {
     return removed;
   }
 
+  async removeUnpublishedObjects(
+    prefix: string,
+    olderThan: Date,
+    accept: (name: string) => boolean,
+  ): Promise<Array<{ key: string; size: number }>> {
+    const parts = this.keyParts(prefix);
+    let entries;
+    try {
+      entries = await readdir(path.join(this.root, ...parts), { withFileTypes: true });
+    } catch (err) {
+      if (isErrno(err, "ENOENT", "ENOTDIR")) return [];
+      throw errors.because(`listing ${prefix} failed`, err);
+    }
+    const names = new Set(entries.map((e) => e.name));
+    const removed: Array<{ key: string; size: number }> = [];
+    for (const entry of entries) {
+      const name = entry.name;
+      if (!entry.isFile() || name.startsWith(DATA_TEMP_PREFIX) || name.endsWith(SIDECAR_TEMP_SUFFIX)) continue;
+      if (name.endsWith(SIDECAR_SUFFIX) || names.has(name + SIDECAR_SUFFIX) || !accept(name)) continue;
+      const full = path.join(this.root, ...parts, name);
+      const st = await lstat(full).catch(() => null);
+      if (!st || st.mtimeMs >= olderThan.getTime()) continue;
+      if (await exists(full + SIDECAR_SUFFIX)) continue; // published since the listing
+      if (await removeIfExists(full)) removed.push({ key: [...parts, name].join("/"), size: st.size });
+    }
+    return removed;
+  }
+
   async close(): Promise<void> {
     // Nothing is held open between calls.
   }

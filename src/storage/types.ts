@@ -51,6 +51,18 @@ export interface StorageBackend {
    * backends whose writes can leave such files (local) implement it.
    */
   removeInterruptedWrites?(prefix: string, olderThan: Date): Promise<string[]>;
+  /**
+   * Removes the data files directly below the directory `prefix` whose sidecar was never written (a
+   * crash between the two renames) or whose deletion stopped after the sidecar, if modified before
+   * `olderThan` and named as `accept` allows; returns their keys and sizes. Only for directories no
+   * process but this one writes (a writer of its own would publish the sidecar after the data is
+   * gone). Local store only.
+   */
+  removeUnpublishedObjects?(
+    prefix: string,
+    olderThan: Date,
+    accept: (name: string) => boolean,
+  ): Promise<Array<{ key: string; size: number }>>;
   close(): Promise<void>;
 }
 

@@ -103,7 +103,7 @@ describe("SIGKILL during a delta basebackup", { timeout: 600_000 }, () => {
     });
     daemon = s.daemon;
     gate = await installArchiveGate(s, "bb-delta-kill-gate");
-    await s.cluster.pgbench(["-i", "-s", "4", "-q"]);
+    await s.cluster.pgbench(["-i", "-s", "2", "-q"]);
     await s.cluster.query("CHECKPOINT");
   });
 

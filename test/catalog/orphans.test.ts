@@ -4,11 +4,13 @@
  * that cannot be read reports nothing; manifests are read once and forgotten with their backup.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm, utimes } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, rm, utimes, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { buildControlTar } from "../../src/basebackup/control.js";
+import { removeInterruptedBackupLeftovers } from "../../src/basebackup/leftovers.js";
 import {
   basebackupKey,
   controlObjectName,
@@ -21,6 +23,7 @@ import type { EncodeOptions } from "../../src/fileformat/index.js";
 import { encodeBuffer } from "../../src/fileformat/index.js";
 import { createStorage } from "../../src/storage/index.js";
 import type { StorageBackend } from "../../src/storage/types.js";
+import type { SiteConfig } from "../../src/config/types.js";
 
 const plain: EncodeOptions = { algorithm: "snappy", level: 0, encryptionKeyId: null, publicKeyPem: null };
 const h = (c: string): string => c.repeat(64);
@@ -141,5 +144,41 @@ describe("catalog: delta hash objects no backup references", () => {
       found.map((o) => o.name),
       [deltaObjectKey("site", h("c"))],
     );
+  });
+
+  it("the leftover clean-up deletes them and a local store's objects whose sidecar a crash cut off", async () => {
+    const deltaDir = path.join(dir, "site", "basebackup_delta");
+    // data renamed into place, sidecar never written: old one goes, one newer than the start stays
+    await writeFile(path.join(deltaDir, h("e")), "eeee");
+    await utimes(path.join(deltaDir, h("e")), new Date(Date.now() - 60_000), new Date(Date.now() - 60_000));
+    await writeFile(path.join(deltaDir, h("f")), "ffff");
+    const future = new Date(Date.now() + 3600_000);
+    await utimes(path.join(deltaDir, h("f")), future, future);
+    await writeFile(path.join(deltaDir, "not-a-hash-either"), "x");
+    await utimes(path.join(deltaDir, "not-a-hash-either"), new Date(0), new Date(0));
+    const spool = path.join(dir, "spool");
+    await mkdir(path.join(spool, "site", "basebackup_incoming", "2024-05-04_10-00_0"), { recursive: true });
+    const lines: string[] = [];
+    const log = {
+      debug: () => undefined,
+      info: (m: string) => lines.push(m),
+      warn: () => undefined,
+      error: () => undefined,
+    };
+    const result = await removeInterruptedBackupLeftovers({
+      config: { backup_location: spool },
+      site: "site",
+      siteConfig: { prefix: "site", encryption_keys: {} } as unknown as SiteConfig, // the keys it reads
+      storage,
+      startedAt: new Date(),
+      log,
+    });
+    assert.deepEqual(result.deltaObjects, { count: 2, bytes: 1 + 4 });
+    for (const c of ["c", "e"]) assert.ok(!existsSync(path.join(deltaDir, h(c))), c);
+    for (const c of ["a", "b", "d", "f"]) assert.ok(existsSync(path.join(deltaDir, h(c))), c);
+    for (const name of ["not-a-hash", "not-a-hash-either"]) assert.ok(existsSync(path.join(deltaDir, name)), name);
+    assert.equal(result.workDirs.length, 1);
+    assert.equal(lines.filter((l) => l.includes("delta objects")).length, 1);
+    assert.match(lines.join("\n"), /Deleted 2 delta objects \(5 bytes\) from site\/basebackup_delta that no completed/);
   });
 });
