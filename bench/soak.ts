@@ -8,7 +8,7 @@
  *
  * Exits 1 on the first failed check. Prints kills survived and segments checked per mode.
  */
-import { runKillLoop, type KillMode, type KillResult } from "../test/faults/kill_loop.js";
+import { describeResult, runKillLoop, type KillMode, type KillResult } from "../test/faults/kill_loop.js";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -37,6 +37,7 @@ try {
   process.exit(1);
 }
 const total = results.reduce((a, r) => a + r.kills, 0);
+for (const r of results) console.log(describeResult(r));
 for (const mode of modes) {
   const mine = results.filter((r) => r.mode === mode);
   const k = mine.reduce((a, r) => a + r.kills, 0);
