@@ -153,7 +153,7 @@ export class DaemonProcess {
    */
   static async start(
     env: DaemonEnv,
-    opts: { logName?: string; env?: Record<string, string> } = {},
+    opts: { logName?: string; env?: Record<string, string>; readyTimeoutMs?: number } = {},
   ): Promise<DaemonProcess> {
     for (let attempt = 1; ; attempt++) {
       try {
@@ -169,10 +169,10 @@ export class DaemonProcess {
 
   private static async startOnce(
     env: DaemonEnv,
-    opts: { logName?: string; env?: Record<string, string> },
+    opts: { logName?: string; env?: Record<string, string>; readyTimeoutMs?: number },
   ): Promise<DaemonProcess> {
     const daemon = DaemonProcess.spawn(env, opts);
-    await daemon.waitReady(env);
+    await daemon.waitReady(env, opts.readyTimeoutMs);
     return daemon;
   }
 
@@ -190,9 +190,9 @@ export class DaemonProcess {
     return new DaemonProcess(child, logPath, env.port);
   }
 
-  /** Waits until /status answers (SIGKILLs the daemon and throws after 30 s or when it exits first). */
-  async waitReady(env: DaemonEnv): Promise<void> {
-    const deadline = Date.now() + 30_000;
+  /** Waits until /status answers (SIGKILLs the daemon and throws after `timeoutMs` or when it exits first). */
+  async waitReady(env: DaemonEnv, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
     let exited = false;
     void this.exited.then(() => {
       exited = true;

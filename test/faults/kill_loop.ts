@@ -29,7 +29,7 @@ import {
   type DaemonEnv,
 } from "../daemon/helpers.js";
 import { repoRoot } from "../helpers/paths.js";
-import { assertArchiveComplete, makeStreamingEnv, startDaemon, switchWal, waitFor } from "../wal/streaming.js";
+import { assertArchiveComplete, makeStreamingEnv, switchWal, waitFor } from "../wal/streaming.js";
 
 export type KillMode = "archive_command" | "pg_receivexlog" | "walreceiver";
 
@@ -174,8 +174,10 @@ export async function runKillLoop(
     }
     const streaming = mode === "archive_command" ? null : mode;
     const daemonEnv: Record<string, string> = streaming ? { HOME: env.dir } : {};
+    // The first main-loop round (which writes the state file /status serves) can take long on a
+    // loaded machine: readiness gets more than the helpers' usual 30 s.
     const start = (n: number): Promise<DaemonProcess> =>
-      streaming ? startDaemon(env, {}, `daemon-${n}.log`) : DaemonProcess.start(env, { logName: `daemon-${n}.log` });
+      DaemonProcess.start(env, { logName: `daemon-${n}.log`, env: daemonEnv, readyTimeoutMs: 120_000 });
     /** Waits until this daemon's receiver logged its start (streaming modes). */
     const streamingStarted = async (d: DaemonProcess): Promise<void> => {
       if (!streaming) return;
