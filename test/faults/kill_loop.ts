@@ -257,6 +257,18 @@ export async function runKillLoop(
         else counts.working++;
       } else if (moment === "working") {
         await streamingStarted(daemon);
+        if (streaming) {
+          // Working means making progress: a receiver killed each time before it stores a segment
+          // (slow catch-up on a loaded machine) would start from the same place for ever.
+          const before = storedBefore;
+          switchesAllowed = Math.max(switchesAllowed, 1);
+          await waitFor(
+            `${mode}: a segment newer than ${before} stored`,
+            async () => (await newestStored()) > before,
+            120_000,
+            () => daemon!.logs().slice(-3000),
+          );
+        }
         await sleep(Math.floor(Math.random() * 1000));
         counts.working++;
       } else {
