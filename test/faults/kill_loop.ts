@@ -361,6 +361,9 @@ export async function runKillLoop(
     );
     assert.deepEqual(await leftovers(env.backupLocation), [], `${mode}: left in the spool`);
     assert.deepEqual(await leftovers(env.storageDir), [], `${mode}: left in the store`);
+    // The state file's directory too (`<state>.<pid>.tmp` of a write cut off by a kill).
+    const stateDirLeft = (await entries(path.dirname(env.statePath))).filter((n) => n.endsWith(".tmp"));
+    assert.deepEqual(stateDirLeft, [], `${mode}: left beside the state file`);
     assert.ok(!existsSync(path.join(env.alertDir, "disk_full_error")));
     return {
       mode,
