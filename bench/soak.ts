@@ -8,7 +8,7 @@
  *
  * Exits 1 on the first failed check. Prints kills survived and segments checked per mode.
  */
-import { runKillLoop, type KillMode, type KillResult } from "../test/faults/kill_loop.js";
+import { describeResult, runKillLoop, type KillMode, type KillResult } from "../test/faults/kill_loop.js";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -25,18 +25,22 @@ if (!(kills > 0) || !(rounds > 0)) {
 
 const started = Date.now();
 const results: KillResult[] = [];
-try {
-  for (let round = 1; round <= rounds; round++) {
-    // Modes side by side, as in CI: each has its own cluster and daemon.
-    results.push(
-      ...(await Promise.all(modes.map((mode) => runKillLoop(mode, kills, (m) => console.log(`round ${round}: ${m}`))))),
-    );
+for (let round = 1; round <= rounds; round++) {
+  // Modes side by side, as in CI: each has its own cluster and daemon. Settled, not raced: a failed
+  // mode must not leave the others' daemons and clusters running when the process exits.
+  const settled = await Promise.allSettled(
+    modes.map((mode) => runKillLoop(mode, kills, (m) => console.log(`round ${round}: ${m}`))),
+  );
+  const failed = settled.flatMap((r, i) => (r.status === "rejected" ? [`${modes[i]}: ${String(r.reason)}`] : []));
+  for (const r of settled) if (r.status === "fulfilled") results.push(r.value);
+  if (failed.length) {
+    for (const r of results) console.log(describeResult(r));
+    console.error(`FAILED in round ${round}:\n${failed.join("\n")}`);
+    process.exit(1);
   }
-} catch (err) {
-  console.error(`FAILED after ${results.reduce((a, r) => a + r.kills, 0)} kills: ${(err as Error).message}`);
-  process.exit(1);
 }
 const total = results.reduce((a, r) => a + r.kills, 0);
+for (const r of results) console.log(describeResult(r));
 for (const mode of modes) {
   const mine = results.filter((r) => r.mode === mode);
   const k = mine.reduce((a, r) => a + r.kills, 0);

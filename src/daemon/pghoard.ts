@@ -9,7 +9,7 @@
  */
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { access, constants, mkdir, readFile, realpath, stat } from "node:fs/promises";
+import { access, constants, mkdir, readdir, readFile, realpath, stat, unlink } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import type { Logger } from "pino";
@@ -19,7 +19,7 @@ import { FileFormatPool } from "../fileformat/index.js";
 import { Metrics } from "../monitoring/index.js";
 import { writeFileAtomic } from "../common/fs.js";
 import { isDiskFull } from "../common/errors.js";
-import { PidLock } from "../common/pid_lock.js";
+import { PidLock, processExists } from "../common/pid_lock.js";
 import { Compressors } from "./compressor.js";
 import { DaemonContext } from "./context.js";
 import { pyNaiveIsoformatUtc } from "../common/pycompat.js";
@@ -107,6 +107,8 @@ export class PGHoard {
         `backup_location ${config.backup_location}`,
       ),
     );
+
+    await removeDeadStateTempFiles(config.json_state_file_path);
 
     const pool = new FileFormatPool(Math.max(1, config.compression.thread_count));
     const metrics = new Metrics(config, { log: this.log });
@@ -386,5 +388,26 @@ export class PGHoard {
     await this.ctx.closeStorages();
     await this.ctx.metrics.close();
     for (const lock of this.locks) lock.release();
+  }
+}
+
+/**
+ * A daemon killed while writing the state file leaves `<state file>.<pid>.tmp`; the name is per
+ * process, so nothing would ever overwrite or remove it. Those of processes that are gone are removed.
+ */
+async function removeDeadStateTempFiles(stateFile: string): Promise<void> {
+  const dir = path.dirname(path.resolve(stateFile));
+  const prefix = `${path.basename(stateFile)}.`;
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return; // the directory check at start-up reports an unusable directory
+  }
+  for (const name of names) {
+    const pid =
+      name.startsWith(prefix) && name.endsWith(".tmp") ? Number(name.slice(prefix.length, -".tmp".length)) : NaN;
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || processExists(pid)) continue;
+    await unlink(path.join(dir, name)).catch(() => undefined);
   }
 }

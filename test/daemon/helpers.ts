@@ -153,7 +153,7 @@ export class DaemonProcess {
    */
   static async start(
     env: DaemonEnv,
-    opts: { logName?: string; env?: Record<string, string> } = {},
+    opts: { logName?: string; env?: Record<string, string>; readyTimeoutMs?: number } = {},
   ): Promise<DaemonProcess> {
     for (let attempt = 1; ; attempt++) {
       try {
@@ -169,8 +169,15 @@ export class DaemonProcess {
 
   private static async startOnce(
     env: DaemonEnv,
-    opts: { logName?: string; env?: Record<string, string> },
+    opts: { logName?: string; env?: Record<string, string>; readyTimeoutMs?: number },
   ): Promise<DaemonProcess> {
+    const daemon = DaemonProcess.spawn(env, opts);
+    await daemon.waitReady(env, opts.readyTimeoutMs);
+    return daemon;
+  }
+
+  /** Starts the daemon without waiting for it (a SIGKILL during start-up is a fault worth injecting). */
+  static spawn(env: DaemonEnv, opts: { logName?: string; env?: Record<string, string> } = {}): DaemonProcess {
     const logPath = path.join(env.dir, opts.logName ?? "daemon.log");
     const log = createWriteStream(logPath, { flags: "a" });
     const child = spawn(process.execPath, [pghoardBin, "--config", env.configPath], {
@@ -180,24 +187,28 @@ export class DaemonProcess {
     });
     child.stdout!.pipe(log, { end: false });
     child.stderr!.pipe(log, { end: false });
-    const daemon = new DaemonProcess(child, logPath, env.port);
-    const deadline = Date.now() + 30_000;
+    return new DaemonProcess(child, logPath, env.port);
+  }
+
+  /** Waits until /status answers (SIGKILLs the daemon and throws after `timeoutMs` or when it exits first). */
+  async waitReady(env: DaemonEnv, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
     let exited = false;
-    void daemon.exited.then(() => {
+    void this.exited.then(() => {
       exited = true;
     });
     for (;;) {
-      if (exited) throw new Error(`daemon exited during start-up: ${daemon.logs()}`);
+      if (exited) throw new Error(`daemon exited during start-up: ${this.logs()}`);
       try {
         const res = await httpRequest(env.port, "GET", "/status");
         // 401: authentication is on; the state file shows the main loop has run once.
-        if (res.status === 200 || (res.status === 401 && existsSync(env.statePath))) return daemon;
+        if (res.status === 200 || (res.status === 401 && existsSync(env.statePath))) return;
       } catch {
         // not listening yet
       }
       if (Date.now() > deadline) {
-        child.kill("SIGKILL");
-        throw new Error(`daemon did not start: ${daemon.logs()}`);
+        this.child.kill("SIGKILL");
+        throw new Error(`daemon did not start: ${this.logs()}`);
       }
       await new Promise((r) => setTimeout(r, 100));
     }
