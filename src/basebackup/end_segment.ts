@@ -14,8 +14,11 @@ import { sleep } from "../common/async.js";
 import { BackupFailure } from "./common.js";
 import { siteConfigOf, type BasebackupContext } from "./types.js";
 
-/** pgBackRest's archive-timeout is 60 s; a daemon busy uploading chunks can take longer. */
-export const DEFAULT_END_SEGMENT_TIMEOUT_MS = 300_000;
+/**
+ * Site key `basebackup_end_segment_timeout`'s default, for contexts built without the validator.
+ * pgBackRest's archive-timeout is 60 s; a daemon busy uploading chunks can take longer.
+ */
+const DEFAULT_END_SEGMENT_TIMEOUT_S = 300;
 const FIRST_POLL_MS = 20;
 const MAX_POLL_MS = 500;
 
@@ -61,15 +64,16 @@ async function stored(ctx: BasebackupContext, key: string): Promise<boolean> {
 
 /**
  * Resolves once `segment` (and its timeline's history file) are in the site's storage; throws a
- * BackupFailure after `timeoutMs`, or when the backup is aborted.
+ * BackupFailure after the site's `basebackup_end_segment_timeout`, or when the backup is aborted.
  */
 export async function waitForEndSegment(
   ctx: BasebackupContext,
   segment: string,
   /** Ends the polling when the backup failed otherwise meanwhile. */
   cancel: AbortSignal,
-  timeoutMs = ctx.endSegmentTimeoutMs ?? DEFAULT_END_SEGMENT_TIMEOUT_MS,
 ): Promise<void> {
+  const timeoutS = siteConfigOf(ctx).basebackup_end_segment_timeout ?? DEFAULT_END_SEGMENT_TIMEOUT_S;
+  const timeoutMs = timeoutS * 1000;
   const signal = ctx.signal ? AbortSignal.any([ctx.signal, cancel]) : cancel;
   const prefix = siteConfigOf(ctx).prefix;
   const history = historyName(segment);
@@ -83,9 +87,9 @@ export async function waitForEndSegment(
     if (signal.aborted) throw new BackupFailure("thread termination requested");
     if (Date.now() >= deadline) {
       throw new BackupFailure(
-        `The backup's end WAL segment ${segment}${history ? ` (with ${history})` : ""} was not in storage after ${Math.round(timeoutMs / 1000)} s ` +
-          `(still missing: ${missing.join(", ")}); the backup cannot be restored without it. Check WAL archiving ` +
-          `(archive_command / the WAL receiver) and the daemon's uploads`,
+        `The backup's end WAL segment ${segment}${history ? ` (with ${history})` : ""} was not in storage after ${timeoutS} s ` +
+          `(basebackup_end_segment_timeout; still missing: ${missing.join(", ")}); the backup cannot be restored without ` +
+          `it. Check WAL archiving (archive_command / the WAL receiver) and the daemon's uploads`,
       );
     }
     if (!logged && delay >= MAX_POLL_MS) {
