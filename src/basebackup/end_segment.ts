@@ -19,8 +19,15 @@ import { siteConfigOf, type BasebackupContext } from "./types.js";
  * pgBackRest's archive-timeout is 60 s; a daemon busy uploading chunks can take longer.
  */
 const DEFAULT_END_SEGMENT_TIMEOUT_S = 300;
+/**
+ * Polls start at 20 ms and grow to 100 ms for the first seconds (archive_command usually stores
+ * the segment within a few hundred ms of the switch, and every poll interval late is added to the
+ * backup's time), then to 1 s: a HEAD request per poll is cheap on every backend.
+ */
 const FIRST_POLL_MS = 20;
-const MAX_POLL_MS = 500;
+const FAST_POLL_MS = 100;
+const FAST_POLL_WINDOW_MS = 5000;
+const SLOW_POLL_MS = 1000;
 
 export type EndSegmentCheck =
   /** The server waits itself (PostgreSQL < 10, or a standby, where it decides by archive_mode). */
@@ -78,7 +85,8 @@ export async function waitForEndSegment(
   const prefix = siteConfigOf(ctx).prefix;
   const history = historyName(segment);
   const missing = [walKey(prefix, segment), ...(history ? [timelineKey(prefix, history)] : [])];
-  const deadline = Date.now() + timeoutMs;
+  const started = Date.now();
+  const deadline = started + timeoutMs;
   let delay = FIRST_POLL_MS;
   let logged = false;
   for (;;) {
@@ -92,11 +100,12 @@ export async function waitForEndSegment(
           `it. Check WAL archiving (archive_command / the WAL receiver) and the daemon's uploads`,
       );
     }
-    if (!logged && delay >= MAX_POLL_MS) {
+    const slow = Date.now() - started >= FAST_POLL_WINDOW_MS;
+    if (!logged && slow) {
       ctx.log.info(`Waiting for the backup's end WAL segment ${segment} to be stored`);
       logged = true;
     }
     await sleep(Math.min(delay, Math.max(1, deadline - Date.now())), signal).catch(() => undefined);
-    delay = Math.min(MAX_POLL_MS, Math.ceil(delay * 1.5));
+    delay = Math.min(slow ? SLOW_POLL_MS : FAST_POLL_MS, Math.ceil(delay * 1.5));
   }
 }
