@@ -42,6 +42,12 @@ export interface ChunkedBackupRun {
   checkAlive: () => void;
   /** Registers cleanup for a failed attempt (e.g. deleting newly uploaded delta objects). */
   onFailure: (cleanup: () => Promise<void>) => void;
+  /**
+   * Called by a body once every data file has been read (only uploads left): the backup then
+   * stops (pg_control read, pg_backup_stop, end segment switch) while the uploads go on. A body
+   * that never calls it is stopped after it returned.
+   */
+  dataRead: () => void;
 }
 
 export interface ChunkedBackupData {
@@ -161,7 +167,30 @@ export async function runChunkedBackup(
       try {
         tablespaces = await session.tablespaces(pgdata);
         ctx.log.info(`Starting to backup ${pgdata} and ${Object.keys(tablespaces).length} tablespaces to ${name}`);
-        data = await body({
+        const stopAndSwitch = async (): Promise<Awaited<ReturnType<BackupSession["endSegmentAndTime"]>>> => {
+          session.checkAlive();
+          const check = await endSegmentCheckOf(ctx, async (sql) => (await session.client.query(sql)).rows);
+          progress.setPhase(
+            check.kind === "server"
+              ? "stopping backup (waiting for the WAL end segment to be archived)"
+              : "stopping backup",
+          );
+          // the newest pg_control, read after every data file
+          pgControl = await readFile(path.join(pgdata, "global", "pg_control"));
+          const stop = await session.stopBackup({ waitForArchive: check.kind === "server" });
+          backupLabel = stop.labelfile;
+          stopped = true;
+          if (check.kind === "storage") {
+            endSegment = await session.segmentBefore(stop.lsn);
+            endStored = waitForEndSegment(ctx, endSegment, endWait.signal);
+            // awaited before the control object goes up; a failure meanwhile is not unhandled
+            endStored.catch(() => undefined);
+          }
+          return await session.endSegmentAndTime();
+        };
+        let markRead!: () => void;
+        const read = new Promise<void>((resolve) => (markRead = resolve));
+        const bodyDone = body({
           name,
           workDir,
           pgdata,
@@ -173,29 +202,24 @@ export async function runChunkedBackup(
             throwIfAborted(ctx);
           },
           onFailure: (cleanup) => cleanups.push(cleanup),
+          dataRead: markRead,
         });
-        session.checkAlive();
-        const check = await endSegmentCheckOf(ctx, async (sql) => (await session.client.query(sql)).rows);
-        progress.setPhase(
-          check.kind === "server"
-            ? "stopping backup (waiting for the WAL end segment to be archived)"
-            : "stopping backup",
-        );
-        // the newest pg_control, read after every data file
-        pgControl = await readFile(path.join(pgdata, "global", "pg_control"));
-        const stop = await session.stopBackup({ waitForArchive: check.kind === "server" });
-        backupLabel = stop.labelfile;
-        stopped = true;
-        if (check.kind === "storage") {
-          endSegment = await session.segmentBefore(stop.lsn);
-          endStored = waitForEndSegment(ctx, endSegment, endWait.signal);
-          // awaited before the control object goes up; a failure meanwhile is not unhandled
-          endStored.catch(() => undefined);
+        // awaited below; a failure while the backup stops is not unhandled meanwhile
+        bodyDone.catch(() => undefined);
+        // Stop as soon as the data is read, so the stop and the end segment's archiving overlap
+        // the last uploads; the control object still waits for every upload (bodyDone).
+        await Promise.race([read, bodyDone]);
+        try {
+          end = await stopAndSwitch();
+        } catch (err) {
+          // nothing of a failed backup may still be uploading when its cleanup runs
+          await bodyDone.catch(() => undefined);
+          throw err;
         }
+        data = await bodyDone;
       } finally {
         if (!stopped && session.alive) await session.stopBackup({ waitForArchive: false }).catch(() => undefined);
       }
-      end = await session.endSegmentAndTime();
     } finally {
       await session.close();
     }

@@ -14,10 +14,20 @@ import { sleep } from "../common/async.js";
 import { BackupFailure } from "./common.js";
 import { siteConfigOf, type BasebackupContext } from "./types.js";
 
-/** pgBackRest's archive-timeout is 60 s; a daemon busy uploading chunks can take longer. */
-export const DEFAULT_END_SEGMENT_TIMEOUT_MS = 300_000;
+/**
+ * Site key `basebackup_end_segment_timeout`'s default, for contexts built without the validator.
+ * pgBackRest's archive-timeout is 60 s; a daemon busy uploading chunks can take longer.
+ */
+const DEFAULT_END_SEGMENT_TIMEOUT_S = 300;
+/**
+ * Polls start at 20 ms and grow to 100 ms for the first seconds (archive_command usually stores
+ * the segment within a few hundred ms of the switch, and every poll interval late is added to the
+ * backup's time), then to 1 s: a HEAD request per poll is cheap on every backend.
+ */
 const FIRST_POLL_MS = 20;
-const MAX_POLL_MS = 500;
+const FAST_POLL_MS = 100;
+const FAST_POLL_WINDOW_MS = 5000;
+const SLOW_POLL_MS = 1000;
 
 export type EndSegmentCheck =
   /** The server waits itself (PostgreSQL < 10, or a standby, where it decides by archive_mode). */
@@ -61,20 +71,22 @@ async function stored(ctx: BasebackupContext, key: string): Promise<boolean> {
 
 /**
  * Resolves once `segment` (and its timeline's history file) are in the site's storage; throws a
- * BackupFailure after `timeoutMs`, or when the backup is aborted.
+ * BackupFailure after the site's `basebackup_end_segment_timeout`, or when the backup is aborted.
  */
 export async function waitForEndSegment(
   ctx: BasebackupContext,
   segment: string,
   /** Ends the polling when the backup failed otherwise meanwhile. */
   cancel: AbortSignal,
-  timeoutMs = ctx.endSegmentTimeoutMs ?? DEFAULT_END_SEGMENT_TIMEOUT_MS,
 ): Promise<void> {
+  const timeoutS = siteConfigOf(ctx).basebackup_end_segment_timeout ?? DEFAULT_END_SEGMENT_TIMEOUT_S;
+  const timeoutMs = timeoutS * 1000;
   const signal = ctx.signal ? AbortSignal.any([ctx.signal, cancel]) : cancel;
   const prefix = siteConfigOf(ctx).prefix;
   const history = historyName(segment);
   const missing = [walKey(prefix, segment), ...(history ? [timelineKey(prefix, history)] : [])];
-  const deadline = Date.now() + timeoutMs;
+  const started = Date.now();
+  const deadline = started + timeoutMs;
   let delay = FIRST_POLL_MS;
   let logged = false;
   for (;;) {
@@ -83,16 +95,17 @@ export async function waitForEndSegment(
     if (signal.aborted) throw new BackupFailure("thread termination requested");
     if (Date.now() >= deadline) {
       throw new BackupFailure(
-        `The backup's end WAL segment ${segment}${history ? ` (with ${history})` : ""} was not in storage after ${Math.round(timeoutMs / 1000)} s ` +
-          `(still missing: ${missing.join(", ")}); the backup cannot be restored without it. Check WAL archiving ` +
-          `(archive_command / the WAL receiver) and the daemon's uploads`,
+        `The backup's end WAL segment ${segment}${history ? ` (with ${history})` : ""} was not in storage after ${timeoutS} s ` +
+          `(basebackup_end_segment_timeout; still missing: ${missing.join(", ")}); the backup cannot be restored without ` +
+          `it. Check WAL archiving (archive_command / the WAL receiver) and the daemon's uploads`,
       );
     }
-    if (!logged && delay >= MAX_POLL_MS) {
+    const slow = Date.now() - started >= FAST_POLL_WINDOW_MS;
+    if (!logged && slow) {
       ctx.log.info(`Waiting for the backup's end WAL segment ${segment} to be stored`);
       logged = true;
     }
     await sleep(Math.min(delay, Math.max(1, deadline - Date.now())), signal).catch(() => undefined);
-    delay = Math.min(MAX_POLL_MS, Math.ceil(delay * 1.5));
+    delay = Math.min(slow ? SLOW_POLL_MS : FAST_POLL_MS, Math.ceil(delay * 1.5));
   }
 }

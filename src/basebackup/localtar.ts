@@ -110,6 +110,7 @@ export async function runLocalTarBasebackup(
       workDir: run.workDir,
       progress: run.progress,
       delta: false,
+      onDataRead: run.dataRead,
       tarOptions: {
         checkAlive: run.checkAlive,
         onProgress: (n) => run.progress.addDone(n),

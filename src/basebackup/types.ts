@@ -83,8 +83,6 @@ export interface BasebackupContext {
   /** Path of pg_basebackup for basic/pipe modes; default `<pg_bin_directory>/pg_basebackup` or PATH. */
   pgBasebackupPath?: string;
   hostname?: string;
-  /** How long the backup waits for its end WAL segment to be stored (end_segment.ts; default 300 s). */
-  endSegmentTimeoutMs?: number;
 }
 
 export interface BasebackupResult {

@@ -10,6 +10,15 @@ export function installedCommandPath(command: string): string {
   return fileURLToPath(new URL(`../../../bin/${command}.js`, import.meta.url));
 }
 
+/**
+ * Absolute path of the bash client `bin/pghoard_postgres_command`, next to the Node client in the
+ * checkout, the npm package (its `bin` entry) and /usr/lib/pghoard (the .deb/.rpm's
+ * /usr/bin/pghoard_postgres_command is a link to it).
+ */
+export function installedShellClientPath(): string {
+  return fileURLToPath(new URL("../../../bin/pghoard_postgres_command", import.meta.url));
+}
+
 /** POSIX shell word: unchanged when it is plainly safe, else single-quoted. */
 export function shellQuote(word: string): string {
   if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(word)) return word;
@@ -22,4 +31,16 @@ export function shellQuote(word: string): string {
  */
 export function installedCommandLine(command: string, args: string[]): string {
   return [process.execPath, installedCommandPath(command), ...args].map(shellQuote).join(" ");
+}
+
+/**
+ * A shell command line running the installed bash client. `PGHOARD_NODE` pins the node binary
+ * running now for the cases it hands to the Node client (an unreachable daemon, unusual input):
+ * PostgreSQL's PATH may have no node, and a missing program (exit 127) would end recovery.
+ */
+export function shellClientCommandLine(args: string[]): string {
+  return [
+    `PGHOARD_NODE=${shellQuote(process.execPath)}`,
+    ...[installedShellClientPath(), ...args].map(shellQuote),
+  ].join(" ");
 }

@@ -593,6 +593,14 @@ export const siteSection: SectionSpec = {
         "`basic`/`pipe` modes: scheduled backups start with a fast checkpoint (`pg_basebackup --checkpoint=fast`) instead of PostgreSQL's spread one, which can take up to `checkpoint_timeout` × `checkpoint_completion_target`. Requested backups (`PUT /<site>/basebackup`) always use a fast one; `local-tar`/`delta` always do (as upstream). Not in upstream pghoard.",
     },
     {
+      key: "basebackup_end_segment_timeout",
+      types: ["number"],
+      min: Number.MIN_VALUE,
+      default: { value: 300 },
+      description:
+        "Seconds a `local-tar`/`delta` backup waits, after `pg_backup_stop`, for its end WAL segment (and a new timeline's history file) to be in storage before it writes its control object; the backup fails naming the segment when it is not there in time. Used in the streaming modes and in `archive_command` mode with `archive_mode` on (the server does not wait for its archive). Not in upstream pghoard.",
+    },
+    {
       key: "basebackup_interval_hours",
       types: ["number", "null"],
       default: { value: 24 },

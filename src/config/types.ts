@@ -186,6 +186,7 @@ export interface SiteConfig {
   encryption_keys: Record<string, EncryptionKey>;
   basebackup_mode: BasebackupMode;
   basebackup_fast_checkpoint: boolean;
+  basebackup_end_segment_timeout: number;
   archive_work_ahead: boolean;
   basebackup_interval_hours: number | null;
   basebackup_hour?: number;

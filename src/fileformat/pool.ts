@@ -106,6 +106,8 @@ class WorkerStream extends Duplex {
     private readonly slot: Slot,
     private readonly id: number,
     spec: StreamSpec,
+    /** The writer gives up whole TRANSFER_CHUNK buffers: they are transferred, not copied. */
+    private readonly transferInput = false,
   ) {
     super({ readableHighWaterMark: TRANSFER_CHUNK, writableHighWaterMark: TRANSFER_CHUNK });
     this.resultPromise = new Promise<EncodeFileResult>((resolve, reject) => {
@@ -123,6 +125,19 @@ class WorkerStream extends Duplex {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    if (
+      this.transferInput &&
+      this.batchLength === 0 &&
+      chunk.length === TRANSFER_CHUNK &&
+      chunk.byteOffset === 0 &&
+      chunk.buffer.byteLength === TRANSFER_CHUNK
+    ) {
+      // A whole batch of its own: moved to the worker (the caller's buffer is detached).
+      this.post(chunk.buffer as ArrayBuffer, TRANSFER_CHUNK);
+      if (this.inFlight < MAX_BATCHES_IN_FLIGHT) callback();
+      else this.blockedWrite = () => callback();
+      return;
+    }
     let offset = 0;
     while (offset < chunk.length) {
       const take = Math.min(this.batch.length - this.batchLength, chunk.length - offset);
@@ -201,6 +216,10 @@ class WorkerStream extends Duplex {
     }
     const length = this.batchLength;
     this.batchLength = 0;
+    this.post(data, length);
+  }
+
+  private post(data: ArrayBuffer, length: number): void {
     this.inFlight++;
     this.slot.post({ type: "data", id: this.id, data, length }, [data]);
   }
@@ -259,10 +278,14 @@ export class FileFormatPool {
     return { size: result.size ?? 0 };
   }
 
-  /** streaming, CPU work in a worker, bounded memory */
-  createEncodeStream(opts: EncodeTaskOptions): PoolEncodeStream {
+  /**
+   * streaming, CPU work in a worker, bounded memory. `transferInput`: whole TRANSFER_CHUNK-sized
+   * buffers written (offset 0, owning their ArrayBuffer) are moved to the worker instead of
+   * copied, leaving them detached (length 0) for the writer.
+   */
+  createEncodeStream(opts: EncodeTaskOptions, streamOpts: { transferInput?: boolean } = {}): PoolEncodeStream {
     checkEncodeOptions(opts);
-    return this.openStream({ mode: "encode", opts: plainOptions(opts) });
+    return this.openStream({ mode: "encode", opts: plainOptions(opts) }, streamOpts.transferInput);
   }
 
   createDecodeStream(metadata: Metadata, privateKeyPem: string | null): Duplex {
@@ -316,10 +339,10 @@ export class FileFormatPool {
     });
   }
 
-  private openStream(spec: StreamSpec): PoolEncodeStream {
+  private openStream(spec: StreamSpec, transferInput = false): PoolEncodeStream {
     if (this.closed) throw new FileFormatError("FileFormatPool closed");
     const slot = this.leastLoaded();
-    return new WorkerStream(slot, this.nextId++, spec);
+    return new WorkerStream(slot, this.nextId++, spec, transferInput);
   }
 
   private run(task: TaskRequest): Promise<TaskResult> {

@@ -13,14 +13,17 @@
  * Also supported beyond upstream: `recovery_target_lsn` and `recovery_target = 'immediate'`.
  *
  * restore_command: by default the direct mode (no daemon needed), with the absolute paths of
- * node, the installed pghoard_postgres_command and the config, plus a recovery_end_command that
- * removes the read-ahead files it leaves; `restoreCommandMode: "daemon"` writes upstream's.
+ * node, the installed Node client pghoard_postgres_command.js and the config, plus a
+ * recovery_end_command that removes the read-ahead files it leaves. `restoreCommandMode:
+ * "daemon"` writes upstream's, with the installed bash client bin/pghoard_postgres_command (no
+ * Node.js start-up per WAL file). The direct mode keeps the Node client: the bash client would
+ * only hand every call over to it, one bash start later.
  */
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 
 import { writeFileAtomic } from "../common/fs.js";
-import { installedCommandLine, shellQuote } from "../common/install_paths.js";
+import { installedCommandLine, shellClientCommandLine, shellQuote } from "../common/install_paths.js";
 import { RestoreError } from "./errors.js";
 
 export interface RecoveryOptions {
@@ -33,7 +36,10 @@ export interface RecoveryOptions {
   restoreCommandMode?: RestoreCommandMode;
   /** Direct mode: the config file restored with (made absolute here). */
   configPath?: string;
-  /** Program written into restore_command (default: node + the installed pghoard_postgres_command). */
+  /**
+   * Program written into restore_command (default: the installed bash client in daemon mode, node +
+   * the installed Node client in direct mode).
+   */
   commandBin?: string;
   /** Daemon HTTP credentials; added to restore_command only when both are set. */
   username?: string | null;
@@ -69,7 +75,8 @@ export function restoreCommands(
   if ((opts.restoreCommandMode ?? "direct") === "daemon") {
     const args = ["--mode", "restore", "--port", String(opts.port), ...files];
     if (opts.username && opts.password) args.push("--username", opts.username, "--password", opts.password);
-    return { restoreCommand: command(args), recoveryEndCommand: null };
+    const restoreCommand = opts.commandBin ? command(args) : shellClientCommandLine(args);
+    return { restoreCommand, recoveryEndCommand: null };
   }
   if (!opts.configPath) throw new RestoreError("The direct restore_command needs the path of the configuration file");
   return {

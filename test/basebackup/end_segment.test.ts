@@ -1,17 +1,13 @@
 /**
  * The backup stops without pg_backup_stop's archive wait and checks storage itself: it is not
  * reported complete (no control object, still running) while its end segment is held back from
- * archiving, completes once archiving is released, and fails with a clear message when the
- * segment never reaches its storage.
+ * archiving, completes once archiving is released, and fails after the site's
+ * `basebackup_end_segment_timeout` with a message naming the segment when it never reaches storage.
  */
 import assert from "node:assert/strict";
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { runBasebackup, type BasebackupContext } from "../../src/basebackup/index.js";
-import type { PghoardConfig } from "../../src/config/types.js";
-import { FileFormatPool } from "../../src/fileformat/index.js";
-import { createStorage } from "../../src/storage/index.js";
 import { chownToPostgres, makeTempDir } from "../helpers/pgcluster.js";
 import { httpRequest, sleep } from "../daemon/helpers.js";
 import { listStore, startScenario, type Scenario } from "./helpers.js";
@@ -96,54 +92,31 @@ describe("basebackup end segment check", { timeout: 300_000 }, () => {
     assert.match(s.daemon.logs(), /Basebackup .* completed/);
   });
 
-  it("fails with a clear message when the end segment never reaches its storage", async () => {
-    // Same cluster, but a store the daemon does not archive into: the segment never arrives there.
-    const dir = await makeTempDir("bb-endseg-store");
-    const site = {
-      prefix: "other",
-      active: true,
-      active_backup_mode: "archive_command",
-      basebackup_mode: "local-tar",
-      pg_data_directory: s.cluster.dataDir,
-      nodes: [s.cluster.connectionInfo()],
-      encryption_key_id: null,
-      encryption_keys: {},
-      basebackup_threads: 1,
-      basebackup_chunks_in_progress: 2,
-      basebackup_chunk_size: 1024 * 1024 * 1024,
-      object_storage: { storage_type: "local", directory: dir },
-    };
-    const config = {
-      backup_location: path.join(dir, "spool"),
-      backup_sites: { other: site },
-      compression: { algorithm: "snappy", level: 0, thread_count: 1 },
-    } as unknown as PghoardConfig;
-    const storage = await createStorage(site.object_storage as PghoardConfig["backup_sites"][string]["object_storage"]);
-    const pool = new FileFormatPool(1);
-    const ctx: BasebackupContext = {
-      config,
-      site: "other",
-      node: site.nodes[0] as Record<string, string>,
-      pgVersion: Number(
-        (await s.cluster.query<{ v: string }>("SELECT current_setting('server_version_num') AS v"))[0].v,
-      ),
-      storage,
-      pool,
-      decision: { "backup-reason": "requested" },
-      log: { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined },
-      endSegmentTimeoutMs: 1000,
-    };
-    try {
-      await assert.rejects(runBasebackup(ctx), (err: Error) => {
-        assert.equal(err.name, "BackupFailure");
-        assert.match(err.message, /end WAL segment [0-9A-F]{24} was not in storage after 1 s/);
-        assert.match(err.message, /Check WAL archiving/);
-        return true;
-      });
-      assert.deepEqual(await storage.list("other/basebackup", { recursive: true }), []);
-    } finally {
-      await pool.close();
-      await storage.close();
-    }
+  it("fails after basebackup_end_segment_timeout, naming the segment, when it never reaches storage", async () => {
+    // Archiving held back again, and the site key set to 1 s through a config reload (SIGHUP).
+    await rm(gate, { force: true });
+    const before = await listStore(s.env, s.site, "basebackup");
+    const sites = s.env.config.backup_sites as Record<string, Record<string, unknown>>;
+    sites[s.site].basebackup_end_segment_timeout = 1;
+    await s.env.writeConfig();
+    const logStart = s.daemon.logs().length;
+    s.daemon.child.kill("SIGHUP");
+    await until("the config reload", async () => s.daemon.logs().slice(logStart).includes("Configuration reloaded"), s);
+
+    const res = await httpRequest(s.env.port, "PUT", `/${s.site}/archive/basebackup`);
+    assert.ok(res.status < 300, `basebackup request: ${res.status} ${res.body}`);
+    const failure = await until(
+      "the backup to fail",
+      async () => /Basebackup of site \S+ failed: (.*)/.exec(s.daemon.logs().slice(logStart))?.[1] ?? undefined,
+      s,
+    );
+    assert.match(failure, /end WAL segment [0-9A-F]{24} was not in storage after 1 s/);
+    assert.match(failure, /basebackup_end_segment_timeout/);
+    assert.match(failure, /Check WAL archiving/);
+    const segment = /end WAL segment ([0-9A-F]{24})/.exec(failure)?.[1] as string;
+    assert.ok(!(await listStore(s.env, s.site, "xlog")).some((e) => e.name === segment), "end segment held back");
+    // No control object: the backup is not reported complete.
+    assert.deepEqual(await listStore(s.env, s.site, "basebackup"), before);
+    await until("the backup to stop running", async () => (await basebackupState(s))?.running === false, s);
   });
 });

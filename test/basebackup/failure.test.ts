@@ -1,6 +1,8 @@
 /**
  * A delta backup that fails midway deletes the objects it uploaded, leaves no main object, and
- * stops the backup on the server (a new backup can start right away).
+ * stops the backup on the server (a new backup can start right away). A local-tar backup stops
+ * the server's backup once its data is read, while chunks still upload, and an upload failing
+ * after that still fails it without a control object.
  */
 import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
@@ -28,55 +30,69 @@ async function published(dir: string): Promise<string[]> {
   }
 }
 
-describe("failed delta backup", { timeout: 300_000 }, () => {
+/** A backup context on `cluster` storing into `<dir>/store`, site `s` with `siteExtra`. */
+async function backupContext(
+  cluster: PgCluster,
+  dir: string,
+  pool: FileFormatPool,
+  siteExtra: Record<string, unknown>,
+): Promise<{ ctx: BasebackupContext; storage: StorageBackend }> {
+  const site = {
+    prefix: "s",
+    active: true,
+    active_backup_mode: "archive_command",
+    pg_data_directory: cluster.dataDir,
+    nodes: [cluster.connectionInfo()],
+    encryption_key_id: null,
+    encryption_keys: {},
+    object_storage: { storage_type: "local", directory: path.join(dir, "store") },
+    ...siteExtra,
+  };
+  const config = {
+    backup_location: path.join(dir, "spool"),
+    backup_sites: { s: site },
+    compression: { algorithm: "snappy", level: 0 },
+  } as unknown as PghoardConfig;
+  const storage = await createStorage(site.object_storage as PghoardConfig["backup_sites"][string]["object_storage"]);
+  const ctx: BasebackupContext = {
+    config,
+    site: "s",
+    node: site.nodes[0],
+    pgVersion: 150000,
+    storage,
+    pool,
+    decision: {},
+    log: quiet,
+  };
+  return { ctx, storage };
+}
+
+describe("failed backups", { timeout: 300_000 }, () => {
   let cluster: PgCluster;
   let pool: FileFormatPool;
-  let storage: StorageBackend;
-  let dir: string;
+  let storage: StorageBackend | undefined;
   before(async () => {
     cluster = await startCluster();
     await cluster.pgbench(["-i", "-s", "2", "-q"]);
     pool = new FileFormatPool(2);
-    dir = await makeTempDir("bb-failure");
   });
   after(async () => {
+    await storage?.close();
     await pool?.close();
     await cluster?.destroy();
   });
 
-  it("removes the objects it uploaded and releases the server's backup", async () => {
-    const site = {
-      prefix: "s",
-      active: true,
-      active_backup_mode: "archive_command",
+  it("delta: removes the objects it uploaded and releases the server's backup", async () => {
+    const dir = await makeTempDir("bb-failure");
+    let ctx: BasebackupContext;
+    ({ ctx, storage } = await backupContext(cluster, dir, pool, {
       basebackup_mode: "delta",
-      pg_data_directory: cluster.dataDir,
-      nodes: [cluster.connectionInfo()],
-      encryption_key_id: null,
-      encryption_keys: {},
       basebackup_threads: 1,
       basebackup_chunks_in_progress: 2,
       basebackup_chunk_size: 1024 * 1024 * 1024,
       basebackup_delta_mode_min_delta_file_size: 64 * 1024,
       basebackup_delta_mode_chunk_size: 1024 * 1024,
-      object_storage: { storage_type: "local", directory: path.join(dir, "store") },
-    };
-    const config = {
-      backup_location: path.join(dir, "spool"),
-      backup_sites: { s: site },
-      compression: { algorithm: "snappy", level: 0 },
-    } as unknown as PghoardConfig;
-    storage = await createStorage(site.object_storage as PghoardConfig["backup_sites"][string]["object_storage"]);
-    const ctx: BasebackupContext = {
-      config,
-      site: "s",
-      node: site.nodes[0],
-      pgVersion: 150000,
-      storage,
-      pool,
-      decision: {},
-      log: quiet,
-    };
+    }));
     let uploads = 0;
     const direct = new DirectUploader(ctx);
     ctx.uploader = {
@@ -102,5 +118,44 @@ describe("failed delta backup", { timeout: 300_000 }, () => {
       [],
       "work directories are removed",
     );
+  });
+
+  it("local-tar: stops once the data is read; an upload failing after the stop fails it, no control object", async () => {
+    const dir = await makeTempDir("bb-stop-early");
+    await storage?.close();
+    let ctx: BasebackupContext;
+    ({ ctx, storage } = await backupContext(cluster, dir, pool, {
+      basebackup_mode: "local-tar",
+      basebackup_threads: 2,
+      // a few chunks, all of them on disk at once (none waits for an upload to be read)
+      basebackup_chunks_in_progress: 8,
+      basebackup_chunk_size: 8 * 1024 * 1024,
+    }));
+    // The backup session's last statement is the end segment switch once pg_backup_stop returned.
+    const stopped = async (): Promise<boolean> =>
+      (
+        await cluster.query<{ n: string }>(
+          "SELECT count(*)::text AS n FROM pg_stat_activity WHERE query = 'SELECT pg_switch_wal()' AND state = 'idle'",
+        )
+      )[0].n !== "0";
+    const direct = new DirectUploader(ctx);
+    let chunkUploads = 0;
+    ctx.uploader = {
+      async upload(request: UploadRequest) {
+        if (request.filetype !== "basebackup_chunk") return await direct.upload(request);
+        chunkUploads += 1;
+        // Held until the server's backup is stopped: before, the stop waited for every upload.
+        const deadline = Date.now() + 20_000;
+        while (!(await stopped())) {
+          if (Date.now() > deadline) throw new Error("the backup was not stopped while its chunks uploaded");
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        throw new Error("injected upload failure after the stop");
+      },
+    };
+    await assert.rejects(runBasebackup(ctx), /injected upload failure after the stop/);
+    assert.ok(chunkUploads >= 1);
+    assert.deepEqual(await published(path.join(dir, "store", "s", "basebackup")), []);
+    assert.deepEqual(await published(path.join(dir, "spool", "s", "basebackup_incoming")), []);
   });
 });

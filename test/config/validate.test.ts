@@ -275,6 +275,17 @@ const malformed: Bad[] = [
     path: "backup_sites.s.object_storage",
   },
   {
+    name: "basebackup_end_segment_timeout of 0",
+    raw: config({ basebackup_end_segment_timeout: 0 }),
+    path: "backup_sites.s.basebackup_end_segment_timeout",
+    contains: "must be greater than 0",
+  },
+  {
+    name: "basebackup_end_segment_timeout as a string",
+    raw: config({ basebackup_end_segment_timeout: "60" }),
+    path: "backup_sites.s.basebackup_end_segment_timeout",
+  },
+  {
     name: "site name with a dot",
     raw: { backup_location: "/b", backup_sites: { "a.b": { basebackup_count: "x" } } },
     path: 'backup_sites["a.b"].basebackup_count',
@@ -525,6 +536,7 @@ describe("defaults", () => {
     assert.deepEqual(site.encryption_keys, {});
     assert.equal(site.basebackup_mode, "basic");
     assert.equal(site.basebackup_interval_hours, 24);
+    assert.equal(site.basebackup_end_segment_timeout, 300);
     assert.equal(site.basebackup_hour, undefined);
     assert.equal(site.basebackup_count, 2);
     assert.equal(site.basebackup_count_min, 2);

@@ -90,6 +90,36 @@ describe("flow control", () => {
   });
 });
 
+describe("transferInput", () => {
+  it("moves whole 1 MiB buffers to the worker, copies the rest, and the output is the input's encoding", async () => {
+    const plain = pageLikeData(5 * MiB + 12_345, 7);
+    const owned = (offset: number, length: number): Buffer => {
+      const buf = Buffer.allocUnsafeSlow(length);
+      plain.copy(buf, 0, offset, offset + length);
+      return buf;
+    };
+    // whole ones, a partial one in between (a whole one may then meet a started batch), a view, a tail
+    const writes = [owned(0, MiB), owned(MiB, 1000), owned(MiB + 1000, MiB), owned(2 * MiB + 1000, MiB)];
+    const view = plain.subarray(3 * MiB + 1000, 4 * MiB + 1000);
+    writes.push(view, owned(4 * MiB + 1000, plain.length - 4 * MiB - 1000));
+    const stream = pool.createEncodeStream(zstdOpts, { transferInput: true });
+    const out: Buffer[] = [];
+    stream.on("data", (chunk: Buffer) => out.push(chunk));
+    const sizes: number[] = [];
+    for (const buf of writes) {
+      if (!stream.write(buf)) await once(stream, "drain");
+    }
+    stream.end();
+    await once(stream, "end");
+    for (const buf of writes) sizes.push(buf.length);
+    // the first whole buffer went out alone: moved (detached); partial buffers and views are copied
+    assert.equal(sizes[0], 0);
+    assert.equal(sizes[1], 1000);
+    assert.equal(sizes[4], MiB, "a view into a larger buffer is copied, never detached");
+    assert.ok(decodeIndependently(Buffer.concat(out), "zstd", null).equals(plain));
+  });
+});
+
 describe("lifecycle", () => {
   it("an aborted stream does not disturb later work", async () => {
     const stream = pool.createEncodeStream({ ...zstdOpts, hashAlgorithm: "sha256" });

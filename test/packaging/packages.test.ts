@@ -6,10 +6,11 @@
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
+import { accessSync, constants, existsSync, realpathSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
 import { gunzipSync } from "node:zlib";
@@ -142,6 +143,19 @@ describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
     const pair = snippet.backup_sites.default?.encryption_keys.pkgtest;
     assert.match(pair?.private ?? "", /BEGIN PRIVATE KEY/);
     assert.match(pair?.public ?? "", /BEGIN PUBLIC KEY/);
+  });
+
+  it("restore_command's bash client, found from the unpacked runtime, is the file /usr/bin links to", async () => {
+    const lib = path.join(root, "usr", "lib", "pghoard");
+    const { stdout } = await execFileAsync(process.execPath, [
+      "--input-type=module",
+      "-e",
+      `import { installedShellClientPath } from ${JSON.stringify(pathToFileURL(path.join(lib, "dist", "src", "common", "install_paths.js")).href)};
+process.stdout.write(installedShellClientPath());`,
+    ]);
+    assert.equal(stdout, path.join(lib, "bin", "pghoard_postgres_command"));
+    assert.equal(realpathSync(path.join(root, "usr", "bin", "pghoard_postgres_command")), realpathSync(stdout));
+    accessSync(stdout, constants.X_OK);
   });
 
   it("loads config, storage and logging from the unpacked runtime (archive cleanup on an empty store)", async () => {

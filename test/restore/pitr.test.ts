@@ -2,19 +2,22 @@
  * Point-in-time recovery of OUR backups (local-tar, encrypted, with a user tablespace mapped to
  * a new directory): the daemon takes the backup, pghoard_restore restores it, PostgreSQL 15
  * recovers with WAL from a recovery-only daemon to a restore point, a time, an xid, an LSN and
- * `immediate`, each with exactly the data of that moment.
+ * `immediate`, each with exactly the data of that moment. restore_command is get-basebackup's
+ * default for the daemon mode: the installed bash client.
  */
 import assert from "node:assert/strict";
-import { mkdir, rm } from "node:fs/promises";
+import { mkdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 
 import { prepareData, requestBackup, startScenario, type Scenario } from "../basebackup/helpers.js";
-import { DaemonProcess, makeDaemonEnv, postgresCommandBin, sleep, switchWal, waitArchived } from "../daemon/helpers.js";
+import { DaemonProcess, makeDaemonEnv, sleep, switchWal, waitArchived } from "../daemon/helpers.js";
 import { chownToPostgres, findFreePort, makeTempDir, startCluster } from "../helpers/pgcluster.js";
+import { repoRoot } from "../helpers/paths.js";
 import { runRestoreCli } from "./helpers.js";
 
 const SITE = "pitr";
+const shellClientBin = path.join(repoRoot, "bin", "pghoard_postgres_command");
 const STATE_SQL = `SELECT (SELECT count(*) FROM marker)::text AS marker,
   (SELECT md5(string_agg(id::text || v, ',' ORDER BY id)) FROM marker) AS marker_md5,
   (SELECT count(*) FROM ts_t)::text AS ts_rows`;
@@ -135,11 +138,17 @@ describe("point-in-time recovery of our own backups", { timeout: 900_000 }, () =
         "promote",
         "--restore-command-mode",
         "daemon",
-        "--pghoard-postgres-command-bin",
-        `${process.execPath} ${postgresCommandBin}`,
         ...args(),
       ]);
       assert.equal(result.code, 0, result.stdout + result.stderr);
+      // The default for the daemon mode: the installed bash client (PostgreSQL recovers through it below).
+      const autoConf = await readFile(path.join(dataDir, "postgresql.auto.conf"), "utf8");
+      assert.ok(
+        autoConf.includes(
+          `\nrestore_command = 'PGHOARD_NODE=${process.execPath} ${shellClientBin} --mode restore --port ${renv.port} --site ${SITE} --output %p --xlog %f'\n`,
+        ),
+        autoConf,
+      );
       assert.match(result.stdout, /Using existing empty directory '.*ts1' for tablespace 'ts1'/);
       await chownToPostgres(tsDir);
       const daemon = await DaemonProcess.start(renv);
@@ -153,6 +162,7 @@ describe("point-in-time recovery of our own backups", { timeout: 900_000 }, () =
           log,
           kind === "immediate" ? /recovery stopping after reaching consistency/ : /recovery stopping (before|after|at)/,
         );
+        assert.match(log, /restored log file "[0-9A-F]{24}" from archive/);
       } finally {
         await cluster.destroy();
         await daemon.stop();

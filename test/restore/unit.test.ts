@@ -150,6 +150,25 @@ describe("recovery configuration (operations.md §12)", () => {
     );
   });
 
+  it("daemon mode: the installed bash client, with the node running now for its hand-overs", () => {
+    const config = buildRecoveryConfig({
+      restoreCommandMode: "daemon",
+      pgVersion: "15",
+      site: "my site",
+      port: 16001,
+      username: "u",
+      password: "p w",
+    });
+    const client = path.join(repoRoot, "bin", "pghoard_postgres_command");
+    assert.ok(
+      config.content.includes(
+        `\nrestore_command = 'PGHOARD_NODE=${process.execPath} ${client} --mode restore --port 16001 --site ''my site'' --output %p --xlog %f --username u --password ''p w'''\n`,
+      ),
+      config.content,
+    );
+    assert.ok(!config.content.includes("recovery_end_command"), config.content);
+  });
+
   it("PG 15: same text upstream wrote for the fixture restore", () => {
     const config = buildRecoveryConfig({
       ...DAEMON,
