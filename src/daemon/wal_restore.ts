@@ -32,6 +32,8 @@ import type { TransferResult } from "./types.js";
 import { checkRestoreTarget } from "./restore_target.js";
 
 const NEGATIVE_CACHE_SIZE = 32;
+/** Request header of the bash client's prefetched restore (renameClientPrefetch). */
+export const CLIENT_PREFETCH_HEADER = "x-pghoard-client-prefetch";
 const SERVED_FROM_DISK_SIZE = 10;
 
 interface PendingDownload {
@@ -240,6 +242,34 @@ export class WalRestoreHandler {
       await withTimeout(pending ? pending.done : Promise.resolve(), pending ? 1000 : 50, undefined);
     }
     throw new HttpResponse(500, "TIMEOUT");
+  }
+
+  /**
+   * The bash client's prefetched restore (bin/pghoard_postgres_command, header
+   * `x-pghoard-client-prefetch: 1`): it saw `<dirname(target)>/<name>.pghoard.prefetch` and asks for
+   * the rename the Node.js client makes itself without a check, so that bash need not start `mv`.
+   * Made only for a target that passes §6 and restore_target.ts (so the file is this site's prefetch
+   * file); any answer but 201 makes the client hand the call to the Node.js client, which renames
+   * it itself. A prefetch file gone meanwhile is fetched as by any GET (the Node.js client does so too).
+   */
+  async renameClientPrefetch(site: string, filetype: FileType, name: string, target: string): Promise<HttpResponse> {
+    if (path.isAbsolute(target) && path.normalize(target) !== target) {
+      throw new HttpResponse(400, `Invalid xlog file path ${target}, a normalized path expected`);
+    }
+    await this.validateTargetPath(site, target);
+    const walDir = pgWalDirectory(this.ctx.site(site));
+    await checkRestoreTarget(target, walDir, name);
+    const prefetchPath = path.join(path.dirname(target), `${name}${PREFETCH_SUFFIX}`);
+    try {
+      await rename(prefetchPath, target);
+    } catch (err) {
+      if (isErrno(err, "ENOENT")) return this.getWalOrTimelineFile(site, filetype, name, target);
+      throw new HttpResponse(409, `Unable to write final file to requested location ${pyRepr(target)}: ${String(err)}`);
+    }
+    siteLogger(this.log, site).info(`Renamed ${prefetchPath} to ${target} for the client`);
+    this.createPrefetchOperations(site, filetype, name);
+    this.recordServed(filetype, name);
+    return new HttpResponse(201);
   }
 
   private async copyToTarget(source: string, target: string): Promise<void> {

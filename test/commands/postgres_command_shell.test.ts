@@ -204,7 +204,88 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
       code: 5,
     },
     {
-      name: "restore of a prefetched segment: renamed without the daemon",
+      name: "restore of a prefetched segment: the daemon makes the client's rename",
+      args: () => [
+        ...auth(),
+        "--mode",
+        "restore",
+        "--xlog",
+        "00000001000000000000000B",
+        "--output",
+        "pg_wal/RECOVERYXLOG",
+      ],
+      shellOnly: true,
+      code: 0,
+      setup: async () => {
+        await removeRecovered();
+        await writeFile(walPath("00000001000000000000000B.pghoard.prefetch"), "prefetched B");
+      },
+      check: async () => {
+        await expectRecovered("prefetched B")();
+        assert.ok(!existsSync(walPath("00000001000000000000000B.pghoard.prefetch")));
+      },
+    },
+    {
+      name: "restore of a prefetched history file through the daemon, absolute --output",
+      args: () => [...auth(), "--mode", "restore", "--xlog", "00000004.history", "--output", recovered],
+      shellOnly: true,
+      code: 0,
+      setup: async () => {
+        await removeRecovered();
+        await writeFile(walPath("00000004.history.pghoard.prefetch"), "prefetched history 4");
+      },
+      check: async () => {
+        await expectRecovered("prefetched history 4")();
+        assert.ok(!existsSync(walPath("00000004.history.pghoard.prefetch")));
+      },
+    },
+    {
+      name: "restore of a prefetched segment outside the WAL directory: the Node.js client renames it",
+      args: () => [
+        ...auth(),
+        "--mode",
+        "restore",
+        "--xlog",
+        "00000001000000000000000C",
+        "--output",
+        "elsewhere/RECOVERYXLOG",
+      ],
+      shellOnly: false,
+      code: 0,
+      setup: async () => {
+        await mkdir(path.join(pgdata, "elsewhere"), { recursive: true });
+        await rm(path.join(pgdata, "elsewhere", "RECOVERYXLOG"), { force: true });
+        await writeFile(path.join(pgdata, "elsewhere", "00000001000000000000000C.pghoard.prefetch"), "elsewhere C");
+      },
+      check: async () => {
+        assert.equal(await readFile(path.join(pgdata, "elsewhere", "RECOVERYXLOG"), "utf8"), "elsewhere C");
+        assert.ok(!existsSync(path.join(pgdata, "elsewhere", "00000001000000000000000C.pghoard.prefetch")));
+      },
+    },
+    {
+      name: "restore of a prefetched segment, absolute --output with ../ (the Node.js client's path)",
+      args: () => [
+        ...auth(),
+        "--mode",
+        "restore",
+        "--xlog",
+        "00000001000000000000000D",
+        "--output",
+        path.join(pgdata, "pg_wal") + "/../pg_wal/RECOVERYXLOG",
+      ],
+      shellOnly: false,
+      code: 0,
+      setup: async () => {
+        await removeRecovered();
+        await writeFile(walPath("00000001000000000000000D.pghoard.prefetch"), "prefetched D");
+      },
+      check: async () => {
+        await expectRecovered("prefetched D")();
+        assert.ok(!existsSync(walPath("00000001000000000000000D.pghoard.prefetch")));
+      },
+    },
+    {
+      name: "restore of a prefetched segment, daemon down: renamed by mv",
       args: () => [
         "--port",
         downPort,
@@ -364,6 +445,38 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
     { name: "-h → 0", args: () => ["-h"], shellOnly: false, code: 0 },
     { name: "--version → 0", args: () => ["--version"], shellOnly: false, code: 0 },
   ];
+
+  // PostgreSQL starts the client once per WAL file and every process start costs ~7-10 ms here:
+  // archive, a restore through the daemon and a prefetched restore start none besides bash itself
+  // (no `mv`, no `base64`, no subshell), also with --username/--password.
+  it("archive and restore start no process besides bash", async () => {
+    const trace = path.join(pgdata, "strace.out");
+    const traced = async (args: string[], setup?: () => Promise<void>): Promise<void> => {
+      await setup?.();
+      const r = await run(
+        "strace",
+        ["-f", "-qq", "-e", "trace=execve,fork,vfork,clone,clone3", "-o", trace, shellBin, ...args],
+        pgdata,
+        { PGHOARD_NODE: "/bin/false" },
+      );
+      assert.equal(r.code, 0, JSON.stringify(r));
+      const calls = (await readFile(trace, "utf8")).split("\n").filter((l) => /execve|fork|clone/.test(l));
+      assert.equal(calls.length, 1, `${args.join(" ")}:\n${calls.join("\n")}`);
+      assert.match(calls[0], /execve\(".*pghoard_postgres_command"/);
+    };
+    await traced([...auth(), "--mode", "archive", "--xlog", SEG]);
+    await traced([...auth(), "--mode", "restore", "--xlog", SEG, "--output", "pg_wal/RECOVERYXLOG"], removeRecovered);
+    const prefetched = "00000001000000000000000E";
+    await traced(
+      [...auth(), "--mode", "restore", "--xlog", prefetched, "--output", "pg_wal/RECOVERYXLOG"],
+      async () => {
+        await removeRecovered();
+        await writeFile(walPath(`${prefetched}.pghoard.prefetch`), "prefetched E");
+      },
+    );
+    await expectRecovered("prefetched E")();
+    assert.ok(!existsSync(walPath(`${prefetched}.pghoard.prefetch`)));
+  });
 
   for (const c of cases) {
     it(c.name, async () => {
