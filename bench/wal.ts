@@ -48,7 +48,8 @@ import { findFreePort, makeTempDir, startCluster, type PgCluster } from "../test
 import { compareWithPgBackRest } from "./wal_compare.js";
 import { benchStreamingArchiving } from "./wal_streaming.js";
 
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+// BENCH_REPO=<checkout with dist/> runs that checkout's daemon and clients (A/B against another build).
+const repoRoot = process.env.BENCH_REPO ?? path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const pghoardBin = path.join(repoRoot, "bin", "pghoard.js");
 const commandBin = path.join(repoRoot, "bin", "pghoard_postgres_command.js");
 const shellBin = path.join(repoRoot, "bin", "pghoard_postgres_command");
