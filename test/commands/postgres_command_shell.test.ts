@@ -101,6 +101,40 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
     assert.ok((await readFile(recovered)).equals(Buffer.isBuffer(want) ? want : Buffer.from(want)));
   };
 
+  const down = (): string[] => ["--port", downPort, "--site", SITE];
+  /** `<dir>/<xlog>.pghoard.prefetch` restored to `<dir>/RECOVERYXLOG` (or `output`). */
+  const prefetched = (
+    name: string,
+    p: { xlog: string; via: () => string[]; shellOnly: boolean; dir?: string; output?: () => string },
+  ): Case => {
+    const dir = (): string => path.join(pgdata, p.dir ?? "pg_wal");
+    const target = (): string => path.join(dir(), "RECOVERYXLOG");
+    const prefetchFile = (): string => path.join(dir(), `${p.xlog}.pghoard.prefetch`);
+    return {
+      name,
+      args: () => [
+        ...p.via(),
+        "--mode",
+        "restore",
+        "--xlog",
+        p.xlog,
+        "--output",
+        p.output?.() ?? `${p.dir ?? "pg_wal"}/RECOVERYXLOG`,
+      ],
+      shellOnly: p.shellOnly,
+      code: 0,
+      setup: async () => {
+        await mkdir(dir(), { recursive: true });
+        await rm(target(), { force: true });
+        await writeFile(prefetchFile(), `prefetched ${p.xlog}`);
+      },
+      check: async () => {
+        assert.equal(await readFile(target(), "utf8"), `prefetched ${p.xlog}`);
+        assert.ok(!existsSync(prefetchFile()));
+      },
+    };
+  };
+
   const cases: Case[] = [
     { name: "archive 201", args: () => [...auth(), "--mode", "archive", "--xlog", SEG], shellOnly: true, code: 0 },
     {
@@ -203,134 +237,40 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
       shellOnly: true,
       code: 5,
     },
-    {
-      name: "restore of a prefetched segment: the daemon makes the client's rename",
-      args: () => [
-        ...auth(),
-        "--mode",
-        "restore",
-        "--xlog",
-        "00000001000000000000000B",
-        "--output",
-        "pg_wal/RECOVERYXLOG",
-      ],
+    prefetched("restore of a prefetched segment: the daemon makes the client's rename", {
+      xlog: "00000001000000000000000B",
+      via: auth,
       shellOnly: true,
-      code: 0,
-      setup: async () => {
-        await removeRecovered();
-        await writeFile(walPath("00000001000000000000000B.pghoard.prefetch"), "prefetched B");
-      },
-      check: async () => {
-        await expectRecovered("prefetched B")();
-        assert.ok(!existsSync(walPath("00000001000000000000000B.pghoard.prefetch")));
-      },
-    },
-    {
-      name: "restore of a prefetched history file through the daemon, absolute --output",
-      args: () => [...auth(), "--mode", "restore", "--xlog", "00000004.history", "--output", recovered],
+    }),
+    prefetched("restore of a prefetched history file through the daemon, absolute --output", {
+      xlog: "00000004.history",
+      via: auth,
       shellOnly: true,
-      code: 0,
-      setup: async () => {
-        await removeRecovered();
-        await writeFile(walPath("00000004.history.pghoard.prefetch"), "prefetched history 4");
-      },
-      check: async () => {
-        await expectRecovered("prefetched history 4")();
-        assert.ok(!existsSync(walPath("00000004.history.pghoard.prefetch")));
-      },
-    },
-    {
-      name: "restore of a prefetched segment outside the WAL directory: the Node.js client renames it",
-      args: () => [
-        ...auth(),
-        "--mode",
-        "restore",
-        "--xlog",
-        "00000001000000000000000C",
-        "--output",
-        "elsewhere/RECOVERYXLOG",
-      ],
+      output: () => recovered,
+    }),
+    prefetched("restore of a prefetched segment outside the WAL directory: the Node.js client renames it", {
+      xlog: "00000001000000000000000C",
+      via: auth,
       shellOnly: false,
-      code: 0,
-      setup: async () => {
-        await mkdir(path.join(pgdata, "elsewhere"), { recursive: true });
-        await rm(path.join(pgdata, "elsewhere", "RECOVERYXLOG"), { force: true });
-        await writeFile(path.join(pgdata, "elsewhere", "00000001000000000000000C.pghoard.prefetch"), "elsewhere C");
-      },
-      check: async () => {
-        assert.equal(await readFile(path.join(pgdata, "elsewhere", "RECOVERYXLOG"), "utf8"), "elsewhere C");
-        assert.ok(!existsSync(path.join(pgdata, "elsewhere", "00000001000000000000000C.pghoard.prefetch")));
-      },
-    },
-    {
-      name: "restore of a prefetched segment, absolute --output with ../ (the Node.js client's path)",
-      args: () => [
-        ...auth(),
-        "--mode",
-        "restore",
-        "--xlog",
-        "00000001000000000000000D",
-        "--output",
-        path.join(pgdata, "pg_wal") + "/../pg_wal/RECOVERYXLOG",
-      ],
+      dir: "elsewhere",
+    }),
+    prefetched("restore of a prefetched segment, absolute --output with ../ (the Node.js client's path)", {
+      xlog: "00000001000000000000000D",
+      via: auth,
       shellOnly: false,
-      code: 0,
-      setup: async () => {
-        await removeRecovered();
-        await writeFile(walPath("00000001000000000000000D.pghoard.prefetch"), "prefetched D");
-      },
-      check: async () => {
-        await expectRecovered("prefetched D")();
-        assert.ok(!existsSync(walPath("00000001000000000000000D.pghoard.prefetch")));
-      },
-    },
-    {
-      name: "restore of a prefetched segment, daemon down: renamed by mv",
-      args: () => [
-        "--port",
-        downPort,
-        "--site",
-        SITE,
-        "--mode",
-        "restore",
-        "--xlog",
-        "000000010000000000000009",
-        "--output",
-        "pg_wal/RECOVERYXLOG",
-      ],
+      output: () => `${path.join(pgdata, "pg_wal")}/../pg_wal/RECOVERYXLOG`,
+    }),
+    prefetched("restore of a prefetched segment, daemon down: renamed by mv", {
+      xlog: "000000010000000000000009",
+      via: down,
       shellOnly: true,
-      code: 0,
-      setup: async () => {
-        await removeRecovered();
-        await writeFile(walPath("000000010000000000000009.pghoard.prefetch"), "prefetched");
-      },
-      check: async () => {
-        await expectRecovered("prefetched")();
-        assert.ok(!existsSync(walPath("000000010000000000000009.pghoard.prefetch")));
-      },
-    },
-    {
-      name: "restore of a prefetched history file",
-      args: () => [
-        "--port",
-        downPort,
-        "--site",
-        SITE,
-        "--mode",
-        "restore",
-        "--xlog",
-        "00000003.history",
-        "--output",
-        recovered,
-      ],
+    }),
+    prefetched("restore of a prefetched history file, daemon down", {
+      xlog: "00000003.history",
+      via: down,
       shellOnly: true,
-      code: 0,
-      setup: async () => {
-        await removeRecovered();
-        await writeFile(walPath("00000003.history.pghoard.prefetch"), "prefetched history");
-      },
-      check: expectRecovered("prefetched history"),
-    },
+      output: () => recovered,
+    }),
     {
       name: "restore from an unknown site → 5 (not 4: recovery must stop)",
       args: () => [
