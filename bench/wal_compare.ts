@@ -291,7 +291,8 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
       .map((v, i) => (Number.isNaN(med[i + 1]) ? "" : `${v.name} ${(med[0] / med[i + 1]).toFixed(2)}`))
       .filter(Boolean)
       .join(", ");
-    const overFloor = row.startsWith("floor") ? "" : `+${(med[0] - bashFloor).toFixed(1)}`;
+    const over = med[0] - bashFloor;
+    const overFloor = row.startsWith("floor") ? "" : `${over >= 0 ? "+" : ""}${over.toFixed(1)}`;
     process.stdout.write(
       `${row.padEnd(20)}${med.map((m) => (Number.isNaN(m) ? "—" : m.toFixed(1)).padStart(11)).join("")}` +
         `${overFloor.padStart(9)}   ${ratios}\n`,
