@@ -1,7 +1,7 @@
 /**
  * WAL round trips as PostgreSQL drives them: one `pghoard_postgres_command` process per segment.
  *
- *   node dist/bench/wal.js [--runs N]
+ *   node dist/bench/wal.js [--runs N] [--compare-only]
  *
  * Side by side, in one run, against one daemon (child process, snappy + RSA/AES encryption,
  * `local` storage on the temp filesystem):
@@ -19,7 +19,7 @@
  *
  * The WAL comes from a throwaway PostgreSQL 15 cluster (`pgbench -i -s 12`).
  *
- * Then (unless `--no-pgbackrest`) bench/wal_compare.ts: our bash client (bin/pghoard_postgres_command,
+ * Then (unless `--no-pgbackrest`; `--compare-only` runs just this part) bench/wal_compare.ts: our bash client (bin/pghoard_postgres_command,
  * no Node.js start-up; the daemon works ahead on `.ready` files) against pgBackRest archive-push /
  * archive-get, sync and async, lz4 and zst, aes-256-cbc, process-max 2: per-call medians and
  * ours ÷ pgBackRest, for one segment at a time, a burst of ready segments, and restores.
@@ -48,7 +48,8 @@ import { findFreePort, makeTempDir, startCluster, type PgCluster } from "../test
 import { compareWithPgBackRest } from "./wal_compare.js";
 import { benchStreamingArchiving } from "./wal_streaming.js";
 
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+// BENCH_REPO=<checkout with dist/> runs that checkout's daemon and clients (A/B against another build).
+const repoRoot = process.env.BENCH_REPO ?? path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const pghoardBin = path.join(repoRoot, "bin", "pghoard.js");
 const commandBin = path.join(repoRoot, "bin", "pghoard_postgres_command.js");
 const shellBin = path.join(repoRoot, "bin", "pghoard_postgres_command");
@@ -157,7 +158,8 @@ async function main(): Promise<void> {
     json_state_file_path: path.join(work, "state.json"),
     maintenance_mode_file: path.join(work, "maintenance"),
     http_port: port,
-    log_level: "WARNING",
+    // Profiling: BENCH_LOG_LEVEL=INFO shows each call's stages with their times.
+    log_level: process.env.BENCH_LOG_LEVEL ?? "WARNING",
     compression: { algorithm: "snappy" },
     restore_prefetch: 1,
     backup_sites: {
@@ -167,7 +169,9 @@ async function main(): Promise<void> {
   };
   const configPath = path.join(work, "pghoard.json");
   writeFileSync(configPath, JSON.stringify(config));
-  const daemon = spawn(process.execPath, [pghoardBin, "--config", configPath], {
+  // BENCH_DAEMON_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" profiles the daemon.
+  const daemonNodeArgs = (process.env.BENCH_DAEMON_NODE_ARGS ?? "").split(" ").filter(Boolean);
+  const daemon = spawn(process.execPath, [...daemonNodeArgs, pghoardBin, "--config", configPath], {
     cwd: work,
     stdio: ["ignore", "ignore", "inherit"],
   });
@@ -175,6 +179,10 @@ async function main(): Promise<void> {
     await waitFor(() => existsSync(config.json_state_file_path), 30_000);
     while ((await request(port, "/status")) !== 200) await sleep(50);
 
+    if (process.argv.includes("--compare-only")) {
+      await compareSection();
+      return;
+    }
     const floor: number[] = [];
     type Kind = "archive" | "prefetched" | "onDemand" | "directPrefetched" | "directOnDemand";
     const samples: Record<Kind | "archiveHttp", number[]> = {
@@ -291,6 +299,15 @@ async function main(): Promise<void> {
       );
     }
     if (process.argv.includes("--no-pgbackrest")) return;
+    await compareSection();
+  } finally {
+    daemon.kill("SIGTERM");
+    await new Promise((r) => daemon.once("exit", r));
+    await cluster.destroy();
+    rmSync(work, { recursive: true, force: true });
+  }
+
+  async function compareSection(): Promise<void> {
     await compareWithPgBackRest({
       work,
       port,
@@ -311,11 +328,6 @@ async function main(): Promise<void> {
         .map((l) => l.toFixed(1))
         .join(" ")}\n`,
     );
-  } finally {
-    daemon.kill("SIGTERM");
-    await new Promise((r) => daemon.once("exit", r));
-    await cluster.destroy();
-    rmSync(work, { recursive: true, force: true });
   }
 }
 

@@ -172,9 +172,11 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
     results.set(row, list);
   };
 
-  // Archive, one at a time.
+  // Archive, one at a time (with the process-start floor, measured the same way).
   clearStatus(s.clusterDataDir);
   for (let i = 0; i < s.runs; i++) {
+    add("floor /bin/true|ours", await ok("/bin/true", run("/bin/true", [])));
+    add("floor bash -c exit|ours", await ok("bash -c exit", run("bash", ["-c", "exit"])));
     const seg = s.segments[i % s.segments.length];
     touch(s.siteDataDir, seg);
     add("archive 1|ours", await ok("ours archive", oursArchive(seg)));
@@ -264,21 +266,36 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
     }
   }
 
-  const rows = ["archive 1", "archive burst", "restore prefetched", "restore on demand"];
+  // The floor rows: what starting a process costs here, measured like every call (spawn → exit).
+  const rows = [
+    "floor /bin/true",
+    "floor bash -c exit",
+    "archive 1",
+    "archive burst",
+    "restore prefetched",
+    "restore on demand",
+  ];
   const cols = ["ours", ...variants.map((v) => v.name)];
+  const bashFloor = median(results.get("floor bash -c exit|ours") ?? []);
   process.stdout.write(
     `\n--- per call, median ms: our bash client vs ${version} (aes-256-cbc, process-max 2) ---\n` +
-      `burst = ${burst.length} segments ready at once, ${burstRounds} rounds; ${s.runs} runs otherwise\n`,
+      `burst = ${burst.length} segments ready at once, ${burstRounds} rounds; ${s.runs} runs otherwise; ` +
+      `"− bash" = ours minus the \`bash -c exit\` floor\n`,
   );
-  process.stdout.write(`${"".padEnd(20)}${cols.map((c) => c.padStart(11)).join("")}   ours ÷ theirs\n`);
+  process.stdout.write(
+    `${"".padEnd(20)}${cols.map((c) => c.padStart(11)).join("")}${"− bash".padStart(9)}   ours ÷ theirs\n`,
+  );
   for (const row of rows) {
     const med = cols.map((c) => (results.has(`${row}|${c}`) ? median(results.get(`${row}|${c}`) ?? []) : NaN));
     const ratios = variants
       .map((v, i) => (Number.isNaN(med[i + 1]) ? "" : `${v.name} ${(med[0] / med[i + 1]).toFixed(2)}`))
       .filter(Boolean)
       .join(", ");
+    const over = med[0] - bashFloor;
+    const overFloor = row.startsWith("floor") ? "" : `${over >= 0 ? "+" : ""}${over.toFixed(1)}`;
     process.stdout.write(
-      `${row.padEnd(20)}${med.map((m) => (Number.isNaN(m) ? "—" : m.toFixed(1)).padStart(11)).join("")}   ${ratios}\n`,
+      `${row.padEnd(20)}${med.map((m) => (Number.isNaN(m) ? "—" : m.toFixed(1)).padStart(11)).join("")}` +
+        `${overFloor.padStart(9)}   ${ratios}\n`,
     );
   }
 }

@@ -41,6 +41,16 @@ export async function fsyncDirectory(dir: string): Promise<void> {
   }
 }
 
+/** fsyncs a file written earlier (by a stream that did not). */
+export async function fsyncFile(file: string): Promise<void> {
+  const handle = await open(file, "r+");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 /**
  * Whether anything is at `target` (any error counts as "no", like Python's os.path.exists);
  * `noFollow` checks the link itself rather than what it points to (os.path.lexists).

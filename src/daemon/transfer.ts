@@ -188,7 +188,7 @@ export class TransferAgents {
       case "DOWNLOAD":
         name = op.name;
         key = objectKey(prefix, op.filetype, name);
-        ({ result, size } = await this.handleDownload(op.site, key, op.targetPath));
+        ({ result, size } = await this.handleDownload(op.site, key, op.targetPath, op.durable ?? true));
         break;
       case "METADATA":
         name = op.name;
@@ -276,13 +276,14 @@ export class TransferAgents {
     site: string,
     key: string,
     targetPath: string,
+    durable: boolean,
   ): Promise<{ result: TransferResult; size: number }> {
     let size = 0;
     const result = await this.guarded("handle_download", site, key, async (storage) => {
       const decoder = siteDecoder(this.ctx.site(site), (metadata, pem) =>
         this.ctx.pool.createDecodeStream(metadata, pem),
       );
-      const { metadata, storedSize } = await downloadObjectTo(storage, key, targetPath, decoder);
+      const { metadata, storedSize } = await downloadObjectTo(storage, key, targetPath, decoder, durable);
       size = storedSize;
       return { success: true, metadata, targetPath };
     });

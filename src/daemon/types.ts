@@ -74,6 +74,11 @@ export interface DownloadOp {
   name: string;
   /** Decoded bytes are written here (an existing temp file is overwritten). */
   targetPath: string;
+  /**
+   * false: not fsync'd (a file a waiting restore request moves straight to PostgreSQL's target,
+   * which PostgreSQL fetches again after a crash); default true (prefetch files outlive a crash).
+   */
+  durable?: boolean;
   callback: Deferred<TransferResult>;
 }
 

@@ -26,12 +26,15 @@ import {
 } from "../restore/wal_file.js";
 import type { DaemonContext } from "./context.js";
 import { isErrno } from "../common/errors.js";
+import { fsyncFile } from "../common/fs.js";
 import { pyRepr } from "../common/pycompat.js";
 import { HttpResponse, nowSeconds, REQUEST_TIMEOUT_MS, type FileType } from "./http.js";
 import type { TransferResult } from "./types.js";
 import { checkRestoreTarget } from "./restore_target.js";
 
 const NEGATIVE_CACHE_SIZE = 32;
+/** Request header of the bash client's prefetched restore (renameClientPrefetch). */
+export const CLIENT_PREFETCH_HEADER = "x-pghoard-client-prefetch";
 const SERVED_FROM_DISK_SIZE = 10;
 
 interface PendingDownload {
@@ -40,6 +43,15 @@ interface PendingDownload {
   prefetchPath: string;
   tmpPath: string;
   done: Promise<void>;
+  /**
+   * The target of the request waiting for this download: the decoded file is renamed straight to
+   * it, without an fsync (PostgreSQL asks again after a crash) and without the prefetch name.
+   * Cleared when that request stops waiting; the file then becomes a prefetch file, fsync'd first.
+   */
+  serveTo?: string;
+  served: boolean;
+  /** fsync'd as downloaded (false for a download started with a `serveTo`). */
+  durable: boolean;
 }
 
 interface ServedFile {
@@ -208,9 +220,30 @@ export class WalRestoreHandler {
 
     const key = this.fileKey(site, filetype, name);
     this.prefetch404 = this.prefetch404.filter((k) => k !== key);
-    await this.createFetchOperation(key, site, filetype, name, { maxAge: 5, suppressError: false });
-    this.createPrefetchOperations(site, filetype, name);
+    const fetch = { suppressError: false, serveTo: target };
+    await this.createFetchOperation(key, site, filetype, name, { ...fetch, maxAge: 5 });
+    // The prefetches start once this download is done: until then they would only compete with it.
+    const own = this.pendingDownloads.get(key);
+    if (own) void own.done.finally(() => this.createPrefetchOperations(site, filetype, name));
+    else this.createPrefetchOperations(site, filetype, name);
+    try {
+      return await this.waitForDownload(site, filetype, name, target, key, prefetchPath);
+    } finally {
+      const pending = this.pendingDownloads.get(key);
+      if (pending?.serveTo === target) pending.serveTo = undefined;
+    }
+  }
 
+  /** Step 4's polling: the download of `key` served to `target` (or published as a prefetch file). */
+  private async waitForDownload(
+    site: string,
+    filetype: FileType,
+    name: string,
+    target: string,
+    key: string,
+    prefetchPath: string,
+  ): Promise<HttpResponse> {
+    const fetch = { suppressError: false, serveTo: target };
     const start = nowSeconds();
     let lastSchedule = start;
     let retries = 2;
@@ -229,17 +262,49 @@ export class WalRestoreHandler {
         if (retries === 0)
           throw new HttpResponse(500, `Fetching ${name} from the object storage failed (see the daemon log)`);
         retries--;
-        await this.createFetchOperation(key, site, filetype, name, { suppressError: false });
+        await this.createFetchOperation(key, site, filetype, name, fetch);
       }
       if (nowSeconds() - lastSchedule >= 1) {
         lastSchedule = nowSeconds();
         // Replace a download that has been running for too long.
-        await this.createFetchOperation(key, site, filetype, name, { maxAge: 10, suppressError: false });
+        await this.createFetchOperation(key, site, filetype, name, { ...fetch, maxAge: 10 });
       }
       const pending = this.pendingDownloads.get(key);
       await withTimeout(pending ? pending.done : Promise.resolve(), pending ? 1000 : 50, undefined);
+      if (pending?.served && pending.serveTo === target) {
+        this.recordServed(filetype, name);
+        return new HttpResponse(201);
+      }
     }
     throw new HttpResponse(500, "TIMEOUT");
+  }
+
+  /**
+   * The bash client's prefetched restore (bin/pghoard_postgres_command, header
+   * `x-pghoard-client-prefetch: 1`): it saw `<dirname(target)>/<name>.pghoard.prefetch` and asks for
+   * the rename the Node.js client makes itself without a check, so that bash need not start `mv`.
+   * Made only for a target that passes §6 and restore_target.ts (so the file is this site's prefetch
+   * file); any answer but 201 makes the client hand the call to the Node.js client, which renames
+   * it itself. A prefetch file gone meanwhile is fetched as by any GET (the Node.js client does so too).
+   */
+  async renameClientPrefetch(site: string, filetype: FileType, name: string, target: string): Promise<HttpResponse> {
+    if (path.isAbsolute(target) && path.normalize(target) !== target) {
+      throw new HttpResponse(400, `Invalid xlog file path ${target}, a normalized path expected`);
+    }
+    await this.validateTargetPath(site, target);
+    const walDir = pgWalDirectory(this.ctx.site(site));
+    await checkRestoreTarget(target, walDir, name);
+    const prefetchPath = path.join(path.dirname(target), `${name}${PREFETCH_SUFFIX}`);
+    try {
+      await rename(prefetchPath, target);
+    } catch (err) {
+      if (isErrno(err, "ENOENT")) return this.getWalOrTimelineFile(site, filetype, name, target);
+      throw new HttpResponse(409, `Unable to write final file to requested location ${pyRepr(target)}: ${String(err)}`);
+    }
+    siteLogger(this.log, site).info(`Renamed ${prefetchPath} to ${target} for the client`);
+    this.createPrefetchOperations(site, filetype, name);
+    this.recordServed(filetype, name);
+    return new HttpResponse(201);
   }
 
   private async copyToTarget(source: string, target: string): Promise<void> {
@@ -318,7 +383,7 @@ export class WalRestoreHandler {
     site: string,
     filetype: FileType,
     name: string,
-    { maxAge, suppressError }: { maxAge?: number; suppressError: boolean },
+    { maxAge, suppressError, serveTo }: { maxAge?: number; suppressError: boolean; serveTo?: string },
   ): Promise<void> {
     const existing = this.pendingDownloads.get(key);
     if (existing && (maxAge === undefined || maxAge < 0 || nowSeconds() - existing.startedAt <= maxAge)) return;
@@ -338,9 +403,18 @@ export class WalRestoreHandler {
     const id = this.nextDownloadId++;
     siteLogger(this.log, site).debug(`Fetching ${site} ${filetype} ${name} to ${tmpPath}`);
     const done = this.ctx
-      .transfer({ type: "DOWNLOAD", site, filetype, name, targetPath: tmpPath })
+      .transfer({ type: "DOWNLOAD", site, filetype, name, targetPath: tmpPath, durable: serveTo === undefined })
       .then((result) => this.processDownloadResult(site, key, id, filetype, name, tmpPath, result));
-    this.pendingDownloads.set(key, { id, startedAt: nowSeconds(), prefetchPath, tmpPath, done });
+    this.pendingDownloads.set(key, {
+      id,
+      startedAt: nowSeconds(),
+      prefetchPath,
+      tmpPath,
+      done,
+      serveTo,
+      served: false,
+      durable: serveTo === undefined,
+    });
   }
 
   /** Upstream's DownloadResultsProcessor: verify, then publish as `<name>.pghoard.prefetch`. */
@@ -369,9 +443,19 @@ export class WalRestoreHandler {
         }
         return;
       }
-      const published = await publishPrefetch(filetype, name, tmpPath, op.prefetchPath, (reason) =>
-        siteLogger(this.log, site).warn(`Verification of ${tmpPath} failed: ${reason}`),
-      );
+      const onInvalid = (reason: string): void =>
+        siteLogger(this.log, site).warn(`Verification of ${tmpPath} failed: ${reason}`);
+      if (op.serveTo !== undefined) {
+        const target = op.serveTo;
+        const reason = await invalidWalFileReason(filetype, name, tmpPath);
+        if (reason !== null) return onInvalid(reason);
+        await rename(tmpPath, target);
+        op.served = true;
+        siteLogger(this.log, site).info(`Renamed ${tmpPath} to ${target}`);
+        return;
+      }
+      if (!op.durable) await fsyncFile(tmpPath); // its request stopped waiting: a prefetch file must be durable
+      const published = await publishPrefetch(filetype, name, tmpPath, op.prefetchPath, onInvalid);
       if (published === "exists") siteLogger(this.log, site).warn(`Target path for ${key} already exists, skipping`);
       if (published !== "published") return;
       const metadata = result.metadata ?? {};

@@ -25,7 +25,7 @@ import { stringifySorted } from "./json.js";
 import { withTimeout } from "../common/async.js";
 import type { TransferResult } from "./types.js";
 import { WalArchiveHandler } from "./wal_archive.js";
-import { WalRestoreHandler } from "./wal_restore.js";
+import { CLIENT_PREFETCH_HEADER, WalRestoreHandler } from "./wal_restore.js";
 
 interface ParsedRequest {
   kind: "status" | "metrics" | "site_status" | "basebackup" | "file";
@@ -231,6 +231,11 @@ export class WebServer {
         const target = req.headers["x-pghoard-target-path"];
         if (typeof target !== "string" || !target) {
           throw new HttpResponse(400, "x-pghoard-target-path header missing from download");
+        }
+        // The bash client's prefetched restore: it saw `<name>.pghoard.prefetch` next to the target
+        // and asks us for the rename it would otherwise fork `mv` for (wal_restore.ts).
+        if (req.headers[CLIENT_PREFETCH_HEADER] === "1") {
+          return this.restorer.renameClientPrefetch(site, filetype, name, target);
         }
         return this.restorer.getWalOrTimelineFile(site, filetype, name, target);
       }

@@ -7,12 +7,13 @@
  */
 import { randomBytes } from "node:crypto";
 import { createWriteStream, existsSync } from "node:fs";
-import { open, readdir, rename, unlink } from "node:fs/promises";
+import { readdir, rename, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Duplex } from "node:stream";
 import { pipeline } from "node:stream/promises";
 
 import { isErrno } from "../common/errors.js";
+import { fsyncFile } from "../common/fs.js";
 import { sitePrivateKey } from "../config/sites.js";
 import type { SiteConfig } from "../config/types.js";
 import type { Metadata, StorageBackend } from "../storage/types.js";
@@ -131,13 +132,15 @@ export function siteDecoder(
 
 /**
  * Streams the object at `key` through its decoder into `tmpPath` (created or truncated) and
- * fsyncs it, so a file published by rename afterwards is complete even after a power loss.
+ * fsyncs it, so a file published by rename afterwards is complete even after a power loss
+ * (`durable: false` skips that for a file handed to PostgreSQL at once: a crash makes it ask again).
  */
 export async function downloadObjectTo(
   storage: StorageBackend,
   key: string,
   tmpPath: string,
   createDecodeStream: DecodeStreamFactory,
+  durable = true,
 ): Promise<{ metadata: Metadata; storedSize: number }> {
   const { stream, metadata, size } = await storage.getReadStream(key);
   let decode: Duplex;
@@ -148,12 +151,7 @@ export async function downloadObjectTo(
     throw err;
   }
   await pipeline(stream, decode, createWriteStream(tmpPath));
-  const handle = await open(tmpPath, "r+");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+  if (durable) await fsyncFile(tmpPath);
   return { metadata, storedSize: size };
 }
 

@@ -101,6 +101,40 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
     assert.ok((await readFile(recovered)).equals(Buffer.isBuffer(want) ? want : Buffer.from(want)));
   };
 
+  const down = (): string[] => ["--port", downPort, "--site", SITE];
+  /** `<dir>/<xlog>.pghoard.prefetch` restored to `<dir>/RECOVERYXLOG` (or `output`). */
+  const prefetched = (
+    name: string,
+    p: { xlog: string; via: () => string[]; shellOnly: boolean; dir?: string; output?: () => string },
+  ): Case => {
+    const dir = (): string => path.join(pgdata, p.dir ?? "pg_wal");
+    const target = (): string => path.join(dir(), "RECOVERYXLOG");
+    const prefetchFile = (): string => path.join(dir(), `${p.xlog}.pghoard.prefetch`);
+    return {
+      name,
+      args: () => [
+        ...p.via(),
+        "--mode",
+        "restore",
+        "--xlog",
+        p.xlog,
+        "--output",
+        p.output?.() ?? `${p.dir ?? "pg_wal"}/RECOVERYXLOG`,
+      ],
+      shellOnly: p.shellOnly,
+      code: 0,
+      setup: async () => {
+        await mkdir(dir(), { recursive: true });
+        await rm(target(), { force: true });
+        await writeFile(prefetchFile(), `prefetched ${p.xlog}`);
+      },
+      check: async () => {
+        assert.equal(await readFile(target(), "utf8"), `prefetched ${p.xlog}`);
+        assert.ok(!existsSync(prefetchFile()));
+      },
+    };
+  };
+
   const cases: Case[] = [
     { name: "archive 201", args: () => [...auth(), "--mode", "archive", "--xlog", SEG], shellOnly: true, code: 0 },
     {
@@ -203,53 +237,40 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
       shellOnly: true,
       code: 5,
     },
-    {
-      name: "restore of a prefetched segment: renamed without the daemon",
-      args: () => [
-        "--port",
-        downPort,
-        "--site",
-        SITE,
-        "--mode",
-        "restore",
-        "--xlog",
-        "000000010000000000000009",
-        "--output",
-        "pg_wal/RECOVERYXLOG",
-      ],
+    prefetched("restore of a prefetched segment: the daemon makes the client's rename", {
+      xlog: "00000001000000000000000B",
+      via: auth,
       shellOnly: true,
-      code: 0,
-      setup: async () => {
-        await removeRecovered();
-        await writeFile(walPath("000000010000000000000009.pghoard.prefetch"), "prefetched");
-      },
-      check: async () => {
-        await expectRecovered("prefetched")();
-        assert.ok(!existsSync(walPath("000000010000000000000009.pghoard.prefetch")));
-      },
-    },
-    {
-      name: "restore of a prefetched history file",
-      args: () => [
-        "--port",
-        downPort,
-        "--site",
-        SITE,
-        "--mode",
-        "restore",
-        "--xlog",
-        "00000003.history",
-        "--output",
-        recovered,
-      ],
+    }),
+    prefetched("restore of a prefetched history file through the daemon, absolute --output", {
+      xlog: "00000004.history",
+      via: auth,
       shellOnly: true,
-      code: 0,
-      setup: async () => {
-        await removeRecovered();
-        await writeFile(walPath("00000003.history.pghoard.prefetch"), "prefetched history");
-      },
-      check: expectRecovered("prefetched history"),
-    },
+      output: () => recovered,
+    }),
+    prefetched("restore of a prefetched segment outside the WAL directory: the Node.js client renames it", {
+      xlog: "00000001000000000000000C",
+      via: auth,
+      shellOnly: false,
+      dir: "elsewhere",
+    }),
+    prefetched("restore of a prefetched segment, absolute --output with ../ (the Node.js client's path)", {
+      xlog: "00000001000000000000000D",
+      via: auth,
+      shellOnly: false,
+      output: () => `${path.join(pgdata, "pg_wal")}/../pg_wal/RECOVERYXLOG`,
+    }),
+    prefetched("restore of a prefetched segment, daemon down: renamed by mv", {
+      xlog: "000000010000000000000009",
+      via: down,
+      shellOnly: true,
+    }),
+    prefetched("restore of a prefetched history file, daemon down", {
+      xlog: "00000003.history",
+      via: down,
+      shellOnly: true,
+      output: () => recovered,
+    }),
     {
       name: "restore from an unknown site → 5 (not 4: recovery must stop)",
       args: () => [
@@ -364,6 +385,38 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
     { name: "-h → 0", args: () => ["-h"], shellOnly: false, code: 0 },
     { name: "--version → 0", args: () => ["--version"], shellOnly: false, code: 0 },
   ];
+
+  // PostgreSQL starts the client once per WAL file and every process start costs ~7-10 ms here:
+  // archive, a restore through the daemon and a prefetched restore start none besides bash itself
+  // (no `mv`, no `base64`, no subshell), also with --username/--password.
+  it("archive and restore start no process besides bash", async () => {
+    const trace = path.join(pgdata, "strace.out");
+    const traced = async (args: string[], setup?: () => Promise<void>): Promise<void> => {
+      await setup?.();
+      const r = await run(
+        "strace",
+        ["-f", "-qq", "-e", "trace=execve,fork,vfork,clone,clone3", "-o", trace, shellBin, ...args],
+        pgdata,
+        { PGHOARD_NODE: "/bin/false" },
+      );
+      assert.equal(r.code, 0, JSON.stringify(r));
+      const calls = (await readFile(trace, "utf8")).split("\n").filter((l) => /execve|fork|clone/.test(l));
+      assert.equal(calls.length, 1, `${args.join(" ")}:\n${calls.join("\n")}`);
+      assert.match(calls[0], /execve\(".*pghoard_postgres_command"/);
+    };
+    await traced([...auth(), "--mode", "archive", "--xlog", SEG]);
+    await traced([...auth(), "--mode", "restore", "--xlog", SEG, "--output", "pg_wal/RECOVERYXLOG"], removeRecovered);
+    const prefetched = "00000001000000000000000E";
+    await traced(
+      [...auth(), "--mode", "restore", "--xlog", prefetched, "--output", "pg_wal/RECOVERYXLOG"],
+      async () => {
+        await removeRecovered();
+        await writeFile(walPath(`${prefetched}.pghoard.prefetch`), "prefetched E");
+      },
+    );
+    await expectRecovered("prefetched E")();
+    assert.ok(!existsSync(walPath(`${prefetched}.pghoard.prefetch`)));
+  });
 
   for (const c of cases) {
     it(c.name, async () => {

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, watch } from "node:fs";
 import { mkdir, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -287,10 +287,26 @@ describe("webserver prefetch and compression algorithms", () => {
         await rm(path.join(walDir, name));
       }
       const target = path.join(walDir, "RECOVERYXLOG");
+      // The requested segment goes from its download's temp file straight to the target (not
+      // fsync'd: PostgreSQL asks again after a crash); it never appears as a prefetch file.
+      const seen = new Set<string>();
+      const watcher = watch(walDir, (_event, file) => seen.add(String(file)));
       const first = await httpRequest(env.port, "GET", `/${SITE}/archive/${names[0]}`, {
         "x-pghoard-target-path": target,
       });
       assert.equal(first.status, 201);
+      assert.ok((await readFile(target)).equals(contents.get(names[0])!));
+      // inotify reports in order: once the target's rename is seen, every earlier event is too.
+      for (const deadline = Date.now() + 20_000; !seen.has("RECOVERYXLOG");) {
+        assert.ok(Date.now() < deadline, [...seen].join(" "));
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      watcher.close();
+      assert.ok(
+        [...seen].some((f) => f.startsWith(`${names[0]}.`) && f.endsWith(".pghoard.tmp")),
+        [...seen].join(" "),
+      );
+      assert.ok(!seen.has(`${names[0]}.pghoard.prefetch`), [...seen].join(" "));
       for (const next of names.slice(1)) {
         const prefetch = path.join(walDir, `${next}.pghoard.prefetch`);
         const deadline = Date.now() + 20_000;
