@@ -7,9 +7,9 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { lstat, readdir, readFile, realpath } from "node:fs/promises";
+import { lstat, readdir, readFile, realpath, rm } from "node:fs/promises";
 import path from "node:path";
-import { describe, it } from "node:test";
+import { after, describe, it } from "node:test";
 
 import { repoRoot } from "../helpers/paths.js";
 import { makeTempDir } from "../helpers/pgcluster.js";
@@ -62,9 +62,15 @@ async function walk(root: string, out: { files: string[]; dirs: string[] }): Pro
   }
 }
 
+const workDirs: string[] = [];
+after(async () => {
+  for (const dir of workDirs) await rm(dir, { recursive: true, force: true });
+});
+
 describe("durable restore", { skip, timeout: 180_000 }, () => {
   it("fsyncs every restored file and directory before global/pg_control is put in place", async () => {
     const work = await makeTempDir("restore-durable");
+    workDirs.push(work);
     const config = await writeFixtureConfig(SET, work, { restore_process_count: 2 });
     const target = path.join(await realpath(work), "pgdata");
     const tracePath = path.join(work, "strace.txt");
@@ -153,6 +159,7 @@ function fsyncSpansAndCreates(text: string, minBytes: Map<string, number>) {
 describe("restore overlaps file flushes with extraction", { skip, timeout: 180_000 }, () => {
   it("creates the next files of a chunk before a large file written before them is fsync'd", async () => {
     const work = await makeTempDir("restore-overlap");
+    workDirs.push(work);
     // One object at a time: any file created during a large file's fsync comes from the same chunk.
     const config = await writeFixtureConfig(SET, work, { restore_process_count: 1 });
     const target = path.join(await realpath(work), "pgdata");
