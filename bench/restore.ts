@@ -206,6 +206,8 @@ async function main(): Promise<void> {
       );
       const oursSeconds: number[] = [];
       const theirSeconds: number[] = [];
+      const oursCpu: number[] = [];
+      const theirCpu: number[] = [];
       for (let run = 0; run < runs; run++) {
         const target = path.join(work, `restore-${mode}-${algorithm}`);
         const restore = (...extra: string[]): ReturnType<typeof timed> =>
@@ -222,6 +224,7 @@ async function main(): Promise<void> {
         const r = await restore();
         rows.push({ what: `pghoard_restore ${mode} ${algorithm}+enc`, plainBytes, storedBytes, ...r });
         oursSeconds.push(r.seconds);
+        oursCpu.push(r.cpuSeconds);
         if (pgbr) {
           const theirs = path.join(work, "restore-pgbackrest");
           await rm(theirs, { recursive: true, force: true });
@@ -229,6 +232,7 @@ async function main(): Promise<void> {
           await chownToPostgres(theirs);
           const t = pgbr.run([`--pg1-path=${theirs}`, "restore"]);
           theirSeconds.push(t.seconds);
+          theirCpu.push(t.cpuSeconds);
           rows.push({
             what: "pgbackrest restore (lz4, aes-256-cbc, process-max 2)",
             plainBytes,
@@ -272,8 +276,10 @@ async function main(): Promise<void> {
       if (pgbr) {
         const ours = median(oursSeconds);
         const theirs = median(theirSeconds);
+        const cpuOurs = median(oursCpu);
+        const cpuTheirs = median(theirCpu);
         ratios.push(
-          `${combo}: ours ${ours.toFixed(2)} s, pgBackRest ${theirs.toFixed(2)} s (medians of ${runs}, interleaved): ours ÷ pgBackRest ${(ours / theirs).toFixed(2)}× (target ≤ 1.00×)`,
+          `${combo}: ours ${ours.toFixed(2)} s, pgBackRest ${theirs.toFixed(2)} s (medians of ${runs}, interleaved): ours ÷ pgBackRest ${(ours / theirs).toFixed(2)}× (target ≤ 1.00×); CPU s (user+sys) ours ${cpuOurs.toFixed(2)}, pgBackRest ${cpuTheirs.toFixed(2)}: ${(cpuOurs / cpuTheirs).toFixed(2)}×`,
         );
       }
     }

@@ -19,7 +19,7 @@ const DEFAULT_LEVEL = 3;
 const cOutSize = (): number => native().cStreamOutSize();
 const dOutSize = (): number => native().dStreamOutSize();
 /** Decompressor output piece; bounded so that a highly compressed input cannot balloon memory. */
-const dPiece = (): number => Math.max(dOutSize(), 256 * 1024);
+const dPiece = (): number => Math.max(dOutSize(), 1024 * 1024);
 
 export function zstdLevel(level: number): number {
   if (!Number.isInteger(level)) throw new FileFormatError(`invalid zstd level ${level}`);

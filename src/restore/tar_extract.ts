@@ -87,17 +87,16 @@ export function createTarExtractor(
   const background = new Map<string, Promise<void>>();
   let backgroundError: unknown;
 
-  async function writeInBackground(
-    absolute: string,
-    chunks: Uint8Array[],
-    mode: number,
-    mtime: number | undefined,
-  ): Promise<void> {
+  /** Waits for room (and for an earlier write of the same path) before starting another background write. */
+  async function makeRoom(absolute: string): Promise<void> {
     // The same path twice in one archive: let the earlier write finish first.
     await background.get(absolute);
     while (background.size >= MAX_BACKGROUND_WRITES) await Promise.race(background.values());
     if (backgroundError) throw backgroundError;
-    const write = target.writeChunks(absolute, chunks, mode, mtime).then(
+  }
+
+  function addBackground(absolute: string, work: Promise<void>): void {
+    const write = work.then(
       () => {
         background.delete(absolute);
       },
@@ -107,6 +106,16 @@ export function createTarExtractor(
       },
     );
     background.set(absolute, write);
+  }
+
+  async function writeInBackground(
+    absolute: string,
+    chunks: Uint8Array[],
+    mode: number,
+    mtime: number | undefined,
+  ): Promise<void> {
+    await makeRoom(absolute);
+    addBackground(absolute, target.writeChunks(absolute, chunks, mode, mtime));
   }
 
   async function waitForBackground(): Promise<void> {
@@ -155,7 +164,10 @@ export function createTarExtractor(
           await writeInBackground(absolute, chunks, mode, memberMtime(header));
           return;
         }
-        await target.writeFile(absolute, stream, mode, memberMtime(header));
+        // Its last writes and fsync finish in the background while the next members are decoded.
+        await makeRoom(absolute);
+        const { completion } = await target.streamFile(absolute, stream, mode, memberMtime(header));
+        addBackground(absolute, completion);
         return;
       }
       case "directory": {

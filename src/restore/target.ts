@@ -38,6 +38,8 @@ const PG_CONTROL = "global/pg_control";
 
 /** Flush file data to disk in pieces of this size: fewer syscalls, bounded memory. */
 const WRITE_BATCH_BYTES = 1024 * 1024;
+/** A large file's data is flushed (fdatasync, in the background) every this many bytes. */
+const EARLY_FLUSH_BYTES = 64 * 1024 * 1024;
 /** Batches of one large file being written at the same time. */
 const WRITES_IN_FLIGHT = 4;
 /**
@@ -212,27 +214,68 @@ export class RestoreTarget {
     mode: number,
     mtime?: number,
   ): Promise<number> {
+    const { written, completion } = await this.streamFile(absolute, source, mode, mtime);
+    await completion;
+    return written;
+  }
+
+  /**
+   * Like writeFile, but resolves as soon as `source` has been read to its end: `completion`
+   * settles once the last writes, mode, mtime and fsync are done. A tar extractor can go on
+   * decoding the next members while a large file is flushed to disk.
+   */
+  async streamFile(
+    absolute: string,
+    source: AsyncIterable<Uint8Array> | Readable,
+    mode: number,
+    mtime?: number,
+  ): Promise<{ written: number; completion: Promise<void> }> {
     if (this.pendingSymlinks.has(absolute)) {
       throw new RestoreError(`Refusing to write '${absolute}': the archive also has a symlink of that name`);
     }
     await this.ensureDirectory(path.dirname(absolute));
-    if (this.delta) return this.patchFile(absolute, source as AsyncIterable<Uint8Array>, mode, mtime);
+    if (this.delta) {
+      const written = await this.patchFile(absolute, source as AsyncIterable<Uint8Array>, mode, mtime);
+      return { written, completion: Promise.resolve() };
+    }
     const handle = await open(absolute, WRITE_FLAGS, 0o600);
     let written = 0;
     // Several positional writes in flight, so the disk works while the next batch is decoded.
     const inFlight = new Set<Promise<void>>();
     let writeError: unknown;
-    const dispatch = (chunks: Uint8Array[], position: number): void => {
-      const write = writeAll(handle, chunks, position).then(
+    const track = (work: Promise<void>): void => {
+      const tracked = work.then(
         () => {
-          inFlight.delete(write);
+          inFlight.delete(tracked);
         },
         (err: unknown) => {
-          inFlight.delete(write);
+          inFlight.delete(tracked);
           writeError ??= err;
         },
       );
-      inFlight.add(write);
+      inFlight.add(tracked);
+    };
+    // Start writeback of a large file while it is still being written, so its final fsync (and
+    // the disk) does not wait for everything at the end; one such flush at a time.
+    let flushedUpTo = 0;
+    let flushing = false;
+    const maybeFlushEarly = (): void => {
+      if (flushing || written - flushedUpTo < EARLY_FLUSH_BYTES) return;
+      flushing = true;
+      flushedUpTo = written;
+      track(handle.datasync().finally(() => (flushing = false)));
+    };
+    const complete = async (): Promise<void> => {
+      try {
+        await Promise.all(inFlight);
+        if (writeError) throw writeError;
+        await handle.chmod(mode & 0o7777);
+        if (mtime !== undefined) await handle.utimes(mtime, mtime);
+        await handle.sync();
+      } finally {
+        await Promise.all(inFlight);
+        await handle.close();
+      }
     };
     try {
       let batch: Uint8Array[] = [];
@@ -243,26 +286,23 @@ export class RestoreTarget {
         if (batchBytes >= WRITE_BATCH_BYTES) {
           while (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
           if (writeError) throw writeError;
-          dispatch(batch, written);
+          track(writeAll(handle, batch, written));
           written += batchBytes;
           batch = [];
           batchBytes = 0;
+          maybeFlushEarly();
         }
       }
       if (batchBytes > 0) {
-        dispatch(batch, written);
+        track(writeAll(handle, batch, written));
         written += batchBytes;
       }
-      await Promise.all(inFlight);
-      if (writeError) throw writeError;
-      await handle.chmod(mode & 0o7777);
-      if (mtime !== undefined) await handle.utimes(mtime, mtime);
-      await handle.sync();
-    } finally {
+    } catch (err) {
       await Promise.all(inFlight);
       await handle.close();
+      throw err;
     }
-    return written;
+    return { written, completion: complete() };
   }
 
   /** Writes a file whose content is already in memory (small tar members, embedded files). */

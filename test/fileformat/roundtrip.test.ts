@@ -15,6 +15,7 @@ import { after, before, describe, it } from "node:test";
 import {
   FileFormatPool,
   createDecodeStream,
+  createDecoder,
   createEncodeStream,
   decodeBuffer,
   encodeBuffer,
@@ -290,6 +291,23 @@ describe("encoder parameters", () => {
     parseSnappyFraming(await encodeBuffer(mixed, options("snappy", false)), info);
     assert.equal(info.identifiers, 1);
     assert.ok(info.uncompressedChunks > 0 && info.compressedChunks > 0);
+  });
+
+  it("snappy and zstd decoders hand on pieces of up to 1 MiB, not one 64 KiB block at a time", async () => {
+    // Each piece costs a trip through the streams and the tar extractor downstream (restore CPU).
+    const plain = Buffer.concat([pageLikeData(3 * MiB, 7), randomBytes(MiB)]);
+    for (const algorithm of ["snappy", "zstd"] as const) {
+      const opts = options(algorithm, true);
+      const stored = await encodeBuffer(plain, opts);
+      const pieces: Buffer[] = [];
+      const decoder = createDecoder(encodingMetadata(opts), () => privatePem);
+      for (const piece of decoder.update(stored)) pieces.push(Buffer.from(piece));
+      for (const piece of decoder.final()) pieces.push(Buffer.from(piece));
+      assert.ok(Buffer.concat(pieces).equals(plain), algorithm);
+      const largest = Math.max(...pieces.map((p) => p.length));
+      assert.ok(largest > 256 * 1024, `${algorithm}: largest decoded piece ${largest} bytes`);
+      assert.ok(largest <= MiB, `${algorithm}: largest decoded piece ${largest} bytes (bounded)`);
+    }
   });
 
   it("refuses bad options", async () => {

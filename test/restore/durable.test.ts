@@ -7,9 +7,9 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { lstat, readdir, readFile, realpath } from "node:fs/promises";
+import { lstat, readdir, readFile, realpath, rm } from "node:fs/promises";
 import path from "node:path";
-import { describe, it } from "node:test";
+import { after, describe, it } from "node:test";
 
 import { repoRoot } from "../helpers/paths.js";
 import { makeTempDir } from "../helpers/pgcluster.js";
@@ -62,9 +62,15 @@ async function walk(root: string, out: { files: string[]; dirs: string[] }): Pro
   }
 }
 
+const workDirs: string[] = [];
+after(async () => {
+  for (const dir of workDirs) await rm(dir, { recursive: true, force: true });
+});
+
 describe("durable restore", { skip, timeout: 180_000 }, () => {
   it("fsyncs every restored file and directory before global/pg_control is put in place", async () => {
     const work = await makeTempDir("restore-durable");
+    workDirs.push(work);
     const config = await writeFixtureConfig(SET, work, { restore_process_count: 2 });
     const target = path.join(await realpath(work), "pgdata");
     const tracePath = path.join(work, "strace.txt");
@@ -114,6 +120,84 @@ describe("durable restore", { skip, timeout: 180_000 }, () => {
     assert.ok(
       globalSyncs.some((at) => at > publish.line),
       "global/ fsync'd after the rename",
+    );
+  });
+});
+
+/**
+ * `strace -f -y` lines of one run: for each large file the span from its last data write to the
+ * end of its fsync, and the files created, by line.
+ */
+function fsyncSpansAndCreates(text: string, minBytes: Map<string, number>) {
+  const spans: Array<{ file: string; start: number; end: number }> = [];
+  const creates: Array<{ file: string; line: number }> = [];
+  const lastWrite = new Map<string, number>();
+  const open = new Map<string, string>();
+  const done = (file: string, end: number): void =>
+    void spans.push({ file, start: lastWrite.get(file) ?? Number.POSITIVE_INFINITY, end });
+  text.split("\n").forEach((line, index) => {
+    const pid = line.split(" ", 1)[0];
+    let m = /^\d+\s+(?:pwritev|pwrite64|writev|write)\(\d+<([^>]+)>/.exec(line);
+    if (m) return void lastWrite.set(m[1], index);
+    m = /^\d+\s+fsync\(\d+<(.+)>\)\s+= 0/.exec(line);
+    if (m) return done(m[1], index);
+    m = /^\d+\s+fsync\(\d+<(.+)> <unfinished \.\.\.>/.exec(line);
+    if (m) return void open.set(pid, m[1]);
+    if (/<\.\.\. fsync resumed>\)\s+= 0/.test(line) && open.has(pid)) {
+      done(open.get(pid)!, index);
+      open.delete(pid);
+      return;
+    }
+    m =
+      /openat\(AT_FDCWD<[^>]*>, "([^"]+)", [^)]*O_CREAT/.exec(line) ??
+      /openat\(AT_FDCWD, "([^"]+)", [^)]*O_CREAT/.exec(line);
+    if (m) creates.push({ file: m[1], line: index });
+  });
+  return { spans: spans.filter((s) => (minBytes.get(s.file) ?? 0) > 256 * 1024), creates };
+}
+
+describe("restore overlaps file flushes with extraction", { skip, timeout: 180_000 }, () => {
+  it("creates the next files of a chunk before a large file written before them is fsync'd", async () => {
+    const work = await makeTempDir("restore-overlap");
+    workDirs.push(work);
+    // One object at a time: any file created during a large file's fsync comes from the same chunk.
+    const config = await writeFixtureConfig(SET, work, { restore_process_count: 1 });
+    const target = path.join(await realpath(work), "pgdata");
+    const tracePath = path.join(work, "strace.txt");
+    const res = spawnSync(
+      "strace",
+      [
+        "-f",
+        "-y",
+        "-e",
+        "trace=fsync,openat,pwritev,pwrite64,writev,write",
+        "-o",
+        tracePath,
+        process.execPath,
+        path.join(repoRoot, "bin", "pghoard_restore.js"),
+        "get-basebackup",
+        "--config",
+        config,
+        "--site",
+        SET,
+        "--target-dir",
+        target,
+      ],
+      { encoding: "utf8", timeout: 150_000 },
+    );
+    assert.equal(res.status, 0, `${res.stdout}\n${res.stderr}`);
+    const tree = { files: [] as string[], dirs: [] as string[] };
+    await walk(target, tree);
+    const sizes = new Map<string, number>();
+    for (const file of tree.files) sizes.set(file, (await lstat(file)).size);
+    const { spans, creates } = fsyncSpansAndCreates(await readFile(tracePath, "utf8"), sizes);
+    assert.ok(spans.length >= 3, `the backup has large files (${spans.length} fsync'd)`);
+    const overlapping = spans.filter((s) =>
+      creates.some((c) => c.file !== s.file && c.line > s.start && c.line < s.end),
+    );
+    assert.ok(
+      overlapping.length > 0,
+      `some file was created between a large file's last write and the end of its fsync (${spans.length} large files, none)`,
     );
   });
 });
