@@ -1,4 +1,5 @@
 #!/usr/bin/env node
-import { main } from "../dist/src/commands/archive_cleanup.js";
-
-process.exitCode = await main(process.argv.slice(2));
+"use strict";
+import("../dist/src/commands/archive_cleanup.js").then(async ({ main }) => {
+  process.exitCode = await main(process.argv.slice(2));
+});

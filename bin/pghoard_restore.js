@@ -1,7 +1,9 @@
 #!/usr/bin/env node
-// Object workers read and write files through libuv's thread pool, shared by the whole process:
-// give it room for several objects at once. Must be set before anything uses the pool.
+"use strict";
+// libuv fixes its thread pool size at first use, and an ES module entry is read through the pool
+// before its body runs: so these wrappers are CommonJS (bin/package.json) and set it first.
+// Object transfers, fsyncs and file reads share the pool; give it room for several at once.
 process.env.UV_THREADPOOL_SIZE ??= "16";
-const { main } = await import("../dist/src/commands/restore.js");
-
-process.exitCode = await main(process.argv.slice(2));
+import("../dist/src/commands/restore.js").then(async ({ main }) => {
+  process.exitCode = await main(process.argv.slice(2));
+});
