@@ -62,6 +62,31 @@ async function walk(root: string, out: { files: string[]; dirs: string[] }): Pro
   }
 }
 
+/** The real `pghoard_restore get-basebackup` of SET under strace, tracing `trace` into `tracePath`. */
+function straceRestore(trace: string, tracePath: string, config: string, target: string) {
+  return spawnSync(
+    "strace",
+    [
+      "-f",
+      "-y",
+      "-e",
+      trace,
+      "-o",
+      tracePath,
+      process.execPath,
+      path.join(repoRoot, "bin", "pghoard_restore.js"),
+      "get-basebackup",
+      "--config",
+      config,
+      "--site",
+      SET,
+      "--target-dir",
+      target,
+    ],
+    { encoding: "utf8", timeout: 150_000 },
+  );
+}
+
 const workDirs: string[] = [];
 after(async () => {
   for (const dir of workDirs) await rm(dir, { recursive: true, force: true });
@@ -74,27 +99,7 @@ describe("durable restore", { skip, timeout: 180_000 }, () => {
     const config = await writeFixtureConfig(SET, work, { restore_process_count: 2 });
     const target = path.join(await realpath(work), "pgdata");
     const tracePath = path.join(work, "strace.txt");
-    const res = spawnSync(
-      "strace",
-      [
-        "-f",
-        "-y",
-        "-e",
-        "trace=fsync,fdatasync,rename,renameat,renameat2",
-        "-o",
-        tracePath,
-        process.execPath,
-        path.join(repoRoot, "bin", "pghoard_restore.js"),
-        "get-basebackup",
-        "--config",
-        config,
-        "--site",
-        SET,
-        "--target-dir",
-        target,
-      ],
-      { encoding: "utf8", timeout: 150_000 },
-    );
+    const res = straceRestore("trace=fsync,fdatasync,rename,renameat,renameat2", tracePath, config, target);
     assert.equal(res.status, 0, `${res.stdout}\n${res.stderr}`);
     assert.match(res.stdout, /Basebackup restoration complete\./);
 
@@ -164,27 +169,7 @@ describe("restore overlaps file flushes with extraction", { skip, timeout: 180_0
     const config = await writeFixtureConfig(SET, work, { restore_process_count: 1 });
     const target = path.join(await realpath(work), "pgdata");
     const tracePath = path.join(work, "strace.txt");
-    const res = spawnSync(
-      "strace",
-      [
-        "-f",
-        "-y",
-        "-e",
-        "trace=fsync,openat,pwritev,pwrite64,writev,write",
-        "-o",
-        tracePath,
-        process.execPath,
-        path.join(repoRoot, "bin", "pghoard_restore.js"),
-        "get-basebackup",
-        "--config",
-        config,
-        "--site",
-        SET,
-        "--target-dir",
-        target,
-      ],
-      { encoding: "utf8", timeout: 150_000 },
-    );
+    const res = straceRestore("trace=fsync,openat,pwritev,pwrite64,writev,write", tracePath, config, target);
     assert.equal(res.status, 0, `${res.stdout}\n${res.stderr}`);
     const tree = { files: [] as string[], dirs: [] as string[] };
     await walk(target, tree);
