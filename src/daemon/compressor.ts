@@ -29,6 +29,8 @@ export interface CompressorTypeState {
 export type CompressorState = Record<string, Record<"basebackup" | "xlog" | "timeline", CompressorTypeState>>;
 
 const MAX_FAILED_ATTEMPTS = 3;
+/** The compressors' name as a reporter of the shared disk_full_error alert. */
+const REPORTER = "compressor";
 
 /** Keeps the newest uncompressed segment per directory: pg_receivewal resumes from it (operations.md §6.5). */
 export class WalFileDeleter {
@@ -126,7 +128,7 @@ export class Compressors {
     for (let attempt = 1; ; attempt++) {
       try {
         await this.handleEvent(event, state);
-        if (this.diskFull) await this.diskSpaceBack();
+        await this.diskSpaceBack();
         return;
       } catch (err) {
         if (isDiskFull(err)) {
@@ -163,21 +165,18 @@ export class Compressors {
     }
   }
 
-  /** True while the last compression failed on a full disk (the alert file is then present). */
-  private diskFull = false;
-
   private async waitForDiskSpace(event: CompressionEvent, err: unknown): Promise<void> {
     const message = err instanceof Error ? err.message : String(err);
-    if (!this.diskFull) {
-      this.diskFull = true;
+    // The alert directory may be on the full disk itself: best effort.
+    const first = await this.ctx.diskFullAlert.raise(REPORTER).catch((alertErr: unknown) => {
+      this.log.error(`Could not create alert file disk_full_error: ${(alertErr as Error).message}`);
+      return true;
+    });
+    if (first) {
       siteLogger(this.log, event.site).error(
         `Disk full while compressing ${event.site} ${event.filetype} ${event.fullPath}: ${message}; created alert file disk_full_error, retrying until space returns`,
       );
       this.ctx.metrics.increase("pghoard.disk_full");
-      // The alert directory may be on the full disk itself: best effort.
-      await this.ctx.createAlert("disk_full_error").catch((alertErr: unknown) => {
-        this.log.error(`Could not create alert file disk_full_error: ${(alertErr as Error).message}`);
-      });
     } else {
       siteLogger(this.log, event.site).warn(`Disk still full, retrying ${event.fullPath}: ${message}`);
     }
@@ -216,10 +215,10 @@ export class Compressors {
     return true;
   }
 
+  /** A compression succeeded: the compressors' full disk (or one an earlier run left) is over. */
   private async diskSpaceBack(): Promise<void> {
-    this.diskFull = false;
-    this.log.info("Compression succeeds again after a full disk, removing alert file disk_full_error");
-    await this.ctx.removeAlert("disk_full_error").catch(() => false);
+    if (await this.ctx.diskFullAlert.clear(REPORTER).catch(() => false))
+      this.log.info("Compression succeeds again after a full disk, removed alert file disk_full_error");
   }
 
   private encodeOptions(site: string): EncodeOptions {

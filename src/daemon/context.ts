@@ -12,7 +12,7 @@ import { createStorage } from "../storage/index.js";
 import type { StorageBackend } from "../storage/types.js";
 import type { Metrics } from "../monitoring/index.js";
 import { deferred } from "../common/async.js";
-import { createAlertFile, removeAlertFile, type AlertName } from "./alerts.js";
+import { ConditionAlert, createAlertFile, removeAlertFile, type AlertName } from "./alerts.js";
 import { AsyncQueue } from "./queue.js";
 import { siteSpoolPaths, type SiteSpoolPaths } from "./spool.js";
 import type {
@@ -51,6 +51,8 @@ export class DaemonContext {
   compressionDeleter: ((fullPath: string) => void) | undefined;
   /** The state file as it was when the daemon started (walreceiver resumes from it). */
   previousState: Record<string, unknown> = {};
+  /** `disk_full_error`: raised by pg_receivewal's messages and by the compressors, one file for both. */
+  readonly diskFullAlert: ConditionAlert;
   private storages = new Map<string, Promise<StorageBackend>>();
   private retiredStorages: Array<Promise<StorageBackend>> = [];
 
@@ -63,6 +65,7 @@ export class DaemonContext {
     this.config = config;
     this.metrics = metrics;
     this.log = log;
+    this.diskFullAlert = new ConditionAlert(() => this.config.alert_file_dir, "disk_full_error");
   }
 
   /**

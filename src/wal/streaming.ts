@@ -41,13 +41,17 @@ import { SpoolWatcher } from "./spool_watcher.js";
 import { verifyWalHeader } from "./verify.js";
 import { WalReceiver, type WalSink } from "./walreceiver.js";
 
-/** The alerts the server checks and pg_receivewal's full-disk messages raise (and remove again). */
+/** Names a site's pg_receivewal as a reporter of the shared `disk_full_error` alert. */
+function diskFullReporter(site: string): string {
+  return `pg_receivewal:${site}`;
+}
+
+/** The alerts the server checks raise (and remove again). */
 type AlertName =
   | "authentication_error"
   | "configuration_error"
   | "version_unsupported_error"
-  | "version_mismatch_error"
-  | "disk_full_error";
+  | "version_mismatch_error";
 
 /** A WAL or history file for the daemon's compressors (its CompressionEvent without the callback). */
 export interface WalArchiveRequest {
@@ -77,6 +81,15 @@ export interface WalStreamingContext {
   createAlert(name: AlertName): Promise<void>;
   /** True when an alert file was there. */
   removeAlert(name: AlertName): Promise<boolean>;
+  /**
+   * `disk_full_error`, shared with the compressors: present while any reporter says the disk is
+   * full; one an earlier run left goes at the first clear.
+   */
+  diskFullAlert: {
+    /** True when this reporter had not raised it yet. */
+    raise(reporter: string): Promise<boolean>;
+    clear(reporter: string): Promise<boolean>;
+  };
 }
 
 /** The parts of the daemon's per-site handle this plugin uses. */
@@ -308,7 +321,15 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
         (fullPath) => {
           siteLogger(this.log, state.site).debug(`pg_receivewal completed ${fullPath}, queueing it for compression`);
           state.latestActivity = new Date();
-          void this.clearAlerts(state, ["disk_full_error"]).catch(() => undefined);
+          // A segment was written: pg_receivewal's full disk (or one an earlier run left) is over.
+          void this.ctx.diskFullAlert.clear(diskFullReporter(state.site)).then(
+            (removed) =>
+              removed &&
+              siteLogger(this.log, state.site).info(
+                `Site ${state.site}: pg_receivewal writes segments again, removed alert file disk_full_error`,
+              ),
+            () => undefined,
+          );
           // The segment arrived complete: a copy of an earlier short .partial of it is of no use.
           void unlink(`${fullPath}.partial_incomplete`).catch(() => undefined);
           state.handle?.queueIncomingFile(fullPath);
@@ -415,15 +436,19 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
 
   /** Reacts to pg_receivewal's full-disk messages: an alert, and a restart where it would loop for ever. */
   private receiverSaid(state: SiteStreaming, line: string): void {
-    if (NO_SPACE_LINE.test(line) && !state.raisedAlerts.has("disk_full_error")) {
-      siteLogger(this.log, state.site).error(
-        `Site ${state.site}: pg_receivewal found the disk full; created alert file disk_full_error`,
+    if (NO_SPACE_LINE.test(line)) {
+      void this.ctx.diskFullAlert.raise(diskFullReporter(state.site)).then(
+        (first) => {
+          if (first)
+            siteLogger(this.log, state.site).error(
+              `Site ${state.site}: pg_receivewal found the disk full; created alert file disk_full_error`,
+            );
+        },
+        (err: unknown) =>
+          siteLogger(this.log, state.site).error(
+            `Could not create alert file disk_full_error: ${(err as Error).message}`,
+          ),
       );
-      void this.raise(state, "disk_full_error").catch((err: unknown) => {
-        siteLogger(this.log, state.site).error(
-          `Could not create alert file disk_full_error: ${(err as Error).message}`,
-        );
-      });
     }
     if (STUCK_PARTIAL_LINE.test(line) && state.receivexlog?.isRunning) {
       siteLogger(this.log, state.site).warn(
