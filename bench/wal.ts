@@ -253,6 +253,8 @@ async function main(): Promise<void> {
       await measure("onDemand", restoreArgs(seg), restoreData);
       // That request prefetched the next segment; restore it the way PostgreSQL would.
       await waitFor(() => existsSync(path.join(restoreWal, `${next}.pghoard.prefetch`)), 30_000);
+      // PostgreSQL removes %p before each restore_command (xlogarchive.c, RestoreArchivedFile).
+      rmSync(path.join(restoreWal, "RECOVERYXLOG"), { force: true });
       await measure("prefetched", restoreArgs(next), restoreData);
 
       // The direct mode on the same segments: no daemon involved, the command's own read-ahead.
@@ -267,6 +269,7 @@ async function main(): Promise<void> {
       await measure("directOnDemand", directArgs(seg), restoreData);
       await waitFor(() => existsSync(path.join(restoreWal, `${next}.pghoard.prefetch`)), 30_000);
       await readAheadDone();
+      rmSync(path.join(restoreWal, "RECOVERYXLOG"), { force: true });
       await measure("directPrefetched", directArgs(next), restoreData);
       await readAheadDone();
     }

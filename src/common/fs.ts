@@ -286,3 +286,48 @@ export class AtomicWriteStream extends Writable {
 export function createAtomicWriteStream(finalPath: string, options: AtomicWriteOptions = {}): AtomicWriteStream {
   return new AtomicWriteStream(finalPath, options);
 }
+
+export interface AtomicFileWrite {
+  finalPath: string;
+  data: string | Uint8Array;
+  /** Temp file in the destination directory (default `.<name>.tmp-<random>`). */
+  tempPath?: string;
+}
+
+/**
+ * Several files published together, in the given order, each appearing only complete: every temp
+ * file is written and fsync'd (all at once), then renamed in order, then each directory is fsync'd
+ * once. Two files in one directory cost 3 fsyncs (2 of them in parallel) instead of 4 in a row
+ * with writeFileAtomic; the directory fsync at the end makes all the renames durable together.
+ * A crash before it may leave any prefix of the renames (readers must treat a later file
+ * without an earlier one as absent, as the local store treats a sidecar without its data file).
+ */
+export async function writeFilesAtomic(files: AtomicFileWrite[]): Promise<void> {
+  const temps = files.map((f) => f.tempPath ?? defaultTempPath(f.finalPath));
+  const created: string[] = [];
+  try {
+    // allSettled: on a failure, wait for the other writes before removing their temp files.
+    const written = await Promise.allSettled(
+      files.map(async (file, i) => {
+        const handle = await open(temps[i], "wx", 0o644);
+        created.push(temps[i]);
+        try {
+          await handle.writeFile(file.data);
+          await handle.sync();
+        } finally {
+          await handle.close();
+        }
+      }),
+    );
+    for (const outcome of written) if (outcome.status === "rejected") throw outcome.reason;
+    for (let i = 0; i < files.length; i++) {
+      await rename(temps[i], files[i].finalPath);
+      created.splice(created.indexOf(temps[i]), 1);
+    }
+  } catch (err) {
+    await Promise.all(created.map((t) => removeIfExists(t).catch(() => undefined)));
+    throw err;
+  }
+  const dirs = new Set(files.map((f) => path.dirname(path.resolve(f.finalPath))));
+  await Promise.all([...dirs].map((dir) => fsyncDirectory(dir)));
+}

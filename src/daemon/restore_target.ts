@@ -4,7 +4,7 @@
  * the requested segment or history name itself; the daemon adds its own prefetch and temp names.
  * Anything else in PGDATA (global/pg_control, configs, relation files) is refused.
  */
-import { lstat, realpath } from "node:fs/promises";
+import { lstatSync, realpathSync } from "node:fs";
 import path from "node:path";
 import { isErrno } from "../common/errors.js";
 import { HttpResponse } from "./http.js";
@@ -21,9 +21,10 @@ export function isRestoreTargetName(base: string, requested: string): boolean {
 
 /**
  * Throws a 400 unless `target` is a regular file (or nothing yet) directly in `walDir` with a name
- * from isRestoreTargetName. Runs after the data-directory check, so the parent exists.
+ * from isRestoreTargetName. Runs after the data-directory check, so the parent exists. Synchronous:
+ * three metadata calls, cheaper than three trips through libuv's thread pool (wal_restore.ts).
  */
-export async function checkRestoreTarget(target: string, walDir: string, requested: string): Promise<void> {
+export function checkRestoreTarget(target: string, walDir: string, requested: string): void {
   const base = path.basename(target);
   if (!isRestoreTargetName(base, requested)) {
     throw new HttpResponse(
@@ -31,12 +32,18 @@ export async function checkRestoreTarget(target: string, walDir: string, request
       `Invalid xlog file path ${target}, the file name must be RECOVERYXLOG, RECOVERYHISTORY or ${requested}`,
     );
   }
-  const [parent, wal] = await Promise.all([realpath(path.dirname(target)), realpath(walDir).catch(() => walDir)]);
+  const parent = realpathSync.native(path.dirname(target));
+  let wal = walDir;
+  try {
+    wal = realpathSync.native(walDir);
+  } catch {
+    // compared as configured
+  }
   if (parent !== wal) {
     throw new HttpResponse(400, `Invalid xlog file path ${target}, it should be in the WAL directory ${walDir}`);
   }
   try {
-    if (!(await lstat(target)).isFile()) {
+    if (!lstatSync(target).isFile()) {
       throw new HttpResponse(400, `Invalid xlog file path ${target}, it exists and is not a regular file`);
     }
   } catch (err) {

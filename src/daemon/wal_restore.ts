@@ -7,8 +7,18 @@
  * this file adds the daemon's side: target validation, the transfer queue, the caches.
  */
 import { randomBytes } from "node:crypto";
-import { constants as fsConstants, existsSync, watch, type FSWatcher } from "node:fs";
-import { chown, copyFile, lstat, open, readlink, realpath, rename, stat, unlink } from "node:fs/promises";
+import {
+  constants as fsConstants,
+  existsSync,
+  lstatSync,
+  readlinkSync,
+  realpathSync,
+  renameSync,
+  statSync,
+  watch,
+  type FSWatcher,
+} from "node:fs";
+import { chown, copyFile, open, rename, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import { siteLogger } from "../common/logger.js";
@@ -72,20 +82,23 @@ async function chownLikeDirectory(file: string, dir: string): Promise<void> {
 /**
  * realpath that, like Python's non-strict os.path.realpath, also resolves paths that do not exist
  * (yet) and dangling symlinks (followed to where they point, so a link leading outside is seen as outside).
+ * Synchronous, as the other checks of a restore target: a few metadata calls on the local file
+ * system take microseconds, while each trip through libuv's thread pool costs a wake-up (a
+ * prefetched restore is on PostgreSQL's critical path, one call per segment).
  */
-async function realpathLoose(p: string, depth = 0): Promise<string> {
+function realpathLoose(p: string, depth = 0): string {
   try {
-    return await realpath(p);
+    return realpathSync.native(p);
   } catch (err) {
     if (!isErrno(err, "ENOENT") && !isErrno(err, "ENOTDIR")) throw err;
     const parent = path.dirname(p);
     if (parent === p) return p;
-    const resolvedParent = await realpathLoose(parent, depth + 1);
+    const resolvedParent = realpathLoose(parent, depth + 1);
     const joined = path.join(resolvedParent, path.basename(p));
     if (depth < 40) {
       try {
-        if ((await lstat(joined)).isSymbolicLink()) {
-          return await realpathLoose(path.resolve(resolvedParent, await readlink(joined)), depth + 1);
+        if (lstatSync(joined).isSymbolicLink()) {
+          return realpathLoose(path.resolve(resolvedParent, readlinkSync(joined)), depth + 1);
         }
       } catch {
         // does not exist at all: the joined path is the answer
@@ -126,7 +139,7 @@ export class WalRestoreHandler {
   }
 
   /** http-api.md §6: absolute, inside the data directory (after resolving symlinks), parent exists. */
-  private async validateTargetPath(site: string, target: string): Promise<void> {
+  private validateTargetPath(site: string, target: string): void {
     if (!path.isAbsolute(target)) {
       throw new HttpResponse(400, `Invalid xlog file path ${target}, an absolute path expected`);
     }
@@ -137,8 +150,8 @@ export class WalRestoreHandler {
         `Invalid xlog file path ${target}, it should be in data directory (site '${site}' has no pg_data_directory)`,
       );
     }
-    const resolvedData = await realpathLoose(path.resolve(dataDir));
-    const resolvedTarget = await realpathLoose(path.resolve(target));
+    const resolvedData = realpathLoose(path.resolve(dataDir));
+    const resolvedTarget = realpathLoose(path.resolve(target));
     const relative = path.relative(resolvedData, resolvedTarget);
     if (!relative || relative === ".." || relative.startsWith(`..${path.sep}`) || path.isAbsolute(relative)) {
       throw new HttpResponse(
@@ -147,7 +160,7 @@ export class WalRestoreHandler {
       );
     }
     try {
-      const parent = await stat(path.dirname(resolvedTarget));
+      const parent = statSync(path.dirname(resolvedTarget));
       if (!parent.isDirectory()) throw new Error("not a directory");
     } catch {
       throw new HttpResponse(409, `Invalid xlog file path ${target}, parent directory should exist`);
@@ -185,9 +198,9 @@ export class WalRestoreHandler {
   }
 
   private async getFileForSite(site: string, filetype: FileType, name: string, target: string): Promise<HttpResponse> {
-    await this.validateTargetPath(site, target);
+    this.validateTargetPath(site, target);
     const walDir = pgWalDirectory(this.ctx.site(site));
-    await checkRestoreTarget(target, walDir, name);
+    checkRestoreTarget(target, walDir, name);
     const prefetchPath = prefetchPathFor(walDir, name);
 
     if ((await this.servePrefetchFile(site, filetype, name, prefetchPath, target)) === "served") {
@@ -202,8 +215,8 @@ export class WalRestoreHandler {
     const onDisk = existsSync(diskPath);
     if (onDisk && !this.servedFromDisk.includes(name)) {
       if (await this.isValidFile(site, filetype, name, diskPath)) {
-        const resolvedSource = await realpathLoose(diskPath);
-        const resolvedTarget = await realpathLoose(target);
+        const resolvedSource = realpathLoose(diskPath);
+        const resolvedTarget = realpathLoose(target);
         if (resolvedSource !== resolvedTarget) await this.copyToTarget(diskPath, target);
         this.servedFromDisk.push(name);
         if (this.servedFromDisk.length > SERVED_FROM_DISK_SIZE) this.servedFromDisk.shift();
@@ -291,12 +304,14 @@ export class WalRestoreHandler {
     if (path.isAbsolute(target) && path.normalize(target) !== target) {
       throw new HttpResponse(400, `Invalid xlog file path ${target}, a normalized path expected`);
     }
-    await this.validateTargetPath(site, target);
+    this.validateTargetPath(site, target);
     const walDir = pgWalDirectory(this.ctx.site(site));
-    await checkRestoreTarget(target, walDir, name);
+    checkRestoreTarget(target, walDir, name);
     const prefetchPath = path.join(path.dirname(target), `${name}${PREFETCH_SUFFIX}`);
     try {
-      await rename(prefetchPath, target);
+      // Synchronous too (see realpathLoose): PostgreSQL removed the old target before calling us,
+      // so this rename only adds a directory entry.
+      renameSync(prefetchPath, target);
     } catch (err) {
       if (isErrno(err, "ENOENT")) return this.getWalOrTimelineFile(site, filetype, name, target);
       throw new HttpResponse(409, `Unable to write final file to requested location ${pyRepr(target)}: ${String(err)}`);

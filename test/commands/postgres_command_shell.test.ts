@@ -418,6 +418,28 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
     assert.ok(!existsSync(walPath(`${prefetched}.pghoard.prefetch`)));
   });
 
+  // A `read` per header line reads a socket one byte per system call (~150 for an answer); the
+  // client reads the daemon's whole answer at once instead.
+  it("reads the daemon's answer in a few system calls, not byte by byte", async () => {
+    const trace = path.join(pgdata, "strace-read.out");
+    const prefetched = "00000001000000000000000F";
+    await removeRecovered();
+    await writeFile(walPath(`${prefetched}.pghoard.prefetch`), "prefetched F");
+    const r = await run(
+      "strace",
+      [
+        ...["-f", "-qq", "-y", "-e", "trace=read", "-o", trace, shellBin, ...auth()],
+        ...["--mode", "restore", "--xlog", prefetched, "--output", "pg_wal/RECOVERYXLOG"],
+      ],
+      pgdata,
+      { PGHOARD_NODE: "/bin/false" },
+    );
+    assert.equal(r.code, 0, JSON.stringify(r));
+    await expectRecovered("prefetched F")();
+    const socketReads = (await readFile(trace, "utf8")).split("\n").filter((l) => /read\(\d+<(?:TCP|socket:)/.test(l));
+    assert.ok(socketReads.length >= 1 && socketReads.length <= 4, socketReads.join("\n"));
+  });
+
   for (const c of cases) {
     it(c.name, async () => {
       const env = { ...(c.env ?? {}) };
