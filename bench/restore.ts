@@ -23,6 +23,10 @@
  * is restored right after each of ours (A/B/A/B, so machine load hits both), and the medians are
  * printed with ours ÷ pgBackRest. Both restores are durable: pgBackRest fsyncs every file and
  * directory, ours too before global/pg_control goes in place. `--no-verify` skips the verify runs.
+ *
+ * `--compare-with <checkout>` (A/B of two builds): the same backup is also restored by that
+ * checkout's `bin/pghoard_restore.js` (its own dist/), right after this build's, each run; the
+ * medians of both and this ÷ that (wall and CPU seconds) are printed.
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -126,6 +130,7 @@ async function main(): Promise<void> {
   const combos = arg("--combos", "local-tar:snappy,local-tar:zstd,basic:snappy,delta:zstd").split(",");
   const deltaBench = process.argv.includes("--delta");
   const partitions = Number(arg("--partitions", "0"));
+  const compareWith = arg("--compare-with", "");
   const site = "bench";
   const keys = makeKeyPair();
   const work = await makeTempDir("bench-restore");
@@ -208,6 +213,8 @@ async function main(): Promise<void> {
       const theirSeconds: number[] = [];
       const oursCpu: number[] = [];
       const theirCpu: number[] = [];
+      const otherSeconds: number[] = [];
+      const otherCpu: number[] = [];
       for (let run = 0; run < runs; run++) {
         const target = path.join(work, `restore-${mode}-${algorithm}`);
         const restore = (...extra: string[]): ReturnType<typeof timed> =>
@@ -225,6 +232,27 @@ async function main(): Promise<void> {
         rows.push({ what: `pghoard_restore ${mode} ${algorithm}+enc`, plainBytes, storedBytes, ...r });
         oursSeconds.push(r.seconds);
         oursCpu.push(r.cpuSeconds);
+        if (compareWith) {
+          const otherTarget = path.join(work, `restore-other-${mode}-${algorithm}`);
+          const o = await timed(process.execPath, [
+            ...nodeArgs,
+            path.join(path.resolve(compareWith), "bin", "pghoard_restore.js"),
+            "get-basebackup",
+            "--config",
+            env.configPath,
+            "--target-dir",
+            otherTarget,
+          ]);
+          rows.push({
+            what: `pghoard_restore ${mode} ${algorithm}+enc, build in ${compareWith}`,
+            plainBytes,
+            storedBytes,
+            ...o,
+          });
+          otherSeconds.push(o.seconds);
+          otherCpu.push(o.cpuSeconds);
+          await rm(otherTarget, { recursive: true, force: true });
+        }
         if (pgbr) {
           const theirs = path.join(work, "restore-pgbackrest");
           await rm(theirs, { recursive: true, force: true });
@@ -273,6 +301,13 @@ async function main(): Promise<void> {
         });
       }
       await rm(env.dir, { recursive: true, force: true });
+      if (compareWith) {
+        const [a, b] = [median(oursSeconds), median(otherSeconds)];
+        const [ca, cb] = [median(oursCpu), median(otherCpu)];
+        ratios.push(
+          `${combo}: this build ${a.toFixed(2)} s, ${compareWith} ${b.toFixed(2)} s (medians of ${runs}, interleaved): this ÷ that ${(a / b).toFixed(2)}×; CPU s this ${ca.toFixed(2)}, that ${cb.toFixed(2)}: ${(ca / cb).toFixed(2)}×`,
+        );
+      }
       if (pgbr) {
         const ours = median(oursSeconds);
         const theirs = median(theirSeconds);

@@ -4,7 +4,8 @@
  * back (retention, the next delta backup and restore all read it through here). Writing the
  * control tar stays with the basebackup tar writer (`basebackup/control.ts` `buildControlTar`).
  */
-import { decodeBuffer, type PrivateKeyLookup } from "../fileformat/index.js";
+import { decodeBuffer } from "../fileformat/streams.js";
+import type { PrivateKeyLookup } from "../fileformat/types.js";
 import type { Metadata, StorageBackend } from "../storage/types.js";
 
 export const TAR_METADATA_FILENAME = ".pghoard_tar_metadata.json";

@@ -3,7 +3,8 @@
  * local and SFTP sidecars keep it) and read back typed. Values are Python-`str()`-able; `null`
  * means "absent" and is dropped by `sanitizeMetadata` / the transfer agent.
  */
-import { encodingMetadata, type EncodeOptions } from "../fileformat/index.js";
+import { encodingMetadata } from "../fileformat/pipeline.js";
+import type { EncodeOptions } from "../fileformat/types.js";
 import type { Metadata } from "../storage/types.js";
 
 /** Metadata before sanitising: what the writers pass, like upstream's Python dicts. */

@@ -12,17 +12,15 @@ import {
   resolveConfigPath,
   type PghoardConfig,
 } from "../config/index.js";
-import { createDecodeStream, decodeBuffer } from "../fileformat/index.js";
 import { createStorage } from "../storage/index.js";
 import { RestoreError, describeError } from "../restore/errors.js";
-import { getBasebackup, listSiteBasebackups, closeStores, type RestoreDeps } from "../restore/get_basebackup.js";
-import { availableCaption, formatBasebackupList, listBasebackupsHttp } from "../restore/list.js";
-import { formatSiteInfo, siteInfo } from "../restore/info.js";
-import { formatVerifyReport, verifyBasebackups, verifyReportJson } from "../restore/verify.js";
-import { formatDrillReport, runDrill } from "../restore/drill.js";
+import type { RestoreDeps } from "../restore/get_basebackup.js";
 import { KeyboardInterrupt, abortOnKeyboardInterrupt, runCli, type Io } from "./cli.js";
 import { RESTORE_SPEC } from "./cli_specs.js";
-import { daemonEndpoint, requestBasebackup } from "./daemon_client.js";
+
+// Each subcommand imports its own modules when it runs: a restore never loads the drill's
+// PostgreSQL client, verify's workers or the HTTP client, and starts sooner (its object worker
+// is already loading, see bin/pghoard_restore.js).
 
 async function readConfig(configPath: string | undefined): Promise<PghoardConfig> {
   const resolved = resolveConfigPath(configPath);
@@ -30,7 +28,8 @@ async function readConfig(configPath: string | undefined): Promise<PghoardConfig
   return loadConfig(resolved, { tool: "restore" });
 }
 
-function restoreDeps(config: PghoardConfig): RestoreDeps {
+async function restoreDeps(config: PghoardConfig): Promise<RestoreDeps> {
+  const { createDecodeStream, decodeBuffer } = await import("../fileformat/streams.js");
   return {
     createStorage: (site) => createStorage(config.backup_sites[site].object_storage),
     storageConfig: (site) => config.backup_sites[site]?.object_storage,
@@ -71,6 +70,8 @@ interface HttpListOptions {
  * credentials from it for whatever the command line leaves out (the defaults stay upstream's).
  */
 async function listHttp(o: HttpListOptions, io: Io): Promise<number> {
+  const { daemonEndpoint } = await import("./daemon_client.js");
+  const { availableCaption, formatBasebackupList, listBasebackupsHttp } = await import("../restore/list.js");
   const config = resolveConfigPath(o.config) ? await readConfig(o.config) : undefined;
   const endpoint = daemonEndpoint(o, config);
   const backups = await listBasebackupsHttp({ site: o.site, ...endpoint });
@@ -80,6 +81,7 @@ async function listHttp(o: HttpListOptions, io: Io): Promise<number> {
 
 /** `request-basebackup`: exit 0 once requested (with --wait: once stored), 1 when it failed. */
 async function requestHttp(o: HttpListOptions & { wait?: boolean; timeout: number }, io: Io): Promise<number> {
+  const { daemonEndpoint, requestBasebackup } = await import("./daemon_client.js");
   const config = resolveConfigPath(o.config) ? await readConfig(o.config) : undefined;
   await requestBasebackup(daemonEndpoint(o, config), {
     site: o.site,
@@ -101,9 +103,11 @@ function writeJson(io: Io, value: unknown): void {
 }
 
 async function listStore(o: SiteOptions & { verbose?: boolean }, io: Io): Promise<number> {
+  const { listSiteBasebackups, closeStores } = await import("../restore/get_basebackup.js");
+  const { availableCaption, formatBasebackupList } = await import("../restore/list.js");
   const config = await readConfig(o.config);
   const site = getSiteFromConfig(config, o.site);
-  const { backups, stores } = await listSiteBasebackups(config, site, restoreDeps(config));
+  const { backups, stores } = await listSiteBasebackups(config, site, await restoreDeps(config));
   await closeStores(stores);
   if (o.json) {
     const sorted = [...backups].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -115,6 +119,7 @@ async function listStore(o: SiteOptions & { verbose?: boolean }, io: Io): Promis
 }
 
 async function info(o: SiteOptions, io: Io): Promise<number> {
+  const { formatSiteInfo, siteInfo } = await import("../restore/info.js");
   const config = await readConfig(o.config);
   const result = await siteInfo(config, getSiteFromConfig(config, o.site));
   if (o.json) writeJson(io, result);
@@ -123,6 +128,7 @@ async function info(o: SiteOptions, io: Io): Promise<number> {
 }
 
 async function verify(o: SiteOptions & { basebackup: string }, io: Io): Promise<number> {
+  const { formatVerifyReport, verifyBasebackups, verifyReportJson } = await import("../restore/verify.js");
   const config = await readConfig(o.config);
   const interrupt = abortOnKeyboardInterrupt();
   let report;
@@ -150,6 +156,7 @@ async function restoreBasebackup(
   io: Io,
 ): Promise<number> {
   const tablespaceDirs = parseTablespaceDirs(o.tablespaceDir as string[] | undefined);
+  const { getBasebackup } = await import("../restore/get_basebackup.js");
   const config = await readConfig(o.config as string | undefined);
   const site = getSiteFromConfig(config, o.site as string | undefined);
   const interrupt = abortOnKeyboardInterrupt();
@@ -182,7 +189,7 @@ async function restoreBasebackup(
         out: io.stdout,
         signal: interrupt.signal,
       },
-      restoreDeps(config),
+      await restoreDeps(config),
     );
   } catch (err) {
     if (interrupt.signal.aborted && interrupt.signal.reason instanceof KeyboardInterrupt) throw interrupt.signal.reason;
@@ -195,6 +202,7 @@ async function restoreBasebackup(
 
 /** `drill`: exit 0 when the backup restored and recovered, 1 with the reason otherwise. */
 async function drill(o: Record<string, unknown>, io: Io): Promise<number> {
+  const { formatDrillReport, runDrill } = await import("../restore/drill.js");
   const configPath = resolveConfigPath(o.config as string | undefined);
   const config = await readConfig(configPath ?? undefined);
   const site = getSiteFromConfig(config, o.site as string | undefined);
@@ -221,7 +229,7 @@ async function drill(o: Record<string, unknown>, io: Io): Promise<number> {
         signal: interrupt.signal,
         progress: json ? undefined : (line) => io.stdout.write(`${line}\n`),
       },
-      restoreDeps(config),
+      await restoreDeps(config),
     );
     if (json) io.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
     else io.stdout.write(formatDrillReport(report));

@@ -12,7 +12,7 @@
 import { lstat, readdir, rm, chmod, access } from "node:fs/promises";
 import path from "node:path";
 
-import { DELTA_FILE_HASH_ALGORITHM } from "../catalog/index.js";
+import { DELTA_FILE_HASH_ALGORITHM } from "../catalog/control.js";
 import { fsyncDirectory } from "../common/fs.js";
 import { hashLocalFile, nodeHashName } from "../fileformat/hash.js";
 import { RestoreError } from "./errors.js";

@@ -10,7 +10,7 @@ import { parentPort } from "node:worker_threads";
 
 import { createStorage, type ObjectStorageConfig } from "../storage/index.js";
 import type { StorageBackend } from "../storage/types.js";
-import { createDecodeStream } from "../fileformat/index.js";
+import { createDecodeStream } from "../fileformat/streams.js";
 import { restoreObject, type ObjectJob } from "./object_job.js";
 import { RestoreTarget } from "./target.js";
 

@@ -8,7 +8,7 @@
 import { Writable } from "node:stream";
 import tarStream from "tar-stream";
 
-import { BASEBACKUP_FORMATS } from "../catalog/index.js";
+import { BASEBACKUP_FORMATS } from "../catalog/metadata.js";
 import { RestoreError } from "./errors.js";
 import { SMALL_FILE_BYTES, type RestoreTarget } from "./target.js";
 

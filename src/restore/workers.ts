@@ -3,14 +3,13 @@
  * each. A worker whose object is aborted (stall, another object failed, Ctrl-C) is terminated
  * and replaced, so nothing keeps writing after the restore gave up.
  */
-import { Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
 
 import type { ObjectStorageConfig } from "../storage/index.js";
 import type { ObjectJob } from "./object_job.js";
 import type { WorkerJobMessage, WorkerReply } from "./object_worker.js";
 import type { RestoreTarget } from "./target.js";
-
-const WORKER_URL = new URL("./object_worker.js", import.meta.url);
+import { spawnObjectWorker, takePrestartedWorker } from "./worker_prestart.js";
 
 export interface WorkerRunOptions {
   job: ObjectJob;
@@ -45,9 +44,8 @@ export class ObjectWorkers {
   ) {}
 
   private spawn(): Slot {
-    // The workers must not keep the process alive on their own once the restore is over.
-    const worker = new Worker(WORKER_URL);
-    worker.unref();
+    // One started at process start-up (pghoard_restore) is already loaded, or nearly.
+    const worker = takePrestartedWorker() ?? spawnObjectWorker();
     const slot: Slot = { worker, busy: false };
     this.slots.push(slot);
     return slot;

@@ -2,6 +2,8 @@
  * Storage factory: `object_storage.storage_type` → backend. Each backend module is imported only
  * when asked for, so light commands (archive client, local restore) never load cloud SDKs.
  */
+import { fileURLToPath } from "node:url";
+
 import { StorageError, type StorageBackend } from "./types.js";
 
 export { StorageError, StorageNotFoundError } from "./types.js";
@@ -32,7 +34,11 @@ async function loadBackendModule(type: StorageType): Promise<BackendModule> {
     return (await import(specifier)) as BackendModule;
   } catch (err) {
     const rec = err as { code?: unknown; url?: unknown; message?: unknown };
-    const missing = rec.code === "ERR_MODULE_NOT_FOUND" && String(rec.url ?? rec.message).includes(`/storage/${file}`);
+    // Absent is this backend's own module, not a module it imports (then its SDK is what is missing).
+    const own = new URL(specifier, import.meta.url);
+    const missing =
+      rec.code === "ERR_MODULE_NOT_FOUND" &&
+      (rec.url === own.href || String(rec.message).includes(`'${fileURLToPath(own)}'`));
     if (missing) throw new StorageError(`storage type '${type}' is not available in this build`);
     // e.g. the backend's SDK failed to load: say which backend, keep the cause.
     throw new StorageError(`storage type '${type}' could not be loaded: ${String(rec.message ?? err)}`, { cause: err });
