@@ -48,10 +48,7 @@ function diskFullReporter(site: string): string {
 
 /** The alerts the server checks raise (and remove again). */
 type AlertName =
-  | "authentication_error"
-  | "configuration_error"
-  | "version_unsupported_error"
-  | "version_mismatch_error";
+  "authentication_error" | "configuration_error" | "version_unsupported_error" | "version_mismatch_error";
 
 /** A WAL or history file for the daemon's compressors (its CompressionEvent without the callback). */
 export interface WalArchiveRequest {
