@@ -4,10 +4,9 @@
  * but not yet uploaded. The tar is produced on the main thread (I/O only); compression and
  * encryption run in the FileFormatPool's workers; each chunk is uploaded as soon as it is ready.
  */
-import { createWriteStream } from "node:fs";
 import path from "node:path";
 import { once } from "node:events";
-import { pipeline } from "node:stream/promises";
+import { finished } from "node:stream/promises";
 import { removeIfExists } from "../common/fs.js";
 import { chunkFileName, chunkObjectName, dataObjectMetadata, type ChunkRecord } from "../catalog/index.js";
 import { encodeOptions, hostnameOf, throwIfAborted, uploaderOf } from "./common.js";
@@ -60,8 +59,13 @@ async function buildChunk(
   const stats: TarChunkStats = { files: [], vanished: 0, dataBytes: 0 };
   // Whole tar buffers move to the worker without a copy (the main thread's largest cost after reading).
   // Striped: a chunk that is mostly one large file still keeps two cores compressing (snappy).
-  const encoder = ctx.pool.createEncodeStream(encodeOptions(ctx), { transferInput: true, striped: true });
-  const output = pipeline(encoder, createWriteStream(localPath, { highWaterMark: 1024 * 1024 }));
+  // The worker writes the chunk file itself: no output crosses back to this thread.
+  const encoder = ctx.pool.createEncodeStream(encodeOptions(ctx), {
+    transferInput: true,
+    striped: true,
+    outputPath: localPath,
+  });
+  const output = finished(encoder.resume());
   let outputError: unknown;
   output.catch((err: unknown) => {
     outputError = err;

@@ -312,14 +312,17 @@ export class FileFormatPool {
    * copied, leaving them detached (length 0) for the writer. `striped`: one large stream keeps
    * every worker busy (snappy: ranges compressed on a second worker, the bytes unchanged; zstd
    * without configured threads: zstd's own threads, one frame); plaintext-hashed streams are not.
+   * `outputPath`: the worker writes the stored bytes to that file (the readable side ends empty;
+   * read it, e.g. `resume()`, to see the end).
    */
   createEncodeStream(
     opts: EncodeTaskOptions,
-    streamOpts: { transferInput?: boolean; striped?: boolean } = {},
+    streamOpts: { transferInput?: boolean; striped?: boolean; outputPath?: string } = {},
   ): PoolEncodeStream {
     checkEncodeOptions(opts);
     const plain = plainOptions(opts);
     const spec: StreamSpec = { mode: "encode", opts: plain };
+    if (streamOpts.outputPath !== undefined) spec.outputPath = streamOpts.outputPath;
     if (streamOpts.striped && opts.algorithm === "snappy" && !opts.hashAlgorithm) {
       const striped = this.openStriped(spec, streamOpts.transferInput);
       if (striped) return striped;

@@ -14,7 +14,12 @@ export type TaskRequest =
   | { kind: "decodeFile"; src: string; dst: string; metadata: Metadata; privateKeyPem: string | null };
 
 export type StreamSpec =
-  { mode: "encode"; opts: EncodeTaskOptions } | { mode: "decode"; metadata: Metadata; privateKeyPem: string | null };
+  /**
+   * `outputPath`: the worker writes the stored bytes to this file (created or truncated) instead
+   * of sending them to the main thread; the stream's readable side then ends without data.
+   */
+  | { mode: "encode"; opts: EncodeTaskOptions; outputPath?: string }
+  | { mode: "decode"; metadata: Metadata; privateKeyPem: string | null };
 
 export interface TaskResult extends Partial<EncodeFileResult> {
   size?: number;

@@ -306,6 +306,8 @@ class StreamSession {
   private readonly striped: StripedSnappyEncoder | null = null;
   /** Encode input goes back for reuse (decoders are not relied on to drop their input). */
   private readonly recycle: boolean;
+  private readonly outputPath: string | null;
+  private file: FileHandle | null = null;
 
   constructor(
     private readonly id: number,
@@ -313,6 +315,7 @@ class StreamSession {
     stripes?: MessagePort,
   ) {
     this.recycle = spec.mode === "encode";
+    this.outputPath = (spec.mode === "encode" && spec.outputPath) || null;
     if (spec.mode === "encode" && stripes !== undefined) {
       // The pool stripes only snappy streams without a plaintext hash (the helper takes the input).
       this.striped = new StripedSnappyEncoder(stripes);
@@ -325,7 +328,7 @@ class StreamSession {
       this.codec = makeDecoder(spec.metadata, spec.privateKeyPem);
       this.hash = null;
     }
-    this.out = new Accumulator((full) => this.send(full));
+    this.out = new Accumulator((full) => (this.file !== null ? writeAll(this.file, full) : this.send(full)));
   }
 
   push(item: Buffer | typeof END): void {
@@ -368,7 +371,7 @@ class StreamSession {
     for (;;) {
       if (this.queue.length === 0) {
         // Idle: hand over what we have so a consumer waiting for output is never stuck.
-        await this.out.flush();
+        if (this.file === null) await this.out.flush();
         if (this.queue.length === 0) await new Promise<void>((resolve) => (this.wakeInput = resolve));
         this.wakeInput = null;
       }
@@ -386,9 +389,16 @@ class StreamSession {
   }
 
   async run(): Promise<void> {
-    const originalSize = this.striped
-      ? await pumpStriped(this.striped, this.codec, this.input(), this.out)
-      : await pump(this.codec, this.input(), this.out, this.hash);
+    let originalSize: number;
+    // Written here, not sent: one copy and one thread hop less per MiB of output.
+    if (this.outputPath !== null) this.file = await open(this.outputPath, "w", 0o644);
+    try {
+      originalSize = this.striped
+        ? await pumpStriped(this.striped, this.codec, this.input(), this.out)
+        : await pump(this.codec, this.input(), this.out, this.hash);
+    } finally {
+      await this.file?.close();
+    }
     if (this.aborted) return;
     const result = await encodeResult(originalSize, this.out.total, this.hash);
     if (this.striped) result.helperRanges = this.striped.helperRanges;

@@ -6,7 +6,10 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { once } from "node:events";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { createRequire } from "node:module";
+import os from "node:os";
+import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
   FileFormatPool,
@@ -130,6 +133,29 @@ describe("striped snappy encode stream", () => {
     assert.ok(decodeIndependently(stored, "snappy", privatePem).equals(plain));
     const decoded = await decodeBuffer(stored, encodingMetadata(encryptedOpts), () => privatePem);
     assert.ok(decoded.equals(plain));
+  });
+
+  it("with outputPath the worker writes the stored bytes to the file and sends none", async () => {
+    const plain = pageLikeData(6 * MiB + 77, 11);
+    const dir = await mkdtemp(path.join(os.tmpdir(), "ff-striped-"));
+    try {
+      const file = path.join(dir, "chunk");
+      const stream = pool.createEncodeStream(snappyOpts, { striped: true, outputPath: file });
+      let sent = 0;
+      stream.on("data", (chunk: Buffer) => (sent += chunk.length));
+      for (const piece of cut(plain, [MiB, 999])) {
+        if (!stream.write(piece)) await once(stream, "drain");
+      }
+      stream.end();
+      await once(stream, "end");
+      const result = await stream.result();
+      assert.equal(sent, 0);
+      const stored = await readFile(file);
+      assert.equal(result.storedSize, stored.length);
+      assert.ok(stored.equals(await encodeBuffer(plain, snappyOpts)));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("a destroyed striped stream fails its result and leaves the pool working", async () => {
