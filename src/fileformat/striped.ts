@@ -15,6 +15,11 @@ import { SNAPPY_BLOCK, STREAM_IDENTIFIER, encodeBlocks } from "./snappy.js";
 
 /** Ranges handed to the helper and not yet back: one being encoded, one waiting. */
 const HELPER_IN_FLIGHT = 2;
+/**
+ * Output pieces held behind one the helper still owes: a helper whose thread is busy elsewhere
+ * makes the leader wait here instead of buffering without bound.
+ */
+const MAX_BACKLOG = 16;
 /** Smaller ranges are encoded by the leader: a round trip costs more than it saves. */
 const MIN_HELPER_RANGE = 4 * SNAPPY_BLOCK;
 
@@ -85,6 +90,11 @@ export class StripedSnappyEncoder {
 
   get pending(): boolean {
     return this.order.length > 0;
+  }
+
+  /** Too much output waits for the helper: take none more input before waitForHelper(). */
+  get backlogged(): boolean {
+    return this.order.length > MAX_BACKLOG && this.order[0].out === null;
   }
 
   /** Output ready in stream order (the identifier before the first data chunk). */

@@ -137,6 +137,10 @@ async function pumpStriped(
     for await (const chunk of input) {
       originalSize += chunk.length; // read before update(): the chunk may be transferred
       await emit(striped.update(chunk));
+      while (striped.backlogged) {
+        await striped.waitForHelper();
+        await emit(striped.ready());
+      }
     }
     striped.end();
     for (;;) {
