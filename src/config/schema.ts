@@ -667,8 +667,7 @@ export const siteSection: SectionSpec = {
       types: ["integer"],
       min: 0,
       default: { value: 0 },
-      description:
-        "zstd internal threads for basebackup chunks (one zstd frame either way); 0 = one per `compression.thread_count` worker when there are two or more, else single threaded.",
+      description: "zstd internal threads for basebackup objects; 0 = single threaded.",
     },
     {
       key: "basebackup_delta_mode_max_retries",

@@ -309,9 +309,9 @@ export class FileFormatPool {
   /**
    * streaming, CPU work in a worker, bounded memory. `transferInput`: whole TRANSFER_CHUNK-sized
    * buffers written (offset 0, owning their ArrayBuffer) are moved to the worker instead of
-   * copied, leaving them detached (length 0) for the writer. `striped`: one large stream keeps
-   * every worker busy (snappy: ranges compressed on a second worker, the bytes unchanged; zstd
-   * without configured threads: zstd's own threads, one frame); plaintext-hashed streams are not.
+   * copied, leaving them detached (length 0) for the writer. `striped`: a snappy stream
+   * keeps two workers busy (ranges compressed on a second worker, the bytes unchanged); zstd
+   * (one frame; its own threads measured slower here) and plaintext-hashed streams are not.
    * `outputPath`: the worker writes the stored bytes to that file (the readable side ends empty;
    * read it, e.g. `resume()`, to see the end).
    */
@@ -327,10 +327,6 @@ export class FileFormatPool {
       const striped = this.openStriped(spec, streamOpts.transferInput);
       if (striped) return striped;
     }
-    const live = this.slots.filter((slot) => !slot.dead).length;
-    // zstd cannot be cut into frames (upstream reads one frame), but its own threads write one
-    // frame: with threads not configured, a striped stream uses as many as the pool has workers.
-    if (streamOpts.striped && opts.algorithm === "zstd" && !opts.zstdThreads && live >= 2) plain.zstdThreads = live;
     return this.openStream(spec, streamOpts.transferInput);
   }
 
