@@ -3,7 +3,7 @@
  *
  *   node dist/bench/basebackup.js [--scale 70] [--modes local-tar,delta,basic,pipe] [--algorithms snappy,zstd]
  *                                 [--threads 2] [--keep]
- *   node dist/bench/basebackup.js --compare [--scale 50] [--runs 3] [--algorithms snappy,zstd]
+ *   node dist/bench/basebackup.js --compare [--scale 50] [--runs 3] [--algorithms snappy,zstd] [--baseline DIR]
  *
  * Creates a throwaway PostgreSQL 15 cluster, `pgbench -i -s <scale>` (70 ≈ 1.05 GB), then in the
  * same run: the read floor `pg_basebackup -Ft -D - -X none > /dev/null`, each mode × algorithm with
@@ -25,7 +25,7 @@
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -122,6 +122,7 @@ async function child(spec: ChildSpec): Promise<void> {
       : undefined,
   });
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  if (process.env.BENCH_THREADS) process.stderr.write(threadCpu());
   await pool.close();
   await storage.close();
   const usage = process.resourceUsage();
@@ -135,9 +136,29 @@ async function child(spec: ChildSpec): Promise<void> {
   process.stdout.write(`${JSON.stringify(out)}\n`);
 }
 
-function runChild(spec: ChildSpec): Promise<ChildResult> {
+/** `script`: another checkout's built bench (--baseline) runs the backup with that checkout's code. */
+/** BENCH_THREADS: CPU seconds of each thread of the backup process (Linux /proc), busiest first. */
+function threadCpu(): string {
+  const tick = 100; // USER_HZ
+  const rows: Array<[string, number]> = [];
+  for (const tid of readdirSync("/proc/self/task")) {
+    const stat = readFileSync(`/proc/self/task/${tid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+    rows.push([`${tid} ${name}`, (Number(fields[11]) + Number(fields[12])) / tick]);
+  }
+  rows.sort((a, b) => b[1] - a[1]);
+  return rows
+    .filter(([, cpu]) => cpu > 0)
+    .map(([who, cpu]) => `    thread ${who.padEnd(24)} ${cpu.toFixed(2)} s\n`)
+    .join("");
+}
+
+function runChild(spec: ChildSpec, script = fileURLToPath(import.meta.url)): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [fileURLToPath(import.meta.url), "--child", JSON.stringify(spec)], {
+    // BENCH_CHILD_NODE_ARGS: Node options for the backup process only, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
+    const nodeArgs = (process.env.BENCH_CHILD_NODE_ARGS ?? "").split(" ").filter(Boolean);
+    const proc = spawn(process.execPath, [...nodeArgs, script, "--child", JSON.stringify(spec)], {
       stdio: ["ignore", "pipe", "inherit"],
     });
     let out = "";
@@ -196,6 +217,10 @@ async function compare(): Promise<void> {
   const runs = Number(arg("runs", "3"));
   const threads = Number(arg("threads", "2"));
   const algorithms = arg("algorithms", "snappy,zstd").split(",");
+  // --baseline <checkout>: that checkout's build as a third contender, interleaved (A/B of a change)
+  const baselineDir = arg("baseline", "");
+  const baseline = baselineDir ? path.resolve(baselineDir, "dist", "bench", "basebackup.js") : null;
+  if (baseline && !existsSync(baseline)) throw new Error(`--baseline: ${baseline} does not exist (build it first)`);
   if (!pgbackrestInstalled()) throw new Error("pgbackrest is not installed (apt-get install -y pgbackrest)");
   const workDir = await makeTempDir("bench-basebackup-compare");
   const cluster = await startCluster({
@@ -234,9 +259,7 @@ async function compare(): Promise<void> {
     const pgbrLabel = `pgBackRest full lz4+aes-256-cbc p${threads}`;
     for (let run = 0; run < runs; run++) {
       for (const algorithm of algorithms) {
-        await setArchiveCommand(cluster, ours);
-        const started = process.hrtime.bigint();
-        const result = await runChild({
+        const spec: ChildSpec = {
           mode: "local-tar",
           algorithm,
           threads,
@@ -246,8 +269,20 @@ async function compare(): Promise<void> {
           spoolDir: path.join(workDir, "spool"),
           publicKey: keys.publicPem,
           pgVersion,
-        });
+        };
+        await setArchiveCommand(cluster, ours);
+        const started = process.hrtime.bigint();
+        const result = await runChild(spec);
         record(`ours local-tar ${algorithm}+enc`, Number(process.hrtime.bigint() - started) / 1e9, result.cpuSeconds);
+        if (baseline) {
+          const baseStarted = process.hrtime.bigint();
+          const base = await runChild(spec, baseline);
+          record(
+            `baseline local-tar ${algorithm}+enc`,
+            Number(process.hrtime.bigint() - baseStarted) / 1e9,
+            base.cpuSeconds,
+          );
+        }
         await setArchiveCommand(cluster, pgbr.archiveCommand);
         const theirs = pgbr.run(["--type=full", "backup"]);
         record(pgbrLabel, theirs.seconds, theirs.cpuSeconds);
@@ -261,10 +296,11 @@ async function compare(): Promise<void> {
     for (const [label, values] of Object.entries(times)) {
       const m = median(values);
       const c = median(cpu[label]);
+      const who = label.startsWith("baseline") ? "baseline" : "ours";
       const ratio =
         label === pgbrLabel
           ? ""
-          : `  ours ÷ pgBackRest ${(m / theirs).toFixed(2)}× (target ≤ 0.60×), CPU ${(c / theirsCpu).toFixed(2)}×`;
+          : `  ${who} ÷ pgBackRest ${(m / theirs).toFixed(2)}× (target ≤ 0.60×), CPU ${(c / theirsCpu).toFixed(2)}×`;
       process.stdout.write(`${label.padEnd(36)} ${m.toFixed(2)} s  CPU ${c.toFixed(2)} s${ratio}\n`);
     }
     process.stdout.write(

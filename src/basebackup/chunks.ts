@@ -4,10 +4,9 @@
  * but not yet uploaded. The tar is produced on the main thread (I/O only); compression and
  * encryption run in the FileFormatPool's workers; each chunk is uploaded as soon as it is ready.
  */
-import { createWriteStream } from "node:fs";
 import path from "node:path";
 import { once } from "node:events";
-import { pipeline } from "node:stream/promises";
+import { finished } from "node:stream/promises";
 import { removeIfExists } from "../common/fs.js";
 import { chunkFileName, chunkObjectName, dataObjectMetadata, type ChunkRecord } from "../catalog/index.js";
 import { encodeOptions, hostnameOf, throwIfAborted, uploaderOf } from "./common.js";
@@ -15,6 +14,7 @@ import { tarChunk, type ChunkEntry, type TarChunkOptions, type TarChunkStats } f
 import type { BackupProgress } from "./progress.js";
 import { siteConfigOf, type BasebackupContext, type BasebackupFileType } from "./types.js";
 
+/** = the pool's TRANSFER_CHUNK: whole tar buffers are moved to the worker and come back for reuse. */
 const TAR_BUFFER_SIZE = 1024 * 1024;
 
 /** A counting semaphore with FIFO waiters. */
@@ -58,8 +58,14 @@ async function buildChunk(
 ): Promise<{ inputSize: number; resultSize: number }> {
   const stats: TarChunkStats = { files: [], vanished: 0, dataBytes: 0 };
   // Whole tar buffers move to the worker without a copy (the main thread's largest cost after reading).
-  const encoder = ctx.pool.createEncodeStream(encodeOptions(ctx), { transferInput: true });
-  const output = pipeline(encoder, createWriteStream(localPath, { highWaterMark: 1024 * 1024 }));
+  // Striped: a chunk that is mostly one large file still keeps two cores compressing (snappy).
+  // The worker writes the chunk file itself: no output crosses back to this thread.
+  const encoder = ctx.pool.createEncodeStream(encodeOptions(ctx), {
+    transferInput: true,
+    striped: true,
+    outputPath: localPath,
+  });
+  const output = finished(encoder.resume());
   let outputError: unknown;
   output.catch((err: unknown) => {
     outputError = err;
@@ -69,7 +75,9 @@ async function buildChunk(
   const free: Buffer[] = [];
   const allocate = (size: number): Buffer => {
     const buf = free.pop();
-    return buf && buf.length === size ? buf : Buffer.allocUnsafeSlow(size);
+    if (buf && buf.length === size) return buf;
+    // a buffer the workers gave back after compressing it (TAR_BUFFER_SIZE is their batch size)
+    return size === TAR_BUFFER_SIZE ? ctx.pool.takeBuffer() : Buffer.allocUnsafeSlow(size);
   };
   let inputSize = 0;
   try {

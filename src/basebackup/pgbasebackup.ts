@@ -281,7 +281,8 @@ export async function runPipeBasebackup(ctx: BasebackupContext): Promise<Basebac
         cb(null, chunk);
       },
     });
-    const encoder = ctx.pool.createEncodeStream(encodeOptions(ctx));
+    // striped: the whole backup is this one stream, so it keeps both cores compressing (snappy)
+    const encoder = ctx.pool.createEncodeStream(encodeOptions(ctx), { striped: true });
     const localPath = path.join(workDir, "data.tmp");
     let streamError: unknown;
     try {

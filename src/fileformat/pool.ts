@@ -4,7 +4,7 @@
  * ArrayBuffers, bounded in flight both ways).
  */
 import { Duplex } from "node:stream";
-import { Worker } from "node:worker_threads";
+import { MessageChannel, Worker, type MessagePort, type TransferListItem } from "node:worker_threads";
 import { FileFormatError, KeyNotFoundError, fromWire } from "./errors.js";
 import { nodeHashName } from "./hash.js";
 import { decodePlan, validateEncodeOptions } from "./pipeline.js";
@@ -39,7 +39,10 @@ class Slot {
   readonly streams = new Map<number, WorkerStream>();
   dead = false;
 
-  constructor(private readonly onDeath: (slot: Slot, err: Error) => void) {
+  constructor(
+    private readonly onDeath: (slot: Slot, err: Error) => void,
+    private readonly onSpare: (data: ArrayBuffer) => void,
+  ) {
     this.worker = new Worker(WORKER_URL);
     this.worker.unref();
     this.worker.on("message", (message: FromWorker) => this.onMessage(message));
@@ -51,7 +54,7 @@ class Slot {
     return this.tasks.size + this.streams.size;
   }
 
-  post(message: ToWorker, transfer?: ArrayBuffer[]): void {
+  post(message: ToWorker, transfer?: TransferListItem[]): void {
     this.worker.postMessage(message, transfer ?? []);
   }
 
@@ -62,6 +65,8 @@ class Slot {
   }
 
   private onMessage(message: FromWorker): void {
+    if (message.type === "spare") return this.onSpare(message.data);
+    if (message.type === "ack" && message.spare) this.onSpare(message.spare);
     switch (message.type) {
       case "taskDone":
       case "taskError": {
@@ -91,7 +96,7 @@ class Slot {
 
 /** The main-thread end of a worker stream. */
 class WorkerStream extends Duplex {
-  private batch = Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+  private batch: Buffer;
   private batchLength = 0;
   private inFlight = 0;
   private blockedWrite: (() => void) | null = null;
@@ -108,8 +113,13 @@ class WorkerStream extends Duplex {
     spec: StreamSpec,
     /** The writer gives up whole TRANSFER_CHUNK buffers: they are transferred, not copied. */
     private readonly transferInput = false,
+    /** A TRANSFER_CHUNK-sized buffer owning its ArrayBuffer (a recycled one when there is one). */
+    private readonly takeBuffer: () => Buffer,
+    /** Striped snappy: the leader's end of the channel to its helper worker. */
+    stripes?: MessagePort,
   ) {
     super({ readableHighWaterMark: TRANSFER_CHUNK, writableHighWaterMark: TRANSFER_CHUNK });
+    this.batch = takeBuffer();
     this.resultPromise = new Promise<EncodeFileResult>((resolve, reject) => {
       this.resolveResult = resolve;
       this.rejectResult = reject;
@@ -117,7 +127,8 @@ class WorkerStream extends Duplex {
     this.resultPromise.catch(() => undefined); // observed through the stream's error too
     slot.streams.set(id, this);
     slot.updateRef();
-    slot.post({ type: "open", id, spec });
+    if (stripes) slot.post({ type: "open", id, spec, stripes }, [stripes]);
+    else slot.post({ type: "open", id, spec });
   }
 
   result(): Promise<EncodeFileResult> {
@@ -207,7 +218,7 @@ class WorkerStream extends Duplex {
     let data: ArrayBuffer;
     if (this.batchLength === this.batch.length) {
       data = this.batch.buffer as ArrayBuffer;
-      this.batch = Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+      this.batch = this.takeBuffer();
     } else {
       // Exact-size copy of a partial batch; the big buffer stays ours.
       const copy = Buffer.allocUnsafeSlow(this.batchLength);
@@ -241,8 +252,16 @@ class WorkerStream extends Duplex {
 
 export type PoolEncodeStream = Duplex & { result(): Promise<EncodeFileResult> };
 
+/** Consumed input buffers kept for reuse: enough for the batches in flight of a few streams. */
+const MAX_SPARES = 16;
+
 export class FileFormatPool {
   private readonly slots: Slot[] = [];
+  /**
+   * Input batches the workers consumed, back for reuse: a fresh 1 MiB ArrayBuffer per batch
+   * made every thread collect garbage (external memory) all through a backup.
+   */
+  private readonly spares: ArrayBuffer[] = [];
   private readonly queue: PendingTask[] = [];
   private nextId = 1;
   private closed = false;
@@ -251,6 +270,15 @@ export class FileFormatPool {
     const count = Math.max(1, Math.floor(threadCount) || 1);
     for (let i = 0; i < count; i++) this.slots.push(this.spawn());
   }
+
+  /**
+   * A TRANSFER_CHUNK-sized buffer owning its whole ArrayBuffer (transferable), reused when a
+   * worker gave one back: writers of `transferInput` streams fill these.
+   */
+  readonly takeBuffer = (): Buffer => {
+    const spare = this.spares.pop();
+    return spare !== undefined ? Buffer.from(spare) : Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+  };
 
   /** src plaintext file → dst stored file (atomic: temp + fsync + rename) */
   async encodeFile(src: string, dst: string, opts: EncodeTaskOptions): Promise<EncodeFileResult> {
@@ -281,11 +309,25 @@ export class FileFormatPool {
   /**
    * streaming, CPU work in a worker, bounded memory. `transferInput`: whole TRANSFER_CHUNK-sized
    * buffers written (offset 0, owning their ArrayBuffer) are moved to the worker instead of
-   * copied, leaving them detached (length 0) for the writer.
+   * copied, leaving them detached (length 0) for the writer. `striped`: a snappy stream
+   * keeps two workers busy (ranges compressed on a second worker, the bytes unchanged); zstd
+   * (one frame; its own threads measured slower here) and plaintext-hashed streams are not.
+   * `outputPath`: the worker writes the stored bytes to that file (the readable side ends empty;
+   * read it, e.g. `resume()`, to see the end).
    */
-  createEncodeStream(opts: EncodeTaskOptions, streamOpts: { transferInput?: boolean } = {}): PoolEncodeStream {
+  createEncodeStream(
+    opts: EncodeTaskOptions,
+    streamOpts: { transferInput?: boolean; striped?: boolean; outputPath?: string } = {},
+  ): PoolEncodeStream {
     checkEncodeOptions(opts);
-    return this.openStream({ mode: "encode", opts: plainOptions(opts) }, streamOpts.transferInput);
+    const plain = plainOptions(opts);
+    const spec: StreamSpec = { mode: "encode", opts: plain };
+    if (streamOpts.outputPath !== undefined) spec.outputPath = streamOpts.outputPath;
+    if (streamOpts.striped && opts.algorithm === "snappy" && !opts.hashAlgorithm) {
+      const striped = this.openStriped(spec, streamOpts.transferInput);
+      if (striped) return striped;
+    }
+    return this.openStream(spec, streamOpts.transferInput);
   }
 
   createDecodeStream(metadata: Metadata, privateKeyPem: string | null): Duplex {
@@ -328,21 +370,40 @@ export class FileFormatPool {
   }
 
   private spawn(): Slot {
-    return new Slot((dead, err) => {
-      const index = this.slots.indexOf(dead);
-      if (index >= 0 && !this.closed) {
-        // Replace a crashed worker so the pool keeps its size; its in-flight work fails with `err`.
-        this.slots[index] = this.spawn();
-        void err;
-        setImmediate(() => this.dispatch());
-      }
-    });
+    return new Slot(
+      (dead, err) => {
+        const index = this.slots.indexOf(dead);
+        if (index >= 0 && !this.closed) {
+          // Replace a crashed worker so the pool keeps its size; its in-flight work fails with `err`.
+          this.slots[index] = this.spawn();
+          void err;
+          setImmediate(() => this.dispatch());
+        }
+      },
+      (data) => {
+        if (data.byteLength === TRANSFER_CHUNK && this.spares.length < MAX_SPARES) this.spares.push(data);
+      },
+    );
   }
 
   private openStream(spec: StreamSpec, transferInput = false): PoolEncodeStream {
     if (this.closed) throw new FileFormatError("FileFormatPool closed");
     const slot = this.leastLoaded();
-    return new WorkerStream(slot, this.nextId++, spec, transferInput);
+    return new WorkerStream(slot, this.nextId++, spec, transferInput, this.takeBuffer);
+  }
+
+  /**
+   * A snappy encode stream whose compression is shared with a second worker (striped.ts): one
+   * large stream then keeps two cores busy. Null with fewer than two live workers.
+   */
+  private openStriped(spec: StreamSpec, transferInput = false): PoolEncodeStream | null {
+    if (this.closed) throw new FileFormatError("FileFormatPool closed");
+    const leader = this.leastLoaded();
+    const helper = this.leastLoaded((slot) => slot !== leader);
+    if (!leader || !helper) return null;
+    const { port1, port2 } = new MessageChannel();
+    helper.post({ type: "stripeHelper", port: port2 }, [port2]);
+    return new WorkerStream(leader, this.nextId++, spec, transferInput, this.takeBuffer, port1);
   }
 
   private run(task: TaskRequest): Promise<TaskResult> {

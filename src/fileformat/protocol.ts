@@ -1,4 +1,5 @@
 /** Messages between FileFormatPool (main thread) and its workers. Buffers travel as transferred ArrayBuffers. */
+import type { MessagePort } from "node:worker_threads";
 import type { WireError } from "./errors.js";
 import type { EncodeFileResult, EncodeOptions, Metadata } from "./types.js";
 
@@ -13,7 +14,12 @@ export type TaskRequest =
   | { kind: "decodeFile"; src: string; dst: string; metadata: Metadata; privateKeyPem: string | null };
 
 export type StreamSpec =
-  { mode: "encode"; opts: EncodeTaskOptions } | { mode: "decode"; metadata: Metadata; privateKeyPem: string | null };
+  /**
+   * `outputPath`: the worker writes the stored bytes to this file (created or truncated) instead
+   * of sending them to the main thread; the stream's readable side then ends without data.
+   */
+  | { mode: "encode"; opts: EncodeTaskOptions; outputPath?: string }
+  | { mode: "decode"; metadata: Metadata; privateKeyPem: string | null };
 
 export interface TaskResult extends Partial<EncodeFileResult> {
   size?: number;
@@ -23,7 +29,10 @@ export interface TaskResult extends Partial<EncodeFileResult> {
 
 export type ToWorker =
   | { type: "task"; id: number; task: TaskRequest }
-  | { type: "open"; id: number; spec: StreamSpec }
+  /** `stripes`: snappy encode striped with the helper at the port's other end (striped.ts). */
+  | { type: "open"; id: number; spec: StreamSpec; stripes?: MessagePort }
+  /** Serve snappy ranges to a striped stream's leader on another worker. */
+  | { type: "stripeHelper"; port: MessagePort }
   | { type: "data"; id: number; data: ArrayBuffer; length: number }
   | { type: "end"; id: number }
   | { type: "credit"; id: number; bytes: number }
@@ -33,7 +42,10 @@ export type FromWorker =
   | { type: "taskDone"; id: number; result: TaskResult }
   | { type: "taskError"; id: number; error: WireError }
   | { type: "out"; id: number; data: ArrayBuffer; length: number }
-  | { type: "ack"; id: number }
+  /** `spare`: the batch before the one just taken, consumed: a buffer for the main thread to reuse. */
+  | { type: "ack"; id: number; spare?: ArrayBuffer }
+  /** An input batch a stripe helper consumed, for reuse (see `ack`). */
+  | { type: "spare"; data: ArrayBuffer }
   | { type: "done"; id: number; result: EncodeFileResult }
   | { type: "error"; id: number; error: WireError };
 
@@ -49,3 +61,19 @@ export type FromHasher =
   | { type: "spare"; id: number; data: ArrayBuffer }
   | { type: "digest"; id: number; hex: string }
   | { type: "error"; id: number; error: WireError };
+
+/** Striped snappy: leader → helper, a range of a transferred input batch (whole 64 KiB blocks). */
+export interface ToStripeHelper {
+  seq: number;
+  data: ArrayBuffer;
+  offset: number;
+  length: number;
+}
+
+/** Helper → leader: the range's data chunks (no identifier), or why not. */
+export interface FromStripeHelper {
+  seq: number;
+  data: ArrayBuffer;
+  length: number;
+  error?: WireError;
+}

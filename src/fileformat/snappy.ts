@@ -58,6 +58,20 @@ function layOut(blocks: EncodedBlock[], withIdentifier: boolean): Buffer {
   return out;
 }
 
+/**
+ * Data chunks of `data` cut into 64 KiB blocks from its start (no identifier). For a range that
+ * starts on a 64 KiB boundary of the stream, this is exactly what SnappyFrameEncoder writes for
+ * it, so ranges encoded apart (on several threads) and laid end to end give the same bytes.
+ */
+export function encodeBlocks(data: Uint8Array): Buffer {
+  const blocks: EncodedBlock[] = [];
+  for (let offset = 0; offset < data.length; offset += MAX_BLOCK)
+    blocks.push(encodeBlock(data.subarray(offset, Math.min(offset + MAX_BLOCK, data.length))));
+  return layOut(blocks, false);
+}
+
+export const SNAPPY_BLOCK = MAX_BLOCK;
+
 export class SnappyFrameEncoder implements Codec {
   private started = false;
   /** Partial block carried over between updates (always copied: callers' chunks are not ours to keep). */

@@ -28,6 +28,8 @@ export interface EncodeFileResult {
   storedSize: number;
   /** hex digest of the PLAINTEXT, when a hashAlgorithm was given */
   hash?: string;
+  /** striped snappy streams: input ranges a second worker compressed */
+  helperRanges?: number;
 }
 
 /**

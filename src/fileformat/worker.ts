@@ -6,11 +6,12 @@
  */
 import { open, rename, type FileHandle } from "node:fs/promises";
 import path from "node:path";
-import { parentPort } from "node:worker_threads";
+import { parentPort, type MessagePort } from "node:worker_threads";
 import { defaultTempPath, fsyncDirectory, removeIfExists } from "../common/fs.js";
 import { KeyNotFoundError, toWire } from "./errors.js";
 import { createDecoder, createEncoder, decodePlan } from "./pipeline.js";
 import { hashFor, takeSpareChunk, type PlaintextHash } from "./plaintext_hash.js";
+import { StripedSnappyEncoder, serveSnappyStripes } from "./striped.js";
 import {
   TRANSFER_CHUNK,
   type EncodeTaskOptions,
@@ -111,6 +112,51 @@ async function* readChunks(handle: FileHandle): AsyncGenerator<Buffer> {
     next = readOne();
     yield chunk;
   }
+}
+
+/**
+ * pump() for a striped snappy stream: `striped` compresses (with its helper), `tail` encrypts
+ * (or passes through) the framed output in stream order.
+ */
+async function pumpStriped(
+  striped: StripedSnappyEncoder,
+  tail: Codec,
+  input: AsyncIterable<Buffer>,
+  out: Accumulator,
+): Promise<number> {
+  const emit = async (framed: Buffer[]): Promise<void> => {
+    for (const piece of framed) {
+      for (const stored of tail.update(piece)) {
+        const wait = out.add(stored);
+        if (wait) await wait;
+      }
+    }
+  };
+  let originalSize = 0;
+  try {
+    for await (const chunk of input) {
+      originalSize += chunk.length; // read before update(): the chunk may be transferred
+      await emit(striped.update(chunk));
+      while (striped.backlogged) {
+        await striped.waitForHelper();
+        await emit(striped.ready());
+      }
+    }
+    striped.end();
+    for (;;) {
+      await emit(striped.ready());
+      if (!striped.pending) break;
+      await striped.waitForHelper();
+    }
+    for (const piece of tail.final()) {
+      const wait = out.add(piece);
+      if (wait) await wait;
+    }
+    await out.flush();
+  } finally {
+    striped.close();
+  }
+  return originalSize;
 }
 
 async function pump(
@@ -246,6 +292,12 @@ async function encodeResult(
 
 const END = Symbol("end");
 
+/** A consumed whole-batch buffer (not moved elsewhere meanwhile) the main thread can reuse. */
+function reusable(chunk: Buffer | null): ArrayBuffer | null {
+  if (chunk === null || chunk.byteOffset !== 0 || chunk.buffer.byteLength !== TRANSFER_CHUNK) return null;
+  return chunk.buffer as ArrayBuffer;
+}
+
 class StreamSession {
   private readonly queue: Array<Buffer | typeof END> = [];
   private wakeInput: (() => void) | null = null;
@@ -255,19 +307,32 @@ class StreamSession {
   private readonly codec: Codec;
   private readonly hash: PlaintextHash | null;
   private readonly out: Accumulator;
+  private readonly striped: StripedSnappyEncoder | null = null;
+  /** Encode input goes back for reuse (decoders are not relied on to drop their input). */
+  private readonly recycle: boolean;
+  private readonly outputPath: string | null;
+  private file: FileHandle | null = null;
 
   constructor(
     private readonly id: number,
     spec: StreamSpec,
+    stripes?: MessagePort,
   ) {
-    if (spec.mode === "encode") {
+    this.recycle = spec.mode === "encode";
+    this.outputPath = (spec.mode === "encode" && spec.outputPath) || null;
+    if (spec.mode === "encode" && stripes !== undefined) {
+      // The pool stripes only snappy streams without a plaintext hash (the helper takes the input).
+      this.striped = new StripedSnappyEncoder(stripes);
+      this.codec = createEncoder({ ...spec.opts, algorithm: null });
+      this.hash = null;
+    } else if (spec.mode === "encode") {
       this.codec = createEncoder(spec.opts);
       this.hash = hashFor(spec.opts);
     } else {
       this.codec = makeDecoder(spec.metadata, spec.privateKeyPem);
       this.hash = null;
     }
-    this.out = new Accumulator((full) => this.send(full));
+    this.out = new Accumulator((full) => (this.file !== null ? writeAll(this.file, full) : this.send(full)));
   }
 
   push(item: Buffer | typeof END): void {
@@ -282,6 +347,7 @@ class StreamSession {
 
   abort(): void {
     this.aborted = true;
+    this.striped?.close();
     this.wakeInput?.();
     this.wakeCredit?.();
   }
@@ -303,10 +369,13 @@ class StreamSession {
   }
 
   private async *input(): AsyncGenerator<Buffer> {
+    // The batch yielded last: consumed once the next one is asked for (pump() and pumpStriped()
+    // copy every output piece before pulling more), so it goes back with the next ack.
+    let previous: Buffer | null = null;
     for (;;) {
       if (this.queue.length === 0) {
         // Idle: hand over what we have so a consumer waiting for output is never stuck.
-        await this.out.flush();
+        if (this.file === null) await this.out.flush();
         if (this.queue.length === 0) await new Promise<void>((resolve) => (this.wakeInput = resolve));
         this.wakeInput = null;
       }
@@ -315,15 +384,28 @@ class StreamSession {
       if (item === undefined) continue;
       if (item === END) return;
       // Acknowledged as soon as taken: the main thread may then send another batch.
-      post({ type: "ack", id: this.id });
+      const spare = this.recycle ? reusable(previous) : null;
+      if (spare) post({ type: "ack", id: this.id, spare }, [spare]);
+      else post({ type: "ack", id: this.id });
+      previous = item;
       yield item;
     }
   }
 
   async run(): Promise<void> {
-    const originalSize = await pump(this.codec, this.input(), this.out, this.hash);
+    let originalSize: number;
+    // Written here, not sent: one copy and one thread hop less per MiB of output.
+    if (this.outputPath !== null) this.file = await open(this.outputPath, "w", 0o644);
+    try {
+      originalSize = this.striped
+        ? await pumpStriped(this.striped, this.codec, this.input(), this.out)
+        : await pump(this.codec, this.input(), this.out, this.hash);
+    } finally {
+      await this.file?.close();
+    }
     if (this.aborted) return;
     const result = await encodeResult(originalSize, this.out.total, this.hash);
+    if (this.striped) result.helperRanges = this.striped.helperRanges;
     if (this.aborted) return;
     post({ type: "done", id: this.id, result });
   }
@@ -342,8 +424,9 @@ port.on("message", (message: ToWorker) => {
     case "open": {
       let session: StreamSession;
       try {
-        session = new StreamSession(message.id, message.spec);
+        session = new StreamSession(message.id, message.spec, message.stripes);
       } catch (err) {
+        message.stripes?.close();
         post({ type: "error", id: message.id, error: toWire(err) });
         break;
       }
@@ -358,6 +441,11 @@ port.on("message", (message: ToWorker) => {
       );
       break;
     }
+    case "stripeHelper":
+      serveSnappyStripes(message.port, (data) => {
+        if (data.byteLength === TRANSFER_CHUNK) post({ type: "spare", data }, [data]);
+      });
+      break;
     case "data":
       sessions.get(message.id)?.push(Buffer.from(message.data, 0, message.length));
       break;
