@@ -208,6 +208,8 @@ describe("systemd unit", () => {
       "ConditionPathExists=/var/lib/pghoard/pghoard.json",
       "StartLimitIntervalSec=120",
       "StartLimitBurst=5",
+      // glibc's trim and mmap thresholds: fresh large buffers otherwise page-fault in every time.
+      "Environment=MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728",
     ]) {
       assert.ok(unit.split("\n").includes(line), `missing ${line}`);
     }
