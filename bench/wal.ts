@@ -1,7 +1,7 @@
 /**
  * WAL round trips as PostgreSQL drives them: one `pghoard_postgres_command` process per segment.
  *
- *   node dist/bench/wal.js [--runs N] [--compare-only]
+ *   node dist/bench/wal.js [--runs N] [--compare-only] [--ours-only]
  *
  * Side by side, in one run, against one daemon (child process, snappy + RSA/AES encryption,
  * `local` storage on the temp filesystem):
@@ -22,7 +22,8 @@
  * Then (unless `--no-pgbackrest`; `--compare-only` runs just this part) bench/wal_compare.ts: our bash client (bin/pghoard_postgres_command,
  * no Node.js start-up; the daemon works ahead on `.ready` files) against pgBackRest archive-push /
  * archive-get, sync and async, lz4 and zst, aes-256-cbc, process-max 2: per-call medians and
- * ours ÷ pgBackRest, for one segment at a time, a burst of ready segments, and restores.
+ * ours ÷ pgBackRest, for one segment at a time, a burst of ready segments, and restores, and the
+ * daemon's CPU time per burst segment (all its threads). `--ours-only` leaves pgBackRest out.
  *
  * `--streaming [--seconds N]` adds the sustained-rate section (`streamingSection`, see
  * bench/wal_streaming.ts): segments/s and lag of archive_command, pg_receivexlog and walreceiver
@@ -324,6 +325,8 @@ async function main(): Promise<void> {
       segments,
       shellBin,
       runs,
+      daemonPid: daemon.pid,
+      oursOnly: process.argv.includes("--ours-only"),
     });
     process.stdout.write(
       `load average after: ${os

@@ -14,7 +14,16 @@
  * Ours: snappy + RSA/AES (the daemon's config in bench/wal.ts), `local` storage.
  */
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, utimesSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import path from "node:path";
 
 export interface CompareSetup {
@@ -33,6 +42,10 @@ export interface CompareSetup {
   segments: string[];
   shellBin: string;
   runs: number;
+  /** Only our rows (no pgBackRest): quicker runs while profiling the daemon. */
+  oursOnly?: boolean;
+  /** The daemon's pid: its CPU time per burst segment is printed (Linux /proc). */
+  daemonPid?: number;
 }
 
 interface Timed {
@@ -147,6 +160,17 @@ function clearStatus(dataDir: string): void {
   for (const f of readdirSync(dir)) rmSync(path.join(dir, f));
 }
 
+/** CPU seconds (user + system, all threads) a process used so far; NaN where /proc is missing. */
+function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+  } catch {
+    return NaN;
+  }
+}
+
 /** A new identity for our copy of the segment: the daemon must do the work again. */
 function touch(dataDir: string, seg: string): void {
   const now = new Date();
@@ -160,13 +184,14 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
     makeVariant(s, "zst", false),
     makeVariant(s, "lz4", true),
     makeVariant(s, "zst", true),
-  ];
+  ].filter(() => !s.oursOnly);
   for (const v of variants) await ok(`stanza-create ${v.name}`, pgbr(v, ["stanza-create"]));
   const theirWal = (seg: string): string => path.join(s.clusterDataDir, "pg_wal", seg);
   const ours = (args: string[], cwd?: string): Promise<Timed> =>
     run(s.shellBin, ["--port", String(s.port), ...args], cwd);
   const oursArchive = (seg: string): Promise<Timed> => ours(["--site", s.site, "--mode", "archive", "--xlog", seg]);
   const results = new Map<string, number[]>();
+  const daemonCpu: number[] = [];
   const add = (row: string, ms: number): void => {
     const list = results.get(row) ?? [];
     list.push(ms);
@@ -198,12 +223,14 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
     for (const seg of burst) touch(s.siteDataDir, seg);
     for (const seg of burst) writeFileSync(path.join(statusDir(s.siteDataDir), `${seg}.ready`), "");
     let total = 0;
+    const cpu0 = cpuSeconds(s.daemonPid);
     for (const seg of burst) {
       total += await ok("ours burst archive", oursArchive(seg));
       const ready = path.join(statusDir(s.siteDataDir), `${seg}.ready`);
       renameSync(ready, ready.replace(/\.ready$/, ".done"));
     }
     add("archive burst|ours", total / burst.length);
+    daemonCpu.push(((cpuSeconds(s.daemonPid) - cpu0) * 1000) / burst.length);
     clearStatus(s.siteDataDir);
     for (const v of variants) {
       clearStatus(s.clusterDataDir);
@@ -301,6 +328,11 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
     process.stdout.write(
       `${row.padEnd(20)}${med.map((m) => (Number.isNaN(m) ? "—" : m.toFixed(1)).padStart(11)).join("")}` +
         `${overFloor.padStart(9)}   ${ratios}\n`,
+    );
+  }
+  if (daemonCpu.length && !Number.isNaN(daemonCpu[0]!)) {
+    process.stdout.write(
+      `daemon CPU per burst segment (all threads): ${daemonCpu.map((c) => c.toFixed(0)).join(", ")} ms\n`,
     );
   }
 }
