@@ -138,17 +138,14 @@ export function createEncoder(opts: EncodeOptions): Codec {
   return compress ?? encrypt ?? new Identity();
 }
 
-/** The decrypting half of a decoder, or null for an object stored without encryption. */
-export function createDecryptor(plan: DecodePlan, keys: PrivateKeyLookup): Codec | null {
-  if (plan.encryptionKeyId === null) return null;
-  const pem = keys(plan.encryptionKeyId);
-  if (!pem) throw new KeyNotFoundError(plan.encryptionKeyId);
-  return new Decryptor(loadPrivateKey(pem));
-}
-
 export function createDecoder(metadata: Metadata, keys: PrivateKeyLookup): Codec {
   const plan = decodePlan(metadata);
-  const decrypt = createDecryptor(plan, keys);
+  let decrypt: Codec | null = null;
+  if (plan.encryptionKeyId !== null) {
+    const pem = keys(plan.encryptionKeyId);
+    if (!pem) throw new KeyNotFoundError(plan.encryptionKeyId);
+    decrypt = new Decryptor(loadPrivateKey(pem));
+  }
   const decompress = plan.algorithm ? decompressor(plan.algorithm) : null;
   if (decrypt && decompress) return new DecryptThenDecompress(decrypt, decompress);
   return decrypt ?? decompress ?? new Identity();

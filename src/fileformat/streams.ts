@@ -1,8 +1,6 @@
 /** Main-thread streaming transforms and one-shot helpers (for small data and tests). */
 import { Duplex } from "node:stream";
-import type { MessagePort } from "node:worker_threads";
-import { createDecoder, createDecryptor, createEncoder, decodePlan, runCodec } from "./pipeline.js";
-import { StripedSnappyDecodeStream } from "./striped_decode.js";
+import { createDecoder, createEncoder, runCodec } from "./pipeline.js";
 import type { Codec, EncodeOptions, Metadata, PrivateKeyLookup } from "./types.js";
 
 interface Suspended {
@@ -71,28 +69,7 @@ export function createEncodeStream(opts: EncodeOptions): Duplex {
   return new CodecDuplex(createEncoder(opts));
 }
 
-/** Objects decoding to less than this are not striped (see createDecodeStream). */
-export const STRIPED_DECODE_MIN_SIZE = 8 * 1024 * 1024;
-
-/**
- * `stripes`: a port to a helper thread serving serveSnappyDecodeStripes(); a snappy object is then
- * decoded on both threads (striped_decode.ts). The port is closed when the object is not snappy
- * or is small.
- */
-export function createDecodeStream(
-  metadata: Metadata,
-  keys: PrivateKeyLookup,
-  opts: { stripes?: MessagePort } = {},
-): Duplex {
-  if (opts.stripes) {
-    const plan = decodePlan(metadata);
-    // A small object is done before a round trip to another thread pays off.
-    const size = Number(metadata["original-file-size"] || Infinity);
-    if (plan.algorithm === "snappy" && size >= STRIPED_DECODE_MIN_SIZE) {
-      return new StripedSnappyDecodeStream(createDecryptor(plan, keys), opts.stripes);
-    }
-    opts.stripes.close();
-  }
+export function createDecodeStream(metadata: Metadata, keys: PrivateKeyLookup): Duplex {
   return new CodecDuplex(createDecoder(metadata, keys));
 }
 

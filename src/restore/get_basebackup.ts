@@ -352,9 +352,7 @@ export async function getBasebackup(opts: GetBasebackupOptions, deps: RestoreDep
       const objectCount = plan.items.filter((i) => i.kind === "tar-object" || i.kind === "file-object").length;
       const workers = deps.storageConfig
         ? new ObjectWorkers(
-            // One object still gets a second worker (with concurrency ≥ 2): it decodes half of a
-            // snappy object's chunks (striped_decode.ts).
-            Math.max(1, Math.min(concurrency, Math.max(objectCount, 2))),
+            Math.max(1, Math.min(concurrency, objectCount)),
             target,
             privateKeysOf(opts.config, [backupSite, opts.site], deps),
           )

@@ -6,12 +6,11 @@
  * the held-back pg_control are reported back; the main thread applies them once every object
  * has been restored.
  */
-import { parentPort, type MessagePort } from "node:worker_threads";
+import { parentPort } from "node:worker_threads";
 
 import { createStorage, type ObjectStorageConfig } from "../storage/index.js";
 import type { StorageBackend } from "../storage/types.js";
 import { createDecodeStream } from "../fileformat/streams.js";
-import { StripedSnappyDecodeStream, serveSnappyDecodeStripes } from "../fileformat/striped_decode.js";
 import { restoreObject, type ObjectJob } from "./object_job.js";
 import { RestoreTarget } from "./target.js";
 
@@ -26,20 +25,11 @@ export interface WorkerJobMessage {
   tablespaces: Array<{ name: string; oid: number; path: string }>;
   /** `--delta`: compare with the existing files (see RestoreTarget). */
   delta: boolean;
-  /** A port to another object worker that decodes snappy runs for this job (striped_decode.ts). */
-  stripes?: MessagePort;
-}
-
-/** Serve snappy runs for a job running in another object worker. */
-export interface WorkerStripeHelperMessage {
-  type: "stripeHelper";
-  port: MessagePort;
 }
 
 export type WorkerReply =
   | { type: "progress"; id: number; bytes: number }
-  /** `stripedRuns`: snappy runs of this object the helper worker decoded. */
-  | { type: "done"; id: number; deferred: ReturnType<RestoreTarget["exportDeferred"]>; stripedRuns: number }
+  | { type: "done"; id: number; deferred: ReturnType<RestoreTarget["exportDeferred"]> }
   | { type: "error"; id: number; error: { name: string; message: string; code?: string } };
 
 const port = parentPort;
@@ -63,7 +53,6 @@ const PROGRESS_STEP = 1024 * 1024;
 async function runJob(message: WorkerJobMessage): Promise<void> {
   const target = new RestoreTarget(message.pgdata, message.tablespaces, { delta: message.delta });
   let unreported = 0;
-  let striped: StripedSnappyDecodeStream | undefined;
   const onBytes = (bytes: number): void => {
     unreported += bytes;
     if (unreported >= PROGRESS_STEP) {
@@ -76,24 +65,12 @@ async function runJob(message: WorkerJobMessage): Promise<void> {
     await restoreObject(message.job, {
       storage,
       target,
-      // One object, one decode stream: the stripes port goes to the first (and only) one.
-      createDecodeStream: (metadata) => {
-        const stripes = message.stripes;
-        message.stripes = undefined;
-        const stream = createDecodeStream(metadata, (keyId) => message.keys[keyId], { stripes });
-        if (stream instanceof StripedSnappyDecodeStream) striped = stream;
-        return stream;
-      },
+      createDecodeStream: (metadata) => createDecodeStream(metadata, (keyId) => message.keys[keyId]),
       onBytes,
     });
     if (unreported > 0)
       port!.postMessage({ type: "progress", id: message.id, bytes: unreported } satisfies WorkerReply);
-    port!.postMessage({
-      type: "done",
-      id: message.id,
-      deferred: target.exportDeferred(),
-      stripedRuns: striped?.helperRuns ?? 0,
-    } satisfies WorkerReply);
+    port!.postMessage({ type: "done", id: message.id, deferred: target.exportDeferred() } satisfies WorkerReply);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     port!.postMessage({
@@ -105,12 +82,9 @@ async function runJob(message: WorkerJobMessage): Promise<void> {
         code: typeof e?.code === "string" ? e.code : undefined,
       },
     } satisfies WorkerReply);
-  } finally {
-    message.stripes?.close(); // not taken by a decode stream (a kept file, or an early failure)
   }
 }
 
-port.on("message", (message: WorkerJobMessage | WorkerStripeHelperMessage) => {
+port.on("message", (message: WorkerJobMessage) => {
   if (message.type === "job") void runJob(message);
-  else if (message.type === "stripeHelper") serveSnappyDecodeStripes(message.port);
 });

@@ -3,11 +3,11 @@
  * each. A worker whose object is aborted (stall, another object failed, Ctrl-C) is terminated
  * and replaced, so nothing keeps writing after the restore gave up.
  */
-import { MessageChannel, type MessagePort, type Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
 
 import type { ObjectStorageConfig } from "../storage/index.js";
 import type { ObjectJob } from "./object_job.js";
-import type { WorkerJobMessage, WorkerReply, WorkerStripeHelperMessage } from "./object_worker.js";
+import type { WorkerJobMessage, WorkerReply } from "./object_worker.js";
 import type { RestoreTarget } from "./target.js";
 import { spawnObjectWorker, takePrestartedWorker } from "./worker_prestart.js";
 
@@ -36,8 +36,6 @@ export class ObjectWorkers {
   private readonly waiting: Array<(slot: Slot) => void> = [];
   private readonly terminating = new Set<Promise<number>>();
   private nextId = 1;
-  /** Snappy runs decoded by a helper worker for another worker's object (striped_decode.ts). */
-  stripedRuns = 0;
 
   constructor(
     private readonly size: number,
@@ -87,20 +85,6 @@ export class ObjectWorkers {
     }
   }
 
-  /**
-   * A port for the job on `slot` whose other end is served by another worker: a snappy object is
-   * then decoded on two cores (a large chunk no longer leaves one idle). None with one worker.
-   */
-  private stripesFor(slot: Slot): MessagePort | undefined {
-    let helper = this.slots.find((s) => s !== slot && !s.busy) ?? this.slots.find((s) => s !== slot);
-    if (!helper && this.slots.length < this.size) helper = this.spawn();
-    if (!helper) return undefined;
-    const { port1, port2 } = new MessageChannel();
-    const serve: WorkerStripeHelperMessage = { type: "stripeHelper", port: port2 };
-    helper.worker.postMessage(serve, [port2]);
-    return port1;
-  }
-
   async run(opts: WorkerRunOptions): Promise<void> {
     const slot = await this.acquire();
     const id = this.nextId++;
@@ -123,7 +107,6 @@ export class ObjectWorkers {
           if (reply.type === "progress") opts.onBytes(reply.bytes);
           else if (reply.type === "done") {
             try {
-              this.stripedRuns += reply.stripedRuns;
               this.target.adoptDeferred(reply.deferred);
               finish();
             } catch (err) {
@@ -152,9 +135,7 @@ export class ObjectWorkers {
           tablespaces: this.target.tablespaces,
           delta: this.target.delta,
         };
-        const stripes = this.stripesFor(slot);
-        if (stripes) message.stripes = stripes;
-        worker.postMessage(message, stripes ? [stripes] : []);
+        worker.postMessage(message);
       });
       this.release(slot);
     } catch (err) {
