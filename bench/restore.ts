@@ -31,6 +31,7 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { open, readdir, readFile, rm, stat, unlink, writeFile } from "node:fs/promises";
+import { existsSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -206,8 +207,17 @@ async function main(): Promise<void> {
       const storedBytes = Number(
         meta["total-size-enc"] ?? (await stat(path.join(env.storageDir, site, "basebackup", backupName))).size,
       );
+      // The objects a restore fetches (their sizes decide how evenly the workers share the work).
+      const chunkDir = path.join(env.storageDir, site, "basebackup_chunk", backupName.replace(/\.\d{8}\.pghoard$/, ""));
+      const chunkSizes = existsSync(chunkDir)
+        ? (await readdir(chunkDir))
+            .filter((n) => !n.endsWith(".metadata"))
+            .sort()
+            .map((n) => statSync(path.join(chunkDir, n)).size)
+        : [];
       console.log(
-        `# ${combo}: backup ${(plainBytes / MiB).toFixed(0)} MiB → ${(storedBytes / MiB).toFixed(0)} MiB stored in ${((Date.now() - b0) / 1000).toFixed(0)} s`,
+        `# ${combo}: backup ${(plainBytes / MiB).toFixed(0)} MiB → ${(storedBytes / MiB).toFixed(0)} MiB stored in ${((Date.now() - b0) / 1000).toFixed(0)} s` +
+          (chunkSizes.length ? `; chunk objects ${chunkSizes.map((b) => (b / MiB).toFixed(1)).join(" + ")} MiB` : ""),
       );
       const oursSeconds: number[] = [];
       const theirSeconds: number[] = [];
