@@ -43,7 +43,9 @@ interface Output {
 
 /** Largest scratch buffer a worker keeps between encodeFileToBuffer tasks (a WAL segment and some). */
 const MAX_KEPT_SCRATCH = 17 * 1024 * 1024;
-let keptScratch: Buffer | null = null;
+/** One per file task a worker runs at once (the pool's TASKS_PER_WORKER). */
+const MAX_KEPT_SCRATCHES = 2;
+const keptScratches: Buffer[] = [];
 
 /**
  * Collects a whole encoded file in one scratch buffer reused across tasks, then hands over one
@@ -55,8 +57,7 @@ class BufferOutput implements Output {
   total = 0;
 
   constructor() {
-    this.buf = keptScratch ?? Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
-    keptScratch = null;
+    this.buf = keptScratches.pop() ?? Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
   }
 
   add(piece: Buffer): undefined {
@@ -84,8 +85,7 @@ class BufferOutput implements Output {
   }
 
   release(): void {
-    if (this.buf.length <= MAX_KEPT_SCRATCH && (keptScratch === null || keptScratch.length < this.buf.length))
-      keptScratch = this.buf;
+    if (this.buf.length <= MAX_KEPT_SCRATCH && keptScratches.length < MAX_KEPT_SCRATCHES) keptScratches.push(this.buf);
   }
 }
 
@@ -150,7 +150,7 @@ async function writeAll(handle: FileHandle, buf: Buffer): Promise<void> {
  * (and its page faults) per MiB, which is measurable next to snappy's speed.
  */
 async function* readChunks(handle: FileHandle): AsyncGenerator<Buffer> {
-  const buffers: Buffer[] = [Buffer.allocUnsafeSlow(TRANSFER_CHUNK), Buffer.allocUnsafeSlow(TRANSFER_CHUNK)];
+  const buffers: Buffer[] = [takeReadBuffer(), takeReadBuffer()];
   let turn = 0;
   const readOne = async (): Promise<Buffer | null> => {
     // A detached buffer went to the hasher thread with its chunk (OffThreadHash): take another.
@@ -161,13 +161,33 @@ async function* readChunks(handle: FileHandle): AsyncGenerator<Buffer> {
     const { bytesRead } = await handle.read(buf, 0, buf.length, null);
     return bytesRead === 0 ? null : buf.subarray(0, bytesRead);
   };
-  let next = readOne();
-  for (;;) {
-    const chunk = await next;
-    if (chunk === null) return;
-    next = readOne();
-    yield chunk;
+  let next: Promise<Buffer | null> | null = readOne();
+  try {
+    for (;;) {
+      const chunk: Buffer | null = await next;
+      next = null;
+      if (chunk === null) return;
+      next = readOne();
+      yield chunk;
+    }
+  } finally {
+    // A read still in flight (the consumer stopped early) writes into its buffer: not reused then.
+    if (next === null) for (const buf of buffers) keepReadBuffer(buf);
   }
+}
+
+/** Read buffers kept between file tasks (two per task, two tasks at once per worker). */
+const MAX_KEPT_READ_BUFFERS = 4;
+const keptReadBuffers: Buffer[] = [];
+
+function takeReadBuffer(): Buffer {
+  return keptReadBuffers.pop() ?? Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+}
+
+/** Fresh 1 MiB buffers page-fault in again on every task; reused ones are already mapped. */
+function keepReadBuffer(buf: Buffer): void {
+  if (buf.buffer.byteLength === TRANSFER_CHUNK && keptReadBuffers.length < MAX_KEPT_READ_BUFFERS)
+    keptReadBuffers.push(buf);
 }
 
 /**
