@@ -160,15 +160,29 @@ function clearStatus(dataDir: string): void {
   for (const f of readdirSync(dir)) rmSync(path.join(dir, f));
 }
 
+/** /proc/<pid>/stat fields after the command name; null where /proc is missing. */
+function procStat(pid: number | undefined): string[] | null {
+  if (pid === undefined) return null;
+  try {
+    return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  } catch {
+    return null;
+  }
+}
+
 /** CPU seconds (user + system, all threads) a process used so far; NaN where /proc is missing. */
 function cpuSeconds(pid: number | undefined): number {
-  if (pid === undefined) return NaN;
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
-  } catch {
-    return NaN;
-  }
+  const fields = procStat(pid);
+  return fields ? (Number(fields[11]) + Number(fields[12])) / 100 : NaN; // utime, stime in USER_HZ (100) ticks
+}
+
+/**
+ * Minor page faults of a process so far (all threads): a load-independent count of fresh memory
+ * touched, which costs several µs a fault on a VM.
+ */
+function minorFaults(pid: number | undefined): number {
+  const fields = procStat(pid);
+  return fields ? Number(fields[7]) : NaN;
 }
 
 /** A new identity for our copy of the segment: the daemon must do the work again. */
@@ -192,6 +206,7 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
   const oursArchive = (seg: string): Promise<Timed> => ours(["--site", s.site, "--mode", "archive", "--xlog", seg]);
   const results = new Map<string, number[]>();
   const daemonCpu: number[] = [];
+  const daemonFaults: number[] = [];
   const add = (row: string, ms: number): void => {
     const list = results.get(row) ?? [];
     list.push(ms);
@@ -224,6 +239,7 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
     for (const seg of burst) writeFileSync(path.join(statusDir(s.siteDataDir), `${seg}.ready`), "");
     let total = 0;
     const cpu0 = cpuSeconds(s.daemonPid);
+    const faults0 = minorFaults(s.daemonPid);
     for (const seg of burst) {
       total += await ok("ours burst archive", oursArchive(seg));
       const ready = path.join(statusDir(s.siteDataDir), `${seg}.ready`);
@@ -231,6 +247,7 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
     }
     add("archive burst|ours", total / burst.length);
     daemonCpu.push(((cpuSeconds(s.daemonPid) - cpu0) * 1000) / burst.length);
+    daemonFaults.push((minorFaults(s.daemonPid) - faults0) / burst.length);
     clearStatus(s.siteDataDir);
     for (const v of variants) {
       clearStatus(s.clusterDataDir);
@@ -332,7 +349,8 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
   }
   if (daemonCpu.length && !Number.isNaN(daemonCpu[0]!)) {
     process.stdout.write(
-      `daemon CPU per burst segment (all threads): ${daemonCpu.map((c) => c.toFixed(0)).join(", ")} ms\n`,
+      `daemon CPU per burst segment (all threads): ${daemonCpu.map((c) => c.toFixed(0)).join(", ")} ms\n` +
+        `daemon minor page faults per burst segment: ${daemonFaults.map((c) => c.toFixed(0)).join(", ")}\n`,
     );
   }
 }

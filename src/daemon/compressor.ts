@@ -238,7 +238,7 @@ export class Compressors {
     const promotionPartial = isPartialName(name);
     const hashAlgorithm =
       filetype === "xlog" && !event.partial && !promotionPartial ? this.ctx.config.hash_algorithm : undefined;
-    if (filetype === "xlog" && !event.partial) {
+    if (filetype === "xlog" && !event.partial && !event.headerVerified) {
       const segment = promotionPartial ? name.slice(0, -".partial".length) : name;
       if (event.inputData) verifyWalHeader(event.inputData, segment);
       else await verifyWalFile(event.fullPath, segment);

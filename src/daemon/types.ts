@@ -38,6 +38,12 @@ export interface CompressionEvent {
    * its sender checks the header, since it may hold fewer bytes than one.
    */
   partial?: boolean;
+  /**
+   * The WAL header was verified right before this event was queued (archive_command and its
+   * work-ahead): not read again. The stored copy is acknowledged only if the file's identity did
+   * not change meanwhile, so a file replaced after the check is never acknowledged.
+   */
+  headerVerified?: boolean;
   /** Resolved with the upload result (or a compression failure). */
   callback?: Deferred<TransferResult>;
 }

@@ -195,7 +195,10 @@ export class WalWorkAhead {
     return true;
   }
 
-  /** Starts archiving this file (as it is now: `identity`) and records it, for a PUT or ahead of one. */
+  /**
+   * Starts archiving this file (as it is now: `identity`) and records it, for a PUT or ahead of
+   * one. A segment's header must have been verified just before (both callers do).
+   */
   begin(site: string, name: string, identity: FileIdentity, filePath: string, filetype: FileType): AheadEntry {
     const entry: AheadEntry = {
       identity,
@@ -206,6 +209,7 @@ export class WalWorkAhead {
         fullPath: filePath,
         compressToMemory: true,
         deleteFileAfterCompression: false,
+        headerVerified: filetype === "xlog",
       }),
     };
     this.entries.set(`${site}/${name}`, entry);

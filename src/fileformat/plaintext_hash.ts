@@ -164,11 +164,16 @@ class OffThreadHash implements PlaintextHash {
 
 const hashHelper = new HashHelper();
 
-/** The digest of a file task's plaintext (null when the task wants none). */
-export function hashFor(opts: EncodeTaskOptions, inputSize = 0): PlaintextHash | null {
+/**
+ * The digest of a file task's plaintext (null when the task wants none); `offThread`: a large
+ * input may go to the hasher thread.
+ */
+export function hashFor(opts: EncodeTaskOptions, inputSize = 0, offThread = true): PlaintextHash | null {
   if (!opts.hashAlgorithm) return null;
   const algorithm = nodeHashName(opts.hashAlgorithm);
-  return inputSize >= OFF_THREAD_HASH_MIN_SIZE ? hashHelper.start(algorithm) : new LocalHash(createHash(algorithm));
+  return offThread && inputSize >= OFF_THREAD_HASH_MIN_SIZE
+    ? hashHelper.start(algorithm)
+    : new LocalHash(createHash(algorithm));
 }
 
 /** A spare chunk buffer back from the hasher thread, for readChunks to reuse. */

@@ -8,9 +8,14 @@ export type EncodeTaskOptions = EncodeOptions & { hashAlgorithm?: string };
 /** Input batches and output messages are about this size (copies into transferable buffers). */
 export const TRANSFER_CHUNK = 1024 * 1024;
 
+/**
+ * `hashOffThread`: a large plaintext may be hashed in the worker's hasher thread, overlapping the
+ * codec (lower latency when cores are idle); false hashes in the worker itself (less CPU in all:
+ * no chunk round trips, read buffers stay reused), which the pool asks for when it is busy.
+ */
 export type TaskRequest =
-  | { kind: "encodeFile"; src: string; dst: string; opts: EncodeTaskOptions }
-  | { kind: "encodeFileToBuffer"; src: string; opts: EncodeTaskOptions }
+  | { kind: "encodeFile"; src: string; dst: string; opts: EncodeTaskOptions; hashOffThread?: boolean }
+  | { kind: "encodeFileToBuffer"; src: string; opts: EncodeTaskOptions; hashOffThread?: boolean }
   | { kind: "decodeFile"; src: string; dst: string; metadata: Metadata; privateKeyPem: string | null };
 
 export type StreamSpec =

@@ -33,8 +33,64 @@ function post(message: FromWorker, transfer?: ArrayBuffer[]): void {
   port!.postMessage(message, transfer ?? []);
 }
 
+/** Where pump() puts the stored bytes. */
+interface Output {
+  readonly total: number;
+  /** Returns a promise only when the consumer asks us to wait. */
+  add(piece: Buffer): Promise<void> | undefined;
+  flush(): Promise<void> | void;
+}
+
+/** Largest scratch buffer a worker keeps between encodeFileToBuffer tasks (a WAL segment and some). */
+const MAX_KEPT_SCRATCH = 17 * 1024 * 1024;
+/** One per file task a worker runs at once (the pool's TASKS_PER_WORKER). */
+const MAX_KEPT_SCRATCHES = 2;
+const keptScratches: Buffer[] = [];
+
+/**
+ * Collects a whole encoded file in one scratch buffer reused across tasks, then hands over one
+ * exact-size copy: a single copy of the output, into memory that is mostly already faulted in
+ * (fresh buffers page-fault on every use, which costs more than the copy itself here).
+ */
+class BufferOutput implements Output {
+  private buf: Buffer;
+  total = 0;
+
+  constructor() {
+    this.buf = keptScratches.pop() ?? Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+  }
+
+  add(piece: Buffer): undefined {
+    if (this.total + piece.length > this.buf.length) {
+      let size = this.buf.length * 2;
+      while (size < this.total + piece.length) size *= 2;
+      const bigger = Buffer.allocUnsafeSlow(size);
+      this.buf.copy(bigger, 0, 0, this.total);
+      this.buf = bigger;
+    }
+    piece.copy(this.buf, this.total);
+    this.total += piece.length;
+    return undefined;
+  }
+
+  flush(): void {}
+
+  /** The output in a buffer owning its whole ArrayBuffer (transferable); the scratch is kept for the next task. */
+  take(): Buffer {
+    // allocUnsafeSlow: a buffer owning its whole ArrayBuffer, so it can be transferred.
+    const data = Buffer.allocUnsafeSlow(this.total);
+    this.buf.copy(data, 0, 0, this.total);
+    this.release();
+    return data;
+  }
+
+  release(): void {
+    if (this.buf.length <= MAX_KEPT_SCRATCH && keptScratches.length < MAX_KEPT_SCRATCHES) keptScratches.push(this.buf);
+  }
+}
+
 /** Copies output pieces into fixed-size buffers that own their ArrayBuffer (transferable). */
-class Accumulator {
+class Accumulator implements Output {
   private buf = Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
   private length = 0;
   total = 0;
@@ -94,7 +150,7 @@ async function writeAll(handle: FileHandle, buf: Buffer): Promise<void> {
  * (and its page faults) per MiB, which is measurable next to snappy's speed.
  */
 async function* readChunks(handle: FileHandle): AsyncGenerator<Buffer> {
-  const buffers: Buffer[] = [Buffer.allocUnsafeSlow(TRANSFER_CHUNK), Buffer.allocUnsafeSlow(TRANSFER_CHUNK)];
+  const buffers: Buffer[] = [takeReadBuffer(), takeReadBuffer()];
   let turn = 0;
   const readOne = async (): Promise<Buffer | null> => {
     // A detached buffer went to the hasher thread with its chunk (OffThreadHash): take another.
@@ -105,13 +161,33 @@ async function* readChunks(handle: FileHandle): AsyncGenerator<Buffer> {
     const { bytesRead } = await handle.read(buf, 0, buf.length, null);
     return bytesRead === 0 ? null : buf.subarray(0, bytesRead);
   };
-  let next = readOne();
-  for (;;) {
-    const chunk = await next;
-    if (chunk === null) return;
-    next = readOne();
-    yield chunk;
+  let next: Promise<Buffer | null> | null = readOne();
+  try {
+    for (;;) {
+      const chunk: Buffer | null = await next;
+      next = null;
+      if (chunk === null) return;
+      next = readOne();
+      yield chunk;
+    }
+  } finally {
+    // A read still in flight (the consumer stopped early) writes into its buffer: not reused then.
+    if (next === null) for (const buf of buffers) keepReadBuffer(buf);
   }
+}
+
+/** Read buffers kept between file tasks (two per task, two tasks at once per worker). */
+const MAX_KEPT_READ_BUFFERS = 4;
+const keptReadBuffers: Buffer[] = [];
+
+function takeReadBuffer(): Buffer {
+  return keptReadBuffers.pop() ?? Buffer.allocUnsafeSlow(TRANSFER_CHUNK);
+}
+
+/** Fresh 1 MiB buffers page-fault in again on every task; reused ones are already mapped. */
+function keepReadBuffer(buf: Buffer): void {
+  if (buf.buffer.byteLength === TRANSFER_CHUNK && keptReadBuffers.length < MAX_KEPT_READ_BUFFERS)
+    keptReadBuffers.push(buf);
 }
 
 /**
@@ -122,7 +198,7 @@ async function pumpStriped(
   striped: StripedSnappyEncoder,
   tail: Codec,
   input: AsyncIterable<Buffer>,
-  out: Accumulator,
+  out: Output,
 ): Promise<number> {
   const emit = async (framed: Buffer[]): Promise<void> => {
     for (const piece of framed) {
@@ -162,7 +238,7 @@ async function pumpStriped(
 async function pump(
   codec: Codec,
   input: AsyncIterable<Buffer>,
-  out: Accumulator,
+  out: Output,
   hash: PlaintextHash | null,
 ): Promise<number> {
   let originalSize = 0;
@@ -228,11 +304,11 @@ async function withInput<T>(
 }
 /** Runs a file encode with its plaintext hash; an unfinished hash is released on failure. */
 async function encodeWithHash<T>(
-  opts: EncodeTaskOptions,
+  task: { opts: EncodeTaskOptions; hashOffThread?: boolean },
   size: number,
   body: (hash: PlaintextHash | null) => Promise<T>,
 ): Promise<T> {
-  const hash = hashFor(opts, size);
+  const hash = hashFor(task.opts, size, task.hashOffThread ?? true);
   try {
     return await body(hash);
   } finally {
@@ -245,7 +321,7 @@ async function runTask(task: TaskRequest): Promise<{ result: TaskResult; transfe
     case "encodeFile": {
       const codec = createEncoder(task.opts);
       return withInput(task.src, (input, size) =>
-        encodeWithHash(task.opts, size, (hash) =>
+        encodeWithHash(task, size, (hash) =>
           withAtomicOutput(task.dst, async (out) => {
             const originalSize = await pump(codec, input, out, hash);
             return { result: await encodeResult(originalSize, out.total, hash) };
@@ -255,17 +331,19 @@ async function runTask(task: TaskRequest): Promise<{ result: TaskResult; transfe
     }
     case "encodeFileToBuffer": {
       const codec = createEncoder(task.opts);
-      const pieces: Buffer[] = [];
-      const out = new Accumulator((full) => void pieces.push(full));
-      const result = await withInput(task.src, (input, size) =>
-        encodeWithHash(task.opts, size, async (hash) =>
-          encodeResult(await pump(codec, input, out, hash), out.total, hash),
-        ),
-      );
-      // allocUnsafeSlow: a buffer owning its whole ArrayBuffer, so it can be transferred.
-      const data = Buffer.allocUnsafeSlow(out.total);
-      let offset = 0;
-      for (const piece of pieces) offset += piece.copy(data, offset);
+      const out = new BufferOutput();
+      let result: EncodeFileResult;
+      try {
+        result = await withInput(task.src, (input, size) =>
+          encodeWithHash(task, size, async (hash) =>
+            encodeResult(await pump(codec, input, out, hash), out.total, hash),
+          ),
+        );
+      } catch (err) {
+        out.release();
+        throw err;
+      }
+      const data = out.take();
       return { result: { ...result, data: data.buffer as ArrayBuffer }, transfer: [data.buffer as ArrayBuffer] };
     }
     case "decodeFile": {

@@ -1,5 +1,6 @@
 /** Worker pool behaviour: bounded buffering, aborts, many tasks at once, close. */
 import assert from "node:assert/strict";
+import { createHash, generateKeyPairSync, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -180,5 +181,55 @@ describe("lifecycle", () => {
     await assert.rejects(local.encodeFile(plainFile, path.join(scratch, "x"), zstdOpts), /closed/);
     // a task either completed or left nothing: never a temp file
     assert.equal((await readdir(scratch)).filter((n) => n.startsWith(".closed-")).length, 0);
+  });
+});
+
+describe("encodeFileToBuffer (the archive path: one reused output buffer per worker, hash placement)", () => {
+  it("stored bytes and plaintext hash are exact whether the pool hashes beside the codec or in the worker", async () => {
+    const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+    const opts = {
+      algorithm: "snappy" as const,
+      level: 0,
+      encryptionKeyId: "k1",
+      publicKeyPem: publicKey.export({ type: "spki", format: "pem" }).toString(),
+      hashAlgorithm: "sha1",
+    };
+    const privatePem = privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+    // Big (incompressible: the output outgrows a first 1 MiB scratch), then smaller ones: a
+    // reused scratch must never leak bytes of an earlier, longer output.
+    const plains = [randomBytes(5 * MiB), pageLikeData(3 * MiB, 7), randomBytes(MiB + 123), pageLikeData(300_000, 8)];
+    const files = await Promise.all(
+      plains.map(async (plain, i) => {
+        const file = path.join(scratch, `to-buffer-${i}`);
+        await writeFile(file, plain);
+        return file;
+      }),
+    );
+    // cores 64: never busy, large inputs hashed in the hasher thread; cores 1: hashed in the worker.
+    for (const cores of [64, 1]) {
+      const local = new FileFormatPool(1, { cores });
+      try {
+        for (const round of [0, 1]) {
+          // round 1 runs them all at once (two per worker, the rest queued)
+          const results =
+            round === 0
+              ? await files.reduce<Promise<Array<{ data: Buffer; hash?: string; storedSize: number }>>>(
+                  async (acc, file) => [...(await acc), await local.encodeFileToBuffer(file, opts)],
+                  Promise.resolve([]),
+                )
+              : await Promise.all(files.map((file) => local.encodeFileToBuffer(file, opts)));
+          results.forEach((result, i) => {
+            const what = `cores ${cores}, round ${round}, file ${i}`;
+            assert.equal(result.data.length, result.storedSize, what);
+            assert.equal(result.data.byteOffset, 0, what);
+            assert.equal(result.data.buffer.byteLength, result.data.length, what);
+            assert.ok(decodeIndependently(result.data, "snappy", privatePem).equals(plains[i]), what);
+            assert.equal(result.hash, createHash("sha1").update(plains[i]).digest("hex"), what);
+          });
+        }
+      } finally {
+        await local.close();
+      }
+    }
   });
 });
