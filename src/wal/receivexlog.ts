@@ -11,7 +11,7 @@ import path from "node:path";
 import type { Logger } from "pino";
 import { isDiskFull } from "../common/errors.js";
 import { processExists } from "../common/pid_lock.js";
-import { isPartialName, WAL_SEG_SIZE } from "./names.js";
+import { isPartialName, isWalName, WAL_SEG_SIZE } from "./names.js";
 
 export interface DiskGuardConfig {
   minDiskFreeBytes: number | null;
@@ -41,6 +41,25 @@ export interface PgReceiveXlogOptions {
  */
 export const STUCK_PARTIAL_LINE = /write-ahead log file "[^"]+\.partial" has \d+ bytes, should be 0 or \d+/;
 export const NO_SPACE_LINE = /No space left on device|Disk quota exceeded/i;
+
+/**
+ * The full-disk state after one line of pg_receivewal's output: the earliest segment it could not
+ * write ("" when its messages named none), or `current` when the line is not about a full disk.
+ */
+export function fullDiskSegmentAfter(current: string | null, line: string): string | null {
+  if (!NO_SPACE_LINE.test(line)) return current;
+  const segment = /\b([0-9A-F]{24})(?:\.partial)?\b/.exec(line)?.[1] ?? "";
+  if (current === null || (segment !== "" && (current === "" || segment < current))) return segment;
+  return current;
+}
+
+/**
+ * Whether pg_receivewal completing `name` shows the disk has room again: the segment that did not
+ * fit, or a later one. One it had allocated before the disk filled up still completes meanwhile.
+ */
+export function showsSpaceBack(fullDiskSegment: string | null, name: string): boolean {
+  return !fullDiskSegment || (isWalName(name) && name >= fullDiskSegment);
+}
 
 export interface ExitStatus {
   code: number | null;

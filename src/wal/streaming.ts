@@ -31,6 +31,8 @@ import { StorageNotFoundError, type StorageBackend } from "../storage/types.js";
 import {
   findReceiversWritingTo,
   NO_SPACE_LINE,
+  fullDiskSegmentAfter,
+  showsSpaceBack,
   PgReceiveXlog,
   repairPartialFiles,
   STUCK_PARTIAL_LINE,
@@ -125,6 +127,12 @@ class SiteStreaming {
   watcherStarted = false;
   /** Alerts this plugin created and has not removed yet. */
   raisedAlerts = new Set<AlertName>();
+  /**
+   * The segment pg_receivewal could not write for a full disk ("" when its message named none):
+   * only that segment or a later one arriving shows space is back. One it had allocated before the
+   * disk filled up still completes meanwhile, and must not remove the alert just raised.
+   */
+  fullDiskSegment: string | null = null;
 
   constructor(readonly site: string) {}
 }
@@ -318,15 +326,20 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
         (fullPath) => {
           siteLogger(this.log, state.site).debug(`pg_receivewal completed ${fullPath}, queueing it for compression`);
           state.latestActivity = new Date();
-          // A segment was written: pg_receivewal's full disk (or one an earlier run left) is over.
-          void this.ctx.diskFullAlert.clear(diskFullReporter(state.site)).then(
-            (removed) =>
-              removed &&
-              siteLogger(this.log, state.site).info(
-                `Site ${state.site}: pg_receivewal writes segments again, removed alert file disk_full_error`,
-              ),
-            () => undefined,
-          );
+          // The segment that did not fit (or a later one) was written: pg_receivewal's full disk (or
+          // one an earlier run left) is over.
+          const name = path.basename(fullPath);
+          if (showsSpaceBack(state.fullDiskSegment, name)) {
+            state.fullDiskSegment = null;
+            void this.ctx.diskFullAlert.clear(diskFullReporter(state.site)).then(
+              (removed) =>
+                removed &&
+                siteLogger(this.log, state.site).info(
+                  `Site ${state.site}: pg_receivewal writes segments again, removed alert file disk_full_error`,
+                ),
+              () => undefined,
+            );
+          }
           // The segment arrived complete: a copy of an earlier short .partial of it is of no use.
           void unlink(`${fullPath}.partial_incomplete`).catch(() => undefined);
           state.handle?.queueIncomingFile(fullPath);
@@ -434,6 +447,7 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
   /** Reacts to pg_receivewal's full-disk messages: an alert, and a restart where it would loop for ever. */
   private receiverSaid(state: SiteStreaming, line: string): void {
     if (NO_SPACE_LINE.test(line)) {
+      state.fullDiskSegment = fullDiskSegmentAfter(state.fullDiskSegment, line);
       void this.ctx.diskFullAlert.raise(diskFullReporter(state.site)).then(
         (first) => {
           if (first)

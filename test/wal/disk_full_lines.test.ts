@@ -1,0 +1,35 @@
+/**
+ * pg_receivewal on a full disk: the disk_full_error alert stays until the segment that did not fit
+ * (or a later one) arrives. A segment pg_receivewal had allocated before the disk filled up still
+ * completes meanwhile; it used to remove the alert just raised, so the alert flickered (seen in
+ * the full-disk fault test under load).
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { fullDiskSegmentAfter, showsSpaceBack } from "../../src/wal/receivexlog.js";
+
+const OPEN_FAILED =
+  'pg_receivewal: error: could not open write-ahead log file "000000010000000000000004.partial": No space left on device';
+const PAD_FAILED =
+  'pg_receivewal: error: could not pad write-ahead log file "000000010000000000000005.partial": No space left on device';
+
+describe("pg_receivewal's full disk", () => {
+  it("remembers the earliest segment that did not fit, and nothing for other lines", () => {
+    assert.equal(fullDiskSegmentAfter(null, "pg_receivewal: finished segment at 0/3000000 (timeline 1)"), null);
+    assert.equal(fullDiskSegmentAfter(null, OPEN_FAILED), "000000010000000000000004");
+    assert.equal(fullDiskSegmentAfter("000000010000000000000004", PAD_FAILED), "000000010000000000000004");
+    assert.equal(fullDiskSegmentAfter("000000010000000000000005", OPEN_FAILED), "000000010000000000000004");
+    assert.equal(fullDiskSegmentAfter(null, "could not write to file: Disk quota exceeded"), "");
+    assert.equal(fullDiskSegmentAfter("", OPEN_FAILED), "000000010000000000000004");
+  });
+
+  it("only the segment that did not fit or a later one completing shows space is back", () => {
+    const full = fullDiskSegmentAfter(null, OPEN_FAILED);
+    assert.equal(showsSpaceBack(full, "000000010000000000000003"), false, "allocated before the disk filled");
+    assert.equal(showsSpaceBack(full, "000000010000000000000004"), true, "the one that did not fit, written now");
+    assert.equal(showsSpaceBack(full, "000000010000000000000005"), true);
+    assert.equal(showsSpaceBack(full, "00000002.history"), false);
+    assert.equal(showsSpaceBack(null, "000000010000000000000003"), true, "not full: any segment");
+    assert.equal(showsSpaceBack("", "000000010000000000000003"), true, "a message without a name: any segment");
+  });
+});
