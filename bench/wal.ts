@@ -53,7 +53,10 @@ import { benchStreamingArchiving } from "./wal_streaming.js";
 const repoRoot = process.env.BENCH_REPO ?? path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const pghoardBin = path.join(repoRoot, "bin", "pghoard.js");
 const commandBin = path.join(repoRoot, "bin", "pghoard_postgres_command.js");
-const shellBin = path.join(repoRoot, "bin", "pghoard_postgres_command");
+// The client PostgreSQL would run: the native front where it was built (it hands all but the
+// prefetched restore to the bash client), else the bash client.
+const nativeBin = path.join(repoRoot, "dist", "native", "pghoard_postgres_command");
+const shellBin = existsSync(nativeBin) ? nativeBin : path.join(repoRoot, "bin", "pghoard_postgres_command");
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(name);

@@ -1,5 +1,7 @@
 /**
- * bench/wal.ts's side-by-side section: per-call times of our bash client (bin/pghoard_postgres_command)
+ * bench/wal.ts's side-by-side section: per-call times of our client (the native front
+ * dist/native/pghoard_postgres_command where it was built, which hands all but a prefetched restore
+ * to the bash client bin/pghoard_postgres_command; else the bash client)
  * against pgBackRest's archive-push / archive-get, in one run on the same segments, as PostgreSQL
  * calls them (one process per file, serially):
  *   archive, one at a time     a single ready segment (ours: the PUT does the work; pgBackRest sync,
@@ -10,10 +12,11 @@
  *   restore, prefetched        the call after a previous one, once the file was fetched ahead (%p
  *                              removed first, as PostgreSQL does before every restore_command)
  *   restore, on demand         a segment nobody fetched yet
+ * Every call is timed as PostgreSQL makes it: forked from a small process, through `/bin/sh -c`
+ * (bench/lean_spawn.ts), so Node's costly fork is in no figure.
  * pgBackRest 2.45 from apt: repo encrypted with aes-256-cbc, lz4 and zst, process-max 2.
  * Ours: snappy + RSA/AES (the daemon's config in bench/wal.ts), `local` storage.
  */
-import { spawn } from "node:child_process";
 import {
   existsSync,
   mkdirSync,
@@ -25,6 +28,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import path from "node:path";
+import { LeanSpawner, type Timed } from "./lean_spawn.js";
 
 export interface CompareSetup {
   work: string;
@@ -48,22 +52,12 @@ export interface CompareSetup {
   daemonPid?: number;
 }
 
-interface Timed {
-  ms: number;
-  code: number | null;
-  out: string;
-}
+let spawner: LeanSpawner | undefined;
 
+/** One call timed as PostgreSQL's `system()` makes it (bench/lean_spawn.ts). */
 function run(cmd: string, args: string[], cwd?: string): Promise<Timed> {
-  return new Promise((resolve, reject) => {
-    const start = process.hrtime.bigint();
-    const child = spawn(cmd, args, { cwd, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
-    child.once("error", reject);
-    child.once("exit", (code) => resolve({ ms: Number(process.hrtime.bigint() - start) / 1e6, code, out }));
-  });
+  spawner ??= new LeanSpawner();
+  return spawner.run(cmd, args, cwd);
 }
 
 async function ok(what: string, p: Promise<Timed>): Promise<number> {
@@ -147,6 +141,15 @@ function forget(v: Variant, seg: string): void {
     if (!existsSync(spool)) continue;
     for (const f of readdirSync(spool)) if (f.startsWith(seg)) rmSync(path.join(spool, f), { force: true });
   }
+}
+
+/** Waits until no download writes into `dir` (no `.pghoard.tmp` file there for 200 ms). */
+async function settled(dir: string): Promise<void> {
+  let quietSince = Date.now();
+  await waitFor(() => {
+    if (readdirSync(dir).some((f) => f.endsWith(".pghoard.tmp"))) quietSince = Date.now();
+    return Date.now() - quietSince >= 200;
+  });
 }
 
 function statusDir(dataDir: string): string {
@@ -286,6 +289,8 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
     const index = i % (s.segments.length - 1);
     const seg = s.segments[index];
     const next = s.segments[index + 1];
+    // The daemon's downloads ahead still writing must not lose their temp file to emptyDir.
+    await settled(restoreWal);
     emptyDir(restoreWal);
     add("restore on demand|ours", await ok("ours restore", oursRestore(seg)));
     await waitFor(() => existsSync(path.join(restoreWal, `${next}.pghoard.prefetch`)));
@@ -327,7 +332,7 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
   const cols = ["ours", ...variants.map((v) => v.name)];
   const bashFloor = median(results.get("floor bash -c exit|ours") ?? []);
   process.stdout.write(
-    `\n--- per call, median ms: our bash client vs ${version} (aes-256-cbc, process-max 2) ---\n` +
+    `\n--- per call, median ms, timed as PostgreSQL's system() runs them: our ${path.basename(path.dirname(s.shellBin)) === "native" ? "native front and bash client" : "bash client"} vs ${version} (aes-256-cbc, process-max 2) ---\n` +
       `burst = ${burst.length} segments ready at once, ${burstRounds} rounds; ${s.runs} runs otherwise; ` +
       `"− bash" = ours minus the \`bash -c exit\` floor\n`,
   );
@@ -347,6 +352,8 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
         `${overFloor.padStart(9)}   ${ratios}\n`,
     );
   }
+  spawner?.close();
+  spawner = undefined;
   if (daemonCpu.length && !Number.isNaN(daemonCpu[0]!)) {
     process.stdout.write(
       `daemon CPU per burst segment (all threads): ${daemonCpu.map((c) => c.toFixed(0)).join(", ")} ms\n` +
