@@ -35,6 +35,8 @@ stage: dist/src/commands/pghoard.js
 	         $(STAGE)/usr/share/doc/$(NAME)/examples $(STAGE)/usr/share/man/man1 \
 	         $(STAGE)/usr/share/bash-completion/completions
 	cp -a dist/src $(STAGE)$(LIBDIR)/dist/
+	# The native front of pghoard_postgres_command, built by `npm run build` where a C compiler is.
+	if [ -x dist/native/pghoard_postgres_command ]; then cp -a dist/native $(STAGE)$(LIBDIR)/dist/; fi
 	find $(STAGE)$(LIBDIR)/dist -name '*.map' -delete
 	cp -a bin $(STAGE)$(LIBDIR)/
 	cp package.json package-lock.json $(STAGE)$(LIBDIR)/
@@ -42,12 +44,16 @@ stage: dist/src/commands/pghoard.js
 	npm ls --omit=dev --all --parseable 2>/dev/null | sed "s|^$$PWD/||" | grep '^node_modules/' \
 	  | grep -v '^node_modules/.*/node_modules/' | sort -u > $(PKG_DIR)/modules.txt
 	tar -cf - -T $(PKG_DIR)/modules.txt | tar -C $(STAGE)$(LIBDIR) -xf -
-	# pghoard_postgres_command is a bash client (no Node.js start-up per WAL file) that finds its
-	# Node.js fallback next to itself: a link, not a wrapper.
+	# pghoard_postgres_command is the native front (when built) or the bash client (no Node.js
+	# start-up per WAL file); each finds what it hands over to from its own real path: a link, not a wrapper.
 	for cmd in $(filter-out pghoard_postgres_command,$(COMMANDS)); do \
 	  sed "s/@COMMAND@/$$cmd/" debian/wrapper.sh > $(STAGE)/usr/bin/$$cmd; chmod 0755 $(STAGE)/usr/bin/$$cmd; \
 	done
-	ln -s ../lib/pghoard/bin/pghoard_postgres_command $(STAGE)/usr/bin/pghoard_postgres_command
+	if [ -x dist/native/pghoard_postgres_command ]; then \
+	  ln -s ../lib/pghoard/dist/native/pghoard_postgres_command $(STAGE)/usr/bin/pghoard_postgres_command; \
+	else \
+	  ln -s ../lib/pghoard/bin/pghoard_postgres_command $(STAGE)/usr/bin/pghoard_postgres_command; \
+	fi
 	install -m 0644 systemd/pghoard.service $(STAGE)/lib/systemd/system/pghoard.service
 	install -m 0644 pghoard.json pghoard-local-minimal.json $(STAGE)/usr/share/doc/$(NAME)/examples/
 	install -m 0644 README.md $(STAGE)/usr/share/doc/$(NAME)/README.md

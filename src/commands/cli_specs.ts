@@ -174,7 +174,7 @@ export const RESTORE_SPEC: CommandSpec = {
         {
           flags: "--pghoard-postgres-command-bin <PATH>",
           description:
-            "program written into restore_command (default, absolute paths: the installed bash client pghoard_postgres_command in daemon mode, node and the Node client pghoard_postgres_command.js in direct mode)",
+            "program written into restore_command (default, absolute paths: the installed pghoard_postgres_command in daemon mode, its native front where built, else the bash client; node and the Node client pghoard_postgres_command.js in direct mode)",
         },
         {
           flags: "--restore-command-mode <MODE>",

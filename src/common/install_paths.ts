@@ -3,6 +3,7 @@
  * in the checkout, in an npm install and under /usr/lib/pghoard in the .deb/.rpm, so the path
  * does not depend on PATH (PostgreSQL runs restore_command with its own, often minimal, PATH).
  */
+import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 /** Absolute path of `bin/<command>.js` (this file is dist/src/common/install_paths.js). */
@@ -11,11 +12,16 @@ export function installedCommandPath(command: string): string {
 }
 
 /**
- * Absolute path of the bash client `bin/pghoard_postgres_command`, next to the Node client in the
- * checkout, the npm package (its `bin` entry) and /usr/lib/pghoard (the .deb/.rpm's
- * /usr/bin/pghoard_postgres_command is a link to it).
+ * Absolute path of the client PostgreSQL should run: the native front
+ * `dist/native/pghoard_postgres_command` where it was built (it renames a prefetched WAL file
+ * itself and hands every other call to the bash client), else the bash client
+ * `bin/pghoard_postgres_command`. Both sit at the same place relative to this code in the checkout,
+ * the npm package and /usr/lib/pghoard (the .deb/.rpm's /usr/bin/pghoard_postgres_command links to
+ * the same one).
  */
 export function installedShellClientPath(): string {
+  const native = fileURLToPath(new URL("../../native/pghoard_postgres_command", import.meta.url));
+  if (existsSync(native)) return native;
   return fileURLToPath(new URL("../../../bin/pghoard_postgres_command", import.meta.url));
 }
 
@@ -34,7 +40,7 @@ export function installedCommandLine(command: string, args: string[]): string {
 }
 
 /**
- * A shell command line running the installed bash client. `PGHOARD_NODE` pins the node binary
+ * A shell command line running the installed client (installedShellClientPath). `PGHOARD_NODE` pins the node binary
  * running now for the cases it hands to the Node client (an unreachable daemon, unusual input):
  * PostgreSQL's PATH may have no node, and a missing program (exit 127) would end recovery.
  */

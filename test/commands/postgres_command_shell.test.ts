@@ -22,6 +22,15 @@ import {
 } from "../daemon/helpers.js";
 
 const shellBin = path.join(repoRoot, "bin", "pghoard_postgres_command");
+// The native front, where `npm run build` found a C compiler (scripts/build_native.sh).
+const nativeBin = path.join(repoRoot, "dist", "native", "pghoard_postgres_command");
+const haveNative = existsSync(nativeBin);
+/** The native front's run with its own path named as the bash client's (messages name argv0). */
+const asShell = (r: Run): Run => ({
+  code: r.code,
+  stdout: r.stdout.split(nativeBin).join(shellBin),
+  stderr: r.stderr.split(nativeBin).join(shellBin),
+});
 const SITE = "shellcmd";
 const SEG = "000000010000000000000005";
 const HISTORY = "00000002.history";
@@ -50,6 +59,8 @@ interface Case {
   args: () => string[];
   /** Answered by bash alone (no Node.js start-up). */
   shellOnly: boolean;
+  /** Answered by the native front itself (a prefetched file it renames, as the Node.js client). */
+  nativeItself?: boolean;
   code: number;
   /** Puts the files in place before each run (both clients see the same state). */
   setup?: () => Promise<void>;
@@ -105,7 +116,14 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
   /** `<dir>/<xlog>.pghoard.prefetch` restored to `<dir>/RECOVERYXLOG` (or `output`). */
   const prefetched = (
     name: string,
-    p: { xlog: string; via: () => string[]; shellOnly: boolean; dir?: string; output?: () => string },
+    p: {
+      xlog: string;
+      via: () => string[];
+      shellOnly: boolean;
+      dir?: string;
+      output?: () => string;
+      nativeItself?: boolean;
+    },
   ): Case => {
     const dir = (): string => path.join(pgdata, p.dir ?? "pg_wal");
     const target = (): string => path.join(dir(), "RECOVERYXLOG");
@@ -122,6 +140,7 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
         p.output?.() ?? `${p.dir ?? "pg_wal"}/RECOVERYXLOG`,
       ],
       shellOnly: p.shellOnly,
+      nativeItself: p.nativeItself ?? true,
       code: 0,
       setup: async () => {
         await mkdir(dir(), { recursive: true });
@@ -259,6 +278,7 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
       via: auth,
       shellOnly: false,
       output: () => `${path.join(pgdata, "pg_wal")}/../pg_wal/RECOVERYXLOG`,
+      nativeItself: false,
     }),
     prefetched("restore of a prefetched segment, daemon down: renamed by mv", {
       xlog: "000000010000000000000009",
@@ -418,6 +438,51 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
     assert.ok(!existsSync(walPath(`${prefetched}.pghoard.prefetch`)));
   });
 
+  // PostgreSQL's `sh -c` starts the client for every WAL file: a prefetched restore through the
+  // native front is that one process and a rename, nothing else (no bash, no mv, no daemon call).
+  it(
+    "the native front restores a prefetched file without starting another process",
+    { skip: !haveNative },
+    async () => {
+      const trace = path.join(pgdata, "strace-native.out");
+      const prefetched = "000000010000000000000010";
+      await removeRecovered();
+      await writeFile(walPath(`${prefetched}.pghoard.prefetch`), "prefetched 10");
+      const r = await run(
+        "strace",
+        [
+          ...["-f", "-qq", "-e", "trace=execve,fork,vfork,clone,clone3,connect,rename", "-o", trace, nativeBin],
+          ...[...auth(), "--mode", "restore", "--xlog", prefetched, "--output", "pg_wal/RECOVERYXLOG"],
+        ],
+        pgdata,
+        { PGHOARD_NODE: "/bin/false" },
+      );
+      assert.deepEqual(r, { code: 0, stdout: "", stderr: "" });
+      await expectRecovered("prefetched 10")();
+      assert.ok(!existsSync(walPath(`${prefetched}.pghoard.prefetch`)));
+      const calls = (await readFile(trace, "utf8")).split("\n").filter((l) => l.trim() && !l.includes("+++"));
+      assert.equal(calls.length, 2, calls.join("\n"));
+      assert.match(calls[0], /execve\(".*dist\/native\/pghoard_postgres_command"/);
+      assert.match(calls[1], /rename\(".*\.pghoard\.prefetch", ".*RECOVERYXLOG"\) = 0/);
+    },
+  );
+
+  // Started through PATH (as restore_command usually is), its messages name the path the shell found,
+  // as the bash client's $0 does.
+  it("the native front names itself by the path the shell found", { skip: !haveNative }, async () => {
+    const args = "--port " + downPort + " --site " + SITE + " --mode restore --xlog " + SEG + " --output pg_wal/X";
+    const through = (dir: string): Promise<Run> =>
+      run("/bin/sh", ["-c", `pghoard_postgres_command ${args}`], pgdata, {
+        ...FAST_RETRY,
+        PATH: `${dir}:${process.env.PATH ?? "/usr/bin:/bin"}`,
+      });
+    const native = await through(path.dirname(nativeBin));
+    const bash = await through(path.dirname(shellBin));
+    assert.equal(native.code, 5);
+    assert.match(native.stdout, new RegExp(`^${nativeBin.replace(/[.]/g, "\\.")}: ERROR: `, "m"));
+    assert.deepEqual(asShell(native), bash);
+  });
+
   // A `read` per header line reads a socket one byte per system call (~150 for an answer); the
   // client reads the daemon's whole answer at once instead.
   it("reads the daemon's answer in a few system calls, not byte by byte", async () => {
@@ -465,6 +530,21 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
         await c.setup?.();
         const handedOver = await run(shellBin, c.args(), pgdata, { ...env, PGHOARD_NODE: "/bin/false" });
         assert.deepEqual(handedOver, { code: 1, stdout: "", stderr: "" }, "handed over to Node.js untouched");
+      }
+      if (haveNative) {
+        // The native front answers the same, itself or through the bash client.
+        await c.setup?.();
+        const viaNative = await run(nativeBin, c.args(), pgdata, env);
+        await c.check?.();
+        assert.deepEqual(asShell(viaNative), viaNode, "native front");
+        await c.setup?.();
+        const nativeNoNode = await run(nativeBin, c.args(), pgdata, { ...env, PGHOARD_NODE: "/bin/false" });
+        if (c.shellOnly || c.nativeItself) {
+          await c.check?.();
+          assert.deepEqual(asShell(nativeNoNode), viaNode, "native front (and bash) without Node.js");
+        } else {
+          assert.deepEqual(nativeNoNode, { code: 1, stdout: "", stderr: "" }, "native front handed over untouched");
+        }
       }
     });
   }

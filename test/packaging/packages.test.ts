@@ -145,7 +145,7 @@ describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
     assert.match(pair?.public ?? "", /BEGIN PUBLIC KEY/);
   });
 
-  it("restore_command's bash client, found from the unpacked runtime, is the file /usr/bin links to", async () => {
+  it("restore_command's client, found from the unpacked runtime, is the file /usr/bin links to", async () => {
     const lib = path.join(root, "usr", "lib", "pghoard");
     const { stdout } = await execFileAsync(process.execPath, [
       "--input-type=module",
@@ -153,7 +153,12 @@ describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
       `import { installedShellClientPath } from ${JSON.stringify(pathToFileURL(path.join(lib, "dist", "src", "common", "install_paths.js")).href)};
 process.stdout.write(installedShellClientPath());`,
     ]);
-    assert.equal(stdout, path.join(lib, "bin", "pghoard_postgres_command"));
+    // The native front where this machine built one (scripts/build_native.sh), else the bash client.
+    const native = existsSync(path.join(repoRoot, "dist", "native", "pghoard_postgres_command"));
+    const client = native
+      ? path.join(lib, "dist", "native", "pghoard_postgres_command")
+      : path.join(lib, "bin", "pghoard_postgres_command");
+    assert.equal(stdout, client);
     assert.equal(realpathSync(path.join(root, "usr", "bin", "pghoard_postgres_command")), realpathSync(stdout));
     accessSync(stdout, constants.X_OK);
   });

@@ -13,11 +13,11 @@ import { after, before, describe, it } from "node:test";
 import { prepareData, requestBackup, startScenario, type Scenario } from "../basebackup/helpers.js";
 import { DaemonProcess, makeDaemonEnv, sleep, switchWal, waitArchived } from "../daemon/helpers.js";
 import { chownToPostgres, findFreePort, makeTempDir, startCluster } from "../helpers/pgcluster.js";
-import { repoRoot } from "../helpers/paths.js";
+import { installedClientBin } from "../helpers/paths.js";
 import { runRestoreCli } from "./helpers.js";
 
 const SITE = "pitr";
-const shellClientBin = path.join(repoRoot, "bin", "pghoard_postgres_command");
+const shellClientBin = installedClientBin;
 const STATE_SQL = `SELECT (SELECT count(*) FROM marker)::text AS marker,
   (SELECT md5(string_agg(id::text || v, ',' ORDER BY id)) FROM marker) AS marker_md5,
   (SELECT count(*) FROM ts_t)::text AS ts_rows`;
@@ -141,7 +141,8 @@ describe("point-in-time recovery of our own backups", { timeout: 900_000 }, () =
         ...args(),
       ]);
       assert.equal(result.code, 0, result.stdout + result.stderr);
-      // The default for the daemon mode: the installed bash client (PostgreSQL recovers through it below).
+      // The default for the daemon mode: the installed client, the native front where built (PostgreSQL
+      // recovers through it below).
       const autoConf = await readFile(path.join(dataDir, "postgresql.auto.conf"), "utf8");
       assert.ok(
         autoConf.includes(

@@ -5,7 +5,7 @@ import { Writable } from "node:stream";
 import { describe, it } from "node:test";
 import { ProgressTracker } from "../../src/restore/fetch.js";
 import { ProgressReporter, formatSummary, formatTerminalProgress } from "../../src/restore/progress.js";
-import { repoRoot } from "../helpers/paths.js";
+import { installedClientBin, repoRoot } from "../helpers/paths.js";
 
 import {
   appendToAutoConf,
@@ -150,7 +150,7 @@ describe("recovery configuration (operations.md §12)", () => {
     );
   });
 
-  it("daemon mode: the installed bash client, with the node running now for its hand-overs", () => {
+  it("daemon mode: the installed client (native front or bash), with the node running now for its hand-overs", () => {
     const config = buildRecoveryConfig({
       restoreCommandMode: "daemon",
       pgVersion: "15",
@@ -159,7 +159,7 @@ describe("recovery configuration (operations.md §12)", () => {
       username: "u",
       password: "p w",
     });
-    const client = path.join(repoRoot, "bin", "pghoard_postgres_command");
+    const client = installedClientBin;
     assert.ok(
       config.content.includes(
         `\nrestore_command = 'PGHOARD_NODE=${process.execPath} ${client} --mode restore --port 16001 --site ''my site'' --output %p --xlog %f --username u --password ''p w'''\n`,
