@@ -27,7 +27,6 @@ import {
   utimesSync,
   writeFileSync,
 } from "node:fs";
-import http from "node:http";
 import path from "node:path";
 import { LeanSpawner, type Timed } from "./lean_spawn.js";
 
@@ -142,28 +141,6 @@ function forget(v: Variant, seg: string): void {
     if (!existsSync(spool)) continue;
     for (const f of readdirSync(spool)) if (f.startsWith(seg)) rmSync(path.join(spool, f), { force: true });
   }
-}
-
-/** GET of a WAL file to `target` through the daemon's HTTP API (no process); the status code. */
-function httpGet(port: number, urlPath: string, target: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      {
-        host: "127.0.0.1",
-        port,
-        path: urlPath,
-        method: "GET",
-        agent: false,
-        headers: { "x-pghoard-target-path": target },
-      },
-      (res) => {
-        res.resume();
-        res.on("end", () => resolve(res.statusCode ?? 0));
-      },
-    );
-    req.on("error", reject);
-    req.end();
-  });
 }
 
 /** Waits until no download writes into `dir` (no `.pghoard.tmp` file there for 200 ms). */
@@ -315,16 +292,6 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
     // The daemon's downloads ahead still writing must not lose their temp file to emptyDir.
     await settled(restoreWal);
     emptyDir(restoreWal);
-    await ok("ours restore", oursRestore(seg)); // warms this segment's object in the page cache
-    // The daemon's share of an on-demand restore: the same GET sent without a new process.
-    await settled(restoreWal);
-    for (const f of readdirSync(restoreWal)) rmSync(path.join(restoreWal, f), { force: true });
-    const t0 = process.hrtime.bigint();
-    const status = await httpGet(s.port, `/${s.restoreSite}/archive/${seg}`, path.join(restoreWal, "RECOVERYXLOG"));
-    if (status !== 201) throw new Error(`daemon GET ${seg}: HTTP ${status}`);
-    add("on demand, no spawn|ours", Number(process.hrtime.bigint() - t0) / 1e6);
-    await settled(restoreWal);
-    emptyDir(restoreWal);
     add("restore on demand|ours", await ok("ours restore", oursRestore(seg)));
     await waitFor(() => existsSync(path.join(restoreWal, `${next}.pghoard.prefetch`)));
     // PostgreSQL removes %p before each restore_command (xlogarchive.c, RestoreArchivedFile); on this
@@ -361,7 +328,6 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
     "archive burst",
     "restore prefetched",
     "restore on demand",
-    "on demand, no spawn",
   ];
   const cols = ["ours", ...variants.map((v) => v.name)];
   const bashFloor = median(results.get("floor bash -c exit|ours") ?? []);
