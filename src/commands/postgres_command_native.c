@@ -157,7 +157,8 @@ static int request(const char *method, const char *host, int port, const char *s
     return 1;
   }
   for (int sent = 0; sent < len;) {
-    ssize_t w = write(fd, head + sent, len - sent);
+    /* No SIGPIPE if the daemon closed early: a failed send is handed over like any bad answer. */
+    ssize_t w = send(fd, head + sent, len - sent, MSG_NOSIGNAL);
     if (w <= 0) {
       close(fd);
       return 1;
