@@ -11,7 +11,7 @@ import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { findFreePort, startCluster, type PgCluster } from "../helpers/pgcluster.js";
-import { repoRoot } from "../helpers/paths.js";
+import { installedClientBin } from "../helpers/paths.js";
 import {
   DaemonProcess,
   decodeStoredObject,
@@ -27,7 +27,8 @@ import {
   type DaemonEnv,
 } from "./helpers.js";
 
-const shellBin = path.join(repoRoot, "bin", "pghoard_postgres_command");
+// The installed client: the native front where built, else the bash client (both as archive_command).
+const shellBin = installedClientBin;
 const SITE = "ahead";
 const KEY_ID = "ahead-key";
 const WAL_RE = /^[0-9A-F]{24}$/;

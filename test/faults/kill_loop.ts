@@ -28,7 +28,7 @@ import {
   sleep,
   type DaemonEnv,
 } from "../daemon/helpers.js";
-import { repoRoot } from "../helpers/paths.js";
+import { installedClientBin } from "../helpers/paths.js";
 import { assertArchiveComplete, makeStreamingEnv, switchWal, waitFor } from "../wal/streaming.js";
 
 export type KillMode = "archive_command" | "pg_receivexlog" | "walreceiver";
@@ -124,7 +124,8 @@ function segmentNumber(name: string): number {
 }
 
 /** The bash client, as PostgreSQL runs it from a package (it hands unusual cases to the Node one). */
-const shellClient = path.join(repoRoot, "bin", "pghoard_postgres_command");
+// The installed client: the native front where built, else the bash client.
+const shellClient = installedClientBin;
 
 type Moment = "startup" | "working" | "basebackup";
 
