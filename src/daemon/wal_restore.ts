@@ -402,6 +402,12 @@ export class WalRestoreHandler {
   ): Promise<void> {
     const existing = this.pendingDownloads.get(key);
     if (existing && (maxAge === undefined || maxAge < 0 || nowSeconds() - existing.startedAt <= maxAge)) return;
+    if (this.ctx.transferQueue.isClosed) {
+      // The daemon is stopping: no new download, no temp file left in the WAL directory, no
+      // error line; a request is told so (its client retries or reports it).
+      if (suppressError) return;
+      throw new HttpResponse(503, `pghoard is shutting down: not fetching ${name}`);
+    }
     const walDir = pgWalDirectory(this.ctx.site(site));
     const prefetchPath = prefetchPathFor(walDir, name);
     if (existsSync(prefetchPath)) return;
