@@ -26,7 +26,9 @@
  *
  * `--compare-with <checkout>` (A/B of two builds): the same backup is also restored by that
  * checkout's `bin/pghoard_restore.js` (its own dist/), right after this build's, each run; the
- * medians of both and this ÷ that (wall and CPU seconds) are printed.
+ * medians of both and this ÷ that (wall and CPU seconds) are printed. `--compare-env "K=V …"` runs
+ * that checkout with those environment variables (with `--compare-with .`: a run-time setting A/B).
+ * Each restore's wall and CPU seconds and minor page faults are printed as it finishes.
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -63,12 +65,19 @@ async function timed(
   cmd: string,
   args: string[],
   opts: { allowFailure?: boolean } = {},
-): Promise<{ seconds: number; rssMb: number; cpuSeconds: number; stdout: string; failed: boolean }> {
+): Promise<{
+  seconds: number;
+  rssMb: number;
+  cpuSeconds: number;
+  minorFaults: number;
+  stdout: string;
+  failed: boolean;
+}> {
   let stdout: string;
   let stderr: string;
   let failed = false;
   try {
-    ({ stdout, stderr } = await execFileAsync("/usr/bin/time", ["-f", "BENCH %e %M %U %S", cmd, ...args], {
+    ({ stdout, stderr } = await execFileAsync("/usr/bin/time", ["-f", "BENCH %e %M %U %S %R", cmd, ...args], {
       maxBuffer: 64 * MiB,
     }));
   } catch (err) {
@@ -78,12 +87,13 @@ async function timed(
     ({ stdout = "", stderr } = e as { stdout?: string; stderr: string });
     failed = true;
   }
-  const m = /BENCH ([\d.]+) (\d+) ([\d.]+) ([\d.]+)/.exec(stderr);
+  const m = /BENCH ([\d.]+) (\d+) ([\d.]+) ([\d.]+) (\d+)/.exec(stderr);
   if (!m) throw new Error(`no timing in: ${stderr}`);
   return {
     seconds: Number(m[1]),
     rssMb: Number(m[2]) / 1024,
     cpuSeconds: Number(m[3]) + Number(m[4]),
+    minorFaults: Number(m[5]),
     stdout,
     failed,
   };
@@ -132,6 +142,11 @@ async function main(): Promise<void> {
   const deltaBench = process.argv.includes("--delta");
   const partitions = Number(arg("--partitions", "0"));
   const compareWith = arg("--compare-with", "");
+  // e.g. --compare-env "MALLOC_ARENA_MAX=2": the --compare-with build runs with these variables
+  // (the same build twice then compares a run-time setting side by side).
+  const compareEnv = arg("--compare-env", "")
+    .split(" ")
+    .filter((a) => a.includes("="));
   const site = "bench";
   const keys = makeKeyPair();
   const work = await makeTempDir("bench-restore");
@@ -240,11 +255,15 @@ async function main(): Promise<void> {
           ]);
         const r = await restore();
         rows.push({ what: `pghoard_restore ${mode} ${algorithm}+enc`, plainBytes, storedBytes, ...r });
+        console.log(
+          `# ${combo} run ${run}: ours ${r.seconds} s, ${r.cpuSeconds.toFixed(2)} CPU s, ${r.minorFaults} minor page faults`,
+        );
         oursSeconds.push(r.seconds);
         oursCpu.push(r.cpuSeconds);
         if (compareWith) {
           const otherTarget = path.join(work, `restore-other-${mode}-${algorithm}`);
-          const o = await timed(process.execPath, [
+          const o = await timed(compareEnv.length ? "env" : process.execPath, [
+            ...(compareEnv.length ? [...compareEnv, process.execPath] : []),
             ...nodeArgs,
             path.join(path.resolve(compareWith), "bin", "pghoard_restore.js"),
             "get-basebackup",
@@ -253,8 +272,11 @@ async function main(): Promise<void> {
             "--target-dir",
             otherTarget,
           ]);
+          console.log(
+            `# ${combo} run ${run}: ${compareWith} ${compareEnv.join(" ")} ${o.seconds} s, ${o.cpuSeconds.toFixed(2)} CPU s, ${o.minorFaults} minor page faults`,
+          );
           rows.push({
-            what: `pghoard_restore ${mode} ${algorithm}+enc, build in ${compareWith}`,
+            what: `pghoard_restore ${mode} ${algorithm}+enc, build in ${compareWith}${compareEnv.length ? ` with ${compareEnv.join(" ")}` : ""}`,
             plainBytes,
             storedBytes,
             ...o,
