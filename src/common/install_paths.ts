@@ -13,8 +13,8 @@ export function installedCommandPath(command: string): string {
 
 /**
  * Absolute path of the client PostgreSQL should run: the native front
- * `dist/native/pghoard_postgres_command` where it was built (it renames a prefetched WAL file
- * itself and hands every other call to the bash client), else the bash client
+ * `dist/native/pghoard_postgres_command` where it was built (it makes the bash client's common
+ * calls itself and hands every other one to the bash client), else the bash client
  * `bin/pghoard_postgres_command`. Both sit at the same place relative to this code in the checkout,
  * the npm package and /usr/lib/pghoard (the .deb/.rpm's /usr/bin/pghoard_postgres_command links to
  * the same one).
@@ -40,8 +40,8 @@ export function installedCommandLine(command: string, args: string[]): string {
 }
 
 /**
- * A shell command line running the installed client (installedShellClientPath). `PGHOARD_NODE` pins the node binary
- * running now for the cases it hands to the Node client (an unreachable daemon, unusual input):
+ * A shell command line running the installed client (installedShellClientPath). `PGHOARD_NODE`
+ * pins the node binary running now for the cases handed to the Node client (an unreachable daemon, unusual input):
  * PostgreSQL's PATH may have no node, and a missing program (exit 127) would end recovery.
  */
 export function shellClientCommandLine(args: string[]): string {
