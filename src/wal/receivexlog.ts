@@ -61,6 +61,25 @@ export function showsSpaceBack(fullDiskSegment: string | null, name: string): bo
   return !fullDiskSegment || (isWalName(name) && name >= fullDiskSegment);
 }
 
+/**
+ * Whether pg_receivewal's files in its directory show the disk has room again before any segment
+ * completes: it pre-pads each new `<segment>.partial` to the full segment size, so a full-size
+ * `.partial` of the segment that did not fit (or a later one) was written after the disk filled.
+ * Without this an idle cluster, whose next segment may take hours to complete, would keep the
+ * alert long after the space came back.
+ */
+export function paddedPartialShowsSpaceBack(
+  fullDiskSegment: string | null,
+  files: Array<{ name: string; size: number }>,
+  segmentSize: number,
+): boolean {
+  if (fullDiskSegment === null) return false;
+  return files.some(
+    (f) =>
+      f.name.endsWith(".partial") && f.size === segmentSize && showsSpaceBack(fullDiskSegment, f.name.slice(0, -8)),
+  );
+}
+
 export interface ExitStatus {
   code: number | null;
   signal: NodeJS.Signals | null;

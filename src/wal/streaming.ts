@@ -9,7 +9,7 @@
  * `version_mismatch_error`. Unlike upstream, an alert this plugin raised is removed again once the
  * same check passes, so the alert directory reflects the current state.
  */
-import { unlink } from "node:fs/promises";
+import { readdir, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import { siteLogger } from "../common/logger.js";
@@ -32,6 +32,7 @@ import {
   findReceiversWritingTo,
   NO_SPACE_LINE,
   fullDiskSegmentAfter,
+  paddedPartialShowsSpaceBack,
   showsSpaceBack,
   PgReceiveXlog,
   repairPartialFiles,
@@ -40,6 +41,7 @@ import {
 } from "./receivexlog.js";
 import { connectionFailureAlert, ReplicationConnection } from "./replication.js";
 import { SpoolWatcher } from "./spool_watcher.js";
+import { WAL_SEG_SIZE } from "./names.js";
 import { verifyWalHeader } from "./verify.js";
 import { WalReceiver, type WalSink } from "./walreceiver.js";
 
@@ -329,17 +331,7 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
           // The segment that did not fit (or a later one) was written: pg_receivewal's full disk (or
           // one an earlier run left) is over.
           const name = path.basename(fullPath);
-          if (showsSpaceBack(state.fullDiskSegment, name)) {
-            state.fullDiskSegment = null;
-            void this.ctx.diskFullAlert.clear(diskFullReporter(state.site)).then(
-              (removed) =>
-                removed &&
-                siteLogger(this.log, state.site).info(
-                  `Site ${state.site}: pg_receivewal writes segments again, removed alert file disk_full_error`,
-                ),
-              () => undefined,
-            );
-          }
+          if (showsSpaceBack(state.fullDiskSegment, name)) this.spaceIsBack(state);
           // The segment arrived complete: a copy of an earlier short .partial of it is of no use.
           void unlink(`${fullPath}.partial_incomplete`).catch(() => undefined);
           state.handle?.queueIncomingFile(fullPath);
@@ -360,6 +352,7 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
       state.watcherStarted = true;
       await watcher.start();
     }
+    if (state.fullDiskSegment !== null) await this.checkPaddedPartial(state, handle.spool.xlogIncoming);
     if (state.receivexlog?.isRunning || state.starting || Date.now() < state.nextStartAt) return;
     if (state.receivexlog) {
       const ran = Date.now() - state.receivexlog.startedAt;
@@ -442,6 +435,30 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     });
     void state.receivexlog.exited.then(() => state.watcher?.scan());
     void state.receivexlog.checkDiskSpace(true);
+  }
+
+  /** pg_receivewal wrote again where the disk had been full: its disk_full_error report ends. */
+  private spaceIsBack(state: SiteStreaming): void {
+    state.fullDiskSegment = null;
+    void this.ctx.diskFullAlert.clear(diskFullReporter(state.site)).then(
+      (removed) =>
+        removed &&
+        siteLogger(this.log, state.site).info(
+          `Site ${state.site}: pg_receivewal writes segments again, removed alert file disk_full_error`,
+        ),
+      () => undefined,
+    );
+  }
+
+  /** Each main-loop round while the disk was full: a fully padded `.partial` also shows room again. */
+  private async checkPaddedPartial(state: SiteStreaming, dir: string): Promise<void> {
+    const files: Array<{ name: string; size: number }> = [];
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      if (!name.endsWith(".partial")) continue;
+      const info = await stat(path.join(dir, name)).catch(() => null);
+      if (info) files.push({ name, size: info.size });
+    }
+    if (paddedPartialShowsSpaceBack(state.fullDiskSegment, files, WAL_SEG_SIZE)) this.spaceIsBack(state);
   }
 
   /** Reacts to pg_receivewal's full-disk messages: an alert, and a restart where it would loop for ever. */

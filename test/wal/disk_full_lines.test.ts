@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { fullDiskSegmentAfter, showsSpaceBack } from "../../src/wal/receivexlog.js";
+import { fullDiskSegmentAfter, paddedPartialShowsSpaceBack, showsSpaceBack } from "../../src/wal/receivexlog.js";
 
 const OPEN_FAILED =
   'pg_receivewal: error: could not open write-ahead log file "000000010000000000000004.partial": No space left on device';
@@ -31,5 +31,33 @@ describe("pg_receivewal's full disk", () => {
     assert.equal(showsSpaceBack(full, "00000002.history"), false);
     assert.equal(showsSpaceBack(null, "000000010000000000000003"), true, "not full: any segment");
     assert.equal(showsSpaceBack("", "000000010000000000000003"), true, "a message without a name: any segment");
+  });
+
+  // An idle cluster may not complete its next segment for hours: pg_receivewal padding the segment
+  // that did not fit (or a later one) to its full size shows the room is back (seen in the
+  // full-disk fault test: a short second ENOSPC after the space returned kept the alert for good).
+  it("a fully padded .partial of that segment or a later one also shows space is back", () => {
+    const full = fullDiskSegmentAfter(null, OPEN_FAILED);
+    const SEG = 16 * 1024 * 1024;
+    const partial = (name: string, size: number): { name: string; size: number } => ({ name: `${name}.partial`, size });
+    assert.equal(paddedPartialShowsSpaceBack(null, [partial("000000010000000000000004", SEG)], SEG), false);
+    assert.equal(paddedPartialShowsSpaceBack(full, [partial("000000010000000000000004", SEG)], SEG), true);
+    assert.equal(paddedPartialShowsSpaceBack(full, [partial("000000010000000000000006", SEG)], SEG), true);
+    assert.equal(
+      paddedPartialShowsSpaceBack(full, [partial("000000010000000000000004", 8192)], SEG),
+      false,
+      "a padding cut short by the full disk",
+    );
+    assert.equal(
+      paddedPartialShowsSpaceBack(full, [partial("000000010000000000000003", SEG)], SEG),
+      false,
+      "allocated before the disk filled",
+    );
+    assert.equal(
+      paddedPartialShowsSpaceBack(full, [{ name: "000000010000000000000004", size: SEG }], SEG),
+      false,
+      "a completed segment is the watcher's to report",
+    );
+    assert.equal(paddedPartialShowsSpaceBack("", [partial("000000010000000000000002", SEG)], SEG), true);
   });
 });
