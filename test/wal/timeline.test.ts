@@ -236,6 +236,19 @@ for (const mode of ["pg_receivexlog", "walreceiver"] as const) {
         30_000,
       );
       if (mode === "walreceiver") assert.match(second.logs(), /Timeline 1 ended at .*; following timeline 2/);
+      // Segments are compressed in parallel: the small last one can be stored before the larger switch
+      // segment (a clean-clone run under load checked too early). Wait for timeline 2 from its start.
+      await waitFor(
+        "timeline 2 stored from the switch segment on",
+        async () => {
+          const stored = fullSegments(await storedWal(env, site));
+          const last1 = stored.filter((n) => n.startsWith("00000001")).at(-1);
+          const first2 = stored.find((n) => n.startsWith("00000002"));
+          return last1 !== undefined && first2 === nextWalName(last1).replace(/^00000001/, "00000002");
+        },
+        60_000,
+        () => second.logs().slice(-3000),
+      );
       const names = fullSegments(await storedWal(env, site));
       const tl1 = names.filter((n) => n.startsWith("00000001"));
       const tl2 = names.filter((n) => n.startsWith("00000002"));
