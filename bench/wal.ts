@@ -19,8 +19,10 @@
  *
  * The WAL comes from a throwaway PostgreSQL 15 cluster (`pgbench -i -s 12`).
  *
- * Then (unless `--no-pgbackrest`; `--compare-only` runs just this part) bench/wal_compare.ts: our bash client (bin/pghoard_postgres_command,
- * no Node.js start-up; the daemon works ahead on `.ready` files) against pgBackRest archive-push /
+ * Then (unless `--no-pgbackrest`; `--compare-only` runs just this part) bench/wal_compare.ts: our
+ * client (the native front dist/native/pghoard_postgres_command where built, else the bash client
+ * bin/pghoard_postgres_command; no Node.js start-up; the daemon works ahead on `.ready` files),
+ * every call timed as PostgreSQL's system() runs it, against pgBackRest archive-push /
  * archive-get, sync and async, lz4 and zst, aes-256-cbc, process-max 2: per-call medians and
  * ours ÷ pgBackRest, for one segment at a time, a burst of ready segments, and restores, and the
  * daemon's CPU time per burst segment (all its threads). `--ours-only` leaves pgBackRest out.
