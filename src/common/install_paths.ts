@@ -19,7 +19,7 @@ export function installedCommandPath(command: string): string {
  * the npm package and /usr/lib/pghoard (the .deb/.rpm's /usr/bin/pghoard_postgres_command links to
  * the same one).
  */
-export function installedShellClientPath(): string {
+export function installedClientPath(): string {
   const native = fileURLToPath(new URL("../../native/pghoard_postgres_command", import.meta.url));
   if (existsSync(native)) return native;
   return fileURLToPath(new URL("../../../bin/pghoard_postgres_command", import.meta.url));
@@ -40,13 +40,12 @@ export function installedCommandLine(command: string, args: string[]): string {
 }
 
 /**
- * A shell command line running the installed client (installedShellClientPath). `PGHOARD_NODE`
+ * A shell command line running the installed client (installedClientPath). `PGHOARD_NODE`
  * pins the node binary running now for the cases handed to the Node client (an unreachable daemon, unusual input):
  * PostgreSQL's PATH may have no node, and a missing program (exit 127) would end recovery.
  */
-export function shellClientCommandLine(args: string[]): string {
-  return [
-    `PGHOARD_NODE=${shellQuote(process.execPath)}`,
-    ...[installedShellClientPath(), ...args].map(shellQuote),
-  ].join(" ");
+export function clientCommandLine(args: string[]): string {
+  return [`PGHOARD_NODE=${shellQuote(process.execPath)}`, ...[installedClientPath(), ...args].map(shellQuote)].join(
+    " ",
+  );
 }

@@ -23,7 +23,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 
 import { writeFileAtomic } from "../common/fs.js";
-import { installedCommandLine, shellClientCommandLine, shellQuote } from "../common/install_paths.js";
+import { installedCommandLine, clientCommandLine, shellQuote } from "../common/install_paths.js";
 import { RestoreError } from "./errors.js";
 
 export interface RecoveryOptions {
@@ -75,7 +75,7 @@ export function restoreCommands(
   if ((opts.restoreCommandMode ?? "direct") === "daemon") {
     const args = ["--mode", "restore", "--port", String(opts.port), ...files];
     if (opts.username && opts.password) args.push("--username", opts.username, "--password", opts.password);
-    const restoreCommand = opts.commandBin ? command(args) : shellClientCommandLine(args);
+    const restoreCommand = opts.commandBin ? command(args) : clientCommandLine(args);
     return { restoreCommand, recoveryEndCommand: null };
   }
   if (!opts.configPath) throw new RestoreError("The direct restore_command needs the path of the configuration file");

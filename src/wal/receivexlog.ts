@@ -76,7 +76,9 @@ export function paddedPartialShowsSpaceBack(
   if (fullDiskSegment === null) return false;
   return files.some(
     (f) =>
-      f.name.endsWith(".partial") && f.size === segmentSize && showsSpaceBack(fullDiskSegment, f.name.slice(0, -8)),
+      isPartialName(f.name) &&
+      f.size === segmentSize &&
+      showsSpaceBack(fullDiskSegment, f.name.slice(0, -".partial".length)),
   );
 }
 

@@ -442,42 +442,42 @@ describe("pghoard_postgres_command: the bash client agrees with the Node.js clie
   // native front is that one process and a rename, nothing else (no bash, no mv, no daemon call).
   it("the native front archives and restores without starting another process", { skip: !haveNative }, async () => {
     const trace = path.join(pgdata, "strace-native.out");
+    /** The native front's process, connection and rename calls for one run (which must succeed). */
+    const calls = async (args: string[]): Promise<string[]> => {
+      const r = await run(
+        "strace",
+        ["-f", "-qq", "-e", "trace=execve,fork,vfork,clone,clone3,connect,rename", "-o", trace, nativeBin, ...args],
+        pgdata,
+        { PGHOARD_NODE: "/bin/false" },
+      );
+      assert.deepEqual(r, { code: 0, stdout: "", stderr: "" }, args.join(" "));
+      const made = (await readFile(trace, "utf8")).split("\n").filter((l) => l.trim() && !l.includes("+++"));
+      assert.equal(made.length, 2, made.join("\n"));
+      assert.match(made[0], /execve\(".*dist\/native\/pghoard_postgres_command"/);
+      return made;
+    };
     const prefetched = "000000010000000000000010";
     await removeRecovered();
     await writeFile(walPath(`${prefetched}.pghoard.prefetch`), "prefetched 10");
-    const r = await run(
-      "strace",
-      [
-        ...["-f", "-qq", "-e", "trace=execve,fork,vfork,clone,clone3,connect,rename", "-o", trace, nativeBin],
-        ...[...auth(), "--mode", "restore", "--xlog", prefetched, "--output", "pg_wal/RECOVERYXLOG"],
-      ],
-      pgdata,
-      { PGHOARD_NODE: "/bin/false" },
-    );
-    assert.deepEqual(r, { code: 0, stdout: "", stderr: "" });
+    const renamed = await calls([
+      ...auth(),
+      "--mode",
+      "restore",
+      "--xlog",
+      prefetched,
+      "--output",
+      "pg_wal/RECOVERYXLOG",
+    ]);
+    assert.match(renamed[1], /rename\(".*\.pghoard\.prefetch", ".*RECOVERYXLOG"\) = 0/);
     await expectRecovered("prefetched 10")();
     assert.ok(!existsSync(walPath(`${prefetched}.pghoard.prefetch`)));
-    const calls = (await readFile(trace, "utf8")).split("\n").filter((l) => l.trim() && !l.includes("+++"));
-    assert.equal(calls.length, 2, calls.join("\n"));
-    assert.match(calls[0], /execve\(".*dist\/native\/pghoard_postgres_command"/);
-    assert.match(calls[1], /rename\(".*\.pghoard\.prefetch", ".*RECOVERYXLOG"\) = 0/);
     // Archive and restore through the daemon: one process and one connection, no bash.
     for (const args of [
       [...auth(), "--mode", "archive", "--xlog", SEG],
       [...auth(), "--mode", "restore", "--xlog", SEG, "--output", "pg_wal/RECOVERYXLOG"],
     ]) {
       await removeRecovered();
-      const traced = await run(
-        "strace",
-        ["-f", "-qq", "-e", "trace=execve,fork,vfork,clone,clone3,connect", "-o", trace, nativeBin, ...args],
-        pgdata,
-        { PGHOARD_NODE: "/bin/false" },
-      );
-      assert.deepEqual(traced, { code: 0, stdout: "", stderr: "" }, args.join(" "));
-      const made = (await readFile(trace, "utf8")).split("\n").filter((l) => l.trim() && !l.includes("+++"));
-      assert.equal(made.length, 2, made.join("\n"));
-      assert.match(made[0], /execve\(".*dist\/native\/pghoard_postgres_command"/);
-      assert.match(made[1], /connect\(.*127\.0\.0\.1.* = 0/);
+      assert.match((await calls(args))[1], /connect\(.*127\.0\.0\.1.* = 0/);
     }
     await expectRecovered(seg)();
   });

@@ -1,6 +1,7 @@
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { installedClientPath } from "../../src/common/install_paths.js";
 
 // Compiled tests live in dist/test/helpers, sources in test/helpers: walk up to package.json.
 function findRepoRoot(start: string): string {
@@ -18,10 +19,5 @@ export const repoRoot = findRepoRoot(path.dirname(fileURLToPath(import.meta.url)
 export const sharedDir = process.env.PGHOARD_SHARED_DIR ?? path.resolve(repoRoot, "..", "shared");
 export const hasShared = existsSync(path.join(sharedDir, "fixtures"));
 export const fixturesDir = path.join(repoRoot, "test", "fixtures");
-/**
- * The restore_command client the checkout installs: the native front where the build compiled it
- * (scripts/build_native.sh), else the bash client.
- */
-export const installedClientBin = existsSync(path.join(repoRoot, "dist", "native", "pghoard_postgres_command"))
-  ? path.join(repoRoot, "dist", "native", "pghoard_postgres_command")
-  : path.join(repoRoot, "bin", "pghoard_postgres_command");
+/** The restore_command client the checkout installs (the native front where built, else bash). */
+export const installedClientBin = installedClientPath();

@@ -150,8 +150,8 @@ describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
     const { stdout } = await execFileAsync(process.execPath, [
       "--input-type=module",
       "-e",
-      `import { installedShellClientPath } from ${JSON.stringify(pathToFileURL(path.join(lib, "dist", "src", "common", "install_paths.js")).href)};
-process.stdout.write(installedShellClientPath());`,
+      `import { installedClientPath } from ${JSON.stringify(pathToFileURL(path.join(lib, "dist", "src", "common", "install_paths.js")).href)};
+process.stdout.write(installedClientPath());`,
     ]);
     // The native front where this machine built one (scripts/build_native.sh), else the bash client.
     const native = existsSync(path.join(repoRoot, "dist", "native", "pghoard_postgres_command"));
