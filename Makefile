@@ -35,8 +35,9 @@ stage: dist/src/commands/pghoard.js
 	         $(STAGE)/usr/share/doc/$(NAME)/examples $(STAGE)/usr/share/man/man1 \
 	         $(STAGE)/usr/share/bash-completion/completions
 	cp -a dist/src $(STAGE)$(LIBDIR)/dist/
-	# The native front of pghoard_postgres_command, built by `npm run build` where a C compiler is.
-	if [ -x dist/native/pghoard_postgres_command ]; then cp -a dist/native $(STAGE)$(LIBDIR)/dist/; fi
+	# The native parts (pghoard_postgres_command's front, the snappy decoder's addon), built by
+	# `npm run build` where a C compiler is.
+	if [ -d dist/native ]; then cp -a dist/native $(STAGE)$(LIBDIR)/dist/; fi
 	find $(STAGE)$(LIBDIR)/dist -name '*.map' -delete
 	cp -a bin $(STAGE)$(LIBDIR)/
 	cp package.json package-lock.json $(STAGE)$(LIBDIR)/

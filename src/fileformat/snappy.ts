@@ -7,6 +7,13 @@
 import { crc32c } from "@node-rs/crc32";
 import snappy from "snappy";
 import { FileFormatError, asFileFormatError } from "./errors.js";
+import {
+  NATIVE_BAD_DATA,
+  NATIVE_CRC_MISMATCH,
+  NATIVE_TOO_LARGE,
+  snappyNative,
+  type SnappyNative,
+} from "./snappy_native.js";
 import type { Codec } from "./types.js";
 
 const CHUNK_COMPRESSED = 0x00;
@@ -17,7 +24,13 @@ const MAX_BLOCK = 65536;
 export const STREAM_IDENTIFIER = Buffer.from([0xff, 0x06, 0x00, 0x00, 0x73, 0x4e, 0x61, 0x50, 0x70, 0x59]);
 const IDENTIFIER_BODY = STREAM_IDENTIFIER.subarray(4);
 
+/** The framing format's checksum: CRC-32C, rotated and offset ("masked"). */
 export function maskedCrc32c(data: Uint8Array): number {
+  if (snappyNative !== null) return snappyNative.maskedCrc32c(data);
+  return maskedCrc32cPortable(data);
+}
+
+export function maskedCrc32cPortable(data: Uint8Array): number {
   const crc = crc32c(data) >>> 0;
   return ((((crc >>> 15) | (crc << 17)) >>> 0) + 0xa282ead8) >>> 0;
 }
@@ -125,6 +138,9 @@ export class SnappyFrameEncoder implements Codec {
 const OUTPUT_PIECE = 1024 * 1024;
 
 export class SnappyFrameDecoder implements Codec {
+  /** `native`: the addon (default, where built) or null for the npm packages (tests compare both). */
+  constructor(private readonly native: SnappyNative | null = snappyNative) {}
+
   /** Decoded blocks of this update() not yet handed on (see OUTPUT_PIECE). */
   private out: Buffer | null = null;
   private outLength = 0;
@@ -148,6 +164,18 @@ export class SnappyFrameDecoder implements Codec {
     data.copy(this.out, this.outLength);
     this.outLength += data.length;
     return full;
+  }
+
+  /** Decodes a data chunk's body `buf[start, end)` straight into the output piece (see snappy_native.c). */
+  private *decodeNative(buf: Buffer, start: number, end: number, expectedCrc: number, compressed: boolean) {
+    // A whole block must fit: hand on the piece first when it might not.
+    const full = this.out !== null && this.outLength + MAX_BLOCK > this.out.length ? this.takeOutput() : null;
+    this.out ??= Buffer.allocUnsafe(OUTPUT_PIECE);
+    const decoded = this.native!.decodeChunk(buf, start, end, this.out, this.outLength, expectedCrc, compressed);
+    if (decoded < 0) throw nativeError(decoded);
+    this.outLength += decoded;
+    // The earlier piece goes first; this block's bytes wait in the new one.
+    if (full) yield full;
   }
 
   private takeOutput(): Buffer | null {
@@ -213,6 +241,10 @@ export class SnappyFrameDecoder implements Codec {
     if (type === CHUNK_COMPRESSED || type === CHUNK_UNCOMPRESSED) {
       if (body.length < 4) throw new FileFormatError("Snappy data chunk is too short");
       const expectedCrc = body.readUInt32LE(0);
+      if (this.native !== null) {
+        yield* this.decodeNative(buf, start + 8, end, expectedCrc, type === CHUNK_COMPRESSED);
+        return;
+      }
       let data: Buffer;
       if (type === CHUNK_COMPRESSED) {
         try {
@@ -238,6 +270,13 @@ export class SnappyFrameDecoder implements Codec {
     // 0x80..0xfd reserved skippable and CHUNK_PADDING: ignored.
     void CHUNK_PADDING;
   }
+}
+
+function nativeError(code: number): FileFormatError {
+  if (code === NATIVE_BAD_DATA) return new FileFormatError("Invalid snappy data");
+  if (code === NATIVE_TOO_LARGE) return new FileFormatError("Snappy chunk holds more than 65536 bytes");
+  if (code === NATIVE_CRC_MISMATCH) return new FileFormatError("Snappy chunk CRC-32C mismatch");
+  return new FileFormatError(`Snappy chunk could not be decoded (native code ${code})`);
 }
 
 function bodyLength(buf: Buffer, offset: number): number {

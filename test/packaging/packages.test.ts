@@ -163,6 +163,20 @@ process.stdout.write(installedClientPath());`,
     accessSync(stdout, constants.X_OK);
   });
 
+  it("the unpacked runtime decodes snappy with the native addon where it was built, and recommends libsnappy", async () => {
+    const lib = path.join(root, "usr", "lib", "pghoard");
+    const { stdout } = await execFileAsync(process.execPath, [
+      "--input-type=module",
+      "-e",
+      `import { snappyNative } from ${JSON.stringify(pathToFileURL(path.join(lib, "dist", "src", "fileformat", "snappy_native.js")).href)};
+process.stdout.write(String(snappyNative !== null));`,
+    ]);
+    const built = existsSync(path.join(repoRoot, "dist", "native", "snappy_native.node"));
+    assert.equal(stdout, String(built));
+    const { stdout: fields } = await execFileAsync("dpkg-deb", ["-f", deb, "Recommends"]);
+    assert.match(fields, /libsnappy1v5/);
+  });
+
   it("loads config, storage and logging from the unpacked runtime (archive cleanup on an empty store)", async () => {
     const config = path.join(root, "pghoard.json");
     await writeFile(
@@ -199,6 +213,8 @@ process.stdout.write(installedClientPath());`,
       assert.match(varLib ?? "", /^d\S+\s+\d+\s+postgres\s+postgres\s/);
       const { stdout: requires } = await execFileAsync("rpm", ["-qpR", rpm]);
       assert.match(requires, /^nodejs >= 1:20$/m);
+      const { stdout: recommends } = await execFileAsync("rpm", ["-qp", "--recommends", rpm]);
+      assert.match(recommends, /^snappy$/m);
     });
   });
 });

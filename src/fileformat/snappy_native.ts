@@ -1,0 +1,38 @@
+/**
+ * The snappy framing decoder's optional native half (snappy_native.c, built by
+ * scripts/build_native.sh): null where it was not built or cannot be loaded (libsnappy missing),
+ * and snappy.ts then uses the npm packages, with the same results.
+ */
+import { createRequire } from "node:module";
+
+export interface SnappyNative {
+  /**
+   * Decodes the chunk body `src[start, end)` (after its CRC) into `dst` at `dstOffset` and checks
+   * its masked CRC-32C there: the decoded length, or one of the NATIVE_* codes.
+   */
+  decodeChunk(
+    src: Uint8Array,
+    start: number,
+    end: number,
+    dst: Uint8Array,
+    dstOffset: number,
+    expectedMaskedCrc: number,
+    compressed: boolean,
+  ): number;
+  maskedCrc32c(data: Uint8Array): number;
+}
+
+export const NATIVE_BAD_DATA = -1;
+export const NATIVE_TOO_LARGE = -2;
+export const NATIVE_CRC_MISMATCH = -3;
+export const NATIVE_BAD_ARGUMENTS = -4;
+
+function load(): SnappyNative | null {
+  try {
+    return createRequire(import.meta.url)("../../native/snappy_native.node") as SnappyNative;
+  } catch {
+    return null;
+  }
+}
+
+export const snappyNative: SnappyNative | null = load();
