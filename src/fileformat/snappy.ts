@@ -4,8 +4,7 @@
  * `Compressor` on heap data, and the reader needs leniency the library does not document
  * (repeated or missing stream identifiers).
  */
-import { crc32c } from "@node-rs/crc32";
-import snappy from "snappy";
+import { createRequire } from "node:module";
 import { FileFormatError, asFileFormatError } from "./errors.js";
 import {
   NATIVE_BAD_DATA,
@@ -15,6 +14,15 @@ import {
   type SnappyNative,
 } from "./snappy_native.js";
 import type { Codec } from "./types.js";
+
+// The npm packages load on first use: a thread that only decodes, with the native addon, never
+// needs them, and loading them costs about 40 ms of a restore's start-up.
+const requireCjs = createRequire(import.meta.url);
+let npmSnappy: typeof import("snappy") | null = null;
+let npmCrc32c: (typeof import("@node-rs/crc32"))["crc32c"] | null = null;
+const snappyLib = (): typeof import("snappy") => (npmSnappy ??= requireCjs("snappy") as typeof import("snappy"));
+const crc32c = (data: Uint8Array): number =>
+  (npmCrc32c ??= (requireCjs("@node-rs/crc32") as typeof import("@node-rs/crc32")).crc32c)(data as Buffer);
 
 const CHUNK_COMPRESSED = 0x00;
 const CHUNK_UNCOMPRESSED = 0x01;
@@ -45,7 +53,7 @@ interface EncodedBlock {
 function encodeBlock(block: Uint8Array, reusedBuffer = false): EncodedBlock {
   const crc = maskedCrc32c(block);
   // copyOutputData: the default external-buffer path is ~10x slower on 64 KiB blocks.
-  const compressed = snappy.compressSync(block, { copyOutputData: true });
+  const compressed = snappyLib().compressSync(block, { copyOutputData: true });
   if (compressed.length < block.length - (block.length >>> 3))
     return { type: CHUNK_COMPRESSED, crc, payload: compressed };
   return { type: CHUNK_UNCOMPRESSED, crc, payload: reusedBuffer ? Uint8Array.prototype.slice.call(block) : block };
@@ -248,7 +256,7 @@ export class SnappyFrameDecoder implements Codec {
       let data: Buffer;
       if (type === CHUNK_COMPRESSED) {
         try {
-          data = snappy.uncompressSync(body.subarray(4), { asBuffer: true, copyOutputData: true }) as Buffer;
+          data = snappyLib().uncompressSync(body.subarray(4), { asBuffer: true, copyOutputData: true }) as Buffer;
         } catch (err) {
           throw asFileFormatError(err, "Invalid snappy data");
         }
