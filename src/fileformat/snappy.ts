@@ -79,12 +79,42 @@ function layOut(blocks: EncodedBlock[], withIdentifier: boolean): Buffer {
   return out;
 }
 
+/** Native encoding's output is framed here first, then copied out at its exact size. */
+let nativeScratch: Buffer | null = null;
+/** Input framed per native call: bounds the scratch buffer (about 1.2 MiB). */
+const NATIVE_ENCODE_INPUT = 16 * MAX_BLOCK;
+
+/**
+ * Frames `parts` (each cut into 64 KiB blocks from its own start; all but the last a multiple of
+ * 64 KiB long), after the identifier when `withIdentifier`, with the native addon: one buffer of
+ * the exact size per NATIVE_ENCODE_INPUT of input.
+ */
+function* encodeNative(native: SnappyNative, parts: Uint8Array[], withIdentifier: boolean): Iterable<Buffer> {
+  let identifier = withIdentifier;
+  for (const part of parts) {
+    for (let start = 0; start < part.length; start += NATIVE_ENCODE_INPUT) {
+      const end = Math.min(start + NATIVE_ENCODE_INPUT, part.length);
+      const bound = STREAM_IDENTIFIER.length + native.encodeBound(end - start);
+      if (nativeScratch === null || nativeScratch.length < bound) nativeScratch = Buffer.allocUnsafeSlow(bound);
+      const at = identifier ? STREAM_IDENTIFIER.copy(nativeScratch, 0) : 0;
+      identifier = false;
+      const written = native.encodeChunks(part, start, end, nativeScratch, at);
+      if (written < 0) throw new FileFormatError(`Snappy data could not be encoded (native code ${written})`);
+      yield Buffer.from(nativeScratch.subarray(0, at + written));
+    }
+  }
+}
+
 /**
  * Data chunks of `data` cut into 64 KiB blocks from its start (no identifier). For a range that
  * starts on a 64 KiB boundary of the stream, this is exactly what SnappyFrameEncoder writes for
  * it, so ranges encoded apart (on several threads) and laid end to end give the same bytes.
  */
-export function encodeBlocks(data: Uint8Array): Buffer {
+export function encodeBlocks(data: Uint8Array, native: SnappyNative | null = snappyNative): Buffer {
+  if (native !== null) {
+    const pieces = [...encodeNative(native, [data], false)];
+    return pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
+  }
   const blocks: EncodedBlock[] = [];
   for (let offset = 0; offset < data.length; offset += MAX_BLOCK)
     blocks.push(encodeBlock(data.subarray(offset, Math.min(offset + MAX_BLOCK, data.length))));
@@ -99,7 +129,14 @@ export class SnappyFrameEncoder implements Codec {
   private pending: Buffer = Buffer.allocUnsafe(MAX_BLOCK);
   private pendingLength = 0;
 
+  /** `native`: the addon (default, where built) or null for the npm packages; the bytes are the same. */
+  constructor(private readonly native: SnappyNative | null = snappyNative) {}
+
   *update(chunk: Buffer): Iterable<Buffer> {
+    if (this.native !== null) {
+      yield* this.updateNative(this.native, chunk);
+      return;
+    }
     const frames: EncodedBlock[] = [];
     let offset = 0;
     if (this.pendingLength > 0) {
@@ -126,8 +163,38 @@ export class SnappyFrameEncoder implements Codec {
     if (this.pendingLength > 0) {
       const block = this.pending.subarray(0, this.pendingLength);
       this.pendingLength = 0;
-      yield this.withIdentifier([encodeBlock(block)]);
+      if (this.native !== null) yield* this.framedNative(this.native, [block]);
+      else yield this.withIdentifier([encodeBlock(block)]);
     }
+  }
+
+  /** update() with the addon: whole blocks straight from `chunk`, a partial one kept in `pending`. */
+  private *updateNative(native: SnappyNative, chunk: Buffer): Iterable<Buffer> {
+    const parts: Uint8Array[] = [];
+    let offset = 0;
+    if (this.pendingLength > 0) {
+      const take = Math.min(MAX_BLOCK - this.pendingLength, chunk.length);
+      chunk.copy(this.pending, this.pendingLength, 0, take);
+      this.pendingLength += take;
+      offset = take;
+      if (this.pendingLength < MAX_BLOCK) return;
+      // Encoded (and copied out) before pending is refilled below.
+      yield* this.framedNative(native, [this.pending]);
+      this.pendingLength = 0;
+    }
+    const whole = offset + Math.floor((chunk.length - offset) / MAX_BLOCK) * MAX_BLOCK;
+    if (whole > offset) parts.push(chunk.subarray(offset, whole));
+    if (whole < chunk.length) {
+      chunk.copy(this.pending, 0, whole);
+      this.pendingLength = chunk.length - whole;
+    }
+    if (parts.length > 0) yield* this.framedNative(native, parts);
+  }
+
+  private *framedNative(native: SnappyNative, parts: Uint8Array[]): Iterable<Buffer> {
+    const first = !this.started;
+    this.started = true;
+    yield* encodeNative(native, parts, first);
   }
 
   /** The identifier is written lazily, so empty input gives zero bytes (like upstream + encryption). */

@@ -1,5 +1,5 @@
 /**
- * The snappy framing decoder's optional native half (snappy_native.c, built by
+ * The snappy framing's optional native half (snappy_native.c, built by
  * scripts/build_native.sh): null where it was not built or cannot be loaded (libsnappy missing),
  * and snappy.ts then uses the npm packages, with the same results.
  */
@@ -19,6 +19,14 @@ export interface SnappyNative {
     expectedMaskedCrc: number,
     compressed: boolean,
   ): number;
+  /**
+   * Frames `src[start, end)`, cut into 64 KiB blocks from `start`, as data chunks into `dst` at
+   * `dstOffset` (room for `encodeBound(end - start)` bytes needed): the bytes written, or a
+   * NATIVE_* code. Same bytes as the npm path.
+   */
+  encodeChunks(src: Uint8Array, start: number, end: number, dst: Uint8Array, dstOffset: number): number;
+  /** The most bytes encodeChunks writes for `length` bytes of input. */
+  encodeBound(length: number): number;
   maskedCrc32c(data: Uint8Array): number;
 }
 

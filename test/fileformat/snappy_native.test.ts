@@ -5,7 +5,12 @@ import { existsSync } from "node:fs";
 import { describe, it } from "node:test";
 import snappy from "snappy";
 
-import { SnappyFrameDecoder, SnappyFrameEncoder, maskedCrc32cPortable } from "../../src/fileformat/snappy.js";
+import {
+  SnappyFrameDecoder,
+  SnappyFrameEncoder,
+  encodeBlocks,
+  maskedCrc32cPortable,
+} from "../../src/fileformat/snappy.js";
 import {
   NATIVE_BAD_ARGUMENTS,
   NATIVE_BAD_DATA,
@@ -25,8 +30,7 @@ function canBuild(): boolean {
   }
 }
 
-function encode(data: Buffer, step: number): Buffer {
-  const encoder = new SnappyFrameEncoder();
+function encode(data: Buffer, step: number, encoder = new SnappyFrameEncoder()): Buffer {
   const parts: Buffer[] = [];
   for (let o = 0; o < data.length; o += step) {
     for (const p of encoder.update(data.subarray(o, o + step))) parts.push(Buffer.from(p));
@@ -78,6 +82,24 @@ describe(
         assert.ok(native.equals(data), `native decode, input in pieces of ${step}`);
         assert.ok(portable.equals(data), `npm decode, input in pieces of ${step}`);
       }
+    });
+
+    it("encodes the same bytes as the npm packages, whatever the input split", () => {
+      const data = Buffer.concat([
+        Buffer.alloc(200_000, 3),
+        randomBytes(300_000),
+        Buffer.from("0123456789abcdef".repeat(150_000)),
+        randomBytes(12_345),
+      ]);
+      for (const step of [1000, 65_536, 65_537, 1_048_576, 3_000_000, data.length]) {
+        const native = encode(data, step, new SnappyFrameEncoder(snappyNative));
+        const portable = encode(data, step, new SnappyFrameEncoder(null));
+        assert.ok(native.equals(portable), `input in pieces of ${step}`);
+        assert.ok(decode(native, native.length, new SnappyFrameDecoder(null)).equals(data));
+      }
+      assert.equal(encode(Buffer.alloc(0), 1, new SnappyFrameEncoder(snappyNative)).length, 0, "empty input: no bytes");
+      const range = data.subarray(65_536 * 3, 65_536 * 40 + 7);
+      assert.ok(encodeBlocks(range, snappyNative).equals(encodeBlocks(range, null)));
     });
 
     it("the same checksum as the npm package and the spec's reference", () => {
@@ -132,6 +154,15 @@ describe(
       assert.equal(snappyNative!.decodeChunk(src, 0, src.length, dst, dst.length - 99, crc, true), NATIVE_TOO_LARGE);
       assert.equal(snappyNative!.decodeChunk(src, 0, src.length, dst, dst.length - 100, crc, true), 100);
       assert.equal(snappyNative!.decodeChunk(Buffer.from([0x80]), 0, 1, dst, 0, crc, true), NATIVE_BAD_DATA);
+      const input = randomBytes(70_000);
+      const bound = snappyNative!.encodeBound(input.length);
+      assert.equal(
+        snappyNative!.encodeChunks(input, 0, input.length + 1, Buffer.alloc(bound), 0),
+        NATIVE_BAD_ARGUMENTS,
+      );
+      assert.equal(snappyNative!.encodeChunks(input, 0, input.length, Buffer.alloc(bound - 1), 0), NATIVE_TOO_LARGE);
+      assert.equal(snappyNative!.encodeChunks(input, 0, input.length, Buffer.alloc(bound), 1), NATIVE_TOO_LARGE);
+      assert.equal(snappyNative!.encodeChunks(input, 0, input.length, Buffer.alloc(bound), 0), input.length + 16);
     });
   },
 );
