@@ -50,13 +50,13 @@ interface EncodedBlock {
 }
 
 /** One ≤64 KiB block as a data chunk (uncompressed when compression saves < 1/8, as upstream). */
-function encodeBlock(block: Uint8Array, reusedBuffer = false): EncodedBlock {
+function encodeBlock(block: Uint8Array): EncodedBlock {
   const crc = maskedCrc32c(block);
   // copyOutputData: the default external-buffer path is ~10x slower on 64 KiB blocks.
   const compressed = snappyLib().compressSync(block, { copyOutputData: true });
   if (compressed.length < block.length - (block.length >>> 3))
     return { type: CHUNK_COMPRESSED, crc, payload: compressed };
-  return { type: CHUNK_UNCOMPRESSED, crc, payload: reusedBuffer ? Uint8Array.prototype.slice.call(block) : block };
+  return { type: CHUNK_UNCOMPRESSED, crc, payload: block };
 }
 
 /** Lays out chunks (and the identifier, when first) in one buffer: a single copy per payload. */
@@ -84,11 +84,7 @@ let nativeScratch: Buffer | null = null;
 /** Input framed per native call: bounds the scratch buffer (about 1.2 MiB). */
 const NATIVE_ENCODE_INPUT = 16 * MAX_BLOCK;
 
-/**
- * Frames `parts` (each cut into 64 KiB blocks from its own start; all but the last a multiple of
- * 64 KiB long), after the identifier when `withIdentifier`, with the native addon: one buffer of
- * the exact size per NATIVE_ENCODE_INPUT of input.
- */
+/** frame() with the addon: one buffer of the exact size per NATIVE_ENCODE_INPUT of input. */
 function* encodeNative(native: SnappyNative, parts: Uint8Array[], withIdentifier: boolean): Iterable<Buffer> {
   let identifier = withIdentifier;
   for (const part of parts) {
@@ -106,19 +102,30 @@ function* encodeNative(native: SnappyNative, parts: Uint8Array[], withIdentifier
 }
 
 /**
+ * Frames `parts`, each cut into 64 KiB blocks from its own start (all but the last a multiple of
+ * 64 KiB long), after the stream identifier when `withIdentifier`: with the addon where given,
+ * else with the npm packages, the same bytes either way. Everything is copied out: the parts may
+ * be reused once this returns.
+ */
+function frame(parts: Uint8Array[], withIdentifier: boolean, native: SnappyNative | null): Buffer[] {
+  if (native !== null) return [...encodeNative(native, parts, withIdentifier)];
+  const blocks: EncodedBlock[] = [];
+  for (const part of parts) {
+    for (let at = 0; at < part.length; at += MAX_BLOCK) {
+      blocks.push(encodeBlock(part.subarray(at, Math.min(at + MAX_BLOCK, part.length))));
+    }
+  }
+  return [layOut(blocks, withIdentifier)];
+}
+
+/**
  * Data chunks of `data` cut into 64 KiB blocks from its start (no identifier). For a range that
  * starts on a 64 KiB boundary of the stream, this is exactly what SnappyFrameEncoder writes for
  * it, so ranges encoded apart (on several threads) and laid end to end give the same bytes.
  */
 export function encodeBlocks(data: Uint8Array, native: SnappyNative | null = snappyNative): Buffer {
-  if (native !== null) {
-    const pieces = [...encodeNative(native, [data], false)];
-    return pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
-  }
-  const blocks: EncodedBlock[] = [];
-  for (let offset = 0; offset < data.length; offset += MAX_BLOCK)
-    blocks.push(encodeBlock(data.subarray(offset, Math.min(offset + MAX_BLOCK, data.length))));
-  return layOut(blocks, false);
+  const pieces = frame([data], false, native);
+  return pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
 }
 
 export const SNAPPY_BLOCK = MAX_BLOCK;
@@ -133,43 +140,6 @@ export class SnappyFrameEncoder implements Codec {
   constructor(private readonly native: SnappyNative | null = snappyNative) {}
 
   *update(chunk: Buffer): Iterable<Buffer> {
-    if (this.native !== null) {
-      yield* this.updateNative(this.native, chunk);
-      return;
-    }
-    const frames: EncodedBlock[] = [];
-    let offset = 0;
-    if (this.pendingLength > 0) {
-      const take = Math.min(MAX_BLOCK - this.pendingLength, chunk.length);
-      chunk.copy(this.pending, this.pendingLength, 0, take);
-      this.pendingLength += take;
-      offset = take;
-      if (this.pendingLength < MAX_BLOCK) return;
-      frames.push(encodeBlock(this.pending, true)); // pending is refilled below, before layOut
-      this.pendingLength = 0;
-    }
-    while (chunk.length - offset >= MAX_BLOCK) {
-      frames.push(encodeBlock(chunk.subarray(offset, offset + MAX_BLOCK)));
-      offset += MAX_BLOCK;
-    }
-    if (offset < chunk.length) {
-      chunk.copy(this.pending, 0, offset);
-      this.pendingLength = chunk.length - offset;
-    }
-    if (frames.length > 0) yield this.withIdentifier(frames);
-  }
-
-  *final(): Iterable<Buffer> {
-    if (this.pendingLength > 0) {
-      const block = this.pending.subarray(0, this.pendingLength);
-      this.pendingLength = 0;
-      if (this.native !== null) yield* this.framedNative(this.native, [block]);
-      else yield this.withIdentifier([encodeBlock(block)]);
-    }
-  }
-
-  /** update() with the addon: whole blocks straight from `chunk`, a partial one kept in `pending`. */
-  private *updateNative(native: SnappyNative, chunk: Buffer): Iterable<Buffer> {
     const parts: Uint8Array[] = [];
     let offset = 0;
     if (this.pendingLength > 0) {
@@ -178,30 +148,33 @@ export class SnappyFrameEncoder implements Codec {
       this.pendingLength += take;
       offset = take;
       if (this.pendingLength < MAX_BLOCK) return;
-      // Encoded (and copied out) before pending is refilled below.
-      yield* this.framedNative(native, [this.pending]);
+      parts.push(this.pending);
       this.pendingLength = 0;
     }
     const whole = offset + Math.floor((chunk.length - offset) / MAX_BLOCK) * MAX_BLOCK;
     if (whole > offset) parts.push(chunk.subarray(offset, whole));
+    // Encoded (and copied out) before `pending` takes the rest of the chunk.
+    const out = parts.length > 0 ? this.encode(parts) : [];
     if (whole < chunk.length) {
       chunk.copy(this.pending, 0, whole);
       this.pendingLength = chunk.length - whole;
     }
-    if (parts.length > 0) yield* this.framedNative(native, parts);
+    yield* out;
   }
 
-  private *framedNative(native: SnappyNative, parts: Uint8Array[]): Iterable<Buffer> {
-    const first = !this.started;
-    this.started = true;
-    yield* encodeNative(native, parts, first);
+  *final(): Iterable<Buffer> {
+    if (this.pendingLength > 0) {
+      const block = this.pending.subarray(0, this.pendingLength);
+      this.pendingLength = 0;
+      yield* this.encode([block]);
+    }
   }
 
   /** The identifier is written lazily, so empty input gives zero bytes (like upstream + encryption). */
-  private withIdentifier(blocks: EncodedBlock[]): Buffer {
+  private encode(parts: Uint8Array[]): Buffer[] {
     const first = !this.started;
     this.started = true;
-    return layOut(blocks, first);
+    return frame(parts, first, this.native);
   }
 }
 

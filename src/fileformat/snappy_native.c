@@ -77,6 +77,21 @@ static bool uint8_view(napi_env env, napi_value value, uint8_t **data, size_t *l
          type == napi_uint8_array;
 }
 
+/* The arguments both calls start with, (src, start, end, dst, dstOffset), checked against the arrays. */
+struct ranges {
+  uint8_t *src, *dst;
+  size_t src_length, dst_length;
+  uint32_t start, end, dst_offset;
+};
+
+static bool get_ranges(napi_env env, napi_value *argv, struct ranges *r) {
+  return uint8_view(env, argv[0], &r->src, &r->src_length) && uint8_view(env, argv[3], &r->dst, &r->dst_length) &&
+         napi_get_value_uint32(env, argv[1], &r->start) == napi_ok &&
+         napi_get_value_uint32(env, argv[2], &r->end) == napi_ok &&
+         napi_get_value_uint32(env, argv[4], &r->dst_offset) == napi_ok && r->start <= r->end &&
+         r->end <= r->src_length && r->dst_offset <= r->dst_length;
+}
+
 static napi_value int_result(napi_env env, int32_t result) {
   napi_value out;
   napi_create_int32(env, result, &out);
@@ -93,17 +108,15 @@ static napi_value decode_chunk(napi_env env, napi_callback_info info) {
   size_t argc = 7;
   napi_value argv[7];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 7) return int_result(env, BAD_ARGUMENTS);
-  uint8_t *src, *dst;
-  size_t src_length, dst_length;
-  uint32_t start, end, dst_offset, expected;
+  struct ranges r;
+  uint32_t expected;
   bool compressed;
-  if (!uint8_view(env, argv[0], &src, &src_length) || !uint8_view(env, argv[3], &dst, &dst_length) ||
-      napi_get_value_uint32(env, argv[1], &start) != napi_ok || napi_get_value_uint32(env, argv[2], &end) != napi_ok ||
-      napi_get_value_uint32(env, argv[4], &dst_offset) != napi_ok ||
-      napi_get_value_uint32(env, argv[5], &expected) != napi_ok ||
-      napi_get_value_bool(env, argv[6], &compressed) != napi_ok || start > end || end > src_length ||
-      dst_offset > dst_length)
+  if (!get_ranges(env, argv, &r) || napi_get_value_uint32(env, argv[5], &expected) != napi_ok ||
+      napi_get_value_bool(env, argv[6], &compressed) != napi_ok)
     return int_result(env, BAD_ARGUMENTS);
+  uint8_t *src = r.src, *dst = r.dst;
+  uint32_t start = r.start, end = r.end, dst_offset = r.dst_offset;
+  size_t dst_length = r.dst_length;
   size_t room = dst_length - dst_offset;
   if (room > MAX_BLOCK) room = MAX_BLOCK;
   size_t n = end - start;
@@ -136,14 +149,12 @@ static napi_value encode_chunks(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5) return int_result(env, BAD_ARGUMENTS);
-  uint8_t *src, *dst;
-  size_t src_length, dst_length;
-  uint32_t start, end, dst_offset;
-  if (!uint8_view(env, argv[0], &src, &src_length) || !uint8_view(env, argv[3], &dst, &dst_length) ||
-      napi_get_value_uint32(env, argv[1], &start) != napi_ok || napi_get_value_uint32(env, argv[2], &end) != napi_ok ||
-      napi_get_value_uint32(env, argv[4], &dst_offset) != napi_ok || start > end || end > src_length ||
-      dst_offset > dst_length)
-    return int_result(env, BAD_ARGUMENTS);
+  struct ranges r;
+  if (!get_ranges(env, argv, &r)) return int_result(env, BAD_ARGUMENTS);
+  const uint8_t *src = r.src;
+  uint8_t *dst = r.dst;
+  uint32_t start = r.start, end = r.end, dst_offset = r.dst_offset;
+  size_t dst_length = r.dst_length;
   size_t blocks = (end - start + MAX_BLOCK - 1) / MAX_BLOCK;
   if (dst_length - dst_offset < blocks * chunk_bound() || blocks * chunk_bound() > INT32_MAX) return int_result(env, TOO_LARGE);
   uint8_t *out = dst + dst_offset;
