@@ -2,7 +2,8 @@
  * Snappy framing format (google/snappy framing_format.txt), as python-snappy's StreamCompressor
  * writes it. Own framing over raw block compression: measured faster than snappy's own framed
  * `Compressor` on heap data, and the reader needs leniency the library does not document
- * (repeated or missing stream identifiers).
+ * (repeated or missing stream identifiers). The block work goes to the libsnappy addon
+ * (snappy_native.c) where it was built, else to the npm packages, with the same bytes.
  */
 import { createRequire } from "node:module";
 import { FileFormatError, asFileFormatError } from "./errors.js";
