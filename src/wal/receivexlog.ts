@@ -167,13 +167,13 @@ export async function repairPartialFiles(directory: string, log: Logger): Promis
       continue;
     }
     log.warn(`Found partial file ${fullPath} with unexpected size ${size}, truncating to zero bytes`);
-    const copy = `${fullPath}_incomplete`;
+    const copy = fullPath.slice(0, -".partial".length) + COPY_SUFFIX;
     try {
       await copyFile(fullPath, copy);
     } catch (err) {
       if (!isDiskFull(err)) throw err;
       log.warn(`No space to keep a copy of ${fullPath} (${(err as Error).message}); removing partial copies instead`);
-      for (const other of names.filter((n) => n.endsWith(".partial_incomplete")).concat(path.basename(copy))) {
+      for (const other of names.filter((n) => n.endsWith(COPY_SUFFIX)).concat(path.basename(copy))) {
         await unlink(path.join(directory, other)).catch(() => undefined);
       }
     }
@@ -184,11 +184,35 @@ export async function repairPartialFiles(directory: string, log: Logger): Promis
   // is being received, the segment itself arrived complete and the copy is of no further use.
   const current = names.filter(isPartialName).sort().at(-1);
   for (const name of names) {
-    if (name.endsWith(".partial_incomplete") && current && name < current) {
+    if (name.endsWith(COPY_SUFFIX) && current && name < current) {
       await unlink(path.join(directory, name)).catch(() => undefined);
     }
   }
   return repaired;
+}
+
+/** The suffix repairPartialFiles gives the copy of a short `.partial` it kept aside. */
+const COPY_SUFFIX = ".partial_incomplete";
+
+/**
+ * Removes the copies repairPartialFiles kept of `segment` and of every earlier segment: once
+ * pg_receivewal has completed a segment, a short copy of it or of an earlier one is of no further
+ * use. Called for each segment pg_receivewal completes, so a copy an earlier daemon run made (one
+ * killed while the disk was full, whose segment completed before this run watched) goes as well.
+ * Returns the copies removed.
+ */
+export async function removeCopiesUpTo(directory: string, segment: string): Promise<string[]> {
+  if (!isWalName(segment)) return [];
+  const names = await readdir(directory).catch(() => [] as string[]);
+  const removed: string[] = [];
+  for (const name of names) {
+    if (!name.endsWith(COPY_SUFFIX) || name.slice(0, -COPY_SUFFIX.length) > segment) continue;
+    await unlink(path.join(directory, name)).then(
+      () => removed.push(name),
+      () => undefined,
+    );
+  }
+  return removed;
 }
 
 export class PgReceiveXlog {

@@ -9,7 +9,7 @@
  * `version_mismatch_error`. Unlike upstream, an alert this plugin raised is removed again once the
  * same check passes, so the alert directory reflects the current state.
  */
-import { readdir, stat, unlink } from "node:fs/promises";
+import { readdir, stat } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "pino";
 import { siteLogger } from "../common/logger.js";
@@ -35,6 +35,7 @@ import {
   paddedPartialShowsSpaceBack,
   showsSpaceBack,
   PgReceiveXlog,
+  removeCopiesUpTo,
   repairPartialFiles,
   STUCK_PARTIAL_LINE,
   terminateLeftoverReceiver,
@@ -332,8 +333,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
           // one an earlier run left) is over.
           const name = path.basename(fullPath);
           if (showsSpaceBack(state.fullDiskSegment, name)) this.spaceIsBack(state);
-          // The segment arrived complete: a copy of an earlier short .partial of it is of no use.
-          void unlink(`${fullPath}.partial_incomplete`).catch(() => undefined);
+          // The segment arrived complete: copies of earlier short .partial files of it (or of an
+          // earlier segment) are of no use.
+          void removeCopiesUpTo(handle.spool.xlogIncoming, name);
           state.handle?.queueIncomingFile(fullPath);
         },
         {

@@ -5,8 +5,16 @@
  * the full-disk fault test under load).
  */
 import assert from "node:assert/strict";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { describe, it } from "node:test";
-import { fullDiskSegmentAfter, paddedPartialShowsSpaceBack, showsSpaceBack } from "../../src/wal/receivexlog.js";
+import {
+  fullDiskSegmentAfter,
+  paddedPartialShowsSpaceBack,
+  removeCopiesUpTo,
+  showsSpaceBack,
+} from "../../src/wal/receivexlog.js";
 
 const OPEN_FAILED =
   'pg_receivewal: error: could not open write-ahead log file "000000010000000000000004.partial": No space left on device';
@@ -59,5 +67,39 @@ describe("pg_receivewal's full disk", () => {
       "a completed segment is the watcher's to report",
     );
     assert.equal(paddedPartialShowsSpaceBack("", [partial("000000010000000000000002", SEG)], SEG), true);
+  });
+
+  it("a completed segment removes the kept copies of its own and of earlier short .partial files", async () => {
+    // A clean-clone run left 000000010000000000000006.partial_incomplete behind: a daemon killed
+    // while the disk was full had kept it, and its segment completed before the next run watched,
+    // so the next run, which removed only the copy of each segment it saw complete, never did.
+    const dir = await mkdtemp(path.join(os.tmpdir(), "pghoard-copies-"));
+    try {
+      const names = [
+        "000000010000000000000005.partial_incomplete",
+        "000000010000000000000006.partial_incomplete",
+        "000000010000000000000008.partial_incomplete",
+        "000000010000000000000008.partial",
+        "000000010000000000000007",
+        "00000002.history",
+      ];
+      for (const name of names) await writeFile(path.join(dir, name), "x");
+      assert.deepEqual(await removeCopiesUpTo(dir, "00000002.history"), [], "only a segment name counts");
+      assert.deepEqual((await removeCopiesUpTo(dir, "000000010000000000000007")).sort(), [
+        "000000010000000000000005.partial_incomplete",
+        "000000010000000000000006.partial_incomplete",
+      ]);
+      assert.deepEqual((await readdir(dir)).sort(), [
+        "000000010000000000000007",
+        "000000010000000000000008.partial",
+        "000000010000000000000008.partial_incomplete",
+        "00000002.history",
+      ]);
+      assert.deepEqual(await removeCopiesUpTo(dir, "000000010000000000000008"), [
+        "000000010000000000000008.partial_incomplete",
+      ]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
