@@ -157,8 +157,8 @@ describe("SIGKILL during a local-tar basebackup", { timeout: 600_000 }, () => {
       () => daemon!.logs(),
     );
     assert.ok(existsSync(recentTemp), "a temp file newer than the daemon's start is kept");
-    assert.match(daemon.logs(), new RegExp(`Deleted ${SITE}/basebackup_chunk/${killedName} \\(\\d+ chunks`));
-    assert.match(daemon.logs(), /Removed .*basebackup_incoming.* left by an interrupted basebackup/);
+    await daemon.waitForLog(new RegExp(`Deleted ${SITE}/basebackup_chunk/${killedName} \\(\\d+ chunks`));
+    await daemon.waitForLog(/Removed .*basebackup_incoming.* left by an interrupted basebackup/);
 
     // The completed backup is untouched, byte for byte.
     const after = await treeDigest(siteStore);

@@ -89,7 +89,7 @@ describe("a disk_full_error alert left by an earlier daemon", { concurrency: 2, 
         30_000,
         () => daemon.logs().slice(-2000),
       );
-      assert.match(daemon.logs(), /removed alert file disk_full_error|alert disk_full_error is gone/);
+      await daemon.waitForLog(/removed alert file disk_full_error|alert disk_full_error is gone/);
     });
   }
 });

@@ -229,7 +229,7 @@ describe("daemon settings", () => {
       const exit = await daemon.stop("SIGTERM");
       await put;
       assert.equal(exit.code, 0, daemon.logs());
-      assert.match(daemon.logs(), /Upload queue not drained before graceful_shutdown_upload_timeout/);
+      await daemon.waitForLog(/Upload queue not drained before graceful_shutdown_upload_timeout/);
     },
   );
 

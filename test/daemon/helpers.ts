@@ -1,4 +1,5 @@
 /** Shared helpers of the daemon tests: configs, a daemon child process, raw HTTP requests. */
+import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { generateKeyPairSync, randomFillSync } from "node:crypto";
 import { createWriteStream, existsSync, readFileSync } from "node:fs";
@@ -219,6 +220,21 @@ export class DaemonProcess {
       return readFileSync(this.logPath, "utf8");
     } catch {
       return "";
+    }
+  }
+
+  /**
+   * Waits until the log has a line matching `pattern`. The daemon's output reaches the log file
+   * through a pipe and a write stream of this process, so a line the daemon wrote before an effect
+   * the test saw (an alert file, a stored object) may not be in the file yet.
+   */
+  async waitForLog(pattern: RegExp, timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!pattern.test(this.logs())) {
+      if (Date.now() > deadline) {
+        assert.match(this.logs().slice(-3000), pattern, `no log line matching ${pattern} within ${timeoutMs} ms`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
     }
   }
 

@@ -130,7 +130,7 @@ describe("daemon life cycle", () => {
         await mkdir(env.storageDir);
         const second = await httpRequest(env.port, "PUT", `/${SITE}/archive/${seg}`);
         assert.equal(second.status, 201, second.body);
-        assert.match(daemon.logs(), /already in progress, waiting for it/);
+        await daemon.waitForLog(/already in progress, waiting for it/);
         assert.equal(daemon.logs().match(/Compressed 16777216 byte xlog 000000010000000000000051/g)?.length, 1);
         const stored = await decodeStoredObject(env.storageDir, `${SITE}/xlog/${seg}`, {});
         assert.ok(stored.data.equals(data));
@@ -164,7 +164,7 @@ describe("daemon life cycle", () => {
 
       const exit = await daemon.stop("SIGTERM");
       assert.equal(exit.code, 0);
-      assert.match(daemon.logs(), /pghoard stopped/);
+      await daemon.waitForLog(/pghoard stopped/);
       const state = JSON.parse(await readFile(env.statePath, "utf8")) as Record<string, unknown>;
       assert.ok("startup_time" in state);
     },

@@ -112,7 +112,7 @@ describe("status fields and quiet probes", { timeout: 120_000 }, () => {
     // The start-up walk runs after the HTTP server answers: wait for its verdict on the segment.
     const verdict = new RegExp(`${SEG} (is already in storage with the same hash|when starting up)|UPLOAD transfer`);
     for (let i = 0; i < 100 && !verdict.test(daemon.logs()); i++) await sleep(100);
-    assert.match(daemon.logs(), new RegExp(`${SEG} is already in storage with the same hash, not uploading it again`));
+    await daemon.waitForLog(new RegExp(`${SEG} is already in storage with the same hash, not uploading it again`));
     await sleep(1000);
     assert.doesNotMatch(daemon.logs(), new RegExp(`UPLOAD transfer of key: \\S*${SEG}`));
   });

@@ -174,7 +174,7 @@ describe("webserver", () => {
     const first = await httpRequest(env.port, "GET", `/${SITE}/archive/${SEG1}`, { "x-pghoard-target-path": target });
     assert.equal(first.status, 201);
     assert.ok((await readFile(target)).equals(seg1));
-    assert.match(daemon.logs(), /found it in .*pg_wal, returning directly/);
+    await daemon.waitForLog(/found it in .*pg_wal, returning directly/);
     // Second request for the same name: the store (SEG1 is there), not the local copy.
     await writeFile(target, "");
     const second = await httpRequest(env.port, "GET", `/${SITE}/archive/${SEG1}`, { "x-pghoard-target-path": target });

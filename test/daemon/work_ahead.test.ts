@@ -208,6 +208,6 @@ describe("archive_command work-ahead: a changed file", () => {
     assert.equal(res.code, 0, res.stdout + res.stderr);
     assert.ok((await decode()).equals(second), "the acknowledged object holds the file as it is now");
     assert.equal(uploadCounts(daemon.logs()).get(key), 2);
-    assert.match(daemon.logs(), new RegExp(`${SEG} changed since it was archived ahead`));
+    await daemon.waitForLog(new RegExp(`${SEG} changed since it was archived ahead`));
   });
 });

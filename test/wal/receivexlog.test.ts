@@ -119,7 +119,7 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
       20_000,
       () => daemon!.logs().slice(-3000),
     );
-    assert.match(daemon.logs(), /below configured minimum .* pausing pg_receivewal/);
+    await daemon.waitForLog(/below configured minimum .* pausing pg_receivewal/);
     sites[SITE].pg_receivexlog = { min_disk_free_bytes: 1024, disk_space_check_interval: 0.2, resume_multiplier: 1.5 };
     await env.writeConfig();
     daemon.child.kill("SIGHUP");
@@ -129,7 +129,7 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
       20_000,
       () => daemon!.logs().slice(-3000),
     );
-    assert.match(daemon.logs(), /Resuming pg_receivewal/);
+    await daemon.waitForLog(/Resuming pg_receivewal/);
     assert.equal(await receivewalPid(env, SITE), pid, "the same pg_receivewal continued");
     // And it still archives.
     await writeLoad(cluster, 50);
@@ -157,7 +157,7 @@ describe("pg_receivexlog mode", { timeout: 300_000 }, () => {
       20_000,
       () => daemon!.logs(),
     );
-    assert.match(daemon.logs(), new RegExp(`terminating pg_receivewal PID ${orphan} left over`));
+    await daemon.waitForLog(new RegExp(`terminating pg_receivewal PID ${orphan} left over`));
     await writeLoad(cluster, 100);
     const last = await switchWal(cluster);
     await waitForStored(env, SITE, last, daemon);
@@ -205,10 +205,7 @@ describe("pg_receivexlog mode start-up checks", { timeout: 300_000 }, () => {
       30_000,
       () => daemon.logs(),
     );
-    assert.match(
-      daemon.logs(),
-      /connection to PostgreSQL .* failed: password authentication failed for user "md5user"/,
-    );
+    await daemon.waitForLog(/connection to PostgreSQL .* failed: password authentication failed for user "md5user"/);
     assert.ok(!daemon.logs().includes("wrong-password"), "the password is not logged");
     assert.equal((await httpRequest(env.port, "GET", "/status")).status, 200, "the daemon keeps running");
     // Fix the password: the next attempt (backoff 5 s) succeeds and removes the alert.
@@ -236,7 +233,7 @@ describe("pg_receivexlog mode start-up checks", { timeout: 300_000 }, () => {
       30_000,
       () => daemon.logs(),
     );
-    assert.match(daemon.logs(), /version check failed: pg_hba.conf rejects replication connection/);
+    await daemon.waitForLog(/version check failed: pg_hba.conf rejects replication connection/);
     assert.deepEqual(await alerts(env), ["configuration_error"]);
     assert.equal((await httpRequest(env.port, "GET", "/status")).status, 200);
     await daemon.stop();
@@ -259,7 +256,7 @@ describe("pg_receivexlog mode start-up checks", { timeout: 300_000 }, () => {
       30_000,
       () => daemon.logs(),
     );
-    assert.match(daemon.logs(), /pg_receivewal version 140000 .* does not match the server version 15\d{4}/);
+    await daemon.waitForLog(/pg_receivewal version 140000 .* does not match the server version 15\d{4}/);
     assert.equal((await httpRequest(env.port, "GET", "/status")).status, 200);
     assert.ok(!existsSync(path.join(env.alertDir, "authentication_error")));
     await sleep(100);

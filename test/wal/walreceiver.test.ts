@@ -132,7 +132,7 @@ describe("walreceiver mode", { timeout: 300_000 }, () => {
     await writeLoad(cluster, 100);
     const last2 = await switchWal(cluster);
     await waitForStored(env, SITE, last2, daemon);
-    assert.match(daemon.logs(), /Starting replication from .* \(from the state file\)/);
+    await daemon.waitForLog(/Starting replication from .* \(from the state file\)/);
     // The restart found the slot without trying to create it again (no ERROR in the server's log).
     assert.doesNotMatch(await cluster.logContents(), /replication slot "\w+" already exists/);
 
@@ -152,7 +152,7 @@ describe("walreceiver mode", { timeout: 300_000 }, () => {
     await writeLoad(cluster, 100);
     const last = await switchWal(cluster);
     await waitForStored(env, SITE, last, daemon);
-    assert.match(daemon.logs(), /Starting replication from .* \(from (the state file|slot pghoard_test_slot)\)/);
+    await daemon.waitForLog(/Starting replication from .* \(from (the state file|slot pghoard_test_slot)\)/);
     await assertArchiveComplete(env, SITE, cluster);
   });
 });
@@ -184,8 +184,7 @@ describe("walreceiver mode start-up checks", { timeout: 120_000 }, () => {
       30_000,
       () => daemon.logs(),
     );
-    assert.match(
-      daemon.logs(),
+    await daemon.waitForLog(
       /connection to PostgreSQL for the walreceiver version check failed: password authentication failed for user "pwuser"/,
     );
     assert.ok(!daemon.logs().includes("wrong-password"));
@@ -203,7 +202,7 @@ describe("walreceiver mode start-up checks", { timeout: 120_000 }, () => {
       30_000,
       () => daemon.logs().slice(-3000),
     );
-    assert.match(daemon.logs(), /unsupported PostgreSQL server version 90224/);
+    await daemon.waitForLog(/unsupported PostgreSQL server version 90224/);
 
     delete sites[SITE].pg_version;
     await env.writeConfig();
