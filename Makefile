@@ -35,7 +35,7 @@ stage: dist/src/commands/pghoard.js
 	         $(STAGE)/usr/share/doc/$(NAME)/examples $(STAGE)/usr/share/man/man1 \
 	         $(STAGE)/usr/share/bash-completion/completions
 	cp -a dist/src $(STAGE)$(LIBDIR)/dist/
-	# The native parts (pghoard_postgres_command's front, the snappy decoder's addon), built by
+	# The native parts (pghoard_postgres_command's front, snappy's addon), built by
 	# `npm run build` where a C compiler is.
 	if [ -d dist/native ]; then cp -a dist/native $(STAGE)$(LIBDIR)/dist/; fi
 	find $(STAGE)$(LIBDIR)/dist -name '*.map' -delete

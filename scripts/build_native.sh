@@ -22,7 +22,7 @@ else
   rm -f "$out.tmp" "$out"
 fi
 
-# The snappy framing decoder's native half (src/fileformat/snappy_native.c), a Node.js addon
+# Snappy's native half (src/fileformat/snappy_native.c: block encoding and decoding), a Node.js addon
 # linked to libsnappy (libsnappy-dev to build, libsnappy1v5 to run). Without it, or when it
 # cannot be loaded, snappy.ts uses the npm packages; this never fails a build either.
 addon_src=src/fileformat/snappy_native.c

@@ -216,11 +216,18 @@ export class SnappyFrameDecoder implements Codec {
   }
 
   /** Decodes a data chunk's body `buf[start, end)` straight into the output piece (see snappy_native.c). */
-  private *decodeNative(buf: Buffer, start: number, end: number, expectedCrc: number, compressed: boolean) {
+  private *decodeNative(
+    native: SnappyNative,
+    buf: Buffer,
+    start: number,
+    end: number,
+    expectedCrc: number,
+    compressed: boolean,
+  ): Iterable<Buffer> {
     // A whole block must fit: hand on the piece first when it might not.
     const full = this.out !== null && this.outLength + MAX_BLOCK > this.out.length ? this.takeOutput() : null;
     this.out ??= Buffer.allocUnsafe(OUTPUT_PIECE);
-    const decoded = this.native!.decodeChunk(buf, start, end, this.out, this.outLength, expectedCrc, compressed);
+    const decoded = native.decodeChunk(buf, start, end, this.out, this.outLength, expectedCrc, compressed);
     if (decoded < 0) throw nativeError(decoded);
     this.outLength += decoded;
     // The earlier piece goes first; this block's bytes wait in the new one.
@@ -291,7 +298,7 @@ export class SnappyFrameDecoder implements Codec {
       if (body.length < 4) throw new FileFormatError("Snappy data chunk is too short");
       const expectedCrc = body.readUInt32LE(0);
       if (this.native !== null) {
-        yield* this.decodeNative(buf, start + 8, end, expectedCrc, type === CHUNK_COMPRESSED);
+        yield* this.decodeNative(this.native, buf, start + 8, end, expectedCrc, type === CHUNK_COMPRESSED);
         return;
       }
       let data: Buffer;

@@ -4,7 +4,8 @@
  * call. Encoding: a run of 64 KiB blocks compressed and framed straight into one output buffer.
  * The npm `snappy` package returns each block as a new buffer (copied out of a Rust vector), which
  * then has to be copied again and checksummed in a second call: on a restore that was a tenth of
- * the decoding thread's time, and per WAL segment its compression takes twice as long here.
+ * the decoding thread's time. (Warm, both compress a WAL segment equally fast; a fresh thread's
+ * first segments took the npm package about twice as long.)
  *
  * Built by scripts/build_native.sh where a C compiler, libsnappy's C header and Node.js's
  * headers are present; without it snappy.ts keeps the npm packages. Everything here is
