@@ -17,7 +17,7 @@ import {
   NATIVE_TOO_LARGE,
   snappyNative,
 } from "../../src/fileformat/snappy_native.js";
-import { FileFormatError } from "../../src/fileformat/index.js";
+import { FileFormatError, type Codec } from "../../src/fileformat/index.js";
 import { crc32cRef, maskRef } from "./support.js";
 
 /** Where a C compiler and libsnappy's header are (CI installs both), the addon must have been built. */
@@ -30,23 +30,18 @@ function canBuild(): boolean {
   }
 }
 
-function encode(data: Buffer, step: number, encoder = new SnappyFrameEncoder()): Buffer {
+/** Runs `input` through `codec` in pieces of `step` bytes; the output, concatenated. */
+function run(codec: Codec, input: Buffer, step: number): Buffer {
   const parts: Buffer[] = [];
-  for (let o = 0; o < data.length; o += step) {
-    for (const p of encoder.update(data.subarray(o, o + step))) parts.push(Buffer.from(p));
+  for (let o = 0; o < input.length; o += step) {
+    for (const p of codec.update(input.subarray(o, o + step))) parts.push(Buffer.from(p));
   }
-  for (const p of encoder.final()) parts.push(Buffer.from(p));
+  for (const p of codec.final()) parts.push(Buffer.from(p));
   return Buffer.concat(parts);
 }
 
-function decode(stream: Buffer, step: number, decoder: SnappyFrameDecoder): Buffer {
-  const parts: Buffer[] = [];
-  for (let o = 0; o < stream.length; o += step) {
-    for (const p of decoder.update(stream.subarray(o, o + step))) parts.push(Buffer.from(p));
-  }
-  for (const p of decoder.final()) parts.push(Buffer.from(p));
-  return Buffer.concat(parts);
-}
+const encode = (data: Buffer, step: number, encoder = new SnappyFrameEncoder()): Buffer => run(encoder, data, step);
+const decode = (stream: Buffer, step: number, decoder: SnappyFrameDecoder): Buffer => run(decoder, stream, step);
 
 /** A frame holding one data chunk: type, 3-byte length, masked CRC of `plain`, then `body`. */
 function frame(type: number, plain: Buffer, body: Buffer): Buffer {

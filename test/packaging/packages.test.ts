@@ -145,14 +145,16 @@ describe("Debian package", { skip: skipDeb, timeout: 600_000 }, () => {
     assert.match(pair?.public ?? "", /BEGIN PUBLIC KEY/);
   });
 
+  /** Imports `name` from the unpacked runtime's `dist/src/<module>` in a fresh Node.js; prints `expression`. */
+  async function inRuntime(module: string, name: string, expression: string): Promise<string> {
+    const url = pathToFileURL(path.join(root, "usr", "lib", "pghoard", "dist", "src", module)).href;
+    const code = `import { ${name} } from ${JSON.stringify(url)};\nprocess.stdout.write(${expression});`;
+    return (await execFileAsync(process.execPath, ["--input-type=module", "-e", code])).stdout;
+  }
+
   it("restore_command's client, found from the unpacked runtime, is the file /usr/bin links to", async () => {
     const lib = path.join(root, "usr", "lib", "pghoard");
-    const { stdout } = await execFileAsync(process.execPath, [
-      "--input-type=module",
-      "-e",
-      `import { installedClientPath } from ${JSON.stringify(pathToFileURL(path.join(lib, "dist", "src", "common", "install_paths.js")).href)};
-process.stdout.write(installedClientPath());`,
-    ]);
+    const stdout = await inRuntime("common/install_paths.js", "installedClientPath", "installedClientPath()");
     // The native front where this machine built one (scripts/build_native.sh), else the bash client.
     const native = existsSync(path.join(repoRoot, "dist", "native", "pghoard_postgres_command"));
     const client = native
@@ -164,13 +166,7 @@ process.stdout.write(installedClientPath());`,
   });
 
   it("the unpacked runtime decodes snappy with the native addon where it was built, and recommends libsnappy", async () => {
-    const lib = path.join(root, "usr", "lib", "pghoard");
-    const { stdout } = await execFileAsync(process.execPath, [
-      "--input-type=module",
-      "-e",
-      `import { snappyNative } from ${JSON.stringify(pathToFileURL(path.join(lib, "dist", "src", "fileformat", "snappy_native.js")).href)};
-process.stdout.write(String(snappyNative !== null));`,
-    ]);
+    const stdout = await inRuntime("fileformat/snappy_native.js", "snappyNative", "String(snappyNative !== null)");
     const built = existsSync(path.join(repoRoot, "dist", "native", "snappy_native.node"));
     assert.equal(stdout, String(built));
     const { stdout: fields } = await execFileAsync("dpkg-deb", ["-f", deb, "Recommends"]);
