@@ -28,7 +28,9 @@ import {
   writeFileSync,
 } from "node:fs";
 import path from "node:path";
+import os from "node:os";
 import { LeanSpawner, type Timed } from "./lean_spawn.js";
+import { measureArchiveFloor } from "./wal_floor.js";
 
 export interface CompareSetup {
   work: string;
@@ -360,4 +362,18 @@ export async function compareWithPgBackRest(s: CompareSetup): Promise<void> {
         `daemon minor page faults per burst segment: ${daemonFaults.map((c) => c.toFixed(0)).join(", ")}\n`,
     );
   }
+  // The burst's floor here: the unavoidable work per segment plus one process start per call,
+  // spread over every core (bench/wal_floor.ts).
+  const floor = measureArchiveFloor(
+    burst.map((seg) => path.join(s.siteDataDir, "pg_wal", seg)),
+    s.work,
+  );
+  const cores = os.cpus().length;
+  const start = median(results.get("floor /bin/true|ours") ?? []);
+  process.stdout.write(
+    `archive floor per segment, one thread, synchronous (read, sha1, snappy, AES-CTR + HMAC, write, fsync): ` +
+      `${floor.cpuMs.toFixed(1)} ms CPU, ${floor.wallMs.toFixed(1)} ms wall\n` +
+      `burst floor per call on ${cores} cores: (${floor.cpuMs.toFixed(1)} + ${start.toFixed(1)} process start) ÷ ${cores} = ` +
+      `${((floor.cpuMs + start) / cores).toFixed(1)} ms; ours ${median(results.get("archive burst|ours") ?? []).toFixed(1)} ms\n`,
+  );
 }

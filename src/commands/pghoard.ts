@@ -14,6 +14,7 @@ import { createRestoreDrillPlugin } from "../restore/drill_daemon.js";
 import { createWalStreamingPlugin } from "../wal/streaming.js";
 import { NO_CONFIG_MESSAGE, parseCommandLine } from "./cli.js";
 import { PGHOARD_SPEC } from "./cli_specs.js";
+import { tuneAllocator } from "../common/native_addon.js";
 
 interface DaemonArgs {
   debug?: boolean;
@@ -37,6 +38,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   createLogger({ shortLog: args.shortLog === true, debug: args.debug === true, level: "INFO" });
   const log = getLogger("pghoard");
+  // Buffers streamed through the codecs reuse memory instead of page-faulting it in afresh.
+  tuneAllocator();
   // A stray rejected promise must not take the WAL archiver down; log it like upstream logs a thread's exception.
   process.on("unhandledRejection", (err) => {
     log.error({ err }, `Unhandled promise rejection: ${err instanceof Error ? err.message : String(err)}`);

@@ -17,6 +17,7 @@ import { RestoreError, describeError } from "../restore/errors.js";
 import type { RestoreDeps } from "../restore/get_basebackup.js";
 import { KeyboardInterrupt, abortOnKeyboardInterrupt, runCli, type Io } from "./cli.js";
 import { RESTORE_SPEC } from "./cli_specs.js";
+import { tuneAllocator } from "../common/native_addon.js";
 
 // Each subcommand imports its own modules when it runs: a restore never loads the drill's
 // PostgreSQL client, verify's workers or the HTTP client, and starts sooner (its object worker
@@ -244,6 +245,8 @@ export async function main(
   argv: string[],
   io: Io = { stdout: process.stdout, stderr: process.stderr },
 ): Promise<number> {
+  // Restores and verifies stream through 1 MiB buffers: reuse memory instead of faulting it in afresh.
+  tuneAllocator();
   return runCli(
     RESTORE_SPEC,
     argv,

@@ -25,6 +25,24 @@ export const MAGIC = Buffer.from("pghoa1", "ascii");
 const KEY_BLOB_SIZE = 64;
 const TAG_SIZE = 32;
 const HEADER_FIXED = MAGIC.length + 2;
+/**
+ * Largest piece given to one cipher update(). Node allocates each update's output (for CTR twice,
+ * with a copy); above glibc's 128 KiB mmap threshold that is fresh memory every time, and its page
+ * faults cost ten times the AES itself on this kind of VM (2 MiB: 4.7 ms in one update, 0.47 ms in
+ * 64 KiB ones). Smaller outputs reuse freed heap memory.
+ */
+const CIPHER_SLICE = 64 * 1024;
+
+/** `cipher.update()` over `data` in CIPHER_SLICE pieces, each also fed to `hmac` (ciphertext). */
+function* sliced(cipher: Cipher | Decipher, hmac: Hmac, data: Buffer, macInput: "input" | "output"): Iterable<Buffer> {
+  for (let start = 0; start < data.length; start += CIPHER_SLICE) {
+    const piece = data.subarray(start, Math.min(data.length, start + CIPHER_SLICE));
+    if (macInput === "input") hmac.update(piece);
+    const out = cipher.update(piece);
+    if (macInput === "output") hmac.update(out);
+    yield out;
+  }
+}
 
 // Parsing a 3072-bit PEM costs ~1 ms; a daemon encrypts every WAL segment with the same key.
 const publicKeys = new Map<string, KeyObject>();
@@ -88,9 +106,7 @@ export class Encryptor implements Codec {
       yield header;
       yield wrapped;
     }
-    const ciphertext = this.cipher.update(chunk);
-    this.hmac.update(ciphertext);
-    yield ciphertext;
+    yield* sliced(this.cipher, this.hmac, chunk, "output");
   }
 
   *final(): Iterable<Buffer> {
@@ -130,12 +146,12 @@ export class Decryptor implements Codec {
       const tail = this.tail;
       // Copied: callers may reuse their input buffers once update() is drained.
       this.tail = Buffer.from(body.subarray(body.length - TAG_SIZE));
-      if (tail.length > 0) yield this.decrypt(tail);
-      if (body.length > TAG_SIZE) yield this.decrypt(body.subarray(0, body.length - TAG_SIZE));
+      if (tail.length > 0) yield* this.decrypt(tail);
+      if (body.length > TAG_SIZE) yield* this.decrypt(body.subarray(0, body.length - TAG_SIZE));
     } else {
       const joined = Buffer.concat([this.tail, body]);
       this.tail = joined.subarray(Math.max(0, joined.length - TAG_SIZE));
-      if (joined.length > TAG_SIZE) yield this.decrypt(joined.subarray(0, joined.length - TAG_SIZE));
+      if (joined.length > TAG_SIZE) yield* this.decrypt(joined.subarray(0, joined.length - TAG_SIZE));
     }
   }
 
@@ -149,9 +165,8 @@ export class Decryptor implements Codec {
     if (!timingSafeEqual(expected, this.tail)) throw new IntegrityError("Integrity check failed: HMAC mismatch");
   }
 
-  private decrypt(ciphertext: Buffer): Buffer {
-    this.hmac!.update(ciphertext);
-    return this.decipher!.update(ciphertext);
+  private decrypt(ciphertext: Buffer): Iterable<Buffer> {
+    return sliced(this.decipher!, this.hmac!, ciphertext, "input");
   }
 
   /** Collects magic, length and wrapped key; returns what follows them in `chunk`. */

@@ -6,6 +6,7 @@
  * (snappy_native.c) where it was built, else to the npm packages, with the same bytes.
  */
 import { createRequire } from "node:module";
+import { OutputPiece } from "./output_piece.js";
 import { FileFormatError, asFileFormatError } from "./errors.js";
 import {
   NATIVE_BAD_DATA,
@@ -180,9 +181,8 @@ export class SnappyFrameEncoder implements Codec {
 }
 
 /**
- * Decoded output is handed on in pieces of up to this size, not one 64 KiB block at a time:
- * every piece costs a trip through the stream machinery and tar extraction downstream, which
- * for 64 KiB pieces costs more CPU than the one copy into a larger buffer here.
+ * Decoded output is handed on in pieces of this size (output_piece.ts), not one 64 KiB block at a
+ * time: for 64 KiB pieces the trips downstream cost more CPU than the one copy into a piece here.
  */
 const OUTPUT_PIECE = 1024 * 1024;
 
@@ -190,28 +190,24 @@ export class SnappyFrameDecoder implements Codec {
   /** `native`: the addon (default, where built) or null for the npm packages (tests compare both). */
   constructor(private readonly native: SnappyNative | null = snappyNative) {}
 
-  /** Decoded blocks of this update() not yet handed on (see OUTPUT_PIECE). */
-  private out: Buffer | null = null;
-  private outLength = 0;
+  /** Decoded blocks not yet handed on (see OUTPUT_PIECE). */
+  private readonly out = new OutputPiece(OUTPUT_PIECE);
   /** Bytes of an incomplete chunk (header and body) carried between updates. */
   private carry: Buffer | null = null;
   private carryLength = 0;
   private readonly header = Buffer.alloc(4);
   private headerLength = 0;
 
+  /** Output is handed on in full pieces; the last one at final(). */
   *update(chunk: Buffer): Iterable<Buffer> {
     yield* this.decodeInput(chunk);
-    const rest = this.takeOutput();
-    if (rest) yield rest;
   }
 
   /** Collects a decoded block; returns a full piece to hand on, if one is complete. */
   private collect(data: Buffer): Buffer | null {
-    let full: Buffer | null = null;
-    if (this.out !== null && this.outLength + data.length > this.out.length) full = this.takeOutput();
-    this.out ??= Buffer.allocUnsafe(OUTPUT_PIECE);
-    data.copy(this.out, this.outLength);
-    this.outLength += data.length;
+    const full = data.length > this.out.room() ? this.out.take() : null;
+    data.copy(this.out.current(), this.out.length);
+    this.out.length += data.length;
     return full;
   }
 
@@ -225,21 +221,12 @@ export class SnappyFrameDecoder implements Codec {
     compressed: boolean,
   ): Iterable<Buffer> {
     // A whole block must fit: hand on the piece first when it might not.
-    const full = this.out !== null && this.outLength + MAX_BLOCK > this.out.length ? this.takeOutput() : null;
-    this.out ??= Buffer.allocUnsafe(OUTPUT_PIECE);
-    const decoded = native.decodeChunk(buf, start, end, this.out, this.outLength, expectedCrc, compressed);
+    const full = MAX_BLOCK > this.out.room() ? this.out.take() : null;
+    const decoded = native.decodeChunk(buf, start, end, this.out.current(), this.out.length, expectedCrc, compressed);
     if (decoded < 0) throw nativeError(decoded);
-    this.outLength += decoded;
+    this.out.length += decoded;
     // The earlier piece goes first; this block's bytes wait in the new one.
     if (full) yield full;
-  }
-
-  private takeOutput(): Buffer | null {
-    if (this.out === null || this.outLength === 0) return null;
-    const piece = this.out.subarray(0, this.outLength);
-    this.out = null;
-    this.outLength = 0;
-    return piece;
   }
 
   private *decodeInput(chunk: Buffer): Iterable<Buffer> {
@@ -289,6 +276,8 @@ export class SnappyFrameDecoder implements Codec {
     if (this.headerLength > 0 || this.carry !== null) {
       throw new FileFormatError("Snappy stream is truncated in the middle of a chunk");
     }
+    const rest = this.out.take();
+    if (rest) yield rest;
   }
 
   private *decodeChunk(buf: Buffer, start: number, end: number): Iterable<Buffer> {

@@ -12,11 +12,16 @@
  * bounds-checked against the typed arrays' real lengths: a bad argument is an error code, never a
  * read or write outside them.
  */
+#include <limits.h>
 #include <node_api.h>
 #include <snappy-c.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
@@ -215,6 +220,31 @@ static napi_value masked_crc32c(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * tuneAllocator(mmapThreshold, trimThreshold): fixes glibc malloc's mmap and trim thresholds for
+ * the whole process (src/common/native_addon.ts says why); false where malloc is not glibc's or
+ * it refused a value. Not codec work, but this is the one addon a pghoard process loads.
+ */
+static napi_value tune_allocator(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int64_t mmap_threshold, trim_threshold;
+  bool ok = false;
+  napi_value out;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 ||
+      napi_get_value_int64(env, argv[0], &mmap_threshold) != napi_ok ||
+      napi_get_value_int64(env, argv[1], &trim_threshold) != napi_ok || mmap_threshold <= 0 ||
+      mmap_threshold > INT_MAX || trim_threshold <= 0 || trim_threshold > INT_MAX) {
+    napi_throw_type_error(env, NULL, "tuneAllocator expects two positive byte counts");
+    return NULL;
+  }
+#if defined(__GLIBC__)
+  ok = mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold) == 1 && mallopt(M_TRIM_THRESHOLD, (int)trim_threshold) == 1;
+#endif
+  napi_get_boolean(env, ok, &out);
+  return out;
+}
+
 NAPI_MODULE_INIT() {
   crc_init();
   napi_value fn;
@@ -226,5 +256,7 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "encodeBound", fn);
   napi_create_function(env, "maskedCrc32c", NAPI_AUTO_LENGTH, masked_crc32c, NULL, &fn);
   napi_set_named_property(env, exports, "maskedCrc32c", fn);
+  napi_create_function(env, "tuneAllocator", NAPI_AUTO_LENGTH, tune_allocator, NULL, &fn);
+  napi_set_named_property(env, exports, "tuneAllocator", fn);
   return exports;
 }

@@ -3,7 +3,7 @@
  * scripts/build_native.sh): null where it was not built or cannot be loaded (libsnappy missing),
  * and snappy.ts then uses the npm packages, with the same results.
  */
-import { createRequire } from "node:module";
+import { nativeAddon } from "../common/native_addon.js";
 
 export interface SnappyNative {
   /**
@@ -35,12 +35,6 @@ export const NATIVE_TOO_LARGE = -2;
 export const NATIVE_CRC_MISMATCH = -3;
 export const NATIVE_BAD_ARGUMENTS = -4;
 
-function load(): SnappyNative | null {
-  try {
-    return createRequire(import.meta.url)("../../native/snappy_native.node") as SnappyNative;
-  } catch {
-    return null;
-  }
-}
-
-export const snappyNative: SnappyNative | null = load();
+/** The addon's codec half (src/common/native_addon.ts loads it). */
+export const snappyNative: SnappyNative | null =
+  typeof nativeAddon?.decodeChunk === "function" ? (nativeAddon as unknown as SnappyNative) : null;

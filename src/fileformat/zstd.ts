@@ -1,6 +1,7 @@
 /** zstd frames as python-zstandard's compressobj() writes them (no content size, no checksum). */
 import { createRequire } from "node:module";
 import { FileFormatError, asFileFormatError } from "./errors.js";
+import { OutputPiece } from "./output_piece.js";
 import type { Codec } from "./types.js";
 
 // The raw binding gives synchronous, incremental compressStream2/decompressStream, which the
@@ -74,33 +75,32 @@ export class ZstdEncoder implements Codec {
 export class ZstdDecoder implements Codec {
   private readonly dctx = new (native().DCtx)();
   private inFrame = false;
+  /** Small inputs (64 KiB decrypted pieces) fill one piece across calls (output_piece.ts). */
+  private readonly out = new OutputPiece(dPiece());
 
   *update(chunk: Buffer): Iterable<Buffer> {
     let src = chunk;
     while (src.length > 0) {
-      const dst = Buffer.allocUnsafe(dPiece());
       let ret: number, produced: number, consumed: number;
       try {
-        [ret, produced, consumed] = this.dctx.decompressStream(dst, src);
+        [ret, produced, consumed] = this.dctx.decompressStream(this.out.current().subarray(this.out.length), src);
       } catch (err) {
         throw asFileFormatError(err, "Invalid zstd data");
       }
       src = src.subarray(consumed);
       // ret === 0: a frame just ended; the next call starts the next concatenated frame.
       this.inFrame = ret !== 0;
-      if (produced > 0)
-        yield produced < dst.length >>> 1 ? Buffer.from(dst.subarray(0, produced)) : dst.subarray(0, produced);
-      if (src.length === 0 && produced === dst.length && ret !== 0) {
-        // Output buffer was full inside a frame: the decoder may hold more output for this input.
+      this.out.length += produced;
+      if (this.out.room() > 0) continue;
+      yield this.out.take()!;
+      if (src.length === 0 && ret !== 0) {
+        // Output was full inside a frame: the decoder may hold more output for this input.
         for (;;) {
-          const more = Buffer.allocUnsafe(dPiece());
-          const [ret2, produced2] = this.dctx.decompressStream(more, src);
+          const [ret2, produced2] = this.dctx.decompressStream(this.out.current(), src);
           this.inFrame = ret2 !== 0;
-          if (produced2 > 0)
-            yield produced2 < more.length >>> 1
-              ? Buffer.from(more.subarray(0, produced2))
-              : more.subarray(0, produced2);
-          if (produced2 < more.length || ret2 === 0) break;
+          this.out.length = produced2;
+          if (this.out.room() > 0 || ret2 === 0) break;
+          yield this.out.take()!;
         }
       }
     }
@@ -108,5 +108,7 @@ export class ZstdDecoder implements Codec {
 
   *final(): Iterable<Buffer> {
     if (this.inFrame) throw new FileFormatError("zstd stream is truncated in the middle of a frame");
+    const rest = this.out.take();
+    if (rest) yield rest;
   }
 }
