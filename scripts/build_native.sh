@@ -29,7 +29,7 @@ addon_src=src/fileformat/snappy_native.c
 addon=dist/native/snappy_native.node
 node_include=$(node -p 'require("path").resolve(process.execPath, "../../include/node")' 2>/dev/null)
 if [ -f "$node_include/node_api.h" ] && printf '#include <snappy-c.h>\n' | "$cc" -E -x c - >/dev/null 2>&1; then
-  if "$cc" -O2 -s -Wall -Wextra -shared -fPIC -I"$node_include" -o "$addon.tmp" "$addon_src" -lsnappy; then
+  if "$cc" -O2 -s -Wall -Wextra -shared -fPIC -I"$node_include" -o "$addon.tmp" "$addon_src" -lsnappy -lm; then
     mv -f "$addon.tmp" "$addon"
   else
     echo "build_native: compiling $addon_src failed: snappy stays on the npm packages" >&2

@@ -12,12 +12,18 @@
  * bounds-checked against the typed arrays' real lengths: a bad argument is an error code, never a
  * read or write outside them.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <node_api.h>
 #include <snappy-c.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -245,6 +251,105 @@ static napi_value tune_allocator(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * writeFileDurable(path, data, flags, mode, mtime) -> Promise: a whole small file in one trip to
+ * the thread pool: open (0600), write, fchmod (mode >= 0), futimens (mtime not NaN, seconds), fsync,
+ * close. Through Node's fs that is five trips, each waking a pool thread and then the JS thread;
+ * on this kind of VM those wake-ups cost more CPU than the file itself (src/restore/target.ts).
+ * A failure rejects with an Error carrying `errno` (negative, as Node's) and `syscall`.
+ */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref data_ref;
+  char *path;
+  const uint8_t *data;
+  size_t length;
+  int flags;
+  int64_t mode;
+  double mtime;
+  int err;
+  const char *syscall;
+} write_job;
+
+static void write_execute(napi_env env, void *arg) {
+  (void)env;
+  write_job *job = arg;
+  int fd = open(job->path, job->flags | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    job->err = errno;
+    job->syscall = "open";
+    return;
+  }
+  size_t done = 0;
+  while (done < job->length && job->err == 0) {
+    ssize_t n = write(fd, job->data + done, job->length - done);
+    if (n >= 0) done += (size_t)n;
+    else if (errno != EINTR) job->err = errno, job->syscall = "write";
+  }
+  if (job->err == 0 && job->mode >= 0 && fchmod(fd, (mode_t)job->mode) != 0) job->err = errno, job->syscall = "fchmod";
+  if (job->err == 0 && !isnan(job->mtime)) {
+    struct timespec times[2];
+    times[0].tv_sec = (time_t)floor(job->mtime);
+    times[0].tv_nsec = (long)((job->mtime - floor(job->mtime)) * 1e9);
+    times[1] = times[0];
+    if (futimens(fd, times) != 0) job->err = errno, job->syscall = "futime";
+  }
+  if (job->err == 0 && fsync(fd) != 0) job->err = errno, job->syscall = "fsync";
+  if (close(fd) != 0 && job->err == 0) job->err = errno, job->syscall = "close";
+}
+
+static void write_complete(napi_env env, napi_status status, void *arg) {
+  write_job *job = arg;
+  napi_value result;
+  if (status == napi_ok && job->err == 0) {
+    napi_get_undefined(env, &result);
+    napi_resolve_deferred(env, job->deferred, result);
+  } else {
+    napi_value message, value;
+    const char *text = status == napi_ok ? strerror(job->err) : "write cancelled";
+    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, NULL, message, &result);
+    napi_create_int32(env, -(status == napi_ok ? job->err : ECANCELED), &value);
+    napi_set_named_property(env, result, "errno", value);
+    napi_create_string_utf8(env, job->syscall ? job->syscall : "write", NAPI_AUTO_LENGTH, &value);
+    napi_set_named_property(env, result, "syscall", value);
+    napi_reject_deferred(env, job->deferred, result);
+  }
+  napi_delete_reference(env, job->data_ref);
+  napi_delete_async_work(env, job->work);
+  free(job->path);
+  free(job);
+}
+
+static napi_value write_file_durable(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], promise, name;
+  size_t path_length;
+  int32_t flags;
+  write_job *job = calloc(1, sizeof(write_job));
+  uint8_t *data = NULL;
+  if (job == NULL || napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5 ||
+      napi_get_value_string_utf8(env, argv[0], NULL, 0, &path_length) != napi_ok ||
+      !uint8_view(env, argv[1], &data, &job->length) || napi_get_value_int32(env, argv[2], &flags) != napi_ok ||
+      napi_get_value_int64(env, argv[3], &job->mode) != napi_ok ||
+      napi_get_value_double(env, argv[4], &job->mtime) != napi_ok || (job->path = malloc(path_length + 1)) == NULL) {
+    if (job) free(job->path);
+    free(job);
+    napi_throw_type_error(env, NULL, "writeFileDurable expects (path, Uint8Array, flags, mode, mtime)");
+    return NULL;
+  }
+  napi_get_value_string_utf8(env, argv[0], job->path, path_length + 1, &path_length);
+  job->data = data;
+  job->flags = flags;
+  napi_create_reference(env, argv[1], 1, &job->data_ref);
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "pghoard:writeFileDurable", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, write_execute, write_complete, job, &job->work);
+  napi_queue_async_work(env, job->work);
+  return promise;
+}
+
 NAPI_MODULE_INIT() {
   crc_init();
   napi_value fn;
@@ -258,5 +363,7 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "maskedCrc32c", fn);
   napi_create_function(env, "tuneAllocator", NAPI_AUTO_LENGTH, tune_allocator, NULL, &fn);
   napi_set_named_property(env, exports, "tuneAllocator", fn);
+  napi_create_function(env, "writeFileDurable", NAPI_AUTO_LENGTH, write_file_durable, NULL, &fn);
+  napi_set_named_property(env, exports, "writeFileDurable", fn);
   return exports;
 }

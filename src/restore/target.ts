@@ -30,6 +30,7 @@ import path from "node:path";
 import type { Readable } from "node:stream";
 
 import { fsyncDirectory } from "../common/fs.js";
+import { writeFileDurable, type WriteFileDurable } from "../common/native_addon.js";
 import { RestoreError } from "./errors.js";
 
 /** Name `global/pg_control` is written under until the restore has fully succeeded. */
@@ -86,8 +87,16 @@ export class RestoreTarget {
   /** Delta mode: files whose content had to be written (created, patched or cut) and files kept as they were. */
   private deltaCounts = { written: 0, unchanged: 0 };
 
-  constructor(pgdata: string, tablespaces: TablespaceTarget[] = [], options: { delta?: boolean } = {}) {
+  /** Small files in one native call where the addon is built (null: Node's fs; tests compare both). */
+  private readonly writeWhole: WriteFileDurable | null;
+
+  constructor(
+    pgdata: string,
+    tablespaces: TablespaceTarget[] = [],
+    options: { delta?: boolean; writeFileDurable?: WriteFileDurable | null } = {},
+  ) {
     this.delta = options.delta ?? false;
+    this.writeWhole = options.writeFileDurable === undefined ? writeFileDurable : options.writeFileDurable;
     this.pgdata = path.resolve(pgdata);
     this.tablespaces = tablespaces.map((ts) => ({ ...ts, path: path.resolve(ts.path) }));
     this.roots = [this.pgdata, ...this.tablespaces.map((ts) => ts.path)];
@@ -315,10 +324,16 @@ export class RestoreTarget {
       await this.patchFile(absolute, chunks, mode, mtime);
       return;
     }
+    const fileMode = mode & 0o7777;
+    if (this.writeWhole !== null) {
+      const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+      await this.writeWhole(absolute, data, WRITE_FLAGS, { mode: fileMode !== 0o600 ? fileMode : undefined, mtime });
+      return;
+    }
     const handle = await open(absolute, WRITE_FLAGS, 0o600);
     try {
       if (chunks.length > 0) await writeAll(handle, chunks);
-      if ((mode & 0o7777) !== 0o600) await handle.chmod(mode & 0o7777);
+      if (fileMode !== 0o600) await handle.chmod(fileMode);
       if (mtime !== undefined) await handle.utimes(mtime, mtime);
       await handle.sync();
     } finally {

@@ -1,14 +1,19 @@
 /**
- * The addon's process half: glibc malloc thresholds that keep streamed buffers' memory mapped
- * (src/common/native_addon.ts). Checked by what it is for: page faults while decoding.
+ * The addon's process and file halves (src/common/native_addon.ts): glibc malloc thresholds that
+ * keep streamed buffers' memory mapped, checked by what they are for (page faults while decoding);
+ * and a small file written and fsync'd in one call, checked against Node's fs doing the same.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { describe, it } from "node:test";
+import { constants as fsConstants } from "node:fs";
+import { lstat, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import os from "node:os";
+import { after, describe, it } from "node:test";
 import { pathToFileURL } from "node:url";
 import path from "node:path";
 
-import { nativeAddon, tuneAllocator } from "../../src/common/native_addon.js";
+import { nativeAddon, tuneAllocator, writeFileDurable } from "../../src/common/native_addon.js";
+import { RestoreTarget } from "../../src/restore/target.js";
 import { repoRoot } from "../helpers/paths.js";
 
 const built = nativeAddon !== null;
@@ -69,5 +74,61 @@ describe("native addon: malloc thresholds", () => {
     const tuned = decodeFaults(true);
     // Here: 14 000-18 000 faults with glibc's defaults, about 5 000 tuned (and half the CPU).
     assert.ok(tuned < untuned * 0.6, `page faults while decoding: tuned ${tuned}, untuned ${untuned}`);
+  });
+});
+
+describe("native addon: a small file in one call", { skip: !built }, () => {
+  const FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW;
+  let dir = "";
+  const fresh = async (): Promise<string> => (dir ||= await mkdtemp(path.join(os.tmpdir(), "native-write-")));
+  after(() => (dir ? rm(dir, { recursive: true, force: true }) : undefined));
+
+  it("writes the bytes, mode and mtime (fractions of a second too)", async () => {
+    const file = path.join(await fresh(), "a");
+    await writeFile(file, "longer old content"); // O_TRUNC: nothing of it stays
+    await writeFileDurable!(file, Buffer.from("hello"), FLAGS, { mode: 0o640, mtime: 1234567890.25 });
+    assert.equal(await readFile(file, "utf8"), "hello");
+    const st = await lstat(file);
+    assert.equal(st.mode & 0o7777, 0o640);
+    assert.equal(st.mtimeMs, 1234567890250);
+    await writeFileDurable!(file, new Uint8Array(0), FLAGS);
+    assert.equal((await lstat(file)).size, 0);
+  });
+
+  it("fails like Node's fs, naming the call and the path", async () => {
+    const missing = path.join(await fresh(), "no-such-dir", "f");
+    await assert.rejects(writeFileDurable!(missing, Buffer.from("x"), FLAGS), {
+      code: "ENOENT",
+      errno: -2,
+      syscall: "open",
+      path: missing,
+      message: new RegExp(`^ENOENT: .*, open '${missing}'$`),
+    });
+    // O_NOFOLLOW: a symlink planted where a file goes is not written through.
+    const link = path.join(await fresh(), "link");
+    await symlink(path.join(await fresh(), "elsewhere"), link);
+    await assert.rejects(writeFileDurable!(link, Buffer.from("x"), FLAGS), { code: "ELOOP", syscall: "open" });
+    await assert.rejects(lstat(path.join(await fresh(), "elsewhere")), { code: "ENOENT" });
+  });
+
+  it("restores small files exactly as Node's fs path does", async () => {
+    const root = await fresh();
+    for (const [name, writer] of [
+      ["native", writeFileDurable],
+      ["node", null],
+    ] as const) {
+      await mkdir(path.join(root, name));
+      const target = new RestoreTarget(path.join(root, name), [], { writeFileDurable: writer });
+      await target.writeChunks(path.join(target.pgdata, "f1"), [Buffer.from("ab"), Buffer.from("cd")], 0o100644, 1e9);
+      await target.writeChunks(path.join(target.pgdata, "f2"), [], 0o600);
+    }
+    for (const file of ["f1", "f2"]) {
+      const [a, b] = await Promise.all(["native", "node"].map((n) => lstat(path.join(root, n, file))));
+      assert.equal(a.mode, b.mode, file);
+      assert.equal(a.size, b.size, file);
+      if (file === "f1") assert.equal(a.mtimeMs, b.mtimeMs);
+      assert.deepEqual(await readFile(path.join(root, "native", file)), await readFile(path.join(root, "node", file)));
+    }
+    assert.equal((await lstat(path.join(root, "native", "f1"))).mode & 0o7777, 0o644);
   });
 });

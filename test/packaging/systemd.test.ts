@@ -11,6 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, it } from "node:test";
+import { MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD } from "../../src/common/native_addon.js";
 import { SystemdNotifier, sdNotify, watchdogIntervalMs } from "../../src/daemon/sdnotify.js";
 import { repoRoot } from "../helpers/paths.js";
 import { DaemonProcess, makeDaemonEnv, makeFakePgdata } from "../daemon/helpers.js";
@@ -208,8 +209,8 @@ describe("systemd unit", () => {
       "ConditionPathExists=/var/lib/pghoard/pghoard.json",
       "StartLimitIntervalSec=120",
       "StartLimitBurst=5",
-      // glibc's trim and mmap thresholds: fresh large buffers otherwise page-fault in every time.
-      "Environment=MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728",
+      // glibc's trim and mmap thresholds, the values the processes also set themselves.
+      `Environment=MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD}`,
     ]) {
       assert.ok(unit.split("\n").includes(line), `missing ${line}`);
     }
