@@ -11,6 +11,10 @@
  * headers are present; without it snappy.ts keeps the npm packages. Everything here is
  * bounds-checked against the typed arrays' real lengths: a bad argument is an error code, never a
  * read or write outside them.
+ *
+ * Two process helpers live here too, so that a pghoard process loads one addon
+ * (src/common/native_addon.ts gives them their TypeScript side): tuneAllocator (glibc malloc
+ * thresholds) and writeFileDurable (a small file written and fsync'd in one thread-pool trip).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -256,7 +260,8 @@ static napi_value tune_allocator(napi_env env, napi_callback_info info) {
  * the thread pool: open (0600), write, fchmod (mode >= 0), futimens (mtime not NaN, seconds), fsync,
  * close. Through Node's fs that is five trips, each waking a pool thread and then the JS thread;
  * on this kind of VM those wake-ups cost more CPU than the file itself (src/restore/target.ts).
- * A failure rejects with an Error carrying `errno` (negative, as Node's) and `syscall`.
+ * A failure rejects with an Error carrying `errno` (negative, as Node's) and `syscall`. `data` is
+ * read from the pool thread: the caller must not change or transfer it until the promise settles.
  */
 typedef struct {
   napi_async_work work;
