@@ -1,19 +1,19 @@
 /**
  * The addon's process and file halves (src/common/native_addon.ts): glibc malloc thresholds that
  * keep streamed buffers' memory mapped, checked by what they are for (page faults while decoding);
- * and a small file written and fsync'd in one call, checked against Node's fs doing the same.
+ * and a small file written and fsync'd in one call (test/restore/unit.test.ts checks a restore
+ * target writing with it against Node's fs).
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { constants as fsConstants } from "node:fs";
-import { lstat, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { lstat, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { after, describe, it } from "node:test";
 import { pathToFileURL } from "node:url";
 import path from "node:path";
 
 import { nativeAddon, tuneAllocator, writeFileDurable } from "../../src/common/native_addon.js";
-import { RestoreTarget } from "../../src/restore/target.js";
 import { repoRoot } from "../helpers/paths.js";
 
 const built = nativeAddon !== null;
@@ -69,6 +69,12 @@ describe("native addon: malloc thresholds", () => {
     assert.equal(tuneAllocator({}), true);
   });
 
+  it("refuses values that are not byte counts", { skip: !built }, () => {
+    const raw = nativeAddon!.tuneAllocator as (mmapThreshold: unknown, trimThreshold: unknown) => boolean;
+    assert.throws(() => raw(-1, 1024), { name: "TypeError", message: /two positive byte counts/ });
+    assert.throws(() => raw("4M", 1024), { name: "TypeError" });
+  });
+
   it("keeps decoding from faulting its buffers in afresh", { skip: !built || !glibc }, () => {
     const untuned = decodeFaults(false);
     const tuned = decodeFaults(true);
@@ -109,26 +115,7 @@ describe("native addon: a small file in one call", { skip: !built }, () => {
     await symlink(path.join(await fresh(), "elsewhere"), link);
     await assert.rejects(writeFileDurable!(link, Buffer.from("x"), FLAGS), { code: "ELOOP", syscall: "open" });
     await assert.rejects(lstat(path.join(await fresh(), "elsewhere")), { code: "ENOENT" });
-  });
-
-  it("restores small files exactly as Node's fs path does", async () => {
-    const root = await fresh();
-    for (const [name, writer] of [
-      ["native", writeFileDurable],
-      ["node", null],
-    ] as const) {
-      await mkdir(path.join(root, name));
-      const target = new RestoreTarget(path.join(root, name), [], { writeFileDurable: writer });
-      await target.writeChunks(path.join(target.pgdata, "f1"), [Buffer.from("ab"), Buffer.from("cd")], 0o100644, 1e9);
-      await target.writeChunks(path.join(target.pgdata, "f2"), [], 0o600);
-    }
-    for (const file of ["f1", "f2"]) {
-      const [a, b] = await Promise.all(["native", "node"].map((n) => lstat(path.join(root, n, file))));
-      assert.equal(a.mode, b.mode, file);
-      assert.equal(a.size, b.size, file);
-      if (file === "f1") assert.equal(a.mtimeMs, b.mtimeMs);
-      assert.deepEqual(await readFile(path.join(root, "native", file)), await readFile(path.join(root, "node", file)));
-    }
-    assert.equal((await lstat(path.join(root, "native", "f1"))).mode & 0o7777, 0o644);
+    const raw = nativeAddon!.writeFileDurable as (...args: unknown[]) => Promise<void>;
+    assert.throws(() => raw(missing, "not bytes", FLAGS, -1, NaN), { name: "TypeError" });
   });
 });

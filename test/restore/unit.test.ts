@@ -1,8 +1,11 @@
 /** Pure parts of restore: output formats, timestamps, selection, recovery configuration, member mapping. */
 import assert from "node:assert/strict";
+import { lstat, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
 import { describe, it } from "node:test";
+import { writeFileDurable } from "../../src/common/native_addon.js";
 import { ProgressTracker } from "../../src/restore/fetch.js";
 import { ProgressReporter, formatSummary, formatTerminalProgress } from "../../src/restore/progress.js";
 import { installedClientBin, repoRoot } from "../helpers/paths.js";
@@ -321,4 +324,43 @@ describe("tar member mapping", () => {
       "/restore/pgdata/global/pg_control.pghoard_restore_incomplete",
     );
   });
+});
+
+describe("restore target: small files", () => {
+  it(
+    "writes them with the native addon exactly as through Node's fs",
+    { skip: writeFileDurable === null ? "the native addon is not built" : false },
+    async () => {
+      const root = await mkdtemp(path.join(os.tmpdir(), "restore-small-files-"));
+      try {
+        for (const [name, writer] of [
+          ["native", writeFileDurable],
+          ["node", null],
+        ] as const) {
+          await mkdir(path.join(root, name));
+          const target = new RestoreTarget(path.join(root, name), [], { writeFileDurable: writer });
+          await target.writeChunks(
+            path.join(target.pgdata, "f1"),
+            [Buffer.from("ab"), Buffer.from("cd")],
+            0o100644,
+            1e9,
+          );
+          await target.writeChunks(path.join(target.pgdata, "f2"), [], 0o600);
+        }
+        for (const file of ["f1", "f2"]) {
+          const [a, b] = await Promise.all(["native", "node"].map((n) => lstat(path.join(root, n, file))));
+          assert.equal(a.mode, b.mode, file);
+          assert.equal(a.size, b.size, file);
+          if (file === "f1") assert.equal(a.mtimeMs, b.mtimeMs);
+          assert.deepEqual(
+            await readFile(path.join(root, "native", file)),
+            await readFile(path.join(root, "node", file)),
+          );
+        }
+        assert.equal((await lstat(path.join(root, "native", "f1"))).mode & 0o7777, 0o644);
+      } finally {
+        await rm(root, { recursive: true, force: true });
+      }
+    },
+  );
 });
