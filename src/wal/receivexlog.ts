@@ -188,6 +188,10 @@ export async function repairPartialFiles(directory: string, log: Logger): Promis
       await unlink(path.join(directory, name)).catch(() => undefined);
     }
   }
+  // Nor once its segment (or a later one) lies here complete, as after a run killed on a full disk
+  // whose receiver finished the segment before this run started.
+  const completed = names.filter(isWalName).at(-1);
+  if (completed) await removeCopiesUpTo(directory, completed);
   return repaired;
 }
 

@@ -42,7 +42,7 @@ import {
 } from "./receivexlog.js";
 import { connectionFailureAlert, ReplicationConnection } from "./replication.js";
 import { SpoolWatcher } from "./spool_watcher.js";
-import { WAL_SEG_SIZE } from "./names.js";
+import { isWalName, WAL_SEG_SIZE } from "./names.js";
 import { verifyWalHeader } from "./verify.js";
 import { WalReceiver, type WalSink } from "./walreceiver.js";
 
@@ -322,6 +322,13 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     return version;
   }
 
+  /** Removes the kept copies of short .partial files up to the latest segment handed on in this run. */
+  private async dropCompletedCopies(state: SiteStreaming, directory: string): Promise<void> {
+    let latest = "";
+    for (const name of state.reportedIncoming) if (isWalName(name) && name > latest) latest = name;
+    if (latest) await removeCopiesUpTo(directory, latest);
+  }
+
   private async ensureReceiveXlog(state: SiteStreaming, handle: WalStreamingSiteHandle): Promise<void> {
     if (!state.watcher) {
       const watcher = new SpoolWatcher(
@@ -353,6 +360,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
       state.watcher = watcher;
       state.watcherStarted = true;
       await watcher.start();
+      // Segments the first watcher found already there are not reported to it (the start-up walk
+      // queued them), so their kept copies go here.
+      await this.dropCompletedCopies(state, handle.spool.xlogIncoming);
     }
     if (state.fullDiskSegment !== null) await this.checkPaddedPartial(state, handle.spool.xlogIncoming);
     if (state.receivexlog?.isRunning || state.starting || Date.now() < state.nextStartAt) return;
@@ -416,6 +426,9 @@ export class WalStreamingPlugin implements DaemonPlugin<WalStreamingSiteHandle> 
     if (!this.wanted(state, "pg_receivexlog")) return;
     // A full disk while pg_receivewal pre-pads a segment leaves a .partial it refuses to continue.
     await repairPartialFiles(handle.spool.xlogIncoming, siteLogger(this.log, state.site));
+    // A segment completed earlier in this run and then streamed again (from the slot's position)
+    // may have left a short .partial just copied aside: the segment itself is already handled.
+    await this.dropCompletedCopies(state, handle.spool.xlogIncoming);
     const pgConfig = siteConfig.pg_receivexlog;
     state.receivexlog = new PgReceiveXlog({
       site: state.site,

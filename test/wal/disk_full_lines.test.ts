@@ -9,10 +9,12 @@ import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { describe, it } from "node:test";
+import { getLogger } from "../../src/common/logger.js";
 import {
   fullDiskSegmentAfter,
   paddedPartialShowsSpaceBack,
   removeCopiesUpTo,
+  repairPartialFiles,
   showsSpaceBack,
 } from "../../src/wal/receivexlog.js";
 
@@ -97,6 +99,27 @@ describe("pg_receivewal's full disk", () => {
       ]);
       assert.deepEqual(await removeCopiesUpTo(dir, "000000010000000000000008"), [
         "000000010000000000000008.partial_incomplete",
+      ]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+  it("a start finds the kept copies' segments complete and removes the copies", async () => {
+    // A second clean-clone run left the copy of segment 6 again: the killed run's receiver had
+    // finished segment 6 before this run started, which found it complete at start-up (so no
+    // watcher reported it) and had no later .partial yet.
+    const dir = await mkdtemp(path.join(os.tmpdir(), "pghoard-copies-"));
+    try {
+      for (const name of [
+        "000000010000000000000006",
+        "000000010000000000000006.partial_incomplete",
+        "000000010000000000000007.partial_incomplete",
+      ])
+        await writeFile(path.join(dir, name), "x");
+      assert.deepEqual(await repairPartialFiles(dir, getLogger("test")), []);
+      assert.deepEqual((await readdir(dir)).sort(), [
+        "000000010000000000000006",
+        "000000010000000000000007.partial_incomplete",
       ]);
     } finally {
       await rm(dir, { recursive: true, force: true });
