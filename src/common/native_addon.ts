@@ -22,8 +22,8 @@ export const nativeAddon: Record<string, unknown> | null = load();
  * 1–16 MiB buffers: a freed block above the (dynamic) mmap threshold is unmapped, and a heap top
  * beyond 128 KiB is trimmed, so the next buffer faults its pages in afresh. On this kind of VM a
  * page fault costs ~12 µs (2 MiB of AES output: 4.7 ms fresh against 0.47 ms in reused memory);
- * decoding 192 MiB of snappy took 14 000-18 000 faults and 400-470 ms of CPU, with fixed
- * thresholds about 5 000 and 210-230 ms. Blocks up to 32 MiB (a WAL segment and its output) then
+ * decoding 192 MiB of snappy took 11 500-18 000 faults and 275-470 ms of CPU, with these
+ * thresholds about 5 000 and 180-230 ms. Blocks up to 32 MiB (a WAL segment and its output) then
  * come from the heap, and up to 128 MiB of free heap top stays mapped per arena, a bounded cost in
  * resident memory. systemd/pghoard.service sets the same values in the environment.
  */

@@ -78,7 +78,7 @@ describe("native addon: malloc thresholds", () => {
   it("keeps decoding from faulting its buffers in afresh", { skip: !built || !glibc }, () => {
     const untuned = decodeFaults(false);
     const tuned = decodeFaults(true);
-    // Here: 14 000-18 000 faults with glibc's defaults, about 5 000 tuned (and half the CPU).
+    // Here: 11 500-18 000 faults with glibc's defaults, about 5 000 tuned (and about half the CPU).
     assert.ok(tuned < untuned * 0.6, `page faults while decoding: tuned ${tuned}, untuned ${untuned}`);
   });
 });
