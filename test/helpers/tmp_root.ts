@@ -3,8 +3,7 @@
  * that process's own and removes it when the process exits. Clusters, stores, spools and restore
  * targets of a test file then go with it, whether or not a test cleaned up after itself, and so do
  * those of its children (daemons, PostgreSQL, the object-store servers), which inherit TMPDIR.
- * Without this a run left about 4 GB in /tmp, and a CI machine short of disk failed tests that
- * have nothing to do with disk space.
+ * Without this a run left about 4 GB in /tmp, which a CI machine short of disk may not have.
  */
 import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
